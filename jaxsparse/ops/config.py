@@ -1,0 +1,42 @@
+"""`Config`: static tuning knobs of one attention call."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxsparse.patterns import base as pbase
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Static tuning for `jaxsparse.attention` (hashable; safe under jit).
+
+    Attributes:
+      block_q: query tile size; None picks a per-backend default from the
+        sequence length and head dim.
+      block_kv: key tile size; None as above.
+      xla_chunk_elements: XLA path only: logits elements (tiles x block_q x
+        block_kv, over batch and heads) computed per step. Bounds memory:
+        about 4 bytes x 6 of these are live at once.
+      gpu_num_stages: Mosaic GPU kernel: K/V pipeline depth (None: default).
+    """
+
+    block_q: int | None = None
+    block_kv: int | None = None
+    xla_chunk_elements: int = 1 << 24
+    gpu_num_stages: int | None = None
+
+    def __post_init__(self):
+        for name in ("block_q", "block_kv", "gpu_num_stages"):
+            value = getattr(self, name)
+            if value is not None:
+                pbase.check_int(name, value, minimum=1, owner="Config")
+        pbase.check_int("xla_chunk_elements", self.xla_chunk_elements, minimum=1, owner="Config")
+
+
+def default_block(length: int, preferred: int = 128, minimum: int = 16) -> int:
+    """The preferred tile, shrunk (power of two, >= minimum) for short sequences."""
+    size = minimum
+    while size < min(length, preferred):
+        size *= 2
+    return min(size, preferred) if length >= minimum else minimum

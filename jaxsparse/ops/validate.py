@@ -1,0 +1,162 @@
+"""Input checks for `jaxsparse.attention`: every mistake gets a message with the fix."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsparse.ops import config as config_lib
+from jaxsparse.patterns import base as pbase
+from jaxsparse.sparsity import block_sparsity
+
+IMPLEMENTATIONS = ("pallas_gpu", "pallas_tpu", "xla", "reference")
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(np.shape(x))
+
+
+def check_qkv(q: Any, k: Any, v: Any) -> bool:
+    """Checks q/k/v; returns True when they carry a leading batch axis."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
+        if x.ndim not in (3, 4):
+            raise ValueError(
+                f"{name} has shape {_shape(x)}; expected [B, T, H, D] (or [T, H, D] without "
+                "batch). jaxsparse uses the jax.nn layout: sequence before heads."
+            )
+    if not q.ndim == k.ndim == v.ndim:
+        raise ValueError(
+            f"q, k, v must all have a batch axis or none: got shapes {_shape(q)}, {_shape(k)}, "
+            f"{_shape(v)}."
+        )
+    batched = q.ndim == 4
+    qs, ks, vs = (_shape(x) if batched else (1, *_shape(x)) for x in (q, k, v))
+    (b, t, h, d), (bk, s, kh, dk), (bv, sv, kv, dv) = qs, ks, vs
+    if not b == bk == bv:
+        raise ValueError(f"Batch sizes differ: q {b}, k {bk}, v {bv}.")
+    if s != sv:
+        raise ValueError(f"k and v must have the same sequence length: k {s}, v {sv}.")
+    if kh != kv:
+        raise ValueError(f"k and v must have the same number of heads: k {kh}, v {kv}.")
+    if d != dk:
+        raise ValueError(
+            f"q and k must have the same head dim: q {d}, k {dk} (v's head dim may differ)."
+        )
+    if min(t, s, h, kh, d, dv) == 0:
+        raise ValueError(
+            f"Empty dimension in q {_shape(q)}, k {_shape(k)}, v {_shape(v)}: lengths, heads "
+            "and head dims must be at least 1."
+        )
+    if h % kh:
+        raise ValueError(
+            f"q has {h} heads and k/v have {kh}: the number of query heads must be a multiple "
+            "of the number of key/value heads (GQA/MQA)."
+        )
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}.")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(
+            f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them, "
+            f"e.g. k.astype(q.dtype)."
+        )
+    return batched
+
+
+def check_segment_ids(segment_ids: Any, batch: int, t: int, s: int, batched: bool):
+    """Normalise `segment_ids` to int32 `([B, T], [B, S])` or `(None, None)`."""
+    if segment_ids is None:
+        return None, None
+    if isinstance(segment_ids, (tuple, list)):
+        if len(segment_ids) != 2:
+            raise ValueError(
+                f"segment_ids must be one array (when T == S) or a pair (q_ids, kv_ids); "
+                f"got a sequence of length {len(segment_ids)}."
+            )
+        q_ids, kv_ids = segment_ids
+    else:
+        if t != s:
+            raise ValueError(
+                f"A single segment_ids array needs T == S, but T={t} and S={s}; pass "
+                "segment_ids=(q_segment_ids, kv_segment_ids)."
+            )
+        q_ids = kv_ids = segment_ids
+    want_q, want_kv = ((batch, t), (batch, s)) if batched else ((t,), (s,))
+    for name, ids, want in (("query", q_ids, want_q), ("key", kv_ids, want_kv)):
+        if not hasattr(ids, "dtype") or not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(
+                f"{name} segment ids must be an integer array, got "
+                f"{getattr(ids, 'dtype', type(ids).__name__)}."
+            )
+        if _shape(ids) != want:
+            raise ValueError(
+                f"{name} segment ids have shape {_shape(ids)}; expected {list(want)} "
+                "(batch, length) matching q/k."
+            )
+    q_ids, kv_ids = jnp.asarray(q_ids, jnp.int32), jnp.asarray(kv_ids, jnp.int32)
+    if not batched:
+        q_ids, kv_ids = q_ids[None], kv_ids[None]
+    return q_ids, kv_ids
+
+
+def check_scalar(name: str, value: Any, *, positive: bool) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, jax.Array) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(
+            f"{name} must be a Python number (it is static), got {type(value).__name__}."
+        )
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name}={value} must be a finite number" + (" > 0." if positive else "."))
+    return value
+
+
+def check_q_offset(q_offset: Any, t: int, s: int) -> int:
+    if q_offset is None:
+        return s - t
+    if isinstance(q_offset, bool) or not isinstance(q_offset, (int, np.integer)):
+        raise TypeError(
+            f"q_offset must be a Python int (it is static), got {type(q_offset).__name__}."
+        )
+    return int(q_offset)
+
+
+def check_options(pattern: Any, implementation: Any, config: Any, return_lse: Any) -> None:
+    if not isinstance(pattern, pbase.Pattern):
+        raise TypeError(
+            f"pattern must be a jaxsparse pattern (e.g. jaxsparse.patterns.Causal()), got "
+            f"{type(pattern).__name__}."
+        )
+    if implementation is not None and implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"Unknown implementation {implementation!r}; choose one of {IMPLEMENTATIONS} "
+            "or None (best for the device)."
+        )
+    if config is not None and not isinstance(config, config_lib.Config):
+        raise TypeError(f"config must be a jaxsparse.Config, got {type(config).__name__}.")
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {return_lse!r}.")
+
+
+def check_sparsity(sp: Any, *, batch: int, t: int, s: int, h: int, q_offset: int) -> None:
+    if sp is None:
+        return
+    if not isinstance(sp, block_sparsity.BlockSparsity):
+        raise TypeError(f"sparsity must be a jaxsparse BlockSparsity, got {type(sp).__name__}.")
+    if (sp.q_len, sp.kv_len, sp.q_offset) != (t, s, q_offset):
+        raise ValueError(
+            f"sparsity was built for q_len={sp.q_len}, kv_len={sp.kv_len}, "
+            f"q_offset={sp.q_offset}, but this call has q_len={t}, kv_len={s}, "
+            f"q_offset={q_offset}; rebuild it for these lengths."
+        )
+    if sp.num_heads not in (1, h):
+        raise ValueError(f"sparsity has {sp.num_heads} head lists; this call needs 1 or {h}.")
+    if sp.batch_size not in (1, batch):
+        raise ValueError(f"sparsity has batch {sp.batch_size}; this call needs 1 or {batch}.")

@@ -1,0 +1,1 @@
+"""The blocked XLA implementation: runs everywhere, O(T * block) memory."""

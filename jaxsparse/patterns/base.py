@@ -1,0 +1,288 @@
+"""The `Pattern` base class: the one definition of *what may attend*.
+
+A pattern is a frozen, hashable dataclass with one `mask_fn(q_pos, kv_pos, head)`.
+`mask_fn` uses only `& | ~ < <= == // %` on its arguments and the pattern's
+static fields, so the same function runs in numpy (metadata), in jnp (the
+oracle, the XLA path) and inside Pallas kernels (partial tiles).
+
+Structured patterns also give a closed-form *block classifier*: for a tile of
+query positions `[q_lo, q_hi]` and key positions `[k_lo, k_hi]` (inclusive,
+numpy arrays that broadcast) it says whether the tile is EMPTY, FULL or
+PARTIAL, so metadata never costs O(T*S). A classifier that cannot tell answers
+UNSURE and the metadata builder checks that tile element by element with
+`mask_fn`.
+
+Patterns compose with `&` and `|`. `bool(pattern)` raises, because `a and b`
+would silently drop a pattern.
+
+Basics:
+  >>> from jaxsparse import patterns as P
+  >>> p = P.Causal() & (P.Sink(4) | P.SlidingWindow(left=256))   # StreamingLLM
+  >>> p.mask_fn(q_pos, kv_pos, head)    # bool array, broadcast of the inputs
+
+Details:
+  * Positions are absolute: query row i sits at `q_offset + i`, key j at `j`.
+  * `head` is the query-head index (an int or a scalar array). Patterns whose
+    mask differs per head set `head_dependent = True`.
+  * `bind(q_len=, kv_len=, q_offset=, num_heads=)` validates the pattern for a
+    call and may specialise it (explicit masks learn their offset there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import numpy as np
+
+# Block codes used by classifiers and by BlockSparsity.to_dense().
+EMPTY, PARTIAL, FULL, UNSURE = 0, 1, 2, 3
+# Larger than any sequence length; used for "unbounded" key ranges on the host.
+UNBOUNDED = 2**40
+
+REGISTRY: dict[str, type[Pattern]] = {}
+
+# Composition tables, indexed [code_a, code_b]. A PARTIAL & PARTIAL tile may be
+# empty, and a PARTIAL | PARTIAL tile may be full: those become UNSURE.
+_AND = np.array(
+    [
+        [EMPTY, EMPTY, EMPTY, EMPTY],
+        [EMPTY, UNSURE, PARTIAL, UNSURE],
+        [EMPTY, PARTIAL, FULL, UNSURE],
+        [EMPTY, UNSURE, UNSURE, UNSURE],
+    ],
+    np.int8,
+)
+_OR = np.array(
+    [
+        [EMPTY, PARTIAL, FULL, UNSURE],
+        [PARTIAL, UNSURE, FULL, UNSURE],
+        [FULL, FULL, FULL, FULL],
+        [UNSURE, UNSURE, FULL, UNSURE],
+    ],
+    np.int8,
+)
+
+
+class TracedPatternError(ValueError):
+    """Host-side metadata was requested for a pattern whose arrays are traced."""
+
+    def __init__(self, pattern: Any):
+        super().__init__(
+            f"{type(pattern).__name__} holds a traced array, so its block metadata can only be "
+            "built on device (jaxsparse.sparsity.from_pattern_device)."
+        )
+
+
+def codes_from(full: Any, empty: Any, *like: Any) -> np.ndarray:
+    """Block codes from two boolean arrays (`full` wins over `empty`).
+
+    The result has the broadcast shape of `full`, `empty` and `like`.
+    """
+    shape = np.broadcast_shapes(np.shape(full), np.shape(empty), *(np.shape(x) for x in like))
+    out = np.where(np.broadcast_to(empty, shape), np.int8(EMPTY), np.int8(PARTIAL))
+    return np.where(np.broadcast_to(full, shape), np.int8(FULL), out)
+
+
+def pattern_dataclass(cls: type) -> type:
+    """Make `cls` a frozen keyword dataclass and a pytree.
+
+    Fields whose metadata has `{"data": True}` (arrays, sub-patterns) are pytree
+    children; all other fields are static. Patterns without array data are
+    therefore hashable and can be static arguments of `jax.jit`.
+    """
+    cls = dataclasses.dataclass(frozen=True, **getattr(cls, "_dataclass_kwargs", {}))(cls)
+    data = [f.name for f in dataclasses.fields(cls) if f.metadata.get("data")]
+    meta = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("data")]
+    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
+
+
+def data_field(**kwargs: Any) -> Any:
+    """A dataclass field that is a pytree child (an array or a sub-pattern)."""
+    return dataclasses.field(metadata={"data": True}, **kwargs)
+
+
+class Pattern:
+    """Base class of every pattern. See the module docstring."""
+
+    head_dependent: ClassVar[bool] = False
+
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if register:
+            REGISTRY[cls.__name__] = cls
+
+    # --- the one definition -------------------------------------------------
+    def mask_fn(self, q_pos: Any, kv_pos: Any, head: Any) -> Any:
+        """True where query position `q_pos` may attend key position `kv_pos`."""
+        raise NotImplementedError
+
+    # --- closed-form metadata (host, numpy) ---------------------------------
+    def classify(self, q_lo, q_hi, k_lo, k_hi, head) -> np.ndarray:
+        """Block codes for tiles `[q_lo, q_hi] x [k_lo, k_hi]` (inclusive).
+
+        The default cannot tell; the builder then checks tiles element-wise.
+        """
+        shape = np.broadcast_shapes(np.shape(q_lo), np.shape(k_lo))
+        return np.full(shape, UNSURE, np.int8)
+
+    def kv_range(self, q_lo, q_hi, head) -> tuple[Any, Any]:
+        """Inclusive key-position bounds for queries in `[q_lo, q_hi]`.
+
+        A cheap over-estimate: keys outside it are never attended. It lets the
+        metadata builder classify only candidate tiles.
+        """
+        return np.zeros_like(q_lo), np.full_like(q_hi, UNBOUNDED)
+
+    # --- binding to a call --------------------------------------------------
+    def bind(self, *, q_len: int, kv_len: int, q_offset: int, num_heads: int) -> Pattern:
+        """Validate the pattern for one call; return the pattern to use.
+
+        Raises:
+          ValueError: if the pattern cannot describe these lengths or heads.
+        """
+        del q_len, kv_len, q_offset, num_heads
+        return self
+
+    def needs_tile_mask(self, block_q: int, block_kv: int) -> bool:
+        """Whether partial tiles must evaluate `mask_fn` at this tiling."""
+        del block_q, block_kv
+        return True
+
+    @property
+    def is_dynamic(self) -> bool:
+        """Dynamic patterns build their metadata from q and k on device."""
+        return False
+
+    @classmethod
+    def examples(cls) -> list[Pattern]:
+        """Small instances used by the test suite and the CLI."""
+        return []
+
+    # --- algebra ------------------------------------------------------------
+    def __and__(self, other: Pattern) -> Pattern:
+        _check_pattern(other, "&")
+        return And(self, other)
+
+    def __or__(self, other: Pattern) -> Pattern:
+        _check_pattern(other, "|")
+        return Or(self, other)
+
+    def __bool__(self):
+        raise TypeError(
+            f"{self!r} has no truth value: combine patterns with `&` and `|`, "
+            "not `and` / `or`."
+        )
+
+
+def _check_pattern(other: Any, op: str) -> None:
+    if not isinstance(other, Pattern):
+        raise TypeError(
+            f"Cannot combine a pattern with {type(other).__name__} using `{op}`; "
+            "both sides must be jaxsparse patterns."
+        )
+
+
+@pattern_dataclass
+class And(Pattern):
+    """Both patterns allow the pair: `a & b`."""
+
+    a: Pattern = data_field()
+    b: Pattern = data_field()
+
+    @property
+    def head_dependent(self) -> bool:  # type: ignore[override]
+        return self.a.head_dependent or self.b.head_dependent
+
+    def mask_fn(self, q_pos, kv_pos, head):
+        return self.a.mask_fn(q_pos, kv_pos, head) & self.b.mask_fn(q_pos, kv_pos, head)
+
+    def classify(self, q_lo, q_hi, k_lo, k_hi, head):
+        ca = self.a.classify(q_lo, q_hi, k_lo, k_hi, head)
+        cb = self.b.classify(q_lo, q_hi, k_lo, k_hi, head)
+        return _AND[ca, cb]
+
+    def kv_range(self, q_lo, q_hi, head):
+        la, ha = self.a.kv_range(q_lo, q_hi, head)
+        lb, hb = self.b.kv_range(q_lo, q_hi, head)
+        return np.maximum(la, lb), np.minimum(ha, hb)
+
+    def bind(self, **kw):
+        return And(self.a.bind(**kw), self.b.bind(**kw))
+
+    def needs_tile_mask(self, block_q, block_kv):
+        return self.a.needs_tile_mask(block_q, block_kv) or self.b.needs_tile_mask(
+            block_q, block_kv
+        )
+
+    def __repr__(self):
+        return f"({self.a!r} & {self.b!r})"
+
+
+@pattern_dataclass
+class Or(Pattern):
+    """Either pattern allows the pair: `a | b`."""
+
+    a: Pattern = data_field()
+    b: Pattern = data_field()
+
+    @property
+    def head_dependent(self) -> bool:  # type: ignore[override]
+        return self.a.head_dependent or self.b.head_dependent
+
+    def mask_fn(self, q_pos, kv_pos, head):
+        return self.a.mask_fn(q_pos, kv_pos, head) | self.b.mask_fn(q_pos, kv_pos, head)
+
+    def classify(self, q_lo, q_hi, k_lo, k_hi, head):
+        ca = self.a.classify(q_lo, q_hi, k_lo, k_hi, head)
+        cb = self.b.classify(q_lo, q_hi, k_lo, k_hi, head)
+        return _OR[ca, cb]
+
+    def kv_range(self, q_lo, q_hi, head):
+        la, ha = self.a.kv_range(q_lo, q_hi, head)
+        lb, hb = self.b.kv_range(q_lo, q_hi, head)
+        return np.minimum(la, lb), np.maximum(ha, hb)
+
+    def bind(self, **kw):
+        return Or(self.a.bind(**kw), self.b.bind(**kw))
+
+    def needs_tile_mask(self, block_q, block_kv):
+        return self.a.needs_tile_mask(block_q, block_kv) or self.b.needs_tile_mask(
+            block_q, block_kv
+        )
+
+    def __repr__(self):
+        return f"({self.a!r} | {self.b!r})"
+
+
+def check_int(name: str, value: Any, *, minimum: int, owner: str, fix: str = "") -> None:
+    """Raise a ValueError/TypeError unless `value` is an int >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{owner}: {name} must be an int, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(
+            f"{owner}: {name}={value} must be >= {minimum}." + (f" {fix}" if fix else "")
+        )
+
+
+def broadcast_mask(mask: Any, q_pos: Any, kv_pos: Any) -> Any:
+    """Broadcast a mask_fn result to the shape of `q_pos` x `kv_pos`."""
+    xp = _array_module(mask, q_pos, kv_pos)
+    shape = np.broadcast_shapes(np.shape(mask), np.shape(q_pos), np.shape(kv_pos))
+    return xp.broadcast_to(mask, shape)
+
+
+def _array_module(*xs: Any):
+    import jax.numpy as jnp
+
+    return jnp if any(isinstance(x, jax.Array) for x in xs) else np
+
+
+def array_module(*xs: Any):
+    """numpy when every input is a numpy value, jax.numpy otherwise."""
+    return _array_module(*xs)
+
+
+MaskFn = Callable[[Any, Any, Any], Any]

@@ -1,0 +1,53 @@
+"""Build a pattern from text, e.g. on the command line."""
+
+from __future__ import annotations
+
+import ast
+
+from jaxsparse.patterns import base
+
+_ALLOWED = (
+    ast.Expression, ast.Call, ast.Name, ast.Load, ast.Constant, ast.keyword, ast.BinOp,
+    ast.BitAnd, ast.BitOr, ast.List, ast.Tuple, ast.UnaryOp, ast.USub,
+)
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def parse(text: str) -> base.Pattern:
+    """Parse `"Causal() & (Sink(4) | SlidingWindow(left=256))"` into a pattern.
+
+    Names are pattern classes (CamelCase or snake_case); a bare name without
+    arguments means the class with its defaults, e.g. `causal`.
+
+    Raises:
+      ValueError: for anything that is not a pattern expression.
+    """
+    names = {}
+    for name, cls in base.REGISTRY.items():
+        names[name] = names[_snake(name)] = cls
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"Cannot parse pattern {text!r}: {e.msg}.") from None
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED):
+            raise ValueError(
+                f"Pattern {text!r} may only use pattern calls, numbers, lists, `&` and `|`; "
+                f"found {type(node).__name__}."
+            )
+        if isinstance(node, ast.Name) and node.id not in names:
+            raise ValueError(
+                f"Unknown pattern {node.id!r} in {text!r}. Known: {', '.join(sorted(base.REGISTRY))}."
+            )
+    try:
+        value = eval(compile(tree, "<pattern>", "eval"), {"__builtins__": {}}, names)  # noqa: S307
+        if isinstance(value, type) and issubclass(value, base.Pattern):
+            value = value()
+    except TypeError as e:
+        raise ValueError(f"Cannot build pattern {text!r}: {e}") from None
+    if not isinstance(value, base.Pattern):
+        raise ValueError(f"{text!r} is not a pattern (got {type(value).__name__}).")
+    return value

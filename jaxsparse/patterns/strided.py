@@ -1,0 +1,90 @@
+"""`Strided`: S2-Attention's per-head vertical stripes plus a local band."""
+
+from __future__ import annotations
+
+
+
+from jaxsparse.patterns import base
+
+
+@base.pattern_dataclass
+class Strided(base.Pattern):
+    """Heterogeneous context sharding across heads (S2-Attention).
+
+    Keys are grouped in blocks of `block_size`. Head `h` keeps every key block
+    `kb` with `(kb + h * head_step + phase) % stride == 0` (vertical stripes),
+    plus the `local_blocks` key blocks nearest each query block
+    (`|q // block_size - kb| < local_blocks`). With `head_step >= 1` the heads
+    see different stripes and together cover the whole context. Compose with
+    `Causal()` for decoder models: `Causal() & Strided(stride=4)`.
+
+    ```
+    Causal() & Strided(stride=3, block_size=1, local_blocks=1), head 0
+    ■ · · · · · ·
+    ■ ■ · · · · ·
+    ■ · ■ · · · ·
+    ■ · · ■ · · ·
+    ■ · · ■ ■ · ·
+    ■ · · ■ · ■ ·
+    ■ · · ■ · · ■
+    ```
+    """
+
+    stride: int
+    block_size: int = 64
+    local_blocks: int = 1
+    head_step: int = 1
+    phase: int = 0
+
+    def __post_init__(self):
+        base.check_int("stride", self.stride, minimum=1, owner="Strided")
+        base.check_int("block_size", self.block_size, minimum=1, owner="Strided")
+        base.check_int("local_blocks", self.local_blocks, minimum=0, owner="Strided")
+        base.check_int("head_step", self.head_step, minimum=0, owner="Strided")
+        base.check_int("phase", self.phase, minimum=0, owner="Strided")
+
+    @property
+    def head_dependent(self) -> bool:  # type: ignore[override]
+        return self.head_step % self.stride != 0
+
+    def mask_fn(self, q_pos, kv_pos, head):
+        bs, n = self.block_size, self.local_blocks
+        kb, qb = kv_pos // bs, q_pos // bs
+        vertical = (kb + head * self.head_step + self.phase) % self.stride == 0
+        local = (qb - kb < n) & (kb - qb < n)
+        return vertical | local
+
+    def classify(self, q_lo, q_hi, k_lo, k_hi, head):
+        bs, s, n = self.block_size, self.stride, self.local_blocks
+        kb_lo, kb_hi = k_lo // bs, k_hi // bs
+        qb_lo, qb_hi = q_lo // bs, q_hi // bs
+        c = (head * self.head_step + self.phase) % s
+        first = kb_lo + (-(kb_lo + c)) % s  # first kept key block >= kb_lo
+        vertical = base.codes_from(
+            (kb_lo == kb_hi) & ((kb_lo + c) % s == 0), first > kb_hi, q_lo, head
+        )
+        if n == 0:
+            return vertical
+        r = n - 1
+        local = base.codes_from(
+            (kb_lo >= qb_hi - r) & (kb_hi <= qb_lo + r),
+            (kb_hi < qb_lo - r) | (kb_lo > qb_hi + r),
+            head,
+        )
+        return base._OR[vertical, local]
+
+    @classmethod
+    def examples(cls):
+        return [
+            Strided(stride=3, block_size=4, local_blocks=1),
+            Strided(stride=4, block_size=8, local_blocks=2, head_step=1, phase=1),
+            Strided(stride=2, block_size=5, local_blocks=0, head_step=0),
+        ]
+
+    def __repr__(self):
+        return (
+            f"Strided(stride={self.stride}, block_size={self.block_size}, "
+            f"local_blocks={self.local_blocks}, head_step={self.head_step}, phase={self.phase})"
+        )
+
+

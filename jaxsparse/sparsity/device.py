@@ -1,0 +1,186 @@
+"""Device-side (traceable) builders of block metadata.
+
+Everything here runs under `jit` on any backend: block codes come from a traced
+block mask, an element mask, top-k indices or segment ids, and are compacted
+into the same `BlockSparsity` lists the host builder produces.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsparse.patterns import base as pbase
+from jaxsparse.sparsity import block_sparsity
+
+# AND of two exact codes; PARTIAL & PARTIAL stays PARTIAL (conservative: the
+# tile may turn out empty, which costs time but never correctness).
+_AND_EXACT = np.minimum(pbase._AND, pbase.PARTIAL + 1)
+_AND_EXACT[pbase.PARTIAL, pbase.PARTIAL] = pbase.PARTIAL
+_AND_EXACT = _AND_EXACT[:3, :3].astype(np.int8)
+
+
+def _as_4d(x: Any, name: str, rank_min: int = 2) -> jax.Array:
+    x = jnp.asarray(x)
+    if x.ndim < rank_min or x.ndim > 4:
+        raise ValueError(
+            f"{name} must have shape [Tb, Sb], [H, Tb, Sb] or [B, H, Tb, Sb]; got {x.shape}."
+        )
+    return x.reshape((1,) * (4 - x.ndim) + x.shape)
+
+
+def intersect_codes(a: Any, b: Any) -> jax.Array:
+    """Codes of the AND of two patterns given their exact codes (broadcasting)."""
+    table = jnp.asarray(_AND_EXACT)
+    return table[jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32)]
+
+
+def from_block_codes(
+    codes: Any,
+    *,
+    block_q: int,
+    block_kv: int,
+    q_len: int,
+    kv_len: int,
+    q_offset: int | None = None,
+    max_kv_blocks: int | None = None,
+    max_q_blocks: int | None = None,
+) -> block_sparsity.BlockSparsity:
+    """Lists from block codes `[Bx, Hx, Tb, Sb]` (0 empty, 1 partial, 2 full).
+
+    `max_kv_blocks` / `max_q_blocks` bound the list lengths (static); rows with
+    more tiles are truncated, so pass a true upper bound (or None for Sb / Tb).
+    """
+    codes = _as_4d(codes, "codes").astype(jnp.int8)
+    tb, sb = math.ceil(q_len / block_q), math.ceil(kv_len / block_kv)
+    if codes.shape[-2:] != (tb, sb):
+        raise ValueError(
+            f"Block codes have shape {codes.shape}; q_len={q_len}, kv_len={kv_len} with "
+            f"block_q={block_q}, block_kv={block_kv} need [..., {tb}, {sb}]."
+        )
+    if kv_len % block_kv:  # the last key block holds padding: never FULL
+        last = codes[..., -1:]
+        codes = codes.at[..., -1:].set(jnp.where(last == pbase.FULL, pbase.PARTIAL, last))
+    kv = _compact(codes, max_kv_blocks)
+    q = _compact(jnp.swapaxes(codes, -1, -2), max_q_blocks)
+    return block_sparsity.BlockSparsity(
+        kv_indices=kv[0], kv_counts=kv[1], kv_full=kv[2],
+        q_indices=q[0], q_counts=q[1], q_full=q[2],
+        block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
+        q_offset=kv_len - q_len if q_offset is None else q_offset,
+    )
+
+
+def _compact(codes, kmax):
+    """Ascending non-empty columns of every row, padded with the last one."""
+    n = codes.shape[-1]
+    kmax = n if kmax is None else max(1, min(kmax, n))
+    nonzero = codes != pbase.EMPTY
+    col = jnp.arange(n, dtype=jnp.int32)
+    key = jnp.where(nonzero, col, n + col)  # non-empty first, each group ascending
+    _, idx = jax.lax.top_k(-key, kmax)
+    idx = idx.astype(jnp.int32)
+    counts = jnp.minimum(nonzero.sum(-1, dtype=jnp.int32), kmax)
+    e = jnp.arange(kmax, dtype=jnp.int32)
+    last = jnp.take_along_axis(idx, jnp.maximum(counts - 1, 0)[..., None], axis=-1)
+    idx = jnp.where(e < counts[..., None], idx, jnp.where(counts[..., None] > 0, last, 0))
+    full = (jnp.take_along_axis(codes, idx, axis=-1) == pbase.FULL) & (e < counts[..., None])
+    return idx, counts, full
+
+
+def from_block_mask(
+    block_mask: Any,
+    *,
+    block_q: int,
+    block_kv: int,
+    q_len: int,
+    kv_len: int,
+    q_offset: int | None = None,
+    max_kv_blocks: int | None = None,
+) -> block_sparsity.BlockSparsity:
+    """Lists from a (possibly traced) boolean block mask `[..., Tb, Sb]`; kept tiles are FULL."""
+    mask = _as_4d(block_mask, "block_mask")
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"block_mask must be boolean, got {mask.dtype}; pass mask.astype(bool).")
+    codes = jnp.where(mask, jnp.int8(pbase.FULL), jnp.int8(pbase.EMPTY))
+    return from_block_codes(codes, block_q=block_q, block_kv=block_kv, q_len=q_len,
+                            kv_len=kv_len, q_offset=q_offset, max_kv_blocks=max_kv_blocks)
+
+
+def topk_codes(indices: Any, *, num_kv_blocks: int) -> jax.Array:
+    """FULL codes `[..., Tb, Sb]` for selected key blocks `indices [..., Tb, k]` (-1: none)."""
+    indices = jnp.asarray(indices)
+    if not jnp.issubdtype(indices.dtype, jnp.integer):
+        raise TypeError(f"top-k indices must be integers, got {indices.dtype}.")
+    onehot = jax.nn.one_hot(indices, num_kv_blocks, dtype=jnp.int8)  # -1 -> all zeros
+    return onehot.max(axis=-2) * jnp.int8(pbase.FULL)
+
+
+def from_topk(
+    indices: Any,
+    *,
+    block_q: int,
+    block_kv: int,
+    q_len: int,
+    kv_len: int,
+    q_offset: int | None = None,
+    codes: Any = None,
+) -> block_sparsity.BlockSparsity:
+    """Lists from per-query-block top-k key blocks `indices [..., Tb, k]` (traceable).
+
+    Duplicates and -1 entries are ignored; lists come out ascending. `codes`
+    (optional, `[..., Tb, Sb]`) are the exact codes of a static pattern the
+    selection is combined with, e.g. causal, so the diagonal tiles stay PARTIAL.
+    """
+    sb = math.ceil(kv_len / block_kv)
+    sel = topk_codes(_as_4d(indices, "indices"), num_kv_blocks=sb)
+    if codes is not None:
+        sel = intersect_codes(sel, _as_4d(codes, "codes"))
+    return from_block_codes(sel, block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
+                            q_offset=q_offset, max_kv_blocks=jnp.shape(indices)[-1])
+
+
+def codes_from_element_mask(mask: Any, *, block_q: int, block_kv: int) -> jax.Array:
+    """Exact tile codes of an element mask `[..., T, S]` (traceable)."""
+    mask = _as_4d(mask, "mask")
+    t, s = mask.shape[-2:]
+    tb, sb = math.ceil(t / block_q), math.ceil(s / block_kv)
+    pad = ((0, 0), (0, 0), (0, tb * block_q - t), (0, sb * block_kv - s))
+    valid = jnp.pad(jnp.ones((t, s), bool), pad[2:])
+    m = jnp.pad(mask, pad).reshape(mask.shape[:2] + (tb, block_q, sb, block_kv))
+    valid = valid.reshape(tb, block_q, sb, block_kv)
+    kept = (m & valid).sum((-3, -1))
+    total = valid.sum((-3, -1))
+    return jnp.where(kept == 0, pbase.EMPTY,
+                     jnp.where(kept == total, pbase.FULL, pbase.PARTIAL)).astype(jnp.int8)
+
+
+def segment_codes(q_segment_ids: Any, kv_segment_ids: Any, *, block_q: int,
+                  block_kv: int) -> jax.Array:
+    """Tile codes `[B, 1, Tb, Sb]` of document masking (equal ids attend).
+
+    Sound for any ids: a tile is EMPTY when the id ranges of its queries and
+    keys do not overlap, FULL when both hold one and the same id. Exact when
+    ids are sorted (packed documents).
+    """
+    def block_min_max(ids, block):
+        b, n = ids.shape
+        nb = math.ceil(n / block)
+        big = jnp.iinfo(jnp.int32).max
+        pad = ((0, 0), (0, nb * block - n))
+        lo = jnp.pad(ids.astype(jnp.int32), pad, constant_values=big).reshape(b, nb, block).min(-1)
+        hi = jnp.pad(ids.astype(jnp.int32), pad, constant_values=-big).reshape(b, nb, block).max(-1)
+        return lo, hi
+
+    q_lo, q_hi = block_min_max(jnp.asarray(q_segment_ids), block_q)
+    k_lo, k_hi = block_min_max(jnp.asarray(kv_segment_ids), block_kv)
+    q_lo, q_hi = q_lo[:, :, None], q_hi[:, :, None]
+    k_lo, k_hi = k_lo[:, None, :], k_hi[:, None, :]
+    empty = (q_hi < k_lo) | (k_hi < q_lo)
+    full = (q_lo == q_hi) & (k_lo == k_hi) & (q_lo == k_lo)
+    codes = jnp.where(full, pbase.FULL, jnp.where(empty, pbase.EMPTY, pbase.PARTIAL))
+    return codes.astype(jnp.int8)[:, None]
