@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jaxsparse.ops import call as call_lib
@@ -79,17 +80,44 @@ def attention(
     q_ids, kv_ids = validate.check_segment_ids(segment_ids, b, t, s, batched)
     validate.check_sparsity(sparsity, batch=b, t=t, s=s, h=h, q_offset=q_offset)
     scale = validate.check_scalar("scale", scale, positive=False)
+    config = config or config_lib.Config()
+    pattern = pattern.bind(q_len=t, kv_len=s, q_offset=q_offset, num_heads=h)
+    perm = pattern.token_permutation(q_len=t, kv_len=s)
+    if perm is not None:
+        q, k, v, q_ids, kv_ids = _permute(perm, q, k, v, q_ids, kv_ids)
+    if pattern.is_dynamic:
+        if sparsity is not None:
+            raise ValueError(
+                f"{type(pattern).__name__} selects its own tiles from q and k; do not also pass "
+                "sparsity=."
+            )
+        selected = pattern.select(q, k, q_offset=q_offset, config=config)
+        # Token-level selections (MoBA, NSA, vertical-slash) are finer than a tile:
+        # `select` then also returns the pattern holding them, used for this call.
+        pattern, sparsity = selected if isinstance(selected, tuple) else (pattern, selected)
     call = call_lib.Call(
         q=q, k=k, v=v,
-        pattern=pattern.bind(q_len=t, kv_len=s, q_offset=q_offset, num_heads=h),
+        pattern=pattern,
         sparsity=sparsity,
         q_segment_ids=q_ids, kv_segment_ids=kv_ids,
         scale=d**-0.5 if scale is None else scale,
         logits_soft_cap=validate.check_scalar("logits_soft_cap", logits_soft_cap, positive=True),
         q_offset=q_offset,
-        config=config or config_lib.Config(),
+        config=config,
     )
     out, lse = dispatch.run(call, implementation)
+    if perm is not None:
+        inverse = np.argsort(perm[0])
+        out, lse = out[:, inverse], lse[..., inverse]
     if not batched:
         out, lse = out[0], lse[0]
     return (out, lse) if return_lse else out
+
+
+def _permute(perm, q, k, v, q_ids, kv_ids):
+    """Reorder tokens as the pattern asks (see `Pattern.token_permutation`)."""
+    q_perm, kv_perm = (np.asarray(p) for p in perm)
+    q, k, v = q[:, q_perm], k[:, kv_perm], v[:, kv_perm]
+    if q_ids is not None:
+        q_ids, kv_ids = q_ids[:, q_perm], kv_ids[:, kv_perm]
+    return q, k, v, q_ids, kv_ids

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from jaxsparse.ops import call as call_lib
+from jaxsparse.patterns import base as pbase
 from jaxsparse.patterns import materialize
 from jaxsparse.reference import dense
 
@@ -16,8 +18,14 @@ def full_mask(call: call_lib.Call):
     metadata) the listed tiles. This is the single definition every backend
     is tested against.
     """
-    mask = materialize.dense_mask(call.pattern, q_len=call.q_len, kv_len=call.kv_len,
-                                  q_offset=call.q_offset, num_heads=call.num_heads)[None]
+    def pattern_mask(pattern):
+        return materialize.dense_mask(pattern, q_len=call.q_len, kv_len=call.kv_len,
+                                      q_offset=call.q_offset, num_heads=call.num_heads)
+
+    if pbase.has_batched_leaves(call.pattern):
+        mask = jax.vmap(pattern_mask, in_axes=(pbase.batch_in_axes(call.pattern),))(call.pattern)
+    else:
+        mask = pattern_mask(call.pattern)[None]
     if call.has_segments:
         seg = call.q_segment_ids[:, :, None] == call.kv_segment_ids[:, None, :]
         mask = mask & seg[:, None]

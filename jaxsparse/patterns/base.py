@@ -153,8 +153,39 @@ class Pattern:
 
     @property
     def is_dynamic(self) -> bool:
-        """Dynamic patterns build their metadata from q and k on device."""
+        """Dynamic patterns build their metadata from q and k on device (`select`)."""
         return False
+
+    @property
+    def batched(self) -> bool:
+        """True when every array leaf has a leading batch axis (size B or 1).
+
+        `mask_fn` then sees one example's slice: backends map the pattern over
+        the batch axis (e.g. per-token selections of MoBA or NSA).
+        """
+        return False
+
+    def select(self, q: Any, k: Any, *, q_offset: int, config: Any) -> Any:
+        """Dynamic patterns: the `BlockSparsity` chosen from q `[B,T,H,D]`, k `[B,S,K,D]`.
+
+        Runs on device under jit. Attention visits only the listed tiles and
+        applies `mask_fn` inside partial ones; the oracle uses the same lists.
+        A selection finer than a tile (per-token choices) returns
+        `(pattern, sparsity)` instead: that pattern (usually batched, holding
+        the selection) replaces this one for the call.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not a dynamic pattern.")
+
+    def token_permutation(self, *, q_len: int, kv_len: int) -> Any:
+        """Optional token reordering that makes the pattern block-sparse.
+
+        Returns None, or numpy int arrays `(q_perm, kv_perm)`: the call runs on
+        `q[:, q_perm]`, `k[:, kv_perm]`, `v[:, kv_perm]` and `mask_fn` sees
+        positions in that order; outputs come back in the caller's order.
+        (Neighborhood attention tiles an image so that a tile is a box.)
+        """
+        del q_len, kv_len
+        return None
 
     @classmethod
     def examples(cls) -> list[Pattern]:
@@ -286,3 +317,33 @@ def array_module(*xs: Any):
 
 
 MaskFn = Callable[[Any, Any, Any], Any]
+
+
+def batch_in_axes(pattern: Pattern) -> Any:
+    """`vmap` in_axes for a pattern: 0 for leaves of batched patterns, None otherwise.
+
+    Mirrors the pattern's pytree structure, so a composite pattern can mix
+    batched (per-example selections) and static parts.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(pattern)
+    axes = _leaf_axes(pattern)
+    if len(axes) != len(leaves):  # pragma: no cover - structural invariant
+        raise AssertionError("pattern leaves and batch axes disagree")
+    return jax.tree_util.tree_unflatten(treedef, axes)
+
+
+def _leaf_axes(node: Any, owner: Pattern | None = None) -> list:
+    if isinstance(node, Pattern):
+        out = []
+        for f in dataclasses.fields(node):
+            if f.metadata.get("data"):
+                out += _leaf_axes(getattr(node, f.name), node)
+        return out
+    if isinstance(node, (tuple, list)) and node and all(isinstance(x, Pattern) for x in node):
+        return [a for x in node for a in _leaf_axes(x, owner)]
+    n = len(jax.tree_util.tree_leaves(node))
+    return [0 if owner is not None and owner.batched else None] * n
+
+
+def has_batched_leaves(pattern: Pattern) -> bool:
+    return any(a == 0 for a in _leaf_axes(pattern))

@@ -116,7 +116,7 @@ class BlockSparsity:
 
 def _lists_to_dense(xp, indices, counts, full, num_cols):
     kmax = indices.shape[-1]
-    valid = xp.arange(kmax) < counts[..., None]
+    valid = xp.arange(kmax).reshape((1,) * counts.ndim + (kmax,)) < counts[..., None]
     code = xp.where(full, pbase.FULL, pbase.PARTIAL)
     code = xp.where(valid, code, pbase.EMPTY).astype(np.int8)
     out_shape = indices.shape[:-1] + (num_cols,)

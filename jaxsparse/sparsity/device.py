@@ -80,12 +80,12 @@ def _compact(codes, kmax):
     n = codes.shape[-1]
     kmax = n if kmax is None else max(1, min(kmax, n))
     nonzero = codes != pbase.EMPTY
-    col = jnp.arange(n, dtype=jnp.int32)
+    col = jax.lax.broadcasted_iota(jnp.int32, codes.shape, codes.ndim - 1)
     key = jnp.where(nonzero, col, n + col)  # non-empty first, each group ascending
     _, idx = jax.lax.top_k(-key, kmax)
     idx = idx.astype(jnp.int32)
     counts = jnp.minimum(nonzero.sum(-1, dtype=jnp.int32), kmax)
-    e = jnp.arange(kmax, dtype=jnp.int32)
+    e = jax.lax.broadcasted_iota(jnp.int32, idx.shape, idx.ndim - 1)
     last = jnp.take_along_axis(idx, jnp.maximum(counts - 1, 0)[..., None], axis=-1)
     idx = jnp.where(e < counts[..., None], idx, jnp.where(counts[..., None] > 0, last, 0))
     full = (jnp.take_along_axis(codes, idx, axis=-1) == pbase.FULL) & (e < counts[..., None])
@@ -152,9 +152,9 @@ def codes_from_element_mask(mask: Any, *, block_q: int, block_kv: int) -> jax.Ar
     pad = ((0, 0), (0, 0), (0, tb * block_q - t), (0, sb * block_kv - s))
     valid = jnp.pad(jnp.ones((t, s), bool), pad[2:])
     m = jnp.pad(mask, pad).reshape(mask.shape[:2] + (tb, block_q, sb, block_kv))
-    valid = valid.reshape(tb, block_q, sb, block_kv)
+    valid = valid.reshape(1, 1, tb, block_q, sb, block_kv)
     kept = (m & valid).sum((-3, -1))
-    total = valid.sum((-3, -1))
+    total = valid.sum((-3, -1))  # [1, 1, Tb, Sb]
     return jnp.where(kept == 0, pbase.EMPTY,
                      jnp.where(kept == total, pbase.FULL, pbase.PARTIAL)).astype(jnp.int8)
 

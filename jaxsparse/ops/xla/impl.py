@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxsparse.ops import call as call_lib
 from jaxsparse.ops import layout, metadata
 from jaxsparse.ops.xla import backward, forward, pairs, tiles
+from jaxsparse.patterns import base as pbase
 
 
 def run(call: call_lib.Call):
@@ -49,8 +50,10 @@ def _attention_bwd(st, residuals, cotangents):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def _per_head(fn, q, k, work, segs, *, shared_kv_args=(), q_args=()):
-    """Map `fn(head, q, k, *shared_kv_args, *q_args, qb, kb, code, q_seg, kv_seg)` over B, K, G.
+def _per_head(fn, pattern, q, k, work, segs, *, shared_kv_args=(), q_args=()):
+    """Map `fn(pattern, head, q, k, *shared_kv_args, *q_args, qb, kb, code, q_seg, kv_seg)`.
+
+    Mapped over batch, key/value heads and the query heads of each group.
 
     Query-side arrays are `[B, Tp, H, ...]`, key-side `[B, Sp, K, ...]`, work
     items `[Bx, Hx, P]` (shared over batch / heads when Bx / Hx is 1).
@@ -75,13 +78,14 @@ def _per_head(fn, q, k, work, segs, *, shared_kv_args=(), q_args=()):
     head = jnp.arange(h, dtype=jnp.int32).reshape(kh, g)
     seg_axis = None if segs[0] is None else 0
 
-    def call(head, q, k, kv_args, q_args, w, segs):
-        return fn(head, q, k, *kv_args, *q_args, *w, *segs)
+    def call(pattern, head, q, k, kv_args, q_args, w, segs):
+        return fn(pattern, head, q, k, *kv_args, *q_args, *w, *segs)
 
-    f = jax.vmap(call, in_axes=(0, 0, None, None, 0, w_heads, None))
-    f = jax.vmap(f, in_axes=(0, 0, 0, 0, 0, w_heads, None))
-    f = jax.vmap(f, in_axes=(None, 0, 0, 0, 0, w_batch, seg_axis))
-    return f(head, qs[0], ks[0], ks[1:], qs[1:], w, segs)
+    f = jax.vmap(call, in_axes=(None, 0, 0, None, None, 0, w_heads, None))
+    f = jax.vmap(f, in_axes=(None, 0, 0, 0, 0, 0, w_heads, None))
+    p_axes = pbase.batch_in_axes(pattern)
+    f = jax.vmap(f, in_axes=(p_axes, None, 0, 0, 0, 0, w_batch, seg_axis))
+    return f(pattern, head, qs[0], ks[0], ks[1:], qs[1:], w, segs)
 
 
 def _heads_last(x, b, h):
@@ -91,8 +95,8 @@ def _heads_last(x, b, h):
 
 
 def _forward(st, q, k, v, work, segs, pattern):
-    fn = functools.partial(forward.forward_head, st, pattern)
-    out, lse = _per_head(fn, q, k, work, segs, shared_kv_args=(v,))
+    fn = functools.partial(forward.forward_head, st)
+    out, lse = _per_head(fn, pattern, q, k, work, segs, shared_kv_args=(v,))
     b, _, h, _ = q.shape
     out = _heads_last(out, b, h).astype(q.dtype)
     lse = lse.reshape(b, h, -1)
@@ -101,19 +105,17 @@ def _forward(st, q, k, v, work, segs, pattern):
 
 def _backward(st, q, k, v, out, lse, dout, dlse, work, segs, pattern):
     b, _, h, _ = q.shape
-    kh = k.shape[2]
 
-    def fn(head, q, k, v, out, dout, lse, dlse, qb, kb, code, q_seg, kv_seg):
+    def fn(pattern, head, q, k, v, out, dout, lse, dlse, qb, kb, code, q_seg, kv_seg):
         return backward.backward_head(st, pattern, head, q, k, v, out, lse, dout, dlse,
                                       qb, kb, code, q_seg, kv_seg)
 
     # lse / dlse are [B, H, Tp]: give them the [B, Tp, H] layout of q-side arrays.
     lse_t, dlse_t = (jnp.moveaxis(x, 1, 2) for x in (lse, dlse))
-    dq, dk, dv = _per_head(fn, q, k, work, segs, shared_kv_args=(v,),
+    dq, dk, dv = _per_head(fn, pattern, q, k, work, segs, shared_kv_args=(v,),
                            q_args=(out, dout, lse_t, dlse_t))
     dq = _heads_last(dq, b, h).astype(q.dtype)
     # Sum each key/value head's gradient over the query heads of its group.
     dk = jnp.moveaxis(dk.sum(2), 1, 2).astype(k.dtype)
     dv = jnp.moveaxis(dv.sum(2), 1, 2).astype(v.dtype)
-    del kh
     return dq, dk, dv

@@ -30,10 +30,10 @@ def tile_pairs(sp: block_sparsity.BlockSparsity, chunk: int):
     if sp.is_host:
         return _host_pairs(sp, chunk)
     bx, hx, tb, kmax = sp.kv_indices.shape
-    e = jnp.arange(kmax)
+    e = jnp.arange(kmax).reshape(1, 1, 1, kmax)
     code = jnp.where(sp.kv_full, FULL, PARTIAL)
     code = jnp.where(e < sp.kv_counts[..., None], code, PAD)
-    q_block = jnp.broadcast_to(jnp.arange(tb)[:, None], (bx, hx, tb, kmax))
+    q_block = jnp.broadcast_to(jnp.arange(tb).reshape(1, 1, tb, 1), (bx, hx, tb, kmax))
     pairs = [x.reshape(bx, hx, tb * kmax).astype(jnp.int32)
              for x in (q_block, sp.kv_indices, code)]
     p = tb * kmax

@@ -1,0 +1,159 @@
+"""BlockSparsity: host metadata equals the block-OR of the element mask; device builders agree."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxsparse import patterns as P
+from jaxsparse import sparsity as S
+from tests import strategies
+
+
+def expected_codes(mask, t, s, bq, bk):
+    """Tile codes from an element mask [H, T, S]: any -> non-empty, all valid -> full."""
+    h = mask.shape[0]
+    tb, sb = math.ceil(t / bq), math.ceil(s / bk)
+    m = np.zeros((h, tb * bq, sb * bk), bool)
+    m[:, :t, :s] = mask
+    valid = np.zeros((tb * bq, sb * bk), bool)
+    valid[:t, :s] = True
+    m = m.reshape(h, tb, bq, sb, bk)
+    valid = valid.reshape(tb, bq, sb, bk)
+    nonempty = m.any((2, 4))
+    full = (m | ~valid).all((2, 4)) & (np.arange(sb) * bk + bk <= s)  # padding is never full
+    return np.where(nonempty, np.where(full, P.FULL, P.PARTIAL), P.EMPTY).astype(np.int8)
+
+
+def check_list_invariants(indices, counts, full, num_cols):
+    kmax = indices.shape[-1]
+    e = np.arange(kmax)
+    valid = e < counts[..., None]
+    assert (counts >= 0).all() and (counts <= kmax).all()
+    assert ((indices >= 0) & (indices < num_cols)).all()
+    # Strictly ascending within the count.
+    steps = np.diff(indices, axis=-1)
+    assert ((steps > 0) | ~valid[..., 1:]).all()
+    # Past the count: repeat the last valid entry (0 for an empty row).
+    last = np.take_along_axis(indices, np.maximum(counts - 1, 0)[..., None], -1)
+    pad_value = np.where(counts[..., None] > 0, last, 0)
+    assert (np.where(valid, indices, pad_value) == indices).all()
+    assert not (full & ~valid).any()
+
+
+@given(strategies.patterns, strategies.geometry())
+def test_from_pattern_is_block_or_of_mask(pattern, geo):
+    t, s, q_offset, bq, bk, h = geo
+    sp = S.from_pattern(pattern, q_len=t, kv_len=s, block_q=bq, block_kv=bk, num_heads=h,
+                        q_offset=q_offset)
+    mask = P.dense_mask(pattern, q_len=t, kv_len=s, q_offset=q_offset, num_heads=h, xp=np)
+    want = expected_codes(mask, t, s, bq, bk)
+    np.testing.assert_array_equal(sp.to_dense()[0], want)
+    np.testing.assert_array_equal(sp.to_dense_transposed()[0], np.swapaxes(want, -1, -2))
+    check_list_invariants(sp.kv_indices, sp.kv_counts, sp.kv_full, sp.num_kv_blocks)
+    check_list_invariants(sp.q_indices, sp.q_counts, sp.q_full, sp.num_q_blocks)
+    assert sp.num_heads == (h if pattern.head_dependent else 1)
+
+
+@settings(max_examples=15)  # each example compiles new shapes
+@given(strategies.patterns, strategies.geometry())
+def test_device_compaction_matches_host(pattern, geo):
+    t, s, q_offset, bq, bk, h = geo
+    host = S.from_pattern(pattern, q_len=t, kv_len=s, block_q=bq, block_kv=bk, num_heads=h,
+                          q_offset=q_offset)
+    dev = S.from_block_codes(jnp.asarray(host.to_dense()), block_q=bq, block_kv=bk, q_len=t,
+                             kv_len=s, q_offset=host.q_offset,
+                             max_kv_blocks=host.kv_indices.shape[-1],
+                             max_q_blocks=host.q_indices.shape[-1])
+    for name in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full"):
+        np.testing.assert_array_equal(np.asarray(getattr(dev, name)), getattr(host, name), name)
+
+
+def test_explicit_masks_host_and_traced_agree():
+    rng = np.random.default_rng(0)
+    bm = rng.random((2, 4, 5)) < 0.4
+    p = P.BlockMask(bm, block_q=8, block_kv=6)
+    host = S.from_pattern(p, q_len=30, kv_len=27, block_q=8, block_kv=6, num_heads=2)
+    dev = jax.jit(lambda m: S.from_block_mask(m, block_q=8, block_kv=6, q_len=30, kv_len=27)
+                  .to_dense())(jnp.asarray(bm))
+    np.testing.assert_array_equal(host.to_dense(), np.asarray(dev))
+    # Tiles that are a quarter of the mask's blocks classify the same way.
+    fine = S.from_pattern(p, q_len=30, kv_len=27, block_q=4, block_kv=3, num_heads=2)
+    mask = P.dense_mask(p, q_len=30, kv_len=27, num_heads=2, xp=np)
+    np.testing.assert_array_equal(fine.to_dense()[0], expected_codes(mask, 30, 27, 4, 3))
+
+
+def test_element_mask_codes_on_device():
+    rng = np.random.default_rng(1)
+    m = rng.random((1, 19, 23)) < 0.05
+    got = jax.jit(lambda m: S.codes_from_element_mask(m, block_q=4, block_kv=5))(jnp.asarray(m))
+    np.testing.assert_array_equal(np.asarray(got)[0], expected_codes(m, 19, 23, 4, 5))
+
+
+@given(st.lists(st.lists(st.integers(-1, 9), min_size=3, max_size=3), min_size=4, max_size=4))
+def test_from_topk_lists_are_sorted_unique_selections(rows):
+    idx = jnp.asarray(rows, jnp.int32)  # [Tb=4, k=3], -1 = none
+    sp = S.from_topk(idx, block_q=4, block_kv=4, q_len=16, kv_len=40)
+    for i, row in enumerate(rows):
+        want = sorted({j for j in row if j >= 0})
+        n = int(sp.kv_counts[0, 0, i])
+        assert list(np.asarray(sp.kv_indices[0, 0, i, :n])) == want
+        assert bool(np.asarray(sp.kv_full[0, 0, i, :n]).all())
+
+
+def test_from_topk_with_causal_codes_keeps_diagonal_partial():
+    causal = S.from_pattern(P.Causal(), q_len=16, kv_len=16, block_q=4, block_kv=4)
+    idx = jnp.array([[0, 0], [0, 1], [1, 2], [3, 0]], jnp.int32)
+    sp = S.from_topk(idx, block_q=4, block_kv=4, q_len=16, kv_len=16,
+                     codes=jnp.asarray(causal.to_dense()))
+    dense = np.asarray(sp.to_dense())[0, 0]
+    np.testing.assert_array_equal(dense, [
+        [P.PARTIAL, 0, 0, 0],
+        [P.FULL, P.PARTIAL, 0, 0],
+        [0, P.FULL, P.PARTIAL, 0],
+        [P.FULL, 0, 0, P.PARTIAL],
+    ])
+
+
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=30), st.integers(1, 7),
+       st.integers(1, 7), st.booleans())
+def test_segment_codes_are_sound(ids, bq, bk, shuffle):
+    ids = np.asarray(ids if not shuffle else np.random.default_rng(len(ids)).permutation(ids))
+    if not shuffle:
+        ids = np.sort(ids)
+    n = len(ids)
+    codes = np.asarray(S.segment_codes(ids[None], ids[None], block_q=bq, block_kv=bk))[0, 0]
+    exact = expected_codes((ids[:, None] == ids[None, :])[None], n, n, bq, bk)[0]
+    # Padding never makes a tile full: compare on the padding-free meaning.
+    exact_nopad = expected_codes((ids[:, None] == ids[None, :])[None], n, n, bq, bk)[0]
+    assert ((codes != P.EMPTY) | (exact == P.EMPTY)).all()  # EMPTY only when truly empty
+    full_ok = (codes != P.FULL) | (exact_nopad != P.EMPTY)
+    assert full_ok.all()
+    if not shuffle:  # sorted ids: nothing non-empty is called empty, and the codes are exact
+        assert ((codes == P.EMPTY) == (exact == P.EMPTY)).all()
+
+
+def test_metadata_validation_errors():
+    with pytest.raises(ValueError, match="block_q=0"):
+        S.from_pattern(P.Causal(), q_len=8, kv_len=8, block_q=0, block_kv=4)
+    with pytest.raises(ValueError, match=r"need \[\.\.\., 2, 2\]"):
+        S.from_block_codes(jnp.zeros((3, 2), jnp.int8), block_q=4, block_kv=4, q_len=8,
+                           kv_len=8)
+    with pytest.raises(TypeError, match="must be boolean"):
+        S.from_block_mask(jnp.zeros((2, 2), jnp.int32), block_q=4, block_kv=4, q_len=8,
+                          kv_len=8)
+
+
+def test_long_causal_metadata_is_closed_form():
+    # 128k tokens: the builder only touches candidate tiles (about 2 ms for a window).
+    sp = S.from_pattern(P.Causal() & P.SlidingWindow(left=1024), q_len=131072, kv_len=131072,
+                        block_q=128, block_kv=128)
+    # Keys q-1024..q: the 8 tiles before the diagonal tile, and the diagonal one.
+    assert sp.kv_indices.shape == (1, 1, 1024, 9)
+    assert int(sp.kv_counts.max()) == 9
