@@ -92,6 +92,8 @@ def test_examples_numpy_and_jnp_agree(pattern):
     if isinstance(pattern, P.BlockMask):
         t, s = pattern.block_mask.shape[-2] * pattern.block_q, pattern.block_mask.shape[-1] * (
             pattern.block_kv)
+    if isinstance(pattern, (P.Neighborhood, P.Window)):  # self-attention over the whole grid
+        t = s = pattern.num_tokens
     a = P.dense_mask(pattern, q_len=t, kv_len=s, num_heads=num_heads, xp=np)
     b = P.dense_mask(pattern, q_len=t, kv_len=s, num_heads=num_heads)
     np.testing.assert_array_equal(a, np.asarray(b))

@@ -183,9 +183,12 @@ class Pattern:
         `q[:, q_perm]`, `k[:, kv_perm]`, `v[:, kv_perm]` and `mask_fn` sees
         positions in that order; outputs come back in the caller's order.
         (Neighborhood attention tiles an image so that a tile is a box.)
+
+        Composite patterns (`&`, `|`, `PerHead`) reorder as their parts do; all
+        parts must then agree, since a part written for natural positions would
+        silently see tiled ones.
         """
-        del q_len, kv_len
-        return None
+        return _parts_permutation(self, q_len=q_len, kv_len=kv_len)
 
     @classmethod
     def examples(cls) -> list[Pattern]:
@@ -206,6 +209,33 @@ class Pattern:
             f"{self!r} has no truth value: combine patterns with `&` and `|`, "
             "not `and` / `or`."
         )
+
+
+def _parts(pattern: Pattern) -> list[Pattern]:
+    """Sub-patterns held in data fields (`And.a`, `PerHead.patterns`, ...)."""
+    out = []
+    for f in dataclasses.fields(pattern) if dataclasses.is_dataclass(pattern) else ():
+        value = getattr(pattern, f.name) if f.metadata.get("data") else None
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        out += [v for v in values if isinstance(v, Pattern)]
+    return out
+
+
+def _parts_permutation(pattern: Pattern, *, q_len: int, kv_len: int) -> Any:
+    parts = _parts(pattern)
+    perms = [p.token_permutation(q_len=q_len, kv_len=kv_len) for p in parts]
+    if all(p is None for p in perms):
+        return None
+    first = next(p for p in perms if p is not None)
+    for part, perm in zip(parts, perms, strict=True):
+        if perm is None or not all(np.array_equal(a, b) for a, b in zip(perm, first,
+                                                                         strict=True)):
+            raise ValueError(
+                f"{pattern!r}: {part!r} orders tokens differently from the other parts "
+                "(grid patterns reorder tokens into tiles); combine only grid patterns with "
+                "the same grid and tile, or apply the other pattern separately."
+            )
+    return first
 
 
 def _check_pattern(other: Any, op: str) -> None:

@@ -1,0 +1,146 @@
+"""`GridPattern`: shared machinery of patterns over a 1-D/2-D/3-D token grid.
+
+A grid pattern is a conjunction of per-axis rules: query `x_q` may attend key
+`x_k` iff `axis_allowed(a, x_q[a], x_k[a])` holds on every axis `a`. The
+pattern asks `jaxsparse.attention` to reorder tokens into the tiled order of
+`tiling.py` (kernel tiles become boxes), and its `mask_fn` decodes tiled
+positions back into coordinates with integer arithmetic.
+
+Because the rule is a product over axes, a tile that is a box `Q x K` is
+EMPTY iff some axis has no allowed pair and FULL iff every axis allows every
+pair, so tiles are classified in closed form from per-axis interval checks
+(`axis_codes`). A tile that is not exactly a box (block size not a multiple of
+the box, or a box cut at a tile edge) is classified on its bounding box: EMPTY
+and FULL stay sound there, anything else is UNSURE and checked element-wise.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+from jaxsparse.patterns import base, tiling
+
+# Default tokens per box: the kernels' default block (Config.block_q/block_kv).
+DEFAULT_TILE_TOKENS = 128
+
+
+class GridPattern(base.Pattern, register=False):
+    """Base of `Neighborhood` and `Window`; subclasses have `grid` and `tile` fields.
+
+    Subclasses implement the per-axis hooks `_axis_allowed` (any array
+    module), `_axis_codes` and `_axis_reach` (numpy, host metadata).
+    """
+
+    grid: tuple[int, ...]
+    tile: Any
+
+    # --- per-axis hooks ---------------------------------------------------------
+    def _axis_allowed(self, axis: int, xq: Any, xk: Any) -> Any:
+        """The rule on one axis for coordinates `xq`, `xk` (only `+ - * // % < <= == & |`)."""
+        raise NotImplementedError
+
+    def _axis_codes(self, axis: int, ql, qh, kl, kh) -> tuple[np.ndarray, np.ndarray]:
+        """(some pair allowed, every pair allowed) for coordinate intervals [ql,qh] x [kl,kh]."""
+        raise NotImplementedError
+
+    def _axis_reach(self, axis: int, ql, qh) -> tuple[np.ndarray, np.ndarray]:
+        """Inclusive key-coordinate bounds of everything queries in [ql, qh] may attend."""
+        raise NotImplementedError
+
+    # --- construction -------------------------------------------------------------
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # frozen dataclass: normalise in __post_init__
+
+    def _resolve_tile(self) -> None:
+        """Turn `tile` (None, a token budget, or a shape) into a validated box shape."""
+        owner = type(self).__name__
+        tile = DEFAULT_TILE_TOKENS if self.tile is None else self.tile
+        if isinstance(tile, (int, np.integer)) and not isinstance(tile, bool):
+            base.check_int(
+                "tile",
+                tile,
+                minimum=1,
+                owner=owner,
+                fix="An int tile is the number of tokens per box (e.g. 128).",
+            )
+            tile = tiling.choose_tile(self.grid, int(tile), self._axis_cost)
+        self._set("tile", tiling.check_tile(owner, self.grid, tile))
+
+    def _axis_cost(self, axis: int, side: int) -> float:
+        """Average number of key boxes a query box touches along `axis` (tile choice)."""
+        start = np.arange(self.grid[axis] // side) * side
+        lo, hi = self._axis_reach(axis, start, start + side - 1)
+        return float(np.mean(hi // side - lo // side + 1))
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the grid (the call's T and S)."""
+        return math.prod(self.grid)
+
+    # --- the one definition ---------------------------------------------------------
+    def mask_fn(self, q_pos, kv_pos, head):
+        """The rule at *tiled* positions (see `token_permutation`)."""
+        xq = tiling.coords(q_pos, self.grid, self.tile)
+        xk = tiling.coords(kv_pos, self.grid, self.tile)
+        out = None
+        for axis in range(len(self.grid)):
+            m = self._axis_allowed(axis, xq[axis], xk[axis])
+            out = m if out is None else out & m
+        return out
+
+    # --- closed-form metadata ---------------------------------------------------------
+    def classify(self, q_lo, q_hi, k_lo, k_hi, head):
+        q_lo, q_hi, k_lo, k_hi = np.broadcast_arrays(q_lo, q_hi, k_lo, k_hi)
+        qa, qb, q_exact = tiling.range_box(q_lo, q_hi, self.grid, self.tile)
+        ka, kb, k_exact = tiling.range_box(k_lo, k_hi, self.grid, self.tile)
+        some, every = True, True
+        for axis in range(len(self.grid)):
+            s, e = self._axis_codes(axis, qa[axis], qb[axis], ka[axis], kb[axis])
+            some, every = some & s, every & e
+        # EMPTY / FULL hold for any subset of the boxes; PARTIAL only for exact boxes.
+        middle = np.where(q_exact & k_exact, np.int8(base.PARTIAL), np.int8(base.UNSURE))
+        codes = np.where(some, middle, np.int8(base.EMPTY))
+        return np.where(every, np.int8(base.FULL), codes).astype(np.int8)
+
+    def kv_range(self, q_lo, q_hi, head):
+        qa, qb, _ = tiling.range_box(q_lo, q_hi, self.grid, self.tile)
+        reach = [self._axis_reach(axis, qa[axis], qb[axis]) for axis in range(len(self.grid))]
+        # Tiled positions grow with every coordinate inside a box and with the box
+        # index, so the box's corners hold its smallest and largest positions.
+        lo = tiling.positions([r[0] for r in reach], self.grid, self.tile)
+        hi = tiling.positions([r[1] for r in reach], self.grid, self.tile)
+        return lo, hi
+
+    # --- binding and token order ----------------------------------------------------
+    def bind(self, *, q_len, kv_len, q_offset, num_heads):
+        n, name = self.num_tokens, type(self).__name__
+        if q_len != n or kv_len != n:
+            raise ValueError(
+                f"{name}: grid={self.grid} holds {n} tokens but the call has q_len={q_len}, "
+                f"kv_len={kv_len}; pass all {n} tokens of the grid in row-major order (reshape "
+                f"[B, *grid, H, D] to [B, {n}, H, D]), or build the pattern with the grid of "
+                "your input."
+            )
+        if q_offset != 0:
+            raise ValueError(
+                f"{name} is self-attention over the whole grid: q_offset must be 0, got "
+                f"{q_offset}. Leave q_offset unset."
+            )
+        return self
+
+    def token_permutation(self, *, q_len, kv_len):
+        """Tokens in tiled order (None when that is the natural order, e.g. 1-D)."""
+        del q_len, kv_len
+        return self._permutation
+
+    @functools.cached_property
+    def _permutation(self):
+        perm = tiling.permutation(self.grid, self.tile)
+        if np.array_equal(perm, np.arange(perm.size)):
+            return None
+        perm.flags.writeable = False
+        return perm, perm
