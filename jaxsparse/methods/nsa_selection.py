@@ -1,0 +1,118 @@
+"""NSA branch 2 selection: top-n blocks per token, shared by a GQA group (arXiv 2502.11089, 3.3.2).
+
+Importance comes from branch 1 without another `q . k` pass over raw keys:
+the compressed attention probabilities `p_cmp = exp(scale q . k_cmp - lse_cmp)`
+(using branch 1's lse) are remapped onto selection blocks by window overlap,
+summed over the query heads of each key/value group, the initial and local
+blocks forced, future blocks excluded, and the top `top_n` kept.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsparse.patterns.compressed_causal import CompressedCausal
+from jaxsparse.selection import chunks, estimate, remap, topk
+
+
+def block_importance(
+    q_rows,
+    lse_rows,
+    k_cmp,
+    q_pos,
+    *,
+    kernel_size: int,
+    stride: int,
+    block_size: int,
+    num_blocks: int,
+    scale: float,
+):
+    """Group-summed selection-block importance `[B, K, n, num_blocks]` for some query rows.
+
+    q_rows `[B, n, H, D]`, lse_rows `[B, n, H]` (branch 1's lse), k_cmp
+    `[B, Nc, K, D]`, q_pos `[n]` absolute positions.
+    """
+    b, n, h, _ = q_rows.shape
+    kh, nc = k_cmp.shape[2], k_cmp.shape[1]
+    logits = estimate.grouped_logits(q_rows, k_cmp) * scale  # [B, H, n, Nc]
+    rule = CompressedCausal(kernel_size=kernel_size, stride=stride)
+    visible = rule.mask_fn(q_pos[:, None], jnp.arange(nc, dtype=jnp.int32)[None, :], 0)
+    lse = jnp.moveaxis(lse_rows, 1, 2)[..., None]  # [B, H, n, 1]
+    live = visible[None, None] & jnp.isfinite(lse)
+    p_cmp = jnp.where(live, jnp.exp(logits - jnp.where(live, lse, 0.0)), 0.0)
+    p_slc = remap.compressed_to_blocks(
+        p_cmp, kernel_size=kernel_size, stride=stride, block_size=block_size, num_blocks=num_blocks
+    )
+    return p_slc.reshape(b, kh, h // kh, n, num_blocks).sum(2)
+
+
+def select_blocks(
+    importance, q_pos, *, block_size: int, top_n: int, init_blocks: int, local_blocks: int
+):
+    """Top-`top_n` block indices `[B, K, n, top_n]` (-1: none); initial and local blocks forced."""
+    nb = importance.shape[-1]
+    j = jnp.arange(nb, dtype=jnp.int32)[None, None, None, :]
+    own = (q_pos // block_size)[None, None, :, None]
+    forced = (j < init_blocks) | ((own - j >= 0) & (own - j < local_blocks))
+    scores = jnp.where(forced, jnp.inf, importance)
+    scores = jnp.where(j > own, -jnp.inf, scores)  # future blocks are never selected
+    return topk.topk_indices(scores, top_n)
+
+
+def nsa_select(
+    q,
+    k_cmp,
+    lse_cmp,
+    *,
+    kv_len: int,
+    kernel_size: int,
+    stride: int,
+    block_size: int,
+    top_n: int,
+    init_blocks: int,
+    local_blocks: int,
+    scale: float,
+    q_offset: int,
+):
+    """NSA's selection bits `[B, K, T, ceil(S / block_size)]` (bool), computed in row chunks.
+
+    Args:
+      q: `[B, T, H, D]`; k_cmp: compressed keys `[B, Nc, K, D]`; lse_cmp:
+        branch 1's lse `[B, H, T]`.
+      kv_len: S. Other arguments as in `jaxsparse.nsa`.
+    """
+    q, k_cmp, lse_cmp = (jax.lax.stop_gradient(x) for x in (q, k_cmp, lse_cmp))
+    nb = -(-kv_len // block_size)
+    b, _, h, _ = q.shape
+
+    def rows_fn(q_rows, lse_rows, q_pos):
+        if k_cmp.shape[1] == 0:  # no compressed token yet: only the forced blocks score
+            imp = jnp.zeros((b, k_cmp.shape[2], q_rows.shape[1], nb), jnp.float32)
+        else:
+            imp = block_importance(
+                q_rows,
+                lse_rows,
+                k_cmp,
+                q_pos,
+                kernel_size=kernel_size,
+                stride=stride,
+                block_size=block_size,
+                num_blocks=nb,
+                scale=scale,
+            )
+        idx = select_blocks(
+            imp,
+            q_pos,
+            block_size=block_size,
+            top_n=top_n,
+            init_blocks=init_blocks,
+            local_blocks=local_blocks,
+        )
+        return topk.indices_to_mask(idx, nb)
+
+    per_row = b * h * max(k_cmp.shape[1], nb)
+    rows = chunks.rows_per_chunk(per_row)
+    return chunks.map_query_rows(
+        rows_fn, (q, jnp.moveaxis(lse_cmp, 1, 2)), rows=rows, q_offset=q_offset
+    )

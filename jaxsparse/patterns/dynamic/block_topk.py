@@ -1,0 +1,117 @@
+"""`BlockTopK`: MInference's block-sparse prefill pattern (Jiang et al., arXiv 2407.02490).
+
+Queries and keys are mean-pooled over blocks of `block_size`; each query
+block scores the key blocks it may see causally by `q_mean . k_mean` (no
+softmax scale, as in MInference's `_build_block_index`) and keeps the best
+`top_k`, per query head. Attention then runs on those tiles, causal inside.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsparse.patterns import base
+from jaxsparse.patterns.dynamic import common, token_block_mask
+from jaxsparse.selection import estimate, pooling, ranges, topk
+
+
+def block_causal(*, q_len: int, kv_len: int, q_offset: int, block_q: int, block_kv: int):
+    """`[Tb, Sb]` bool: key block j holds a key some query of block i may see causally."""
+    tb, sb = -(-q_len // block_q), -(-kv_len // block_kv)
+    q_last = q_offset + jnp.minimum((jnp.arange(tb) + 1) * block_q, q_len) - 1
+    return (jnp.arange(sb) * block_kv)[None, :] <= q_last[:, None]
+
+
+def block_topk_select(q, k, *, block_size: int, top_k: int, q_offset: int):
+    """Selection bits `[B, H, Tb, Sb]` (bool) of BlockTopK (ragged last blocks are averaged
+    over their valid tokens)."""
+    q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
+    qm = pooling.pool(q, block_size, kind="mean", axis=1)  # [B, Tb, H, D]
+    km = pooling.pool(k, block_size, kind="mean", axis=1)  # [B, Sb, K, D]
+    scores = estimate.grouped_logits(qm, km)  # [B, H, Tb, Sb]
+    visible = block_causal(
+        q_len=q.shape[1],
+        kv_len=k.shape[1],
+        q_offset=q_offset,
+        block_q=block_size,
+        block_kv=block_size,
+    )
+    scores = jnp.where(visible[None, None], scores, -jnp.inf)
+    return topk.topk_mask(scores, top_k)
+
+
+@base.pattern_dataclass
+class BlockTopK(common.DynamicPattern):
+    """Per query block and head, the `top_k` key blocks by pooled `q . k` (block-causal).
+
+    ```
+    BlockTopK(block_size=2, top_k=2): query block 2 keeps key blocks 0 and 2
+    ■ · · · · ·
+    ■ ■ · · · ·
+    ■ ■ ■ · · ·
+    ■ ■ ■ ■ · ·
+    ■ ■ · · ■ ·
+    ■ ■ · · ■ ■
+    ```
+
+    Args:
+      block_size: pooling block and selection granularity (MInference: 64).
+      top_k: key blocks kept per query block (MInference: 100).
+
+    Details:
+      Causal only. Rows with no more than `top_k` visible blocks (sequences
+      shorter than `top_k * block_size`) keep them all: dense causal. Kernel
+      tiles default to `block_size` (capped at 128), so the tile lists are
+      exactly the selection.
+    """
+
+    block_size: int = 64
+    top_k: int = 100
+
+    def __post_init__(self):
+        base.check_int("block_size", self.block_size, minimum=1, owner="BlockTopK")
+        base.check_int(
+            "top_k",
+            self.top_k,
+            minimum=1,
+            owner="BlockTopK",
+            fix="It counts key blocks per query block.",
+        )
+
+    def bind(self, *, q_len, kv_len, q_offset, num_heads):
+        common.check_causal_geometry("BlockTopK", q_len=q_len, kv_len=kv_len, q_offset=q_offset)
+        return self
+
+    def select(self, q, k, *, q_offset, config):
+        t, h, s = q.shape[1], q.shape[2], k.shape[1]
+        bits = block_topk_select(
+            q, k, block_size=self.block_size, top_k=self.top_k, q_offset=q_offset
+        )
+        pattern = token_block_mask.TokenBlockMask(
+            bits,
+            row_block=self.block_size,
+            col_block=self.block_size,
+            causal=True,
+            q_offset=q_offset,
+        )
+        tile = common.natural_tile(self.block_size, max(t, s))
+        bq, bk = common.tiles(config, q_len=t, kv_len=s, block_q=tile, block_kv=tile)
+        # Static list bound: rows of the selection per tile x tiles per selected block.
+        rows = ranges.max_cells(bq, self.block_size, t)
+        cols = ranges.max_cells(self.block_size, bk, s)
+        bound = min(-(-s // bk), self.top_k * rows * cols)
+        sp = token_block_mask.token_block_sparsity(
+            pattern,
+            num_heads=h,
+            block_q=bq,
+            block_kv=bk,
+            q_len=t,
+            kv_len=s,
+            q_offset=q_offset,
+            max_kv_blocks=bound,
+        )
+        return pattern, sp
+
+    def __repr__(self):
+        return f"BlockTopK(block_size={self.block_size}, top_k={self.top_k})"

@@ -1,0 +1,126 @@
+"""`MoBA`: Mixture of Block Attention (Lu et al., arXiv 2502.13189), causal LLM attention.
+
+Keys are split into chunks of `block_size`. Each query scores every chunk by
+`q . mean(K_chunk)` (float32, no softmax scale; parameter-free gate), keeps
+its own chunk (causally) plus the best `top_k - 1` chunks that end before its
+own chunk begins, and attends all their keys with one softmax. The selection
+is per query token and per query head; gradients reach q, k, v through
+attention only (top-k is not differentiated), as in the paper.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsparse.patterns import base
+from jaxsparse.patterns.dynamic import common, token_block_mask
+from jaxsparse.selection import chunks, estimate, pooling, ranges, topk
+
+
+def moba_select(q, k, *, block_size: int, top_k: int, q_offset: int):
+    """MoBA's selection bits `[B, H, T, ceil(S / block_size)]` (bool).
+
+    Args:
+      q: `[B, T, H, D]`; k: `[B, S, K, D]` (GQA: key heads are shared by the
+        query heads of a group, the gate stays per query head).
+      block_size: chunk length; top_k: chunks per query, own chunk included.
+      q_offset: position of query row 0.
+    """
+    q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
+    k_mean = pooling.pool(k, block_size, kind="mean", axis=1)  # [B, nc, K, D]
+    nc = k_mean.shape[1]
+    chunk = jnp.arange(nc, dtype=jnp.int32)
+
+    def select_rows(q_rows, q_pos):
+        gate = estimate.grouped_logits(q_rows, k_mean)  # [B, H, n, nc], unscaled as in MoBA
+        own = (q_pos // block_size)[None, None, :, None]
+        c = chunk[None, None, None, :]
+        # Past chunks compete, the own chunk is forced, future chunks are out.
+        gate = jnp.where(c < own, gate, -jnp.inf)
+        gate = jnp.where(c == own, jnp.inf, gate)
+        return topk.topk_mask(gate, top_k)
+
+    rows = chunks.rows_per_chunk(q.shape[0] * q.shape[2] * nc)
+    return chunks.map_query_rows(select_rows, q, rows=rows, q_offset=q_offset)
+
+
+@base.pattern_dataclass
+class MoBA(common.DynamicPattern):
+    """Mixture of Block Attention: own chunk + top `top_k - 1` past chunks by `q . mean(K)`.
+
+    ```
+    MoBA(block_size=2, top_k=2), one query row per line (chunk 0 chosen by row 4..5)
+    ■ · · · · ·
+    ■ ■ · · · ·
+    ■ · ■ · · ·     <- chunk 0 won over nothing else (top_k=2: own + 1 past)
+    ■ · ■ ■ · ·
+    ■ ■ · · ■ ·
+    · · ■ ■ ■ ■     <- this query picked chunk 1
+    ```
+
+    Args:
+      block_size: chunk length in keys (MoBA's `moba_chunk_size`; the paper
+        uses 512 at 8K and 4096 for long context).
+      top_k: chunks attended per query including its own (`moba_topk`; 3 at
+        8K, 12 for long context).
+
+    Details:
+      Causal only; per query token and query head, so a query tile visits
+      the union of its rows' chunks and `mask_fn` (a `TokenBlockMask`) keeps
+      each row exact. With no more than `top_k` chunks in the past (short
+      sequences, shorter than `top_k * block_size`), every chunk is chosen:
+      dense causal attention. Kernel tiles default to the largest power of
+      two <= 128 dividing `block_size`.
+    """
+
+    block_size: int
+    top_k: int
+
+    def __post_init__(self):
+        base.check_int(
+            "block_size",
+            self.block_size,
+            minimum=1,
+            owner="MoBA",
+            fix="It is the chunk length in keys.",
+        )
+        base.check_int(
+            "top_k",
+            self.top_k,
+            minimum=1,
+            owner="MoBA",
+            fix="It counts chunks per query, including the query's own chunk.",
+        )
+
+    def bind(self, *, q_len, kv_len, q_offset, num_heads):
+        common.check_causal_geometry("MoBA", q_len=q_len, kv_len=kv_len, q_offset=q_offset)
+        return self
+
+    def select(self, q, k, *, q_offset, config):
+        t, h, s = q.shape[1], q.shape[2], k.shape[1]
+        bits = moba_select(q, k, block_size=self.block_size, top_k=self.top_k, q_offset=q_offset)
+        pattern = token_block_mask.TokenBlockMask(
+            bits, row_block=1, col_block=self.block_size, causal=True, q_offset=q_offset
+        )
+        bq, bk = common.tiles(
+            config, q_len=t, kv_len=s, block_kv=common.natural_tile(self.block_size, s)
+        )
+        # Static list bound: chunks a tile's rows may pick x tiles per chunk.
+        per_chunk = ranges.max_cells(self.block_size, bk, s)
+        chunks_per_tile = min(-(-s // self.block_size), bq * self.top_k)
+        bound = min(-(-s // bk), chunks_per_tile * per_chunk)
+        sp = token_block_mask.token_block_sparsity(
+            pattern,
+            num_heads=h,
+            block_q=bq,
+            block_kv=bk,
+            q_len=t,
+            kv_len=s,
+            q_offset=q_offset,
+            max_kv_blocks=bound,
+        )
+        return pattern, sp
+
+    def __repr__(self):
+        return f"MoBA(block_size={self.block_size}, top_k={self.top_k})"

@@ -1,0 +1,206 @@
+"""`TokenBlockMask`: a selection of key blocks per query row (or row block), as a batched pattern.
+
+The representation every content-aware method here shares. `bits[b, h, r, c]`
+says whether query row-group `r` (rows `[r*row_block, (r+1)*row_block)`) of
+head `h` may attend key block `c` (keys `[c*col_block, (c+1)*col_block)`):
+
+  * MoBA, NSA: one row per query token (`row_block=1`): per-token top-k
+    chunks / blocks, which a query *tile* cannot express.
+  * BlockTopK, FlexPrefill, SeerAttention: one row per query block.
+
+`mask_fn` reads the bits (and applies causality), so it is exact inside any
+tile; the tile lists are the per-tile union (`token_block_sparsity`), and a
+tile is FULL only when every row of it selected every key in it. A GPU
+kernel can read the same bit array inside partial tiles.
+
+```
+TokenBlockMask(bits[h] = [[1, 0],      row_block=2, col_block=2, causal=False
+                          [0, 1]])
+■ ■ · ·
+■ ■ · ·
+· · ■ ■
+· · ■ ■
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsparse.patterns import base
+from jaxsparse.selection import ranges
+from jaxsparse.sparsity import block_sparsity, device
+
+
+@base.pattern_dataclass
+class TokenBlockMask(base.Pattern):
+    """Query rows attend the key blocks their bits select (see the module docstring).
+
+    Attributes:
+      bits: bool `[B, Hx, R, C]` (one example's slice `[Hx, R, C]` inside
+        `mask_fn`); `Hx` is 1, the number of key/value heads (GQA-shared
+        selections, with `group = H // K`) or the number of query heads.
+      row_block: query rows per bit row (1: per token).
+      col_block: keys per bit column.
+      group: query heads sharing one bit head (`Hx * group == H`, or Hx == 1).
+      causal: also require `key <= query` (positions as in the call).
+      q_offset: position of query row 0 (set by `bind`).
+    """
+
+    _dataclass_kwargs = {"eq": False}
+
+    bits: Any = base.data_field()
+    row_block: int = 1
+    col_block: int = 64
+    group: int = 1
+    causal: bool = True
+    q_offset: int | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        for name in ("row_block", "col_block", "group"):
+            base.check_int(name, getattr(self, name), minimum=1, owner="TokenBlockMask")
+
+    @property
+    def batched(self) -> bool:
+        return True
+
+    @property
+    def head_dependent(self) -> bool:  # type: ignore[override]
+        return np.shape(self.bits)[-3] > 1
+
+    def mask_fn(self, q_pos, kv_pos, head):
+        xp = base.array_module(self.bits, q_pos, kv_pos, head)
+        bits = xp.asarray(self.bits)
+        hx, r, c = bits.shape[-3:]
+        row = xp.clip((q_pos - (self.q_offset or 0)) // self.row_block, 0, r - 1)
+        col = xp.clip(kv_pos // self.col_block, 0, c - 1)
+        h = xp.minimum(head // self.group, hx - 1)
+        m = bits[h, row, col]
+        return m & (kv_pos <= q_pos) if self.causal else m
+
+    def bind(self, *, q_len, kv_len, q_offset, num_heads):
+        shape = tuple(np.shape(self.bits))
+        want = (-(-q_len // self.row_block), -(-kv_len // self.col_block))
+        if len(shape) not in (3, 4) or shape[-2:] != want:
+            raise ValueError(
+                f"TokenBlockMask: bits have shape {shape}; q_len={q_len}, kv_len={kv_len} with "
+                f"row_block={self.row_block}, col_block={self.col_block} need [B, Hx, {want[0]}, "
+                f"{want[1]}]."
+            )
+        if shape[-3] != 1 and shape[-3] * self.group != num_heads:
+            raise ValueError(
+                f"TokenBlockMask: {shape[-3]} bit heads x group {self.group} do not cover "
+                f"{num_heads} query heads; use one bit head per query head, per key/value head "
+                "(group = H // K), or a single one."
+            )
+        if self.q_offset is not None and self.q_offset != q_offset:
+            raise ValueError(
+                f"TokenBlockMask was built for q_offset={self.q_offset} but this call uses "
+                f"q_offset={q_offset}; select again for this call."
+            )
+        return dataclasses.replace(self, q_offset=q_offset)
+
+    def __repr__(self):
+        return (
+            f"TokenBlockMask(bits{list(np.shape(self.bits))}, row_block={self.row_block}, "
+            f"col_block={self.col_block}, group={self.group}, causal={self.causal})"
+        )
+
+
+def causal_tile_codes(
+    *, q_len: int, kv_len: int, q_offset: int, block_q: int, block_kv: int
+) -> np.ndarray:
+    """Exact EMPTY/PARTIAL/FULL codes `[Tb, Sb]` of causal attention on these tiles (host)."""
+    tb, sb = -(-q_len // block_q), -(-kv_len // block_kv)
+    i, j = np.arange(tb)[:, None], np.arange(sb)[None, :]
+    q_lo = q_offset + i * block_q
+    q_hi = q_offset + np.minimum((i + 1) * block_q, q_len) - 1
+    k_lo = j * block_kv
+    k_hi = np.minimum((j + 1) * block_kv, kv_len) - 1
+    return base.codes_from(k_hi <= q_lo, k_lo > q_hi)
+
+
+def bits_tile_codes(
+    bits, *, row_block: int, col_block: int, block_q: int, block_kv: int, q_len: int, kv_len: int
+):
+    """Codes `[B, Hx, Tb, Sb]` of the bits alone: FULL when all (row, key) of a tile are kept."""
+    tb, sb = -(-q_len // block_q), -(-kv_len // block_kv)
+    r_lo, r_hi = ranges.uniform_ranges(tb, block_q, row_block, q_len)
+    c_lo, c_hi = ranges.uniform_ranges(sb, block_kv, col_block, kv_len)
+    touched = ranges.reduce_ranges(
+        ranges.reduce_ranges(bits, 2, r_lo, r_hi, op="any"), 3, c_lo, c_hi, op="any"
+    )
+    covered = ranges.reduce_ranges(
+        ranges.reduce_ranges(bits, 2, r_lo, r_hi, op="all"), 3, c_lo, c_hi, op="all"
+    )
+    return jnp.where(
+        covered,
+        jnp.int8(base.FULL),
+        jnp.where(touched, jnp.int8(base.PARTIAL), jnp.int8(base.EMPTY)),
+    )
+
+
+def expand_heads(codes, num_heads: int):
+    """Codes with one list per query head (or a shared one) from `[B, Hx, ...]` bit heads."""
+    hx = codes.shape[1]
+    if hx in (1, num_heads):
+        return codes
+    return jnp.repeat(codes, num_heads // hx, axis=1)
+
+
+def token_block_sparsity(
+    pattern: TokenBlockMask,
+    *,
+    num_heads: int,
+    block_q: int,
+    block_kv: int,
+    q_len: int,
+    kv_len: int,
+    q_offset: int,
+    max_kv_blocks: int | None = None,
+    max_q_blocks: int | None = None,
+    extra_codes: Any = None,
+) -> block_sparsity.BlockSparsity:
+    """The tile lists of a `TokenBlockMask`: the union, per query tile, of its rows' selections.
+
+    Args:
+      pattern: the selection (bits `[B, Hx, R, C]`).
+      num_heads: query heads H.
+      block_q, block_kv: the kernel's tiles (any sizes; they need not divide
+        the selection blocks).
+      q_len, kv_len, q_offset: the call's geometry.
+      max_kv_blocks / max_q_blocks: static bounds on list lengths (the XLA path
+        visits `Tb * max_kv_blocks` tiles, so a tight bound saves work).
+      extra_codes: optional codes `[B, Hx', Tb, Sb]` ANDed in (e.g. a window).
+    """
+    codes = bits_tile_codes(
+        jnp.asarray(pattern.bits),
+        row_block=pattern.row_block,
+        col_block=pattern.col_block,
+        block_q=block_q,
+        block_kv=block_kv,
+        q_len=q_len,
+        kv_len=kv_len,
+    )
+    if pattern.causal:
+        causal = causal_tile_codes(
+            q_len=q_len, kv_len=kv_len, q_offset=q_offset, block_q=block_q, block_kv=block_kv
+        )
+        codes = device.intersect_codes(codes, jnp.asarray(causal)[None, None])
+    if extra_codes is not None:
+        codes = device.intersect_codes(codes, extra_codes)
+    codes = expand_heads(codes, num_heads)
+    return device.from_block_codes(
+        codes,
+        block_q=block_q,
+        block_kv=block_kv,
+        q_len=q_len,
+        kv_len=kv_len,
+        q_offset=q_offset,
+        max_kv_blocks=max_kv_blocks,
+        max_q_blocks=max_q_blocks,
+    )

@@ -1,0 +1,73 @@
+"""Attention estimated from the last queries (MInference vertical-slash, FlexPrefill).
+
+Both methods look at how the final `n` queries attend, causally, and
+extrapolate the pattern to the whole prefill.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def grouped_logits(q, k):
+    """`q . k` for every query head against its key/value head: `[B, H, T, S]` float32.
+
+    q `[B, T, H, D]`, k `[B, S, K, D]`; query head h uses key head `h // (H // K)`.
+    """
+    b, t, h, d = q.shape
+    kh = k.shape[2]
+    qg = q.astype(jnp.float32).reshape(b, t, kh, h // kh, d)
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32))
+    return s.reshape(b, h, t, k.shape[1])
+
+
+def masked_softmax(logits, mask):
+    """Softmax over the last axis restricted to `mask`; a fully masked row is all zeros."""
+    s = jnp.where(mask, logits, -jnp.inf)
+    m = s.max(-1, keepdims=True)
+    p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
+    l = p.sum(-1, keepdims=True)
+    return p / jnp.where(l > 0, l, 1.0)
+
+
+def last_query_probs(q, k, *, last_q: int, scale: float, q_offset: int):
+    """Causal attention probabilities of the last `last_q` queries: `[B, H, n, S]` float32.
+
+    Args:
+      q: `[B, T, H, D]`; the rows used are the final `n = min(last_q, T)`.
+      k: `[B, S, K, D]`.
+      last_q: number of final queries.
+      scale: logit scale.
+      q_offset: position of query row 0 (keys sit at 0..S-1).
+
+    Returns:
+      `(probs, q_pos)`: probabilities `[B, H, n, S]` (rows sum to 1, or 0
+      when a query sees no key) and the positions `[n]` of those queries.
+    """
+    t, s = q.shape[1], k.shape[1]
+    n = min(last_q, t)
+    q_pos = q_offset + t - n + jnp.arange(n, dtype=jnp.int32)
+    logits = grouped_logits(q[:, t - n :], k) * scale
+    causal = jnp.arange(s, dtype=jnp.int32)[None, None, None, :] <= q_pos[None, None, :, None]
+    return masked_softmax(logits, causal), q_pos
+
+
+def vertical_scores(probs):
+    """Column sums `[B, H, S]` of estimated probabilities `[B, H, n, S]` (MInference step 2)."""
+    return probs.sum(-2)
+
+
+def slash_scores(probs, q_pos):
+    """Diagonal sums `[B, H, S]` indexed by offset `o = query position - key position`.
+
+    `slash[..., o] = sum_r probs[..., r, q_pos[r] - o]` over the rows whose
+    diagonal `o` lands on a key (MInference step 3, FlexPrefill's slash).
+    """
+    s = probs.shape[-1]
+    o = jnp.arange(s, dtype=jnp.int32)[None, :]
+    col = (q_pos[:, None] - o)[None, None]  # [1, 1, n, S]: key on diagonal o for each row
+    valid = (col >= 0) & (col < s)
+    gathered = jnp.take_along_axis(
+        probs, jnp.broadcast_to(jnp.clip(col, 0, s - 1), probs.shape), axis=-1
+    )
+    return jnp.where(valid, gathered, 0.0).sum(-2)
