@@ -74,7 +74,8 @@ def test_vmap_equals_batched_call():
             kw = {**kwargs, "segment_ids": None}
 
             def one(q, k, v, qi, ki):
-                return js.attention(q, k, v, implementation="xla", **{**kw, "segment_ids": (qi, ki)})
+                kw_one = {**kw, "segment_ids": (qi, ki)}
+                return js.attention(q, k, v, implementation="xla", **kw_one)
 
             out = jax.vmap(one)(q, k, v, q_ids, kv_ids)
         return (out * cot).sum()

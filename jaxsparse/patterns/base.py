@@ -136,6 +136,14 @@ class Pattern:
         """
         return np.zeros_like(q_lo), np.full_like(q_hi, UNBOUNDED)
 
+    def kv_ranges(self, q_lo, q_hi, head) -> list[tuple[Any, Any]]:
+        """Like `kv_range`, as a union of intervals (e.g. a sink plus a window).
+
+        Lets the builder skip the gap between disjoint key ranges, so
+        StreamingLLM-style patterns cost O(tiles kept) at 1M tokens.
+        """
+        return [self.kv_range(q_lo, q_hi, head)]
+
     # --- binding to a call --------------------------------------------------
     def bind(self, *, q_len: int, kv_len: int, q_offset: int, num_heads: int) -> Pattern:
         """Validate the pattern for one call; return the pattern to use.
@@ -270,6 +278,13 @@ class And(Pattern):
         lb, hb = self.b.kv_range(q_lo, q_hi, head)
         return np.maximum(la, lb), np.minimum(ha, hb)
 
+    def kv_ranges(self, q_lo, q_hi, head):
+        return [
+            (np.maximum(la, lb), np.minimum(ha, hb))
+            for la, ha in self.a.kv_ranges(q_lo, q_hi, head)
+            for lb, hb in self.b.kv_ranges(q_lo, q_hi, head)
+        ]
+
     def bind(self, **kw):
         return And(self.a.bind(**kw), self.b.bind(**kw))
 
@@ -305,6 +320,9 @@ class Or(Pattern):
         la, ha = self.a.kv_range(q_lo, q_hi, head)
         lb, hb = self.b.kv_range(q_lo, q_hi, head)
         return np.minimum(la, lb), np.maximum(ha, hb)
+
+    def kv_ranges(self, q_lo, q_hi, head):
+        return self.a.kv_ranges(q_lo, q_hi, head) + self.b.kv_ranges(q_lo, q_hi, head)
 
     def bind(self, **kw):
         return Or(self.a.bind(**kw), self.b.bind(**kw))

@@ -20,6 +20,8 @@ from jaxsparse.sparsity import block_sparsity
 
 # Elements per classification chunk (bounds peak memory on long sequences).
 _CHUNK_ELEMENTS = 1 << 21
+# More key intervals than this per row: use the pattern's single envelope.
+_MAX_INTERVALS = 8
 # Elements per element-wise refinement batch.
 _REFINE_ELEMENTS = 1 << 22
 
@@ -72,10 +74,15 @@ def _build(pattern, q_len, kv_len, q_offset, block_q, block_kv, hx):
     geo = _Geometry(q_len, kv_len, q_offset, block_q, block_kv, hx)
     q_lo_pos, q_hi_pos = geo.q_bounds(np.arange(geo.tb))
     head = np.arange(hx)[:, None]
-    lo, hi = pattern.kv_range(q_lo_pos[None, :], q_hi_pos[None, :], head)
-    lo = np.broadcast_to(np.asarray(lo, np.int64), (hx, geo.tb))
-    hi = np.broadcast_to(np.asarray(hi, np.int64), (hx, geo.tb))
-    kv_lo, kv_width = _block_range(lo, hi, kv_len, block_kv)
+    args = (q_lo_pos[None, :], q_hi_pos[None, :], head)
+    ranges = pattern.kv_ranges(*args)
+    if len(ranges) > _MAX_INTERVALS:  # deep compositions: use the single envelope
+        ranges = [pattern.kv_range(*args)]
+    kv_intervals = [
+        _block_range(np.broadcast_to(np.asarray(lo, np.int64), (hx, geo.tb)),
+                     np.broadcast_to(np.asarray(hi, np.int64), (hx, geo.tb)), kv_len, block_kv)
+        for lo, hi in ranges
+    ]
 
     def classify_q_major(h, rows, cols):
         return geo.codes(pattern, h, rows, cols)
@@ -83,9 +90,11 @@ def _build(pattern, q_len, kv_len, q_offset, block_q, block_kv, hx):
     def classify_kv_major(h, rows, cols):
         return geo.codes(pattern, h, cols, rows)
 
-    kv_indices, kv_counts, kv_full = _lists(classify_q_major, kv_lo, kv_width, geo.sb)
-    q_lo, q_width = _transpose_ranges(kv_lo, kv_width, geo.sb, geo.tb)
-    q_indices, q_counts, q_full = _lists(classify_kv_major, q_lo, q_width, geo.tb)
+    kv_indices, kv_counts, kv_full = _lists(
+        classify_q_major, _Candidates(kv_intervals, geo.sb), geo.sb)
+    q_intervals = [_transpose_range(f, w, geo.sb, geo.tb) for f, w in kv_intervals]
+    q_indices, q_counts, q_full = _lists(
+        classify_kv_major, _Candidates(q_intervals, geo.tb), geo.tb)
     arrays = [kv_indices, kv_counts, kv_full, q_indices, q_counts, q_full]
     for a in arrays:
         a.flags.writeable = False  # cached: never mutate in place
@@ -158,40 +167,83 @@ def _block_range(lo, hi, length, block):
     return first.astype(np.int32), np.where(nonempty, last - first + 1, 0).astype(np.int32)
 
 
-def _transpose_ranges(first, width, num_cols, num_rows):
-    """Candidate row ranges per column from per-row column ranges.
+def _transpose_range(first, width, num_cols, num_rows):
+    """Candidate row range per column from one per-row column interval.
 
-    When the ranges move monotonically down the rows (causal, windows, chunks,
-    prefixes...), the rows that may use column j form one contiguous run found
-    by binary search; otherwise every row is a candidate.
+    When the interval moves monotonically down its non-empty rows (causal,
+    windows, chunks, sinks...), the rows that may use column j form one
+    contiguous run found by binary search; otherwise every row is a candidate.
     """
     hx = first.shape[0]
-    last = first + width - 1
-    cols = np.arange(num_cols)
     out_first = np.zeros((hx, num_cols), np.int32)
     out_width = np.full((hx, num_cols), num_rows, np.int32)
+    cols = np.arange(num_cols)
     for h in range(hx):
-        f, l, w = first[h], last[h], width[h]
-        if (w > 0).all() and (np.diff(f) >= 0).all() and (np.diff(l) >= 0).all():
+        rows = np.flatnonzero(width[h] > 0)
+        if rows.size == 0:
+            out_width[h] = 0
+            continue
+        f, l = first[h, rows], first[h, rows] + width[h, rows] - 1
+        contiguous = rows[-1] - rows[0] + 1 == rows.size
+        if contiguous and (np.diff(f) >= 0).all() and (np.diff(l) >= 0).all():
             start = np.searchsorted(l, cols, side="left")
             stop = np.searchsorted(f, cols, side="right")
-            out_first[h] = np.minimum(start, num_rows - 1)
+            out_first[h] = rows[0] + np.minimum(start, rows.size - 1)
             out_width[h] = np.maximum(stop - start, 0)
     return out_first, out_width
 
 
-def _lists(classify: Callable, first, width, num_cols):
-    """Compacted ascending lists from per-row candidate ranges.
+class _Candidates:
+    """Ascending, disjoint candidate columns per row from a union of intervals."""
+
+    def __init__(self, intervals, num_cols):
+        first = np.stack([f for f, _ in intervals]).astype(np.int64)  # [m, hx, R]
+        width = np.stack([w for _, w in intervals]).astype(np.int64)
+        first = np.where(width > 0, first, np.iinfo(np.int32).max)
+        order = np.argsort(first, axis=0, kind="stable")
+        first = np.take_along_axis(first, order, 0)
+        width = np.take_along_axis(width, order, 0)
+        # Clip each interval to start after everything before it (sorted by start).
+        starts, widths = [], []
+        covered = np.full(first.shape[1:], -1, np.int64)  # last column already listed
+        for f, w in zip(first, width, strict=True):
+            s = np.maximum(f, covered + 1)
+            w2 = np.where(w > 0, np.maximum(f + w - s, 0), 0)
+            starts.append(s)
+            widths.append(w2)
+            covered = np.where(w > 0, np.maximum(covered, f + w - 1), covered)
+        start, width = np.stack(starts), np.stack(widths)  # [m, hx, R]
+        keep = (width > 0).any(axis=(1, 2))
+        keep[0] = True
+        start, width = start[keep], width[keep]
+        offset = np.cumsum(width, axis=0) - width
+        # Slot e of interval j holds column e + (start_j - offset_j).
+        self.offset = offset.astype(np.int32)
+        self.delta = (start - offset).astype(np.int32)
+        self.total = width.sum(0).astype(np.int32)  # [hx, R]
+        self.num_cols = num_cols
+        self.max_width = max(1, int(self.total.max()))
+
+    def cols(self, rows: slice, e: np.ndarray) -> np.ndarray:
+        """Candidate column of slot e for rows `rows`: `[hx, R, W]` (clipped in range)."""
+        out = e + self.delta[0, :, rows, None]
+        for o, d in zip(self.offset[1:], self.delta[1:], strict=True):
+            out = np.where(e >= o[:, rows, None], e + d[:, rows, None], out)
+        return np.minimum(out, self.num_cols - 1, out=out)
+
+
+def _lists(classify: Callable, cand: _Candidates, num_cols):
+    """Compacted ascending lists from per-row candidate columns.
 
     Works in row chunks so that temporaries stay small: on long sequences the
     tables themselves are the only large allocations.
 
     Args:
       classify: `(h [hx,1,1], rows [1,R,1], cols [hx,R,W]) -> codes`.
-      first, width: candidate column range per (head, row), `[hx, R]`.
+      cand: the candidate columns of every (head, row).
     """
-    hx, num_rows = first.shape
-    w = max(1, int(width.max()))
+    hx, num_rows = cand.total.shape
+    w = cand.max_width
     e = np.arange(w, dtype=np.int32)
     step = max(1, _CHUNK_ELEMENTS // (hx * w))
     chunks = [slice(s, min(s + step, num_rows)) for s in range(0, num_rows, step)]
@@ -199,31 +251,23 @@ def _lists(classify: Callable, first, width, num_cols):
 
     codes = np.empty((hx, num_rows, w), np.int8)
     for rows in chunks:
-        cols = np.minimum(first[:, rows, None] + e, num_cols - 1)
-        r = np.arange(rows.start, rows.stop)[None, :, None]
-        c = classify(head, r, cols)
-        codes[:, rows] = np.where(e < width[:, rows, None], c, np.int8(pbase.EMPTY))
+        c = classify(head, np.arange(rows.start, rows.stop)[None, :, None], cand.cols(rows, e))
+        codes[:, rows] = np.where(e < cand.total[:, rows, None], c, np.int8(pbase.EMPTY))
     counts = (codes != pbase.EMPTY).sum(-1, dtype=np.int32)
     kmax = max(1, int(counts.max()))
 
     idx = np.empty((hx, num_rows, kmax), np.int32)
     full = np.empty((hx, num_rows, kmax), bool)
-    dense_rows = counts == width  # every candidate non-empty: the list is the range
+    ek = e[:kmax]
     for rows in chunks:
-        n, f, cd = counts[:, rows], first[:, rows], codes[:, rows]
-        if dense_rows[:, rows].all():
-            out = np.minimum(e[:kmax], np.maximum(n - 1, 0)[..., None])
-            out += f[..., None]
-            out[n == 0] = 0
-            idx[:, rows] = out
-            full[:, rows] = cd[..., :kmax] == pbase.FULL
-            continue
-        # Stable compaction of the non-empty candidates by a counting sort.
-        nonzero = cd != pbase.EMPTY
-        order = np.argsort(~nonzero, axis=-1, kind="stable")[..., :kmax].astype(np.int32)
-        out = np.minimum(f[..., None] + order, num_cols - 1)
-        fl = np.take_along_axis(cd, order, axis=-1) == pbase.FULL
-        valid = e[:kmax] < n[..., None]
+        n, cd = counts[:, rows], codes[:, rows]
+        if (n == cand.total[:, rows]).all():  # every candidate non-empty: no compaction
+            out, fl = cand.cols(rows, ek), cd[..., :kmax] == pbase.FULL
+        else:  # stable compaction of the non-empty candidates
+            order = np.argsort(cd == pbase.EMPTY, axis=-1, kind="stable")[..., :kmax]
+            out = np.take_along_axis(cand.cols(rows, e), order, axis=-1)
+            fl = np.take_along_axis(cd, order, axis=-1) == pbase.FULL
+        valid = ek < n[..., None]
         last = np.take_along_axis(out, np.maximum(n - 1, 0)[..., None], axis=-1)
         idx[:, rows] = np.where(valid, out, np.where(n[..., None] > 0, last, 0))
         full[:, rows] = fl & valid

@@ -1,0 +1,1 @@
+"""The `jaxsparse` command line: `bench`, `show PATTERN` and `patterns`."""

@@ -1,0 +1,123 @@
+"""`jaxsparse.attention`: bad input gets a clear error naming the values and the fix."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsparse as js
+from jaxsparse import patterns as P
+from jaxsparse.ops import dispatch
+
+B, T, S, H, K, D = 2, 9, 11, 4, 2, 8
+
+
+def qkv(dtype=jnp.float32, b=B, t=T, s=S, h=H, k=K, d=D, dv=D):
+    q = jnp.ones((b, t, h, d), dtype)
+    return q, jnp.ones((b, s, k, d), dtype), jnp.ones((b, s, k, dv), dtype)
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, exc, match",
+    [
+        (lambda: (jnp.ones((T, D)), *qkv()[1:]), {}, ValueError, r"expected \[B, T, H, D\]"),
+        (lambda: (qkv()[0], qkv()[1][0], qkv()[2]), {}, ValueError, "batch axis or none"),
+        (lambda: qkv(b=2)[:2] + (jnp.ones((3, S, K, D)),), {}, ValueError,
+         "Batch sizes differ: q 2, k 2, v 3"),
+        (lambda: qkv(h=3, k=2), {}, ValueError, "q has 3 heads and k/v have 2"),
+        (lambda: (qkv()[0], jnp.ones((B, S, K, D + 1)), qkv()[2]), {}, ValueError,
+         "same head dim: q 8, k 9"),
+        (lambda: (qkv()[0], jnp.ones((B, S + 1, K, D)), qkv()[2]), {}, ValueError,
+         "same sequence length: k 12, v 11"),
+        (lambda: (qkv()[0], qkv()[1].astype(jnp.bfloat16), qkv()[2]), {}, TypeError,
+         "share one dtype.*float32, bfloat16"),
+        (lambda: (qkv()[0].astype(jnp.int32), *qkv()[1:]), {}, TypeError, "floating-point"),
+        (lambda: qkv(t=0), {}, ValueError, "Empty dimension"),
+        (lambda: ([[1.0]], *qkv()[1:]), {}, TypeError, "q must be an array"),
+        (qkv, dict(pattern="causal"), TypeError, "jaxsparse pattern"),
+        (qkv, dict(implementation="cuda"), ValueError, "Unknown implementation 'cuda'"),
+        (qkv, dict(config={"block_q": 64}), TypeError, "jaxsparse.Config"),
+        (qkv, dict(scale=jnp.float32(0.1)), TypeError, "scale must be a Python number"),
+        (qkv, dict(logits_soft_cap=-1.0), ValueError, "logits_soft_cap=-1.0"),
+        (qkv, dict(q_offset=jnp.int32(2)), TypeError, "q_offset must be a Python int"),
+        (qkv, dict(return_lse=1), TypeError, "return_lse must be a bool"),
+        (qkv, dict(segment_ids=jnp.zeros((B, T), jnp.int32)), ValueError, "needs T == S"),
+        (qkv, dict(segment_ids=(jnp.zeros((B, T)), jnp.zeros((B, S)))), TypeError,
+         "integer array"),
+        (qkv, dict(segment_ids=(jnp.zeros((B, T + 1), jnp.int32), jnp.zeros((B, S), jnp.int32))),
+         ValueError, r"expected \[2, 9\]"),
+        (qkv, dict(segment_ids=(jnp.zeros((B, T), jnp.int32),)), ValueError, "a pair"),
+        (qkv, dict(pattern=P.PerHead([P.Causal()])), ValueError, "1 patterns but the call has 4"),
+        (qkv, dict(pattern=P.Mask(np.ones((T, T), bool))), ValueError, "must be \\[..., 9, 11\\]"),
+        (qkv, dict(pattern=P.BlockMask(np.ones((3, 2), bool), block_q=8, block_kv=8)),
+         ValueError, "block_mask has shape"),
+    ],
+)
+def test_bad_input(make, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        js.attention(*make(), **kwargs)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="block_q=0 must be >= 1"):
+        js.Config(block_q=0)
+
+
+def test_negative_window_is_refused_at_construction():
+    with pytest.raises(ValueError, match="left=-4 must be >= 0"):
+        P.SlidingWindow(left=-4)
+
+
+def test_sparsity_must_match_the_call():
+    sp = js.sparsity.from_pattern(P.Causal(), q_len=T, kv_len=T, block_q=4, block_kv=4)
+    with pytest.raises(ValueError, match="rebuild it for these lengths"):
+        js.attention(*qkv(), sparsity=sp)
+    with pytest.raises(TypeError, match="BlockSparsity"):
+        js.attention(*qkv(), sparsity="causal")
+
+
+def test_unbatched_and_lse_shapes():
+    q, k, v = qkv(dv=5)
+    out, lse = js.attention(q[0], k[0], v[0], pattern=P.Causal(), return_lse=True)
+    assert out.shape == (T, H, 5) and lse.shape == (H, T) and lse.dtype == jnp.float32
+    out, lse = js.attention(q, k, v, pattern=P.Causal(), return_lse=True)
+    assert out.shape == (B, T, H, 5) and lse.shape == (B, H, T)
+
+
+def test_given_sparsity_restricts_tiles():
+    q, k, v = (jax.random.normal(jax.random.key(i), (1, 16, 2, 8)) for i in range(3))
+    keep = np.array([[True, False], [True, True]])
+    sp = js.sparsity.from_block_mask(keep, block_q=8, block_kv=8, q_len=16, kv_len=16)
+    got = js.attention(q, k, v, sparsity=sp, implementation="xla")
+    want = js.attention(q, k, v, pattern=P.BlockMask(keep, block_q=8, block_kv=8),
+                        implementation="reference")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fallback_and_exception_group(monkeypatch):
+    class Refuses:
+        @staticmethod
+        def run(call):
+            raise NotImplementedError("not on this backend")
+
+    monkeypatch.setitem(dispatch._ORDER, jax.default_backend(), ("nope", "xla"))
+    monkeypatch.setitem(dispatch._MODULES, "nope", __name__)
+    monkeypatch.setattr(dispatch, "_module", lambda name: Refuses if name == "nope"
+                        else __import__("jaxsparse.ops.xla.impl", fromlist=["run"]))
+    out = js.attention(*qkv(), pattern=P.Causal())
+    assert out.shape == (B, T, H, D)
+    monkeypatch.setitem(dispatch._ORDER, jax.default_backend(), ("nope",))
+    with pytest.raises(ExceptionGroup, match="no jaxsparse implementation") as info:
+        js.attention(*qkv(), pattern=P.Causal())
+    assert "not on this backend" in str(info.value.exceptions[0])
+
+
+def test_default_scale_and_explicit_scale():
+    q, k, v = (jax.random.normal(jax.random.key(i), (1, 6, 1, 8)) for i in range(3))
+    a = js.attention(q, k, v)
+    b = js.attention(q, k, v, scale=8**-0.5)
+    c = js.attention(q * 2, k, v, scale=0.5 * 8**-0.5)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(a, c, rtol=1e-5)
