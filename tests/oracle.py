@@ -41,14 +41,20 @@ class Case:
     segments: bool = False
     q_offset: int | None = None
     block: int | None = 16
+    interpret: bool = False  # Pallas kernels in interpret mode (CPU)
 
     @property
     def id(self) -> str:
         s = self.t if self.s is None else self.s
         dv = "" if self.dv is None else f"-Dv{self.dv}"
+        pattern = repr(self.pattern)
+        if hasattr(self.pattern, "block_mask"):
+            pattern = f"BlockMask{list(np.shape(self.pattern.block_mask))}"
+        elif hasattr(self.pattern, "mask"):
+            pattern = f"Mask{list(np.shape(self.pattern.mask))}"
         parts = [f"B{self.b}-T{self.t}" + (f"-S{s}" if s != self.t else ""),
                  f"H{self.h}K{self.k}-D{self.d}{dv}", jnp.dtype(self.dtype).name,
-                 repr(self.pattern).replace(" ", "")]
+                 "".join(pattern.split())]
         if self.soft_cap:
             parts.append(f"cap{self.soft_cap:g}")
         if self.segments:
@@ -67,8 +73,9 @@ def inputs(case: Case, seed: int = 0):
     v = jax.random.normal(kv, (case.b, s, case.k, dv), jnp.float32).astype(case.dtype)
     kwargs: dict[str, Any] = dict(pattern=case.pattern, logits_soft_cap=case.soft_cap,
                                   q_offset=case.q_offset)
-    if case.block:
-        kwargs["config"] = js.Config(block_q=case.block, block_kv=case.block)
+    if case.block or case.interpret:
+        kwargs["config"] = js.Config(block_q=case.block, block_kv=case.block,
+                                     interpret=case.interpret)
     if case.segments:
         # Sorted document ids with a ragged boundary per example.
         q_ids = (jnp.arange(case.t)[None, :] * 3 // case.t + jnp.arange(case.b)[:, None]) % 4

@@ -19,12 +19,15 @@ class Config:
         block_kv, over batch and heads) computed per step. Bounds memory:
         about 4 bytes x 6 of these are live at once.
       gpu_num_stages: Mosaic GPU kernel: K/V pipeline depth (None: default).
+      interpret: run Pallas kernels in interpret mode (CPU tests of
+        `implementation="pallas_gpu"`; slow, tiny shapes only).
     """
 
     block_q: int | None = None
     block_kv: int | None = None
     xla_chunk_elements: int = 1 << 24
     gpu_num_stages: int | None = None
+    interpret: bool = False
 
     def __post_init__(self):
         for name in ("block_q", "block_kv", "gpu_num_stages"):

@@ -1,0 +1,176 @@
+"""`implementation="pallas_gpu"`: the Mosaic GPU kernels on Hopper, wired to the API.
+
+Validation happens here, at trace time: anything the kernels cannot run
+raises NotImplementedError (the dispatcher then falls back to the XLA path).
+When the forward kernel supports a call but the backward kernels do not
+(e.g. head dim 256), the gradient runs on the XLA path from the kernel's
+saved output and lse: same metadata, same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxsparse.ops import call as call_lib
+from jaxsparse.ops import layout, metadata
+from jaxsparse.ops.xla import impl as xla_impl
+from jaxsparse.ops.xla import pairs as xla_pairs
+from jaxsparse.ops.xla import tiles as xla_tiles
+
+_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _check_device(interpret: bool) -> None:
+    if interpret:
+        return
+    dev = jax.devices()[0]
+    cc = str(getattr(dev, "compute_capability", ""))
+    if dev.platform != "gpu" or not cc.startswith("9"):
+        raise NotImplementedError(
+            f"the Mosaic GPU kernels need a Hopper GPU (sm_90); the default device is "
+            f"{dev.device_kind} ({dev.platform})"
+        )
+
+
+def _check_call(call: call_lib.Call) -> None:
+    if jnp.dtype(call.q.dtype) not in _DTYPES:
+        raise NotImplementedError(
+            f"the Mosaic GPU kernels take bfloat16 or float16, got {call.q.dtype}; cast q, k, v "
+            "to bfloat16 for the fast path"
+        )
+    for name, d in (("head dim", call.head_dim), ("value head dim", call.head_dim_v)):
+        if d % 64 or d > 256:
+            raise NotImplementedError(f"{name} {d} must be a multiple of 64 up to 256")
+    if call.scale <= 0:
+        raise NotImplementedError(f"scale={call.scale} must be positive for the GPU kernels")
+
+
+def _blocks(call: call_lib.Call) -> tuple[int, int]:
+    bq, bk = metadata.blocks_for(call, preferred=128, minimum=64)
+    if bq not in (64, 128) or bk % 64:
+        raise NotImplementedError(
+            f"tiles {bq}x{bk}: the GPU kernels need block_q in (64, 128) and block_kv a "
+            "multiple of 64"
+        )
+    return bq, bk
+
+
+def _mask_fn(call: call_lib.Call, bq: int, bk: int):
+    pattern = call.pattern
+    if not pattern.needs_tile_mask(bq, bk):
+        return None
+    if jax.tree_util.tree_leaves(pattern):
+        raise NotImplementedError(
+            f"{type(pattern).__name__} holds arrays that partial tiles would index; the GPU "
+            "kernels evaluate only arithmetic masks (use a BlockMask aligned with the tiles)"
+        )
+    return pattern.mask_fn
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Static:
+    kernel: tuple  # sorted (name, value) pairs of kernel keywords
+    xla: xla_tiles.Static | None  # set when the backward runs on the XLA path
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.kernel)
+
+
+def run(call: call_lib.Call):
+    interpret = call.config.interpret
+    _check_device(interpret)
+    _check_call(call)
+    bq, bk = _blocks(call)
+    sp = metadata.sparsity_for(call, bq, bk, refine_segments=call.has_segments)
+    bq, bk = sp.block_q, sp.block_kv
+    from pallas_kernels.gpu import api as kernels  # Mosaic GPU imports only when used
+
+    kw = dict(mask_fn=_mask_fn(call, bq, bk), q_offset=call.q_offset, kv_len=call.kv_len,
+              scale=call.scale, logits_soft_cap=call.logits_soft_cap, block_q=bq, block_kv=bk,
+              segments_on_full_tiles=False)
+    if call.config.gpu_num_stages:
+        kw["num_stages"] = call.config.gpu_num_stages
+    if interpret:
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+
+        kw["interpret"] = plgpu.InterpretGPUParams(detect_races=True)
+    q, k, v, segs = layout.pad_inputs(call, bq, bk)
+    tables = tuple(jnp.asarray(getattr(sp, f)) for f in (
+        "kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full"))
+    xla_st, work = None, None
+    if not _backward_supported(kernels, call, bk):
+        chunk = xla_pairs.chunk_size(sp, batch=call.batch, heads=call.num_heads,
+                                     chunk_elements=call.config.xla_chunk_elements)
+        work = xla_pairs.tile_pairs(sp, chunk)
+        xla_st = xla_tiles.Static(
+            block_q=bq, block_kv=bk, q_len=call.q_len, kv_len=call.kv_len,
+            q_offset=call.q_offset, scale=call.scale, logits_soft_cap=call.logits_soft_cap,
+            use_mask_fn=kw["mask_fn"] is not None, chunk=chunk)
+    st = _Static(kernel=tuple(sorted(kw.items(), key=lambda x: x[0])), xla=xla_st)
+    with _interpret_context(interpret):
+        out, lse = _attention(st, q, k, v, tables, segs, work, call.pattern)
+    return out[:, : call.q_len], lse[..., : call.q_len]
+
+
+def _backward_supported(kernels, call, block_kv) -> bool:
+    check = getattr(kernels, "check_backward_support", None)
+    if check is None:  # TODO(kernels): expose the backward's own check; its rules today:
+        return call.head_dim + call.head_dim_v <= 256 and block_kv in (64, 128)
+    try:
+        check(call.head_dim, call.head_dim_v, block_kv)
+    except NotImplementedError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _interpret_context(interpret: bool):
+    """An abstract H100 for the kernels' architecture queries in CPU interpret mode."""
+    if not interpret:
+        yield
+        return
+    dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu",
+                                      num_cores=8)
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
+        yield
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(st, q, k, v, tables, segs, work, pattern):
+    return _forward(st, q, k, v, tables, segs)
+
+
+def _forward(st, q, k, v, tables, segs):
+    from pallas_kernels.gpu import api as kernels
+
+    return kernels.block_sparse_attention_fwd(
+        q, k, v, *tables[:3], q_segment_ids=segs[0], kv_segment_ids=segs[1], **st.kwargs())
+
+
+def _attention_fwd(st, q, k, v, tables, segs, work, pattern):
+    out, lse = _forward(st, q, k, v, tables, segs)
+    return (out, lse), (q, k, v, out, lse, tables, segs, work, pattern)
+
+
+def _attention_bwd(st, residuals, cotangents):
+    q, k, v, out, lse, tables, segs, work, pattern = residuals
+    dout, dlse = cotangents
+    if st.xla is not None:
+        dq, dk, dv = xla_impl._backward(st.xla, q, k, v, out, lse, dout, dlse, work, segs,
+                                        pattern)
+    else:
+        from pallas_kernels.gpu import api as kernels
+
+        dq, dk, dv = kernels.block_sparse_attention_bwd(
+            q, k, v, out, lse, dout, dlse, *tables, q_segment_ids=segs[0],
+            kv_segment_ids=segs[1], **st.kwargs())
+    return dq, dk, dv, None, None, None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
