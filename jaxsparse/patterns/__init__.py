@@ -12,6 +12,7 @@ shifted or not). Compose with `&` and `|`:
 `parse("Causal() & SlidingWindow(128)")` builds a pattern from text (CLI).
 """
 
+from jaxsparse.patterns.a_shape import AShape
 from jaxsparse.patterns.base import (
     EMPTY,
     FULL,
@@ -25,7 +26,17 @@ from jaxsparse.patterns.base import (
 )
 from jaxsparse.patterns.causal import Causal
 from jaxsparse.patterns.chunked_causal import ChunkedCausal
+from jaxsparse.patterns.compressed_causal import CompressedCausal
 from jaxsparse.patterns.dilated import Dilated
+from jaxsparse.patterns.dynamic import (
+    BlockTopK,
+    FlexPrefill,
+    MoBA,
+    Pyramid,
+    TokenBlockMask,
+    VerticalSlash,
+    VerticalSlashMask,
+)
 from jaxsparse.patterns.explicit import BlockMask, Mask
 from jaxsparse.patterns.full import Full
 from jaxsparse.patterns.materialize import dense_mask
@@ -45,4 +56,6 @@ __all__ = [
     "Pattern", "PerHead", "PowerOfTwo", "PrefixLM", "Sink", "SlidingWindow", "Strided",
     "TracedPatternError", "dense_mask", "parse",
     "Neighborhood", "Window",  # token grids (images, video)
+    "AShape", "BlockTopK", "CompressedCausal", "FlexPrefill", "MoBA", "Pyramid",
+    "TokenBlockMask", "VerticalSlash", "VerticalSlashMask",  # content-aware LLM patterns
 ]
