@@ -18,14 +18,12 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.gpu import api
-from pallas_kernels.gpu import reference
-from pallas_kernels.gpu import tables
+from pallas_kernels.gpu import api, reference, tables
 
 try:
-  from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call as _mi
+    from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call as _mi
 except ImportError:  # pragma: no cover - private module moved
-  _mi = None
+    _mi = None
 
 
 dense_mask = reference.dense_mask
@@ -35,136 +33,164 @@ dense_mask = reference.dense_mask
 
 
 def causal(qp, kp, h):
-  return kp <= qp
+    return kp <= qp
 
 
 def window(left):
-  def f(qp, kp, h):
-    return (kp <= qp) & (qp - left <= kp)
-  return f
+    def f(qp, kp, h):
+        return (kp <= qp) & (qp - left <= kp)
+
+    return f
 
 
 def causal_with_dead_rows(qp, kp, h):
-  # Rows with q % 7 == 3 see nothing: fully masked rows inside live tiles.
-  return (kp <= qp) & (qp % 7 != 3)
+    # Rows with q % 7 == 3 see nothing: fully masked rows inside live tiles.
+    return (kp <= qp) & (qp % 7 != 3)
 
 
 def per_head_mask(qp, kp, h):
-  # Head 0: causal; head 1: causal window of 48 keys.
-  return (kp <= qp) & ((h == 0) | (qp - 48 <= kp))
+    # Head 0: causal; head 1: causal window of 48 keys.
+    return (kp <= qp) & ((h == 0) | (qp - 48 <= kp))
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-  name: str
-  mask_fn: object = causal
-  B: int = 1
-  H: int = 2
-  K: int = 1
-  T: int = 256
-  S: int = 256
-  D: int = 64
-  Dv: int = 64
-  block_q: int = 128
-  block_kv: int = 64
-  dtype: str = "bfloat16"
-  q_offset: int = 0
-  kv_len: int | None = None
-  cap: float | None = None
-  segments: bool = False
-  segments_on_full_tiles: bool = True
-  per_head_tables: bool = False
-  random_blocks: bool = False  # block mask with all-full tiles
-  bwd: bool = True
+    name: str
+    mask_fn: object = causal
+    B: int = 1
+    H: int = 2
+    K: int = 1
+    T: int = 256
+    S: int = 256
+    D: int = 64
+    Dv: int = 64
+    block_q: int = 128
+    block_kv: int = 64
+    dtype: str = "bfloat16"
+    q_offset: int = 0
+    kv_len: int | None = None
+    cap: float | None = None
+    segments: bool = False
+    segments_on_full_tiles: bool = True
+    per_head_tables: bool = False
+    random_blocks: bool = False  # block mask with all-full tiles
+    persistent: bool | None = None
+    num_ctas: int | None = 3  # persistent: fewer CTAs than tiles
+    bwd: bool = True
 
 
 CASES = [
     Case("causal-gqa"),
+    Case("causal-one-tile-per-cta", persistent=False, bwd=False),
     Case("window", mask_fn=window(96), block_kv=128, K=2),
     Case("segments", segments=True),
     Case("segments-in-tables", segments=True, segments_on_full_tiles=False),
     Case("random-blocks-1wg", mask_fn=None, random_blocks=True, block_q=64),
     Case("softcap", cap=5.0, dtype="float16"),
     Case("dead-rows", mask_fn=causal_with_dead_rows),
-    Case("per-head-pad-offset", mask_fn=per_head_mask, per_head_tables=True,
-         T=128, S=256, kv_len=200, q_offset=64),
+    Case(
+        "per-head-pad-offset",
+        mask_fn=per_head_mask,
+        per_head_tables=True,
+        T=128,
+        S=256,
+        kv_len=200,
+        q_offset=64,
+    ),
     Case("dv128", D=64, Dv=128, H=1, T=128, S=128),
 ]
 
 
 def _setup(case: Case, seed=0):
-  dt = jnp.dtype(case.dtype)
-  B, H, K, T, S = case.B, case.H, case.K, case.T, case.S
-  kv_len = S if case.kv_len is None else case.kv_len
-  rng = np.random.default_rng(seed)
-  ks = jax.random.split(jax.random.key(seed), 4)
-  q = jax.random.normal(ks[0], (B, T, H, case.D), dt)
-  k = jax.random.normal(ks[1], (B, S, K, case.D), dt)
-  v = jax.random.normal(ks[2], (B, S, K, case.Dv), dt)
-  qseg = kvseg = None
-  if case.segments:
-    # Sorted segment ids (packed documents) with a few boundaries.
-    qseg = np.sort(rng.integers(0, 3, (B, T))).astype(np.int32)
-    kvseg = qseg if S == T else np.sort(rng.integers(0, 3, (B, S)))
-  mask_fn = case.mask_fn
-  if case.random_blocks:
-    nq, nk = T // case.block_q, S // case.block_kv
-    bm = rng.random((nq, nk)) < 0.4
-    bm[np.arange(min(nq, nk)), np.arange(min(nq, nk))] = True
-    bm[0] = False  # a q block with an empty list
-    dense = np.repeat(np.repeat(bm, case.block_q, 0), case.block_kv, 1)
-    mask = np.broadcast_to(dense, (B, H, T, S))
-    kind = np.where(bm, 2, 0).astype(np.int8)[None, None]
-  else:
-    mask = dense_mask(mask_fn, B, H, T, S, case.q_offset, kv_len)
-    hsel = slice(None) if case.per_head_tables else slice(0, 1)
-    kind = tables.kind_from_dense(mask[:1, hsel], case.block_q, case.block_kv)
-  if qseg is not None:
-    seg_mask = np.asarray(qseg)[:, None, :, None] == np.asarray(kvseg)[:, None, None, :]
-    mask = mask & seg_mask
-    if not case.segments_on_full_tiles:
-      # Tables that know the segments: mixed tiles become partial, tiles with
-      # no same-segment pair become empty.
-      kind = tables.kind_from_dense(mask[:, :1] if not case.per_head_tables
-                                    else mask, case.block_q, case.block_kv)
-  (kv_tabs, q_tabs) = tables.all_tables(kind)
-  return dict(q=q, k=k, v=v, qseg=qseg, kvseg=kvseg, mask=mask, kv_len=kv_len,
-              kv_tabs=kv_tabs, q_tabs=q_tabs)
+    dt = jnp.dtype(case.dtype)
+    B, H, K, T, S = case.B, case.H, case.K, case.T, case.S
+    kv_len = S if case.kv_len is None else case.kv_len
+    rng = np.random.default_rng(seed)
+    ks = jax.random.split(jax.random.key(seed), 4)
+    q = jax.random.normal(ks[0], (B, T, H, case.D), dt)
+    k = jax.random.normal(ks[1], (B, S, K, case.D), dt)
+    v = jax.random.normal(ks[2], (B, S, K, case.Dv), dt)
+    qseg = kvseg = None
+    if case.segments:
+        # Sorted segment ids (packed documents) with a few boundaries.
+        qseg = np.sort(rng.integers(0, 3, (B, T))).astype(np.int32)
+        kvseg = qseg if S == T else np.sort(rng.integers(0, 3, (B, S)))
+    mask_fn = case.mask_fn
+    if case.random_blocks:
+        nq, nk = T // case.block_q, S // case.block_kv
+        bm = rng.random((nq, nk)) < 0.4
+        bm[np.arange(min(nq, nk)), np.arange(min(nq, nk))] = True
+        bm[0] = False  # a q block with an empty list
+        dense = np.repeat(np.repeat(bm, case.block_q, 0), case.block_kv, 1)
+        mask = np.broadcast_to(dense, (B, H, T, S))
+        kind = np.where(bm, 2, 0).astype(np.int8)[None, None]
+    else:
+        mask = dense_mask(mask_fn, B, H, T, S, case.q_offset, kv_len)
+        hsel = slice(None) if case.per_head_tables else slice(0, 1)
+        kind = tables.kind_from_dense(mask[:1, hsel], case.block_q, case.block_kv)
+    if qseg is not None:
+        seg_mask = np.asarray(qseg)[:, None, :, None] == np.asarray(kvseg)[:, None, None, :]
+        mask = mask & seg_mask
+        if not case.segments_on_full_tiles:
+            # Tables that know the segments: mixed tiles become partial, tiles with
+            # no same-segment pair become empty.
+            kind = tables.kind_from_dense(
+                mask[:, :1] if not case.per_head_tables else mask, case.block_q, case.block_kv
+            )
+    (kv_tabs, q_tabs) = tables.all_tables(kind)
+    return dict(
+        q=q,
+        k=k,
+        v=v,
+        qseg=qseg,
+        kvseg=kvseg,
+        mask=mask,
+        kv_len=kv_len,
+        kv_tabs=kv_tabs,
+        q_tabs=q_tabs,
+    )
 
 
 def _interpret():
-  return plgpu.InterpretGPUParams(detect_races=True)
+    return plgpu.InterpretGPUParams(detect_races=True)
 
 
 def _abstract_gpu():
-  dev = jax.sharding.AbstractDevice(
-      device_kind="NVIDIA H100 80GB HBM3", platform="gpu", num_cores=8)
-  return jax.sharding.use_abstract_mesh(
-      jax.sharding.AbstractMesh((), (), abstract_device=dev))
+    dev = jax.sharding.AbstractDevice(
+        device_kind="NVIDIA H100 80GB HBM3", platform="gpu", num_cores=8
+    )
+    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev))
 
 
 def _kw(case: Case, d):
-  return dict(
-      mask_fn=case.mask_fn, q_offset=case.q_offset, kv_len=d["kv_len"],
-      scale=case.D ** -0.5, logits_soft_cap=case.cap, block_q=case.block_q,
-      block_kv=case.block_kv,
-      segments_on_full_tiles=case.segments_on_full_tiles,
-      interpret=_interpret())
+    return dict(
+        mask_fn=case.mask_fn,
+        q_offset=case.q_offset,
+        kv_len=d["kv_len"],
+        scale=case.D**-0.5,
+        logits_soft_cap=case.cap,
+        block_q=case.block_q,
+        block_kv=case.block_kv,
+        segments_on_full_tiles=case.segments_on_full_tiles,
+        persistent=case.persistent,
+        num_ctas=case.num_ctas,
+        interpret=_interpret(),
+    )
 
 
 def _tol(dtype):
-  return 1e-2 if jnp.dtype(dtype) == jnp.bfloat16 else 2e-3
+    return 1e-2 if jnp.dtype(dtype) == jnp.bfloat16 else 2e-3
 
 
 def _rel_err(x, ref):
-  x = np.asarray(x, np.float32)
-  ref = np.asarray(ref, np.float32)
-  assert np.isfinite(x).all(), "non-finite values"
-  return np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-6)
+    x = np.asarray(x, np.float32)
+    ref = np.asarray(ref, np.float32)
+    assert np.isfinite(x).all(), "non-finite values"
+    return np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-6)
 
 
 def _races_found():
-  return _mi is not None and _mi.get_races().races_found
+    return _mi is not None and _mi.get_races().races_found
 
 
 # ---------------------------------------------------------------- tests
@@ -172,64 +198,68 @@ def _races_found():
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_forward_and_backward(case: Case):
-  d = _setup(case)
-  q, k, v = d["q"], d["k"], d["v"]
-  kw = _kw(case, d)
-  seg = {}
-  if d["qseg"] is not None:
-    seg = dict(q_segment_ids=jnp.asarray(d["qseg"]),
-               kv_segment_ids=jnp.asarray(d["kvseg"]))
-  kv_tabs = tuple(map(jnp.asarray, d["kv_tabs"]))
-  q_tabs = tuple(map(jnp.asarray, d["q_tabs"]))
+    d = _setup(case)
+    q, k, v = d["q"], d["k"], d["v"]
+    kw = _kw(case, d)
+    seg = {}
+    if d["qseg"] is not None:
+        seg = dict(q_segment_ids=jnp.asarray(d["qseg"]), kv_segment_ids=jnp.asarray(d["kvseg"]))
+    kv_tabs = tuple(map(jnp.asarray, d["kv_tabs"]))
+    q_tabs = tuple(map(jnp.asarray, d["q_tabs"]))
 
-  def fwd(q, k, v):
-    return api.block_sparse_attention_fwd(q, k, v, *kv_tabs, **seg, **kw)
+    def fwd(q, k, v):
+        return api.block_sparse_attention_fwd(q, k, v, *kv_tabs, **seg, **kw)
 
-  with _abstract_gpu():
-    out, lse = jax.jit(fwd)(q, k, v)
-    out, lse = np.asarray(out), np.asarray(lse)
-  assert not _races_found()
-  ref_out, ref_lse = reference.attention_reference(q, k, v, d["mask"], case.D ** -0.5, case.cap)
-  assert _rel_err(out, ref_out) < _tol(case.dtype)
-  dead = ~d["mask"].any(-1)  # [B, H, T]
-  assert np.all(np.isneginf(lse[dead]))
-  np.testing.assert_allclose(lse[~dead], np.asarray(ref_lse)[~dead],
-                             atol=2e-2, rtol=2e-2)
-  assert np.all(out.transpose(0, 2, 1, 3)[dead] == 0)
+    with _abstract_gpu():
+        out, lse = jax.jit(fwd)(q, k, v)
+        out, lse = np.asarray(out), np.asarray(lse)
+    assert not _races_found()
+    ref_out, ref_lse = reference.attention_reference(q, k, v, d["mask"], case.D**-0.5, case.cap)
+    assert _rel_err(out, ref_out) < _tol(case.dtype)
+    dead = ~d["mask"].any(-1)  # [B, H, T]
+    assert np.all(np.isneginf(lse[dead]))
+    np.testing.assert_allclose(lse[~dead], np.asarray(ref_lse)[~dead], atol=2e-2, rtol=2e-2)
+    assert np.all(out.transpose(0, 2, 1, 3)[dead] == 0)
 
-  if not case.bwd:
-    return
-  ks = jax.random.split(jax.random.key(7), 2)
-  dout = jax.random.normal(ks[0], out.shape, q.dtype)
-  dlse = jnp.where(jnp.asarray(dead), 0.0,
-                   jax.random.normal(ks[1], lse.shape, jnp.float32))
+    if not case.bwd:
+        return
+    ks = jax.random.split(jax.random.key(7), 2)
+    dout = jax.random.normal(ks[0], out.shape, q.dtype)
+    dlse = jnp.where(jnp.asarray(dead), 0.0, jax.random.normal(ks[1], lse.shape, jnp.float32))
 
-  def bwd(q, k, v, out, lse, dout, dlse):
-    return api.block_sparse_attention_bwd(
-        q, k, v, out, lse, dout, dlse, *kv_tabs, *q_tabs, **seg, **kw)
+    def bwd(q, k, v, out, lse, dout, dlse):
+        return api.block_sparse_attention_bwd(
+            q, k, v, out, lse, dout, dlse, *kv_tabs, *q_tabs, **seg, **kw
+        )
 
-  with _abstract_gpu():
-    dq, dk, dv = jax.jit(bwd)(q, k, v, jnp.asarray(out), jnp.asarray(lse),
-                              dout, dlse)
-    dq, dk, dv = map(np.asarray, (dq, dk, dv))
-  assert not _races_found()
+    with _abstract_gpu():
+        dq, dk, dv = jax.jit(bwd)(q, k, v, jnp.asarray(out), jnp.asarray(lse), dout, dlse)
+        dq, dk, dv = map(np.asarray, (dq, dk, dv))
+    assert not _races_found()
 
-  loss = functools.partial(
-      reference.reference_loss, mask=d["mask"], scale=case.D ** -0.5,
-      logits_soft_cap=case.cap, dout=dout, dlse=dlse)
-  rq, rk, rv = jax.grad(loss, argnums=(0, 1, 2))(
-      *(x.astype(jnp.float32) for x in (q, k, v)))
-  for name, got, want in (("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):
-    err = _rel_err(got, want)
-    assert err < 2 * _tol(case.dtype), f"{name}: rel err {err:.3g}"
+    loss = functools.partial(
+        reference.reference_loss,
+        mask=d["mask"],
+        scale=case.D**-0.5,
+        logits_soft_cap=case.cap,
+        dout=dout,
+        dlse=dlse,
+    )
+    rq, rk, rv = jax.grad(loss, argnums=(0, 1, 2))(*(x.astype(jnp.float32) for x in (q, k, v)))
+    for name, got, want in (("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):
+        err = _rel_err(got, want)
+        assert err < 2 * _tol(case.dtype), f"{name}: rel err {err:.3g}"
 
 
 def test_unsupported_inputs_raise_not_implemented():
-  q = jnp.zeros((1, 128, 1, 64), jnp.float32)
-  tabs = (jnp.zeros((1, 1, 1, 1), jnp.int32), jnp.ones((1, 1, 1), jnp.int32),
-          jnp.ones((1, 1, 1, 1), bool))
-  with pytest.raises(NotImplementedError, match="bfloat16"):
-    api.block_sparse_attention_fwd(q, q, q, *tabs)
-  q = jnp.zeros((1, 128, 1, 96), jnp.bfloat16)
-  with pytest.raises(NotImplementedError, match="multiple of 64"):
-    api.block_sparse_attention_fwd(q, q, q, *tabs)
+    q = jnp.zeros((1, 128, 1, 64), jnp.float32)
+    tabs = (
+        jnp.zeros((1, 1, 1, 1), jnp.int32),
+        jnp.ones((1, 1, 1), jnp.int32),
+        jnp.ones((1, 1, 1, 1), bool),
+    )
+    with pytest.raises(NotImplementedError, match="bfloat16"):
+        api.block_sparse_attention_fwd(q, q, q, *tabs)
+    q = jnp.zeros((1, 128, 1, 96), jnp.bfloat16)
+    with pytest.raises(NotImplementedError, match="multiple of 64"):
+        api.block_sparse_attention_fwd(q, q, q, *tabs)

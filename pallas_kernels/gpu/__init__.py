@@ -4,7 +4,6 @@ Public functions live in `api`: `block_sparse_attention_fwd`,
 `block_sparse_attention_bwd`. This package imports jax only.
 """
 
-from pallas_kernels.gpu.api import block_sparse_attention_bwd
-from pallas_kernels.gpu.api import block_sparse_attention_fwd
+from pallas_kernels.gpu.api import block_sparse_attention_bwd, block_sparse_attention_fwd
 
 __all__ = ["block_sparse_attention_fwd", "block_sparse_attention_bwd"]

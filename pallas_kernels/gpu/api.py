@@ -36,60 +36,79 @@ SMEM footprint of the chosen tiles must fit in 227 KiB.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.gpu import backward_dkv
-from pallas_kernels.gpu import backward_dq
+from pallas_kernels.gpu import backward_dkv, backward_dq
 from pallas_kernels.gpu import common as cm
 from pallas_kernels.gpu import forward as fwd_lib
 
 
-def _statics(q, k, *, mask_fn, q_offset, kv_len, scale, logits_soft_cap,
-             has_segments, segments_on_full_tiles, interpret):
-  if scale is None:
-    scale = q.shape[-1] ** -0.5
-  if not scale > 0:
-    raise NotImplementedError(f"{scale=} must be positive for these kernels")
-  if logits_soft_cap is not None and not logits_soft_cap > 0:
-    raise ValueError(f"{logits_soft_cap=} must be positive or None")
-  if kv_len is None:
-    kv_len = k.shape[1]
-  return cm.AttentionStatics(
-      mask_fn=mask_fn,
-      q_offset=int(q_offset),
-      kv_len=int(kv_len),
-      scale=float(scale),
-      logits_soft_cap=None if logits_soft_cap is None else float(
-          logits_soft_cap),
-      has_segments=has_segments,
-      segments_on_full_tiles=bool(segments_on_full_tiles),
-      interpret=interpret,
-  )
+def _statics(
+    q,
+    k,
+    *,
+    mask_fn,
+    q_offset,
+    kv_len,
+    scale,
+    logits_soft_cap,
+    has_segments,
+    segments_on_full_tiles,
+    interpret,
+):
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if not scale > 0:
+        raise NotImplementedError(f"{scale=} must be positive for these kernels")
+    if logits_soft_cap is not None and not logits_soft_cap > 0:
+        raise ValueError(f"{logits_soft_cap=} must be positive or None")
+    if kv_len is None:
+        kv_len = k.shape[1]
+    return cm.AttentionStatics(
+        mask_fn=mask_fn,
+        q_offset=int(q_offset),
+        kv_len=int(kv_len),
+        scale=float(scale),
+        logits_soft_cap=None if logits_soft_cap is None else float(logits_soft_cap),
+        has_segments=has_segments,
+        segments_on_full_tiles=bool(segments_on_full_tiles),
+        interpret=interpret,
+    )
 
 
 def _segments(q_segment_ids, kv_segment_ids, B, Tp, Sp):
-  if (q_segment_ids is None) != (kv_segment_ids is None):
-    raise ValueError("give both q_segment_ids and kv_segment_ids, or neither")
-  if q_segment_ids is None:
-    return None, None
-  if q_segment_ids.shape != (B, Tp) or kv_segment_ids.shape != (B, Sp):
-    raise ValueError(
-        f"segment ids must be [B, Tp] and [B, Sp]; got"
-        f" {q_segment_ids.shape}, {kv_segment_ids.shape}"
-    )
-  return q_segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32)
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("give both q_segment_ids and kv_segment_ids, or neither")
+    if q_segment_ids is None:
+        return None, None
+    if q_segment_ids.shape != (B, Tp) or kv_segment_ids.shape != (B, Sp):
+        raise ValueError(
+            f"segment ids must be [B, Tp] and [B, Sp]; got"
+            f" {q_segment_ids.shape}, {kv_segment_ids.shape}"
+        )
+    return q_segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32)
+
+
+def _num_sms() -> int:
+    try:
+        dev = jax.devices()[0]
+        if dev.platform == "gpu":
+            return int(dev.core_count)
+    except Exception:  # no backend / abstract device: use an H100's count
+        pass
+    return 132
 
 
 def _check_sizes(q, k, block_q, block_kv):
-  Tp, Sp = q.shape[1], k.shape[1]
-  if Tp % block_q or Sp % block_kv:
-    raise ValueError(
-        f"padded lengths must be block multiples: {Tp=} % {block_q=},"
-        f" {Sp=} % {block_kv=}"
-    )
+    Tp, Sp = q.shape[1], k.shape[1]
+    if Tp % block_q or Sp % block_kv:
+        raise ValueError(
+            f"padded lengths must be block multiples: {Tp=} % {block_q=}, {Sp=} % {block_kv=}"
+        )
 
 
 def block_sparse_attention_fwd(
@@ -113,79 +132,121 @@ def block_sparse_attention_fwd(
     num_stages: int = 2,
     segments_on_full_tiles: bool = True,
     heavy_first: bool = True,
+    persistent: bool | None = None,
+    num_ctas: int | None = None,
     interpret: Any = None,
 ) -> tuple[jax.Array, jax.Array]:
-  """Block-sparse flash attention forward on Hopper (Mosaic GPU).
+    """Block-sparse flash attention forward on Hopper (Mosaic GPU).
 
-  Args:
-    q, k, v: [B, Tp, H, D], [B, Sp, K, D], [B, Sp, K, Dv]; see module doc.
-    kv_indices, kv_counts, kv_full: q-major block lists (module doc).
-    mask_fn: None or a static mask_fn(q_pos, kv_pos, head) -> bool built from
-      & | ~ < <= == // % on int32 arrays; evaluated on partial tiles only.
-    q_offset: absolute position of query row 0.
-    kv_len: keys at positions >= kv_len are padding (default Sp); they must
-      only occur in partial tiles.
-    q_segment_ids, kv_segment_ids: int32 [B, Tp], [B, Sp] or None.
-    scale: logit scale (default D ** -0.5).
-    logits_soft_cap: None or cap.
-    block_q: q rows per table entry and per CTA (64 per consumer warpgroup).
-    block_kv: keys per table entry.
-    block_kv_compute: keys per pipeline step (divides block_kv); default
-      min(block_kv, 128), and 64 when D or Dv > 128.
-    num_stages: K/V SMEM pipeline depth (>= 2).
-    segments_on_full_tiles: see module doc.
-    heavy_first: launch q blocks with the longest lists first.
-    interpret: None on GPU; plgpu.InterpretGPUParams(...) on CPU.
+    Args:
+      q, k, v: [B, Tp, H, D], [B, Sp, K, D], [B, Sp, K, Dv]; see module doc.
+      kv_indices, kv_counts, kv_full: q-major block lists (module doc).
+      mask_fn: None or a static mask_fn(q_pos, kv_pos, head) -> bool built from
+        & | ~ < <= == // % on int32 arrays; evaluated on partial tiles only.
+      q_offset: absolute position of query row 0.
+      kv_len: keys at positions >= kv_len are padding (default Sp); they must
+        only occur in partial tiles.
+      q_segment_ids, kv_segment_ids: int32 [B, Tp], [B, Sp] or None.
+      scale: logit scale (default D ** -0.5).
+      logits_soft_cap: None or cap.
+      block_q: q rows per table entry and per CTA (64 per consumer warpgroup).
+      block_kv: keys per table entry.
+      block_kv_compute: keys per pipeline step (divides block_kv); default
+        min(block_kv, 128), and 64 when D or Dv > 128.
+      num_stages: K/V SMEM pipeline depth (>= 2).
+      segments_on_full_tiles: see module doc.
+      heavy_first: launch q blocks with the longest lists first.
+      persistent: one CTA per SM looping over (q block, head, batch) tiles, so
+        that the next tile's Q and K/V loads overlap this tile's epilogue
+        (helps short lists); None = persistent when Kmax * block_kv <= 2048
+        keys and its SMEM fits, else one CTA per tile.
+      num_ctas: persistent grid size (default: the GPU's SM count).
+      interpret: None on GPU; plgpu.InterpretGPUParams(...) on CPU.
 
-  Returns:
-    out [B, Tp, H, Dv] in q.dtype and lse [B, H, Tp] float32 (natural log).
-  """
-  cm.check_dtypes_and_dims(q, k, v, what="block_sparse_attention_fwd")
-  B, Tp, H, D = q.shape
-  Sp, K, Dv = k.shape[1], k.shape[2], v.shape[-1]
-  if block_kv_compute is None:
-    block_kv_compute = min(block_kv, 64 if max(D, Dv) > 128 else 128)
-  cm.check_blocks(block_q, block_kv, block_kv_compute)
-  if num_stages < 2:
-    raise NotImplementedError(f"{num_stages=} must be at least 2")
-  _check_sizes(q, k, block_q, block_kv)
-  cm.check_tables(kv_indices, kv_counts, kv_full, B=B, H=H,
-                  nb=Tp // block_q, name="kv")
-  q_seg, kv_seg = _segments(q_segment_ids, kv_segment_ids, B, Tp, Sp)
-  st = _statics(q, k, mask_fn=mask_fn, q_offset=q_offset, kv_len=kv_len,
-                scale=scale, logits_soft_cap=logits_soft_cap,
-                has_segments=q_seg is not None,
-                segments_on_full_tiles=segments_on_full_tiles,
-                interpret=interpret)
-  sh = fwd_lib.FwdShapes(
-      B=B, Tp=Tp, Sp=Sp, H=H, K=K, D=D, Dv=Dv, Bx=kv_indices.shape[0],
-      Hx=kv_indices.shape[1], kmax=kv_indices.shape[-1], block_q=block_q,
-      block_kv=block_kv, block_kv_compute=block_kv_compute,
-      num_stages=num_stages, dtype=jnp.dtype(q.dtype))
-  if (nb := fwd_lib.smem_bytes(sh, st)) > cm.MAX_SMEM_BYTES:
-    raise NotImplementedError(
-        f"forward tiles need {nb} bytes of SMEM (> {cm.MAX_SMEM_BYTES});"
-        " lower num_stages or block_kv_compute"
+    Returns:
+      out [B, Tp, H, Dv] in q.dtype and lse [B, H, Tp] float32 (natural log).
+    """
+    cm.check_dtypes_and_dims(q, k, v, what="block_sparse_attention_fwd")
+    B, Tp, H, D = q.shape
+    Sp, K, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    if block_kv_compute is None:
+        block_kv_compute = min(block_kv, 64 if max(D, Dv) > 128 else 128)
+    cm.check_blocks(block_q, block_kv, block_kv_compute)
+    if num_stages < 2:
+        raise NotImplementedError(f"{num_stages=} must be at least 2")
+    _check_sizes(q, k, block_q, block_kv)
+    cm.check_tables(kv_indices, kv_counts, kv_full, B=B, H=H, nb=Tp // block_q, name="kv")
+    q_seg, kv_seg = _segments(q_segment_ids, kv_segment_ids, B, Tp, Sp)
+    st = _statics(
+        q,
+        k,
+        mask_fn=mask_fn,
+        q_offset=q_offset,
+        kv_len=kv_len,
+        scale=scale,
+        logits_soft_cap=logits_soft_cap,
+        has_segments=q_seg is not None,
+        segments_on_full_tiles=segments_on_full_tiles,
+        interpret=interpret,
     )
-  codes = cm.pack_codes(kv_indices, kv_full)
-  if heavy_first:
-    order = cm.heavy_first_order(kv_counts)
-  else:
-    order = jnp.arange(Tp // block_q, dtype=jnp.int32)
-  return fwd_lib.forward_call(
-      q, k, v, codes, kv_counts.astype(jnp.int32), order, q_seg, kv_seg,
-      sh=sh, st=st)
-
+    sh = fwd_lib.FwdShapes(
+        B=B,
+        Tp=Tp,
+        Sp=Sp,
+        H=H,
+        K=K,
+        D=D,
+        Dv=Dv,
+        Bx=kv_indices.shape[0],
+        Hx=kv_indices.shape[1],
+        kmax=kv_indices.shape[-1],
+        block_q=block_q,
+        block_kv=block_kv,
+        block_kv_compute=block_kv_compute,
+        num_stages=num_stages,
+        dtype=jnp.dtype(q.dtype),
+    )
+    if persistent is None:
+        # Measured on the H100 (NOTES.md): persistence wins only for short
+        # lists (window 1024: 3-9% faster) and loses for long ones (causal 16k
+        # -9%, random blocks 16k -22%, full 32k -5%), where the hardware's
+        # in-order CTA launch keeps CTAs that stream the same K/V in step (L2
+        # reuse) and balances causal work. Kmax (static) bounds list lengths.
+        persistent = None if kv_indices.shape[-1] * block_kv <= 2048 else False
+    if persistent is None or persistent:
+        ctas = min(sh.num_tiles, num_ctas or _num_sms())
+        psh = dataclasses.replace(sh, persistent=True, num_ctas=ctas)
+        fits = fwd_lib.smem_bytes(psh, st) <= cm.MAX_SMEM_BYTES
+        if persistent and not fits:
+            raise NotImplementedError(
+                f"persistent forward needs {fwd_lib.smem_bytes(psh, st)} bytes of"
+                f" SMEM (> {cm.MAX_SMEM_BYTES})"
+            )
+        if fits:
+            sh = psh
+    if (nb := fwd_lib.smem_bytes(sh, st)) > cm.MAX_SMEM_BYTES:
+        raise NotImplementedError(
+            f"forward tiles need {nb} bytes of SMEM (> {cm.MAX_SMEM_BYTES});"
+            " lower num_stages or block_kv_compute"
+        )
+    codes = cm.pack_codes(kv_indices, kv_full)
+    if heavy_first:
+        order = cm.heavy_first_order(kv_counts)
+    else:
+        order = jnp.arange(Tp // block_q, dtype=jnp.int32)
+    return fwd_lib.forward_call(
+        q, k, v, codes, kv_counts.astype(jnp.int32), order, q_seg, kv_seg, sh=sh, st=st
+    )
 
 
 def _bwd_check_dims(q, v):
-  D, Dv = q.shape[-1], v.shape[-1]
-  if D + Dv > 256:
-    raise NotImplementedError(
-        f"backward needs D + Dv <= 256 (got D={D}, Dv={Dv}): a consumer"
-        " warpgroup keeps [64, D] dK and [64, Dv] dV f32 accumulators in"
-        " registers"
-    )
+    D, Dv = q.shape[-1], v.shape[-1]
+    if D + Dv > 256:
+        raise NotImplementedError(
+            f"backward needs D + Dv <= 256 (got D={D}, Dv={Dv}): a consumer"
+            " warpgroup keeps [64, D] dK and [64, Dv] dV f32 accumulators in"
+            " registers"
+        )
 
 
 def block_sparse_attention_bwd(
@@ -214,6 +275,8 @@ def block_sparse_attention_bwd(
     block_kv: int = 128,
     block_kv_compute: int | None = None,
     num_stages: int | None = None,
+    persistent: bool | None = None,
+    num_ctas: int | None = None,
     dq_block_kv_compute: int = 64,
     dkv_block_q_compute: int = 64,
     bwd_num_stages: int = 2,
@@ -221,98 +284,151 @@ def block_sparse_attention_bwd(
     heavy_first: bool = True,
     interpret: Any = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Gradients of block_sparse_attention_fwd (dQ kernel + dK/dV kernel).
+    """Gradients of block_sparse_attention_fwd (dQ kernel + dK/dV kernel).
 
-  Args:
-    q, k, v, out, lse: the forward's inputs and outputs.
-    dout: [B, Tp, H, Dv] cotangent of out. Padded query rows must carry
-      dout = 0 (and dlse = 0) so that they contribute nothing to dK/dV.
-    dlse: None or [B, H, Tp] f32 cotangent of lse.
-    kv_indices, kv_counts, kv_full: q-major lists (as in the forward).
-    q_indices, q_counts, q_full: kv-major lists [Bx, Hx, Sb, Qmax]: for kv
-      block j the q blocks whose lists contain j, ascending, same padding
-      rule, same full/partial flags.
-    mask_fn ... heavy_first, interpret: as in the forward.
-    block_kv_compute, num_stages: forward tuning, ignored here.
-    dq_block_kv_compute: keys per dQ pipeline step (64 or 128, divides
-      block_kv).
-    dkv_block_q_compute: query rows per dK/dV pipeline step (64 or 128,
-      divides block_q).
-    bwd_num_stages: SMEM pipeline depth of both kernels.
+    Args:
+      q, k, v, out, lse: the forward's inputs and outputs.
+      dout: [B, Tp, H, Dv] cotangent of out. Padded query rows must carry
+        dout = 0 (and dlse = 0) so that they contribute nothing to dK/dV.
+      dlse: None or [B, H, Tp] f32 cotangent of lse.
+      kv_indices, kv_counts, kv_full: q-major lists (as in the forward).
+      q_indices, q_counts, q_full: kv-major lists [Bx, Hx, Sb, Qmax]: for kv
+        block j the q blocks whose lists contain j, ascending, same padding
+        rule, same full/partial flags.
+      mask_fn ... heavy_first, interpret: as in the forward.
+      block_kv_compute, num_stages, persistent, num_ctas: forward tuning,
+        ignored here.
+      dq_block_kv_compute: keys per dQ pipeline step (64 or 128, divides
+        block_kv).
+      dkv_block_q_compute: query rows per dK/dV pipeline step (64 or 128,
+        divides block_q).
+      bwd_num_stages: SMEM pipeline depth of both kernels.
 
-  Returns:
-    dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
-    are summed over the query heads of each GQA group. Deterministic.
-  """
-  del block_kv_compute, num_stages
-  cm.check_dtypes_and_dims(q, k, v, what="block_sparse_attention_bwd")
-  _bwd_check_dims(q, v)
-  B, Tp, H, D = q.shape
-  Sp, K, Dv = k.shape[1], k.shape[2], v.shape[-1]
-  cm.check_blocks(block_q, block_kv, dq_block_kv_compute)
-  if block_kv not in (64, 128):
-    raise NotImplementedError(
-        f"backward needs {block_kv=} in (64, 128): one dK/dV consumer"
-        " warpgroup per 64 keys of a table block"
+    Returns:
+      dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
+      are summed over the query heads of each GQA group. Deterministic.
+    """
+    del block_kv_compute, num_stages, persistent, num_ctas
+    cm.check_dtypes_and_dims(q, k, v, what="block_sparse_attention_bwd")
+    _bwd_check_dims(q, v)
+    B, Tp, H, D = q.shape
+    Sp, K, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    cm.check_blocks(block_q, block_kv, dq_block_kv_compute)
+    if block_kv not in (64, 128):
+        raise NotImplementedError(
+            f"backward needs {block_kv=} in (64, 128): one dK/dV consumer"
+            " warpgroup per 64 keys of a table block"
+        )
+    if dkv_block_q_compute not in (64, 128) or block_q % dkv_block_q_compute:
+        raise NotImplementedError(f"{dkv_block_q_compute=} must be 64 or 128 and divide {block_q=}")
+    if bwd_num_stages < 2:
+        raise NotImplementedError(f"{bwd_num_stages=} must be at least 2")
+    _check_sizes(q, k, block_q, block_kv)
+    cm.check_tables(kv_indices, kv_counts, kv_full, B=B, H=H, nb=Tp // block_q, name="kv")
+    cm.check_tables(q_indices, q_counts, q_full, B=B, H=H, nb=Sp // block_kv, name="q")
+    if out.shape != (B, Tp, H, Dv) or dout.shape != out.shape:
+        raise ValueError(f"{out.shape=} and {dout.shape=} must be {(B, Tp, H, Dv)}")
+    if lse.shape != (B, H, Tp) or (dlse is not None and dlse.shape != lse.shape):
+        raise ValueError(f"lse/dlse must be {(B, H, Tp)}")
+    q_seg, kv_seg = _segments(q_segment_ids, kv_segment_ids, B, Tp, Sp)
+    st = _statics(
+        q,
+        k,
+        mask_fn=mask_fn,
+        q_offset=q_offset,
+        kv_len=kv_len,
+        scale=scale,
+        logits_soft_cap=logits_soft_cap,
+        has_segments=q_seg is not None,
+        segments_on_full_tiles=segments_on_full_tiles,
+        interpret=interpret,
     )
-  if dkv_block_q_compute not in (64, 128) or block_q % dkv_block_q_compute:
-    raise NotImplementedError(
-        f"{dkv_block_q_compute=} must be 64 or 128 and divide {block_q=}")
-  if bwd_num_stages < 2:
-    raise NotImplementedError(f"{bwd_num_stages=} must be at least 2")
-  _check_sizes(q, k, block_q, block_kv)
-  cm.check_tables(kv_indices, kv_counts, kv_full, B=B, H=H,
-                  nb=Tp // block_q, name="kv")
-  cm.check_tables(q_indices, q_counts, q_full, B=B, H=H,
-                  nb=Sp // block_kv, name="q")
-  if out.shape != (B, Tp, H, Dv) or dout.shape != out.shape:
-    raise ValueError(f"{out.shape=} and {dout.shape=} must be {(B, Tp, H, Dv)}")
-  if lse.shape != (B, H, Tp) or (dlse is not None and dlse.shape != lse.shape):
-    raise ValueError(f"lse/dlse must be {(B, H, Tp)}")
-  q_seg, kv_seg = _segments(q_segment_ids, kv_segment_ids, B, Tp, Sp)
-  st = _statics(q, k, mask_fn=mask_fn, q_offset=q_offset, kv_len=kv_len,
-                scale=scale, logits_soft_cap=logits_soft_cap,
-                has_segments=q_seg is not None,
-                segments_on_full_tiles=segments_on_full_tiles,
-                interpret=interpret)
-  dt = jnp.dtype(q.dtype)
+    dt = jnp.dtype(q.dtype)
 
-  # delta = rowsum(dO * O) - dlse, so that dS = P * (dP - delta).
-  delta = jnp.einsum("bthd,bthd->bht", out.astype(jnp.float32),
-                     dout.astype(jnp.float32))
-  if dlse is not None:
-    delta = delta - dlse.astype(jnp.float32)
-  # lse in log2 units; dead rows (lse = -inf) get +inf so that P = 0.
-  lse2 = jnp.where(jnp.isneginf(lse), jnp.inf, lse * cm.LOG2E)
-  lse2 = lse2.astype(jnp.float32)
-  dout = dout.astype(dt)
+    # delta = rowsum(dO * O) - dlse, so that dS = P * (dP - delta).
+    delta = jnp.einsum("bthd,bthd->bht", out.astype(jnp.float32), dout.astype(jnp.float32))
+    if dlse is not None:
+        delta = delta - dlse.astype(jnp.float32)
+    # lse in log2 units; dead rows (lse = -inf) get +inf so that P = 0.
+    lse2 = jnp.where(jnp.isneginf(lse), jnp.inf, lse * cm.LOG2E)
+    lse2 = lse2.astype(jnp.float32)
+    dout = dout.astype(dt)
 
-  dq_sh = backward_dq.DqShapes(
-      B=B, Tp=Tp, Sp=Sp, H=H, K=K, D=D, Dv=Dv, Bx=kv_indices.shape[0],
-      Hx=kv_indices.shape[1], block_q=block_q, block_kv=block_kv,
-      block_kv_compute=dq_block_kv_compute, num_stages=bwd_num_stages,
-      dtype=dt)
-  dkv_sh = backward_dkv.DkvShapes(
-      B=B, Tp=Tp, Sp=Sp, H=H, K=K, D=D, Dv=Dv, Bx=q_indices.shape[0],
-      Hx=q_indices.shape[1], block_q=block_q, block_kv=block_kv,
-      block_q_compute=dkv_block_q_compute, num_stages=bwd_num_stages,
-      dtype=dt)
-  for name, nb in (("dQ", backward_dq.smem_bytes(dq_sh, st)),
-                   ("dK/dV", backward_dkv.smem_bytes(dkv_sh, st))):
-    if nb > cm.MAX_SMEM_BYTES:
-      raise NotImplementedError(
-          f"{name} tiles need {nb} bytes of SMEM (> {cm.MAX_SMEM_BYTES})")
+    dq_sh = backward_dq.DqShapes(
+        B=B,
+        Tp=Tp,
+        Sp=Sp,
+        H=H,
+        K=K,
+        D=D,
+        Dv=Dv,
+        Bx=kv_indices.shape[0],
+        Hx=kv_indices.shape[1],
+        block_q=block_q,
+        block_kv=block_kv,
+        block_kv_compute=dq_block_kv_compute,
+        num_stages=bwd_num_stages,
+        dtype=dt,
+    )
+    dkv_sh = backward_dkv.DkvShapes(
+        B=B,
+        Tp=Tp,
+        Sp=Sp,
+        H=H,
+        K=K,
+        D=D,
+        Dv=Dv,
+        Bx=q_indices.shape[0],
+        Hx=q_indices.shape[1],
+        block_q=block_q,
+        block_kv=block_kv,
+        block_q_compute=dkv_block_q_compute,
+        num_stages=bwd_num_stages,
+        dtype=dt,
+    )
+    for name, nb in (
+        ("dQ", backward_dq.smem_bytes(dq_sh, st)),
+        ("dK/dV", backward_dkv.smem_bytes(dkv_sh, st)),
+    ):
+        if nb > cm.MAX_SMEM_BYTES:
+            raise NotImplementedError(
+                f"{name} tiles need {nb} bytes of SMEM (> {cm.MAX_SMEM_BYTES})"
+            )
 
-  if heavy_first:
-    q_order = cm.heavy_first_order(kv_counts)
-    kv_order = cm.heavy_first_order(q_counts)
-  else:
-    q_order = jnp.arange(Tp // block_q, dtype=jnp.int32)
-    kv_order = jnp.arange(Sp // block_kv, dtype=jnp.int32)
-  dq = backward_dq.dq_call(
-      q, k, v, dout, lse2, delta, cm.pack_codes(kv_indices, kv_full),
-      kv_counts.astype(jnp.int32), q_order, q_seg, kv_seg, sh=dq_sh, st=st)
-  dk, dv = backward_dkv.dkv_call(
-      q, k, v, dout, lse2, delta, cm.pack_codes(q_indices, q_full),
-      q_counts.astype(jnp.int32), kv_order, q_seg, kv_seg, sh=dkv_sh, st=st)
-  return dq, dk, dv
+    if heavy_first:
+        q_order = cm.heavy_first_order(kv_counts)
+        kv_order = cm.heavy_first_order(q_counts)
+    else:
+        q_order = jnp.arange(Tp // block_q, dtype=jnp.int32)
+        kv_order = jnp.arange(Sp // block_kv, dtype=jnp.int32)
+    dq = backward_dq.dq_call(
+        q,
+        k,
+        v,
+        dout,
+        lse2,
+        delta,
+        cm.pack_codes(kv_indices, kv_full),
+        kv_counts.astype(jnp.int32),
+        q_order,
+        q_seg,
+        kv_seg,
+        sh=dq_sh,
+        st=st,
+    )
+    dk, dv = backward_dkv.dkv_call(
+        q,
+        k,
+        v,
+        dout,
+        lse2,
+        delta,
+        cm.pack_codes(q_indices, q_full),
+        q_counts.astype(jnp.int32),
+        kv_order,
+        q_seg,
+        kv_seg,
+        sh=dkv_sh,
+        st=st,
+    )
+    return dq, dk, dv

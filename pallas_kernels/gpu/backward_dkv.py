@@ -29,225 +29,253 @@ from pallas_kernels.gpu import common as cm
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DkvShapes:
-  B: int
-  Tp: int
-  Sp: int
-  H: int
-  K: int
-  D: int
-  Dv: int
-  Bx: int
-  Hx: int
-  block_q: int
-  block_kv: int
-  block_q_compute: int
-  num_stages: int
-  dtype: jnp.dtype
+    B: int
+    Tp: int
+    Sp: int
+    H: int
+    K: int
+    D: int
+    Dv: int
+    Bx: int
+    Hx: int
+    block_q: int
+    block_kv: int
+    block_q_compute: int
+    num_stages: int
+    dtype: jnp.dtype
 
-  @property
-  def nwg(self) -> int:
-    return self.block_kv // cm.WG_ROWS
+    @property
+    def nwg(self) -> int:
+        return self.block_kv // cm.WG_ROWS
 
-  @property
-  def subs(self) -> int:
-    return self.block_q // self.block_q_compute
+    @property
+    def subs(self) -> int:
+        return self.block_q // self.block_q_compute
 
 
 def smem_bytes(sh: DkvShapes, st: cm.AttentionStatics) -> int:
-  dt, r, bqc = sh.dtype, cm.WG_ROWS, sh.block_q_compute
-  total = cm.nbytes((sh.nwg, r, sh.D + sh.Dv), dt)
-  total += cm.nbytes((sh.num_stages, bqc, sh.D + sh.Dv), dt)
-  total += cm.nbytes((sh.num_stages, 2 + st.has_segments, bqc), jnp.float32)
-  if not st.regs_lhs:
-    total += cm.nbytes((sh.nwg, r, bqc), dt)
-  return total + 1024
+    dt, r, bqc = sh.dtype, cm.WG_ROWS, sh.block_q_compute
+    total = cm.nbytes((sh.nwg, r, sh.D + sh.Dv), dt)
+    total += cm.nbytes((sh.num_stages, bqc, sh.D + sh.Dv), dt)
+    total += cm.nbytes((sh.num_stages, 2 + st.has_segments, bqc), jnp.float32)
+    if not st.regs_lhs:
+        total += cm.nbytes((sh.nwg, r, bqc), dt)
+    return total + 1024
 
 
-def _kernel(order_ref, code_ref, count_ref, q_ref, k_ref, v_ref, do_ref,
-            lse_ref, delta_ref, qseg_ref, kvseg_ref, dk_ref, dv_ref, *,
-            sh: DkvShapes, st: cm.AttentionStatics, **scratch):
-  nwg, R, bqc, stages, subs = (
-      sh.nwg, cm.WG_ROWS, sh.block_q_compute, sh.num_stages, sh.subs)
-  k_smem, v_smem = scratch["k_smem"], scratch["v_smem"]
-  q_smem, do_smem = scratch["q_smem"], scratch["do_smem"]
-  lse_smem, delta_smem = scratch["lse_smem"], scratch["delta_smem"]
-  qseg_smem = scratch.get("qseg_smem")
-  st_smem = scratch.get("st_smem")
-  kv_bar, in_bar, free = scratch["kv_bar"], scratch["in_bar"], scratch["free"]
+def _kernel(
+    order_ref,
+    code_ref,
+    count_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    lse_ref,
+    delta_ref,
+    qseg_ref,
+    kvseg_ref,
+    dk_ref,
+    dv_ref,
+    *,
+    sh: DkvShapes,
+    st: cm.AttentionStatics,
+    **scratch,
+):
+    nwg, R, bqc, stages, subs = (sh.nwg, cm.WG_ROWS, sh.block_q_compute, sh.num_stages, sh.subs)
+    k_smem, v_smem = scratch["k_smem"], scratch["v_smem"]
+    q_smem, do_smem = scratch["q_smem"], scratch["do_smem"]
+    lse_smem, delta_smem = scratch["lse_smem"], scratch["delta_smem"]
+    qseg_smem = scratch.get("qseg_smem")
+    st_smem = scratch.get("st_smem")
+    kv_bar, in_bar, free = scratch["kv_bar"], scratch["in_bar"], scratch["free"]
 
-  wg = lax.axis_index("wg")
-  kvh = lax.axis_index("h")
-  b = lax.axis_index("b")
-  kj = order_ref[lax.axis_index("kv")]
-  bx = b if sh.Bx > 1 else 0
-  group = sh.H // sh.K
+    wg = lax.axis_index("wg")
+    kvh = lax.axis_index("h")
+    b = lax.axis_index("b")
+    kj = order_ref[lax.axis_index("kv")]
+    bx = b if sh.Bx > 1 else 0
+    group = sh.H // sh.K
 
-  def head_of(g):
-    hq = kvh * group + g
-    hx = hq if sh.Hx > 1 else 0
-    return hq, hx, count_ref[bx, hx, kj] * subs
+    def head_of(g):
+        hq = kvh * group + g
+        hx = hq if sh.Hx > 1 else 0
+        return hq, hx, count_ref[bx, hx, kj] * subs
 
-  def entry_of(hx, s):
-    return cm.list_entry(code_ref, (bx, hx, kj), s, subs=subs,
-                         block=sh.block_q, sub_block=bqc)
+    def entry_of(hx, s):
+        return cm.list_entry(code_ref, (bx, hx, kj), s, subs=subs, block=sh.block_q, sub_block=bqc)
 
-  @pl.when(wg < nwg)
-  def _consumer():
-    plgpu.set_max_registers(232 if nwg == 2 else 240, action="increase")
-    kv_base = kj * sh.block_kv + wg * R
-    keys = pl.ds(kv_base, R)
-    plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[wg],
-                            kv_bar.at[wg])
-    plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[wg],
-                            kv_bar.at[wg])
-    kvseg = None
-    if st.has_segments:
-      kvseg = plgpu.load(kvseg_ref.at[b, keys], layout=cm.WGMMA_ROW,
-                         optimized=False)
-    dk = plgpu.layout_cast(jnp.zeros((R, sh.D), jnp.float32), cm.WGMMA)
-    dv = plgpu.layout_cast(jnp.zeros((R, sh.Dv), jnp.float32), cm.WGMMA)
-    plgpu.barrier_wait(kv_bar.at[wg])
-    shape = (R, bqc)
-    mult = st.logit_mult
-
-    def head_loop(g, carry):
-      dk, dv, t0 = carry
-      hq, hx, n = head_of(g)
-
-      def step(s, carry):
-        dk, dv = carry
-        slot = lax.rem(t0 + s, stages)
-        q_start, partial = entry_of(hx, s)
-        plgpu.barrier_wait(in_bar.at[slot])
-
-        def s_dp(s_ref, dp_ref):
-          plgpu.wgmma(s_ref, k_smem.at[wg], q_smem.at[slot].T)
-          plgpu.wgmma(dp_ref, v_smem.at[wg], do_smem.at[slot].T)
-          return s_ref[...], dp_ref[...]
-
-        acc = plgpu.ACC(shape, jnp.float32)
-        s_tile, dp = pl.run_scoped(s_dp, acc, acc)
-        lse = plgpu.load(lse_smem.at[slot], layout=cm.WGMMA_COL)
-        delta = plgpu.load(delta_smem.at[slot], layout=cm.WGMMA_COL)
-        qseg = None
+    @pl.when(wg < nwg)
+    def _consumer():
+        plgpu.set_max_registers(232 if nwg == 2 else 240, action="increase")
+        kv_base = kj * sh.block_kv + wg * R
+        keys = pl.ds(kv_base, R)
+        plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[wg], kv_bar.at[wg])
+        plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[wg], kv_bar.at[wg])
+        kvseg = None
         if st.has_segments:
-          qseg = plgpu.load(qseg_smem.at[slot], layout=cm.WGMMA_COL)
+            kvseg = plgpu.load(kvseg_ref.at[b, keys], layout=cm.WGMMA_ROW, optimized=False)
+        dk = plgpu.layout_cast(jnp.zeros((R, sh.D), jnp.float32), cm.WGMMA)
+        dv = plgpu.layout_cast(jnp.zeros((R, sh.Dv), jnp.float32), cm.WGMMA)
+        plgpu.barrier_wait(kv_bar.at[wg])
+        shape = (R, bqc)
+        mult = st.logit_mult
 
-        t = cm.raw_logits(st, s_tile)
+        def head_loop(g, carry):
+            dk, dv, t0 = carry
+            hq, hx, n = head_of(g)
 
-        def masked(with_mask_fn):
-          def f():
-            valid = cm.tile_valid(
-                st, shape, q_start=q_start + st.q_offset, kv_start=kv_base,
-                head=hq, q_dim=1, with_mask_fn=with_mask_fn, q_seg=qseg,
-                kv_seg=kvseg)
-            return jnp.where(valid, t, -jnp.inf)
-          return f
+            def step(s, carry):
+                dk, dv = carry
+                slot = lax.rem(t0 + s, stages)
+                q_start, partial = entry_of(hx, s)
+                plgpu.barrier_wait(in_bar.at[slot])
 
-        if st.has_segments and st.segments_on_full_tiles:
-          raw = lax.cond(partial, masked(True), masked(False))
-        else:
-          raw = lax.cond(partial, masked(True), lambda: t)
-        p = jnp.exp2(raw * mult - cm.bcast_cols(lse, shape))
-        stage = None if st_smem is None else st_smem.at[wg]
-        dv = cm.mma_regs_lhs(dv, p.astype(sh.dtype), do_smem.at[slot], stage)
-        ds = p * (dp - cm.bcast_cols(delta, shape))
-        if st.logits_soft_cap is not None:
-          ds = ds * (1.0 - t * t)
-        dk = cm.mma_regs_lhs(dk, ds.astype(sh.dtype), q_smem.at[slot], stage)
-        # Generic-proxy reads of this slot (lse, delta, segment ids) must be
-        # ordered before the producer's next TMA into it.
+                def s_dp(s_ref, dp_ref):
+                    plgpu.wgmma(s_ref, k_smem.at[wg], q_smem.at[slot].T)
+                    plgpu.wgmma(dp_ref, v_smem.at[wg], do_smem.at[slot].T)
+                    return s_ref[...], dp_ref[...]
+
+                acc = plgpu.ACC(shape, jnp.float32)
+                s_tile, dp = pl.run_scoped(s_dp, acc, acc)
+                lse = plgpu.load(lse_smem.at[slot], layout=cm.WGMMA_COL)
+                delta = plgpu.load(delta_smem.at[slot], layout=cm.WGMMA_COL)
+                qseg = None
+                if st.has_segments:
+                    qseg = plgpu.load(qseg_smem.at[slot], layout=cm.WGMMA_COL)
+
+                t = cm.raw_logits(st, s_tile)
+
+                def masked(with_mask_fn):
+                    def f():
+                        valid = cm.tile_valid(
+                            st,
+                            shape,
+                            q_start=q_start + st.q_offset,
+                            kv_start=kv_base,
+                            head=hq,
+                            q_dim=1,
+                            with_mask_fn=with_mask_fn,
+                            q_seg=qseg,
+                            kv_seg=kvseg,
+                        )
+                        return jnp.where(valid, t, -jnp.inf)
+
+                    return f
+
+                if st.has_segments and st.segments_on_full_tiles:
+                    raw = lax.cond(partial, masked(True), masked(False))
+                else:
+                    raw = lax.cond(partial, masked(True), lambda: t)
+                p = jnp.exp2(raw * mult - cm.bcast_cols(lse, shape))
+                stage = None if st_smem is None else st_smem.at[wg]
+                dv = cm.mma_regs_lhs(dv, p.astype(sh.dtype), do_smem.at[slot], stage)
+                ds = p * (dp - cm.bcast_cols(delta, shape))
+                if st.logits_soft_cap is not None:
+                    ds = ds * (1.0 - t * t)
+                dk = cm.mma_regs_lhs(dk, ds.astype(sh.dtype), q_smem.at[slot], stage)
+                # Generic-proxy reads of this slot (lse, delta, segment ids) must be
+                # ordered before the producer's next TMA into it.
+                plgpu.commit_smem()
+                plgpu.barrier_arrive(free.at[slot])
+                return dk, dv
+
+            dk, dv = lax.fori_loop(0, n, step, (dk, dv))
+            return dk, dv, t0 + n
+
+        dk, dv, _ = lax.fori_loop(0, group, head_loop, (dk, dv, jnp.int32(0)))
+        # K/V tiles are no longer read: stage the outputs through them.
+        k_smem.at[wg][...] = (dk * st.scale).astype(sh.dtype)
+        v_smem.at[wg][...] = dv.astype(sh.dtype)
         plgpu.commit_smem()
-        plgpu.barrier_arrive(free.at[slot])
-        return dk, dv
+        plgpu.copy_smem_to_gmem(k_smem.at[wg], dk_ref.at[b, keys, kvh], commit_group=False)
+        plgpu.copy_smem_to_gmem(v_smem.at[wg], dv_ref.at[b, keys, kvh], commit_group=False)
+        plgpu.commit_smem_to_gmem_group()
+        plgpu.wait_smem_to_gmem(0)
 
-      dk, dv = lax.fori_loop(0, n, step, (dk, dv))
-      return dk, dv, t0 + n
+    @pl.when(wg == nwg)
+    def _producer():
+        plgpu.set_max_registers(40, action="decrease")
 
-    dk, dv, _ = lax.fori_loop(0, group, head_loop, (dk, dv, jnp.int32(0)))
-    # K/V tiles are no longer read: stage the outputs through them.
-    k_smem.at[wg][...] = (dk * st.scale).astype(sh.dtype)
-    v_smem.at[wg][...] = dv.astype(sh.dtype)
-    plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(k_smem.at[wg], dk_ref.at[b, keys, kvh],
-                            commit_group=False)
-    plgpu.copy_smem_to_gmem(v_smem.at[wg], dv_ref.at[b, keys, kvh],
-                            commit_group=False)
-    plgpu.commit_smem_to_gmem_group()
-    plgpu.wait_smem_to_gmem(0)
+        def head_loop(g, t0):
+            hq, hx, n = head_of(g)
 
-  @pl.when(wg == nwg)
-  def _producer():
-    plgpu.set_max_registers(40, action="decrease")
+            @pl.loop(0, n)
+            def _(s):
+                t = t0 + s
+                slot = lax.rem(t, stages)
+                q_start, _ = entry_of(hx, s)
+                rows = pl.ds(q_start, bqc)
 
-    def head_loop(g, t0):
-      hq, hx, n = head_of(g)
+                @pl.when(t >= stages)
+                def _():
+                    plgpu.barrier_wait(free.at[slot])
 
-      @pl.loop(0, n)
-      def _(s):
-        t = t0 + s
-        slot = lax.rem(t, stages)
-        q_start, _ = entry_of(hx, s)
-        rows = pl.ds(q_start, bqc)
+                bar = in_bar.at[slot]
+                plgpu.copy_gmem_to_smem(q_ref.at[b, rows, hq], q_smem.at[slot], bar)
+                plgpu.copy_gmem_to_smem(do_ref.at[b, rows, hq], do_smem.at[slot], bar)
+                plgpu.copy_gmem_to_smem(lse_ref.at[b, hq, rows], lse_smem.at[slot], bar)
+                plgpu.copy_gmem_to_smem(delta_ref.at[b, hq, rows], delta_smem.at[slot], bar)
+                if qseg_smem is not None:
+                    plgpu.copy_gmem_to_smem(qseg_ref.at[b, rows], qseg_smem.at[slot], bar)
 
-        @pl.when(t >= stages)
-        def _():
-          plgpu.barrier_wait(free.at[slot])
+            return t0 + n
 
-        bar = in_bar.at[slot]
-        plgpu.copy_gmem_to_smem(q_ref.at[b, rows, hq], q_smem.at[slot], bar)
-        plgpu.copy_gmem_to_smem(do_ref.at[b, rows, hq], do_smem.at[slot], bar)
-        plgpu.copy_gmem_to_smem(lse_ref.at[b, hq, rows], lse_smem.at[slot],
-                                bar)
-        plgpu.copy_gmem_to_smem(delta_ref.at[b, hq, rows],
-                                delta_smem.at[slot], bar)
-        if qseg_smem is not None:
-          plgpu.copy_gmem_to_smem(qseg_ref.at[b, rows], qseg_smem.at[slot],
-                                  bar)
+        total = lax.fori_loop(0, group, head_loop, jnp.int32(0))
 
-      return t0 + n
-
-    total = lax.fori_loop(0, group, head_loop, jnp.int32(0))
-
-    @pl.loop(jnp.maximum(total - stages, 0), total)
-    def _(t):
-      plgpu.barrier_wait(free.at[lax.rem(t, stages)])
+        @pl.loop(jnp.maximum(total - stages, 0), total)
+        def _(t):
+            plgpu.barrier_wait(free.at[lax.rem(t, stages)])
 
 
-def dkv_call(q, k, v, do, lse2, delta, codes, counts, order, q_seg, kv_seg, *,
-             sh: DkvShapes, st: cm.AttentionStatics):
-  """Returns dk [B, Sp, K, D], dv [B, Sp, K, Dv] in k.dtype."""
-  nwg, R, bqc, stages = sh.nwg, cm.WG_ROWS, sh.block_q_compute, sh.num_stages
-  dt = sh.dtype
-  n_in = 4 + st.has_segments
-  scratch = dict(
-      k_smem=cm.tiled_smem((nwg, R, sh.D), dt),
-      v_smem=cm.tiled_smem((nwg, R, sh.Dv), dt),
-      q_smem=cm.tiled_smem((stages, bqc, sh.D), dt),
-      do_smem=cm.tiled_smem((stages, bqc, sh.Dv), dt),
-      lse_smem=plgpu.SMEM((stages, bqc), jnp.float32),
-      delta_smem=plgpu.SMEM((stages, bqc), jnp.float32),
-      kv_bar=plgpu.Barrier(num_arrivals=2, num_barriers=nwg),
-      in_bar=plgpu.Barrier(num_arrivals=n_in, num_barriers=stages),
-      free=plgpu.Barrier(num_arrivals=nwg, num_barriers=stages),
-  )
-  if st.has_segments:
-    scratch["qseg_smem"] = plgpu.SMEM((stages, bqc), jnp.int32)
-  if not st.regs_lhs:
-    scratch["st_smem"] = cm.tiled_smem((nwg, R, bqc), dt)
-  out_type = (
-      jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.K, sh.D), dt),
-      jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.K, sh.Dv), dt),
-  )
-  kernel = plgpu.kernel(
-      functools.partial(_kernel, sh=sh, st=st),
-      out_type=out_type,
-      scratch_types=scratch,
-      grid=(sh.K, sh.Sp // sh.block_kv, sh.B),
-      grid_names=("h", "kv", "b"),
-      num_threads=nwg + 1,
-      thread_name="wg",
-      compiler_params=cm.compiler_params(),
-      interpret=st.interpret,
-  )
-  return kernel(order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg)
+def dkv_call(
+    q,
+    k,
+    v,
+    do,
+    lse2,
+    delta,
+    codes,
+    counts,
+    order,
+    q_seg,
+    kv_seg,
+    *,
+    sh: DkvShapes,
+    st: cm.AttentionStatics,
+):
+    """Returns dk [B, Sp, K, D], dv [B, Sp, K, Dv] in k.dtype."""
+    nwg, R, bqc, stages = sh.nwg, cm.WG_ROWS, sh.block_q_compute, sh.num_stages
+    dt = sh.dtype
+    n_in = 4 + st.has_segments
+    scratch = dict(
+        k_smem=cm.tiled_smem((nwg, R, sh.D), dt),
+        v_smem=cm.tiled_smem((nwg, R, sh.Dv), dt),
+        q_smem=cm.tiled_smem((stages, bqc, sh.D), dt),
+        do_smem=cm.tiled_smem((stages, bqc, sh.Dv), dt),
+        lse_smem=plgpu.SMEM((stages, bqc), jnp.float32),
+        delta_smem=plgpu.SMEM((stages, bqc), jnp.float32),
+        kv_bar=plgpu.Barrier(num_arrivals=2, num_barriers=nwg),
+        in_bar=plgpu.Barrier(num_arrivals=n_in, num_barriers=stages),
+        free=plgpu.Barrier(num_arrivals=nwg, num_barriers=stages),
+    )
+    if st.has_segments:
+        scratch["qseg_smem"] = plgpu.SMEM((stages, bqc), jnp.int32)
+    if not st.regs_lhs:
+        scratch["st_smem"] = cm.tiled_smem((nwg, R, bqc), dt)
+    out_type = (
+        jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.K, sh.D), dt),
+        jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.K, sh.Dv), dt),
+    )
+    kernel = plgpu.kernel(
+        functools.partial(_kernel, sh=sh, st=st),
+        out_type=out_type,
+        scratch_types=scratch,
+        grid=(sh.K, sh.Sp // sh.block_kv, sh.B),
+        grid_names=("h", "kv", "b"),
+        num_threads=nwg + 1,
+        thread_name="wg",
+        compiler_params=cm.compiler_params(),
+        interpret=st.interpret,
+    )
+    return kernel(order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg)

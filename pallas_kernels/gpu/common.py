@@ -39,161 +39,151 @@ MaskFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AttentionStatics:
-  """Everything about one call that is static under jit (hashable).
+    """Everything about one call that is static under jit (hashable).
 
-  Attributes:
-    mask_fn: None or mask_fn(q_pos, kv_pos, head) -> bool array; applied on
-      partial tiles only.
-    q_offset: position of query row 0 (q_pos = q_offset + row).
-    kv_len: keys at positions >= kv_len are padding (masked in partial tiles).
-    scale: logit scale.
-    logits_soft_cap: None or cap (s = cap * tanh(s / cap)).
-    has_segments: segment ids are given.
-    segments_on_full_tiles: apply the segment mask on full tiles too (True:
-      the tables need not know about segments; False: the caller marks every
-      tile that mixes segments partial).
-    interpret: None on GPU, else plgpu.InterpretGPUParams.
-  """
-
-  mask_fn: MaskFn | None
-  q_offset: int
-  kv_len: int
-  scale: float
-  logits_soft_cap: float | None
-  has_segments: bool
-  segments_on_full_tiles: bool
-  interpret: Any
-
-  @property
-  def regs_lhs(self) -> bool:
-    """Use wgmma with a register LHS (GPU); interpret mode stages via SMEM."""
-    return self.interpret is None
-
-  @property
-  def logit_mult(self) -> float:
-    """Multiplier from the 'raw' tile value to log2-domain logits.
-
-    Without a soft cap raw = q.k and s * log2(e) = raw * scale * log2(e).
-    With a cap raw = tanh(q.k * scale / cap) and s * log2(e) = raw * cap *
-    log2(e).
+    Attributes:
+      mask_fn: None or mask_fn(q_pos, kv_pos, head) -> bool array; applied on
+        partial tiles only.
+      q_offset: position of query row 0 (q_pos = q_offset + row).
+      kv_len: keys at positions >= kv_len are padding (masked in partial tiles).
+      scale: logit scale.
+      logits_soft_cap: None or cap (s = cap * tanh(s / cap)).
+      has_segments: segment ids are given.
+      segments_on_full_tiles: apply the segment mask on full tiles too (True:
+        the tables need not know about segments; False: the caller marks every
+        tile that mixes segments partial).
+      interpret: None on GPU, else plgpu.InterpretGPUParams.
     """
-    if self.logits_soft_cap is None:
-      return self.scale * LOG2E
-    return self.logits_soft_cap * LOG2E
+
+    mask_fn: MaskFn | None
+    q_offset: int
+    kv_len: int
+    scale: float
+    logits_soft_cap: float | None
+    has_segments: bool
+    segments_on_full_tiles: bool
+    interpret: Any
+
+    @property
+    def regs_lhs(self) -> bool:
+        """Use wgmma with a register LHS (GPU); interpret mode stages via SMEM."""
+        return self.interpret is None
+
+    @property
+    def logit_mult(self) -> float:
+        """Multiplier from the 'raw' tile value to log2-domain logits.
+
+        Without a soft cap raw = q.k and s * log2(e) = raw * scale * log2(e).
+        With a cap raw = tanh(q.k * scale / cap) and s * log2(e) = raw * cap *
+        log2(e).
+        """
+        if self.logits_soft_cap is None:
+            return self.scale * LOG2E
+        return self.logits_soft_cap * LOG2E
 
 
 def check_dtypes_and_dims(q, k, v, *, what: str = "block_sparse_attention"):
-  """Raises NotImplementedError for inputs valid in general but not here."""
-  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-    raise ValueError(
-        f"{what}: expected q [B, T, H, D], k [B, S, K, D], v [B, S, K, Dv];"
-        f" got {q.shape=}, {k.shape=}, {v.shape=}"
-    )
-  dt = jnp.dtype(q.dtype)
-  if dt not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-    raise NotImplementedError(
-        f"{what}: Mosaic GPU kernels support bfloat16 and float16 only,"
-        f" got {dt}"
-    )
-  if jnp.dtype(k.dtype) != dt or jnp.dtype(v.dtype) != dt:
-    raise NotImplementedError(
-        f"{what}: q, k, v must share one dtype, got {q.dtype}, {k.dtype},"
-        f" {v.dtype}"
-    )
-  B, _, H, D = q.shape
-  Bk, S, K, Dk = k.shape
-  if Bk != B or Dk != D or v.shape[:3] != (B, S, K):
-    raise ValueError(
-        f"{what}: inconsistent shapes {q.shape=}, {k.shape=}, {v.shape=}"
-    )
-  if H % K:
-    raise ValueError(f"{what}: query heads {H=} must be a multiple of {K=}")
-  Dv = v.shape[-1]
-  for name, d in (("D", D), ("Dv", Dv)):
-    if d % 64 or d > 256:
-      raise NotImplementedError(
-          f"{what}: head dim {name}={d} must be a multiple of 64 and <= 256"
-          " for the Mosaic GPU kernels (wgmma tiles and TMA boxes)"
-      )
+    """Raises NotImplementedError for inputs valid in general but not here."""
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(
+            f"{what}: expected q [B, T, H, D], k [B, S, K, D], v [B, S, K, Dv];"
+            f" got {q.shape=}, {k.shape=}, {v.shape=}"
+        )
+    dt = jnp.dtype(q.dtype)
+    if dt not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        raise NotImplementedError(
+            f"{what}: Mosaic GPU kernels support bfloat16 and float16 only, got {dt}"
+        )
+    if jnp.dtype(k.dtype) != dt or jnp.dtype(v.dtype) != dt:
+        raise NotImplementedError(
+            f"{what}: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    B, _, H, D = q.shape
+    Bk, S, K, Dk = k.shape
+    if Bk != B or Dk != D or v.shape[:3] != (B, S, K):
+        raise ValueError(f"{what}: inconsistent shapes {q.shape=}, {k.shape=}, {v.shape=}")
+    if H % K:
+        raise ValueError(f"{what}: query heads {H=} must be a multiple of {K=}")
+    Dv = v.shape[-1]
+    for name, d in (("D", D), ("Dv", Dv)):
+        if d % 64 or d > 256:
+            raise NotImplementedError(
+                f"{what}: head dim {name}={d} must be a multiple of 64 and <= 256"
+                " for the Mosaic GPU kernels (wgmma tiles and TMA boxes)"
+            )
 
 
 def check_blocks(block_q: int, block_kv: int, block_kv_compute: int):
-  if block_q not in (64, 128):
-    raise NotImplementedError(
-        f"{block_q=} must be 64 or 128 (one or two consumer warpgroups of 64"
-        " query rows)"
-    )
-  if block_kv % 64 or block_kv <= 0:
-    raise NotImplementedError(f"{block_kv=} must be a positive multiple of 64")
-  if block_kv_compute not in (64, 128) or block_kv % block_kv_compute:
-    raise NotImplementedError(
-        f"{block_kv_compute=} must be 64 or 128 and divide {block_kv=}"
-    )
+    if block_q not in (64, 128):
+        raise NotImplementedError(
+            f"{block_q=} must be 64 or 128 (one or two consumer warpgroups of 64 query rows)"
+        )
+    if block_kv % 64 or block_kv <= 0:
+        raise NotImplementedError(f"{block_kv=} must be a positive multiple of 64")
+    if block_kv_compute not in (64, 128) or block_kv % block_kv_compute:
+        raise NotImplementedError(f"{block_kv_compute=} must be 64 or 128 and divide {block_kv=}")
 
 
 def check_tables(indices, counts, full, *, B, H, nb, name):
-  """Validates table shapes: [Bx, Hx, nb, Kmax], [Bx, Hx, nb], [Bx, Hx, nb, Kmax]."""
-  if indices.ndim != 4 or counts.ndim != 3 or full.ndim != 4:
-    raise ValueError(
-        f"{name} tables must be [Bx, Hx, nb, Kmax], [Bx, Hx, nb],"
-        f" [Bx, Hx, nb, Kmax]; got {indices.shape}, {counts.shape},"
-        f" {full.shape}"
-    )
-  Bx, Hx, n, kmax = indices.shape
-  if Bx not in (1, B) or Hx not in (1, H):
-    raise ValueError(f"{name} tables: {Bx=} must be 1 or {B}, {Hx=} 1 or {H}")
-  if n != nb:
-    raise ValueError(f"{name} tables cover {n} blocks, expected {nb}")
-  if counts.shape != (Bx, Hx, n) or full.shape != indices.shape:
-    raise ValueError(
-        f"{name} tables disagree: {indices.shape=} {counts.shape=}"
-        f" {full.shape=}"
-    )
-  if kmax < 1:
-    raise ValueError(f"{name} tables need Kmax >= 1, got {kmax}")
+    """Validates table shapes: [Bx, Hx, nb, Kmax], [Bx, Hx, nb], [Bx, Hx, nb, Kmax]."""
+    if indices.ndim != 4 or counts.ndim != 3 or full.ndim != 4:
+        raise ValueError(
+            f"{name} tables must be [Bx, Hx, nb, Kmax], [Bx, Hx, nb],"
+            f" [Bx, Hx, nb, Kmax]; got {indices.shape}, {counts.shape},"
+            f" {full.shape}"
+        )
+    Bx, Hx, n, kmax = indices.shape
+    if Bx not in (1, B) or Hx not in (1, H):
+        raise ValueError(f"{name} tables: {Bx=} must be 1 or {B}, {Hx=} 1 or {H}")
+    if n != nb:
+        raise ValueError(f"{name} tables cover {n} blocks, expected {nb}")
+    if counts.shape != (Bx, Hx, n) or full.shape != indices.shape:
+        raise ValueError(f"{name} tables disagree: {indices.shape=} {counts.shape=} {full.shape=}")
+    if kmax < 1:
+        raise ValueError(f"{name} tables need Kmax >= 1, got {kmax}")
 
 
 def pack_codes(indices, full):
-  """One int32 per list entry: block index * 2 + (1 if the tile is partial)."""
-  partial = 1 - full.astype(jnp.int32)
-  return indices.astype(jnp.int32) * 2 + partial
+    """One int32 per list entry: block index * 2 + (1 if the tile is partial)."""
+    partial = 1 - full.astype(jnp.int32)
+    return indices.astype(jnp.int32) * 2 + partial
 
 
 def heavy_first_order(counts):
-  """Processing order of the row blocks, heaviest first (stable).
+    """Processing order of the row blocks, heaviest first (stable).
 
-  counts [Bx, Hx, nb] -> int32 [nb]. CTAs are launched in grid order, so giving
-  the longest lists to the first CTAs shortens the tail (tokamax reverses the
-  q-tile order for causal masks for the same reason).
-  """
-  total = counts.astype(jnp.int32).sum(axis=(0, 1))
-  return jnp.argsort(-total, stable=True).astype(jnp.int32)
+    counts [Bx, Hx, nb] -> int32 [nb]. CTAs are launched in grid order, so giving
+    the longest lists to the first CTAs shortens the tail (tokamax reverses the
+    q-tile order for causal masks for the same reason).
+    """
+    total = counts.astype(jnp.int32).sum(axis=(0, 1))
+    return jnp.argsort(-total, stable=True).astype(jnp.int32)
 
 
 def smem_transforms(dtype):
-  """Tiling + 128-byte swizzle for 16-bit tiles whose last dim is k*64."""
-  del dtype
-  return (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    """Tiling + 128-byte swizzle for 16-bit tiles whose last dim is k*64."""
+    del dtype
+    return (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
 
 
 def tiled_smem(shape, dtype):
-  return plgpu.SMEM(shape, dtype, transforms=smem_transforms(dtype))
+    return plgpu.SMEM(shape, dtype, transforms=smem_transforms(dtype))
 
 
 def nbytes(shape, dtype) -> int:
-  return math.prod(shape) * jnp.dtype(dtype).itemsize
+    return math.prod(shape) * jnp.dtype(dtype).itemsize
 
 
 def iota(shape, dim):
-  return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=WGMMA)
+    return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=WGMMA)
 
 
 def bcast_rows(x, shape):
-  return lax.broadcast_in_dim(x, shape, [0])
+    return lax.broadcast_in_dim(x, shape, [0])
 
 
 def bcast_cols(x, shape):
-  return lax.broadcast_in_dim(x, shape, [1])
+    return lax.broadcast_in_dim(x, shape, [1])
 
 
 def tile_valid(
@@ -208,94 +198,94 @@ def tile_valid(
     q_seg=None,
     kv_seg=None,
 ):
-  """Boolean [rows, cols] validity of a tile in the WGMMA layout, or None.
+    """Boolean [rows, cols] validity of a tile in the WGMMA layout, or None.
 
-  q_dim says which tile axis runs over queries (0 in the forward and dQ
-  kernels, 1 in the transposed dK/dV kernel). q_start/kv_start are absolute
-  query/key positions of the tile's first row/column (q_offset included).
-  """
-  kv_dim = 1 - q_dim
-  valid = None
+    q_dim says which tile axis runs over queries (0 in the forward and dQ
+    kernels, 1 in the transposed dK/dV kernel). q_start/kv_start are absolute
+    query/key positions of the tile's first row/column (q_offset included).
+    """
+    kv_dim = 1 - q_dim
+    valid = None
 
-  def conj(a, b):
-    return b if a is None else a & b
+    def conj(a, b):
+        return b if a is None else a & b
 
-  if with_mask_fn:
-    q_pos = iota(shape, q_dim) + q_start
-    kv_pos = iota(shape, kv_dim) + kv_start
-    valid = kv_pos < st.kv_len
-    if st.mask_fn is not None:
-      m = st.mask_fn(q_pos, kv_pos, head)
-      valid = conj(valid, m)
-  if q_seg is not None:
-    qs = lax.broadcast_in_dim(q_seg, shape, [q_dim])
-    ks = lax.broadcast_in_dim(kv_seg, shape, [kv_dim])
-    valid = conj(valid, qs == ks)
-  return valid
+    if with_mask_fn:
+        q_pos = iota(shape, q_dim) + q_start
+        kv_pos = iota(shape, kv_dim) + kv_start
+        valid = kv_pos < st.kv_len
+        if st.mask_fn is not None:
+            m = st.mask_fn(q_pos, kv_pos, head)
+            valid = conj(valid, m)
+    if q_seg is not None:
+        qs = lax.broadcast_in_dim(q_seg, shape, [q_dim])
+        ks = lax.broadcast_in_dim(kv_seg, shape, [kv_dim])
+        valid = conj(valid, qs == ks)
+    return valid
 
 
 def mma_regs_lhs(acc, lhs, rhs_smem, stage_smem, *, during=None):
-  """acc + lhs @ rhs with lhs in registers (the FA3 P@V idiom).
+    """acc + lhs @ rhs with lhs in registers (the FA3 P@V idiom).
 
-  On the GPU this is one wgmma reading its LHS from registers inside
-  pl.run_state. GPU interpret mode cannot run pl.run_state or a register LHS,
-  so when stage_smem is given the LHS is written to SMEM first and the
-  product is added to acc outside the accumulator. `during` (optional) runs
-  while the wgmma is in flight.
-  """
-  if stage_smem is None:
+    On the GPU this is one wgmma reading its LHS from registers inside
+    pl.run_state. GPU interpret mode cannot run pl.run_state or a register LHS,
+    so when stage_smem is given the LHS is written to SMEM first and the
+    product is added to acc outside the accumulator. `during` (optional) runs
+    while the wgmma is in flight.
+    """
+    if stage_smem is None:
 
-    def body(acc_ref):
-      plgpu.wgmma(acc_ref, lhs, rhs_smem)
-      if during is not None:
-        during()
+        def body(acc_ref):
+            plgpu.wgmma(acc_ref, lhs, rhs_smem)
+            if during is not None:
+                during()
 
-    return pl.run_state(body)(plgpu.ACC.init(acc))
+        return pl.run_state(body)(plgpu.ACC.init(acc))
 
-  stage_smem[...] = lhs
-  plgpu.commit_smem()
+    stage_smem[...] = lhs
+    plgpu.commit_smem()
 
-  def body2(acc_ref):
-    plgpu.wgmma(acc_ref, stage_smem, rhs_smem)
-    if during is not None:
-      during()
-    return acc_ref[...]
+    def body2(acc_ref):
+        plgpu.wgmma(acc_ref, stage_smem, rhs_smem)
+        if during is not None:
+            during()
+        return acc_ref[...]
 
-  return acc + pl.run_scoped(body2, plgpu.ACC(acc.shape, jnp.float32))
+    return acc + pl.run_scoped(body2, plgpu.ACC(acc.shape, jnp.float32))
 
 
 def mma_smem(lhs_smem, rhs_smem, shape, *, during=None):
-  """lhs_smem @ rhs_smem into a fresh f32 accumulator; returns registers."""
+    """lhs_smem @ rhs_smem into a fresh f32 accumulator; returns registers."""
 
-  def body(acc_ref):
-    plgpu.wgmma(acc_ref, lhs_smem, rhs_smem)
-    if during is not None:
-      during()
-    return acc_ref[...]
+    def body(acc_ref):
+        plgpu.wgmma(acc_ref, lhs_smem, rhs_smem)
+        if during is not None:
+            during()
+        return acc_ref[...]
 
-  return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
+    return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
 
 
 def raw_logits(st: AttentionStatics, s):
-  """The value whose multiple by st.logit_mult is the log2-domain logit."""
-  if st.logits_soft_cap is None:
-    return s
-  return jnp.tanh(s * (st.scale / st.logits_soft_cap))
+    """The value whose multiple by st.logit_mult is the log2-domain logit."""
+    if st.logits_soft_cap is None:
+        return s
+    return jnp.tanh(s * (st.scale / st.logits_soft_cap))
 
 
 def compiler_params():
-  return plgpu.CompilerParams(approx_math=True)
+    return plgpu.CompilerParams(approx_math=True)
 
 
 def list_entry(code_ref, row, s, *, subs: int, block: int, sub_block: int):
-  """Start position and partial flag of pipeline step s of a block list.
+    """Start position and partial flag of pipeline step s of a block list.
 
-  code_ref[row + (j,)] holds block * 2 + partial for list entry j; each entry
-  is processed as `subs` steps of `sub_block` rows/keys.
-  """
-  j = s if subs == 1 else lax.div(s, subs)
-  code = code_ref[(*row, j)]
-  start = lax.div(code, 2) * block
-  if subs > 1:
-    start = start + lax.rem(s, subs) * sub_block
-  return start, lax.rem(code, 2) == 1
+    code_ref[row + (j,)] holds block * 2 + partial for list entry j; each entry
+    is processed as `subs` steps of `sub_block` rows/keys.
+    """
+    j = s if subs == 1 else lax.div(s, subs)
+    code = code_ref[(*row, j)]
+    start = lax.div(code, 2) * block
+    if subs > 1:
+        start = start + lax.rem(s, subs) * sub_block
+    return start, lax.rem(code, 2) == 1
