@@ -1,0 +1,398 @@
+"""Shared pieces of the Pallas TPU block-sparse attention kernels.
+
+Static configuration, input checks (valid input these kernels cannot run
+raises NotImplementedError so callers can fall back), table packing for
+scalar prefetch, the operand layouts, and the in-tile helpers every kernel
+uses: logits with the soft cap, and the element mask of a partial tile.
+
+Vector shapes follow the TPU's (sublane, lane) = (8, 128) tiling: per-row
+statistics (running max, denominator, lse, delta) live as `[rows, 128]`
+lane-replicated columns in VMEM scratch, and per-row vectors that travel
+through HBM (lse, delta, segment ids) are lane-dense `[1, L]` rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+LANES = 128
+MaskFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# Rough VMEM budget for one kernel's blocks and scratch (the scoped default is
+# 16 MiB on v5e and 32 MiB on v4/v5p/v6e; leave room for Mosaic's own scratch).
+MAX_VMEM_BYTES = 12 * 1024 * 1024
+MAX_HEAD_DIM = 256
+_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
+
+# dot_general dimension numbers: A @ B and A @ B^T.
+NN = (((1,), (0,)), ((), ()))
+NT = (((1,), (1,)), ((), ()))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Statics:
+    """Everything about one call that is static under jit (hashable).
+
+    Attributes:
+      mask_fn: None or mask_fn(q_pos, kv_pos, head) -> bool; partial tiles only.
+      q_offset: position of query row 0 (q_pos = q_offset + row).
+      kv_len: keys at positions >= kv_len are padding (masked in partial tiles).
+      scale: logit scale.
+      logits_soft_cap: None or cap (s = cap * tanh(s / cap)).
+      has_segments: segment ids are given.
+      segments_on_full_tiles: also apply the segment test on full tiles.
+      block_q, block_kv: tile sizes (rows of q, rows of k per table entry).
+      heads_minor: operands keep the caller's [B, L, N * D] layout (no
+        transpose; needs D and Dv multiples of 128); else they are
+        transposed to [B, N, L, D].
+    """
+
+    mask_fn: MaskFn | None
+    q_offset: int
+    kv_len: int
+    scale: float
+    logits_soft_cap: float | None
+    has_segments: bool
+    segments_on_full_tiles: bool
+    block_q: int
+    block_kv: int
+    heads_minor: bool
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Shapes:
+    """Problem sizes (static). `Hx` is the head extent of the tables."""
+
+    B: int
+    Tp: int
+    Sp: int
+    H: int
+    K: int
+    D: int
+    Dv: int
+    Bx: int
+    Hx: int
+
+    @property
+    def G(self) -> int:  # noqa: N802 - dimension letter
+        return self.H // self.K
+
+    def table_row(self, b, h):
+        """Row of the flattened `[Bx, Hx]` table axes used by (batch b, query head h)."""
+        bx = b if self.Bx > 1 else 0
+        if self.Hx == self.H:
+            hx = h
+        elif self.Hx == self.K:
+            hx = h // self.G
+        else:
+            hx = 0
+        return bx * self.Hx + hx
+
+
+# --- checks ------------------------------------------------------------------------------
+
+
+def check_qkv(q, k, v, *, what: str) -> None:
+    """Shapes must be consistent (ValueError); dtypes and sizes supported (NotImplementedError)."""
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(
+            f"{what}: expected q [B, T, H, D], k [B, S, K, D], v [B, S, K, Dv]; got "
+            f"{q.shape=}, {k.shape=}, {v.shape=}"
+        )
+    B, _, H, D = q.shape
+    _, S, K, _ = k.shape
+    if k.shape[0] != B or k.shape[3] != D or v.shape[:3] != (B, S, K):
+        raise ValueError(f"{what}: inconsistent shapes {q.shape=}, {k.shape=}, {v.shape=}")
+    if H % K:
+        raise ValueError(f"{what}: query heads H={H} must be a multiple of kv heads K={K}")
+    dt = jnp.dtype(q.dtype)
+    if dt not in _DTYPES:
+        raise NotImplementedError(f"{what}: dtype {dt} (supported: bfloat16, float16, float32)")
+    if jnp.dtype(k.dtype) != dt or jnp.dtype(v.dtype) != dt:
+        raise NotImplementedError(
+            f"{what}: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    for name, d in (("D", D), ("Dv", v.shape[3])):
+        if d % 64 or d > MAX_HEAD_DIM:
+            raise NotImplementedError(
+                f"{what}: head dim {name}={d} must be a multiple of 64 up to {MAX_HEAD_DIM}"
+            )
+
+
+def check_blocks(block_q: int, block_kv: int, Tp: int, Sp: int) -> None:
+    """Tiles must be lane multiples: keys are lanes of the forward/dQ logits, queries
+    are lanes of the dK/dV logits and of the lse/delta rows."""
+    for name, size in (("block_q", block_q), ("block_kv", block_kv)):
+        if size <= 0 or size % LANES:
+            raise NotImplementedError(f"{name}={size} must be a positive multiple of {LANES}")
+    if Tp % block_q or Sp % block_kv:
+        raise ValueError(
+            f"padded lengths must be tile multiples: Tp={Tp} % {block_q=}, Sp={Sp} % {block_kv=}"
+        )
+
+
+def check_tables(indices, counts, full, *, B: int, H: int, K: int, nb: int, name: str):
+    """`[Bx, Hx, nb, Kmax]`, `[Bx, Hx, nb]`, `[Bx, Hx, nb, Kmax]` with Bx in {1, B},
+    Hx in {1, K, H}."""
+    if indices.ndim != 4 or counts.ndim != 3 or full.ndim != 4:
+        raise ValueError(
+            f"{name} tables must be [Bx, Hx, nb, Kmax], [Bx, Hx, nb], [Bx, Hx, nb, Kmax]; "
+            f"got {indices.shape}, {counts.shape}, {full.shape}"
+        )
+    Bx, Hx, n, _ = indices.shape
+    if Bx not in (1, B) or Hx not in (1, K, H):
+        raise ValueError(f"{name} tables: Bx={Bx} must be 1 or {B}; Hx={Hx} 1, {K} or {H}")
+    if n != nb:
+        raise ValueError(f"{name} tables cover {n} blocks, expected {nb}")
+    if counts.shape != (Bx, Hx, n) or full.shape != indices.shape:
+        raise ValueError(
+            f"{name} tables disagree: {indices.shape=}, {counts.shape=}, {full.shape=}"
+        )
+
+
+def check_segments(q_segment_ids, kv_segment_ids, B: int, Tp: int, Sp: int):
+    """int32 `[B, 1, Tp]`, `[B, 1, Sp]` rows (lane-dense), or (None, None)."""
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("give both q_segment_ids and kv_segment_ids, or neither")
+    if q_segment_ids is None:
+        return None, None
+    if q_segment_ids.shape != (B, Tp) or kv_segment_ids.shape != (B, Sp):
+        raise ValueError(
+            f"segment ids must be [B, Tp] = {(B, Tp)} and [B, Sp] = {(B, Sp)}; got "
+            f"{q_segment_ids.shape}, {kv_segment_ids.shape}"
+        )
+    return (
+        q_segment_ids.astype(jnp.int32)[:, None, :],
+        kv_segment_ids.astype(jnp.int32)[:, None, :],
+    )
+
+
+def make_statics(
+    q,
+    v,
+    k_len: int,
+    *,
+    mask_fn,
+    q_offset,
+    kv_len,
+    scale,
+    logits_soft_cap,
+    has_segments,
+    segments_on_full_tiles,
+    block_q,
+    block_kv,
+) -> Statics:
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if logits_soft_cap is not None and not logits_soft_cap > 0:
+        raise ValueError(f"{logits_soft_cap=} must be positive or None")
+    return Statics(
+        mask_fn=mask_fn,
+        q_offset=int(q_offset),
+        kv_len=int(k_len if kv_len is None else kv_len),
+        scale=float(scale),
+        logits_soft_cap=None if logits_soft_cap is None else float(logits_soft_cap),
+        has_segments=has_segments,
+        segments_on_full_tiles=bool(segments_on_full_tiles),
+        block_q=block_q,
+        block_kv=block_kv,
+        heads_minor=q.shape[-1] % LANES == 0 and v.shape[-1] % LANES == 0,
+    )
+
+
+# --- tables --------------------------------------------------------------------------------
+
+
+def pack_entries(indices, full):
+    """One flat int32 SMEM table: `(block << 1) | full` per list entry.
+
+    Flat (1-D) tables avoid SMEM padding of small trailing dims; packing the
+    flag halves the scalar-prefetch footprint.
+    """
+    return (indices.astype(jnp.int32) * 2 + full.astype(jnp.int32)).reshape(-1)
+
+
+def flat_counts(counts):
+    return counts.astype(jnp.int32).reshape(-1)
+
+
+def entry_block(entry):
+    return lax.shift_right_logical(entry, 1)
+
+
+def entry_is_full(entry):
+    return (entry & 1) == 1
+
+
+def q_major_kv_index(sh: Shapes, nb: int, kmax: int):
+    """Index map of the q-major walk (forward, dQ): grid (b, h, i, j) -> the K/V tile
+    `(b, kv head, kv block)` of list entry j of q block i (nb = Tb query blocks).
+
+    Entries past the count repeat the last valid block, so consecutive grid
+    steps map to the same tile and the pipeline issues no new DMA for them.
+    """
+
+    def index(b, h, i, j, entries_ref, counts_ref):
+        del counts_ref
+        row = sh.table_row(b, h) * nb + i
+        return b, h // sh.G, entry_block(entries_ref[row * kmax + j])
+
+    return index
+
+
+def kv_major_q_index(sh: Shapes, nb: int, qmax: int):
+    """Index map of the kv-major walk (dK/dV): grid (b, kh, jb, g, e) -> the query tile
+    `(b, query head, q block)` of list entry e of kv block jb for head kh * G + g
+    (nb = Sb key blocks).
+    """
+
+    def index(b, kh, jb, g, e, entries_ref, counts_ref):
+        del counts_ref
+        h = kh * sh.G + g
+        row = sh.table_row(b, h) * nb + jb
+        return b, h, entry_block(entries_ref[row * qmax + e])
+
+    return index
+
+
+# --- operand layout ----------------------------------------------------------------------
+
+
+def to_kernel_layout(x, st: Statics):
+    """`[B, L, N, D]` -> `[B, L, N * D]` (heads minor, free) or `[B, N, L, D]`."""
+    if st.heads_minor:
+        return x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+    return jnp.swapaxes(x, 1, 2)
+
+
+def from_kernel_layout(x, st: Statics, heads: int):
+    """Inverse of `to_kernel_layout`: back to `[B, L, N, D]`."""
+    if st.heads_minor:
+        return x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads)
+    return jnp.swapaxes(x, 1, 2)
+
+
+def kernel_shape(B: int, L: int, N: int, D: int, st: Statics) -> tuple[int, ...]:
+    return (B, L, N * D) if st.heads_minor else (B, N, L, D)
+
+
+def tile_spec(st: Statics, rows: int, width: int, index: Callable) -> pl.BlockSpec:
+    """BlockSpec of a `[rows, width]` tile of a per-head operand.
+
+    `index(*grid, *prefetch) -> (b, head, row_block)`; the kernel sees a 2-D ref
+    in either layout.
+    """
+    if st.heads_minor:
+
+        def index_map(*args):
+            b, n, r = index(*args)
+            return b, r, n
+
+        return pl.BlockSpec((None, rows, width), index_map)
+
+    def index_map_t(*args):
+        b, n, r = index(*args)
+        return b, n, r, 0
+
+    return pl.BlockSpec((None, None, rows, width), index_map_t)
+
+
+def row_spec(width: int, index: Callable) -> pl.BlockSpec:
+    """BlockSpec of a `[1, width]` lane-dense row of a `[B, N, 1, L]` array (lse, delta).
+
+    `index(*grid, *prefetch) -> (b, n, block)`.
+    """
+
+    def index_map(*args):
+        b, n, r = index(*args)
+        return b, n, 0, r
+
+    return pl.BlockSpec((None, None, 1, width), index_map)
+
+
+def segment_spec(width: int, index: Callable) -> pl.BlockSpec:
+    """BlockSpec of a `[1, width]` row of `[B, 1, L]` segment ids; `index -> (b, block)`."""
+
+    def index_map(*args):
+        b, r = index(*args)
+        return b, 0, r
+
+    return pl.BlockSpec((None, 1, width), index_map)
+
+
+# --- in-tile helpers ------------------------------------------------------------------------
+
+
+def row_to_column(row, rows: int):
+    """A lane-dense `[1, n]` row -> `[n, 128]` lane-replicated column (one transpose)."""
+    return jnp.broadcast_to(row, (LANES, rows)).T
+
+
+def column_to_row(col):
+    """A `[n, 128]` lane-replicated column -> `[1, n]` row (one transpose)."""
+    return col.T[:1, :]
+
+
+def widen(col, width: int):
+    """`[n, 128]` lane-replicated column broadcast to `[n, width]`."""
+    return jnp.broadcast_to(col[:, :1], (col.shape[0], width))
+
+
+def logits(st: Statics, a, b):
+    """`cap(scale * a @ b^T)` in f32 and its derivative w.r.t. `a @ b^T`.
+
+    Returns `(s, dcap)`; `dcap` is None without a soft cap. The scale is left
+    out of `dcap` (the backward applies it once, at the end).
+    """
+    s = lax.dot_general(a, b, NT, preferred_element_type=jnp.float32) * st.scale
+    if st.logits_soft_cap is None:
+        return s, None
+    t = jnp.tanh(s / st.logits_soft_cap)
+    return st.logits_soft_cap * t, 1.0 - t * t
+
+
+def tile_mask(st: Statics, *, partial: bool, q_pos, kv_pos, head, q_seg, kv_seg) -> Any:
+    """Element mask of one tile, or None when nothing needs masking.
+
+    `q_pos`, `kv_pos` are int32 arrays of the tile's shape (either
+    orientation); `q_seg`, `kv_seg` broadcast to it. A full tile is allowed by
+    the pattern and holds no key padding, so only segments may apply there.
+    """
+    mask = None
+    if partial:
+        mask = kv_pos < st.kv_len
+        if st.mask_fn is not None:
+            mask = mask & jnp.broadcast_to(st.mask_fn(q_pos, kv_pos, head), mask.shape)
+    if st.has_segments and (partial or st.segments_on_full_tiles):
+        same = q_seg == kv_seg
+        mask = same if mask is None else mask & same
+    return mask
+
+
+def positions(shape: tuple[int, int], q_start, kv_start, *, q_axis: int):
+    """int32 query and key positions of a tile; queries run along `q_axis`."""
+    q_pos = q_start + lax.broadcasted_iota(jnp.int32, shape, q_axis)
+    kv_pos = kv_start + lax.broadcasted_iota(jnp.int32, shape, 1 - q_axis)
+    return q_pos, kv_pos
+
+
+def dead_rows_to_inf(lse):
+    """lse -inf (a row that attends nothing) -> +inf, so exp(s - lse) is 0, not NaN."""
+    return jnp.where(lse == -jnp.inf, jnp.inf, lse)
+
+
+def vmem_bytes(tiles: list[tuple[tuple[int, ...], Any]], *, buffers: int = 2) -> int:
+    """Estimate of the VMEM for pipelined blocks (double-buffered) and scratch."""
+    total = 0
+    for shape, dtype in tiles:
+        n = jnp.dtype(dtype).itemsize
+        for d in shape:
+            n *= d
+        total += n
+    return total * buffers
