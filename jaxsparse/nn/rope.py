@@ -1,0 +1,86 @@
+"""Rotary position embeddings (RoPE, Su et al. 2021), shared by modules and models."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RoPE:
+    """Rotary embedding settings (static, hashable).
+
+    Channel `i` of the rotated part is paired with channel `i + rotary_dim/2`
+    (the "rotate half" layout of GPT-NeoX and Llama checkpoints) and both turn
+    by the angle `position * base ** (-2i / rotary_dim)`.
+
+    Attributes:
+      base: wavelength base theta (10_000 in RoFormer / Llama 2, 500_000 in Llama 3).
+      rotary_dim: leading channels of each head that rotate (even); None rotates all.
+    """
+
+    base: float = 10_000.0
+    rotary_dim: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.base, (int, float)) or not self.base > 0:
+            raise ValueError(f"RoPE: base={self.base!r} must be a positive number (e.g. 10000).")
+        d = self.rotary_dim
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 2 or d % 2):
+            raise ValueError(
+                f"RoPE: rotary_dim={d!r} must be a positive even int (channels rotate in pairs), "
+                "or None to rotate the whole head."
+            )
+
+    def __call__(self, x: Float[Array, "*B T H D"], positions: Int[Array, "*B T"]) -> Any:
+        return apply_rope(x, positions, base=self.base, rotary_dim=self.rotary_dim)
+
+
+def apply_rope(
+    x: Float[Array, "*B T H D"],
+    positions: Int[Array, "*B T"],
+    *,
+    base: float = 10_000.0,
+    rotary_dim: int | None = None,
+) -> Float[Array, "*B T H D"]:
+    """Rotate the first `rotary_dim` channels of each head of `x` by its position.
+
+    Args:
+      x: `[B, T, H, D]` (or `[T, H, D]`).
+      positions: integer positions `[B, T]` or `[T]` (shared by the batch).
+      base: wavelength base.
+      rotary_dim: channels that rotate (even, <= D); default D.
+
+    Returns:
+      Same shape and dtype as `x`; the angles and the rotation are computed in
+      float32 (large positions lose precision in bf16).
+    """
+    d = x.shape[-1]
+    rotary_dim = d if rotary_dim is None else rotary_dim
+    if rotary_dim > d or rotary_dim % 2:
+        raise ValueError(
+            f"apply_rope: rotary_dim={rotary_dim} must be even and at most the head dim {d}."
+        )
+    positions = jnp.asarray(positions)
+    if not jnp.issubdtype(positions.dtype, jnp.integer):
+        raise TypeError(f"apply_rope: positions must be integers, got dtype {positions.dtype}.")
+    t = x.shape[-3]
+    if positions.shape[-1] != t or positions.ndim > x.ndim - 2:
+        raise ValueError(
+            f"apply_rope: positions of shape {positions.shape} do not fit x of shape {x.shape}; "
+            f"give [T] or [B, T] with T={t}."
+        )
+    half = rotary_dim // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    # [..., T] -> [..., T, 1, half], with leading axes up to x's rank.
+    pos = positions.astype(jnp.float32)[..., None, None]
+    angle = pos * inv_freq.reshape((1,) * (pos.ndim - 1) + (half,))
+    angle = angle.reshape((1,) * (x.ndim - 2 - positions.ndim) + angle.shape)
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    xf = x.astype(jnp.float32)
+    x1, x2, rest = xf[..., :half], xf[..., half:rotary_dim], xf[..., rotary_dim:]
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
+    return rotated.astype(x.dtype)
