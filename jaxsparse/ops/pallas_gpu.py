@@ -104,7 +104,7 @@ def run(call: call_lib.Call):
     tables = tuple(jnp.asarray(getattr(sp, f)) for f in (
         "kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full"))
     xla_st, work = None, None
-    if not _backward_supported(kernels, call, bk):
+    if not _backward_supported(kernels, call, bq, bk):
         chunk = xla_pairs.chunk_size(sp, batch=call.batch, heads=call.num_heads,
                                      chunk_elements=call.config.xla_chunk_elements)
         work = xla_pairs.tile_pairs(sp, chunk)
@@ -118,12 +118,9 @@ def run(call: call_lib.Call):
     return out[:, : call.q_len], lse[..., : call.q_len]
 
 
-def _backward_supported(kernels, call, block_kv) -> bool:
-    check = getattr(kernels, "check_backward_support", None)
-    if check is None:  # TODO(kernels): expose the backward's own check; its rules today:
-        return call.head_dim + call.head_dim_v <= 256 and block_kv in (64, 128)
+def _backward_supported(kernels, call, block_q, block_kv) -> bool:
     try:
-        check(call.head_dim, call.head_dim_v, block_kv)
+        kernels.check_backward_support(call.head_dim, call.head_dim_v, block_q, block_kv)
     except NotImplementedError:
         return False
     return True

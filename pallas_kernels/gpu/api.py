@@ -239,14 +239,34 @@ def block_sparse_attention_fwd(
     )
 
 
-def _bwd_check_dims(q, v):
-    D, Dv = q.shape[-1], v.shape[-1]
+def check_backward_support(
+    D: int,
+    Dv: int,
+    block_q: int = 128,
+    block_kv: int = 128,
+    dkv_block_q_compute: int = 64,
+    bwd_num_stages: int = 2,
+) -> None:
+    """Raises NotImplementedError when the backward kernels cannot run these shapes.
+
+    Callers check this at forward time, so a gradient they cannot run here can
+    be routed elsewhere before it is needed.
+    """
     if D + Dv > 256:
         raise NotImplementedError(
             f"backward needs D + Dv <= 256 (got D={D}, Dv={Dv}): a consumer"
             " warpgroup keeps [64, D] dK and [64, Dv] dV f32 accumulators in"
             " registers"
         )
+    if block_kv not in (64, 128):
+        raise NotImplementedError(
+            f"backward needs {block_kv=} in (64, 128): one dK/dV consumer"
+            " warpgroup per 64 keys of a table block"
+        )
+    if dkv_block_q_compute not in (64, 128) or block_q % dkv_block_q_compute:
+        raise NotImplementedError(f"{dkv_block_q_compute=} must be 64 or 128 and divide {block_q=}")
+    if bwd_num_stages < 2:
+        raise NotImplementedError(f"{bwd_num_stages=} must be at least 2")
 
 
 def block_sparse_attention_bwd(
@@ -310,19 +330,10 @@ def block_sparse_attention_bwd(
     """
     del block_kv_compute, num_stages, persistent, num_ctas
     cm.check_dtypes_and_dims(q, k, v, what="block_sparse_attention_bwd")
-    _bwd_check_dims(q, v)
     B, Tp, H, D = q.shape
     Sp, K, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    check_backward_support(D, Dv, block_q, block_kv, dkv_block_q_compute, bwd_num_stages)
     cm.check_blocks(block_q, block_kv, dq_block_kv_compute)
-    if block_kv not in (64, 128):
-        raise NotImplementedError(
-            f"backward needs {block_kv=} in (64, 128): one dK/dV consumer"
-            " warpgroup per 64 keys of a table block"
-        )
-    if dkv_block_q_compute not in (64, 128) or block_q % dkv_block_q_compute:
-        raise NotImplementedError(f"{dkv_block_q_compute=} must be 64 or 128 and divide {block_q=}")
-    if bwd_num_stages < 2:
-        raise NotImplementedError(f"{bwd_num_stages=} must be at least 2")
     _check_sizes(q, k, block_q, block_kv)
     cm.check_tables(kv_indices, kv_counts, kv_full, B=B, H=H, nb=Tp // block_q, name="kv")
     cm.check_tables(q_indices, q_counts, q_full, B=B, H=H, nb=Sp // block_kv, name="q")
