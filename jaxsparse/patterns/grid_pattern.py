@@ -76,6 +76,15 @@ class GridPattern(base.Pattern, register=False):
         lo, hi = self._axis_reach(axis, start, start + side - 1)
         return float(np.mean(hi // side - lo // side + 1))
 
+    def axis_mask(self, axis: int) -> np.ndarray:
+        """The rule on one grid axis, `[L, L]` bool over natural coordinates.
+
+        The pattern's mask in natural row-major order is the Kronecker product
+        of these over the axes (it is a conjunction of per-axis rules).
+        """
+        x = np.arange(self.grid[axis])
+        return np.asarray(self._axis_allowed(axis, x[:, None], x[None, :]), bool)
+
     @property
     def num_tokens(self) -> int:
         """Tokens in the grid (the call's T and S)."""
