@@ -93,6 +93,14 @@ def test_mask_matches_brute_force_rule(p):
     np.testing.assert_array_equal(got, grid_specs.natural_mask(p), err_msg=repr(p))
 
 
+@given(grid_patterns)
+def test_natural_mask_is_kronecker_of_axis_masks(p):
+    m = np.ones((1, 1), bool)
+    for axis in range(len(p.grid)):
+        m = np.kron(m, p.axis_mask(axis)).astype(bool)
+    np.testing.assert_array_equal(m, grid_specs.natural_mask(p))
+
+
 @settings(max_examples=10)
 @given(grid_patterns)
 def test_numpy_and_jnp_masks_agree(p):
@@ -318,6 +326,23 @@ def test_explicit_mask_in_natural_order_agrees():
     a = js.attention(q, k, v, pattern=p, implementation="xla")
     b = js.attention(q, k, v, pattern=P.Mask(grid_specs.natural_mask(p)), implementation="xla")
     assert oracle.rel_err(a, b) < 1e-6
+
+
+@pytest.mark.slow
+def test_gpu_kernel_in_interpret_mode_runs_the_pattern():
+    # The Mosaic GPU kernel evaluates mask_fn inside partial tiles (CPU interpret mode).
+    p = P.Neighborhood((16, 16), (5, 5), causal=(False, True))
+    n = p.num_tokens
+    q, k, v = (
+        jax.random.normal(key, (1, n, 1, 64), jnp.float32).astype(jnp.bfloat16)
+        for key in jax.random.split(jax.random.key(0), 3)
+    )
+    config = js.Config(block_q=128, block_kv=128, interpret=True)
+    out = js.attention(q, k, v, pattern=p, implementation="pallas_gpu", config=config)
+    ref = js.attention(
+        *(x.astype(jnp.float32) for x in (q, k, v)), pattern=p, implementation="reference"
+    )
+    assert oracle.rel_err(out, ref) < oracle.TOLERANCE[jnp.bfloat16]
 
 
 # --- bad input ----------------------------------------------------------------------
