@@ -163,9 +163,7 @@ def dkv_call(
             ],
             scratch_shapes=scratch,
         ),
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary", "arbitrary")
-        ),
+        compiler_params=cm.compiler_params(3, 2, interpret),
         interpret=interpret,
         name="jaxsparse_block_sparse_dkv",
     )(entries, counts, *operands)

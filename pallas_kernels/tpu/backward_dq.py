@@ -153,9 +153,7 @@ def dq_call(
             out_specs=cm.tile_spec(st, bq, sh.D, q_index),
             scratch_shapes=scratch,
         ),
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
-        ),
+        compiler_params=cm.compiler_params(3, 1, interpret),
         interpret=interpret,
         name="jaxsparse_block_sparse_dq",
     )(entries, counts, *operands)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 
 LANES = 128
 MaskFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -204,6 +205,20 @@ def make_statics(
         block_kv=block_kv,
         heads_minor=q.shape[-1] % LANES == 0 and v.shape[-1] % LANES == 0,
     )
+
+
+def compiler_params(num_parallel: int, num_arbitrary: int, interpret: Any):
+    """Mosaic parameters: the leading grid axes are independent, the list axes sequential.
+
+    In interpret mode the semantics are left out: the jax 0.11.2 TPU
+    interpreter does not extend them over the grid axes that `vmap` adds
+    (`_get_parallel_dim_semantics` then fails), and with one simulated core
+    they change nothing it checks.
+    """
+    if interpret:
+        return pltpu.CompilerParams()
+    semantics = ("parallel",) * num_parallel + ("arbitrary",) * num_arbitrary
+    return pltpu.CompilerParams(dimension_semantics=semantics)
 
 
 # --- tables --------------------------------------------------------------------------------

@@ -149,9 +149,7 @@ def forward_call(
             out_specs=out_specs,
             scratch_shapes=scratch,
         ),
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
-        ),
+        compiler_params=cm.compiler_params(3, 1, interpret),
         interpret=interpret,
         name="jaxsparse_block_sparse_fwd",
     )(entries, counts, *operands)
