@@ -1,7 +1,7 @@
 """Attention methods built from several calls: NSA, PSA's pyramid, branch merges (P5)."""
 
-from jaxsparse.methods import merge, nsa_compress, nsa_selection
-from jaxsparse.methods.nsa import NSABranches, NSAConfig, nsa
+from jaxsparse.methods import merge, nsa_attention, nsa_compress, nsa_selection, seer
+from jaxsparse.methods.nsa_attention import NSABranches, NSAConfig, nsa
 from jaxsparse.methods.pyramid import pyramid_attention, pyramid_kv
 
 __all__ = [
@@ -9,8 +9,10 @@ __all__ = [
     "NSAConfig",
     "merge",
     "nsa",
+    "nsa_attention",
     "nsa_compress",
     "nsa_selection",
     "pyramid_attention",
     "pyramid_kv",
+    "seer",
 ]

@@ -19,14 +19,17 @@ class DynamicPattern(base.Pattern, register=False):
         return True
 
     def mask_fn(self, q_pos, kv_pos, head):
-        raise TypeError(
+        raise TypeError(self._alone())
+
+    def classify(self, q_lo, q_hi, k_lo, k_hi, head):
+        raise TypeError(self._alone())
+
+    def _alone(self) -> str:
+        return (
             f"{type(self).__name__} is a dynamic pattern: its mask exists only after it selects "
             "from q and k. Pass it alone as jaxsparse.attention(..., pattern=...), not combined "
             "with & or | and not to dense_mask."
         )
-
-    def classify(self, q_lo, q_hi, k_lo, k_hi, head):
-        raise TypeError(f"{type(self).__name__} is dynamic: its tiles come from `select`.")
 
 
 def check_causal_geometry(owner: str, *, q_len: int, kv_len: int, q_offset: int) -> None:

@@ -1,0 +1,151 @@
+"""SeerAttention (arXiv 2410.13276): block selection from a learned gate, and its training target.
+
+* `attn_gate_target` — the distillation target: for query block I and key
+  block J, the largest causal attention probability of any row of I on any
+  key of J (`P[I, J] = max softmax(q K^T scale)`), each block row then
+  normalised to sum 1 (SeerAttention's 2-D max-pooled attention map).
+* `attn_gate_loss` — `KL(target || softmax(gate logits))` on block rows
+  from `skip_fraction * Tb` on (SeerAttention drops the first quarter),
+  averaged over elements like PyTorch's `KLDivLoss()`.
+* `gate_block_mask` — the gate's probabilities to a block mask (threshold
+  or non-zero ratio), last block rows dense, block-causal.
+* `gated_attention` — block-sparse attention over a block mask.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxsparse.ops import api
+from jaxsparse.patterns.dynamic import block_topk, common, token_block_mask
+from jaxsparse.selection import estimate, topk
+
+
+def attn_gate_target(
+    q, k, *, block_size: int = 64, scale: float | None = None, q_offset: int | None = None
+):
+    """Block-max-pooled causal attention map `[B, H, Tb, Sb]`, rows normalised (float32).
+
+    Computed one query block at a time (memory `B * H * block_size * S`), with
+    no gradient: the base model is frozen while the gate distils.
+    """
+    q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
+    b, t, h, d = q.shape
+    s = k.shape[1]
+    q_offset = s - t if q_offset is None else q_offset
+    scale = d**-0.5 if scale is None else scale
+    tb, sb = -(-t // block_size), -(-s // block_size)
+    qp = jnp.pad(q, ((0, 0), (0, tb * block_size - t), (0, 0), (0, 0)))
+    qs = jnp.moveaxis(qp.reshape(b, tb, block_size, h, d), 1, 0)  # [Tb, B, bs, H, D]
+    key_pos = jnp.arange(s, dtype=jnp.int32)
+
+    def one_block(args):
+        i, q_rows = args
+        rows = i * block_size + jnp.arange(block_size, dtype=jnp.int32)
+        pos = q_offset + rows
+        mask = (key_pos[None, :] <= pos[:, None]) & (rows < t)[:, None]
+        p = estimate.masked_softmax(estimate.grouped_logits(q_rows, k) * scale, mask[None, None])
+        p = jnp.pad(p, ((0, 0), (0, 0), (0, 0), (0, sb * block_size - s)))
+        return p.reshape(b, h, block_size, sb, block_size).max((2, 4))  # [B, H, Sb]
+
+    pooled = jax.lax.map(one_block, (jnp.arange(tb, dtype=jnp.int32), qs))  # [Tb, B, H, Sb]
+    pooled = jnp.moveaxis(pooled, 0, 2)
+    total = pooled.sum(-1, keepdims=True)
+    return pooled / jnp.where(total > 0, total, 1.0)
+
+
+def attn_gate_loss(gate_logits, target, *, skip_fraction: float = 0.25):
+    """`KL(target || softmax(gate_logits))`, mean over elements of rows `>= skip_fraction * Tb`.
+
+    gate_logits `[B, H, Tb, Sb]` (-inf where masked), target as from
+    `attn_gate_target`. Entries with zero target contribute 0.
+    """
+    tb = gate_logits.shape[-2]
+    start = int(math.floor(skip_fraction * tb))
+    if start >= tb:
+        start = 0
+    logp = jax.nn.log_softmax(gate_logits[..., start:, :].astype(jnp.float32), axis=-1)
+    tgt = target[..., start:, :].astype(jnp.float32)
+    live = tgt > 0
+    kl = jnp.where(
+        live, tgt * (jnp.log(jnp.where(live, tgt, 1.0)) - jnp.where(live, logp, 0.0)), 0.0
+    )
+    return kl.mean()
+
+
+def gate_block_mask(
+    gate_probs,
+    *,
+    q_len: int,
+    kv_len: int,
+    block_size: int,
+    threshold: float | None = None,
+    nz_ratio: float | None = None,
+    last_block_dense: int = 2,
+    q_offset: int | None = None,
+):
+    """Blocks kept `[B, H, Tb, Sb]` (bool) from gate probabilities.
+
+    Exactly one of `threshold` (keep blocks with probability above it;
+    SeerAttention's README range 5e-4 .. 5e-3) or `nz_ratio` (keep the top
+    `(1 - sqrt(1 - nz_ratio)) * Sb` blocks per row). The last
+    `last_block_dense` block rows are dense, every row keeps its diagonal
+    block (a query always sees itself), and the mask is block-causal.
+    """
+    if (threshold is None) == (nz_ratio is None):
+        raise ValueError("gate_block_mask: give exactly one of threshold= or nz_ratio=.")
+    q_offset = kv_len - q_len if q_offset is None else q_offset
+    tb, sb = gate_probs.shape[-2:]
+    visible = block_topk.block_causal(
+        q_len=q_len, kv_len=kv_len, q_offset=q_offset, block_q=block_size, block_kv=block_size
+    )[None, None]
+    if threshold is not None:
+        keep = gate_probs > threshold
+    else:
+        common.check_fraction("gate_block_mask", "nz_ratio", nz_ratio)
+        n = max(1, int(round((1.0 - math.sqrt(1.0 - nz_ratio)) * sb)))
+        keep = topk.topk_mask(jnp.where(visible, gate_probs, -jnp.inf), n)
+    rows = jnp.arange(tb, dtype=jnp.int32)[None, None, :, None]
+    keep = keep | (rows >= tb - last_block_dense)
+    diag = (q_offset + rows * block_size) // block_size == jnp.arange(sb)[None, None, None, :]
+    return (keep | diag) & visible
+
+
+def gated_attention(
+    q,
+    k,
+    v,
+    block_mask,
+    *,
+    block_size: int,
+    scale: float | None = None,
+    implementation: str | None = None,
+    config=None,
+    return_lse: bool = False,
+):
+    """Block-sparse causal attention over `block_mask [B, H|1, Tb, Sb]` (`block_size` blocks)."""
+    t, h, s = q.shape[1], q.shape[2], k.shape[1]
+    q_offset = s - t
+    pattern = token_block_mask.TokenBlockMask(
+        block_mask, row_block=block_size, col_block=block_size, causal=True, q_offset=q_offset
+    )
+    tile = common.natural_tile(block_size, max(t, s))
+    bq, bk = common.tiles(config, q_len=t, kv_len=s, block_q=tile, block_kv=tile)
+    sp = token_block_mask.token_block_sparsity(
+        pattern, num_heads=h, block_q=bq, block_kv=bk, q_len=t, kv_len=s, q_offset=q_offset
+    )
+    return api.attention(
+        q,
+        k,
+        v,
+        pattern=pattern,
+        sparsity=sp,
+        scale=scale,
+        q_offset=q_offset,
+        implementation=implementation,
+        config=config,
+        return_lse=return_lse,
+    )

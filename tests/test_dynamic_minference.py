@@ -1,0 +1,203 @@
+"""MInference's prefill patterns: VerticalSlash, BlockTopK (selection index for index), AShape."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsparse as js
+from jaxsparse import patterns as P
+from jaxsparse.patterns.dynamic import block_topk, vertical_slash
+from tests import dynamic_refs as R
+
+
+def _ranked(scores, n):
+    """Indices of the n best scores, ties by lower index (the library's tie rule)."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:n]
+
+
+def last_q_probs_np(q, k, last_q, q_offset):
+    """Causal softmax of the last queries, float64: `[B, H, n, S]` and their positions."""
+    q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    b, t, h, d = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    n = min(last_q, t)
+    probs = np.zeros((b, h, n, s))
+    pos = q_offset + np.arange(t - n, t)
+    for bb, hh, r in np.ndindex(b, h, n):
+        logit = k[bb, : pos[r] + 1, hh // (h // kh)] @ q[bb, t - n + r, hh] * d**-0.5
+        e = np.exp(logit - logit.max())
+        probs[bb, hh, r, : pos[r] + 1] = e / e.sum()
+    return probs, pos
+
+
+def vertical_slash_reference(q, k, *, v_size, s_size, last_q, init_cols, local_diags, q_offset):
+    probs, pos = last_q_probs_np(q, k, last_q, q_offset)
+    b, h, n, s = probs.shape
+    vert = np.zeros((b, h, s), bool)
+    slash = np.zeros((b, h, s), bool)
+    for bb, hh in np.ndindex(b, h):
+        col = probs[bb, hh].sum(0)
+        col[:init_cols] = np.inf
+        diag = np.zeros(s)
+        for r, j in np.ndindex(n, s):
+            if pos[r] - j >= 0:
+                diag[pos[r] - j] += probs[bb, hh, r, j]
+        diag[:local_diags] = np.inf
+        vert[bb, hh, _ranked(col, min(s, max(v_size, init_cols)))] = True
+        slash[bb, hh, _ranked(diag, min(s, max(s_size, local_diags)))] = True
+    return vert, slash
+
+
+def vertical_slash_mask_np(vert, slash, t, s, q_offset):
+    qpos = q_offset + np.arange(t)[:, None]
+    j = np.arange(s)[None, :]
+    diag = np.take(slash, np.clip(qpos - j, 0, s - 1), axis=-1)  # [B, H, T, S]
+    return (j <= qpos)[None, None] & (vert[:, :, None, :] | diag)
+
+
+@pytest.mark.parametrize("t, s, tiles", [(45, 45, (16, 16)), (24, 40, (8, 16))])
+def test_vertical_slash_selection_and_attention(t, s, tiles):
+    q, k, v, cot = R.random_qkv(2, t, 4, 2, 16, s=s, seed=5)
+    kw = dict(v_size=6, s_size=5, last_q=8, init_cols=2, local_diags=3, q_offset=s - t)
+    vert, slash = vertical_slash.vertical_slash_select(
+        q,
+        k,
+        vertical_size=6,
+        slash_size=5,
+        last_q=8,
+        init_columns=2,
+        local_diagonals=3,
+        q_offset=s - t,
+    )
+    want_v, want_s = vertical_slash_reference(q, k, **kw)
+    np.testing.assert_array_equal(np.asarray(vert), want_v)
+    np.testing.assert_array_equal(np.asarray(slash), want_s)
+    mask = jnp.asarray(vertical_slash_mask_np(want_v, want_s, t, s, s - t))
+    pattern = P.VerticalSlash(
+        vertical_size=6, slash_size=5, last_q=8, init_columns=2, local_diagonals=3
+    )
+
+    def fn(q, k, v):
+        return js.attention(
+            q,
+            k,
+            v,
+            pattern=pattern,
+            implementation="xla",
+            config=js.Config(block_q=tiles[0], block_kv=tiles[1]),
+            return_lse=True,
+        )
+
+    R.assert_close_to_ref(fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot)
+
+
+def block_topk_reference(q, k, block_size, top_k, q_offset):
+    q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    b, t, h, _ = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    tb, sb = -(-t // block_size), -(-s // block_size)
+    qm = np.stack([q[:, i * block_size : (i + 1) * block_size].mean(1) for i in range(tb)], 1)
+    km = np.stack([k[:, j * block_size : (j + 1) * block_size].mean(1) for j in range(sb)], 1)
+    bits = np.zeros((b, h, tb, sb), bool)
+    for bb, hh, i in np.ndindex(b, h, tb):
+        last = q_offset + min((i + 1) * block_size, t) - 1
+        visible = [j for j in range(sb) if j * block_size <= last]
+        score = {j: qm[bb, i, hh] @ km[bb, j, hh // (h // kh)] for j in visible}
+        for j in sorted(visible, key=lambda j: (-score[j], j))[:top_k]:
+            bits[bb, hh, i, j] = True
+    return bits
+
+
+@pytest.mark.parametrize("t, s, bs, top_k, tiles", [(50, 50, 8, 3, None), (21, 37, 6, 2, (8, 8))])
+def test_block_topk_selection_and_attention(t, s, bs, top_k, tiles):
+    q, k, v, cot = R.random_qkv(2, t, 4, 2, 8, s=s, seed=6)
+    bits = block_topk.block_topk_select(q, k, block_size=bs, top_k=top_k, q_offset=s - t)
+    want = block_topk_reference(q, k, bs, top_k, s - t)
+    np.testing.assert_array_equal(np.asarray(bits), want)
+    mask = R.block_to_token(want, bs, bs, t, s) & R.causal_np(t, s, s - t)[None, None]
+    mask = jnp.asarray(mask)
+    cfg = None if tiles is None else js.Config(block_q=tiles[0], block_kv=tiles[1])
+
+    def fn(q, k, v):
+        return js.attention(
+            q,
+            k,
+            v,
+            pattern=P.BlockTopK(block_size=bs, top_k=top_k),
+            implementation="xla",
+            config=cfg,
+            return_lse=True,
+        )
+
+    R.assert_close_to_ref(fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot)
+
+
+def test_block_topk_lists_are_the_selection_when_tiles_are_blocks():
+    q, k, _, _ = R.random_qkv(1, 64, 2, 2, 8, seed=7)
+    pattern, sp = P.BlockTopK(block_size=16, top_k=2).select(q, k, q_offset=0, config=None)
+    assert (sp.block_q, sp.block_kv) == (16, 16)
+    assert sp.kv_indices.shape[-1] == 2  # the list bound is top_k: no wasted XLA work
+    np.testing.assert_array_equal(np.asarray(sp.to_dense()) > 0, np.asarray(pattern.bits))
+
+
+def test_a_shape_rule_and_attention():
+    p = P.AShape(n_init=2, n_local=3)
+    got = P.dense_mask(p, q_len=7, kv_len=7, xp=np)[0]
+    for i, j in np.ndindex(7, 7):
+        assert got[i, j] == (j <= i and (j < 2 or i - j < 3))
+    q, k, v, cot = R.random_qkv(1, 40, 2, 1, 8, seed=8)
+    mask = jnp.asarray(P.dense_mask(P.AShape(n_init=4, n_local=9), q_len=40, kv_len=40))[None]
+
+    def fn(q, k, v):
+        return js.attention(
+            q,
+            k,
+            v,
+            pattern=P.AShape(n_init=4, n_local=9),
+            return_lse=True,
+            config=js.Config(block_q=8, block_kv=8),
+        )
+
+    R.assert_close_to_ref(fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot)
+    # Sink + window tiles only: the middle of a long row is skipped.
+    sp = js.sparsity.from_pattern(
+        P.AShape(n_init=8, n_local=8), q_len=256, kv_len=256, block_q=8, block_kv=8
+    )
+    assert int(np.asarray(sp.kv_counts).max()) <= 3
+
+
+def test_short_sequences_are_dense_causal():
+    q, k, v, cot = R.random_qkv(1, 20, 2, 2, 8, seed=9)
+    mask = jnp.asarray(R.causal_np(20, 20, 0))[None, None]
+    for pattern in (P.VerticalSlash(), P.BlockTopK(), P.AShape()):
+
+        def fn(q, k, v, pattern=pattern):
+            return js.attention(q, k, v, pattern=pattern, return_lse=True)
+
+        R.assert_close_to_ref(
+            fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot, jit=False
+        )
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: P.VerticalSlash(vertical_size=0), "vertical_size=0 must be >= 1"),
+        (lambda: P.VerticalSlash(last_q=0), "last_q=0 must be >= 1"),
+        (lambda: P.BlockTopK(top_k=0), "top_k=0 must be >= 1"),
+        (lambda: P.BlockTopK(block_size=0), "block_size=0 must be >= 1"),
+        (lambda: P.AShape(n_local=0), "n_local=0 must be >= 1"),
+    ],
+)
+def test_bad_parameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_causal_only():
+    q, k, v, _ = R.random_qkv(1, 9, 2, 2, 8, s=4)
+    for pattern in (P.VerticalSlash(), P.BlockTopK()):
+        with pytest.raises(ValueError, match="causal-only"):
+            js.attention(q, k, v, pattern=pattern)

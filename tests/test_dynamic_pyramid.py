@@ -1,0 +1,132 @@
+"""PSA (Pyramid): levels index for index; attention vs a dense concatenated-KV reference."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsparse as js
+from jaxsparse import patterns as P
+from jaxsparse.patterns.dynamic import pyramid
+from tests import dynamic_refs as R
+
+
+def levels_reference(q, k, *, block_size, thresholds, causal, q_offset):
+    """PSA's thresholdbound levels from pooled block scores (float64, loops)."""
+    q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    b, t, h, d = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    tb, sb = -(-t // block_size), -(-s // block_size)
+    qm = np.stack([q[:, i * block_size : (i + 1) * block_size].mean(1) for i in range(tb)], 1)
+    km = np.stack([k[:, j * block_size : (j + 1) * block_size].mean(1) for j in range(sb)], 1)
+    out = np.zeros((b, h, tb, sb), np.int8)
+    for bb, hh, i in np.ndindex(b, h, tb):
+        last = q_offset + min((i + 1) * block_size, t) - 1
+        vis = [j for j in range(sb) if not causal or j * block_size <= last]
+        logits = np.array([qm[bb, i, hh] @ km[bb, j, hh // (h // kh)] for j in vis]) * d**-0.5
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        before = 0.0
+        for n in sorted(range(len(vis)), key=lambda n: (-p[n], n)):
+            level = next((lev + 1 for lev, tau in enumerate(thresholds) if before <= tau), 0)
+            out[bb, hh, i, vis[n]] = level
+            before += p[n]
+    return out
+
+
+def pyramid_reference(q, k, v, levels, *, block_size, num_levels, causal, q_offset):
+    """ALGORITHMS.md 8.1: dense attention over [K^1; K^2; ...] with the level mask and bias."""
+    t, s = q.shape[1], k.shape[1]
+    ks, vs, info = [], [], []
+    for lev in range(1, num_levels + 1):
+        f = 2 ** (lev - 1)
+        for u in range(-(-s // f)):
+            lo, hi = u * f, min((u + 1) * f, s)
+            ks.append(k[:, lo:hi].mean(1))
+            vs.append(v[:, lo:hi].mean(1))
+            info.append((lev, lo // block_size, hi - lo, hi - 1))
+    k_cat, v_cat = jnp.stack(ks, 1), jnp.stack(vs, 1)
+    lev_of, blk_of, count, last = (np.array(x) for x in zip(*info, strict=True))
+    rows = np.arange(t) // block_size
+    mask = np.asarray(levels)[:, :, rows][..., blk_of] == lev_of  # [B, H, T, S_cat]
+    if causal:
+        mask &= (last[None, :] <= q_offset + np.arange(t)[:, None])[None, None]
+    bias = jnp.asarray(np.log(count), jnp.float32)[None, None, None, :]
+    return k_cat, v_cat, jnp.asarray(mask), bias
+
+
+@pytest.mark.parametrize("causal, t, s", [(False, 40, 44), (True, 36, 36), (True, 20, 44)])
+def test_pyramid_selection_and_attention(causal, t, s):
+    bs, th = 8, (0.4, 0.6, 0.8)
+    q, k, v, cot = R.random_qkv(2, t, 4, 2, 16, s=s, seed=21)
+    off = s - t
+    lev = pyramid.pyramid_select(q, k, block_size=bs, thresholds=th, causal=causal, q_offset=off)
+    want = levels_reference(q, k, block_size=bs, thresholds=th, causal=causal, q_offset=off)
+    np.testing.assert_array_equal(np.asarray(lev), want)
+    assert {1, 2, 3} <= set(np.unique(want))  # several levels in use
+    pattern = P.Pyramid(block_size=bs, thresholds=th, causal=causal)
+
+    def fn(q, k, v):
+        return js.pyramid_attention(
+            q,
+            k,
+            v,
+            pattern=pattern,
+            implementation="xla",
+            config=js.Config(block_q=8, block_kv=8),
+            return_lse=True,
+        )
+
+    def ref(q, k, v):
+        k_cat, v_cat, mask, bias = pyramid_reference(
+            q, k, v, want, block_size=bs, num_levels=3, causal=causal, q_offset=off
+        )
+        return R.dense_ref(q, k_cat, v_cat, mask, bias=bias)
+
+    R.assert_close_to_ref(fn, ref, q, k, v, cot)
+
+
+def test_pooled_block_of_equal_keys_matches_full_resolution():
+    # The log-bias makes a pooled block of identical keys carry exactly its full mass.
+    bs, t = 8, 32
+    q, k, v, _ = R.random_qkv(1, t, 2, 2, 8, seed=22)
+    k = jnp.repeat(k[:, ::4], 4, axis=1)  # keys constant over groups of 4
+    v = jnp.repeat(v[:, ::4], 4, axis=1)
+    out, levels = js.pyramid_attention(
+        q, k, v, pattern=P.Pyramid(bs, (0.3, 0.5, 1.0)), return_levels=True
+    )
+    assert int((np.asarray(levels) == 3).sum()) > 0  # some blocks pooled 4x
+    assert int((np.asarray(levels) == 0).sum()) == 0  # the last band is 1.0: nothing skipped
+    dense = js.attention(q, k, v)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(dense), atol=2e-6)
+
+
+def test_pyramid_one_block_is_dense():
+    q, k, v, _ = R.random_qkv(1, 6, 2, 1, 8, seed=23)
+    out = js.pyramid_attention(q, k, v, pattern=P.Pyramid(8, (0.5, 0.6)))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(js.attention(q, k, v)), atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        (dict(thresholds=(0.5, 1.2)), ValueError, r"thresholds\[1\]=1.2 must lie in \(0, 1\]"),
+        (dict(thresholds=(0.0,)), ValueError, r"thresholds\[0\]=0.0 must lie in \(0, 1\]"),
+        (dict(thresholds=(0.6, 0.5)), ValueError, "non-decreasing"),
+        (dict(block_size=12, thresholds=(0.1, 0.2, 0.3, 0.4)), ValueError, "divisible by"),
+        (dict(thresholds=()), TypeError, "non-empty"),
+    ],
+)
+def test_pyramid_bad_parameters(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        P.Pyramid(**kwargs)
+
+
+def test_pyramid_is_used_through_pyramid_attention():
+    q, k, v, _ = R.random_qkv(1, 8, 2, 2, 8)
+    with pytest.raises(TypeError, match="pyramid_attention"):
+        js.attention(q, k, v, pattern=P.Pyramid())
+    assert math.isclose(P.Pyramid().thresholds[-1], 0.8)

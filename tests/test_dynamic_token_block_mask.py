@@ -1,0 +1,117 @@
+"""TokenBlockMask / VerticalSlashMask / PyramidMask: element masks and their tile lists."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsparse import patterns as P
+from jaxsparse.patterns.dynamic import pyramid_mask, token_block_mask, vertical_slash_mask
+from tests import dynamic_refs as R
+
+rng = np.random.default_rng(0)
+
+
+GEOMETRIES = [
+    # t, s, q_offset, row_block, col_block, bq, bk, hx, group, causal
+    (13, 13, 0, 1, 4, 4, 4, 2, 1, True),
+    (13, 21, 8, 1, 5, 8, 4, 1, 2, True),  # chunked prefill, GQA-shared bits
+    (16, 16, 0, 4, 4, 8, 8, 2, 1, True),
+    (17, 19, 2, 3, 6, 4, 8, 2, 1, False),
+    (9, 30, 0, 2, 7, 16, 16, 1, 1, False),
+]
+
+
+@pytest.mark.parametrize("geo", GEOMETRIES, ids=str)
+def test_token_block_mask_rule_and_lists(geo):
+    t, s, off, rb, cb, bq, bk, hx, group, causal = geo
+    h = hx * group
+    bits = rng.random((2, hx, -(-t // rb), -(-s // cb))) < 0.4
+    p = P.TokenBlockMask(jnp.asarray(bits), row_block=rb, col_block=cb, group=group, causal=causal)
+    sp = token_block_mask.token_block_sparsity(
+        p, num_heads=h, block_q=bq, block_kv=bk, q_len=t, kv_len=s, q_offset=off
+    )
+    for b in range(2):
+        one = P.TokenBlockMask(bits[b], row_block=rb, col_block=cb, group=group, causal=causal)
+        got = P.dense_mask(one, q_len=t, kv_len=s, q_offset=off, num_heads=h, xp=np)
+        # The rule, written out: bits[h // group, row // rb, key // cb] (and key <= query).
+        want = np.zeros((h, t, s), bool)
+        for hh, i, j in np.ndindex(h, t, s):
+            want[hh, i, j] = bits[b, hh // group, i // rb, j // cb] and (not causal or j <= off + i)
+        np.testing.assert_array_equal(np.broadcast_to(got, want.shape), want)
+        sp_b = sp.replace(
+            **{
+                f: getattr(sp, f)[b : b + 1]
+                for f in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
+            }
+        )
+        R.assert_lists_cover_mask(sp_b, want, exact=not causal)
+        # The key-major lists are the transpose of the query-major ones.
+        np.testing.assert_array_equal(
+            np.asarray(sp_b.to_dense_transposed()), np.swapaxes(np.asarray(sp_b.to_dense()), -1, -2)
+        )
+
+
+def test_token_block_mask_bind_checks_shapes():
+    p = P.TokenBlockMask(jnp.zeros((1, 2, 5, 3), bool), row_block=1, col_block=4)
+    with pytest.raises(ValueError, match=r"need \[B, Hx, 6, 3\]"):
+        p.bind(q_len=6, kv_len=12, q_offset=0, num_heads=2)
+    with pytest.raises(ValueError, match="bit heads"):
+        p.bind(q_len=5, kv_len=12, q_offset=0, num_heads=3)
+    with pytest.raises(ValueError, match="group=0 must be >= 1"):
+        P.TokenBlockMask(jnp.zeros((1, 1, 1, 1), bool), group=0)
+
+
+@pytest.mark.parametrize("t, s, off, bq, bk", [(11, 11, 0, 4, 4), (7, 20, 13, 8, 4)])
+def test_vertical_slash_mask_rule_and_lists(t, s, off, bq, bk):
+    vert = rng.random((2, 3, s)) < 0.15
+    slash = rng.random((2, 3, s)) < 0.2
+    p = P.VerticalSlashMask(jnp.asarray(vert), jnp.asarray(slash))
+    sp = vertical_slash_mask.vertical_slash_sparsity(
+        p, num_heads=3, block_q=bq, block_kv=bk, q_len=t, kv_len=s, q_offset=off
+    )
+    for b in range(2):
+        one = P.VerticalSlashMask(vert[b], slash[b])
+        got = P.dense_mask(one, q_len=t, kv_len=s, q_offset=off, num_heads=3, xp=np)
+        want = np.zeros((3, t, s), bool)
+        for hh, i, j in np.ndindex(3, t, s):
+            qpos = off + i
+            want[hh, i, j] = j <= qpos and (vert[b, hh, j] or slash[b, hh, qpos - j])
+        np.testing.assert_array_equal(got, want)
+        sp_b = sp.replace(
+            **{
+                f: getattr(sp, f)[b : b + 1]
+                for f in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
+            }
+        )
+        R.assert_lists_cover_mask(sp_b, want, exact=False)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_pyramid_mask_rule_and_lists(causal):
+    t, s, bs, nl, bq, bk = 12, 14, 4, 3, 4, 4
+    lay = pyramid_mask.PyramidLayout(s, bs, nl)
+    assert lay.total == 14 + 7 + 4
+    levels = rng.integers(0, nl + 1, (1, 2, 3, 4)).astype(np.int8)
+    p = pyramid_mask.PyramidMask(
+        jnp.asarray(levels), block_size=bs, num_levels=nl, kv_len=s, causal=causal
+    )
+    got = P.dense_mask(
+        pyramid_mask.PyramidMask(levels[0], block_size=bs, num_levels=nl, kv_len=s, causal=causal),
+        q_len=t,
+        kv_len=lay.total,
+        q_offset=s - t,
+        num_heads=2,
+        xp=np,
+    )
+    cols = lay.columns
+    want = np.zeros((2, t, lay.total), bool)
+    for hh, i, c in np.ndindex(2, t, lay.total):
+        lev, blk, last = cols["level"][c], cols["block"][c], cols["last"][c]
+        want[hh, i, c] = levels[0, hh, i // bs, blk] == lev and (not causal or last <= s - t + i)
+    np.testing.assert_array_equal(got, want)
+    sp = pyramid_mask.pyramid_sparsity(
+        p, num_heads=2, q_len=t, q_offset=s - t, block_q=bq, block_kv=bk
+    )
+    R.assert_lists_cover_mask(sp, want[None], exact=not causal)

@@ -1,0 +1,178 @@
+"""Selection utilities (P4) against straightforward numpy / jnp re-implementations."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsparse.selection import (
+    chunks,
+    cumulative,
+    divergence,
+    estimate,
+    pooling,
+    ranges,
+    remap,
+    topk,
+)
+
+rng = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("kind", pooling.KINDS)
+@pytest.mark.parametrize("n, block", [(10, 3), (12, 4), (5, 8)])
+def test_pool_matches_loop(kind, n, block):
+    x = rng.standard_normal((2, n, 3, 4)).astype(np.float32)
+    got = np.asarray(pooling.pool(jnp.asarray(x), block, kind=kind, axis=1))
+    fn = {"mean": np.mean, "max": np.max, "min": np.min, "sum": np.sum}[kind]
+    want = np.stack([fn(x[:, i : i + block], axis=1) for i in range(0, n, block)], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_pool_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="kind='median'"):
+        pooling.pool(jnp.zeros((1, 4)), 2, kind="median")
+
+
+def test_topk_ties_prefer_lower_index_and_skip_minus_inf():
+    s = jnp.array([[1.0, 3.0, 3.0, -jnp.inf, 3.0, jnp.inf]])
+    np.testing.assert_array_equal(topk.topk_indices(s, 3), [[5, 1, 2]])
+    np.testing.assert_array_equal(topk.topk_indices(s, 6), [[5, 1, 2, 4, 0, -1]])
+    np.testing.assert_array_equal(topk.topk_mask(s, 9)[0], [1, 1, 1, 0, 1, 1])
+
+
+def test_rank_mask_per_row_counts_match_sorting():
+    s = rng.standard_normal((4, 3, 9)).astype(np.float32)
+    s[0, 0, 2] = -np.inf
+    counts = rng.integers(0, 10, (4, 3))
+    got = np.asarray(topk.rank_mask(jnp.asarray(s), jnp.asarray(counts, jnp.int32)))
+    for i, j in np.ndindex(4, 3):
+        order = np.argsort(-s[i, j], kind="stable")[: counts[i, j]]
+        want = np.zeros(9, bool)
+        want[order] = True
+        want &= s[i, j] > -np.inf
+        np.testing.assert_array_equal(got[i, j], want)
+
+
+def test_sorted_cumsum_and_budgets_match_numpy():
+    p = rng.random((3, 11)).astype(np.float32)
+    p /= p.sum(-1, keepdims=True)
+    inc, exc = (np.asarray(a) for a in cumulative.sorted_cumsum(jnp.asarray(p)))
+    for r in range(3):
+        order = np.argsort(-p[r], kind="stable")
+        c = np.cumsum(p[r][order])
+        np.testing.assert_allclose(inc[r][order], c, rtol=1e-6)
+        np.testing.assert_allclose(exc[r][order], c - p[r][order], atol=1e-6)
+        for gamma in (0.3, 0.9):
+            # FlexPrefill's score_cover_topk: sum(cumsum_sorted <= gamma) + 1.
+            assert int(cumulative.cover_count(jnp.asarray(p[r]), gamma)) == (c <= gamma).sum() + 1
+            keep = np.asarray(cumulative.cover_mask(jnp.asarray(p[r]), gamma))
+            np.testing.assert_array_equal(np.sort(np.flatnonzero(keep)), np.sort(order[c <= gamma]))
+
+
+def test_js_distance_matches_formula_and_bounds():
+    p = rng.random((5, 7)).astype(np.float32)
+    q = rng.random((5, 7)).astype(np.float32)
+    p[0, 3] = 0.0  # zero entries follow 0 log 0 = 0
+    p /= p.sum(-1, keepdims=True)
+    q /= q.sum(-1, keepdims=True)
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log(p / m), 0).sum(-1)
+        kl_q = np.where(q > 0, q * np.log(q / m), 0).sum(-1)
+    want = np.sqrt(0.5 * kl_p + 0.5 * kl_q)
+    got = np.asarray(divergence.js_distance(jnp.asarray(p), jnp.asarray(q)))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert float(divergence.js_distance(jnp.asarray(p), jnp.asarray(p)).max()) < 1e-3
+    disjoint = divergence.js_distance(jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]))
+    np.testing.assert_allclose(float(disjoint), math.sqrt(math.log(2)), rtol=1e-6)
+
+
+def test_last_query_probs_vertical_and_slash_match_loops():
+    b, t, h, kh, d, n, q_offset = 1, 9, 4, 2, 8, 4, 3
+    s = t + q_offset
+    q = rng.standard_normal((b, t, h, d)).astype(np.float32)
+    k = rng.standard_normal((b, s, kh, d)).astype(np.float32)
+    probs, q_pos = estimate.last_query_probs(
+        jnp.asarray(q), jnp.asarray(k), last_q=n, scale=0.3, q_offset=q_offset
+    )
+    probs = np.asarray(probs)
+    np.testing.assert_array_equal(np.asarray(q_pos), q_offset + np.arange(t - n, t))
+    want = np.zeros((b, h, n, s), np.float32)
+    for hh, r in np.ndindex(h, n):
+        pos = q_offset + t - n + r
+        logit = 0.3 * k[0, : pos + 1, hh // 2] @ q[0, t - n + r, hh]
+        e = np.exp(logit - logit.max())
+        want[0, hh, r, : pos + 1] = e / e.sum()
+    np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(estimate.vertical_scores(jnp.asarray(want))), want.sum(2), rtol=1e-6
+    )
+    slash = np.zeros((b, h, s), np.float32)
+    for hh, r, j in np.ndindex(h, n, s):
+        o = q_offset + t - n + r - j
+        if o >= 0:
+            slash[0, hh, o] += want[0, hh, r, j]
+    got = estimate.slash_scores(jnp.asarray(want), jnp.asarray(q_offset + np.arange(t - n, t)))
+    np.testing.assert_allclose(np.asarray(got), slash, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("l, d, lp", [(32, 16, 64), (8, 4, 8), (4, 2, 2), (6, 2, 4)])
+def test_compressed_to_blocks_matches_overlap_matrix(l, d, lp):
+    nb, s = 7, 7 * lp
+    nc = (s - l) // d + 1
+    p = rng.random((2, nc)).astype(np.float32)
+    # Explicit |[i, i + l/d) intersect [j l'/d, (j+1) l'/d)| in stride segments.
+    i, j = np.arange(nc)[:, None], np.arange(nb)[None, :]
+    c, r = l // d, lp // d
+    overlap = np.maximum(0, np.minimum(i + c, (j + 1) * r) - np.maximum(i, j * r))
+    got = remap.compressed_to_blocks(
+        jnp.asarray(p), kernel_size=l, stride=d, block_size=lp, num_blocks=nb
+    )
+    np.testing.assert_allclose(np.asarray(got), p @ overlap, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "out_size, in_size, length", [(4, 1, 10), (4, 3, 10), (6, 4, 23), (8, 8, 16), (5, 10, 9)]
+)
+def test_reduce_ranges_matches_loops(out_size, in_size, length):
+    cells = math.ceil(length / in_size)
+    x = rng.random((2, cells, 3)) < 0.6
+    n_out = math.ceil(length / out_size)
+    lo, hi = ranges.uniform_ranges(n_out, out_size, in_size, length)
+    for op, fn in (("any", np.any), ("all", np.all)):
+        got = np.asarray(ranges.reduce_ranges(jnp.asarray(x), 1, lo, hi, op=op))
+        want = np.stack(
+            [
+                fn(
+                    x[
+                        :,
+                        (o * out_size) // in_size : (min((o + 1) * out_size, length) - 1) // in_size
+                        + 1,
+                    ],
+                    axis=1,
+                )
+                for o in range(n_out)
+            ],
+            axis=1,
+        )
+        np.testing.assert_array_equal(got, want)
+    assert ranges.max_cells(out_size, in_size, length) == int((hi - lo).max()) + 1
+
+
+def test_map_query_rows_equals_one_pass():
+    q = jnp.asarray(rng.standard_normal((2, 11, 3, 4)).astype(np.float32))
+    lse = jnp.asarray(rng.standard_normal((2, 11, 3)).astype(np.float32))
+
+    def fn(q_rows, lse_rows, pos):
+        out = jnp.moveaxis(q_rows.sum(-1) * lse_rows, 1, 2)[..., None]
+        return out + pos.astype(jnp.float32)[None, None, :, None]
+
+    whole = chunks.map_query_rows(fn, (q, lse), rows=100, q_offset=5)
+    parts = jax.jit(lambda q, l: chunks.map_query_rows(fn, (q, l), rows=4, q_offset=5))(q, lse)
+    np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-6)
+    assert whole.shape == (2, 3, 11, 1)
