@@ -221,6 +221,44 @@ def test_padding_entries_issue_no_new_dma(pattern, heads, kv_heads):
     )
 
 
+@pytest.mark.tpu_interpret
+@pytest.mark.slow
+def test_lists_per_kv_head_equal_lists_repeated_per_query_head():
+    """Tables with one list per kv head (Hx = K) read like the same lists repeated
+    for every query head of the group (Hx = H), forward and backward."""
+    keys = jax.random.split(jax.random.key(5), 4)
+    q = jax.random.normal(keys[0], (1, 256, 4, 64), f32)
+    k, v = (jax.random.normal(key, (1, 384, 2, 64), f32) for key in keys[1:3])
+    dout = jax.random.normal(keys[3], (1, 256, 4, 64), f32)
+    mask = jnp.asarray(_random_blocks((2, 2, 3), density=0.7))
+    per_kv = sparsity_lib.from_block_mask(mask, block_q=128, block_kv=128, q_len=256, kv_len=384)
+    per_q = sparsity_lib.from_block_mask(
+        jnp.repeat(mask, 2, axis=0), block_q=128, block_kv=128, q_len=256, kv_len=384
+    )
+    results = []
+    for sp in (per_kv, per_q):
+        tables = [getattr(sp, n) for n in ("kv_indices", "kv_counts", "kv_full")]
+        out, lse = tpu_api.block_sparse_attention_fwd(q, k, v, *tables, interpret=True)
+        grads = tpu_api.block_sparse_attention_bwd(
+            q,
+            k,
+            v,
+            out,
+            lse,
+            dout,
+            jnp.ones_like(lse),
+            *tables,
+            sp.q_indices,
+            sp.q_counts,
+            sp.q_full,
+            interpret=True,
+        )
+        results.append((out, lse, *grads))
+    assert per_kv.kv_indices.shape[1] == 2 and per_q.kv_indices.shape[1] == 4
+    for name, a, b in zip(oracle.NAMES, *results, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6, err_msg=name)
+
+
 def test_full_tiles_skip_mask_math():
     """A tile the tables call FULL is used whole; a PARTIAL one evaluates mask_fn.
 

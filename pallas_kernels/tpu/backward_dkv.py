@@ -170,7 +170,7 @@ def dkv_call(
 
 
 def vmem_bytes(st: cm.Statics, sh: cm.Shapes, dtype) -> int:
-    """VMEM of the dK/dV kernel's double-buffered blocks plus scratch (an estimate)."""
+    """VMEM of the dK/dV kernel: blocks, scratch, temporaries (an estimate)."""
     bq, bkv = st.block_q, st.block_kv
     blocks = [
         ((bq, sh.D), dtype),
@@ -187,4 +187,4 @@ def vmem_bytes(st: cm.Statics, sh: cm.Shapes, dtype) -> int:
         ((bkv, sh.Dv), jnp.float32),
         ((bkv, cm.LANES), jnp.int32),
     ]
-    return cm.vmem_bytes(blocks) + cm.vmem_bytes(scratch, buffers=1)
+    return cm.vmem_bytes(blocks) + cm.vmem_bytes(scratch, buffers=1) + cm.temporaries_bytes(st)

@@ -160,7 +160,7 @@ def dq_call(
 
 
 def vmem_bytes(st: cm.Statics, sh: cm.Shapes, dtype) -> int:
-    """VMEM of the dQ kernel's double-buffered blocks plus scratch (an estimate)."""
+    """VMEM of the dQ kernel: double-buffered blocks, scratch, temporaries (an estimate)."""
     bq, bkv = st.block_q, st.block_kv
     blocks = [
         ((bq, sh.D), dtype),
@@ -172,4 +172,4 @@ def vmem_bytes(st: cm.Statics, sh: cm.Shapes, dtype) -> int:
         ((8, bq), jnp.float32),
     ]
     scratch = [((bq, sh.D), jnp.float32)] + [((bq, cm.LANES), jnp.float32)] * 3
-    return cm.vmem_bytes(blocks) + cm.vmem_bytes(scratch, buffers=1)
+    return cm.vmem_bytes(blocks) + cm.vmem_bytes(scratch, buffers=1) + cm.temporaries_bytes(st)

@@ -29,6 +29,8 @@ MaskFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 # 16 MiB on v5e and 32 MiB on v4/v5p/v6e; leave room for Mosaic's own scratch).
 MAX_VMEM_BYTES = 12 * 1024 * 1024
 MAX_HEAD_DIM = 256
+# f32 [block_q, block_kv] temporaries a kernel body keeps live (s, p, dp, ds, mask).
+TILE_TEMPORARIES = 4
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
 
 # dot_general dimension numbers: A @ B and A @ B^T.
@@ -403,7 +405,7 @@ def dead_rows_to_inf(lse):
 
 
 def vmem_bytes(tiles: list[tuple[tuple[int, ...], Any]], *, buffers: int = 2) -> int:
-    """Estimate of the VMEM for pipelined blocks (double-buffered) and scratch."""
+    """VMEM of pipelined blocks (double-buffered) or scratch (buffers=1), in bytes."""
     total = 0
     for shape, dtype in tiles:
         n = jnp.dtype(dtype).itemsize
@@ -411,3 +413,8 @@ def vmem_bytes(tiles: list[tuple[tuple[int, ...], Any]], *, buffers: int = 2) ->
             n *= d
         total += n
     return total * buffers
+
+
+def temporaries_bytes(st: Statics) -> int:
+    """VMEM Mosaic needs for a body's f32 logits-sized temporaries (an estimate)."""
+    return TILE_TEMPORARIES * st.block_q * st.block_kv * 4

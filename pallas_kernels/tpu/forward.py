@@ -156,7 +156,7 @@ def forward_call(
 
 
 def vmem_bytes(st: cm.Statics, sh: cm.Shapes, dtype) -> int:
-    """VMEM of the forward's double-buffered blocks plus scratch (an estimate)."""
+    """VMEM of the forward: double-buffered blocks, scratch, temporaries (an estimate)."""
     bq, bkv = st.block_q, st.block_kv
     blocks = [
         ((bq, sh.D), dtype),
@@ -166,4 +166,4 @@ def vmem_bytes(st: cm.Statics, sh: cm.Shapes, dtype) -> int:
         ((8, bq), jnp.float32),
     ]
     scratch = [((bq, cm.LANES), jnp.float32)] * 3 + [((bq, sh.Dv), jnp.float32)]
-    return cm.vmem_bytes(blocks) + cm.vmem_bytes(scratch, buffers=1)
+    return cm.vmem_bytes(blocks) + cm.vmem_bytes(scratch, buffers=1) + cm.temporaries_bytes(st)
