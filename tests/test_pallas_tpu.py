@@ -24,6 +24,7 @@ from jaxsparse import sparsity as sparsity_lib
 from jaxsparse.ops import dispatch
 from pallas_kernels.tpu import api as tpu_api
 from pallas_kernels.tpu import common as tpu_common
+from pallas_kernels.tpu import tables as tpu_tables
 from tests import oracle
 
 f32, bf16, f16 = jnp.float32, jnp.bfloat16, jnp.float16
@@ -153,7 +154,7 @@ def _walk(index, grid_rows, indices, counts, full):
     """Follow one kernel's index map over its grid in order; returns the number of
     steps whose tile differs from the previous step's (the copies a TPU issues)."""
     indices, counts = np.asarray(indices), np.asarray(counts)
-    entries = np.asarray(tpu_common.pack_entries(jnp.asarray(indices), jnp.asarray(full)))
+    entries = np.asarray(tpu_tables.pack_entries(jnp.asarray(indices), jnp.asarray(full)))
     flat_counts = counts.reshape(-1)
     copies, budget, previous = 0, 0, None
     for prefix, (bx, hx, r) in grid_rows:
@@ -183,6 +184,7 @@ def _walk(index, grid_rows, indices, counts, full):
             2,
         ),
     ],
+    ids=["H2K1-Causal&SlidingWindow", "H4K2-PerHead"],
 )
 def test_padding_entries_issue_no_new_dma(pattern, heads, kv_heads):
     """Walk the grids in order through the kernels' own index maps: steps past a
@@ -206,14 +208,14 @@ def test_padding_entries_issue_no_new_dma(pattern, heads, kv_heads):
         for kh, jb, g in itertools.product(range(kv_heads), range(nb), range(group))
     ]
     _walk(
-        tpu_common.q_major_kv_index(sh, nb, sp.kv_indices.shape[-1]),
+        tpu_tables.q_major_kv_index(sh, nb, sp.kv_indices.shape[-1]),
         q_major,
         sp.kv_indices,
         sp.kv_counts,
         sp.kv_full,
     )
     _walk(
-        tpu_common.kv_major_q_index(sh, nb, sp.q_indices.shape[-1]),
+        tpu_tables.kv_major_q_index(sh, nb, sp.q_indices.shape[-1]),
         kv_major,
         sp.q_indices,
         sp.q_counts,

@@ -48,7 +48,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.tpu import backward_dkv, backward_dq
+from pallas_kernels.tpu import backward_dkv, backward_dq, layout, tables
 from pallas_kernels.tpu import common as cm
 from pallas_kernels.tpu import forward as fwd_lib
 
@@ -178,11 +178,11 @@ def block_sparse_attention_fwd(
     )
     _check_vmem("forward", fwd_lib.vmem_bytes(st, sh, q.dtype))
     out, lse = fwd_lib.forward_call(
-        cm.to_kernel_layout(q, st),
-        cm.to_kernel_layout(k, st),
-        cm.to_kernel_layout(v, st),
-        cm.pack_entries(kv_indices, kv_full),
-        cm.flat_counts(kv_counts),
+        layout.to_kernel_layout(q, st),
+        layout.to_kernel_layout(k, st),
+        layout.to_kernel_layout(v, st),
+        tables.pack_entries(kv_indices, kv_full),
+        tables.flat_counts(kv_counts),
         q_seg,
         kv_seg,
         st=st,
@@ -190,7 +190,7 @@ def block_sparse_attention_fwd(
         kmax=kv_indices.shape[-1],
         interpret=interpret,
     )
-    return cm.from_kernel_layout(out, st, sh.H), lse.reshape(sh.B, sh.H, sh.Tp)
+    return layout.from_kernel_layout(out, st, sh.H), lse.reshape(sh.B, sh.H, sh.Tp)
 
 
 def block_sparse_attention_bwd(
@@ -278,7 +278,7 @@ def block_sparse_attention_bwd(
     rows = (sh.B, sh.H, 1, sh.Tp)
     lse_rows = lse.astype(jnp.float32).reshape(rows)
     delta_rows = delta.reshape(rows)
-    qk, kk, vk, dok = (cm.to_kernel_layout(x, st) for x in (q, k, v, dout.astype(q.dtype)))
+    qk, kk, vk, dok = (layout.to_kernel_layout(x, st) for x in (q, k, v, dout.astype(q.dtype)))
     dq = backward_dq.dq_call(
         qk,
         kk,
@@ -286,8 +286,8 @@ def block_sparse_attention_bwd(
         dok,
         lse_rows,
         delta_rows,
-        cm.pack_entries(kv_indices, kv_full),
-        cm.flat_counts(kv_counts),
+        tables.pack_entries(kv_indices, kv_full),
+        tables.flat_counts(kv_counts),
         q_seg,
         kv_seg,
         st=st,
@@ -302,8 +302,8 @@ def block_sparse_attention_bwd(
         dok,
         lse_rows,
         delta_rows,
-        cm.pack_entries(q_indices, q_full),
-        cm.flat_counts(q_counts),
+        tables.pack_entries(q_indices, q_full),
+        tables.flat_counts(q_counts),
         q_seg,
         kv_seg,
         st=st,
@@ -312,7 +312,7 @@ def block_sparse_attention_bwd(
         interpret=interpret,
     )
     return (
-        cm.from_kernel_layout(dq, st, sh.H),
-        cm.from_kernel_layout(dk, st, sh.K),
-        cm.from_kernel_layout(dv, st, sh.K),
+        layout.from_kernel_layout(dq, st, sh.H),
+        layout.from_kernel_layout(dk, st, sh.K),
+        layout.from_kernel_layout(dv, st, sh.K),
     )

@@ -25,6 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.tpu import common as cm
+from pallas_kernels.tpu import layout, tables, tile
 
 
 def dkv_kernel(
@@ -59,17 +60,17 @@ def dkv_kernel(
         dk_acc_ref[...] = jnp.zeros(dk_acc_ref.shape, jnp.float32)
         dv_acc_ref[...] = jnp.zeros(dv_acc_ref.shape, jnp.float32)
         if kv_seg_col_ref is not None:
-            kv_seg_col_ref[...] = cm.row_to_column(kv_seg_ref[...], bkv)
+            kv_seg_col_ref[...] = tile.row_to_column(kv_seg_ref[...], bkv)
 
     def step(partial: bool):
         q, do = q_ref[...], do_ref[...]
-        s_t, dcap_t = cm.logits(st, k_ref[...], q)  # [bkv, bq]
+        s_t, dcap_t = tile.logits(st, k_ref[...], q)  # [bkv, bq]
         q_pos = kv_pos = None
         if partial:
-            q_pos, kv_pos = cm.positions(
-                s_t.shape, st.q_offset + cm.entry_block(entry) * bq, jb * bkv, q_axis=1
+            q_pos, kv_pos = tile.positions(
+                s_t.shape, st.q_offset + tables.entry_block(entry) * bq, jb * bkv, q_axis=1
             )
-        mask = cm.tile_mask(
+        mask = tile.tile_mask(
             st,
             partial=partial,
             q_pos=q_pos,
@@ -80,20 +81,20 @@ def dkv_kernel(
         )
         if mask is not None:
             s_t = jnp.where(mask, s_t, -jnp.inf)
-        p_t = jnp.exp(s_t - cm.dead_rows_to_inf(lse_ref[...]))
+        p_t = jnp.exp(s_t - tile.dead_rows_to_inf(lse_ref[...]))
         dv_acc_ref[...] += lax.dot_general(
-            p_t.astype(do.dtype), do, cm.NN, preferred_element_type=jnp.float32
+            p_t.astype(do.dtype), do, tile.NN, preferred_element_type=jnp.float32
         )
-        dp_t = lax.dot_general(v_ref[...], do, cm.NT, preferred_element_type=jnp.float32)
+        dp_t = lax.dot_general(v_ref[...], do, tile.NT, preferred_element_type=jnp.float32)
         ds_t = p_t * (dp_t - delta_ref[...])
         if dcap_t is not None:
             ds_t = ds_t * dcap_t
         dk_acc_ref[...] += lax.dot_general(
-            ds_t.astype(q.dtype), q, cm.NN, preferred_element_type=jnp.float32
+            ds_t.astype(q.dtype), q, tile.NN, preferred_element_type=jnp.float32
         )
 
     live = e < count
-    full = cm.entry_is_full(entry)
+    full = tables.entry_is_full(entry)
     pl.when(live & full)(functools.partial(step, False))
     pl.when(live & jnp.logical_not(full))(functools.partial(step, True))
 
@@ -124,25 +125,25 @@ def dkv_call(
     bq, bkv = st.block_q, st.block_kv
     nb = sh.Sp // bkv
 
-    q_index = cm.kv_major_q_index(sh, nb, qmax)
+    q_index = tables.kv_major_q_index(sh, nb, qmax)
 
     def kv_index(b, kh, jb, g, e, *_):
         return b, kh, jb
 
     in_specs = [
-        cm.tile_spec(st, bq, sh.D, q_index),
-        cm.tile_spec(st, bq, sh.Dv, q_index),
-        cm.row_spec(bq, q_index),
-        cm.row_spec(bq, q_index),
-        cm.tile_spec(st, bkv, sh.D, kv_index),
-        cm.tile_spec(st, bkv, sh.Dv, kv_index),
+        layout.tile_spec(st, bq, sh.D, q_index),
+        layout.tile_spec(st, bq, sh.Dv, q_index),
+        layout.row_spec(bq, q_index),
+        layout.row_spec(bq, q_index),
+        layout.tile_spec(st, bkv, sh.D, kv_index),
+        layout.tile_spec(st, bkv, sh.Dv, kv_index),
     ]
     operands = [q, do, lse_rows, delta_rows, k, v]
     scratch = [pltpu.VMEM((bkv, sh.D), jnp.float32), pltpu.VMEM((bkv, sh.Dv), jnp.float32)]
     if st.has_segments:
         in_specs += [
-            cm.segment_spec(bq, lambda *a: (a[0], q_index(*a)[2])),
-            cm.segment_spec(bkv, lambda b, kh, jb, g, e, *_: (b, jb)),
+            layout.segment_spec(bq, lambda *a: (a[0], q_index(*a)[2])),
+            layout.segment_spec(bkv, lambda b, kh, jb, g, e, *_: (b, jb)),
         ]
         operands += [q_seg, kv_seg]
         scratch.append(pltpu.VMEM((bkv, cm.LANES), jnp.int32))
@@ -150,16 +151,16 @@ def dkv_call(
     return pl.pallas_call(
         kernel,
         out_shape=[
-            jax.ShapeDtypeStruct(cm.kernel_shape(sh.B, sh.Sp, sh.K, sh.D, st), k.dtype),
-            jax.ShapeDtypeStruct(cm.kernel_shape(sh.B, sh.Sp, sh.K, sh.Dv, st), v.dtype),
+            jax.ShapeDtypeStruct(layout.kernel_shape(sh.B, sh.Sp, sh.K, sh.D, st), k.dtype),
+            jax.ShapeDtypeStruct(layout.kernel_shape(sh.B, sh.Sp, sh.K, sh.Dv, st), v.dtype),
         ],
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=2,
             grid=(sh.B, sh.K, nb, sh.G, qmax),
             in_specs=in_specs,
             out_specs=[
-                cm.tile_spec(st, bkv, sh.D, kv_index),
-                cm.tile_spec(st, bkv, sh.Dv, kv_index),
+                layout.tile_spec(st, bkv, sh.D, kv_index),
+                layout.tile_spec(st, bkv, sh.Dv, kv_index),
             ],
             scratch_shapes=scratch,
         ),

@@ -17,6 +17,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.tpu import common as cm
+from pallas_kernels.tpu import layout, tables, tile
 
 
 def dq_kernel(
@@ -49,20 +50,20 @@ def dq_kernel(
     def _init():
         acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
         # Per-row statistics arrive as lane-dense rows; the logits tile wants columns.
-        lse_col_ref[...] = cm.dead_rows_to_inf(cm.row_to_column(lse_ref[...], bq))
-        delta_col_ref[...] = cm.row_to_column(delta_ref[...], bq)
+        lse_col_ref[...] = tile.dead_rows_to_inf(tile.row_to_column(lse_ref[...], bq))
+        delta_col_ref[...] = tile.row_to_column(delta_ref[...], bq)
         if q_seg_col_ref is not None:
-            q_seg_col_ref[...] = cm.row_to_column(q_seg_ref[...], bq)
+            q_seg_col_ref[...] = tile.row_to_column(q_seg_ref[...], bq)
 
     def step(partial: bool):
         k = k_ref[...]
-        s, dcap = cm.logits(st, q_ref[...], k)  # [bq, bkv]
+        s, dcap = tile.logits(st, q_ref[...], k)  # [bq, bkv]
         q_pos = kv_pos = None
         if partial:
-            q_pos, kv_pos = cm.positions(
-                s.shape, st.q_offset + i * bq, cm.entry_block(entry) * bkv, q_axis=0
+            q_pos, kv_pos = tile.positions(
+                s.shape, st.q_offset + i * bq, tables.entry_block(entry) * bkv, q_axis=0
             )
-        mask = cm.tile_mask(
+        mask = tile.tile_mask(
             st,
             partial=partial,
             q_pos=q_pos,
@@ -73,17 +74,17 @@ def dq_kernel(
         )
         if mask is not None:
             s = jnp.where(mask, s, -jnp.inf)
-        p = jnp.exp(s - cm.widen(lse_col_ref[...], bkv))
-        dp = lax.dot_general(do_ref[...], v_ref[...], cm.NT, preferred_element_type=jnp.float32)
-        ds = p * (dp - cm.widen(delta_col_ref[...], bkv))
+        p = jnp.exp(s - tile.widen(lse_col_ref[...], bkv))
+        dp = lax.dot_general(do_ref[...], v_ref[...], tile.NT, preferred_element_type=jnp.float32)
+        ds = p * (dp - tile.widen(delta_col_ref[...], bkv))
         if dcap is not None:
             ds = ds * dcap
         acc_ref[...] += lax.dot_general(
-            ds.astype(k.dtype), k, cm.NN, preferred_element_type=jnp.float32
+            ds.astype(k.dtype), k, tile.NN, preferred_element_type=jnp.float32
         )
 
     live = j < count
-    full = cm.entry_is_full(entry)
+    full = tables.entry_is_full(entry)
     pl.when(live & full)(functools.partial(step, False))
     pl.when(live & jnp.logical_not(full))(functools.partial(step, True))
 
@@ -113,7 +114,7 @@ def dq_call(
     bq, bkv = st.block_q, st.block_kv
     nb = sh.Tp // bq
 
-    kv_index = cm.q_major_kv_index(sh, nb, kmax)
+    kv_index = tables.q_major_kv_index(sh, nb, kmax)
 
     def q_index(b, h, i, j, *_):
         return b, h, i
@@ -122,12 +123,12 @@ def dq_call(
         return kv_index(*args)[2]
 
     in_specs = [
-        cm.tile_spec(st, bq, sh.D, q_index),
-        cm.tile_spec(st, bkv, sh.D, kv_index),
-        cm.tile_spec(st, bkv, sh.Dv, kv_index),
-        cm.tile_spec(st, bq, sh.Dv, q_index),
-        cm.row_spec(bq, q_index),
-        cm.row_spec(bq, q_index),
+        layout.tile_spec(st, bq, sh.D, q_index),
+        layout.tile_spec(st, bkv, sh.D, kv_index),
+        layout.tile_spec(st, bkv, sh.Dv, kv_index),
+        layout.tile_spec(st, bq, sh.Dv, q_index),
+        layout.row_spec(bq, q_index),
+        layout.row_spec(bq, q_index),
     ]
     operands = [q, k, v, do, lse_rows, delta_rows]
     scratch = [
@@ -137,20 +138,20 @@ def dq_call(
     ]
     if st.has_segments:
         in_specs += [
-            cm.segment_spec(bq, lambda b, h, i, j, *_: (b, i)),
-            cm.segment_spec(bkv, lambda b, *r: (b, kv_block(b, *r))),
+            layout.segment_spec(bq, lambda b, h, i, j, *_: (b, i)),
+            layout.segment_spec(bkv, lambda b, *r: (b, kv_block(b, *r))),
         ]
         operands += [q_seg, kv_seg]
         scratch.append(pltpu.VMEM((bq, cm.LANES), jnp.int32))
     kernel = functools.partial(dq_kernel, st=st, sh=sh, kmax=kmax)
     return pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct(cm.kernel_shape(sh.B, sh.Tp, sh.H, sh.D, st), q.dtype),
+        out_shape=jax.ShapeDtypeStruct(layout.kernel_shape(sh.B, sh.Tp, sh.H, sh.D, st), q.dtype),
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=2,
             grid=(sh.B, sh.H, nb, kmax),
             in_specs=in_specs,
-            out_specs=cm.tile_spec(st, bq, sh.D, q_index),
+            out_specs=layout.tile_spec(st, bq, sh.D, q_index),
             scratch_shapes=scratch,
         ),
         compiler_params=cm.compiler_params(3, 1, interpret),

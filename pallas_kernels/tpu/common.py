@@ -1,14 +1,7 @@
-"""Shared pieces of the Pallas TPU block-sparse attention kernels.
+"""Static configuration of the Pallas TPU kernels, input checks and resource estimates.
 
-Static configuration, input checks (valid input these kernels cannot run
-raises NotImplementedError so callers can fall back), table packing for
-scalar prefetch, the operand layouts, and the in-tile helpers every kernel
-uses: logits with the soft cap, and the element mask of a partial tile.
-
-Vector shapes follow the TPU's (sublane, lane) = (8, 128) tiling: per-row
-statistics (running max, denominator, lse, delta) live as `[rows, 128]`
-lane-replicated columns in VMEM scratch, and per-row vectors that travel
-through HBM (lse, delta, segment ids) are lane-dense `[1, L]` rows.
+Valid input these kernels cannot run raises NotImplementedError so that
+callers can fall back; malformed input raises ValueError.
 """
 
 from __future__ import annotations
@@ -19,8 +12,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
-from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 LANES = 128
@@ -32,10 +23,6 @@ MAX_HEAD_DIM = 256
 # f32 [block_q, block_kv] temporaries a kernel body keeps live (s, p, dp, ds, mask).
 TILE_TEMPORARIES = 4
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
-
-# dot_general dimension numbers: A @ B and A @ B^T.
-NN = (((1,), (0,)), ((), ()))
-NT = (((1,), (1,)), ((), ()))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -221,187 +208,6 @@ def compiler_params(num_parallel: int, num_arbitrary: int, interpret: Any):
         return pltpu.CompilerParams()
     semantics = ("parallel",) * num_parallel + ("arbitrary",) * num_arbitrary
     return pltpu.CompilerParams(dimension_semantics=semantics)
-
-
-# --- tables --------------------------------------------------------------------------------
-
-
-def pack_entries(indices, full):
-    """One flat int32 SMEM table: `(block << 1) | full` per list entry.
-
-    Flat (1-D) tables avoid SMEM padding of small trailing dims; packing the
-    flag halves the scalar-prefetch footprint.
-    """
-    return (indices.astype(jnp.int32) * 2 + full.astype(jnp.int32)).reshape(-1)
-
-
-def flat_counts(counts):
-    return counts.astype(jnp.int32).reshape(-1)
-
-
-def entry_block(entry):
-    return lax.shift_right_logical(entry, 1)
-
-
-def entry_is_full(entry):
-    return (entry & 1) == 1
-
-
-def q_major_kv_index(sh: Shapes, nb: int, kmax: int):
-    """Index map of the q-major walk (forward, dQ): grid (b, h, i, j) -> the K/V tile
-    `(b, kv head, kv block)` of list entry j of q block i (nb = Tb query blocks).
-
-    Entries past the count repeat the last valid block, so consecutive grid
-    steps map to the same tile and the pipeline issues no new DMA for them.
-    """
-
-    def index(b, h, i, j, entries_ref, counts_ref):
-        del counts_ref
-        row = sh.table_row(b, h) * nb + i
-        return b, h // sh.G, entry_block(entries_ref[row * kmax + j])
-
-    return index
-
-
-def kv_major_q_index(sh: Shapes, nb: int, qmax: int):
-    """Index map of the kv-major walk (dK/dV): grid (b, kh, jb, g, e) -> the query tile
-    `(b, query head, q block)` of list entry e of kv block jb for head kh * G + g
-    (nb = Sb key blocks).
-    """
-
-    def index(b, kh, jb, g, e, entries_ref, counts_ref):
-        del counts_ref
-        h = kh * sh.G + g
-        row = sh.table_row(b, h) * nb + jb
-        return b, h, entry_block(entries_ref[row * qmax + e])
-
-    return index
-
-
-# --- operand layout ----------------------------------------------------------------------
-
-
-def to_kernel_layout(x, st: Statics):
-    """`[B, L, N, D]` -> `[B, L, N * D]` (heads minor, free) or `[B, N, L, D]`."""
-    if st.heads_minor:
-        return x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
-    return jnp.swapaxes(x, 1, 2)
-
-
-def from_kernel_layout(x, st: Statics, heads: int):
-    """Inverse of `to_kernel_layout`: back to `[B, L, N, D]`."""
-    if st.heads_minor:
-        return x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads)
-    return jnp.swapaxes(x, 1, 2)
-
-
-def kernel_shape(B: int, L: int, N: int, D: int, st: Statics) -> tuple[int, ...]:
-    return (B, L, N * D) if st.heads_minor else (B, N, L, D)
-
-
-def tile_spec(st: Statics, rows: int, width: int, index: Callable) -> pl.BlockSpec:
-    """BlockSpec of a `[rows, width]` tile of a per-head operand.
-
-    `index(*grid, *prefetch) -> (b, head, row_block)`; the kernel sees a 2-D ref
-    in either layout.
-    """
-    if st.heads_minor:
-
-        def index_map(*args):
-            b, n, r = index(*args)
-            return b, r, n
-
-        return pl.BlockSpec((None, rows, width), index_map)
-
-    def index_map_t(*args):
-        b, n, r = index(*args)
-        return b, n, r, 0
-
-    return pl.BlockSpec((None, None, rows, width), index_map_t)
-
-
-def row_spec(width: int, index: Callable) -> pl.BlockSpec:
-    """BlockSpec of a `[1, width]` lane-dense row of a `[B, N, 1, L]` array (lse, delta).
-
-    `index(*grid, *prefetch) -> (b, n, block)`.
-    """
-
-    def index_map(*args):
-        b, n, r = index(*args)
-        return b, n, 0, r
-
-    return pl.BlockSpec((None, None, 1, width), index_map)
-
-
-def segment_spec(width: int, index: Callable) -> pl.BlockSpec:
-    """BlockSpec of a `[1, width]` row of `[B, 1, L]` segment ids; `index -> (b, block)`."""
-
-    def index_map(*args):
-        b, r = index(*args)
-        return b, 0, r
-
-    return pl.BlockSpec((None, 1, width), index_map)
-
-
-# --- in-tile helpers ------------------------------------------------------------------------
-
-
-def row_to_column(row, rows: int):
-    """A lane-dense `[1, n]` row -> `[n, 128]` lane-replicated column (one transpose)."""
-    return jnp.broadcast_to(row, (LANES, rows)).T
-
-
-def column_to_row(col):
-    """A `[n, 128]` lane-replicated column -> `[1, n]` row (one transpose)."""
-    return col.T[:1, :]
-
-
-def widen(col, width: int):
-    """`[n, 128]` lane-replicated column broadcast to `[n, width]`."""
-    return jnp.broadcast_to(col[:, :1], (col.shape[0], width))
-
-
-def logits(st: Statics, a, b):
-    """`cap(scale * a @ b^T)` in f32 and its derivative w.r.t. `a @ b^T`.
-
-    Returns `(s, dcap)`; `dcap` is None without a soft cap. The scale is left
-    out of `dcap` (the backward applies it once, at the end).
-    """
-    s = lax.dot_general(a, b, NT, preferred_element_type=jnp.float32) * st.scale
-    if st.logits_soft_cap is None:
-        return s, None
-    t = jnp.tanh(s / st.logits_soft_cap)
-    return st.logits_soft_cap * t, 1.0 - t * t
-
-
-def tile_mask(st: Statics, *, partial: bool, q_pos, kv_pos, head, q_seg, kv_seg) -> Any:
-    """Element mask of one tile, or None when nothing needs masking.
-
-    `q_pos`, `kv_pos` are int32 arrays of the tile's shape (either
-    orientation); `q_seg`, `kv_seg` broadcast to it. A full tile is allowed by
-    the pattern and holds no key padding, so only segments may apply there.
-    """
-    mask = None
-    if partial:
-        mask = kv_pos < st.kv_len
-        if st.mask_fn is not None:
-            mask = mask & jnp.broadcast_to(st.mask_fn(q_pos, kv_pos, head), mask.shape)
-    if st.has_segments and (partial or st.segments_on_full_tiles):
-        same = q_seg == kv_seg
-        mask = same if mask is None else mask & same
-    return mask
-
-
-def positions(shape: tuple[int, int], q_start, kv_start, *, q_axis: int):
-    """int32 query and key positions of a tile; queries run along `q_axis`."""
-    q_pos = q_start + lax.broadcasted_iota(jnp.int32, shape, q_axis)
-    kv_pos = kv_start + lax.broadcasted_iota(jnp.int32, shape, 1 - q_axis)
-    return q_pos, kv_pos
-
-
-def dead_rows_to_inf(lse):
-    """lse -inf (a row that attends nothing) -> +inf, so exp(s - lse) is 0, not NaN."""
-    return jnp.where(lse == -jnp.inf, jnp.inf, lse)
 
 
 def vmem_bytes(tiles: list[tuple[tuple[int, ...], Any]], *, buffers: int = 2) -> int:

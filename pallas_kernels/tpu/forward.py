@@ -19,6 +19,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.tpu import common as cm
+from pallas_kernels.tpu import layout, tables, tile
 
 
 def forward_kernel(
@@ -42,16 +43,16 @@ def forward_kernel(
         l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
         acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
         if q_seg_col_ref is not None:
-            q_seg_col_ref[...] = cm.row_to_column(q_seg_ref[...], bq)
+            q_seg_col_ref[...] = tile.row_to_column(q_seg_ref[...], bq)
 
     def step(partial: bool):
-        s, _ = cm.logits(st, q_ref[...], k_ref[...])  # [bq, bkv] f32
+        s, _ = tile.logits(st, q_ref[...], k_ref[...])  # [bq, bkv] f32
         q_pos = kv_pos = None
         if partial:
-            q_pos, kv_pos = cm.positions(
-                s.shape, st.q_offset + i * bq, cm.entry_block(entry) * bkv, q_axis=0
+            q_pos, kv_pos = tile.positions(
+                s.shape, st.q_offset + i * bq, tables.entry_block(entry) * bkv, q_axis=0
             )
-        mask = cm.tile_mask(
+        mask = tile.tile_mask(
             st,
             partial=partial,
             q_pos=q_pos,
@@ -65,7 +66,7 @@ def forward_kernel(
         _online_softmax_update(s, v_ref[...], m_ref, l_ref, acc_ref)
 
     live = j < count
-    full = cm.entry_is_full(entry)
+    full = tables.entry_is_full(entry)
     pl.when(live & full)(functools.partial(step, False))
     pl.when(live & jnp.logical_not(full))(functools.partial(step, True))
 
@@ -74,10 +75,10 @@ def forward_kernel(
         l = l_ref[...]
         has_keys = l > 0.0
         l_safe = jnp.where(has_keys, l, 1.0)
-        out = acc_ref[...] / cm.widen(l_safe, acc_ref.shape[1])
+        out = acc_ref[...] / tile.widen(l_safe, acc_ref.shape[1])
         out_ref[...] = out.astype(out_ref.dtype)
         lse = jnp.where(has_keys, m_ref[...] + jnp.log(l_safe), -jnp.inf)
-        lse_ref[...] = cm.column_to_row(lse)
+        lse_ref[...] = tile.column_to_row(lse)
 
 
 def _online_softmax_update(s, v, m_ref, l_ref, acc_ref):
@@ -90,24 +91,24 @@ def _online_softmax_update(s, v, m_ref, l_ref, acc_ref):
     m_next = jnp.maximum(m_prev, s.max(axis=1, keepdims=True))
     m_ref_point = jnp.where(m_next == -jnp.inf, 0.0, m_next)
     alpha = jnp.exp(m_prev - m_ref_point)
-    p = jnp.exp(s - cm.widen(m_ref_point, s.shape[1]))
+    p = jnp.exp(s - tile.widen(m_ref_point, s.shape[1]))
     l_ref[...] = alpha * l_ref[...] + p.sum(axis=1, keepdims=True)
     m_ref[...] = m_next
-    pv = lax.dot_general(p.astype(v.dtype), v, cm.NN, preferred_element_type=jnp.float32)
-    acc_ref[...] = acc_ref[...] * cm.widen(alpha, acc_ref.shape[1]) + pv
+    pv = lax.dot_general(p.astype(v.dtype), v, tile.NN, preferred_element_type=jnp.float32)
+    acc_ref[...] = acc_ref[...] * tile.widen(alpha, acc_ref.shape[1]) + pv
 
 
 def forward_call(
     q, k, v, entries, counts, q_seg, kv_seg, *, st: cm.Statics, sh: cm.Shapes, kmax: int, interpret
 ):
-    """Runs the forward kernel on kernel-layout operands (see `common.to_kernel_layout`).
+    """Runs the forward kernel on kernel-layout operands (see `layout.to_kernel_layout`).
 
     Returns out in kernel layout and lse `[B, H, 1, Tp]` f32.
     """
     bq, bkv = st.block_q, st.block_kv
     nb = sh.Tp // bq
 
-    kv_index = cm.q_major_kv_index(sh, nb, kmax)
+    kv_index = tables.q_major_kv_index(sh, nb, kmax)
 
     def q_index(b, h, i, j, *_):
         return b, h, i
@@ -116,9 +117,9 @@ def forward_call(
         return kv_index(*args)[2]
 
     in_specs = [
-        cm.tile_spec(st, bq, sh.D, q_index),
-        cm.tile_spec(st, bkv, sh.D, kv_index),
-        cm.tile_spec(st, bkv, sh.Dv, kv_index),
+        layout.tile_spec(st, bq, sh.D, q_index),
+        layout.tile_spec(st, bkv, sh.D, kv_index),
+        layout.tile_spec(st, bkv, sh.Dv, kv_index),
     ]
     operands = [q, k, v]
     scratch = [
@@ -128,14 +129,14 @@ def forward_call(
     ]
     if st.has_segments:
         in_specs += [
-            cm.segment_spec(bq, lambda b, h, i, j, *_: (b, i)),
-            cm.segment_spec(bkv, lambda b, *r: (b, kv_block(b, *r))),
+            layout.segment_spec(bq, lambda b, h, i, j, *_: (b, i)),
+            layout.segment_spec(bkv, lambda b, *r: (b, kv_block(b, *r))),
         ]
         operands += [q_seg, kv_seg]
         scratch.append(pltpu.VMEM((bq, cm.LANES), jnp.int32))
-    out_specs = [cm.tile_spec(st, bq, sh.Dv, q_index), cm.row_spec(bq, q_index)]
+    out_specs = [layout.tile_spec(st, bq, sh.Dv, q_index), layout.row_spec(bq, q_index)]
     out_shape = [
-        jax.ShapeDtypeStruct(cm.kernel_shape(sh.B, sh.Tp, sh.H, sh.Dv, st), q.dtype),
+        jax.ShapeDtypeStruct(layout.kernel_shape(sh.B, sh.Tp, sh.H, sh.Dv, st), q.dtype),
         jax.ShapeDtypeStruct((sh.B, sh.H, 1, sh.Tp), jnp.float32),
     ]
     kernel = functools.partial(forward_kernel, st=st, sh=sh, kmax=kmax)
