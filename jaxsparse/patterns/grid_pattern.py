@@ -29,7 +29,7 @@ DEFAULT_TILE_TOKENS = 128
 
 
 class GridPattern(base.Pattern, register=False):
-    """Base of `Neighborhood` and `Window`; subclasses have `grid` and `tile` fields.
+    """Base of `Neighborhood` and `Window`; subclasses have `grid`, `tile`, `tiled_order`.
 
     Subclasses implement the per-axis hooks `_axis_allowed` (any array
     module), `_axis_codes` and `_axis_reach` (numpy, host metadata).
@@ -37,6 +37,7 @@ class GridPattern(base.Pattern, register=False):
 
     grid: tuple[int, ...]
     tile: Any
+    tiled_order: bool
 
     # --- per-axis hooks ---------------------------------------------------------
     def _axis_allowed(self, axis: int, xq: Any, xk: Any) -> Any:
@@ -58,6 +59,8 @@ class GridPattern(base.Pattern, register=False):
     def _resolve_tile(self) -> None:
         """Turn `tile` (None, a token budget, or a shape) into a validated box shape."""
         owner = type(self).__name__
+        if not isinstance(self.tiled_order, (bool, np.bool_)):
+            raise TypeError(f"{owner}: tiled_order must be a bool, got {self.tiled_order!r}.")
         tile = DEFAULT_TILE_TOKENS if self.tile is None else self.tile
         if isinstance(tile, (int, np.integer)) and not isinstance(tile, bool):
             base.check_int(
@@ -142,9 +145,19 @@ class GridPattern(base.Pattern, register=False):
         return self
 
     def token_permutation(self, *, q_len, kv_len):
-        """Tokens in tiled order (None when that is the natural order, e.g. 1-D)."""
+        """Tokens in tiled order (None when that is the natural order, e.g. 1-D, or
+        when the caller already passes tiled tokens: `tiled_order=True`)."""
         del q_len, kv_len
-        return self._permutation
+        return None if self.tiled_order else self._permutation
+
+    def permutation(self) -> np.ndarray:
+        """`perm[p]` = natural (row-major) index of the token at tiled position p.
+
+        To keep activations in tiled order across layers (and skip the two
+        gathers per call): `x_tiled = x[:, perm]`, attend with
+        `tiled_order=True`, and restore with `y[:, np.argsort(perm)]`.
+        """
+        return tiling.permutation(self.grid, self.tile)
 
     @functools.cached_property
     def _permutation(self):

@@ -55,6 +55,10 @@ class Neighborhood(grid_pattern.GridPattern):
     token budget (use the kernel's block size if you change `Config.block_q`);
     a tuple is used as given and must divide the grid.
 
+    `tiled_order=True`: the caller already passes tokens in the tiled order
+    (`x[:, pattern.permutation()]`, e.g. a model that keeps its activations
+    tiled across layers) and gets outputs in that order: no gathers per call.
+
     Args:
       grid: token grid shape, 1 to 3 ints, e.g. `(H, W)` or `(T, H, W)`.
       window: kernel size, an int or one per axis.
@@ -62,6 +66,7 @@ class Neighborhood(grid_pattern.GridPattern):
       dilation: an int or one per axis (default 1).
       causal: a bool or one per axis (default False).
       tile: box shape, token budget or None (see above).
+      tiled_order: tokens arrive already in the tiled order (default False).
     """
 
     grid: Any
@@ -70,6 +75,7 @@ class Neighborhood(grid_pattern.GridPattern):
     dilation: Any = 1
     causal: Any = False
     tile: Any = None
+    tiled_order: bool = False
 
     def __post_init__(self):
         grid = tiling.as_grid("Neighborhood", self.grid)
@@ -199,4 +205,6 @@ class Neighborhood(grid_pattern.GridPattern):
             if any(v != default for v in value):
                 args.append(f"{name}={value}")
         args.append(f"tile={self.tile}")
+        if self.tiled_order:
+            args.append("tiled_order=True")
         return f"Neighborhood({', '.join(args)})"

@@ -31,8 +31,8 @@ class Window(grid_pattern.GridPattern):
     · · · ■ ■ ■                      · · · · ■ ■
     ```
 
-    Token order and `tile` work as for `Neighborhood`: pass tokens in natural
-    row-major order; `mask_fn` speaks of the internal tiled order.
+    Token order, `tile` and `tiled_order` work as for `Neighborhood`: pass
+    tokens in natural row-major order; `mask_fn` speaks of the tiled order.
 
     Args:
       grid: token grid shape, 1 to 3 ints.
@@ -40,12 +40,14 @@ class Window(grid_pattern.GridPattern):
       shift: 0 (default) or a shift in [0, window) per axis; Swin uses
         `window // 2` in every other block.
       tile: box shape, token budget or None (see `Neighborhood`).
+      tiled_order: tokens arrive already in the tiled order (default False).
     """
 
     grid: Any
     window: Any
     shift: Any = 0
     tile: Any = None
+    tiled_order: bool = False
 
     def __post_init__(self):
         grid = tiling.as_grid("Window", self.grid)
@@ -105,4 +107,6 @@ class Window(grid_pattern.GridPattern):
         if any(self.shift):
             args.append(f"shift={self.shift}")
         args.append(f"tile={self.tile}")
+        if self.tiled_order:
+            args.append("tiled_order=True")
         return f"Window({', '.join(args)})"
