@@ -43,6 +43,17 @@ def test_matches_oracle_smoke(case):
     oracle.assert_matches_oracle(case, "pallas_gpu")
 
 
+@pytest.mark.slow
+def test_caller_tables_with_segments():
+    # Caller-given tables know nothing of the documents: full tiles must still mask them.
+    case = C(P.Full(), t=128, segments=True)
+    q, k, v, kwargs, cot = oracle.inputs(case)
+    sp = js.sparsity.from_pattern(P.Full(), q_len=128, kv_len=128, block_q=64, block_kv=64)
+    got = js.attention(q, k, v, sparsity=sp, implementation="pallas_gpu", **kwargs)
+    want = js.attention(q, k, v, sparsity=sp, implementation="reference", **kwargs)
+    assert oracle.rel_err(got, want) < oracle.TOLERANCE[bf16]
+
+
 def test_unsupported_inputs_raise_not_implemented():
     q = jnp.ones((1, 64, 2, 64), jnp.float32)
     cfg = js.Config(interpret=True)
