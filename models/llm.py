@@ -161,6 +161,11 @@ class LLM(nnx.Module):
         logits = self.embed.attend(x) if self.head is None else self.head(x)
         return logits.astype(jnp.float32)
 
+    @property
+    def can_decode(self) -> bool:
+        """Whether every layer has a KV cache (see `llm_attention`)."""
+        return all(block.attn.can_decode for block in self.blocks)
+
     def init_cache(self, batch_size: int, max_length: int) -> None:
         """Allocate every layer's KV cache for `max_length` tokens (prompt + generation)."""
         for block in self.blocks:
@@ -172,6 +177,11 @@ def _decode(model: LLM, tokens):
     return model(tokens, decode=True)
 
 
+@nnx.jit
+def _full(model: LLM, tokens):
+    return model(tokens)
+
+
 def generate(
     model: LLM, prompt: Int[Array, "B T0"], max_new_tokens: int, *, return_logits: bool = False
 ):
@@ -179,11 +189,14 @@ def generate(
 
     Returns `[B, max_new_tokens]` new tokens (and, with `return_logits`, the
     logits of every position `[B, T0 + max_new_tokens - 1, V]`, which equal the
-    full pass over the generated sequence).
+    full pass over the generated sequence). A model with a layer that has no
+    cache (NSA) recomputes the full pass for every token instead.
     """
-    b, t0 = prompt.shape
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1.")
+    if not model.can_decode:
+        return _generate_uncached(model, prompt, max_new_tokens, return_logits)
+    b, t0 = prompt.shape
     model.init_cache(b, t0 + max_new_tokens)
     logits = _decode(model, prompt)
     outs, all_logits = [], [logits]
@@ -197,6 +210,18 @@ def generate(
         token = jnp.argmax(logits[:, -1:], axis=-1).astype(jnp.int32)
     new = jnp.concatenate(outs, axis=1)
     return (new, jnp.concatenate(all_logits, axis=1)) if return_logits else new
+
+
+def _generate_uncached(model, prompt, max_new_tokens, return_logits):
+    """Full causal passes over a fixed-size buffer (one compile); the future is padding."""
+    b, t0 = prompt.shape
+    total = t0 + max_new_tokens
+    buf = jnp.zeros((b, total), jnp.int32).at[:, :t0].set(prompt)
+    for t in range(t0, total):
+        logits = _full(model, buf)
+        buf = buf.at[:, t].set(jnp.argmax(logits[:, t - 1], axis=-1).astype(jnp.int32))
+    new = buf[:, t0:]
+    return (new, _full(model, buf)[:, :-1]) if return_logits else new
 
 
 def token_loss(logits: Float[Array, "B T V"], targets, weights) -> tuple[jax.Array, jax.Array]:

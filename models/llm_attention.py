@@ -10,8 +10,9 @@ Content-aware kinds select keys from q and k: MoBA decodes exactly (each new
 query gates the cached chunks as the full pass would, see `llm_decode`);
 vertical-slash is a prefill method (MInference), so it decodes densely and its
 cached generation matches the full pass only while the sequence is shorter
-than its budgets. NSA uses `jaxsparse.nn.NativeSparseAttention` (issue 4)
-when that module exists in the installed jaxsparse.
+than its budgets. NSA uses `jaxsparse.nn.NativeSparseAttention`, which has no
+KV cache yet: a model with NSA layers generates by recomputing the full pass
+(`llm.generate` does this by itself).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import jaxsparse as js
 from jaxsparse import nn as jnn
 from jaxsparse import patterns as P
 from models import llm_decode
-from models.registry import Registry, call_with
+from models.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -182,6 +183,11 @@ class CausalSelfAttention(nnx.Module):
     def __call__(self, x: Float[Array, "B T C"]) -> Float[Array, "B T C"]:
         return self.attn(x)
 
+    @property
+    def can_decode(self) -> bool:
+        """Whether the layer has a KV cache (NSA's module has none yet)."""
+        return hasattr(self.attn, "init_cache")
+
     def init_cache(self, batch_size: int, max_length: int) -> None:
         self.attn.init_cache(batch_size, max_length)
 
@@ -198,26 +204,18 @@ def _build_nsa(dim: int, num_heads: int, opt: LayerOptions, common: dict) -> nnx
     if not nsa_available():
         raise ValueError(
             "attention 'nsa' needs jaxsparse.nn.NativeSparseAttention (issue 4), which this "
-            f"jaxsparse {js.__version__} does not have yet; choose another attention."
+            f"jaxsparse {js.__version__} does not have; choose another attention."
         )
-    config = None
-    nsa_config_cls = getattr(js, "NSAConfig", None) or getattr(jnn, "NSAConfig", None)
-    if nsa_config_cls is not None:
-        config = nsa_config_cls(
-            kernel_size=opt.nsa_kernel_size,
-            stride=opt.nsa_stride,
-            block_size=opt.nsa_block_size,
-            top_n=opt.nsa_top_n,
-            init_blocks=1,
-            local_blocks=min(2, opt.nsa_top_n - 1),
-            window=opt.nsa_window,
-        )
-    # The module's signature is issue 4's; pass the keywords it accepts.
-    return call_with(
-        jnn.NativeSparseAttention,
-        in_features=dim,
-        num_heads=num_heads,
-        config=config,
-        nsa_config=config,
-        **common,
+    from jaxsparse.methods import NSAConfig  # the config type NativeSparseAttention documents
+
+    local = min(2, opt.nsa_top_n - 1)
+    config = NSAConfig(
+        kernel_size=opt.nsa_kernel_size,
+        stride=opt.nsa_stride,
+        block_size=opt.nsa_block_size,
+        top_n=opt.nsa_top_n,
+        init_blocks=1,
+        local_blocks=local,
+        window=opt.nsa_window,
     )
+    return jnn.NativeSparseAttention(dim, num_heads, nsa=config, **common)

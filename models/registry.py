@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -44,18 +44,8 @@ class Registry:
         return iter(self._items)
 
 
-def check_choice(what: str, value: Any, choices: tuple[Any, ...]) -> None:
-    """Raise `ValueError` unless `value` is one of `choices`."""
+def check_choice(what: str, value: Any, choices: tuple[Any, ...], context: str = "") -> None:
+    """Raise `ValueError` unless `value` is one of `choices` (context: " for --model llm")."""
     if value not in choices:
         valid = ", ".join(map(str, choices))
-        raise ValueError(f"unknown {what} {value!r}; valid {what}s: {valid}.")
-
-
-def call_with(factory: Callable[..., Any], **kwargs: Any) -> Any:
-    """Call `factory` with the keyword arguments it accepts (ignoring the rest)."""
-    import inspect
-
-    params = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return factory(**kwargs)
-    return factory(**{k: v for k, v in kwargs.items() if k in params})
+        raise ValueError(f"unknown {what} {value!r}{context}; valid {what}s: {valid}.")

@@ -1,0 +1,343 @@
+"""Issue 6 evidence: sparse-attention reference models against dense ones, on one GPU.
+
+Usage (repo root, on the H100):
+  python bench/train_gpu.py OUT_DIR            # ~15 min: the runs below at full size
+  python bench/train_gpu.py OUT_DIR --small    # minutes on a CPU: the same code, tiny sizes
+
+1. LLM on MQAR at 4k tokens (`models.train --model llm --preset gpu`): dense
+   attention, MoBA in every layer, and MoBA in three of four layers
+   (`hybrid_moba`); eval accuracy on held-out sequences, and the ratio of each
+   sparse model's accuracy to the dense one (target >= 0.95). `--nsa` adds NSA.
+2. Training step time (forward + backward + AdamW) of the same LLMs at 16k
+   tokens, batch 1, with the best implementation for the device (and, with
+   `--xla-too`, all on the XLA path); target: sparse faster than dense.
+   Which jaxsparse implementations fell back is recorded.
+3. ViT on digits (`--model vit --preset gpu`): dense, HiLo and BiFormer
+   attention; target: sparse within 2 accuracy points of dense.
+
+Writes OUT_DIR/train_gpu.json (updated after every run, so a run cut short
+keeps what it measured), OUT_DIR/summary.md (a table for BENCHMARKS.md),
+PNG plots, and one run directory per training run (metrics.jsonl, loss.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from models.training import TrainConfig, experiments, loop, schedule, sharding, train  # noqa: E402
+from models.training import metrics as metrics_lib  # noqa: E402
+
+MOBA_4K = (("layer_options.moba_block_size", 512), ("layer_options.moba_top_k", 3))
+NSA_4K = (("layer_options.nsa_top_n", 8), ("layer_options.nsa_window", 256))
+
+
+class Recorder:
+    """Collects results and rewrites train_gpu.json after each addition."""
+
+    def __init__(self, out: pathlib.Path, meta: dict):
+        self.out, self.data = out, {"meta": meta, "llm": {}, "timing": {}, "vit": {}, "targets": {}}
+
+    def put(self, section: str, key: str, value) -> None:
+        self.data[section][key] = value
+        (self.out / "train_gpu.json").write_text(json.dumps(self.data, indent=2))
+        print(json.dumps({section: {key: value}}), flush=True)
+
+
+class FallbackLog(logging.Handler):
+    """Records jaxsparse's "cannot run this call" messages (implementation fallbacks)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: set[str] = set()
+
+    def emit(self, record):
+        self.messages.add(record.getMessage()[:300])
+
+
+def training_run(rec, section, name, cfg) -> None:
+    start = time.perf_counter()
+    try:
+        result = train(cfg)
+    except Exception as e:  # keep going: one failed method must not hide the others
+        rec.put(section, name, {"error": f"{type(e).__name__}: {e}"[:2000]})
+        return
+    records = metrics_lib.read(pathlib.Path(result.out) / "metrics.jsonl")
+    rates = [
+        r.get("tokens_per_s") or r.get("images_per_s") for r in records if r["kind"] == "train"
+    ]
+    rates = [r for r in rates if r]
+    rec.put(
+        section,
+        name,
+        {
+            "eval_accuracy": result.eval.get("accuracy"),
+            "eval_loss": result.eval.get("loss"),
+            "final_train_loss": result.final_loss,
+            "steps": result.steps,
+            "wall_s": round(time.perf_counter() - start, 1),
+            "throughput_median": statistics.median(rates) if rates else None,
+            "curve": [(r["step"], r["accuracy"]) for r in records if r["kind"] == "eval"],
+            "out": result.out,
+        },
+    )
+
+
+def step_time(cfg: TrainConfig, reps: int) -> dict:
+    """Median seconds of one jitted training step (after compiling), and the fallbacks seen."""
+    cfg = cfg.resolve()
+    exp = experiments.build(cfg)
+    platform_name = jax.default_backend()
+    dtype = jax.numpy.dtype(cfg.dtype or ("bfloat16" if platform_name == "gpu" else "float32"))
+    model = exp.build(dtype=dtype, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = schedule.optimizer(cfg)
+    params = nnx.to_pure_dict(params)
+    state = {
+        "step": jax.numpy.zeros((), jax.numpy.int32),
+        "params": params,
+        "opt_state": tx.init(params),
+    }
+    mesh = sharding.data_mesh(jax.local_devices()[:1])
+    step = loop.make_train_step(exp, graphdef, rest, tx, cfg.seed)
+    batch = sharding.shard_batch(exp.batch("train", 0), mesh)
+    log = FallbackLog()
+    logger = logging.getLogger("jaxsparse")
+    logger.addHandler(log)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        t0 = time.perf_counter()
+        state, out = step(state, batch)
+        jax.block_until_ready(out)
+        compile_s = time.perf_counter() - t0
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            state, out = step(state, batch)
+            jax.block_until_ready(out)
+            times.append(time.perf_counter() - t0)
+    finally:
+        logger.removeHandler(log)
+        logger.setLevel(old_level)
+    return {
+        "step_ms": 1e3 * statistics.median(times),
+        "compile_s": round(compile_s, 1),
+        "loss": float(out["loss"]),
+        "fallbacks": sorted(log.messages),
+    }
+
+
+def plots(rec: Recorder, out: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for section, title, fname in (
+        ("llm", "LLM on MQAR: eval accuracy", "llm_mqar.png"),
+        ("vit", "ViT on digits: eval accuracy", "vit_digits.png"),
+    ):
+        runs = {k: v for k, v in rec.data[section].items() if "curve" in v}
+        if not runs:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for name, r in runs.items():
+            steps, accs = zip(*r["curve"], strict=True) if r["curve"] else ((), ())
+            axes[0].plot(steps, accs, "o-", label=name)
+        axes[0].set(xlabel="step", ylabel="eval accuracy", ylim=(0, 1.02), title=title)
+        axes[0].legend()
+        names = list(runs)
+        axes[1].bar(names, [runs[n]["eval_accuracy"] for n in names])
+        axes[1].set(ylim=(0, 1.02), ylabel="final eval accuracy")
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+    timing = {k: v for k, v in rec.data["timing"].items() if "step_ms" in v}
+    if timing:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        ax.bar(list(timing), [v["step_ms"] for v in timing.values()])
+        ax.set(ylabel="training step (ms)", title=rec.data["meta"]["timing_title"])
+        plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+        fig.tight_layout()
+        fig.savefig(out / "llm_step_time.png", dpi=110)
+        plt.close(fig)
+
+
+def targets(rec: Recorder) -> None:
+    llm, vit, timing = rec.data["llm"], rec.data["vit"], rec.data["timing"]
+    dense = (llm.get("dense") or {}).get("eval_accuracy")
+    for name, r in llm.items():
+        if name != "dense" and dense and r.get("eval_accuracy") is not None:
+            ratio = r["eval_accuracy"] / dense
+            rec.put(
+                "targets",
+                f"mqar_{name}_vs_dense",
+                {"ratio": round(ratio, 4), "target": ">= 0.95", "met": ratio >= 0.95},
+            )
+    dense_ms = (timing.get("dense") or {}).get("step_ms")
+    for name, r in timing.items():
+        if name != "dense" and not name.endswith("[xla]") and dense_ms and "step_ms" in r:
+            speedup = dense_ms / r["step_ms"]
+            rec.put(
+                "targets",
+                f"step_time_{name}_vs_dense",
+                {"speedup": round(speedup, 3), "target": "> 1", "met": speedup > 1},
+            )
+    dense = (vit.get("dense") or {}).get("eval_accuracy")
+    for name, r in vit.items():
+        if name != "dense" and dense is not None and r.get("eval_accuracy") is not None:
+            gap = 100 * (dense - r["eval_accuracy"])
+            rec.put(
+                "targets",
+                f"vit_{name}_vs_dense",
+                {"points_below_dense": round(gap, 2), "target": "<= 2", "met": gap <= 2},
+            )
+
+
+def summary(rec: Recorder, out: pathlib.Path) -> None:
+    m = rec.data["meta"]
+    lines = [
+        f"### Reference models ({m['device']}, {m['date']})",
+        "",
+        f"`python bench/train_gpu.py OUT_DIR{' --small' if m['small'] else ''}`",
+        "",
+        "| run | eval accuracy | steps | wall (s) | throughput |",
+        "|---|---|---|---|---|",
+    ]
+    for section in ("llm", "vit"):
+        for name, r in rec.data[section].items():
+            if "error" in r:
+                lines.append(f"| {section} {name} | error: {r['error'][:80]} | | | |")
+                continue
+            unit = "tok/s" if section == "llm" else "img/s"
+            lines.append(
+                f"| {section} {name} | {r['eval_accuracy']:.4f} | {r['steps']} | "
+                f"{r['wall_s']} | {r['throughput_median'] or 0:,.0f} {unit} |"
+            )
+    lines += ["", f"| {m['timing_title']} | step (ms) | fallbacks |", "|---|---|---|"]
+    for name, r in rec.data["timing"].items():
+        step_ms = f"{r['step_ms']:.1f}" if "step_ms" in r else r.get("error", "")[:80]
+        lines.append(f"| {name} | {step_ms} | {len(r.get('fallbacks', []))} |")
+    lines += ["", "| target | value | met |", "|---|---|---|"]
+    for name, r in rec.data["targets"].items():
+        value = {k: v for k, v in r.items() if k != "met"}
+        lines.append(f"| {name} | {value} | {r['met']} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("out")
+    p.add_argument("--small", action="store_true", help="tiny sizes (CPU check of the script)")
+    p.add_argument("--llm-steps", type=int, help="steps per LLM run (default: the gpu preset)")
+    p.add_argument("--vit-steps", type=int, help="steps per ViT run (default: the gpu preset)")
+    p.add_argument("--timing-seq", type=int, default=16384)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--nsa", action="store_true", help="also train and time NSA (hybrid_nsa)")
+    p.add_argument("--xla-too", action="store_true", help="also time everything on the XLA path")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: llm,timing,vit")
+    args = p.parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skip = set(filter(None, args.skip.split(",")))
+    preset = "smoke" if args.small else "gpu"
+    timing_seq = 512 if args.small else args.timing_seq
+    devices = jax.devices()
+    meta = {
+        "device": f"{len(devices)} x {devices[0].device_kind}",
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "small": args.small,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "timing_title": f"LLM training step, T={timing_seq}, batch 1",
+    }
+    rec = Recorder(out, meta)
+    (out / "train_gpu.json").write_text(json.dumps(rec.data, indent=2))
+
+    llm_runs = {"dense": (), "moba": MOBA_4K, "hybrid_moba": MOBA_4K}
+    if args.nsa:
+        llm_runs["hybrid_nsa"] = NSA_4K
+    small_llm = (
+        dict(seq_len=256, vocab_size=64, num_pairs=8, steps=args.llm_steps or 30, eval_every=15)
+        if args.small
+        else {}
+    )
+    if args.small:
+        small_moba = (("layer_options.moba_block_size", 64), ("layer_options.moba_top_k", 2))
+        llm_runs = {k: small_moba if v else v for k, v in llm_runs.items()}
+    if "llm" not in skip:
+        for name, overrides in llm_runs.items():
+            kw = dict(small_llm) if args.small else {}
+            if args.llm_steps:
+                kw["steps"] = args.llm_steps
+            cfg = TrainConfig(
+                model="llm",
+                preset=preset,
+                attention=name,
+                task="mqar",
+                overrides=overrides,
+                out=str(out / f"llm-{name}"),
+                progress=False,
+                **kw,
+            )
+            training_run(rec, "llm", name, cfg)
+    if "timing" not in skip:
+        for name, overrides in llm_runs.items():
+            for impl in (None, "xla") if args.xla_too else (None,):
+                key = name + ("[xla]" if impl else "")
+                cfg = TrainConfig(
+                    model="llm",
+                    preset=preset,
+                    attention=name,
+                    task="mqar",
+                    seq_len=timing_seq,
+                    batch_size=1,
+                    implementation=impl,
+                    overrides=overrides,
+                    out=str(out / "unused"),
+                    progress=False,
+                    **({"vocab_size": 64, "num_pairs": 8} if args.small else {}),
+                )
+                try:
+                    rec.put("timing", key, step_time(cfg, args.reps))
+                except Exception as e:
+                    rec.put("timing", key, {"error": f"{type(e).__name__}: {e}"[:2000]})
+    if "vit" not in skip:
+        for name in ("dense", "hilo", "biformer"):
+            kw = {"steps": args.vit_steps or (30 if args.small else None)}
+            kw = {k: v for k, v in kw.items() if v}
+            cfg = TrainConfig(
+                model="vit",
+                preset=preset,
+                attention=name,
+                task="digits",
+                out=str(out / f"vit-{name}"),
+                progress=False,
+                **kw,
+            )
+            training_run(rec, "vit", name, cfg)
+    targets(rec)
+    plots(rec, out)
+    summary(rec, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Orbax checkpoints of a run, with the run's config stored beside them.
+
+Layout of a run directory:
+  config.json        the run's fields and the model config (written once)
+  checkpoints/<step> orbax checkpoints of {"step", "params", "opt_state"}
+  metrics.jsonl      see `metrics`
+
+A directory whose stored config differs from the current one in any field
+that changes the numbers is refused with the list of differing fields:
+loading it would silently continue a different run (or fail on shapes).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class IncompatibleCheckpointError(ValueError):
+    """The run directory holds a run with a different configuration."""
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_diff(stored: dict, current: dict) -> list[str]:
+    """`"field: stored -> current"` for every differing (flattened) field."""
+    a, b = _flatten(stored), _flatten(current)
+    return [
+        f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "<absent>") != b.get(k, "<absent>")
+    ]
+
+
+def check_or_write_config(run_dir: pathlib.Path, config: dict) -> None:
+    """Store `config` in a new run directory, or refuse one that holds another run."""
+    path = run_dir / "config.json"
+    config = json.loads(json.dumps(config))  # normalise tuples, numbers as JSON sees them
+    if path.exists():
+        stored = json.loads(path.read_text())
+        diff = config_diff(stored, config)
+        if diff:
+            raise IncompatibleCheckpointError(
+                f"{run_dir} holds a run with a different configuration; refusing to resume it. "
+                "Differing fields (stored -> requested):\n  "
+                + "\n  ".join(diff)
+                + "\nUse another --out directory, or repeat the original flags to resume."
+            )
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+    tmp.replace(path)  # atomic: a killed process never leaves half a config
+
+
+class Checkpointer:
+    """Save and restore the train state `{"step", "params", "opt_state"}` of a run."""
+
+    def __init__(self, run_dir: pathlib.Path, *, max_to_keep: int = 2):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=True,
+            cleanup_tmp_directories=True,
+            # Synchronous: a save has finished when `save` returns, so an interrupt
+            # right after it cannot lose the step (the models here are small).
+            enable_async_checkpointing=False,
+        )
+        self.manager = ocp.CheckpointManager((run_dir / "checkpoints").absolute(), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any) -> None:
+        if self.manager.latest_step() == step:
+            return
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, template: Any) -> Any:
+        """Restore `step` with `template`'s structure, shapes, dtypes and shardings."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,275 @@
+"""`TrainConfig`: one training run, with per-model presets.
+
+Fields left as None take the preset's value (`resolve`); `smoke` runs in
+seconds on a CPU, `cpu` trains to a visible result in a few CPU minutes,
+`gpu` (the default) is sized for a few minutes on an H100.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from models.registry import check_choice
+
+MODELS = ("llm", "vit", "dit")
+PRESETS = ("smoke", "cpu", "gpu")
+DTYPES = ("float32", "bfloat16")
+DEVICES = ("auto", "cpu", "gpu")
+TASKS = {
+    "llm": ("mqar", "needle", "selective_copy"),
+    "vit": ("digits", "shapes"),
+    "dit": ("digits", "shapes", "moving_shapes"),
+}
+
+# Fields that do not change the numbers a run produces: they may differ on resume.
+OPERATIONAL = (
+    "out",
+    "device",
+    "progress",
+    "checkpoint_every",
+    "eval_every",
+    "eval_batches",
+    "log_every",
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """A training run (see `python -m models.train --help` for each field).
+
+    Model fields (`dim`, `layers`, ...) and `overrides` (`("field", value)`
+    pairs, nested with dots: `("layer_options.moba_top_k", 2)`) go into the
+    model's own config; see `experiments`.
+    """
+
+    model: str = "llm"
+    preset: str = "gpu"
+    attention: str | None = None
+    task: str | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    seq_len: int | None = None
+    image_size: int | None = None
+    frames: int | None = None
+    vocab_size: int | None = None
+    num_pairs: int | None = None
+    dim: int | None = None
+    layers: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
+    lr: float | None = None
+    warmup_steps: int | None = None
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    dtype: str | None = None
+    implementation: str | None = None
+    out: str = "runs/default"
+    device: str = "auto"
+    checkpoint_every: int | None = None
+    eval_every: int | None = None
+    eval_batches: int | None = None
+    log_every: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        check_choice("model", self.model, MODELS)
+        check_choice("preset", self.preset, PRESETS)
+        check_choice("device", self.device, DEVICES)
+        if self.dtype is not None:
+            check_choice("dtype", self.dtype, DTYPES)
+        if self.task is not None:
+            check_choice("task", self.task, TASKS[self.model], f" for --model {self.model}")
+        for name in ("steps", "batch_size", "checkpoint_every", "eval_every", "log_every"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name}={value!r} must be a positive int.")
+
+    def resolve(self) -> TrainConfig:
+        """This config with every None filled from the model's preset."""
+        preset = PRESET_VALUES[self.model][self.preset]
+        filled = {
+            k: preset[k] for k, v in dataclasses.asdict(self).items() if v is None and k in preset
+        }
+        return dataclasses.replace(self, **filled)
+
+    def run_fields(self) -> dict[str, Any]:
+        """The fields that decide the numbers (compared when resuming)."""
+        d = dataclasses.asdict(self)
+        d["overrides"] = [list(p) for p in self.overrides]
+        return {k: v for k, v in d.items() if k not in OPERATIONAL}
+
+
+_COMMON = dict(eval_batches=4)
+PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+    "llm": {
+        "smoke": dict(
+            _COMMON,
+            attention="dense",
+            task="mqar",
+            steps=6,
+            batch_size=8,
+            seq_len=64,
+            vocab_size=64,
+            num_pairs=4,
+            dim=32,
+            layers=2,
+            heads=2,
+            kv_heads=1,
+            lr=3e-3,
+            warmup_steps=2,
+            checkpoint_every=3,
+            eval_every=6,
+            log_every=1,
+            eval_batches=1,
+        ),
+        "cpu": dict(
+            _COMMON,
+            attention="dense",
+            task="mqar",
+            steps=600,
+            batch_size=32,
+            seq_len=256,
+            vocab_size=128,
+            num_pairs=8,
+            dim=64,
+            layers=2,
+            heads=2,
+            kv_heads=1,
+            lr=3e-3,
+            warmup_steps=50,
+            checkpoint_every=200,
+            eval_every=200,
+            log_every=10,
+        ),
+        "gpu": dict(
+            _COMMON,
+            attention="dense",
+            task="mqar",
+            steps=2000,
+            batch_size=16,
+            seq_len=4096,
+            vocab_size=1024,
+            num_pairs=64,
+            dim=256,
+            layers=4,
+            heads=4,
+            kv_heads=2,
+            lr=1e-3,
+            warmup_steps=200,
+            checkpoint_every=500,
+            eval_every=500,
+            log_every=20,
+        ),
+    },
+    "vit": {
+        "smoke": dict(
+            _COMMON,
+            attention="dense",
+            task="digits",
+            steps=6,
+            batch_size=16,
+            image_size=16,
+            dim=32,
+            layers=2,
+            heads=2,
+            lr=1e-3,
+            warmup_steps=2,
+            checkpoint_every=3,
+            eval_every=6,
+            log_every=1,
+            eval_batches=1,
+        ),
+        "cpu": dict(
+            _COMMON,
+            attention="dense",
+            task="digits",
+            steps=400,
+            batch_size=64,
+            image_size=16,
+            dim=64,
+            layers=4,
+            heads=2,
+            lr=2e-3,
+            warmup_steps=40,
+            checkpoint_every=200,
+            eval_every=100,
+            log_every=10,
+        ),
+        "gpu": dict(
+            _COMMON,
+            attention="dense",
+            task="digits",
+            steps=1500,
+            batch_size=128,
+            image_size=32,
+            dim=128,
+            layers=6,
+            heads=2,
+            lr=1e-3,
+            warmup_steps=100,
+            checkpoint_every=500,
+            eval_every=250,
+            log_every=20,
+            eval_batches=8,
+        ),
+    },
+    "dit": {
+        "smoke": dict(
+            _COMMON,
+            attention="dense",
+            task="digits",
+            steps=6,
+            batch_size=8,
+            image_size=8,
+            frames=4,
+            dim=32,
+            layers=2,
+            heads=2,
+            lr=1e-3,
+            warmup_steps=2,
+            checkpoint_every=3,
+            eval_every=6,
+            log_every=1,
+            eval_batches=1,
+        ),
+        "cpu": dict(
+            _COMMON,
+            attention="dense",
+            task="digits",
+            steps=400,
+            batch_size=32,
+            image_size=16,
+            frames=4,
+            dim=64,
+            layers=4,
+            heads=2,
+            lr=1e-3,
+            warmup_steps=40,
+            checkpoint_every=200,
+            eval_every=100,
+            log_every=10,
+        ),
+        "gpu": dict(
+            _COMMON,
+            attention="dense",
+            task="digits",
+            steps=2000,
+            batch_size=64,
+            image_size=16,
+            frames=8,
+            dim=128,
+            layers=6,
+            heads=2,
+            lr=5e-4,
+            warmup_steps=100,
+            checkpoint_every=500,
+            eval_every=500,
+            log_every=20,
+        ),
+    },
+}

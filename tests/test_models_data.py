@@ -1,0 +1,67 @@
+"""Synthetic data: determinism by (seed, split, step), answers that follow from the context."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.data import batch_rng, images, lm_tasks, videos
+
+
+def _batch(name, seq_len=96, pairs=6, step=0, split="train"):
+    task = lm_tasks.LMTask(name=name, seq_len=seq_len, vocab_size=64, num_pairs=pairs)
+    return task.batch(batch_rng(0, split, step), 4)
+
+
+@pytest.mark.parametrize("name", ["mqar", "needle", "selective_copy"])
+def test_deterministic_and_split(name):
+    a, b = _batch(name), _batch(name)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+        assert a[k].shape == (4, 96)
+    assert not np.array_equal(a["inputs"], _batch(name, step=1)["inputs"])
+    assert not np.array_equal(a["inputs"], _batch(name, split="eval")["inputs"])
+    assert a["weights"].sum(axis=1).tolist() == [6.0] * 4
+
+
+def _solve(name, inputs, t):
+    """The answer at position t, found by a brute-force reading of the context."""
+    row = list(inputs[: t + 1])
+    if name == "mqar":  # the value after the first occurrence of the key
+        return row[row.index(row[t]) + 1]
+    if name == "needle":  # the value after NEEDLE, key
+        key = row[t]
+        for i in range(len(row) - 2):
+            if row[i] == lm_tasks.NEEDLE and row[i + 1] == key:
+                return row[i + 2]
+    data = [x for x in row[: row.index(lm_tasks.SEP)] if x != lm_tasks.BLANK]
+    return data[t - row.index(lm_tasks.SEP)]
+
+
+@pytest.mark.parametrize("name", ["mqar", "needle", "selective_copy"])
+def test_answers_follow_from_the_context(name):
+    b = _batch(name)
+    for i in range(4):
+        for t in np.flatnonzero(b["weights"][i]):
+            assert b["targets"][i, t] == _solve(name, b["inputs"][i], t)
+
+
+def test_bad_task_input():
+    with pytest.raises(ValueError, match="valid tasks: mqar, needle, selective_copy"):
+        lm_tasks.LMTask(name="copy", seq_len=64, vocab_size=64)
+    with pytest.raises(ValueError, match="needs seq_len >= 64"):
+        lm_tasks.LMTask(name="mqar", seq_len=32, vocab_size=64, num_pairs=16)
+    with pytest.raises(ValueError, match="valid image tasks: digits, shapes"):
+        images.ImageTask(name="cifar")
+
+
+def test_images_and_videos():
+    for name, classes in (("digits", 10), ("shapes", 6)):
+        task = images.ImageTask(name=name, image_size=16)
+        b = task.batch(batch_rng(0, "eval", 0), 8, "eval")
+        assert b["images"].shape == (8, 16, 16, 1) and task.num_classes == classes
+        assert b["images"].min() >= -1 and b["images"].max() <= 1
+        assert b["labels"].min() >= 0 and b["labels"].max() < classes
+    clip = videos.VideoTask(frames=5, image_size=8).batch(batch_rng(0, "train", 0), 2, "train")
+    assert clip["images"].shape == (2, 5, 8, 8, 1)
+    assert not np.array_equal(clip["images"][:, 0], clip["images"][:, -1])  # it moves

@@ -1,0 +1,127 @@
+"""The reference LM: parameter counts, KV-cache generation = full pass, learning, bad names."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from models import llm_attention
+from models.data import batch_rng, lm_tasks
+from models.layers import count_params
+from models.llm import LLM, LLMConfig, generate, token_loss
+from tests.models_util import fit
+
+# Small enough that every sparse kind is really sparse at 24-64 tokens.
+OPTIONS = llm_attention.LayerOptions(
+    window=8,
+    sink=2,
+    moba_block_size=8,
+    moba_top_k=2,
+    vertical_size=64,
+    slash_size=64,
+    last_q=8,
+    init_columns=1,
+    local_diagonals=4,
+)
+
+
+def _config(**kw) -> LLMConfig:
+    base = dict(
+        vocab_size=48, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, layer_options=OPTIONS
+    )
+    return LLMConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("attention", ["dense", "hybrid_moba", "sliding_window,streaming"])
+@pytest.mark.parametrize("tie", [False, True])
+def test_param_count_matches_formula(attention, tie):
+    cfg = _config(attention=attention, num_layers=4, tie_embeddings=tie, mlp_hidden=40)
+    assert count_params(LLM(cfg, rngs=nnx.Rngs(0))) == cfg.num_params()
+
+
+def test_param_formula_by_hand():
+    cfg = LLMConfig(vocab_size=10, dim=8, num_layers=1, num_heads=2, num_kv_heads=1, mlp_hidden=16)
+    # embed + q,o (8x8 each) + k,v (8x4 each) + swiglu 3*8*16 + 2 norms + final norm + head
+    assert cfg.num_params() == 80 + 128 + 64 + 384 + 16 + 8 + 80
+
+
+def test_layer_kinds_cycle_and_mixes():
+    assert llm_attention.layer_kinds("hybrid_moba", 8) == ("moba",) * 3 + ("dense",) + (
+        "moba",
+    ) * 3 + ("dense",)
+    assert llm_attention.layer_kinds("moba,dense", 3) == ("moba", "dense", "moba")
+
+
+def test_generation_with_cache_equals_full_pass():
+    """Every decodable kind in one model: prefill + one token at a time = the full pass.
+
+    MoBA is sparse here (24 tokens, 3 chunks of 8, top 2) and decodes with its
+    own gate; vertical-slash budgets cover the sequence, so its full pass is
+    dense causal, which is how it decodes.
+    """
+    cfg = _config(attention="dense,sliding_window,moba,streaming,vertical_slash", num_layers=5)
+    model = LLM(cfg, rngs=nnx.Rngs(0))
+    prompt = jax.random.randint(jax.random.key(1), (2, 10), 0, cfg.vocab_size, jnp.int32)
+    new, logits = generate(model, prompt, 14, return_logits=True)
+    assert new.shape == (2, 14)
+    sequence = jnp.concatenate([prompt, new], axis=1)
+    full = nnx.jit(lambda m, x: m(x))(model, sequence)[:, :-1]
+    np.testing.assert_allclose(logits, full, atol=2e-5, rtol=2e-5)
+    np.testing.assert_array_equal(new, jnp.argmax(full[:, 9:], axis=-1))
+
+
+@pytest.mark.parametrize("attention", ["dense", "hybrid_moba"])
+def test_few_steps_reduce_the_loss(attention):
+    cfg = _config(attention=attention, num_layers=4)
+    task = lm_tasks.LMTask(name="mqar", seq_len=64, vocab_size=cfg.vocab_size, num_pairs=6)
+    batch = {k: jnp.asarray(v) for k, v in task.batch(batch_rng(0, "train", 0), 4).items()}
+
+    def loss_fn(model):
+        return token_loss(model(batch["inputs"]), batch["targets"], batch["weights"])[0]
+
+    losses = fit(LLM(cfg, rngs=nnx.Rngs(0)), loss_fn)
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_bad_attention_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="valid attentions: dense, sliding_window.*hybrid_moba"):
+        _config(attention="mobaa")
+    with pytest.raises(ValueError, match="unknown attention 'nope'"):
+        _config(attention="moba,nope")
+    with pytest.raises(ValueError, match="num_heads=4 must be a multiple of num_kv_heads=3"):
+        _config(num_kv_heads=3)
+    with pytest.raises(ValueError, match="moba_top_k=0"):
+        dataclasses.replace(OPTIONS, moba_top_k=0)
+
+
+@pytest.mark.skipif(not llm_attention.nsa_available(), reason="no NativeSparseAttention")
+def test_nsa_layers_learn_and_generate():
+    """NSA (sparse at 48 tokens: 6 blocks of 8, top 3, window 8) learns; generation uncached."""
+    opts = dataclasses.replace(
+        OPTIONS, nsa_kernel_size=8, nsa_stride=4, nsa_block_size=8, nsa_top_n=3, nsa_window=8
+    )
+    cfg = _config(attention="nsa,dense", layer_options=opts)
+    task = lm_tasks.LMTask(name="mqar", seq_len=48, vocab_size=cfg.vocab_size, num_pairs=4)
+    batch = {k: jnp.asarray(v) for k, v in task.batch(batch_rng(0, "train", 0), 4).items()}
+
+    def loss_fn(model):
+        return token_loss(model(batch["inputs"]), batch["targets"], batch["weights"])[0]
+
+    model = LLM(cfg, rngs=nnx.Rngs(0))
+    assert not model.can_decode
+    losses = fit(model, loss_fn)
+    assert losses[-1] < losses[0] - 0.1, losses
+    new, logits = generate(model, batch["inputs"][:, :40], 8, return_logits=True)
+    full = nnx.jit(lambda m, x: m(x))(model, jnp.concatenate([batch["inputs"][:, :40], new], 1))
+    np.testing.assert_allclose(logits, full[:, :-1], atol=1e-5)
+
+
+def test_decode_without_cache_is_an_error():
+    model = LLM(_config(attention="moba", num_layers=1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="init_cache"):
+        model(jnp.zeros((1, 1), jnp.int32), decode=True)

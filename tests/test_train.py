@@ -1,0 +1,181 @@
+"""Training runs: every model trains, resume is exact, bad input is refused with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from models import train as cli
+from models.training import TrainConfig, checkpoint, experiments, train
+
+
+def _records(out, kind="train"):
+    lines = (pathlib.Path(out) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+@pytest.mark.parametrize(
+    ("model", "attention", "task"),
+    [
+        ("llm", "hybrid_moba", "mqar"),
+        ("vit", "hilo,biformer", "digits"),
+        ("dit", "neighborhood,window", "moving_shapes"),
+    ],
+)
+def test_smoke_run_writes_everything(tmp_path, model, attention, task):
+    out = tmp_path / model
+    result = train(
+        TrainConfig(
+            model=model,
+            attention=attention,
+            task=task,
+            preset="smoke",
+            out=str(out),
+            progress=False,
+        )
+    )
+    assert result.steps == 6 and not result.interrupted
+    for name in ("config.json", "metrics.jsonl", "loss.png", "result.json"):
+        assert (out / name).exists(), name
+    train_records = _records(out)
+    assert [r["step"] for r in train_records] == list(range(1, 7))
+    assert all(np.isfinite(r["loss"]) for r in train_records)
+    assert "loss" in result.eval
+    if model == "dit":
+        assert (out / "samples.png").exists()
+    else:
+        assert 0.0 <= result.eval["accuracy"] <= 1.0
+    # Data parallel: the conftest gives 4 host devices and the batch is split over them.
+    assert len(jax.devices()) == 1 or json.loads((out / "result.json").read_text())["devices"] > 1
+
+
+def _final_params(out):
+    ckpt = checkpoint.Checkpointer(pathlib.Path(out))
+    step = ckpt.latest_step()
+    state = ckpt.manager.restore(step)
+    ckpt.close()
+    return step, state["params"]
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    """Stop after 4 of 6 steps (checkpoints every 3): resume gives the same losses and params."""
+    cfg = TrainConfig(
+        model="llm",
+        attention="moba",
+        preset="smoke",
+        progress=False,
+        overrides=(("layer_options.moba_block_size", 16), ("layer_options.moba_top_k", 2)),
+        out=str(tmp_path / "straight"),
+    )
+    train(cfg)
+    resumed = dataclasses.replace(cfg, out=str(tmp_path / "resumed"))
+    batch = experiments.LLMExperiment.batch
+
+    def interrupting(self, split, step):
+        if split == "train" and step == 4:
+            raise KeyboardInterrupt  # as Ctrl-C during step 5
+        return batch(self, split, step)
+
+    monkeypatch.setattr(experiments.LLMExperiment, "batch", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(resumed)
+    assert _final_params(resumed.out)[0] == 4  # saved on interrupt, between the checkpoints
+    monkeypatch.setattr(experiments.LLMExperiment, "batch", batch)
+    train(resumed)
+    assert [r["loss"] for r in _records(resumed.out)] == [r["loss"] for r in _records(cfg.out)]
+    step_a, params_a = _final_params(cfg.out)
+    step_b, params_b = _final_params(resumed.out)
+    assert step_a == step_b == 6
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def test_incompatible_checkpoint_is_refused(tmp_path):
+    out = str(tmp_path / "run")
+    cfg = TrainConfig(model="vit", preset="smoke", progress=False, out=out)
+    train(dataclasses.replace(cfg, steps=3))
+    with pytest.raises(checkpoint.IncompatibleCheckpointError) as err:
+        train(dataclasses.replace(cfg, steps=3, attention="hilo", dim=64))
+    message = str(err.value)
+    assert "model.attention: 'dense' -> 'hilo'" in message
+    assert "model.dim: 32 -> 64" in message
+    assert "run.attention" in message and "--out" in message
+    # Operational fields (logging, eval cadence) may change on resume.
+    train(dataclasses.replace(cfg, steps=3, eval_every=1, log_every=2))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "gpt"], "invalid choice: 'gpt' (choose from"),
+        (["--attention", "mobaa"], "valid attentions: dense, sliding_window, streaming, moba"),
+        (
+            ["--model", "vit", "--attention", "swin"],
+            "valid attentions: dense, window, neighborhood",
+        ),
+        (["--task", "cifar"], "unknown task 'cifar' for --model llm; valid tasks: mqar, needle"),
+        (["--model", "dit", "--task", "mqar"], "valid tasks: digits, shapes, moving_shapes"),
+        (["--set", "layer_options.nope=1"], "unknown field 'nope' for LayerOptions; valid fields:"),
+        (["--preset", "huge"], "invalid choice: 'huge' (choose from"),
+        (["--batch-size", "6"], "must be a multiple of the"),
+    ],
+)
+def test_cli_bad_names_list_the_valid_ones(tmp_path, capsys, argv, message):
+    args = ["--preset", "smoke", "--out", str(tmp_path / "x"), "--no-progress", *argv]
+    try:
+        code = cli.main(args)
+    except SystemExit as e:  # argparse
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    if "multiple of the" in message and len(jax.devices()) == 1:
+        pytest.skip("one device: any batch size splits")
+
+
+def test_sigterm_checkpoints_the_last_finished_step(tmp_path):
+    """A killed job (SIGTERM) saves its last finished step; rerunning resumes from it."""
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "models.train",
+        "--model",
+        "llm",
+        "--preset",
+        "smoke",
+        "--steps",
+        "400",
+        "--checkpoint-every",
+        "1000",
+        "--eval-every",
+        "1000",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(_records(out)) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    logged = _records(out)[-1]["step"]
+    saved, _ = _final_params(out)
+    assert 3 <= logged <= saved < 400  # no finished step lost
