@@ -7,6 +7,8 @@ gradient with autodiff of this plain jnp attention.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,7 +68,7 @@ def assert_close_to_ref(fn, ref_fn, q, k, v, cot, *, extra=(), tol=1e-5, jit=Tru
     """`fn(q, k, v, *extra) -> (out, lse)` against `ref_fn`, forward and every gradient by name."""
     run = jax.jit(_loss_and_grads, static_argnums=0) if jit else _loss_and_grads
     got = run(fn, q, k, v, cot, extra)
-    want = _loss_and_grads(ref_fn, q, k, v, cot, extra)
+    want = jax.jit(_loss_and_grads, static_argnums=0)(ref_fn, q, k, v, cot, extra)
     names = ("out", "lse", "dq", "dk", "dv") + tuple(f"d_extra{i}" for i in range(len(extra)))
     errors = {}
     for name, a, b in zip(names, got, want, strict=True):
@@ -74,6 +76,11 @@ def assert_close_to_ref(fn, ref_fn, q, k, v, cot, *, extra=(), tol=1e-5, jit=Tru
         errors[name] = err = oracle.rel_err(a, b)
         assert err <= limit, f"{name}: relative error {err:.3g} > {limit:.3g}"
     return errors
+
+
+def jitted(f, *args, **static):
+    """`f(*args, **static)` compiled once (selection functions take static keywords)."""
+    return jax.jit(functools.partial(f, **static))(*args)
 
 
 def block_to_token(bits, row_block, col_block, t, s):

@@ -103,8 +103,16 @@ def test_flex_prefill_selection_and_attention():
     # A threshold between the heads' distances gives both kinds of head.
     tau = float(np.sort(dist.ravel())[1:3].mean())
     want, _ = flex_prefill_reference(q, k, gamma=0.6, tau=tau, min_budget=16, block_size=bs)
-    bits, query_aware = flex_prefill.flex_prefill_select(
-        q, k, gamma=0.6, tau=tau, min_budget=16, max_budget=None, block_size=bs, q_offset=0
+    bits, query_aware = R.jitted(
+        flex_prefill.flex_prefill_select,
+        q,
+        k,
+        gamma=0.6,
+        tau=tau,
+        min_budget=16,
+        max_budget=None,
+        block_size=bs,
+        q_offset=0,
     )
     np.testing.assert_array_equal(np.asarray(query_aware), dist < tau)
     assert 0 < int(np.asarray(query_aware).sum()) < 4
@@ -125,8 +133,16 @@ def test_flex_prefill_chunked_prefill_and_budget_cap():
     pattern = P.FlexPrefill(0.99, 0.0, min_budget=8, max_budget=16, block_size=16)
     _, sp = pattern.select(q, k, q_offset=32, config=None)
     bits = np.asarray(
-        flex_prefill.flex_prefill_select(
-            q, k, gamma=0.99, tau=0.0, min_budget=8, max_budget=16, block_size=16, q_offset=32
+        R.jitted(
+            flex_prefill.flex_prefill_select,
+            q,
+            k,
+            gamma=0.99,
+            tau=0.0,
+            min_budget=8,
+            max_budget=16,
+            block_size=16,
+            q_offset=32,
         )[0]
     )
     assert bits.sum(-1).max() <= 2  # one vertical + one slash block per row at most

@@ -61,7 +61,8 @@ def vertical_slash_mask_np(vert, slash, t, s, q_offset):
 def test_vertical_slash_selection_and_attention(t, s, tiles):
     q, k, v, cot = R.random_qkv(2, t, 4, 2, 16, s=s, seed=5)
     kw = dict(v_size=6, s_size=5, last_q=8, init_cols=2, local_diags=3, q_offset=s - t)
-    vert, slash = vertical_slash.vertical_slash_select(
+    vert, slash = R.jitted(
+        vertical_slash.vertical_slash_select,
         q,
         k,
         vertical_size=6,
@@ -113,7 +114,7 @@ def block_topk_reference(q, k, block_size, top_k, q_offset):
 @pytest.mark.parametrize("t, s, bs, top_k, tiles", [(50, 50, 8, 3, None), (21, 37, 6, 2, (8, 8))])
 def test_block_topk_selection_and_attention(t, s, bs, top_k, tiles):
     q, k, v, cot = R.random_qkv(2, t, 4, 2, 8, s=s, seed=6)
-    bits = block_topk.block_topk_select(q, k, block_size=bs, top_k=top_k, q_offset=s - t)
+    bits = R.jitted(block_topk.block_topk_select, q, k, block_size=bs, top_k=top_k, q_offset=s - t)
     want = block_topk_reference(q, k, bs, top_k, s - t)
     np.testing.assert_array_equal(np.asarray(bits), want)
     mask = R.block_to_token(want, bs, bs, t, s) & R.causal_np(t, s, s - t)[None, None]
@@ -137,9 +138,13 @@ def test_block_topk_selection_and_attention(t, s, bs, top_k, tiles):
 def test_block_topk_lists_are_the_selection_when_tiles_are_blocks():
     q, k, _, _ = R.random_qkv(1, 64, 2, 2, 8, seed=7)
     pattern, sp = P.BlockTopK(block_size=16, top_k=2).select(q, k, q_offset=0, config=None)
+    bits = block_topk.block_topk_select(q, k, block_size=16, top_k=2, q_offset=0)
     assert (sp.block_q, sp.block_kv) == (16, 16)
     assert sp.kv_indices.shape[-1] == 2  # the list bound is top_k: no wasted XLA work
-    np.testing.assert_array_equal(np.asarray(sp.to_dense()) > 0, np.asarray(pattern.bits))
+    np.testing.assert_array_equal(np.asarray(sp.to_dense()) > 0, np.asarray(bits))
+    # Tiles are the selection blocks: inside them only causality is left, an arithmetic
+    # mask (GPU kernels cannot read the bits).
+    assert isinstance(pattern, P.Causal)
 
 
 def test_a_shape_rule_and_attention():
@@ -177,7 +182,7 @@ def test_short_sequences_are_dense_causal():
             return js.attention(q, k, v, pattern=pattern, return_lse=True)
 
         R.assert_close_to_ref(
-            fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot, jit=False
+            fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot, jit=True
         )
 
 

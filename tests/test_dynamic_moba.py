@@ -55,7 +55,7 @@ def test_moba_selection_and_attention(case):
     b, t, s, h, kh, d, bs, top_k, tiles = case
     q, k, v, cot = R.random_qkv(b, t, h, kh, d, s=s, seed=1)
     off = s - t
-    bits = np.asarray(moba.moba_select(q, k, block_size=bs, top_k=top_k, q_offset=off))
+    bits = np.asarray(R.jitted(moba.moba_select, q, k, block_size=bs, top_k=top_k, q_offset=off))
     np.testing.assert_array_equal(bits, moba_bits_reference(q, k, bs, top_k, off))
     mask = jnp.asarray(moba_mask(bits, bs, t, s, off))
     cfg = None if tiles is None else js.Config(block_q=tiles[0], block_kv=tiles[1])
@@ -97,7 +97,7 @@ def test_moba_short_sequence_is_dense_causal():
             return js.attention(q, k, v, pattern=pattern, return_lse=True)
 
         R.assert_close_to_ref(
-            fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot, jit=False
+            fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot, jit=True
         )
 
 

@@ -63,7 +63,9 @@ def test_pyramid_selection_and_attention(causal, t, s):
     bs, th = 8, (0.4, 0.6, 0.8)
     q, k, v, cot = R.random_qkv(2, t, 4, 2, 16, s=s, seed=21)
     off = s - t
-    lev = pyramid.pyramid_select(q, k, block_size=bs, thresholds=th, causal=causal, q_offset=off)
+    lev = R.jitted(
+        pyramid.pyramid_select, q, k, block_size=bs, thresholds=th, causal=causal, q_offset=off
+    )
     want = levels_reference(q, k, block_size=bs, thresholds=th, causal=causal, q_offset=off)
     np.testing.assert_array_equal(np.asarray(lev), want)
     assert {1, 2, 3} <= set(np.unique(want))  # several levels in use

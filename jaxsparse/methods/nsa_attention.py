@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from jaxsparse.methods import merge, nsa_compress, nsa_selection
@@ -74,6 +75,7 @@ class NSAConfig:
             )
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class NSABranches:
     """Per-branch results of `nsa(..., return_branches=True)`.

@@ -57,6 +57,7 @@ def pyramid_attention(
     config=None,
     return_lse: bool = False,
     return_levels: bool = False,
+    levels=None,
 ):
     """Pyramid Sparse Attention: each key block at its importance-chosen pooling level.
 
@@ -69,6 +70,8 @@ def pyramid_attention(
         concatenated keys).
       return_lse: also return lse `[B, H, T]`.
       return_levels: also return the level map `[B, H, Tb, Sb]`.
+      levels: a precomputed level map (`pattern.levels(q, k, q_offset=...)`),
+        e.g. to time the selection apart from the attention.
 
     Returns:
       `out [B, T, H, Dv]` (and lse, levels).
@@ -84,7 +87,8 @@ def pyramid_attention(
     t, s, d = q.shape[1], k.shape[1], q.shape[-1]
     q_offset = s - t if q_offset is None else q_offset
     scale = d**-0.5 if scale is None else scale
-    levels = pattern.levels(q, k, q_offset=q_offset)
+    if levels is None:
+        levels = pattern.levels(q, k, q_offset=q_offset)
     mask = pyramid_mask.PyramidMask(
         levels,
         block_size=pattern.block_size,

@@ -141,7 +141,7 @@ def gated_attention(
         q,
         k,
         v,
-        pattern=pattern,
+        pattern=token_block_mask.tile_exact_pattern(pattern, bq, bk),
         sparsity=sp,
         scale=scale,
         q_offset=q_offset,

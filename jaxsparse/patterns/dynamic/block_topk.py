@@ -111,7 +111,7 @@ class BlockTopK(common.DynamicPattern):
             q_offset=q_offset,
             max_kv_blocks=bound,
         )
-        return pattern, sp
+        return token_block_mask.tile_exact_pattern(pattern, bq, bk), sp
 
     def __repr__(self):
         return f"BlockTopK(block_size={self.block_size}, top_k={self.top_k})"

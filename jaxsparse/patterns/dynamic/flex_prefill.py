@@ -192,7 +192,7 @@ class FlexPrefill(common.DynamicPattern):
         sp = token_block_mask.token_block_sparsity(
             pattern, num_heads=h, block_q=bq, block_kv=bk, q_len=t, kv_len=s, q_offset=q_offset
         )
-        return pattern, sp
+        return token_block_mask.tile_exact_pattern(pattern, bq, bk), sp
 
     def __repr__(self):
         return f"FlexPrefill(gamma={self.gamma}, tau={self.tau})"

@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse.patterns import base
+from jaxsparse.patterns.causal import Causal
+from jaxsparse.patterns.full import Full
 from jaxsparse.selection import ranges
 from jaxsparse.sparsity import block_sparsity, device
 
@@ -109,6 +111,20 @@ class TokenBlockMask(base.Pattern):
             f"TokenBlockMask(bits{list(np.shape(self.bits))}, row_block={self.row_block}, "
             f"col_block={self.col_block}, group={self.group}, causal={self.causal})"
         )
+
+
+def tile_exact_pattern(pattern: TokenBlockMask, block_q: int, block_kv: int) -> base.Pattern:
+    """The pattern a kernel needs inside the listed tiles of a block-level selection.
+
+    When every tile lies inside one selection cell (`row_block % block_q ==
+    0` and `col_block % block_kv == 0`), the tile lists already say all the
+    bits say: inside a listed tile only causality remains, an arithmetic mask
+    that GPU kernels evaluate without reading the bits. Otherwise the
+    `TokenBlockMask` itself.
+    """
+    if pattern.row_block % block_q == 0 and pattern.col_block % block_kv == 0:
+        return Causal() if pattern.causal else Full()
+    return pattern
 
 
 def causal_tile_codes(

@@ -1,0 +1,136 @@
+"""SeerAttention: AttnGate logits, distillation target and loss, block mask, gated attention."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxsparse as js
+import jaxsparse.nn as jsnn
+from jaxsparse.nn import attn_gate as ag
+from tests import dynamic_refs as R
+
+
+def target_reference(q, k, block_size):
+    """Row-normalised 2-D max pool of the causal attention map (float64)."""
+    q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    b, t, h, d = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    tb, sb = -(-t // block_size), -(-s // block_size)
+    out = np.zeros((b, h, tb, sb))
+    for bb, hh in np.ndindex(b, h):
+        logits = q[bb, :, hh] @ k[bb, :, hh // (h // kh)].T * d**-0.5
+        logits[np.arange(s)[None, :] > (s - t + np.arange(t))[:, None]] = -np.inf
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        for i, j in np.ndindex(tb, sb):
+            out[bb, hh, i, j] = p[
+                i * block_size : (i + 1) * block_size, j * block_size : (j + 1) * block_size
+            ].max()
+        out[bb, hh] /= out[bb, hh].sum(1, keepdims=True)
+    return out
+
+
+def test_target_and_loss_match_numpy():
+    q, k, _, _ = R.random_qkv(1, 37, 4, 2, 8, seed=41)
+    tgt = ag.attn_gate_target(q, k, block_size=8)
+    want = target_reference(q, k, 8)
+    np.testing.assert_allclose(np.asarray(tgt), want, rtol=1e-5, atol=1e-7)
+    logits = jnp.asarray(np.random.default_rng(0).standard_normal(want.shape), jnp.float32)
+    logits = jnp.where(jnp.asarray(want) > 0, logits, -jnp.inf)  # block-causal, like the gate
+    loss = float(ag.attn_gate_loss(logits, tgt, skip_fraction=0.25))
+    rows = slice(int(0.25 * want.shape[2]), None)
+    lg = np.asarray(logits, np.float64)[:, :, rows]
+    logp = (
+        lg
+        - np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - lg.max(-1, keepdims=True)
+    )
+    t_ = want[:, :, rows]
+    kl = np.where(t_ > 0, t_ * (np.log(np.where(t_ > 0, t_, 1)) - np.where(t_ > 0, logp, 0)), 0)
+    np.testing.assert_allclose(loss, kl.mean(), rtol=1e-5)
+
+
+def test_gate_logits_follow_the_description():
+    gate = jsnn.AttnGate(4, 2, 8, block_size=8, hidden=16, rngs=nnx.Rngs(0))
+    q, k, _, _ = R.random_qkv(2, 30, 4, 2, 8, s=46, seed=42)
+    got = gate(q, k)
+    assert got.shape == (2, 4, 4, 6)
+
+    def pooled(x, kinds):
+        blocks = [x[:, i : i + 8] for i in range(0, x.shape[1], 8)]
+        fns = {"mean": jnp.mean, "max": jnp.max, "min": jnp.min}
+        return jnp.stack(
+            [jnp.concatenate([fns[p](blk, axis=1) for p in kinds], -1) for blk in blocks], 1
+        )
+
+    qg = jnp.einsum("bthi,hio->btho", pooled(q, ("mean",)), gate.w_q[...])
+    kg = jnp.einsum("bskj,kjo->bsko", pooled(k, ("max", "min", "mean")), gate.w_k[...])
+    qg = jsnn.apply_rope(qg, 16 + 8 * jnp.arange(4, dtype=jnp.int32))  # block starts, q_offset 16
+    kg = jsnn.apply_rope(kg, 8 * jnp.arange(6, dtype=jnp.int32))
+    kg = jnp.repeat(kg, 2, axis=2)
+    want = jnp.einsum("bthd,bshd->bhts", qg, kg) / math.sqrt(16)
+    visible = (8 * np.arange(6))[None, :] <= (16 + np.minimum(8 * np.arange(1, 5), 30) - 1)[:, None]
+    want = jnp.where(jnp.asarray(visible)[None, None], want, -jnp.inf)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
+
+
+def test_gate_distillation_reduces_loss():
+    gate = jsnn.AttnGate(2, 1, 8, block_size=8, hidden=8, rngs=nnx.Rngs(1))
+    q, k, _, _ = R.random_qkv(1, 64, 2, 1, 8, seed=43)
+    q = q + 2.0 * k[:, :, :1]  # queries resemble keys: a structured map to learn
+    tgt = ag.attn_gate_target(q, k, block_size=8)
+
+    @nnx.jit
+    def step(gate):
+        value, grads = nnx.value_and_grad(lambda g: ag.attn_gate_loss(g(q, k), tgt))(gate)
+        params = nnx.state(gate, nnx.Param)
+        nnx.update(gate, jax.tree_util.tree_map(lambda p, g: p - 2.0 * g, params, grads))
+        return value
+
+    first = float(step(gate))
+    for _ in range(15):
+        last = float(step(gate))
+    assert last < 0.8 * first
+
+
+def test_block_mask_and_gated_attention():
+    q, k, v, cot = R.random_qkv(1, 40, 4, 2, 8, seed=44)
+    probs = jax.random.uniform(jax.random.key(0), (1, 4, 5, 5))
+    mask = ag.gate_block_mask(probs, q_len=40, kv_len=40, block_size=8, threshold=0.5)
+    m = np.asarray(mask)
+    p = np.asarray(probs)
+    tril = np.tril(np.ones((5, 5), bool))
+    want = ((p > 0.5) | np.eye(5, dtype=bool) | (np.arange(5) >= 3)[:, None]) & tril
+    np.testing.assert_array_equal(m, np.broadcast_to(want, m.shape))
+    topn = np.asarray(
+        ag.gate_block_mask(
+            probs, q_len=40, kv_len=40, block_size=8, nz_ratio=0.5, last_block_dense=0
+        )
+    )
+    assert (topn.sum(-1) <= 1 + 1).all()  # (1 - sqrt(0.5)) * 5 -> 1 block, plus the diagonal
+    token_mask = jnp.asarray(R.block_to_token(m, 8, 8, 40, 40) & R.causal_np(40, 40, 0))
+
+    def fn(q, k, v):
+        return ag.gated_attention(
+            q, k, v, mask, block_size=8, implementation="xla", return_lse=True
+        )
+
+    R.assert_close_to_ref(fn, lambda q, k, v: R.dense_ref(q, k, v, token_mask), q, k, v, cot)
+
+
+def test_gate_errors():
+    with pytest.raises(ValueError, match="exactly one"):
+        ag.gate_block_mask(jnp.zeros((1, 1, 2, 2)), q_len=4, kv_len=4, block_size=2)
+    with pytest.raises(ValueError, match=r"nz_ratio=1.5 must lie in \(0, 1\]"):
+        ag.gate_block_mask(jnp.zeros((1, 1, 2, 2)), q_len=4, kv_len=4, block_size=2, nz_ratio=1.5)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads=3"):
+        jsnn.AttnGate(4, 3, 8, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="k_pool"):
+        jsnn.AttnGate(4, 2, 8, k_pool=("median",), rngs=nnx.Rngs(0))
+    assert js.nsa is not None
