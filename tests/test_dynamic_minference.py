@@ -93,6 +93,13 @@ def test_vertical_slash_selection_and_attention(t, s, tiles):
 
     R.assert_close_to_ref(fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot)
 
+    def gathered(q, k, v):  # columns gathered and merged by lse: the same exact mask
+        return js.vertical_slash_attention(
+            q, k, v, pattern=pattern, implementation="xla", return_lse=True
+        )
+
+    R.assert_close_to_ref(gathered, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot)
+
 
 def block_topk_reference(q, k, block_size, top_k, q_offset):
     q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from jaxsparse import patterns as P
-from jaxsparse.patterns.dynamic import pyramid_mask, token_block_mask, vertical_slash_mask
+from jaxsparse.patterns.dynamic import (
+    position_causal,
+    pyramid_mask,
+    token_block_mask,
+    vertical_slash_mask,
+)
 from tests import dynamic_refs as R
 
 rng = np.random.default_rng(0)
@@ -115,3 +120,41 @@ def test_pyramid_mask_rule_and_lists(causal):
         p, num_heads=2, q_len=t, q_offset=s - t, block_q=bq, block_kv=bk
     )
     R.assert_lists_cover_mask(sp, want[None], exact=not causal)
+
+
+def test_vertical_slash_mask_without_columns():
+    vert = rng.random((1, 2, 12)) < 0.3
+    slash = rng.random((1, 2, 12)) < 0.4
+    p = P.VerticalSlashMask(vert[0], slash[0], include_vertical=False)
+    got = P.dense_mask(p, q_len=12, kv_len=12, num_heads=2, xp=np)
+    for hh, i, j in np.ndindex(2, 12, 12):
+        assert got[hh, i, j] == (j <= i and slash[0, hh, i - j] and not vert[0, hh, j])
+    sp = vertical_slash_mask.vertical_slash_sparsity(
+        P.VerticalSlashMask(jnp.asarray(vert), jnp.asarray(slash), include_vertical=False),
+        num_heads=2,
+        block_q=4,
+        block_kv=4,
+        q_len=12,
+        kv_len=12,
+        q_offset=0,
+    )
+    R.assert_lists_cover_mask(sp, got[None], exact=False)
+
+
+def test_position_causal_rule_and_lists():
+    positions = np.sort(rng.choice(40, size=(1, 2, 9), replace=True), axis=-1).astype(np.int32)
+    p = position_causal.PositionCausal(jnp.asarray(positions))
+    got = P.dense_mask(
+        position_causal.PositionCausal(positions[0]),
+        q_len=15,
+        kv_len=9,
+        q_offset=25,
+        num_heads=2,
+        xp=np,
+    )
+    want = positions[0][:, None, :] <= (25 + np.arange(15))[None, :, None]
+    np.testing.assert_array_equal(got, want)
+    sp = position_causal.position_causal_sparsity(
+        p, num_heads=2, block_q=4, block_kv=4, q_len=15, q_offset=25
+    )
+    R.assert_lists_cover_mask(sp, want[None], exact=True)

@@ -10,6 +10,7 @@ Methods (pass alone as `jaxsparse.attention(..., pattern=...)`):
 Generic selections they produce (batched patterns, exact inside tiles):
   * `TokenBlockMask` — bits per (query row or row block, key block).
   * `VerticalSlashMask` — kept key columns and diagonals.
+  * `PositionCausal` — gathered keys with their original positions.
   * `PyramidMask` — a pooling level per (query block, key block) over
     concatenated key levels.
 """
@@ -17,6 +18,7 @@ Generic selections they produce (batched patterns, exact inside tiles):
 from jaxsparse.patterns.dynamic.block_topk import BlockTopK, block_topk_select
 from jaxsparse.patterns.dynamic.flex_prefill import FlexPrefill, flex_prefill_select
 from jaxsparse.patterns.dynamic.moba import MoBA, moba_select
+from jaxsparse.patterns.dynamic.position_causal import PositionCausal, position_causal_sparsity
 from jaxsparse.patterns.dynamic.pyramid import Pyramid, pyramid_select
 from jaxsparse.patterns.dynamic.pyramid_mask import PyramidLayout, PyramidMask, pyramid_sparsity
 from jaxsparse.patterns.dynamic.token_block_mask import TokenBlockMask, token_block_sparsity
@@ -30,6 +32,7 @@ __all__ = [
     "BlockTopK",
     "FlexPrefill",
     "MoBA",
+    "PositionCausal",
     "Pyramid",
     "PyramidLayout",
     "PyramidMask",
@@ -39,6 +42,7 @@ __all__ = [
     "block_topk_select",
     "flex_prefill_select",
     "moba_select",
+    "position_causal_sparsity",
     "pyramid_select",
     "pyramid_sparsity",
     "token_block_sparsity",

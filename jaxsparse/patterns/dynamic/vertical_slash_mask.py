@@ -44,6 +44,9 @@ class VerticalSlashMask(base.Pattern):
     Attributes:
       vertical: bool `[B, Hx, S]` selected key positions.
       slash: bool `[B, Hx, S]` selected offsets `q - k` (0 is the diagonal).
+      include_vertical: False keeps the diagonals only, minus the vertical
+        columns (the part left when the columns are attended separately,
+        gathered; see `jaxsparse.methods.vertical_slash_attention`).
       q_offset: position of query row 0 (set by `bind`).
     """
 
@@ -51,6 +54,7 @@ class VerticalSlashMask(base.Pattern):
 
     vertical: Any = base.data_field()
     slash: Any = base.data_field()
+    include_vertical: bool = True
     q_offset: int | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -68,7 +72,9 @@ class VerticalSlashMask(base.Pattern):
         h = xp.minimum(head, hx - 1)
         col = xp.clip(kv_pos, 0, s - 1)
         off = xp.clip(q_pos - kv_pos, 0, slash.shape[-1] - 1)
-        return (kv_pos <= q_pos) & (vert[h, col] | slash[h, off])
+        if self.include_vertical:
+            return (kv_pos <= q_pos) & (vert[h, col] | slash[h, off])
+        return (kv_pos <= q_pos) & slash[h, off] & ~vert[h, col]
 
     def bind(self, *, q_len, kv_len, q_offset, num_heads):
         for name in ("vertical", "slash"):
@@ -85,9 +91,21 @@ class VerticalSlashMask(base.Pattern):
 
 
 def vertical_slash_codes(
-    vertical, slash, *, q_len: int, kv_len: int, q_offset: int, block_q: int, block_kv: int
+    vertical,
+    slash,
+    *,
+    q_len: int,
+    kv_len: int,
+    q_offset: int,
+    block_q: int,
+    block_kv: int,
+    include_vertical: bool = True,
 ):
-    """Tile codes `[B, Hx, Tb, Sb]` of a vertical-slash selection (causality included)."""
+    """Tile codes `[B, Hx, Tb, Sb]` of a vertical-slash selection (causality included).
+
+    With `include_vertical=False` only the diagonals count, and a tile holding
+    an (excluded) vertical column is never FULL.
+    """
     tb, sb = -(-q_len // block_q), -(-kv_len // block_kv)
     c_lo, c_hi = ranges.uniform_ranges(sb, block_kv, 1, kv_len)
     touched = ranges.reduce_ranges(vertical, 2, c_lo, c_hi, op="any")[:, :, None, :]
@@ -118,7 +136,10 @@ def vertical_slash_codes(
         jnp.int8(base.FULL),
         jnp.where(count > 0, jnp.int8(base.PARTIAL), jnp.int8(base.EMPTY)),
     )
-    codes = jnp.maximum(v_codes, s_codes)  # OR: full wins; partial | partial stays partial
+    if include_vertical:
+        codes = jnp.maximum(v_codes, s_codes)  # OR: full wins; partial | partial stays partial
+    else:
+        codes = jnp.where((s_codes == base.FULL) & touched, jnp.int8(base.PARTIAL), s_codes)
     causal = token_block_mask.causal_tile_codes(
         q_len=q_len, kv_len=kv_len, q_offset=q_offset, block_q=block_q, block_kv=block_kv
     )
@@ -144,6 +165,7 @@ def vertical_slash_sparsity(
         q_offset=q_offset,
         block_q=block_q,
         block_kv=block_kv,
+        include_vertical=pattern.include_vertical,
     )
     codes = token_block_mask.expand_heads(codes, num_heads)
     return device.from_block_codes(

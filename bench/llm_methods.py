@@ -1,0 +1,252 @@
+"""Issue 4 methods at their default settings, split into selection and attention.
+
+Each `Method` has `select(q, k) -> state` (jit-able; the content-aware part,
+timed apart as "selection overhead") and `attend(q, k, v, state) -> (out, lse)`
+(block-sparse attention over the selection), plus `tiles(state)`: the visited
+(query, key) tile area, for density. Shared by `quality.py` (CPU) and
+`llm_sparse_gpu.py` (H100).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import jaxsparse as js  # noqa: E402
+from jaxsparse import patterns as P  # noqa: E402
+from jaxsparse.methods import NSAConfig, nsa_compress, nsa_selection, seer  # noqa: E402
+from jaxsparse.patterns.dynamic import common, token_block_mask  # noqa: E402
+from jaxsparse.selection import ranges  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    select: Callable[[Any, Any], Any]
+    attend: Callable[[Any, Any, Any, Any], tuple[Any, Any]]
+    # Visited tile area (elements) summed over lists, with the lists' (Bx, Hx); None: static.
+    tiles: Callable[[Any], Any] | None
+    pattern: Any = None  # static methods: the pattern (density from host metadata)
+    note: str = ""
+
+
+def _area(sp):
+    """Visited tile area of a BlockSparsity, per (batch, head) list, summed."""
+    counts = sp.kv_counts.astype(jnp.float32)
+    b = counts.shape[0]
+    h = counts.shape[1]
+    return counts.sum() * sp.block_q * sp.block_kv, b, h
+
+
+def static_method(name: str, pattern, config=None, note: str = "") -> Method:
+    def select(q, k):
+        return None
+
+    def attend(q, k, v, state):
+        return js.attention(q, k, v, pattern=pattern, config=config, return_lse=True)
+
+    return Method(name, select, attend, None, pattern=pattern, note=note)
+
+
+def dynamic_method(name: str, pattern, config=None, note: str = "") -> Method:
+    def select(q, k):
+        t, s = q.shape[1], k.shape[1]
+        bound = pattern.bind(q_len=t, kv_len=s, q_offset=s - t, num_heads=q.shape[2])
+        return bound.select(q, k, q_offset=s - t, config=config)
+
+    def attend(q, k, v, state):
+        resolved, sp = state if isinstance(state, tuple) else (pattern, state)
+        return js.attention(q, k, v, pattern=resolved, sparsity=sp, config=config, return_lse=True)
+
+    def tiles(state):
+        sp = state[1] if isinstance(state, tuple) else state
+        return _area(sp)
+
+    return Method(name, select, attend, tiles, note=note)
+
+
+def nsa_selection_method(cfg: NSAConfig, note: str = "") -> Method:
+    """NSA's selected branch with a parameter-free (mean) compressor: its importance and blocks."""
+
+    def select(q, k):
+        t, h, s = q.shape[1], q.shape[2], k.shape[1]
+        k_cmp = nsa_compress.mean_compress(k, kernel_size=cfg.kernel_size, stride=cfg.stride)
+        _, lse_cmp = js.attention(
+            q,
+            k_cmp,
+            k_cmp,
+            pattern=P.CompressedCausal(cfg.kernel_size, cfg.stride),
+            q_offset=s - t,
+            return_lse=True,
+        )
+        bits = nsa_selection.nsa_select(
+            q,
+            k_cmp,
+            lse_cmp,
+            kv_len=s,
+            kernel_size=cfg.kernel_size,
+            stride=cfg.stride,
+            block_size=cfg.block_size,
+            top_n=cfg.top_n,
+            init_blocks=cfg.init_blocks,
+            local_blocks=cfg.local_blocks,
+            scale=q.shape[-1] ** -0.5,
+            q_offset=s - t,
+        )
+        pattern = P.TokenBlockMask(
+            bits,
+            row_block=1,
+            col_block=cfg.block_size,
+            group=h // k.shape[2],
+            causal=True,
+            q_offset=s - t,
+        )
+        tile = common.natural_tile(cfg.block_size, s)
+        bound = min(-(-s // tile), tile * cfg.top_n * ranges.max_cells(cfg.block_size, tile, s))
+        sp = token_block_mask.token_block_sparsity(
+            pattern,
+            num_heads=h,
+            block_q=tile,
+            block_kv=tile,
+            q_len=t,
+            kv_len=s,
+            q_offset=s - t,
+            max_kv_blocks=bound,
+        )
+        return pattern, sp
+
+    def attend(q, k, v, state):
+        pattern, sp = state
+        return js.attention(q, k, v, pattern=pattern, sparsity=sp, return_lse=True)
+
+    return Method("NSA-selected", select, attend, lambda st: _area(st[1]), note=note)
+
+
+def vertical_slash_method(pattern) -> Method:
+    """MInference vertical-slash with the kept columns gathered (exact, cheaper than tiles)."""
+    from jaxsparse.methods import vertical_slash as vs
+
+    def select(q, k):
+        return vs.vertical_slash_plan(q, k, pattern=pattern)
+
+    def attend(q, k, v, plan):
+        return js.vertical_slash_attention(q, k, v, pattern=pattern, plan=plan, return_lse=True)
+
+    def tiles(plan):
+        a, bx, hx = _area(plan.diagonal_sparsity)
+        c, _, _ = _area(plan.column_sparsity)
+        return a + c, bx, hx
+
+    return Method(
+        "MInference-VerticalSlash",
+        select,
+        attend,
+        tiles,
+        note="v=1000, s=6096; columns gathered, diagonals as tiles",
+    )
+
+
+def pyramid_method(pattern) -> Method:
+    def select(q, k):
+        return pattern.levels(q, k, q_offset=k.shape[1] - q.shape[1])
+
+    def attend(q, k, v, levels):
+        return js.pyramid_attention(q, k, v, pattern=pattern, levels=levels, return_lse=True)
+
+    def tiles(levels):
+        # Keys read per (query block, key block): block_size / 2**(level-1), 0 when skipped.
+        bs = pattern.block_size
+        per = jnp.where(levels > 0, bs / jnp.exp2((levels - 1).astype(jnp.float32)), 0.0)
+        return per.sum() * bs, levels.shape[0], levels.shape[1]
+
+    return Method(
+        "PSA-Pyramid",
+        select,
+        attend,
+        tiles,
+        note="keys are pooled: mass and density count pooled keys",
+    )
+
+
+def seer_oracle_method(block_size: int = 64, threshold: float = 2e-3) -> Method:
+    """SeerAttention with an oracle gate (its distillation target): the gate's upper bound."""
+
+    def select(q, k):
+        target = seer.attn_gate_target(q, k, block_size=block_size)
+        return seer.gate_block_mask(
+            target, q_len=q.shape[1], kv_len=k.shape[1], block_size=block_size, threshold=threshold
+        )
+
+    def attend(q, k, v, mask):
+        return seer.gated_attention(q, k, v, mask, block_size=block_size, return_lse=True)
+
+    def tiles(mask):
+        return mask.sum().astype(jnp.float32) * block_size**2, mask.shape[0], mask.shape[1]
+
+    return Method(
+        f"Seer-oracle(th={threshold:g})",
+        select,
+        attend,
+        tiles,
+        note="oracle gate = block-max of the dense map (needs O(T^2)); upper bound",
+    )
+
+
+def seer_gate_method(
+    num_heads: int, num_kv_heads: int, head_dim: int, *, nz_ratio: float = 0.1, block_size: int = 64
+) -> Method:
+    """SeerAttention with an (untrained) AttnGate and a fixed non-zero ratio: for timing."""
+    from flax import nnx
+
+    import jaxsparse.nn as jsnn
+
+    gate = jsnn.AttnGate(num_heads, num_kv_heads, head_dim, block_size=block_size, rngs=nnx.Rngs(0))
+    graph, params = nnx.split(gate)
+
+    def select(q, k):
+        g = nnx.merge(graph, params)
+        probs = jax.nn.softmax(g(q.astype(jnp.float32), k.astype(jnp.float32)), axis=-1)
+        return seer.gate_block_mask(
+            probs, q_len=q.shape[1], kv_len=k.shape[1], block_size=block_size, nz_ratio=nz_ratio
+        )
+
+    def attend(q, k, v, mask):
+        return seer.gated_attention(q, k, v, mask, block_size=block_size, return_lse=True)
+
+    def tiles(mask):
+        return mask.sum().astype(jnp.float32) * block_size**2, mask.shape[0], mask.shape[1]
+
+    return Method(f"Seer-gate(nz={nz_ratio:g})", select, attend, tiles, note="untrained gate")
+
+
+def default_methods(*, include_oracle: bool = True) -> list[Method]:
+    """Each method at its published default sparsity."""
+    out = [
+        static_method("dense-causal", P.Causal()),
+        static_method("MInference-AShape", P.AShape(), note="n_init=128, n_local=3968"),
+        dynamic_method(
+            "MInference-VerticalSlash(1 call)",
+            P.VerticalSlash(),
+            note="v=1000, s=6096; one call: tiles holding a column are visited",
+        ),
+        vertical_slash_method(P.VerticalSlash()),
+        dynamic_method("MInference-BlockTopK", P.BlockTopK(), note="block 64, top-100"),
+        dynamic_method("MoBA(512,3)", P.MoBA(block_size=512, top_k=3), note="paper 8K setting"),
+        dynamic_method(
+            "MoBA(4096,12)", P.MoBA(block_size=4096, top_k=12), note="long-context setting"
+        ),
+        dynamic_method("FlexPrefill", P.FlexPrefill(0.9, 0.1), note="gamma=0.9 tau=0.1"),
+        nsa_selection_method(NSAConfig(), note="l=32 d=16 l'=64 n=16; mean compressor"),
+        pyramid_method(P.Pyramid(causal=True)),
+    ]
+    if include_oracle:
+        out.append(seer_oracle_method())
+    return out
