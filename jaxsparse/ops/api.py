@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
@@ -107,8 +110,9 @@ def attention(
     )
     out, lse = dispatch.run(call, implementation)
     if perm is not None:
-        inverse = np.argsort(perm[0])
-        out, lse = out[:, inverse], lse[..., inverse]
+        inverse = tuple(np.argsort(perm[0]).tolist())
+        out = _take(out, inverse, 1)
+        lse = _take(lse, inverse, lse.ndim - 1)
     if not batched:
         out, lse = out[0], lse[0]
     return (out, lse) if return_lse else out
@@ -116,8 +120,28 @@ def attention(
 
 def _permute(perm, q, k, v, q_ids, kv_ids):
     """Reorder tokens as the pattern asks (see `Pattern.token_permutation`)."""
-    q_perm, kv_perm = (np.asarray(p) for p in perm)
-    q, k, v = q[:, q_perm], k[:, kv_perm], v[:, kv_perm]
+    q_perm, kv_perm = (tuple(np.asarray(p).tolist()) for p in perm)
+    q, k, v = _take(q, q_perm, 1), _take(k, kv_perm, 1), _take(v, kv_perm, 1)
     if q_ids is not None:
-        q_ids, kv_ids = q_ids[:, q_perm], kv_ids[:, kv_perm]
+        q_ids, kv_ids = q_ids[:, np.asarray(q_perm)], kv_ids[:, np.asarray(kv_perm)]
     return q, k, v, q_ids, kv_ids
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _take(x, perm: tuple, axis: int):
+    """`x` reordered along `axis` by the permutation `perm` (a static tuple).
+
+    Its gradient is the inverse gather, not the scatter-add autodiff would emit.
+    """
+    return jnp.take(x, np.asarray(perm), axis=axis)
+
+
+def _take_fwd(x, perm, axis):
+    return _take(x, perm, axis), None
+
+
+def _take_bwd(perm, axis, _, ct):
+    return (jnp.take(ct, np.argsort(np.asarray(perm)), axis=axis),)
+
+
+_take.defvjp(_take_fwd, _take_bwd)
