@@ -131,7 +131,6 @@ def test_flex_prefill_chunked_prefill_and_budget_cap():
     # Queries at a block-aligned offset; max_budget caps the vertical and slash blocks.
     q, k, v, cot = R.random_qkv(1, 64, 2, 1, 8, s=96, seed=12)
     pattern = P.FlexPrefill(0.99, 0.0, min_budget=8, max_budget=16, block_size=16)
-    _, sp = pattern.select(q, k, q_offset=32, config=None)
     bits = np.asarray(
         R.jitted(
             flex_prefill.flex_prefill_select,

@@ -104,9 +104,10 @@ def test_moba_short_sequence_is_dense_causal():
 def test_moba_bf16_and_vmap_over_batch():
     q, k, v, _ = R.random_qkv(2, 33, 2, 2, 16, seed=4, dtype=jnp.bfloat16)
     pattern = P.MoBA(block_size=8, top_k=2)
-    out = js.attention(q, k, v, pattern=pattern)
+    out = jax.jit(lambda q, k, v: js.attention(q, k, v, pattern=pattern))(q, k, v)
     assert out.dtype == jnp.bfloat16
-    per_example = jax.vmap(lambda q, k, v: js.attention(q, k, v, pattern=pattern))(q, k, v)
+    one = jax.vmap(lambda q, k, v: js.attention(q, k, v, pattern=pattern))
+    per_example = jax.jit(one)(q, k, v)
     np.testing.assert_allclose(
         np.asarray(per_example, np.float32), np.asarray(out, np.float32), atol=1e-2
     )

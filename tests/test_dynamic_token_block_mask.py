@@ -158,3 +158,13 @@ def test_position_causal_rule_and_lists():
         p, num_heads=2, block_q=4, block_kv=4, q_len=15, q_offset=25
     )
     R.assert_lists_cover_mask(sp, want[None], exact=True)
+
+
+def test_pack_bits_round_trip_and_layout():
+    bits = rng.random((2, 3, 5, 70)) < 0.5
+    words = token_block_mask.pack_bits(jnp.asarray(bits))
+    assert words.shape == (2, 3, 5, 3) and words.dtype == jnp.uint32
+    np.testing.assert_array_equal(np.asarray(token_block_mask.unpack_bits(words, 70)), bits)
+    w = np.asarray(words)
+    for c in (0, 31, 32, 69):  # bit c % 32 of word c // 32
+        np.testing.assert_array_equal((w[..., c // 32] >> (c % 32)) & 1, bits[..., c])

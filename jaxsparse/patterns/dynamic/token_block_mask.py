@@ -113,6 +113,27 @@ class TokenBlockMask(base.Pattern):
         )
 
 
+def pack_bits(bits):
+    """Bits `[..., C]` (bool) as uint32 words `[..., ceil(C / 32)]`: bit c % 32 of word c // 32.
+
+    The layout a GPU kernel reads in partial tiles (ALGORITHMS.md P1
+    `token_mask`): `(word >> (c % 32)) & 1` is the bit of key block c.
+    """
+    c = bits.shape[-1]
+    words = -(-c // 32)
+    padded = jnp.pad(bits, [(0, 0)] * (bits.ndim - 1) + [(0, words * 32 - c)])
+    grouped = padded.reshape(bits.shape[:-1] + (words, 32)).astype(jnp.uint32)
+    weights = jnp.left_shift(jnp.uint32(1), jnp.arange(32, dtype=jnp.uint32))
+    return (grouped * weights.reshape((1,) * (grouped.ndim - 1) + (32,))).sum(-1, dtype=jnp.uint32)
+
+
+def unpack_bits(words, num_blocks: int):
+    """Inverse of `pack_bits`: bool `[..., num_blocks]`."""
+    shifts = jnp.arange(32, dtype=jnp.uint32).reshape((1,) * words.ndim + (32,))
+    bits = jnp.right_shift(words[..., None], shifts) & jnp.uint32(1)
+    return bits.reshape(words.shape[:-1] + (words.shape[-1] * 32,))[..., :num_blocks] == 1
+
+
 def tile_exact_pattern(pattern: TokenBlockMask, block_q: int, block_kv: int) -> base.Pattern:
     """The pattern a kernel needs inside the listed tiles of a block-level selection.
 
