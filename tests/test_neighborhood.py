@@ -343,20 +343,16 @@ def test_explicit_mask_in_natural_order_agrees():
 
 
 @pytest.mark.slow
-def test_gpu_kernel_in_interpret_mode_runs_the_pattern():
-    # The Mosaic GPU kernel evaluates mask_fn inside partial tiles (CPU interpret mode).
-    p = P.Neighborhood((16, 16), (5, 5), causal=(False, True))
-    n = p.num_tokens
-    q, k, v = (
-        jax.random.normal(key, (1, n, 1, 64), jnp.float32).astype(jnp.bfloat16)
-        for key in jax.random.split(jax.random.key(0), 3)
-    )
-    config = js.Config(block_q=128, block_kv=128, interpret=True)
-    out = js.attention(q, k, v, pattern=p, implementation="pallas_gpu", config=config)
-    ref = js.attention(
-        *(x.astype(jnp.float32) for x in (q, k, v)), pattern=p, implementation="reference"
-    )
-    assert oracle.rel_err(out, ref) < oracle.TOLERANCE[jnp.bfloat16]
+@pytest.mark.parametrize("dilation", [1, (1, 2)])
+def test_gpu_kernel_in_interpret_mode_runs_the_pattern(dilation):
+    # The Mosaic GPU kernels evaluate the pattern's mask factors (per-row and
+    # per-column terms) inside partial tiles, forward and both backward kernels
+    # (CPU interpret mode).
+    p = P.Neighborhood((16, 16), (5, 5), dilation=dilation, causal=(False, True))
+    assert p.mask_factors() is not None
+    case = oracle.Case(p, b=1, t=p.num_tokens, h=2, k=1, d=64, dtype=jnp.bfloat16, block=128,
+                       interpret=True)
+    oracle.assert_matches_oracle(case, "pallas_gpu")
 
 
 # --- bad input ----------------------------------------------------------------------

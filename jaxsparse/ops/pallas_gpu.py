@@ -93,7 +93,9 @@ def run(call: call_lib.Call):
 
     # Tables built here were refined with the segment ids (tiles mixing documents are
     # partial), so full tiles may skip the segment test; caller-given tables were not.
-    kw = dict(mask_fn=_mask_fn(call, bq, bk), q_offset=call.q_offset, kv_len=call.kv_len,
+    mask_fn = _mask_fn(call, bq, bk)
+    kw = dict(mask_fn=mask_fn, mask_factors=mask_fn and call.pattern.mask_factors(),
+              q_offset=call.q_offset, kv_len=call.kv_len,
               scale=call.scale, logits_soft_cap=call.logits_soft_cap, block_q=bq, block_kv=bk,
               segments_on_full_tiles=call.sparsity is not None)
     if call.config.gpu_num_stages:

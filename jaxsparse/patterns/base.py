@@ -66,6 +66,19 @@ _OR = np.array(
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskFactors:
+    """`mask_fn` split as `combine(rows(q_pos), cols(kv_pos), head)` (see `Pattern.mask_factors`).
+
+    `rows` / `cols` return tuples (nested tuples and None entries allowed) of
+    arrays shaped like their input; `combine` gets them broadcast to the tile.
+    """
+
+    rows: Callable[[Any], Any]
+    cols: Callable[[Any], Any]
+    combine: Callable[[Any, Any, Any], Any]
+
+
 class TracedPatternError(ValueError):
     """Host-side metadata was requested for a pattern whose arrays are traced."""
 
@@ -153,6 +166,17 @@ class Pattern:
         """
         del q_len, kv_len, q_offset, num_heads
         return self
+
+    def mask_factors(self) -> MaskFactors | None:
+        """Optional split of `mask_fn` for kernels: per-row terms, per-column terms, combine.
+
+        `mask_fn(q, k, h) == combine(rows(q), cols(k), h)` where `rows` sees only
+        query positions and `cols` only key positions, so a kernel computes them
+        on a tile's row and column vectors and broadcasts: the costly integer
+        arithmetic (grid coordinates) runs once per row or column, not per
+        element. Patterns that define `mask_fn` this way return the pieces.
+        """
+        return None
 
     def needs_tile_mask(self, block_q: int, block_kv: int) -> bool:
         """Whether partial tiles must evaluate `mask_fn` at this tiling."""

@@ -40,9 +40,23 @@ class GridPattern(base.Pattern, register=False):
     tiled_order: bool
 
     # --- per-axis hooks ---------------------------------------------------------
-    def _axis_allowed(self, axis: int, xq: Any, xk: Any) -> Any:
-        """The rule on one axis for coordinates `xq`, `xk` (only `+ - * // % < <= == & |`)."""
+    # The rule on one axis is split into what depends on the query coordinate
+    # (`_axis_row`), what depends on the key coordinate (`_axis_col`) and a cheap
+    # comparison of the two (`_axis_combine`); only `+ - * // % < <= == & |`.
+    # Kernels evaluate the first two once per tile row / column instead of once
+    # per element (see `mask_factors`).
+    def _axis_row(self, axis: int, xq: Any) -> tuple:
         raise NotImplementedError
+
+    def _axis_col(self, axis: int, xk: Any) -> tuple:
+        raise NotImplementedError
+
+    def _axis_combine(self, axis: int, row: tuple, col: tuple) -> Any:
+        raise NotImplementedError
+
+    def _axis_allowed(self, axis: int, xq: Any, xk: Any) -> Any:
+        """The rule on one axis for coordinates `xq`, `xk`."""
+        return self._axis_combine(axis, self._axis_row(axis, xq), self._axis_col(axis, xk))
 
     def _axis_codes(self, axis: int, ql, qh, kl, kh) -> tuple[np.ndarray, np.ndarray]:
         """(some pair allowed, every pair allowed) for coordinate intervals [ql,qh] x [kl,kh]."""
@@ -96,13 +110,26 @@ class GridPattern(base.Pattern, register=False):
     # --- the one definition ---------------------------------------------------------
     def mask_fn(self, q_pos, kv_pos, head):
         """The rule at *tiled* positions (see `token_permutation`)."""
+        return self._combine(self._rows(q_pos), self._cols(kv_pos), head)
+
+    def _rows(self, q_pos) -> tuple:
         xq = tiling.coords(q_pos, self.grid, self.tile)
+        return tuple(self._axis_row(a, xq[a]) for a in range(len(self.grid)))
+
+    def _cols(self, kv_pos) -> tuple:
         xk = tiling.coords(kv_pos, self.grid, self.tile)
+        return tuple(self._axis_col(a, xk[a]) for a in range(len(self.grid)))
+
+    def _combine(self, rows: tuple, cols: tuple, head) -> Any:
         out = None
-        for axis in range(len(self.grid)):
-            m = self._axis_allowed(axis, xq[axis], xk[axis])
+        for axis, (row, col) in enumerate(zip(rows, cols, strict=True)):
+            m = self._axis_combine(axis, row, col)
             out = m if out is None else out & m
         return out
+
+    def mask_factors(self):
+        """`mask_fn` as (per-query features, per-key features, combine); see `Pattern`."""
+        return base.MaskFactors(rows=self._rows, cols=self._cols, combine=self._combine)
 
     # --- closed-form metadata ---------------------------------------------------------
     def classify(self, q_lo, q_hi, k_lo, k_hi, head):

@@ -112,25 +112,37 @@ class Neighborhood(grid_pattern.GridPattern):
         return self.grid[a], self.window[a], self.stride[a], self.dilation[a], self.causal[a]
 
     # --- the rule (any array module) ------------------------------------------------
-    def _axis_allowed(self, axis, xq, xk):
+    def _axis_row(self, axis, xq):
+        """Query-side terms of NATTEN's rule in dilation-group coordinates."""
         n, w, s, d, causal = self._axis(axis)
         if d == 1:
-            uq, uk, size = xq, xk, n
+            uq, size, group = xq, n, None
         else:
             group = xq % d
-            uq, uk, size = xq // d, xk // d, (n - group + d - 1) // d
+            uq, size = xq // d, (n - group + d - 1) // d
         if causal:
             leader = (uq // s) * s + s - 1
-            # min(leader, size - 1) - uk < w, written without min.
-            ok = (uk <= uq) & ((leader - w < uk) | (size - 1 - w < uk))
+            # Key uk is kept iff uk <= uq and min(leader, size - 1) - uk < w.
+            return uq, leader - w, size - 1 - w, group
+        leader = (uq // s) * s + s // 2
+        # start = max(0, min(leader - w//2, size - w)); keep start <= uk < start + w
+        # (uk < size holds for every real key of the query's group).
+        return leader - w // 2, size - w, leader - w // 2 + w, group
+
+    def _axis_col(self, axis, xk):
+        d = self.dilation[axis]
+        return (xk, None) if d == 1 else (xk // d, xk % d)
+
+    def _axis_combine(self, axis, row, col):
+        w, causal = self.window[axis], self.causal[axis]
+        uk, gk = col
+        if causal:
+            uq, e, f, group = row
+            ok = (uk <= uq) & ((e < uk) | (f < uk))
         else:
-            leader = (uq // s) * s + s // 2
-            # start = max(0, min(leader - w//2, size - w)); keep start <= uk < start + w.
-            # (uk < size holds for every real key of the query's group.)
-            ok = ((leader - w // 2 <= uk) | (size - w <= uk)) & (
-                (uk < w) | (uk < leader - w // 2 + w)
-            )
-        return ok if d == 1 else ok & (group == xk % d)
+            a, b, c, group = row
+            ok = ((a <= uk) | (b <= uk)) & ((uk < w) | (uk < c))
+        return ok if group is None else ok & (group == gk)
 
     # --- closed form on the host (numpy) --------------------------------------------
     def _start(self, axis, u, size):

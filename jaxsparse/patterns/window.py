@@ -73,9 +73,15 @@ class Window(grid_pattern.GridPattern):
         w = self.window[axis]
         return (w - self.shift[axis]) % w
 
-    def _axis_allowed(self, axis, xq, xk):
+    def _axis_row(self, axis, xq):
         w, o = self.window[axis], self._offset(axis)
-        return (xq + o) // w == (xk + o) // w
+        return ((xq + o) // w,)
+
+    def _axis_col(self, axis, xk):
+        return self._axis_row(axis, xk)
+
+    def _axis_combine(self, axis, row, col):
+        return row[0] == col[0]
 
     def _ids(self, axis, lo, hi):
         w, o = self.window[axis], self._offset(axis)

@@ -52,6 +52,7 @@ def _statics(
     k,
     *,
     mask_fn,
+    mask_factors,
     q_offset,
     kv_len,
     scale,
@@ -68,8 +69,11 @@ def _statics(
         raise ValueError(f"{logits_soft_cap=} must be positive or None")
     if kv_len is None:
         kv_len = k.shape[1]
+    if mask_factors is not None and mask_fn is None:
+        raise ValueError("mask_factors split a mask_fn: pass mask_fn too")
     return cm.AttentionStatics(
         mask_fn=mask_fn,
+        mask_factors=mask_factors,
         q_offset=int(q_offset),
         kv_len=int(kv_len),
         scale=float(scale),
@@ -120,6 +124,7 @@ def block_sparse_attention_fwd(
     kv_full: jax.Array,
     *,
     mask_fn=None,
+    mask_factors=None,
     q_offset: int = 0,
     kv_len: int | None = None,
     q_segment_ids: jax.Array | None = None,
@@ -141,6 +146,10 @@ def block_sparse_attention_fwd(
     Args:
       q, k, v: [B, Tp, H, D], [B, Sp, K, D], [B, Sp, K, Dv]; see module doc.
       kv_indices, kv_counts, kv_full: q-major block lists (module doc).
+      mask_factors: None, or the same mask split as an object with `rows(q_pos)`,
+        `cols(kv_pos)` and `combine(rows, cols, head)` (jaxsparse's
+        `Pattern.mask_factors()`): the kernels then compute the row and column
+        terms once per tile row / column and only combine per element.
       mask_fn: None or a static mask_fn(q_pos, kv_pos, head) -> bool built from
         & | ~ < <= == // % on int32 arrays; evaluated on partial tiles only.
       q_offset: absolute position of query row 0.
@@ -181,6 +190,7 @@ def block_sparse_attention_fwd(
         q,
         k,
         mask_fn=mask_fn,
+        mask_factors=mask_factors,
         q_offset=q_offset,
         kv_len=kv_len,
         scale=scale,
@@ -285,6 +295,7 @@ def block_sparse_attention_bwd(
     q_full: jax.Array,
     *,
     mask_fn=None,
+    mask_factors=None,
     q_offset: int = 0,
     kv_len: int | None = None,
     q_segment_ids: jax.Array | None = None,
@@ -346,6 +357,7 @@ def block_sparse_attention_bwd(
         q,
         k,
         mask_fn=mask_fn,
+        mask_factors=mask_factors,
         q_offset=q_offset,
         kv_len=kv_len,
         scale=scale,

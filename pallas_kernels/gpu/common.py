@@ -42,6 +42,8 @@ class AttentionStatics:
     """Everything about one call that is static under jit (hashable).
 
     Attributes:
+      mask_factors: None or mask_fn split into rows(q_pos) / cols(kv_pos) /
+        combine(rows, cols, head), evaluated per tile row / column (cheaper).
       mask_fn: None or mask_fn(q_pos, kv_pos, head) -> bool array; applied on
         partial tiles only.
       q_offset: position of query row 0 (q_pos = q_offset + row).
@@ -56,6 +58,7 @@ class AttentionStatics:
     """
 
     mask_fn: MaskFn | None
+    mask_factors: Any
     q_offset: int
     kv_len: int
     scale: float
@@ -211,17 +214,40 @@ def tile_valid(
         return b if a is None else a & b
 
     if with_mask_fn:
-        q_pos = iota(shape, q_dim) + q_start
         kv_pos = iota(shape, kv_dim) + kv_start
         valid = kv_pos < st.kv_len
-        if st.mask_fn is not None:
-            m = st.mask_fn(q_pos, kv_pos, head)
-            valid = conj(valid, m)
+        if st.mask_factors is not None:
+            valid = conj(valid, _factored_mask(st.mask_factors, shape, q_start, kv_start,
+                                               head, q_dim))
+        elif st.mask_fn is not None:
+            q_pos = iota(shape, q_dim) + q_start
+            valid = conj(valid, st.mask_fn(q_pos, kv_pos, head))
     if q_seg is not None:
         qs = lax.broadcast_in_dim(q_seg, shape, [q_dim])
         ks = lax.broadcast_in_dim(kv_seg, shape, [kv_dim])
         valid = conj(valid, qs == ks)
     return valid
+
+
+def _factored_mask(factors, shape, q_start, kv_start, head, q_dim):
+    """combine(rows(q), cols(k)) with rows/cols computed on the tile's edge vectors.
+
+    In the WGMMA layout a thread holds elements of only two rows, so per-row
+    terms cost two evaluations per thread instead of one per element.
+    """
+    kv_dim = 1 - q_dim
+    edge = (WGMMA_ROW, WGMMA_COL)
+    q_vec = plgpu.broadcasted_iota(jnp.int32, (shape[q_dim],), 0, layout=edge[q_dim]) + q_start
+    kv_vec = plgpu.broadcasted_iota(jnp.int32, (shape[kv_dim],), 0, layout=edge[kv_dim])
+    kv_vec = kv_vec + kv_start
+
+    def spread(tree, dim):  # scalar terms (e.g. grid sizes) stay scalars
+        return jax.tree.map(
+            lambda x: lax.broadcast_in_dim(x, shape, [dim]) if jnp.ndim(x) else x, tree)
+
+    rows = spread(factors.rows(q_vec), q_dim)
+    cols = spread(factors.cols(kv_vec), kv_dim)
+    return factors.combine(rows, cols, head)
 
 
 def mma_regs_lhs(acc, lhs, rhs_smem, stage_smem, *, during=None):
