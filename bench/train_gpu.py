@@ -4,10 +4,13 @@ Usage (repo root, on the H100):
   python bench/train_gpu.py OUT_DIR            # ~15 min: the runs below at full size
   python bench/train_gpu.py OUT_DIR --small    # minutes on a CPU: the same code, tiny sizes
 
-1. LLM on MQAR at 4k tokens (`models.train --model llm --preset gpu`): dense
-   attention, MoBA in every layer, and MoBA in three of four layers
-   (`hybrid_moba`); eval accuracy on held-out sequences, and the ratio of each
-   sparse model's accuracy to the dense one (target >= 0.95). `--nsa` adds NSA.
+1. LLM on MQAR at 4k tokens (`models.train --model llm --preset gpu`: 32 pairs,
+   training sequences mix 1 to 32 pairs, eval at 32): dense attention, MoBA in
+   three of four layers (`hybrid_moba`) and, with `--all-moba`, in every layer;
+   `--nsa` adds NSA in three of four layers. Every model trains for the same
+   number of steps: the preset's, or fewer if one step of each at 4k (timed
+   first) says they would not fit `--llm-minutes`. Reported: eval accuracy on
+   held-out sequences and each sparse/dense ratio (target >= 0.95).
 2. Training step time (forward + backward + AdamW) of the same LLMs at 16k
    tokens, batch 1, with the best implementation for the device (and, with
    `--xla-too`, all on the XLA path); target: sparse faster than dense.
@@ -140,6 +143,40 @@ def step_time(cfg: TrainConfig, reps: int) -> dict:
     }
 
 
+def equal_steps(rec, llm_runs, preset, small_llm, args) -> int:
+    """The preset's steps, or fewer so that every LLM run fits the budget at equal steps.
+
+    A rerun into the same OUT_DIR reuses the steps of its first run (so it resumes).
+    """
+    previous = pathlib.Path(args.out) / "llm-dense" / "config.json"
+    if previous.exists():
+        return json.loads(previous.read_text())["run"]["steps"]
+    total_ms = 0.0
+    for name, overrides in llm_runs.items():
+        cfg = TrainConfig(
+            model="llm",
+            preset=preset,
+            attention=name,
+            task="mqar",
+            overrides=overrides,
+            out="unused",
+            progress=False,
+            **{k: v for k, v in small_llm.items() if k != "steps"},
+        )
+        try:
+            r = step_time(cfg, reps=3)
+        except Exception as e:
+            rec.put("timing", f"{name}@train_len", {"error": f"{type(e).__name__}: {e}"[:2000]})
+            continue
+        rec.put("timing", f"{name}@train_len", r)
+        total_ms += r["step_ms"]
+    preset_steps = small_llm.get("steps") or TrainConfig(model="llm", preset=preset).resolve().steps
+    fit = int(args.llm_minutes * 60e3 / max(total_ms, 1e-3) / 0.9)  # 10% for evals, data
+    steps = max(100, min(preset_steps, fit // 100 * 100)) if not args.small else preset_steps
+    rec.data["meta"]["llm_steps"] = steps
+    return steps
+
+
 def plots(rec: Recorder, out: pathlib.Path) -> None:
     import matplotlib
 
@@ -165,7 +202,7 @@ def plots(rec: Recorder, out: pathlib.Path) -> None:
         fig.tight_layout()
         fig.savefig(out / fname, dpi=110)
         plt.close(fig)
-    timing = {k: v for k, v in rec.data["timing"].items() if "step_ms" in v}
+    timing = {k: v for k, v in rec.data["timing"].items() if "step_ms" in v and "@" not in k}
     if timing:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         ax.bar(list(timing), [v["step_ms"] for v in timing.values()])
@@ -189,7 +226,8 @@ def targets(rec: Recorder) -> None:
             )
     dense_ms = (timing.get("dense") or {}).get("step_ms")
     for name, r in timing.items():
-        if name != "dense" and not name.endswith("[xla]") and dense_ms and "step_ms" in r:
+        plain = not name.endswith("[xla]") and "@" not in name
+        if name != "dense" and plain and dense_ms and "step_ms" in r:
             speedup = dense_ms / r["step_ms"]
             rec.put(
                 "targets",
@@ -249,7 +287,14 @@ def main(argv=None) -> int:
     p.add_argument("--vit-steps", type=int, help="steps per ViT run (default: the gpu preset)")
     p.add_argument("--timing-seq", type=int, default=16384)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument(
+        "--llm-minutes",
+        type=float,
+        default=8.0,
+        help="training budget of all LLM runs together (sets equal steps)",
+    )
     p.add_argument("--nsa", action="store_true", help="also train and time NSA (hybrid_nsa)")
+    p.add_argument("--all-moba", action="store_true", help="also MoBA in every layer")
     p.add_argument("--xla-too", action="store_true", help="also time everything on the XLA path")
     p.add_argument("--skip", default="", help="comma list of parts to skip: llm,timing,vit")
     args = p.parse_args(argv)
@@ -271,11 +316,20 @@ def main(argv=None) -> int:
     rec = Recorder(out, meta)
     (out / "train_gpu.json").write_text(json.dumps(rec.data, indent=2))
 
-    llm_runs = {"dense": (), "moba": MOBA_4K, "hybrid_moba": MOBA_4K}
+    llm_runs = {"dense": (), "hybrid_moba": MOBA_4K}
+    if args.all_moba:
+        llm_runs["moba"] = MOBA_4K
     if args.nsa:
         llm_runs["hybrid_nsa"] = NSA_4K
     small_llm = (
-        dict(seq_len=256, vocab_size=64, num_pairs=8, steps=args.llm_steps or 30, eval_every=15)
+        dict(
+            seq_len=256,
+            vocab_size=64,
+            num_pairs=8,
+            steps=args.llm_steps or 30,
+            eval_every=15,
+            checkpoint_every=15,
+        )
         if args.small
         else {}
     )
@@ -283,10 +337,9 @@ def main(argv=None) -> int:
         small_moba = (("layer_options.moba_block_size", 64), ("layer_options.moba_top_k", 2))
         llm_runs = {k: small_moba if v else v for k, v in llm_runs.items()}
     if "llm" not in skip:
+        steps = args.llm_steps or equal_steps(rec, llm_runs, preset, small_llm, args)
         for name, overrides in llm_runs.items():
-            kw = dict(small_llm) if args.small else {}
-            if args.llm_steps:
-                kw["steps"] = args.llm_steps
+            kw = dict(small_llm, steps=steps)
             cfg = TrainConfig(
                 model="llm",
                 preset=preset,

@@ -143,7 +143,7 @@ class CausalSelfAttention(nnx.Module):
       kind: a name in `KINDS`.
       dim, num_heads, num_kv_heads, head_dim: widths (C, H, K, D).
       options: `LayerOptions` for the sparse kinds.
-      rope_base: RoPE wavelength base.
+      rope_base, rotary_dim: RoPE wavelength base and rotated channels per head.
       implementation: passed to `jaxsparse.attention` (None: best for the device).
       dtype, param_dtype, rngs: as in Flax NNX.
     """
@@ -158,6 +158,7 @@ class CausalSelfAttention(nnx.Module):
         head_dim: int,
         options: LayerOptions,
         rope_base: float = 10_000.0,
+        rotary_dim: int | None = None,
         implementation: str | None = None,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
@@ -165,7 +166,7 @@ class CausalSelfAttention(nnx.Module):
     ):
         self.kind = kind
         self.pattern = KINDS.get(kind)(options)
-        rope = jnn.RoPE(base=rope_base)
+        rope = jnn.RoPE(base=rope_base, rotary_dim=rotary_dim)
         common = dict(
             num_kv_heads=num_kv_heads,
             head_dim=head_dim,

@@ -60,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="dit on moving_shapes: frames per clip")
     p.add_argument("--vocab-size", type=int)
     p.add_argument("--num-pairs", type=int, help="llm: key-value pairs / needles / tokens")
+    p.add_argument(
+        "--min-pairs",
+        type=int,
+        help="llm: train on between this and --num-pairs "
+        "pairs per sequence (a difficulty mix; eval always uses --num-pairs)",
+    )
     p.add_argument("--dim", type=int, help="model width")
     p.add_argument("--layers", type=int)
     p.add_argument("--heads", type=int)

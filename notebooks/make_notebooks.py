@@ -258,7 +258,7 @@ TRAIN = [
 `models.training.train` is the library behind `python -m models.train`. Here a
 ViT learns scikit-learn's digits with dense, HiLo (LITv2) and BiFormer
 attention, and a small LM learns multi-query associative recall (MQAR) with
-dense attention and with MoBA in three of every four layers. Each run writes
+dense attention and with MoBA (Mixture of Block Attention). Each run writes
 metrics (JSON lines), checkpoints and a loss curve to its own directory;
 rerunning a cell resumes from the checkpoints.""",
     ),
@@ -306,7 +306,10 @@ curves(vit, "ViT on digits")""",
     ),
     (
         "code",
-        """llm = {name: run("llm", name) for name in ("dense", "hybrid_moba")}
+        """# MoBA in both layers, chunks of 16 (smoke: 64 tokens) or 32 (cpu: 128 tokens) tokens and
+# 2 chunks per query (its own and the best earlier one).
+moba = (("layer_options.moba_block_size", 16 if SMALL else 32), ("layer_options.moba_top_k", 2))
+llm = {"dense": run("llm", "dense"), "moba": run("llm", "moba", overrides=moba)}
 for name, r in llm.items():
     print(f"LM {name:12s} MQAR eval accuracy {r.eval['accuracy']:.3f}")
 curves(llm, "LM on MQAR")""",

@@ -65,3 +65,25 @@ def test_images_and_videos():
     clip = videos.VideoTask(frames=5, image_size=8).batch(batch_rng(0, "train", 0), 2, "train")
     assert clip["images"].shape == (2, 5, 8, 8, 1)
     assert not np.array_equal(clip["images"][:, 0], clip["images"][:, -1])  # it moves
+
+
+def test_difficulty_mix_in_training_only():
+    task = lm_tasks.LMTask(name="mqar", seq_len=96, vocab_size=64, num_pairs=8, min_pairs=2)
+    train = task.batch(batch_rng(0, "train", 0), 32, "train")
+    counts = train["weights"].sum(axis=1)
+    assert counts.min() >= 2 and counts.max() <= 8 and len(set(counts)) > 2
+    for i in range(4):
+        for t in np.flatnonzero(train["weights"][i]):
+            assert train["targets"][i, t] == _solve("mqar", train["inputs"][i], t)
+    evals = task.batch(batch_rng(0, "eval", 0), 8, "eval")
+    assert evals["weights"].sum(axis=1).tolist() == [8.0] * 8
+    with pytest.raises(ValueError, match="min_pairs=9 must lie between 1 and num_pairs=8"):
+        lm_tasks.LMTask(name="mqar", seq_len=96, vocab_size=64, num_pairs=8, min_pairs=9)
+
+
+def test_digits_eval_batches_cover_the_eval_set():
+    task = images.ImageTask(name="digits", image_size=8)
+    seen = np.concatenate(
+        [task.batch(batch_rng(0, "eval", i), 100, "eval", i)["images"] for i in range(3)]
+    ).reshape(300, -1)
+    assert len(np.unique(seen, axis=0)) >= 290  # 300 images (a few digits are duplicates)

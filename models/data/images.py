@@ -38,8 +38,10 @@ class ImageTask:
     def num_classes(self) -> int:
         return 10 if self.name == "digits" else len(SHAPES)
 
-    def batch(self, rng: np.random.Generator, batch_size: int, split: str) -> dict:
-        images, labels = IMAGE_SETS.get(self.name)(rng, batch_size, self.image_size, split)
+    def batch(self, rng: np.random.Generator, batch_size: int, split: str, index: int = 0) -> dict:
+        """`{"images", "labels"}`; `index` is the batch number (eval batches use it)."""
+        make = IMAGE_SETS.get(self.name)
+        images, labels = make(rng, batch_size, self.image_size, split, index)
         return {"images": images.astype(np.float32), "labels": labels.astype(np.int32)}
 
 
@@ -70,11 +72,18 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 
 @IMAGE_SETS.register("digits")
-def digits(rng, b, size, split):
-    """Upsampled scikit-learn digits; 1,497 for training, the last 300 for eval."""
+def digits(rng, b, size, split, index):
+    """Upsampled scikit-learn digits; 1,497 for training, the last 300 for eval.
+
+    Eval batches walk the 300 eval images in order (batch i starts at image
+    i * b, wrapping), so a few eval batches cover the whole eval set.
+    """
     images, labels = _digits()
-    lo, hi = (0, len(images) - 300) if split == "train" else (len(images) - 300, len(images))
-    idx = rng.integers(lo, hi, b)
+    first_eval = len(images) - 300
+    if split == "train":
+        idx = rng.integers(0, first_eval, b)
+    else:
+        idx = first_eval + (index * b + np.arange(b)) % 300
     x = images[idx]
     if split == "train":  # shift by up to one source pixel (zero fill)
         dy, dx = rng.integers(-1, 2, (2, b))
@@ -104,7 +113,7 @@ def draw_shapes(kind: np.ndarray, cy, cx, radius, size: int) -> np.ndarray:
 
 
 @IMAGE_SETS.register("shapes")
-def shapes(rng, b, size, split):
+def shapes(rng, b, size, split, index):
     """Random shapes (class = shape) at random places, sizes and brightness, plus noise."""
     kind = rng.integers(0, len(SHAPES), b)
     radius = rng.uniform(0.18, 0.32, b) * size

@@ -7,6 +7,11 @@ answer can be inferred from the context. Loss and accuracy use only those
 positions, as in Zoology's MQAR (Arora et al. 2023); the other tokens are
 random or blank and carry no signal.
 
+Difficulty curriculum: with `min_pairs` set, each training sequence draws its
+number of pairs uniformly from `[min_pairs, num_pairs]` (eval sequences always
+use `num_pairs`). Zoology trains MQAR on a mixture of difficulties in the same
+way; the easy sequences let the recall circuit form in far fewer steps.
+
 Token layout of a vocabulary of V ids: 0 is the blank/filler token, 1-3 are
 markers, keys use the lower half of the rest and values the upper half.
 """
@@ -35,12 +40,14 @@ class LMTask:
       vocab_size: V (at least 16).
       num_pairs: key-value pairs (MQAR), needles (needle) or tokens to copy
         (selective copy); None picks a default for the length.
+      min_pairs: if set, training sequences use between min_pairs and num_pairs.
     """
 
     name: str
     seq_len: int
     vocab_size: int
     num_pairs: int | None = None
+    min_pairs: int | None = None
 
     def __post_init__(self):
         TASKS.get(self.name)  # unknown names list the valid ones
@@ -52,6 +59,10 @@ class LMTask:
             raise ValueError(
                 f"task {self.name!r} with num_pairs={pairs} needs seq_len >= {need}, got "
                 f"{self.seq_len}; lower --num-pairs or raise --seq-len."
+            )
+        if self.min_pairs is not None and not 1 <= self.min_pairs <= pairs:
+            raise ValueError(
+                f"min_pairs={self.min_pairs} must lie between 1 and num_pairs={pairs}."
             )
         keys = (self.vocab_size - FIRST) // 2
         if self.name != "selective_copy" and pairs > keys:
@@ -66,9 +77,21 @@ class LMTask:
             return self.num_pairs
         return int(min(64, max(4, self.seq_len // 32)))
 
-    def batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+    def batch(
+        self, rng: np.random.Generator, batch_size: int, split: str = "train"
+    ) -> dict[str, np.ndarray]:
         """One batch `{"inputs", "targets", "weights"}`; targets/weights are next-token aligned."""
-        tokens, answer = TASKS.get(self.name)(rng, batch_size, self)
+        generate = TASKS.get(self.name)
+        if split == "train" and self.min_pairs is not None:
+            counts = rng.integers(self.min_pairs, self.pairs + 1, batch_size)
+        else:
+            counts = np.full(batch_size, self.pairs)
+        t = self.seq_len + 1  # the batch shifts by one token
+        tokens = np.zeros((batch_size, t), np.int64)
+        answer = np.zeros((batch_size, t), bool)
+        for n in np.unique(counts):
+            rows = np.flatnonzero(counts == n)
+            tokens[rows], answer[rows] = generate(rng, len(rows), t, int(n), self.vocab_size)
         inputs = tokens[:, :-1]
         targets = tokens[:, 1:]
         weights = answer[:, 1:].astype(np.float32)  # answer at t+1 is predicted at t
@@ -84,9 +107,9 @@ def _min_len(name: str, pairs: int) -> int:
     return {"mqar": 4 * pairs, "needle": 6 * pairs + 2, "selective_copy": 2 * pairs + 2}[name]
 
 
-def _split_vocab(task: LMTask) -> tuple[int, int, int]:
+def _split_vocab(vocab_size: int) -> tuple[int, int, int]:
     """(first key id, first value id, end) for keys and values."""
-    half = (task.vocab_size - FIRST) // 2
+    half = (vocab_size - FIRST) // 2
     return FIRST, FIRST + half, FIRST + 2 * half
 
 
@@ -103,14 +126,13 @@ def _slots(rng: np.random.Generator, b: int, n: int, lo: int, hi: int, width: in
 
 
 @TASKS.register("mqar")
-def mqar(rng, b, task):
+def mqar(rng, b, t, n, vocab_size):
     """Multi-query associative recall: `k1 v1 ... kN vN`, then each key again, answer its value.
 
     The pairs open the sequence; the queries (`k` followed by its value) sit
     at random slots of the remaining blank tokens, in random order.
     """
-    t, n = task.seq_len + 1, task.pairs
-    k0, v0, end = _split_vocab(task)
+    k0, v0, end = _split_vocab(vocab_size)
     keys = _distinct(rng, b, n, k0, v0)
     values = rng.integers(v0, end, (b, n))
     tokens = np.full((b, t), BLANK, np.int64)
@@ -126,14 +148,13 @@ def mqar(rng, b, task):
 
 
 @TASKS.register("needle")
-def needle(rng, b, task):
+def needle(rng, b, t, n, vocab_size):
     """Needle retrieval: `NEEDLE k v` triples hidden in random filler, then `QUERY k -> v`.
 
     Filler tokens are drawn from the key range, so a needle is found by its
     marker, not by its token ids; every needle is asked once at the end.
     """
-    t, n = task.seq_len + 1, task.pairs
-    k0, v0, end = _split_vocab(task)
+    k0, v0, end = _split_vocab(vocab_size)
     tokens = rng.integers(k0, v0, (b, t))
     answer = np.zeros((b, t), bool)
     keys = _distinct(rng, b, n, k0, v0)
@@ -151,14 +172,13 @@ def needle(rng, b, task):
 
 
 @TASKS.register("selective_copy")
-def selective_copy(rng, b, task):
+def selective_copy(rng, b, t, n, vocab_size):
     """Selective copy (Mamba, Gu & Dao 2023): copy the scattered non-blank tokens, in order.
 
     `n` data tokens at random positions among blanks, then `SEP`, then the
     data tokens again (teacher forced), each scored.
     """
-    t, n = task.seq_len + 1, task.pairs
-    _, _, end = _split_vocab(task)
+    _, _, end = _split_vocab(vocab_size)
     tokens = np.full((b, t), BLANK, np.int64)
     answer = np.zeros((b, t), bool)
     data = rng.integers(FIRST, end, (b, n))

@@ -33,8 +33,8 @@ class VideoTask:
     def num_classes(self) -> int:
         return len(images.SHAPES)
 
-    def batch(self, rng: np.random.Generator, batch_size: int, split: str) -> dict:
-        """`{"images": [B, F, S, S, 1], "labels": [B]}` (split only selects the stream)."""
+    def batch(self, rng: np.random.Generator, batch_size: int, split: str, index: int = 0) -> dict:
+        """`{"images": [B, F, S, S, 1], "labels": [B]}` (split, index: only the stream)."""
         b, f, s = batch_size, self.frames, self.image_size
         kind = rng.integers(0, len(images.SHAPES), b)
         radius = rng.uniform(0.2, 0.3, b) * s

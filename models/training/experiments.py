@@ -59,7 +59,11 @@ class LLMExperiment:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.task = lm_tasks.LMTask(
-            name=cfg.task, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size, num_pairs=cfg.num_pairs
+            name=cfg.task,
+            seq_len=cfg.seq_len,
+            vocab_size=cfg.vocab_size,
+            num_pairs=cfg.num_pairs,
+            min_pairs=cfg.min_pairs,
         )
         base = LLMConfig(
             vocab_size=cfg.vocab_size,
@@ -75,7 +79,7 @@ class LLMExperiment:
         return LLM(self.model_config, dtype=dtype, rngs=rngs)
 
     def batch(self, split: str, step: int) -> dict[str, np.ndarray]:
-        return self.task.batch(batch_rng(self.cfg.seed, split, step), self.cfg.batch_size)
+        return self.task.batch(batch_rng(self.cfg.seed, split, step), self.cfg.batch_size, split)
 
     def loss(self, model, batch, key):
         loss, acc = token_loss(model(batch["inputs"]), batch["targets"], batch["weights"])
@@ -115,7 +119,9 @@ class ViTExperiment:
         return ViT(self.model_config, dtype=dtype, rngs=rngs)
 
     def batch(self, split: str, step: int) -> dict[str, np.ndarray]:
-        return self.task.batch(batch_rng(self.cfg.seed, split, step), self.cfg.batch_size, split)
+        return self.task.batch(
+            batch_rng(self.cfg.seed, split, step), self.cfg.batch_size, split, step
+        )
 
     def loss(self, model, batch, key):
         loss, acc = classification_loss(model(batch["images"]), batch["labels"])
@@ -160,7 +166,9 @@ class DiTExperiment:
         return DiT(self.model_config, dtype=dtype, rngs=rngs)
 
     def batch(self, split: str, step: int) -> dict[str, np.ndarray]:
-        return self.task.batch(batch_rng(self.cfg.seed, split, step), self.cfg.batch_size, split)
+        return self.task.batch(
+            batch_rng(self.cfg.seed, split, step), self.cfg.batch_size, split, step
+        )
 
     def loss(self, model, batch, key):
         return flow.flow_loss(model, batch["images"], batch["labels"], key), {}
