@@ -45,8 +45,12 @@ print(json.dumps(dict(pattern=expr, seq=n, block=block, cold_s=round(cold, 4),
 def main() -> None:
     rows = []
     for expr, n, block in CASES:
-        out = subprocess.run([sys.executable, "-c", CHILD, expr, str(n), str(block)],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, expr, str(n), str(block)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         row = json.loads(out.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)
         rows.append(row)

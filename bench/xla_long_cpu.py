@@ -42,13 +42,25 @@ def main() -> None:
     start = time.perf_counter()
     dq, dk, dv = jax.block_until_ready(grad(q, k, v))
     bwd_s = time.perf_counter() - start
-    finite = bool(jnp.isfinite(out).all() & jnp.isfinite(dq).all() & jnp.isfinite(dk).all()
-                  & jnp.isfinite(dv).all())
-    row = dict(seq=t, heads=h, dim=d, dtype="float32", pattern="Causal()",
-               forward_s_incl_compile=round(fwd_s, 1), fwd_bwd_s_incl_compile=round(bwd_s, 1),
-               peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-               dense_logits_gb=round(h * t * t * 4 / 2**30, 1), finite=finite,
-               device=jax.devices()[0].device_kind)
+    finite = bool(
+        jnp.isfinite(out).all()
+        & jnp.isfinite(dq).all()
+        & jnp.isfinite(dk).all()
+        & jnp.isfinite(dv).all()
+    )
+    row = dict(
+        seq=t,
+        heads=h,
+        dim=d,
+        dtype="float32",
+        pattern="Causal()",
+        forward_s_incl_compile=round(fwd_s, 1),
+        fwd_bwd_s_incl_compile=round(bwd_s, 1),
+        peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        dense_logits_gb=round(h * t * t * 4 / 2**30, 1),
+        finite=finite,
+        device=jax.devices()[0].device_kind,
+    )
     print(json.dumps(row))
     if args.out:
         with open(args.out, "w") as f:

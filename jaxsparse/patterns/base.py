@@ -90,13 +90,16 @@ class TracedPatternError(ValueError):
 
 
 def codes_from(full: Any, empty: Any, *like: Any) -> np.ndarray:
-    """Block codes from two boolean arrays (`full` wins over `empty`).
+    """Block codes from two boolean arrays, broadcast with `like`.
 
-    The result has the broadcast shape of `full`, `empty` and `like`.
+    Computed as `(not empty) + full` (EMPTY 0, PARTIAL 1, FULL 2): one pass,
+    and a tile wrongly called both full and empty comes out PARTIAL, which is
+    always safe.
     """
     shape = np.broadcast_shapes(np.shape(full), np.shape(empty), *(np.shape(x) for x in like))
-    out = np.where(np.broadcast_to(empty, shape), np.int8(EMPTY), np.int8(PARTIAL))
-    return np.where(np.broadcast_to(full, shape), np.int8(FULL), out)
+    out = np.empty(shape, np.int8)
+    np.add(np.logical_not(empty), full, out=out, dtype=np.int8, casting="unsafe")
+    return out
 
 
 def pattern_dataclass(cls: type) -> type:

@@ -262,11 +262,16 @@ def _lists(classify: Callable, cand: _Candidates, num_cols):
     for rows in chunks:
         n, cd = counts[:, rows], codes[:, rows]
         if (n == cand.total[:, rows]).all():  # every candidate non-empty: no compaction
-            out, fl = cand.cols(rows, ek), cd[..., :kmax] == pbase.FULL
-        else:  # stable compaction of the non-empty candidates
-            order = np.argsort(cd == pbase.EMPTY, axis=-1, kind="stable")[..., :kmax]
-            out = np.take_along_axis(cand.cols(rows, e), order, axis=-1)
-            fl = np.take_along_axis(cd, order, axis=-1) == pbase.FULL
+            # Slots past the count read the last candidate again (codes there are EMPTY).
+            out = idx[:, rows]
+            out[...] = cand.cols(rows, np.minimum(ek, np.maximum(n - 1, 0)[..., None]))
+            out[n == 0] = 0
+            np.equal(cd[..., :kmax], pbase.FULL, out=full[:, rows])
+            continue
+        # Stable compaction of the non-empty candidates.
+        order = np.argsort(cd == pbase.EMPTY, axis=-1, kind="stable")[..., :kmax]
+        out = np.take_along_axis(cand.cols(rows, e), order, axis=-1)
+        fl = np.take_along_axis(cd, order, axis=-1) == pbase.FULL
         valid = ek < n[..., None]
         last = np.take_along_axis(out, np.maximum(n - 1, 0)[..., None], axis=-1)
         idx[:, rows] = np.where(valid, out, np.where(n[..., None] > 0, last, 0))
