@@ -21,6 +21,9 @@ Usage (repo root, on the H100):
 Writes OUT_DIR/train_gpu.json (updated after every run, so a run cut short
 keeps what it measured), OUT_DIR/summary.md (a table for BENCHMARKS.md),
 PNG plots, and one run directory per training run (metrics.jsonl, loss.png).
+Parts can run as separate commands into the same OUT_DIR (`--skip`); results
+accumulate, and a training run that was cut short resumes from its checkpoint
+when the same command is repeated.
 """
 
 from __future__ import annotations
@@ -51,7 +54,14 @@ class Recorder:
     """Collects results and rewrites train_gpu.json after each addition."""
 
     def __init__(self, out: pathlib.Path, meta: dict):
-        self.out, self.data = out, {"meta": meta, "llm": {}, "timing": {}, "vit": {}, "targets": {}}
+        self.out = out
+        self.data = {"meta": meta, "llm": {}, "timing": {}, "vit": {}, "targets": {}}
+        previous = out / "train_gpu.json"
+        if previous.exists():  # a later part, or a rerun, adds to what is there
+            old = json.loads(previous.read_text())
+            for section in ("llm", "timing", "vit"):
+                self.data[section].update(old.get(section, {}))
+            self.data["meta"] = {**old.get("meta", {}), **meta}
 
     def put(self, section: str, key: str, value) -> None:
         self.data[section][key] = value
@@ -314,7 +324,6 @@ def main(argv=None) -> int:
         "timing_title": f"LLM training step, T={timing_seq}, batch 1",
     }
     rec = Recorder(out, meta)
-    (out / "train_gpu.json").write_text(json.dumps(rec.data, indent=2))
 
     llm_runs = {"dense": (), "hybrid_moba": MOBA_4K}
     if args.all_moba:

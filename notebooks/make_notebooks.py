@@ -274,7 +274,10 @@ import matplotlib.pyplot as plt
 from models.training import TrainConfig, train
 
 ROOT = pathlib.Path(tempfile.mkdtemp(prefix="jaxsparse-nb-"))
-PRESET = "smoke" if SMALL else "cpu"  # "gpu" on an H100: the full-size runs
+import jax
+
+# smoke: seconds (CI); cpu: minutes on a CPU; gpu: the full-size runs (minutes on an H100).
+PRESET = "smoke" if SMALL else ("gpu" if jax.default_backend() == "gpu" else "cpu")
 print("runs in", ROOT, "preset", PRESET)
 
 
@@ -306,9 +309,10 @@ curves(vit, "ViT on digits")""",
     ),
     (
         "code",
-        """# MoBA in both layers, chunks of 16 (smoke: 64 tokens) or 32 (cpu: 128 tokens) tokens and
-# 2 chunks per query (its own and the best earlier one).
-moba = (("layer_options.moba_block_size", 16 if SMALL else 32), ("layer_options.moba_top_k", 2))
+        """# MoBA in every layer: chunks of 16 (smoke: 64 tokens), 32 (cpu: 128 tokens) or 512
+# (gpu: 4096 tokens) keys; each query attends its own chunk and the best earlier one(s).
+block, top_k = {"smoke": (16, 2), "cpu": (32, 2), "gpu": (512, 3)}[PRESET]
+moba = (("layer_options.moba_block_size", block), ("layer_options.moba_top_k", top_k))
 llm = {"dense": run("llm", "dense"), "moba": run("llm", "moba", overrides=moba)}
 for name, r in llm.items():
     print(f"LM {name:12s} MQAR eval accuracy {r.eval['accuracy']:.3f}")

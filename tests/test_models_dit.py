@@ -46,7 +46,8 @@ def test_adaln_zero_starts_at_zero():
     cfg = _config(frames=3, attention="neighborhood,window")
     model = DiT(cfg, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (2, *cfg.input_shape))
-    v = model(x, jnp.array([0.1, 0.9]), jnp.array([0, 5], jnp.int32))
+    forward = nnx.jit(lambda m, x, t, y: m(x, t, y))
+    v = forward(model, x, jnp.array([0.1, 0.9]), jnp.array([0, 5], jnp.int32))
     assert v.shape == x.shape
     np.testing.assert_array_equal(v, 0.0)
 

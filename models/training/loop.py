@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import pathlib
 import signal
 import sys
@@ -38,129 +39,161 @@ class Result:
     interrupted: bool = False
 
 
+@dataclasses.dataclass
+class _Run:
+    """Everything one training run holds; `state` is replaced whole after each step."""
+
+    cfg: TrainConfig
+    exp: Any
+    devices: list
+    mesh: Any
+    run_dir: pathlib.Path
+    ckpt: checkpoint.Checkpointer
+    graphdef: Any
+    rest: Any
+    state: dict
+    start: int
+    step_fn: Any
+    eval_fn: Any
+    last_loss: float | None = None
+    last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
 def train(cfg: TrainConfig) -> Result:
     """Train (or resume) the run described by `cfg`; see the module docstring."""
-    cfg = cfg.resolve()
-    exp = experiments.build(cfg)
+    run = _prepare(cfg.resolve())
+    log = metrics.MetricsWriter(run.run_dir / "metrics.jsonl", resume_step=run.start)
+    interrupted = False
+    try:
+        with _sigterm_as_interrupt():
+            _train_steps(run, log)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(
+            f"\ninterrupted: saving the last finished step to {run.run_dir / 'checkpoints'}",
+            file=sys.stderr,
+        )
+    finally:
+        step = int(jax.device_get(run.state["step"]))
+        with _sigterm_ignored():
+            if step > 0:
+                run.ckpt.save(step, run.state)
+            run.ckpt.close()
+            log.close()
+    files = {"metrics": str(run.run_dir / "metrics.jsonl")}
+    if not interrupted:
+        if not run.last_eval:  # a finished run, resumed: evaluate it again
+            run.last_eval = _evaluate(run)
+        files.update(_finish(run))
+    result = Result(
+        out=str(run.run_dir),
+        steps=step,
+        final_loss=run.last_loss,
+        eval=run.last_eval,
+        files=files,
+        devices=len(run.devices),
+        interrupted=interrupted,
+    )
+    (run.run_dir / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2))
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
+def _prepare(cfg: TrainConfig) -> _Run:
+    """Devices, the stored config (or a refusal), the model and its state, restored if saved."""
     devices = sharding.devices_for(cfg.device)
     platform = devices[0].platform
     if cfg.implementation is None and platform != jax.default_backend():
         # jaxsparse picks kernels for the default backend; elsewhere the XLA path runs.
         cfg = dataclasses.replace(cfg, implementation="xla")
-        exp = experiments.build(cfg)
+    exp = experiments.build(cfg)
     mesh = sharding.data_mesh(devices)
     sharding.check_batch(cfg.batch_size, mesh)
     dtype = jnp.dtype(cfg.dtype or ("bfloat16" if platform == "gpu" else "float32"))
-
     run_dir = pathlib.Path(cfg.out)
-    checkpoint.check_or_write_config(
-        run_dir,
-        {
-            "run": cfg.run_fields(),
-            "model": dataclasses.asdict(exp.model_config),
-            "dtype": dtype.name,
-        },
-    )
+    stored = {
+        "run": cfg.run_fields(),
+        "model": dataclasses.asdict(exp.model_config),
+        "dtype": dtype.name,
+    }
+    checkpoint.check_or_write_config(run_dir, stored)
     ckpt = checkpoint.Checkpointer(run_dir)
-
     with jax.default_device(devices[0]):
         model = exp.build(dtype=dtype, rngs=nnx.Rngs(cfg.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx, lr_fn = schedule.optimizer(cfg), schedule.learning_rate(cfg)
+    tx = schedule.optimizer(cfg)
     params = nnx.to_pure_dict(params)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
     state = sharding.replicate(state, mesh)
     start = ckpt.latest_step()
     if start is not None:
         state = ckpt.restore(start, state)
-    start = int(start or 0)
+    return _Run(
+        cfg=cfg,
+        exp=exp,
+        devices=devices,
+        mesh=mesh,
+        run_dir=run_dir,
+        ckpt=ckpt,
+        graphdef=graphdef,
+        rest=rest,
+        state=state,
+        start=int(start or 0),
+        step_fn=make_train_step(exp, graphdef, rest, tx, cfg.seed),
+        eval_fn=make_eval_step(exp, graphdef, rest, cfg.seed),
+    )
 
-    step_fn = make_train_step(exp, graphdef, rest, tx, cfg.seed)
-    eval_fn = make_eval_step(exp, graphdef, rest, cfg.seed)
-    log = metrics.MetricsWriter(run_dir / "metrics.jsonl", resume_step=start)
+
+def _train_steps(run: _Run, log: metrics.MetricsWriter) -> None:
+    """Steps `run.start .. cfg.steps`, with logs, checkpoints and evals on their schedules."""
+    cfg, exp = run.cfg, run.exp
+    lr_fn = schedule.learning_rate(cfg)
     bar = progress.Bar(
-        cfg.steps, start, exp.unit, enabled=cfg.progress, description=f"{cfg.model}/{cfg.attention}"
+        cfg.steps,
+        run.start,
+        exp.unit,
+        enabled=cfg.progress,
+        description=f"{cfg.model}/{cfg.attention}",
     )
-    last_eval: dict[str, float] = {}
-    last_loss, interrupted = None, False
-    window_units, window_start = 0, time.perf_counter()
-    try:
-        with bar, _sigterm_as_interrupt():
-            for step in range(start, cfg.steps):
-                batch = exp.batch("train", step)
-                state, out = step_fn(state, sharding.shard_batch(batch, mesh))
-                window_units += exp.units(batch)
-                done = step + 1
-                if step == start:  # the first step compiles: keep it out of throughput
-                    jax.block_until_ready(out)
-                    log.write(
-                        {
-                            "kind": "compile",
-                            "step": done,
-                            "seconds": time.perf_counter() - window_start,
-                        }
-                    )
-                    window_units, window_start = 0, time.perf_counter()
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    out = jax.device_get(out)  # waits for the step: throughput is real
-                    elapsed = time.perf_counter() - window_start
-                    rate = window_units / elapsed if window_units else None
-                    last_loss = float(out["loss"])
-                    log.write(
-                        {
-                            "kind": "train",
-                            "step": done,
-                            **_floats(out),
-                            f"{exp.unit}_per_s": rate,
-                            "lr": float(lr_fn(step)),
-                        }
-                    )
-                    bar.update(done, last_loss, rate)
-                    window_units, window_start = 0, time.perf_counter()
-                else:
-                    bar.update(done)
-                if done % cfg.checkpoint_every == 0 and done != cfg.steps:
-                    ckpt.save(done, state)
-                if done % cfg.eval_every == 0 or done == cfg.steps:
-                    last_eval = _evaluate(exp, eval_fn, state, mesh, cfg.eval_batches)
-                    log.write({"kind": "eval", "step": done, **last_eval})
-                    bar.print(
-                        f"step {done}: "
-                        + ", ".join(f"eval {k} {v:.4f}" for k, v in last_eval.items())
-                    )
-                    window_start = time.perf_counter()  # eval time is not training time
-    except KeyboardInterrupt:
-        interrupted = True
-        print(
-            f"\ninterrupted: saving the last finished step to {run_dir / 'checkpoints'}",
-            file=sys.stderr,
-        )
-    finally:
-        # `state` is only ever replaced whole, so it holds the last finished step.
-        step = int(jax.device_get(state["step"]))
-        with _sigterm_ignored():
-            if step > 0:
-                ckpt.save(step, state)
-            ckpt.close()
-            log.close()
-    if not interrupted and not last_eval:  # resumed a finished run: evaluate it again
-        last_eval = _evaluate(exp, eval_fn, state, mesh, cfg.eval_batches)
-    files = {"metrics": str(run_dir / "metrics.jsonl")}
-    if not interrupted:
-        files.update(_finish(exp, cfg, graphdef, rest, state, run_dir))
-    result = Result(
-        out=str(run_dir),
-        steps=step,
-        final_loss=last_loss,
-        eval=last_eval,
-        files=files,
-        devices=len(devices),
-        interrupted=interrupted,
-    )
-    (run_dir / "result.json").write_text(_json(dataclasses.asdict(result)))
-    if interrupted:
-        raise KeyboardInterrupt
-    return result
+    units, since = 0, time.perf_counter()
+    with bar:
+        for step in range(run.start, cfg.steps):
+            batch = exp.batch("train", step)
+            run.state, out = run.step_fn(run.state, sharding.shard_batch(batch, run.mesh))
+            units += exp.units(batch)
+            done = step + 1
+            if step == run.start:  # the first step compiles: keep it out of throughput
+                jax.block_until_ready(out)
+                log.write({"kind": "compile", "step": done, "seconds": time.perf_counter() - since})
+                units, since = 0, time.perf_counter()
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                out = _floats(jax.device_get(out))  # waits for the step: the rate is real
+                rate = units / (time.perf_counter() - since) if units else None
+                run.last_loss = out["loss"]
+                log.write(
+                    {
+                        "kind": "train",
+                        "step": done,
+                        **out,
+                        f"{exp.unit}_per_s": rate,
+                        "lr": float(lr_fn(step)),
+                    }
+                )
+                bar.update(done, run.last_loss, rate)
+                units, since = 0, time.perf_counter()
+            else:
+                bar.update(done)
+            if done % cfg.checkpoint_every == 0 and done != cfg.steps:
+                run.ckpt.save(done, run.state)
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                run.last_eval = _evaluate(run)
+                log.write({"kind": "eval", "step": done, **run.last_eval})
+                bar.print(
+                    f"step {done}: "
+                    + ", ".join(f"eval {k} {v:.4f}" for k, v in run.last_eval.items())
+                )
+                since = time.perf_counter()  # eval time is not training time
 
 
 def make_train_step(exp, graphdef, rest, tx, seed: int):
@@ -199,22 +232,26 @@ def make_eval_step(exp, graphdef, rest, seed: int):
     return eval_fn
 
 
-def _evaluate(exp, eval_fn, state, mesh, num_batches: int) -> dict[str, float]:
+def _evaluate(run: _Run) -> dict[str, float]:
     """Mean eval metrics over a fixed set of held-out batches."""
+    n = run.cfg.eval_batches
     totals: dict[str, float] = {}
-    for i in range(num_batches):
-        batch = sharding.shard_batch(exp.batch("eval", i), mesh)
-        for k, v in _floats(jax.device_get(eval_fn(state["params"], batch, i))).items():
-            totals[k] = totals.get(k, 0.0) + v / num_batches
+    for i in range(n):
+        batch = sharding.shard_batch(run.exp.batch("eval", i), run.mesh)
+        out = _floats(jax.device_get(run.eval_fn(run.state["params"], batch, i)))
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + v / n
     return totals
 
 
-def _finish(exp, cfg, graphdef, rest, state, run_dir: pathlib.Path) -> dict[str, str]:
-    records = metrics.read(run_dir / "metrics.jsonl")
-    png = run_dir / "loss.png"
+def _finish(run: _Run) -> dict[str, str]:
+    """The loss-curve PNG and the experiment's extras (DiT samples)."""
+    cfg = run.cfg
+    png = run.run_dir / "loss.png"
+    records = metrics.read(run.run_dir / "metrics.jsonl")
     plots.loss_curve(records, png, title=f"{cfg.model} / {cfg.attention} / {cfg.task}")
-    model = nnx.merge(graphdef, state["params"], rest)
-    return {"loss_png": str(png), **exp.finish(model, run_dir)}
+    model = nnx.merge(run.graphdef, run.state["params"], run.rest)
+    return {"loss_png": str(png), **run.exp.finish(model, run.run_dir)}
 
 
 @contextlib.contextmanager
@@ -251,9 +288,3 @@ def _sigterm_ignored():
 
 def _floats(d: dict[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in d.items()}
-
-
-def _json(d: dict) -> str:
-    import json
-
-    return json.dumps(d, indent=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import optax
 
 from models.training.config import TrainConfig
@@ -27,8 +28,6 @@ def learning_rate(cfg: TrainConfig) -> optax.Schedule:
 def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     # Decay matrices only: norms' scales, biases and 1-D params are not shrunk.
     def decay_mask(params):
-        import jax
-
         return jax.tree.map(lambda p: p.ndim >= 2, params)
 
     return optax.chain(
