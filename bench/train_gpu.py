@@ -4,17 +4,19 @@ Usage (repo root, on the H100):
   python bench/train_gpu.py OUT_DIR            # ~15 min: the runs below at full size
   python bench/train_gpu.py OUT_DIR --small    # minutes on a CPU: the same code, tiny sizes
 
-1. LLM on MQAR at 4k tokens (`models.train --model llm --preset gpu`: 32 pairs,
-   training sequences mix 1 to 32 pairs, eval at 32): dense attention, MoBA in
-   three of four layers (`hybrid_moba`) and, with `--all-moba`, in every layer;
-   `--nsa` adds NSA in three of four layers. Every model trains for the same
-   number of steps: the preset's, or fewer if one step of each at 4k (timed
-   first) says they would not fit `--llm-minutes`. Reported: eval accuracy on
-   held-out sequences and each sparse/dense ratio (target >= 0.95).
-2. Training step time (forward + backward + AdamW) of the same LLMs at 16k
-   tokens, batch 1, with the best implementation for the device (and, with
-   `--xla-too`, all on the XLA path); target: sparse faster than dense.
-   Which jaxsparse implementations fell back is recorded.
+1. LLM on MQAR at 4k tokens (`models.train --model llm --preset gpu`: 2 layers,
+   32 pairs; training sequences mix 1 to 32 pairs, eval at 32): dense attention
+   and MoBA (chunks of 512, top 3) in every layer; `--hybrid` adds MoBA in one
+   layer of two (`moba,dense`), `--nsa` adds NSA in every layer. All start from
+   the same weights (the sparse layers have no extra parameters) and train for
+   the same number of steps: the preset's, or fewer if one step of each at 4k
+   (timed first) says they would not fit `--llm-minutes`. Reported: eval
+   accuracy on held-out sequences, each sparse/dense ratio (target >= 0.95).
+2. Training step time (forward + backward + AdamW; and the forward alone) of the
+   same LLMs at 16k tokens, batch 1, with the best implementation for the
+   device (and, with `--xla-too`, all on the XLA path); target: sparse faster
+   than dense. Which jaxsparse implementations fell back is recorded;
+   `--profile` also writes a jax.profiler trace of two steps per model.
 3. ViT on digits (`--model vit --preset gpu`): dense, HiLo and BiFormer
    attention; target: sparse within 2 accuracy points of dense.
 
@@ -108,8 +110,9 @@ def training_run(rec, section, name, cfg) -> None:
     )
 
 
-def step_time(cfg: TrainConfig, reps: int) -> dict:
-    """Median seconds of one jitted training step (after compiling), and the fallbacks seen."""
+def step_time(cfg: TrainConfig, reps: int, trace: pathlib.Path | None = None) -> dict:
+    """Median ms of one jitted training step and of the forward alone (after compiling),
+    and the jaxsparse fallbacks seen; `trace`: a profiler trace of two steps there."""
     cfg = cfg.resolve()
     exp = experiments.build(cfg)
     platform_name = jax.default_backend()
@@ -275,10 +278,16 @@ def summary(rec: Recorder, out: pathlib.Path) -> None:
                 f"| {section} {name} | {r['eval_accuracy']:.4f} | {r['steps']} | "
                 f"{r['wall_s']} | {r['throughput_median'] or 0:,.0f} {unit} |"
             )
-    lines += ["", f"| {m['timing_title']} | step (ms) | fallbacks |", "|---|---|---|"]
+    lines += [
+        "",
+        f"| {m['timing_title']} | step (ms) | forward (ms) | fallbacks |",
+        "|---|---|---|---|",
+    ]
     for name, r in rec.data["timing"].items():
         step_ms = f"{r['step_ms']:.1f}" if "step_ms" in r else r.get("error", "")[:80]
-        lines.append(f"| {name} | {step_ms} | {len(r.get('fallbacks', []))} |")
+        fwd_ms = f"{r['forward_ms']:.1f}" if "forward_ms" in r else ""
+        fallbacks = "; ".join(r.get("fallbacks", []))[:160]
+        lines.append(f"| {name} | {step_ms} | {fwd_ms} | {fallbacks} |")
     lines += ["", "| target | value | met |", "|---|---|---|"]
     for name, r in rec.data["targets"].items():
         value = {k: v for k, v in r.items() if k != "met"}
@@ -303,8 +312,9 @@ def main(argv=None) -> int:
         default=8.0,
         help="training budget of all LLM runs together (sets equal steps)",
     )
-    p.add_argument("--nsa", action="store_true", help="also train and time NSA (hybrid_nsa)")
-    p.add_argument("--all-moba", action="store_true", help="also MoBA in every layer")
+    p.add_argument("--nsa", action="store_true", help="also train and time NSA in every layer")
+    p.add_argument("--hybrid", action="store_true", help="also MoBA in one layer of two")
+    p.add_argument("--profile", action="store_true", help="jax.profiler traces of the timings")
     p.add_argument("--xla-too", action="store_true", help="also time everything on the XLA path")
     p.add_argument("--skip", default="", help="comma list of parts to skip: llm,timing,vit")
     args = p.parse_args(argv)
@@ -325,11 +335,11 @@ def main(argv=None) -> int:
     }
     rec = Recorder(out, meta)
 
-    llm_runs = {"dense": (), "hybrid_moba": MOBA_4K}
-    if args.all_moba:
-        llm_runs["moba"] = MOBA_4K
+    llm_runs = {"dense": (), "moba": MOBA_4K}
+    if args.hybrid:
+        llm_runs["moba,dense"] = MOBA_4K
     if args.nsa:
-        llm_runs["hybrid_nsa"] = NSA_4K
+        llm_runs["nsa"] = NSA_4K
     small_llm = (
         dict(
             seq_len=256,
@@ -344,7 +354,16 @@ def main(argv=None) -> int:
     )
     if args.small:
         small_moba = (("layer_options.moba_block_size", 64), ("layer_options.moba_top_k", 2))
-        llm_runs = {k: small_moba if v else v for k, v in llm_runs.items()}
+        small_nsa = (
+            ("layer_options.nsa_kernel_size", 16),
+            ("layer_options.nsa_stride", 8),
+            ("layer_options.nsa_block_size", 32),
+            ("layer_options.nsa_top_n", 4),
+            ("layer_options.nsa_window", 64),
+        )
+        llm_runs = {
+            k: (small_nsa if k == "nsa" else small_moba) if v else v for k, v in llm_runs.items()
+        }
     if "llm" not in skip:
         steps = args.llm_steps or equal_steps(rec, llm_runs, preset, small_llm, args)
         for name, overrides in llm_runs.items():
@@ -377,8 +396,9 @@ def main(argv=None) -> int:
                     progress=False,
                     **({"vocab_size": 64, "num_pairs": 8} if args.small else {}),
                 )
+                trace = out / f"trace-{key}" if args.profile else None
                 try:
-                    rec.put("timing", key, step_time(cfg, args.reps))
+                    rec.put("timing", key, step_time(cfg, args.reps, trace=trace))
                 except Exception as e:
                     rec.put("timing", key, {"error": f"{type(e).__name__}: {e}"[:2000]})
     if "vit" not in skip:

@@ -18,6 +18,13 @@ from jaxsparse.sparsity.block_sparsity import BlockSparsity
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockSparsity", "Config", "attention", "nsa", "patterns", "pyramid_attention", "reference",
-    "sparsity", "vertical_slash_attention",
+    "BlockSparsity",
+    "Config",
+    "attention",
+    "nsa",
+    "patterns",
+    "pyramid_attention",
+    "reference",
+    "sparsity",
+    "vertical_slash_attention",
 ]

@@ -52,9 +52,12 @@ class Case:
             pattern = f"BlockMask{list(np.shape(self.pattern.block_mask))}"
         elif hasattr(self.pattern, "mask"):
             pattern = f"Mask{list(np.shape(self.pattern.mask))}"
-        parts = [f"B{self.b}-T{self.t}" + (f"-S{s}" if s != self.t else ""),
-                 f"H{self.h}K{self.k}-D{self.d}{dv}", jnp.dtype(self.dtype).name,
-                 "".join(pattern.split())]
+        parts = [
+            f"B{self.b}-T{self.t}" + (f"-S{s}" if s != self.t else ""),
+            f"H{self.h}K{self.k}-D{self.d}{dv}",
+            jnp.dtype(self.dtype).name,
+            "".join(pattern.split()),
+        ]
         if self.soft_cap:
             parts.append(f"cap{self.soft_cap:g}")
         if self.segments:
@@ -71,11 +74,13 @@ def inputs(case: Case, seed: int = 0):
     q = jax.random.normal(kq, (case.b, case.t, case.h, case.d), jnp.float32).astype(case.dtype)
     k = jax.random.normal(kk, (case.b, s, case.k, case.d), jnp.float32).astype(case.dtype)
     v = jax.random.normal(kv, (case.b, s, case.k, dv), jnp.float32).astype(case.dtype)
-    kwargs: dict[str, Any] = dict(pattern=case.pattern, logits_soft_cap=case.soft_cap,
-                                  q_offset=case.q_offset)
+    kwargs: dict[str, Any] = dict(
+        pattern=case.pattern, logits_soft_cap=case.soft_cap, q_offset=case.q_offset
+    )
     if case.block or case.interpret:
-        kwargs["config"] = js.Config(block_q=case.block, block_kv=case.block,
-                                     interpret=case.interpret)
+        kwargs["config"] = js.Config(
+            block_q=case.block, block_kv=case.block, interpret=case.interpret
+        )
     if case.segments:
         # Sorted document ids with a ragged boundary per example.
         q_ids = (jnp.arange(case.t)[None, :] * 3 // case.t + jnp.arange(case.b)[:, None]) % 4
@@ -102,8 +107,7 @@ def outputs_and_grads(implementation: str, q, k, v, kwargs, cot, transform=None)
     """(out, lse, dq, dk, dv); the loss uses both out and lse, so dlse is exercised."""
 
     def f(q, k, v):
-        out, lse = js.attention(q, k, v, implementation=implementation, return_lse=True,
-                                **kwargs)
+        out, lse = js.attention(q, k, v, implementation=implementation, return_lse=True, **kwargs)
         finite_lse = jnp.where(jnp.isfinite(lse), lse, 0.0)
         loss = (out.astype(jnp.float32) * cot).sum() + 0.1 * finite_lse.sum()
         return loss, (out, lse)

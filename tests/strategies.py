@@ -15,13 +15,23 @@ primitive = st.one_of(
     st.builds(P.ChunkedCausal, chunk_size=st.integers(1, 11)),
     st.builds(P.PrefixLM, prefix_length=st.integers(0, 15)),
     st.builds(P.Sink, num_tokens=st.integers(0, 6)),
-    st.builds(P.Strided, stride=st.integers(1, 4), block_size=st.integers(1, 6),
-              local_blocks=st.integers(0, 2), head_step=st.integers(0, 2),
-              phase=st.integers(0, 3)),
-    st.builds(P.Dilated, left=st.integers(0, 12), dilation=st.integers(1, 4),
-              right=st.integers(0, 4)),
-    st.builds(P.PowerOfTwo, block_size=st.integers(1, 6), window_blocks=st.integers(0, 2),
-              sink_blocks=st.integers(0, 2)),
+    st.builds(
+        P.Strided,
+        stride=st.integers(1, 4),
+        block_size=st.integers(1, 6),
+        local_blocks=st.integers(0, 2),
+        head_step=st.integers(0, 2),
+        phase=st.integers(0, 3),
+    ),
+    st.builds(
+        P.Dilated, left=st.integers(0, 12), dilation=st.integers(1, 4), right=st.integers(0, 4)
+    ),
+    st.builds(
+        P.PowerOfTwo,
+        block_size=st.integers(1, 6),
+        window_blocks=st.integers(0, 2),
+        sink_blocks=st.integers(0, 2),
+    ),
 )
 
 patterns = st.recursive(

@@ -24,15 +24,31 @@ def qkv(dtype=jnp.float32, b=B, t=T, s=S, h=H, k=K, d=D, dv=D):
     [
         (lambda: (jnp.ones((T, D)), *qkv()[1:]), {}, ValueError, r"expected \[B, T, H, D\]"),
         (lambda: (qkv()[0], qkv()[1][0], qkv()[2]), {}, ValueError, "batch axis or none"),
-        (lambda: qkv(b=2)[:2] + (jnp.ones((3, S, K, D)),), {}, ValueError,
-         "Batch sizes differ: q 2, k 2, v 3"),
+        (
+            lambda: qkv(b=2)[:2] + (jnp.ones((3, S, K, D)),),
+            {},
+            ValueError,
+            "Batch sizes differ: q 2, k 2, v 3",
+        ),
         (lambda: qkv(h=3, k=2), {}, ValueError, "q has 3 heads and k/v have 2"),
-        (lambda: (qkv()[0], jnp.ones((B, S, K, D + 1)), qkv()[2]), {}, ValueError,
-         "same head dim: q 8, k 9"),
-        (lambda: (qkv()[0], jnp.ones((B, S + 1, K, D)), qkv()[2]), {}, ValueError,
-         "same sequence length: k 12, v 11"),
-        (lambda: (qkv()[0], qkv()[1].astype(jnp.bfloat16), qkv()[2]), {}, TypeError,
-         "share one dtype.*float32, bfloat16"),
+        (
+            lambda: (qkv()[0], jnp.ones((B, S, K, D + 1)), qkv()[2]),
+            {},
+            ValueError,
+            "same head dim: q 8, k 9",
+        ),
+        (
+            lambda: (qkv()[0], jnp.ones((B, S + 1, K, D)), qkv()[2]),
+            {},
+            ValueError,
+            "same sequence length: k 12, v 11",
+        ),
+        (
+            lambda: (qkv()[0], qkv()[1].astype(jnp.bfloat16), qkv()[2]),
+            {},
+            TypeError,
+            "share one dtype.*float32, bfloat16",
+        ),
         (lambda: (qkv()[0].astype(jnp.int32), *qkv()[1:]), {}, TypeError, "floating-point"),
         (lambda: qkv(t=0), {}, ValueError, "Empty dimension"),
         (lambda: ([[1.0]], *qkv()[1:]), {}, TypeError, "q must be an array"),
@@ -44,15 +60,22 @@ def qkv(dtype=jnp.float32, b=B, t=T, s=S, h=H, k=K, d=D, dv=D):
         (qkv, dict(q_offset=jnp.int32(2)), TypeError, "q_offset must be a Python int"),
         (qkv, dict(return_lse=1), TypeError, "return_lse must be a bool"),
         (qkv, dict(segment_ids=jnp.zeros((B, T), jnp.int32)), ValueError, "needs T == S"),
-        (qkv, dict(segment_ids=(jnp.zeros((B, T)), jnp.zeros((B, S)))), TypeError,
-         "integer array"),
-        (qkv, dict(segment_ids=(jnp.zeros((B, T + 1), jnp.int32), jnp.zeros((B, S), jnp.int32))),
-         ValueError, r"expected \[2, 9\]"),
+        (qkv, dict(segment_ids=(jnp.zeros((B, T)), jnp.zeros((B, S)))), TypeError, "integer array"),
+        (
+            qkv,
+            dict(segment_ids=(jnp.zeros((B, T + 1), jnp.int32), jnp.zeros((B, S), jnp.int32))),
+            ValueError,
+            r"expected \[2, 9\]",
+        ),
         (qkv, dict(segment_ids=(jnp.zeros((B, T), jnp.int32),)), ValueError, "a pair"),
         (qkv, dict(pattern=P.PerHead([P.Causal()])), ValueError, "1 patterns but the call has 4"),
         (qkv, dict(pattern=P.Mask(np.ones((T, T), bool))), ValueError, "must be \\[..., 9, 11\\]"),
-        (qkv, dict(pattern=P.BlockMask(np.ones((3, 2), bool), block_q=8, block_kv=8)),
-         ValueError, "block_mask has shape"),
+        (
+            qkv,
+            dict(pattern=P.BlockMask(np.ones((3, 2), bool), block_q=8, block_kv=8)),
+            ValueError,
+            "block_mask has shape",
+        ),
     ],
 )
 def test_bad_input(make, kwargs, exc, match):
@@ -91,8 +114,9 @@ def test_given_sparsity_restricts_tiles():
     keep = np.array([[True, False], [True, True]])
     sp = js.sparsity.from_block_mask(keep, block_q=8, block_kv=8, q_len=16, kv_len=16)
     got = js.attention(q, k, v, sparsity=sp, implementation="xla")
-    want = js.attention(q, k, v, pattern=P.BlockMask(keep, block_q=8, block_kv=8),
-                        implementation="reference")
+    want = js.attention(
+        q, k, v, pattern=P.BlockMask(keep, block_q=8, block_kv=8), implementation="reference"
+    )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -104,8 +128,13 @@ def test_fallback_and_exception_group(monkeypatch):
 
     monkeypatch.setitem(dispatch._ORDER, jax.default_backend(), ("nope", "xla"))
     monkeypatch.setitem(dispatch._MODULES, "nope", __name__)
-    monkeypatch.setattr(dispatch, "_module", lambda name: Refuses if name == "nope"
-                        else __import__("jaxsparse.ops.xla.impl", fromlist=["run"]))
+    monkeypatch.setattr(
+        dispatch,
+        "_module",
+        lambda name: (
+            Refuses if name == "nope" else __import__("jaxsparse.ops.xla.impl", fromlist=["run"])
+        ),
+    )
     out = js.attention(*qkv(), pattern=P.Causal())
     assert out.shape == (B, T, H, D)
     monkeypatch.setitem(dispatch._ORDER, jax.default_backend(), ("nope",))

@@ -29,8 +29,13 @@ def C(pattern, **kw):  # noqa: N802
 CASES = [
     C(P.Causal(), t=16384, h=1, k=1),  # 32k is checked against cuDNN in test_pallas_gpu_device
     C(P.Neighborhood((64, 64), (13, 13)), t=4096, h=2, k=1),
-    C(P.Neighborhood((8, 32, 32), (3, 7, 7), dilation=(1, 2, 1), causal=(True, False, False)),
-      t=8192, h=2, k=1, d=64),
+    C(
+        P.Neighborhood((8, 32, 32), (3, 7, 7), dilation=(1, 2, 1), causal=(True, False, False)),
+        t=8192,
+        h=2,
+        k=1,
+        d=64,
+    ),
     C(P.Full(), t=4096),
     C(P.Causal() & P.SlidingWindow(left=1023), t=8192),
     C(P.Causal() & (P.Sink(64) | P.SlidingWindow(left=511)), t=4096, d=64),

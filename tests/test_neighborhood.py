@@ -350,8 +350,9 @@ def test_gpu_kernel_in_interpret_mode_runs_the_pattern(dilation):
     # (CPU interpret mode).
     p = P.Neighborhood((16, 16), (5, 5), dilation=dilation, causal=(False, True))
     assert p.mask_factors() is not None
-    case = oracle.Case(p, b=1, t=p.num_tokens, h=2, k=1, d=64, dtype=jnp.bfloat16, block=128,
-                       interpret=True)
+    case = oracle.Case(
+        p, b=1, t=p.num_tokens, h=2, k=1, d=64, dtype=jnp.bfloat16, block=128, interpret=True
+    )
     oracle.assert_matches_oracle(case, "pallas_gpu")
 
 

@@ -26,8 +26,13 @@ def C(pattern, **kw):  # noqa: N802 - reads like a constructor
 CASES = [
     C(P.Causal() & P.SlidingWindow(left=40, right=9), segments=True),
     C(P.PerHead([P.Causal(), P.ChunkedCausal(48)]), soft_cap=4.0, t=70, s=150),
-    C(P.BlockMask(np.array([[True, False, True], [False, True, True]]), block_q=64,
-                  block_kv=64), t=128, s=150, h=4, k=2),
+    C(
+        P.BlockMask(np.array([[True, False, True], [False, True, True]]), block_q=64, block_kv=64),
+        t=128,
+        s=150,
+        h=4,
+        k=2,
+    ),
     C(P.Causal(), d=64, dv=192, t=64),  # backward runs on the XLA path (D + Dv > 256)
 ]
 
@@ -64,8 +69,14 @@ def test_unsupported_inputs_raise_not_implemented():
         js.attention(q, q, q, implementation="pallas_gpu", config=cfg)
     q = jnp.ones((1, 64, 2, 64), bf16)
     with pytest.raises(NotImplementedError, match="holds arrays"):
-        js.attention(q, q, q, pattern=P.Mask(np.ones((64, 64), bool)),
-                     implementation="pallas_gpu", config=cfg)
+        js.attention(
+            q,
+            q,
+            q,
+            pattern=P.Mask(np.ones((64, 64), bool)),
+            implementation="pallas_gpu",
+            config=cfg,
+        )
 
 
 def test_without_a_gpu_the_default_is_the_xla_path():

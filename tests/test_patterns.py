@@ -90,8 +90,10 @@ def test_examples_numpy_and_jnp_agree(pattern):
     shape = np.shape(getattr(pattern, "mask", np.zeros((13, 17))))[-2:]
     t, s = shape if isinstance(pattern, P.Mask) else (13, 17)
     if isinstance(pattern, P.BlockMask):
-        t, s = pattern.block_mask.shape[-2] * pattern.block_q, pattern.block_mask.shape[-1] * (
-            pattern.block_kv)
+        t, s = (
+            pattern.block_mask.shape[-2] * pattern.block_q,
+            pattern.block_mask.shape[-1] * (pattern.block_kv),
+        )
     if isinstance(pattern, (P.Neighborhood, P.Window)):  # self-attention over the whole grid
         t = s = pattern.num_tokens
     a = P.dense_mask(pattern, q_len=t, kv_len=s, num_heads=num_heads, xp=np)
@@ -99,8 +101,13 @@ def test_examples_numpy_and_jnp_agree(pattern):
     np.testing.assert_array_equal(a, np.asarray(b))
 
 
-@given(strategies.patterns, st.integers(1, 12), st.integers(1, 12), st.integers(-4, 12),
-       st.integers(1, 3))
+@given(
+    strategies.patterns,
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.integers(-4, 12),
+    st.integers(1, 3),
+)
 def test_mask_fn_matches_spec(pattern, t, s, q_offset, h):
     got = P.dense_mask(pattern, q_len=t, kv_len=s, q_offset=q_offset, num_heads=h, xp=np)
     got = np.broadcast_to(got, (h, t, s))
@@ -160,7 +167,8 @@ def test_bind_rejects_patterns_that_do_not_fit():
         P.PerHead([P.Causal(), P.Full()]).bind(q_len=4, kv_len=4, q_offset=0, num_heads=4)
     with pytest.raises(ValueError, match=r"need \[\.\.\., 2, 3\]"):
         P.BlockMask(np.ones((3, 3), bool), block_q=4, block_kv=4).bind(
-            q_len=8, kv_len=12, q_offset=4, num_heads=1)
+            q_len=8, kv_len=12, q_offset=4, num_heads=1
+        )
     with pytest.raises(ValueError, match="must be \\[..., 5, 6\\]"):
         P.Mask(np.ones((5, 5), bool)).bind(q_len=5, kv_len=6, q_offset=1, num_heads=1)
     with pytest.raises(TypeError, match="boolean array"):
@@ -190,8 +198,10 @@ def test_patterns_are_pytrees_with_array_leaves():
     [
         ("causal", P.Causal()),
         ("Causal() & SlidingWindow(left=3)", P.Causal() & P.SlidingWindow(left=3)),
-        ("causal() & (sink(4) | sliding_window(128))",
-         P.Causal() & (P.Sink(4) | P.SlidingWindow(128))),
+        (
+            "causal() & (sink(4) | sliding_window(128))",
+            P.Causal() & (P.Sink(4) | P.SlidingWindow(128)),
+        ),
         ("PerHead([Causal(), Full()])", P.PerHead([P.Causal(), P.Full()])),
     ],
 )
@@ -200,18 +210,25 @@ def test_parse(text, want):
 
 
 def test_parse_round_trips_repr():
-    for p in [P.Strided(stride=3, block_size=4), P.Dilated(left=9, dilation=3, right=3),
-              P.PowerOfTwo(block_size=4), P.Causal() & (P.Sink(4) | P.SlidingWindow(left=8))]:
+    for p in [
+        P.Strided(stride=3, block_size=4),
+        P.Dilated(left=9, dilation=3, right=3),
+        P.PowerOfTwo(block_size=4),
+        P.Causal() & (P.Sink(4) | P.SlidingWindow(left=8)),
+    ]:
         assert P.parse(repr(p)) == p
 
 
-@pytest.mark.parametrize("text, match", [
-    ("__import__('os')", "Unknown pattern|may only use"),
-    ("Causal() + Sink(2)", "may only use"),
-    ("Nope()", "Unknown pattern 'Nope'"),
-    ("SlidingWindow(left=-1)", "left=-1"),
-    ("Causal(", "Cannot parse"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("__import__('os')", "Unknown pattern|may only use"),
+        ("Causal() + Sink(2)", "may only use"),
+        ("Nope()", "Unknown pattern 'Nope'"),
+        ("SlidingWindow(left=-1)", "left=-1"),
+        ("Causal(", "Cannot parse"),
+    ],
+)
 def test_parse_errors(text, match):
     with pytest.raises(ValueError, match=match):
         P.parse(text)

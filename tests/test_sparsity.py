@@ -50,8 +50,9 @@ def check_list_invariants(indices, counts, full, num_cols):
 @given(strategies.patterns, strategies.geometry())
 def test_from_pattern_is_block_or_of_mask(pattern, geo):
     t, s, q_offset, bq, bk, h = geo
-    sp = S.from_pattern(pattern, q_len=t, kv_len=s, block_q=bq, block_kv=bk, num_heads=h,
-                        q_offset=q_offset)
+    sp = S.from_pattern(
+        pattern, q_len=t, kv_len=s, block_q=bq, block_kv=bk, num_heads=h, q_offset=q_offset
+    )
     mask = P.dense_mask(pattern, q_len=t, kv_len=s, q_offset=q_offset, num_heads=h, xp=np)
     want = expected_codes(mask, t, s, bq, bk)
     np.testing.assert_array_equal(sp.to_dense()[0], want)
@@ -65,12 +66,19 @@ def test_from_pattern_is_block_or_of_mask(pattern, geo):
 @given(strategies.patterns, strategies.geometry())
 def test_device_compaction_matches_host(pattern, geo):
     t, s, q_offset, bq, bk, h = geo
-    host = S.from_pattern(pattern, q_len=t, kv_len=s, block_q=bq, block_kv=bk, num_heads=h,
-                          q_offset=q_offset)
-    dev = S.from_block_codes(jnp.asarray(host.to_dense()), block_q=bq, block_kv=bk, q_len=t,
-                             kv_len=s, q_offset=host.q_offset,
-                             max_kv_blocks=host.kv_indices.shape[-1],
-                             max_q_blocks=host.q_indices.shape[-1])
+    host = S.from_pattern(
+        pattern, q_len=t, kv_len=s, block_q=bq, block_kv=bk, num_heads=h, q_offset=q_offset
+    )
+    dev = S.from_block_codes(
+        jnp.asarray(host.to_dense()),
+        block_q=bq,
+        block_kv=bk,
+        q_len=t,
+        kv_len=s,
+        q_offset=host.q_offset,
+        max_kv_blocks=host.kv_indices.shape[-1],
+        max_q_blocks=host.q_indices.shape[-1],
+    )
     for name in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full"):
         np.testing.assert_array_equal(np.asarray(getattr(dev, name)), getattr(host, name), name)
 
@@ -80,8 +88,9 @@ def test_explicit_masks_host_and_traced_agree():
     bm = rng.random((2, 4, 5)) < 0.4
     p = P.BlockMask(bm, block_q=8, block_kv=6)
     host = S.from_pattern(p, q_len=30, kv_len=27, block_q=8, block_kv=6, num_heads=2)
-    dev = jax.jit(lambda m: S.from_block_mask(m, block_q=8, block_kv=6, q_len=30, kv_len=27)
-                  .to_dense())(jnp.asarray(bm))
+    dev = jax.jit(
+        lambda m: S.from_block_mask(m, block_q=8, block_kv=6, q_len=30, kv_len=27).to_dense()
+    )(jnp.asarray(bm))
     np.testing.assert_array_equal(host.to_dense(), np.asarray(dev))
     # Tiles that are a quarter of the mask's blocks classify the same way.
     fine = S.from_pattern(p, q_len=30, kv_len=27, block_q=4, block_kv=3, num_heads=2)
@@ -110,19 +119,27 @@ def test_from_topk_lists_are_sorted_unique_selections(rows):
 def test_from_topk_with_causal_codes_keeps_diagonal_partial():
     causal = S.from_pattern(P.Causal(), q_len=16, kv_len=16, block_q=4, block_kv=4)
     idx = jnp.array([[0, 0], [0, 1], [1, 2], [3, 0]], jnp.int32)
-    sp = S.from_topk(idx, block_q=4, block_kv=4, q_len=16, kv_len=16,
-                     codes=jnp.asarray(causal.to_dense()))
+    sp = S.from_topk(
+        idx, block_q=4, block_kv=4, q_len=16, kv_len=16, codes=jnp.asarray(causal.to_dense())
+    )
     dense = np.asarray(sp.to_dense())[0, 0]
-    np.testing.assert_array_equal(dense, [
-        [P.PARTIAL, 0, 0, 0],
-        [P.FULL, P.PARTIAL, 0, 0],
-        [0, P.FULL, P.PARTIAL, 0],
-        [P.FULL, 0, 0, P.PARTIAL],
-    ])
+    np.testing.assert_array_equal(
+        dense,
+        [
+            [P.PARTIAL, 0, 0, 0],
+            [P.FULL, P.PARTIAL, 0, 0],
+            [0, P.FULL, P.PARTIAL, 0],
+            [P.FULL, 0, 0, P.PARTIAL],
+        ],
+    )
 
 
-@given(st.lists(st.integers(0, 3), min_size=1, max_size=30), st.integers(1, 7),
-       st.integers(1, 7), st.booleans())
+@given(
+    st.lists(st.integers(0, 3), min_size=1, max_size=30),
+    st.integers(1, 7),
+    st.integers(1, 7),
+    st.booleans(),
+)
 def test_segment_codes_are_sound(ids, bq, bk, shuffle):
     ids = np.asarray(ids if not shuffle else np.random.default_rng(len(ids)).permutation(ids))
     if not shuffle:
@@ -143,17 +160,20 @@ def test_metadata_validation_errors():
     with pytest.raises(ValueError, match="block_q=0"):
         S.from_pattern(P.Causal(), q_len=8, kv_len=8, block_q=0, block_kv=4)
     with pytest.raises(ValueError, match=r"need \[\.\.\., 2, 2\]"):
-        S.from_block_codes(jnp.zeros((3, 2), jnp.int8), block_q=4, block_kv=4, q_len=8,
-                           kv_len=8)
+        S.from_block_codes(jnp.zeros((3, 2), jnp.int8), block_q=4, block_kv=4, q_len=8, kv_len=8)
     with pytest.raises(TypeError, match="must be boolean"):
-        S.from_block_mask(jnp.zeros((2, 2), jnp.int32), block_q=4, block_kv=4, q_len=8,
-                          kv_len=8)
+        S.from_block_mask(jnp.zeros((2, 2), jnp.int32), block_q=4, block_kv=4, q_len=8, kv_len=8)
 
 
 def test_long_causal_metadata_is_closed_form():
     # 128k tokens: the builder only touches candidate tiles (about 2 ms for a window).
-    sp = S.from_pattern(P.Causal() & P.SlidingWindow(left=1024), q_len=131072, kv_len=131072,
-                        block_q=128, block_kv=128)
+    sp = S.from_pattern(
+        P.Causal() & P.SlidingWindow(left=1024),
+        q_len=131072,
+        kv_len=131072,
+        block_q=128,
+        block_kv=128,
+    )
     # Keys q-1024..q: the 8 tiles before the diagonal tile, and the diagonal one.
     assert sp.kv_indices.shape == (1, 1, 1024, 9)
     assert int(sp.kv_counts.max()) == 9

@@ -56,8 +56,11 @@ def test_matches_oracle(case):
     oracle.assert_matches_oracle(case, "xla")
 
 
-@pytest.mark.parametrize("case", [C(P.Causal() & P.SlidingWindow(left=7), segments=True),
-                                  C(P.ChunkedCausal(5), t=21, s=29)], ids=lambda c: c.id)
+@pytest.mark.parametrize(
+    "case",
+    [C(P.Causal() & P.SlidingWindow(left=7), segments=True), C(P.ChunkedCausal(5), t=21, s=29)],
+    ids=lambda c: c.id,
+)
 def test_matches_oracle_under_jit(case):
     oracle.assert_matches_oracle(case, "xla", transform=jax.jit)
 

@@ -27,10 +27,17 @@ def add_parser(sub) -> None:
     p.add_argument("--kv-heads", type=int, default=None, help="default: --heads")
     p.add_argument("--dim", type=int, default=64, help="head dim (default 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--pattern", action="append", default=None,
-                   help="preset or expression; repeat for several (default: all presets)")
-    p.add_argument("--implementation", default=None,
-                   help="xla, pallas_gpu, pallas_tpu, reference (default: best for device)")
+    p.add_argument(
+        "--pattern",
+        action="append",
+        default=None,
+        help="preset or expression; repeat for several (default: all presets)",
+    )
+    p.add_argument(
+        "--implementation",
+        default=None,
+        help="xla, pallas_gpu, pallas_tpu, reference (default: best for device)",
+    )
     p.add_argument("--backward", action="store_true", help="time forward+backward")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
@@ -50,21 +57,36 @@ def _time(fn, args, repeats: int) -> float:
 def _measure(name, pattern, q, k, v, args) -> dict:
     kw = dict(pattern=pattern, implementation=args.implementation)
     if args.backward:
-        fn = jax.jit(jax.grad(lambda q, k, v: js.attention(q, k, v, **kw)
-                              .astype(jnp.float32).sum(), argnums=(0, 1, 2)))
+        fn = jax.jit(
+            jax.grad(
+                lambda q, k, v: js.attention(q, k, v, **kw).astype(jnp.float32).sum(),
+                argnums=(0, 1, 2),
+            )
+        )
     else:
         fn = jax.jit(lambda q, k, v: js.attention(q, k, v, **kw))
     seconds = _time(fn, (q, k, v), args.repeats)
     t = q.shape[1]
-    sp = js.sparsity.from_pattern(pattern, q_len=t, kv_len=k.shape[1], block_q=128,
-                                  block_kv=128, num_heads=q.shape[2])
+    sp = js.sparsity.from_pattern(
+        pattern, q_len=t, kv_len=k.shape[1], block_q=128, block_kv=128, num_heads=q.shape[2]
+    )
     mask = P.dense_mask(pattern, q_len=t, kv_len=k.shape[1], num_heads=q.shape[2], xp=np)
-    row = dict(pattern=name, expr=repr(pattern), element_density=float(mask.mean()),
-               tile_density=sp.density(), ms=seconds * 1e3)
+    row = dict(
+        pattern=name,
+        expr=repr(pattern),
+        element_density=float(mask.mean()),
+        tile_density=sp.density(),
+        ms=seconds * 1e3,
+    )
     if q.shape[0] * q.shape[2] * t * k.shape[1] <= ORACLE_LIMIT:
         got = jax.jit(lambda q, k, v: js.attention(q, k, v, **kw))(q, k, v)
-        want = js.attention(q.astype(jnp.float32), k.astype(jnp.float32),
-                            v.astype(jnp.float32), pattern=pattern, implementation="reference")
+        want = js.attention(
+            q.astype(jnp.float32),
+            k.astype(jnp.float32),
+            v.astype(jnp.float32),
+            pattern=pattern,
+            implementation="reference",
+        )
         row["max_error"] = float(jnp.abs(got.astype(jnp.float32) - want).max())
     return row
 
@@ -94,23 +116,37 @@ def run(args: argparse.Namespace) -> int:
     dense_ms = next(r["ms"] for r in rows if r["pattern"] == "full")
     device = jax.devices()[0]
     for r in rows:
-        r.update(speedup=dense_ms / r["ms"], seq=args.seq, heads=args.heads, kv_heads=kh,
-                 dim=args.dim, dtype=args.dtype, backward=args.backward,
-                 device=f"{device.platform}:{device.device_kind}",
-                 implementation=args.implementation or "auto")
+        r.update(
+            speedup=dense_ms / r["ms"],
+            seq=args.seq,
+            heads=args.heads,
+            kv_heads=kh,
+            dim=args.dim,
+            dtype=args.dtype,
+            backward=args.backward,
+            device=f"{device.platform}:{device.device_kind}",
+            implementation=args.implementation or "auto",
+        )
     if args.json:
         for r in rows:
             print(json.dumps(r))
         return 0
     what = "forward+backward" if args.backward else "forward"
-    table = Table(title=f"jaxsparse bench: B={args.batch} T=S={args.seq} H={args.heads} "
-                  f"K={kh} D={args.dim} {args.dtype} {what} on {device.device_kind}")
+    table = Table(
+        title=f"jaxsparse bench: B={args.batch} T=S={args.seq} H={args.heads} "
+        f"K={kh} D={args.dim} {args.dtype} {what} on {device.device_kind}"
+    )
     for col in ("pattern", "density", "tiles", "time (ms)", "speed-up", "max |err| vs oracle"):
         table.add_column(col, justify="left" if col == "pattern" else "right")
     for r in rows:
         err = f"{r['max_error']:.2e}" if "max_error" in r else "—"
-        table.add_row(r["pattern"], f"{r['element_density']:.1%}", f"{r['tile_density']:.1%}",
-                      f"{r['ms']:.1f}",
-                      f"{r['speedup']:.2f}x", err)
+        table.add_row(
+            r["pattern"],
+            f"{r['element_density']:.1%}",
+            f"{r['tile_density']:.1%}",
+            f"{r['ms']:.1f}",
+            f"{r['speedup']:.2f}x",
+            err,
+        )
     console.print(table)
     return 0

@@ -24,7 +24,8 @@ def _list_patterns(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="jaxsparse", description="Sparse attention for JAX: benchmark and draw patterns.")
+        prog="jaxsparse", description="Sparse attention for JAX: benchmark and draw patterns."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     bench.add_parser(sub)
     show.add_parser(sub)

@@ -15,12 +15,16 @@ GLYPH = {P.EMPTY: "·", P.PARTIAL: "▒", P.FULL: "█"}
 
 def add_parser(sub) -> None:
     p = sub.add_parser("show", help="draw a pattern's block map (and optionally its mask)")
-    p.add_argument("pattern", help="a preset (causal, sliding_window, a_shape, ...) or an "
-                   "expression like 'Causal() & SlidingWindow(left=256)'")
+    p.add_argument(
+        "pattern",
+        help="a preset (causal, sliding_window, a_shape, ...) or an "
+        "expression like 'Causal() & SlidingWindow(left=256)'",
+    )
     p.add_argument("--seq", type=int, default=1024, help="query length T (default 1024)")
     p.add_argument("--kv-seq", type=int, default=None, help="key length S (default T)")
-    p.add_argument("--block", type=int, default=None,
-                   help="tile size (default: seq/32, at least 16)")
+    p.add_argument(
+        "--block", type=int, default=None, help="tile size (default: seq/32, at least 16)"
+    )
     p.add_argument("--heads", type=int, default=1, help="query heads (per-head patterns)")
     p.add_argument("--head", type=int, default=0, help="which head to draw")
     p.add_argument("--q-offset", type=int, default=None, help="position of query 0")
@@ -41,17 +45,28 @@ def run(args: argparse.Namespace) -> int:
     s = args.kv_seq or t
     name, pattern = presets.resolve(args.pattern, t)
     block = args.block or max(16, max(t, s) // 32)
-    sp = S.from_pattern(pattern, q_len=t, kv_len=s, block_q=block, block_kv=block,
-                        num_heads=args.heads, q_offset=args.q_offset)
+    sp = S.from_pattern(
+        pattern,
+        q_len=t,
+        kv_len=s,
+        block_q=block,
+        block_kv=block,
+        num_heads=args.heads,
+        q_offset=args.q_offset,
+    )
     head = min(args.head, sp.num_heads - 1)
     codes = sp.to_dense()[0, head]
     print(_title(name, pattern))
-    print(f"T={t} S={s} q_offset={sp.q_offset} tiles {block}x{block}, head {head}: "
-          f"{(codes != P.EMPTY).mean():.1%} of tiles visited "
-          f"({(codes == P.FULL).mean():.1%} full, {(codes == P.PARTIAL).mean():.1%} partial)")
+    print(
+        f"T={t} S={s} q_offset={sp.q_offset} tiles {block}x{block}, head {head}: "
+        f"{(codes != P.EMPTY).mean():.1%} of tiles visited "
+        f"({(codes == P.FULL).mean():.1%} full, {(codes == P.PARTIAL).mean():.1%} partial)"
+    )
     print(block_map(codes))
-    print(f"{GLYPH[P.FULL]} full tile   {GLYPH[P.PARTIAL]} partial tile (mask applied)   "
-          f"{GLYPH[P.EMPTY]} skipped")
+    print(
+        f"{GLYPH[P.FULL]} full tile   {GLYPH[P.PARTIAL]} partial tile (mask applied)   "
+        f"{GLYPH[P.EMPTY]} skipped"
+    )
     if args.png:
         write_png(args.png, pattern, name, t, s, sp.q_offset, args.heads, head, block, codes)
         print(f"wrote {args.png}")
@@ -64,16 +79,19 @@ def write_png(path, pattern, name, t, s, q_offset, heads, head, block, codes) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mask = P.dense_mask(pattern, q_len=t, kv_len=s, q_offset=q_offset, num_heads=heads,
-                        xp=np)
+    mask = P.dense_mask(pattern, q_len=t, kv_len=s, q_offset=q_offset, num_heads=heads, xp=np)
     mask = mask[min(head, mask.shape[0] - 1)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 5), constrained_layout=True)
     axes[0].imshow(mask, cmap="Blues", interpolation="nearest", aspect="auto")
-    axes[0].set(title=f"element mask ({mask.mean():.1%} kept)", xlabel="key position",
-                ylabel="query row")
+    axes[0].set(
+        title=f"element mask ({mask.mean():.1%} kept)", xlabel="key position", ylabel="query row"
+    )
     axes[1].imshow(codes, cmap="Greys", vmin=0, vmax=2, interpolation="nearest", aspect="auto")
-    axes[1].set(title=f"{block}x{block} tiles: white skipped, grey partial, black full",
-                xlabel="key tile", ylabel="query tile")
+    axes[1].set(
+        title=f"{block}x{block} tiles: white skipped, grey partial, black full",
+        xlabel="key tile",
+        ylabel="query tile",
+    )
     fig.suptitle(_title(name, pattern), fontsize=9)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -99,10 +99,13 @@ def attention(
         # `select` then also returns the pattern holding them, used for this call.
         pattern, sparsity = selected if isinstance(selected, tuple) else (pattern, selected)
     call = call_lib.Call(
-        q=q, k=k, v=v,
+        q=q,
+        k=k,
+        v=v,
         pattern=pattern,
         sparsity=sparsity,
-        q_segment_ids=q_ids, kv_segment_ids=kv_ids,
+        q_segment_ids=q_ids,
+        kv_segment_ids=kv_ids,
         scale=d**-0.5 if scale is None else scale,
         logits_soft_cap=validate.check_scalar("logits_soft_cap", logits_soft_cap, positive=True),
         q_offset=q_offset,

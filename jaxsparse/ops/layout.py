@@ -29,6 +29,8 @@ def pad_inputs(call, block_q: int, block_kv: int):
     v = pad_axis(call.v, 1, block_kv)
     segs = (None, None)
     if call.has_segments:
-        segs = (pad_axis(call.q_segment_ids, 1, block_q, Q_PAD_SEGMENT),
-                pad_axis(call.kv_segment_ids, 1, block_kv, KV_PAD_SEGMENT))
+        segs = (
+            pad_axis(call.q_segment_ids, 1, block_q, Q_PAD_SEGMENT),
+            pad_axis(call.kv_segment_ids, 1, block_kv, KV_PAD_SEGMENT),
+        )
     return q, k, v, segs

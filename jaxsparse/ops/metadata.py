@@ -16,10 +16,16 @@ def blocks_for(call: call_lib.Call, *, preferred: int = 128, minimum: int = 16):
     if call.sparsity is not None:
         return call.sparsity.block_q, call.sparsity.block_kv
     natural = preferred_blocks(call.pattern)
-    bq = call.config.block_q or (natural and natural[0]) or config_lib.default_block(
-        call.q_len, preferred, minimum)
-    bk = call.config.block_kv or (natural and natural[1]) or config_lib.default_block(
-        call.kv_len, preferred, minimum)
+    bq = (
+        call.config.block_q
+        or (natural and natural[0])
+        or config_lib.default_block(call.q_len, preferred, minimum)
+    )
+    bk = (
+        call.config.block_kv
+        or (natural and natural[1])
+        or config_lib.default_block(call.kv_len, preferred, minimum)
+    )
     return bq, bk
 
 
@@ -47,29 +53,46 @@ def sparsity_for(
     """
     if call.sparsity is not None:
         return call.sparsity
-    kw = dict(q_len=call.q_len, kv_len=call.kv_len, block_q=block_q, block_kv=block_kv,
-              q_offset=call.q_offset)
+    kw = dict(
+        q_len=call.q_len,
+        kv_len=call.kv_len,
+        block_q=block_q,
+        block_kv=block_kv,
+        q_offset=call.q_offset,
+    )
     try:
         sp = host.from_pattern(call.pattern, num_heads=call.num_heads, **kw)
     except pbase.TracedPatternError:
         sp = _from_traced_pattern(call.pattern, call.num_heads, **kw)
     if refine_segments and call.has_segments:
-        seg = device.segment_codes(call.q_segment_ids, call.kv_segment_ids,
-                                   block_q=block_q, block_kv=block_kv)
+        seg = device.segment_codes(
+            call.q_segment_ids, call.kv_segment_ids, block_q=block_q, block_kv=block_kv
+        )
         codes = device.intersect_codes(jnp.asarray(sp.to_dense()), seg)
-        sp = device.from_block_codes(codes, max_kv_blocks=sp.kv_indices.shape[-1],
-                                     max_q_blocks=sp.q_indices.shape[-1], **kw)
+        sp = device.from_block_codes(
+            codes, max_kv_blocks=sp.kv_indices.shape[-1], max_q_blocks=sp.q_indices.shape[-1], **kw
+        )
     return sp
 
 
 def _from_traced_pattern(pattern, num_heads, *, q_len, kv_len, block_q, block_kv, q_offset):
     """Device metadata for patterns holding traced arrays (explicit masks)."""
-    if (getattr(pattern, "block_mask", None) is not None
-            and (pattern.block_q, pattern.block_kv) == (block_q, block_kv)):
-        return device.from_block_mask(pattern.block_mask, block_q=block_q, block_kv=block_kv,
-                                      q_len=q_len, kv_len=kv_len, q_offset=q_offset)
-    mask = materialize.dense_mask(pattern, q_len=q_len, kv_len=kv_len, q_offset=q_offset,
-                                  num_heads=num_heads)
+    if getattr(pattern, "block_mask", None) is not None and (pattern.block_q, pattern.block_kv) == (
+        block_q,
+        block_kv,
+    ):
+        return device.from_block_mask(
+            pattern.block_mask,
+            block_q=block_q,
+            block_kv=block_kv,
+            q_len=q_len,
+            kv_len=kv_len,
+            q_offset=q_offset,
+        )
+    mask = materialize.dense_mask(
+        pattern, q_len=q_len, kv_len=kv_len, q_offset=q_offset, num_heads=num_heads
+    )
     codes = device.codes_from_element_mask(mask, block_q=block_q, block_kv=block_kv)
-    return device.from_block_codes(codes, block_q=block_q, block_kv=block_kv, q_len=q_len,
-                                   kv_len=kv_len, q_offset=q_offset)
+    return device.from_block_codes(
+        codes, block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len, q_offset=q_offset
+    )

@@ -94,10 +94,17 @@ def run(call: call_lib.Call):
     # Tables built here were refined with the segment ids (tiles mixing documents are
     # partial), so full tiles may skip the segment test; caller-given tables were not.
     mask_fn = _mask_fn(call, bq, bk)
-    kw = dict(mask_fn=mask_fn, mask_factors=mask_fn and call.pattern.mask_factors(),
-              q_offset=call.q_offset, kv_len=call.kv_len,
-              scale=call.scale, logits_soft_cap=call.logits_soft_cap, block_q=bq, block_kv=bk,
-              segments_on_full_tiles=call.sparsity is not None)
+    kw = dict(
+        mask_fn=mask_fn,
+        mask_factors=mask_fn and call.pattern.mask_factors(),
+        q_offset=call.q_offset,
+        kv_len=call.kv_len,
+        scale=call.scale,
+        logits_soft_cap=call.logits_soft_cap,
+        block_q=bq,
+        block_kv=bk,
+        segments_on_full_tiles=call.sparsity is not None,
+    )
     if call.config.gpu_num_stages:
         kw["num_stages"] = call.config.gpu_num_stages
     if interpret:
@@ -105,17 +112,30 @@ def run(call: call_lib.Call):
 
         kw["interpret"] = plgpu.InterpretGPUParams(detect_races=True)
     q, k, v, segs = layout.pad_inputs(call, bq, bk)
-    tables = tuple(jnp.asarray(getattr(sp, f)) for f in (
-        "kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full"))
+    tables = tuple(
+        jnp.asarray(getattr(sp, f))
+        for f in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
+    )
     xla_st, work = None, None
     if not _backward_supported(kernels, call, bq, bk):
-        chunk = xla_pairs.chunk_size(sp, batch=call.batch, heads=call.num_heads,
-                                     chunk_elements=call.config.xla_chunk_elements)
+        chunk = xla_pairs.chunk_size(
+            sp,
+            batch=call.batch,
+            heads=call.num_heads,
+            chunk_elements=call.config.xla_chunk_elements,
+        )
         work = xla_pairs.tile_pairs(sp, chunk)
         xla_st = xla_tiles.Static(
-            block_q=bq, block_kv=bk, q_len=call.q_len, kv_len=call.kv_len,
-            q_offset=call.q_offset, scale=call.scale, logits_soft_cap=call.logits_soft_cap,
-            use_mask_fn=kw["mask_fn"] is not None, chunk=chunk)
+            block_q=bq,
+            block_kv=bk,
+            q_len=call.q_len,
+            kv_len=call.kv_len,
+            q_offset=call.q_offset,
+            scale=call.scale,
+            logits_soft_cap=call.logits_soft_cap,
+            use_mask_fn=kw["mask_fn"] is not None,
+            chunk=chunk,
+        )
     st = _Static(kernel=tuple(sorted(kw.items(), key=lambda x: x[0])), xla=xla_st)
     with _interpret_context(interpret):
         out, lse = _attention(st, q, k, v, tables, segs, work, call.pattern)
@@ -136,8 +156,9 @@ def _interpret_context(interpret: bool):
     if not interpret:
         yield
         return
-    dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu",
-                                      num_cores=8)
+    dev = jax.sharding.AbstractDevice(
+        device_kind="NVIDIA H100 80GB HBM3", platform="gpu", num_cores=8
+    )
     with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=dev)):
         yield
 
@@ -151,7 +172,8 @@ def _forward(st, q, k, v, tables, segs):
     from pallas_kernels.gpu import api as kernels
 
     return kernels.block_sparse_attention_fwd(
-        q, k, v, *tables[:3], q_segment_ids=segs[0], kv_segment_ids=segs[1], **st.kwargs())
+        q, k, v, *tables[:3], q_segment_ids=segs[0], kv_segment_ids=segs[1], **st.kwargs()
+    )
 
 
 def _attention_fwd(st, q, k, v, tables, segs, work, pattern):
@@ -163,14 +185,23 @@ def _attention_bwd(st, residuals, cotangents):
     q, k, v, out, lse, tables, segs, work, pattern = residuals
     dout, dlse = cotangents
     if st.xla is not None:
-        dq, dk, dv = xla_impl._backward(st.xla, q, k, v, out, lse, dout, dlse, work, segs,
-                                        pattern)
+        dq, dk, dv = xla_impl._backward(st.xla, q, k, v, out, lse, dout, dlse, work, segs, pattern)
     else:
         from pallas_kernels.gpu import api as kernels
 
         dq, dk, dv = kernels.block_sparse_attention_bwd(
-            q, k, v, out, lse, dout, dlse, *tables, q_segment_ids=segs[0],
-            kv_segment_ids=segs[1], **st.kwargs())
+            q,
+            k,
+            v,
+            out,
+            lse,
+            dout,
+            dlse,
+            *tables,
+            q_segment_ids=segs[0],
+            kv_segment_ids=segs[1],
+            **st.kwargs(),
+        )
     return dq, dk, dv, None, None, None, None
 
 

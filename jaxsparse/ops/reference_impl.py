@@ -18,9 +18,15 @@ def full_mask(call: call_lib.Call):
     metadata) the listed tiles. This is the single definition every backend
     is tested against.
     """
+
     def pattern_mask(pattern):
-        return materialize.dense_mask(pattern, q_len=call.q_len, kv_len=call.kv_len,
-                                      q_offset=call.q_offset, num_heads=call.num_heads)
+        return materialize.dense_mask(
+            pattern,
+            q_len=call.q_len,
+            kv_len=call.kv_len,
+            q_offset=call.q_offset,
+            num_heads=call.num_heads,
+        )
 
     if pbase.has_batched_leaves(call.pattern):
         mask = jax.vmap(pattern_mask, in_axes=(pbase.batch_in_axes(call.pattern),))(call.pattern)
@@ -38,7 +44,12 @@ def full_mask(call: call_lib.Call):
 
 
 def run(call: call_lib.Call):
-    out, lse = dense.attention_reference(call.q, call.k, call.v, full_mask(call),
-                                         scale=call.scale,
-                                         logits_soft_cap=call.logits_soft_cap)
+    out, lse = dense.attention_reference(
+        call.q,
+        call.k,
+        call.v,
+        full_mask(call),
+        scale=call.scale,
+        logits_soft_cap=call.logits_soft_cap,
+    )
     return out.astype(call.q.dtype), lse

@@ -51,11 +51,38 @@ from jaxsparse.patterns.strided import Strided
 from jaxsparse.patterns.window import Window
 
 __all__ = [
-    "EMPTY", "FULL", "PARTIAL", "UNSURE", "REGISTRY",
-    "And", "BlockMask", "Causal", "ChunkedCausal", "Dilated", "Full", "Mask", "Or",
-    "Pattern", "PerHead", "PowerOfTwo", "PrefixLM", "Sink", "SlidingWindow", "Strided",
-    "TracedPatternError", "dense_mask", "parse",
-    "Neighborhood", "Window",  # token grids (images, video)
-    "AShape", "BlockTopK", "CompressedCausal", "FlexPrefill", "MoBA", "Pyramid",
-    "TokenBlockMask", "VerticalSlash", "VerticalSlashMask",  # content-aware LLM patterns
+    "EMPTY",
+    "FULL",
+    "PARTIAL",
+    "UNSURE",
+    "REGISTRY",
+    "And",
+    "BlockMask",
+    "Causal",
+    "ChunkedCausal",
+    "Dilated",
+    "Full",
+    "Mask",
+    "Or",
+    "Pattern",
+    "PerHead",
+    "PowerOfTwo",
+    "PrefixLM",
+    "Sink",
+    "SlidingWindow",
+    "Strided",
+    "TracedPatternError",
+    "dense_mask",
+    "parse",
+    "Neighborhood",
+    "Window",  # token grids (images, video)
+    "AShape",
+    "BlockTopK",
+    "CompressedCausal",
+    "FlexPrefill",
+    "MoBA",
+    "Pyramid",
+    "TokenBlockMask",
+    "VerticalSlash",
+    "VerticalSlashMask",  # content-aware LLM patterns
 ]

@@ -241,8 +241,7 @@ class Pattern:
 
     def __bool__(self):
         raise TypeError(
-            f"{self!r} has no truth value: combine patterns with `&` and `|`, "
-            "not `and` / `or`."
+            f"{self!r} has no truth value: combine patterns with `&` and `|`, not `and` / `or`."
         )
 
 
@@ -263,8 +262,7 @@ def _parts_permutation(pattern: Pattern, *, q_len: int, kv_len: int) -> Any:
         return None
     first = next(p for p in perms if p is not None)
     for part, perm in zip(parts, perms, strict=True):
-        if perm is None or not all(np.array_equal(a, b) for a, b in zip(perm, first,
-                                                                         strict=True)):
+        if perm is None or not all(np.array_equal(a, b) for a, b in zip(perm, first, strict=True)):
             raise ValueError(
                 f"{pattern!r}: {part!r} orders tokens differently from the other parts "
                 "(grid patterns reorder tokens into tiles); combine only grid patterns with "

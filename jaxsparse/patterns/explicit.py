@@ -33,7 +33,9 @@ def _summed_area(m: np.ndarray) -> np.ndarray:
 def _rect_codes(sat, head, r_lo, r_hi, c_lo, c_hi, ndim):
     """EMPTY/PARTIAL/FULL of the rectangles [r_lo, r_hi] x [c_lo, c_hi] of a 0/1 grid."""
     if ndim == 3:
-        h = np.broadcast_to(head, np.broadcast_shapes(np.shape(head), np.shape(r_lo), np.shape(c_lo)))
+        h = np.broadcast_to(
+            head, np.broadcast_shapes(np.shape(head), np.shape(r_lo), np.shape(c_lo))
+        )
         get = lambda r, c: sat[h, r, c]  # noqa: E731
     else:
         get = lambda r, c: sat[r, c]  # noqa: E731
@@ -117,9 +119,12 @@ class BlockMask(base.Pattern):
     def classify(self, q_lo, q_hi, k_lo, k_hi, head):
         off = self.q_offset or 0
         return _rect_codes(
-            self._sat, head,
-            (q_lo - off) // self.block_q, (q_hi - off) // self.block_q,
-            k_lo // self.block_kv, k_hi // self.block_kv,
+            self._sat,
+            head,
+            (q_lo - off) // self.block_q,
+            (q_hi - off) // self.block_q,
+            k_lo // self.block_kv,
+            k_hi // self.block_kv,
             np.ndim(self.block_mask),
         )
 

@@ -7,8 +7,19 @@ import ast
 from jaxsparse.patterns import base
 
 _ALLOWED = (
-    ast.Expression, ast.Call, ast.Name, ast.Load, ast.Constant, ast.keyword, ast.BinOp,
-    ast.BitAnd, ast.BitOr, ast.List, ast.Tuple, ast.UnaryOp, ast.USub,
+    ast.Expression,
+    ast.Call,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.keyword,
+    ast.BinOp,
+    ast.BitAnd,
+    ast.BitOr,
+    ast.List,
+    ast.Tuple,
+    ast.UnaryOp,
+    ast.USub,
 )
 
 
@@ -39,9 +50,8 @@ def parse(text: str) -> base.Pattern:
                 f"found {type(node).__name__}."
             )
         if isinstance(node, ast.Name) and node.id not in names:
-            raise ValueError(
-                f"Unknown pattern {node.id!r} in {text!r}. Known: {', '.join(sorted(base.REGISTRY))}."
-            )
+            known = ", ".join(sorted(base.REGISTRY))
+            raise ValueError(f"Unknown pattern {node.id!r} in {text!r}. Known: {known}.")
     try:
         value = eval(compile(tree, "<pattern>", "eval"), {"__builtins__": {}}, names)  # noqa: S307
         if isinstance(value, type) and issubclass(value, base.Pattern):

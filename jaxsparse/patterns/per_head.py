@@ -54,7 +54,9 @@ class PerHead(base.Pattern):
 
     def kv_range(self, q_lo, q_hi, head):
         ranges = [p.kv_range(q_lo, q_hi, head) for p in self.patterns]
-        return self._select(head, [r[0] for r in ranges]), self._select(head, [r[1] for r in ranges])
+        return self._select(head, [r[0] for r in ranges]), self._select(
+            head, [r[1] for r in ranges]
+        )
 
     def bind(self, *, q_len, kv_len, q_offset, num_heads):
         if num_heads != len(self.patterns):

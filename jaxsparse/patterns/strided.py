@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from jaxsparse.patterns import base
 
 
@@ -86,5 +84,3 @@ class Strided(base.Pattern):
             f"Strided(stride={self.stride}, block_size={self.block_size}, "
             f"local_blocks={self.local_blocks}, head_step={self.head_step}, phase={self.phase})"
         )
-
-

@@ -20,6 +20,13 @@ from jaxsparse.sparsity.device import (
 from jaxsparse.sparsity.host import from_pattern
 
 __all__ = [
-    "BlockSparsity", "codes_from_element_mask", "from_block_codes", "from_block_mask",
-    "from_pattern", "from_topk", "intersect_codes", "segment_codes", "topk_codes",
+    "BlockSparsity",
+    "codes_from_element_mask",
+    "from_block_codes",
+    "from_block_mask",
+    "from_pattern",
+    "from_topk",
+    "intersect_codes",
+    "segment_codes",
+    "topk_codes",
 ]

@@ -98,8 +98,10 @@ class BlockSparsity:
     def density(self) -> float:
         """Fraction of tiles visited, averaged over batch and heads (host only)."""
         counts = np.asarray(self.kv_counts)
-        return float(counts.sum() / (counts.shape[0] * counts.shape[1] * self.num_q_blocks
-                                     * self.num_kv_blocks))
+        return float(
+            counts.sum()
+            / (counts.shape[0] * counts.shape[1] * self.num_q_blocks * self.num_kv_blocks)
+        )
 
     def replace(self, **changes: Any) -> BlockSparsity:
         return dataclasses.replace(self, **changes)

@@ -68,9 +68,16 @@ def from_block_codes(
     kv = _compact(codes, max_kv_blocks)
     q = _compact(jnp.swapaxes(codes, -1, -2), max_q_blocks)
     return block_sparsity.BlockSparsity(
-        kv_indices=kv[0], kv_counts=kv[1], kv_full=kv[2],
-        q_indices=q[0], q_counts=q[1], q_full=q[2],
-        block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
+        kv_indices=kv[0],
+        kv_counts=kv[1],
+        kv_full=kv[2],
+        q_indices=q[0],
+        q_counts=q[1],
+        q_full=q[2],
+        block_q=block_q,
+        block_kv=block_kv,
+        q_len=q_len,
+        kv_len=kv_len,
         q_offset=kv_len - q_len if q_offset is None else q_offset,
     )
 
@@ -107,8 +114,15 @@ def from_block_mask(
     if mask.dtype != jnp.bool_:
         raise TypeError(f"block_mask must be boolean, got {mask.dtype}; pass mask.astype(bool).")
     codes = jnp.where(mask, jnp.int8(pbase.FULL), jnp.int8(pbase.EMPTY))
-    return from_block_codes(codes, block_q=block_q, block_kv=block_kv, q_len=q_len,
-                            kv_len=kv_len, q_offset=q_offset, max_kv_blocks=max_kv_blocks)
+    return from_block_codes(
+        codes,
+        block_q=block_q,
+        block_kv=block_kv,
+        q_len=q_len,
+        kv_len=kv_len,
+        q_offset=q_offset,
+        max_kv_blocks=max_kv_blocks,
+    )
 
 
 def topk_codes(indices: Any, *, num_kv_blocks: int) -> jax.Array:
@@ -140,8 +154,15 @@ def from_topk(
     sel = topk_codes(_as_4d(indices, "indices"), num_kv_blocks=sb)
     if codes is not None:
         sel = intersect_codes(sel, _as_4d(codes, "codes"))
-    return from_block_codes(sel, block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
-                            q_offset=q_offset, max_kv_blocks=jnp.shape(indices)[-1])
+    return from_block_codes(
+        sel,
+        block_q=block_q,
+        block_kv=block_kv,
+        q_len=q_len,
+        kv_len=kv_len,
+        q_offset=q_offset,
+        max_kv_blocks=jnp.shape(indices)[-1],
+    )
 
 
 def codes_from_element_mask(mask: Any, *, block_q: int, block_kv: int) -> jax.Array:
@@ -155,18 +176,21 @@ def codes_from_element_mask(mask: Any, *, block_q: int, block_kv: int) -> jax.Ar
     valid = valid.reshape(1, 1, tb, block_q, sb, block_kv)
     kept = (m & valid).sum((-3, -1))
     total = valid.sum((-3, -1))  # [1, 1, Tb, Sb]
-    return jnp.where(kept == 0, pbase.EMPTY,
-                     jnp.where(kept == total, pbase.FULL, pbase.PARTIAL)).astype(jnp.int8)
+    return jnp.where(
+        kept == 0, pbase.EMPTY, jnp.where(kept == total, pbase.FULL, pbase.PARTIAL)
+    ).astype(jnp.int8)
 
 
-def segment_codes(q_segment_ids: Any, kv_segment_ids: Any, *, block_q: int,
-                  block_kv: int) -> jax.Array:
+def segment_codes(
+    q_segment_ids: Any, kv_segment_ids: Any, *, block_q: int, block_kv: int
+) -> jax.Array:
     """Tile codes `[B, 1, Tb, Sb]` of document masking (equal ids attend).
 
     Sound for any ids: a tile is EMPTY when the id ranges of its queries and
     keys do not overlap, FULL when both hold one and the same id. Exact when
     ids are sorted (packed documents).
     """
+
     def block_min_max(ids, block):
         b, n = ids.shape
         nb = math.ceil(n / block)

@@ -50,8 +50,9 @@ def from_pattern(
       A `BlockSparsity` of numpy arrays with batch size 1. Results are cached
       for hashable patterns.
     """
-    for name, value in dict(q_len=q_len, kv_len=kv_len, block_q=block_q, block_kv=block_kv,
-                            num_heads=num_heads).items():
+    for name, value in dict(
+        q_len=q_len, kv_len=kv_len, block_q=block_q, block_kv=block_kv, num_heads=num_heads
+    ).items():
         pbase.check_int(name, value, minimum=1, owner="from_pattern")
     if q_offset is None:
         q_offset = kv_len - q_len
@@ -79,8 +80,12 @@ def _build(pattern, q_len, kv_len, q_offset, block_q, block_kv, hx):
     if len(ranges) > _MAX_INTERVALS:  # deep compositions: use the single envelope
         ranges = [pattern.kv_range(*args)]
     kv_intervals = [
-        _block_range(np.broadcast_to(np.asarray(lo, np.int64), (hx, geo.tb)),
-                     np.broadcast_to(np.asarray(hi, np.int64), (hx, geo.tb)), kv_len, block_kv)
+        _block_range(
+            np.broadcast_to(np.asarray(lo, np.int64), (hx, geo.tb)),
+            np.broadcast_to(np.asarray(hi, np.int64), (hx, geo.tb)),
+            kv_len,
+            block_kv,
+        )
         for lo, hi in ranges
     ]
 
@@ -91,17 +96,27 @@ def _build(pattern, q_len, kv_len, q_offset, block_q, block_kv, hx):
         return geo.codes(pattern, h, cols, rows)
 
     kv_indices, kv_counts, kv_full = _lists(
-        classify_q_major, _Candidates(kv_intervals, geo.sb), geo.sb)
+        classify_q_major, _Candidates(kv_intervals, geo.sb), geo.sb
+    )
     q_intervals = [_transpose_range(f, w, geo.sb, geo.tb) for f, w in kv_intervals]
     q_indices, q_counts, q_full = _lists(
-        classify_kv_major, _Candidates(q_intervals, geo.tb), geo.tb)
+        classify_kv_major, _Candidates(q_intervals, geo.tb), geo.tb
+    )
     arrays = [kv_indices, kv_counts, kv_full, q_indices, q_counts, q_full]
     for a in arrays:
         a.flags.writeable = False  # cached: never mutate in place
     return block_sparsity.BlockSparsity(
-        kv_indices=kv_indices[None], kv_counts=kv_counts[None], kv_full=kv_full[None],
-        q_indices=q_indices[None], q_counts=q_counts[None], q_full=q_full[None],
-        block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len, q_offset=q_offset,
+        kv_indices=kv_indices[None],
+        kv_counts=kv_counts[None],
+        kv_full=kv_full[None],
+        q_indices=q_indices[None],
+        q_counts=q_counts[None],
+        q_full=q_full[None],
+        block_q=block_q,
+        block_kv=block_kv,
+        q_len=q_len,
+        kv_len=kv_len,
+        q_offset=q_offset,
     )
 
 
@@ -134,8 +149,9 @@ class _Geometry:
             hh, qq, kk = np.broadcast_arrays(h, qb, kb)
             codes[unsure] = self._check_tiles(pattern, hh[unsure], qq[unsure], kk[unsure])
         if self.kv_len % self.bk:  # the last key block holds padding: never FULL
-            codes = np.where((kb == self.sb - 1) & (codes == pbase.FULL), np.int8(pbase.PARTIAL),
-                             codes)
+            codes = np.where(
+                (kb == self.sb - 1) & (codes == pbase.FULL), np.int8(pbase.PARTIAL), codes
+            )
         return codes
 
     def _check_tiles(self, pattern, h, qb, kb):
@@ -154,8 +170,9 @@ class _Geometry:
             valid = (rows < self.q_len)[:, :, None] & (cols < self.kv_len)[:, None, :]
             nvalid = valid.sum((1, 2))
             nkept = (m & valid).sum((1, 2))
-            out[sl] = np.where(nkept == 0, pbase.EMPTY,
-                               np.where(nkept == nvalid, pbase.FULL, pbase.PARTIAL))
+            out[sl] = np.where(
+                nkept == 0, pbase.EMPTY, np.where(nkept == nvalid, pbase.FULL, pbase.PARTIAL)
+            )
         return out
 
 

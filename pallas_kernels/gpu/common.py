@@ -217,8 +217,9 @@ def tile_valid(
         kv_pos = iota(shape, kv_dim) + kv_start
         valid = kv_pos < st.kv_len
         if st.mask_factors is not None:
-            valid = conj(valid, _factored_mask(st.mask_factors, shape, q_start, kv_start,
-                                               head, q_dim))
+            valid = conj(
+                valid, _factored_mask(st.mask_factors, shape, q_start, kv_start, head, q_dim)
+            )
         elif st.mask_fn is not None:
             q_pos = iota(shape, q_dim) + q_start
             valid = conj(valid, st.mask_fn(q_pos, kv_pos, head))
@@ -243,7 +244,8 @@ def _factored_mask(factors, shape, q_start, kv_start, head, q_dim):
 
     def spread(tree, dim):  # scalar terms (e.g. grid sizes) stay scalars
         return jax.tree.map(
-            lambda x: lax.broadcast_in_dim(x, shape, [dim]) if jnp.ndim(x) else x, tree)
+            lambda x: lax.broadcast_in_dim(x, shape, [dim]) if jnp.ndim(x) else x, tree
+        )
 
     rows = spread(factors.rows(q_vec), q_dim)
     cols = spread(factors.cols(kv_vec), kv_dim)

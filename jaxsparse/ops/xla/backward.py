@@ -8,8 +8,9 @@ import jax.numpy as jnp
 from jaxsparse.ops.xla import tiles
 
 
-def backward_head(st: tiles.Static, pattern, head, q, k, v, out, lse, dout, dlse,
-                  qb, kb, code, q_seg, kv_seg):
+def backward_head(
+    st: tiles.Static, pattern, head, q, k, v, out, lse, dout, dlse, qb, kb, code, q_seg, kv_seg
+):
     """Gradients of one query head's attention.
 
     `lse` comes from the forward pass, so probabilities are recomputed exactly
@@ -36,8 +37,16 @@ def backward_head(st: tiles.Static, pattern, head, q, k, v, out, lse, dout, dlse
         dq, dk, dv = carry
         qi, ki, ci = item
         s, mask, dcap = tiles.chunk_logits(
-            st, pattern, head, qt[qi], kt[ki], qi, ki, ci,
-            None if qs is None else qs[qi], None if ks is None else ks[ki],
+            st,
+            pattern,
+            head,
+            qt[qi],
+            kt[ki],
+            qi,
+            ki,
+            ci,
+            None if qs is None else qs[qi],
+            None if ks is None else ks[ki],
         )
         row_lse = lse_t[qi][:, :, None]
         live = mask & jnp.isfinite(row_lse)

@@ -31,8 +31,16 @@ def forward_head(st: tiles.Static, pattern, head, q, k, v, qb, kb, code, q_seg, 
         m, l, acc = carry
         qi, ki, ci = item
         s, mask, _ = tiles.chunk_logits(
-            st, pattern, head, qt[qi], kt[ki], qi, ki, ci,
-            None if qs is None else qs[qi], None if ks is None else ks[ki],
+            st,
+            pattern,
+            head,
+            qt[qi],
+            kt[ki],
+            qi,
+            ki,
+            ci,
+            None if qs is None else qs[qi],
+            None if ks is None else ks[ki],
         )
         s = jnp.where(mask, s, -jnp.inf)
         # Merge the chunk into the running max; several tiles may share a row.

@@ -17,13 +17,20 @@ def run(call: call_lib.Call):
     """Blocked attention over the call's BlockSparsity; returns (out, lse)."""
     bq, bk = metadata.blocks_for(call, preferred=128)
     sp = metadata.sparsity_for(call, bq, bk)
-    chunk = pairs.chunk_size(sp, batch=call.batch, heads=call.num_heads,
-                             chunk_elements=call.config.xla_chunk_elements)
+    chunk = pairs.chunk_size(
+        sp, batch=call.batch, heads=call.num_heads, chunk_elements=call.config.xla_chunk_elements
+    )
     work = pairs.tile_pairs(sp, chunk)
     st = tiles.Static(
-        block_q=sp.block_q, block_kv=sp.block_kv, q_len=call.q_len, kv_len=call.kv_len,
-        q_offset=call.q_offset, scale=call.scale, logits_soft_cap=call.logits_soft_cap,
-        use_mask_fn=call.pattern.needs_tile_mask(sp.block_q, sp.block_kv), chunk=chunk,
+        block_q=sp.block_q,
+        block_kv=sp.block_kv,
+        q_len=call.q_len,
+        kv_len=call.kv_len,
+        q_offset=call.q_offset,
+        scale=call.scale,
+        logits_soft_cap=call.logits_soft_cap,
+        use_mask_fn=call.pattern.needs_tile_mask(sp.block_q, sp.block_kv),
+        chunk=chunk,
     )
     q, k, v, segs = layout.pad_inputs(call, sp.block_q, sp.block_kv)
     out, lse = _attention(st, q, k, v, work, segs, call.pattern)
@@ -107,13 +114,15 @@ def _backward(st, q, k, v, out, lse, dout, dlse, work, segs, pattern):
     b, _, h, _ = q.shape
 
     def fn(pattern, head, q, k, v, out, dout, lse, dlse, qb, kb, code, q_seg, kv_seg):
-        return backward.backward_head(st, pattern, head, q, k, v, out, lse, dout, dlse,
-                                      qb, kb, code, q_seg, kv_seg)
+        return backward.backward_head(
+            st, pattern, head, q, k, v, out, lse, dout, dlse, qb, kb, code, q_seg, kv_seg
+        )
 
     # lse / dlse are [B, H, Tp]: give them the [B, Tp, H] layout of q-side arrays.
     lse_t, dlse_t = (jnp.moveaxis(x, 1, 2) for x in (lse, dlse))
-    dq, dk, dv = _per_head(fn, pattern, q, k, work, segs, shared_kv_args=(v,),
-                           q_args=(out, dout, lse_t, dlse_t))
+    dq, dk, dv = _per_head(
+        fn, pattern, q, k, work, segs, shared_kv_args=(v,), q_args=(out, dout, lse_t, dlse_t)
+    )
     dq = _heads_last(dq, b, h).astype(q.dtype)
     # Sum each key/value head's gradient over the query heads of its group.
     dk = jnp.moveaxis(dk.sum(2), 1, 2).astype(k.dtype)

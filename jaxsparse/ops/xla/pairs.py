@@ -34,8 +34,7 @@ def tile_pairs(sp: block_sparsity.BlockSparsity, chunk: int):
     code = jnp.where(sp.kv_full, FULL, PARTIAL)
     code = jnp.where(e < sp.kv_counts[..., None], code, PAD)
     q_block = jnp.broadcast_to(jnp.arange(tb).reshape(1, 1, tb, 1), (bx, hx, tb, kmax))
-    pairs = [x.reshape(bx, hx, tb * kmax).astype(jnp.int32)
-             for x in (q_block, sp.kv_indices, code)]
+    pairs = [x.reshape(bx, hx, tb * kmax).astype(jnp.int32) for x in (q_block, sp.kv_indices, code)]
     p = tb * kmax
     pad = _round_up(p, chunk) - p
     return tuple(jnp.pad(x, ((0, 0), (0, 0), (0, pad))) for x in pairs)
@@ -59,8 +58,9 @@ def _host_pairs(sp, chunk):
     return out[0], out[1], out[2]
 
 
-def chunk_size(sp: block_sparsity.BlockSparsity, *, batch: int, heads: int,
-               chunk_elements: int) -> int:
+def chunk_size(
+    sp: block_sparsity.BlockSparsity, *, batch: int, heads: int, chunk_elements: int
+) -> int:
     """Tiles per step so one step's logits hold about `chunk_elements` values."""
     per_tile = sp.block_q * sp.block_kv * batch * heads
     if sp.is_host:
