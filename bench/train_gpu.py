@@ -139,21 +139,30 @@ def step_time(cfg: TrainConfig, reps: int, trace: pathlib.Path | None = None) ->
         state, out = step(state, batch)
         jax.block_until_ready(out)
         compile_s = time.perf_counter() - t0
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            state, out = step(state, batch)
-            jax.block_until_ready(out)
-            times.append(time.perf_counter() - t0)
+        times = [_timed(lambda: step(state, batch)) for _ in range(reps)]
+        forward = jax.jit(lambda p, b: exp.loss(nnx.merge(graphdef, p, rest), b, None)[0])
+        jax.block_until_ready(forward(state["params"], batch))  # compile
+        fwd_times = [_timed(lambda: forward(state["params"], batch)) for _ in range(reps)]
+        if trace is not None:
+            with jax.profiler.trace(str(trace)):
+                for _ in range(2):
+                    jax.block_until_ready(step(state, batch))
     finally:
         logger.removeHandler(log)
         logger.setLevel(old_level)
     return {
         "step_ms": 1e3 * statistics.median(times),
+        "forward_ms": 1e3 * statistics.median(fwd_times),
         "compile_s": round(compile_s, 1),
         "loss": float(out["loss"]),
         "fallbacks": sorted(log.messages),
     }
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0
 
 
 def equal_steps(rec, llm_runs, preset, small_llm, args) -> int:
