@@ -185,12 +185,15 @@ def equal_steps(rec, llm_runs, preset, small_llm, args) -> int:
             progress=False,
             **{k: v for k, v in small_llm.items() if k != "steps"},
         )
+        resolved = cfg.resolve()
+        # The key names the shape: these are training-length steps at the training batch.
+        key = f"{name}@T{resolved.seq_len}xB{resolved.batch_size}"
         try:
             r = step_time(cfg, reps=3)
         except Exception as e:
-            rec.put("timing", f"{name}@train_len", {"error": f"{type(e).__name__}: {e}"[:2000]})
+            rec.put("timing", key, {"error": f"{type(e).__name__}: {e}"[:2000]})
             continue
-        rec.put("timing", f"{name}@train_len", r)
+        rec.put("timing", key, r)
         total_ms += r["step_ms"]
     preset_steps = small_llm.get("steps") or TrainConfig(model="llm", preset=preset).resolve().steps
     fit = int(args.llm_minutes * 60e3 / max(total_ms, 1e-3) / 0.9)  # 10% for evals, data
