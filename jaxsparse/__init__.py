@@ -10,7 +10,7 @@ Flax NNX modules live in `jaxsparse.nn` (imported on demand).
 """
 
 from jaxsparse import patterns, reference, sparsity
-from jaxsparse.methods import nsa, pyramid_attention, vertical_slash_attention
+from jaxsparse.methods import NSAConfig, nsa, pyramid_attention, vertical_slash_attention
 from jaxsparse.ops.api import attention
 from jaxsparse.ops.config import Config
 from jaxsparse.sparsity.block_sparsity import BlockSparsity
@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockSparsity",
     "Config",
+    "NSAConfig",
     "attention",
     "nsa",
     "patterns",

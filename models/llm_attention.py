@@ -207,10 +207,9 @@ def _build_nsa(dim: int, num_heads: int, opt: LayerOptions, common: dict) -> nnx
             "attention 'nsa' needs jaxsparse.nn.NativeSparseAttention (issue 4), which this "
             f"jaxsparse {js.__version__} does not have; choose another attention."
         )
-    from jaxsparse.methods import NSAConfig  # the config type NativeSparseAttention documents
 
     local = min(2, opt.nsa_top_n - 1)
-    config = NSAConfig(
+    config = js.NSAConfig(
         kernel_size=opt.nsa_kernel_size,
         stride=opt.nsa_stride,
         block_size=opt.nsa_block_size,

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse.ops import call as call_lib
-from jaxsparse.ops import layout, metadata
+from jaxsparse.ops import kernel_common, layout, metadata
 from jaxsparse.ops.xla import impl as xla_impl
 from jaxsparse.ops.xla import pairs as xla_pairs
 from jaxsparse.ops.xla import tiles as xla_tiles
@@ -44,9 +44,7 @@ def _check_call(call: call_lib.Call) -> None:
             f"the Mosaic GPU kernels take bfloat16 or float16, got {call.q.dtype}; cast q, k, v "
             "to bfloat16 for the fast path"
         )
-    for name, d in (("head dim", call.head_dim), ("value head dim", call.head_dim_v)):
-        if d % 64 or d > 256:
-            raise NotImplementedError(f"{name} {d} must be a multiple of 64 up to 256")
+    kernel_common.check_head_dims(call, "Mosaic GPU")
     if call.scale <= 0:
         raise NotImplementedError(f"scale={call.scale} must be positive for the GPU kernels")
 
@@ -59,18 +57,6 @@ def _blocks(call: call_lib.Call) -> tuple[int, int]:
             "multiple of 64"
         )
     return bq, bk
-
-
-def _mask_fn(call: call_lib.Call, bq: int, bk: int):
-    pattern = call.pattern
-    if not pattern.needs_tile_mask(bq, bk):
-        return None
-    if jax.tree_util.tree_leaves(pattern):
-        raise NotImplementedError(
-            f"{type(pattern).__name__} holds arrays that partial tiles would index; the GPU "
-            "kernels evaluate only arithmetic masks (use a BlockMask aligned with the tiles)"
-        )
-    return pattern.mask_fn
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -93,7 +79,7 @@ def run(call: call_lib.Call):
 
     # Tables built here were refined with the segment ids (tiles mixing documents are
     # partial), so full tiles may skip the segment test; caller-given tables were not.
-    mask_fn = _mask_fn(call, bq, bk)
+    mask_fn = kernel_common.tile_mask_fn(call, bq, bk, "Mosaic GPU")
     kw = dict(
         mask_fn=mask_fn,
         mask_factors=mask_fn and call.pattern.mask_factors(),
@@ -112,10 +98,7 @@ def run(call: call_lib.Call):
 
         kw["interpret"] = plgpu.InterpretGPUParams(detect_races=True)
     q, k, v, segs = layout.pad_inputs(call, bq, bk)
-    tables = tuple(
-        jnp.asarray(getattr(sp, f))
-        for f in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
-    )
+    tables = kernel_common.tables(sp)
     xla_st, work = None, None
     if not _backward_supported(kernels, call, bq, bk):
         chunk = xla_pairs.chunk_size(

@@ -16,14 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse.ops import call as call_lib
-from jaxsparse.ops import layout, metadata
+from jaxsparse.ops import kernel_common, layout, metadata
 
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
 _LANES = 128
 # Tiles of at least 512 keep a TPU grid step's fixed cost (~0.35 us) small
 # next to its matmuls; short sequences get smaller tiles, never below 128.
 _PREFERRED_BLOCK = 512
-_TABLES = ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
 
 
 def _check_device(interpret: bool) -> None:
@@ -42,9 +41,7 @@ def _check_call(call: call_lib.Call) -> None:
         raise NotImplementedError(
             f"the Pallas TPU kernels take bfloat16, float16 or float32, got {call.q.dtype}"
         )
-    for name, d in (("head dim", call.head_dim), ("value head dim", call.head_dim_v)):
-        if d % 64 or d > 256:
-            raise NotImplementedError(f"{name} {d} must be a multiple of 64 up to 256")
+    kernel_common.check_head_dims(call, "Pallas TPU")
 
 
 def _blocks(call: call_lib.Call) -> tuple[int, int]:
@@ -54,18 +51,6 @@ def _blocks(call: call_lib.Call) -> tuple[int, int]:
             f"tiles {bq}x{bk}: the TPU kernels need block_q and block_kv multiples of {_LANES}"
         )
     return bq, bk
-
-
-def _mask_fn(call: call_lib.Call, bq: int, bk: int):
-    pattern = call.pattern
-    if not pattern.needs_tile_mask(bq, bk):
-        return None
-    if jax.tree_util.tree_leaves(pattern):
-        raise NotImplementedError(
-            f"{type(pattern).__name__} holds arrays that partial tiles would index; the TPU "
-            "kernels evaluate only arithmetic masks (use a BlockMask aligned with the tiles)"
-        )
-    return pattern.mask_fn
 
 
 def run(call: call_lib.Call):
@@ -83,7 +68,7 @@ def run(call: call_lib.Call):
     except NotImplementedError as e:
         raise NotImplementedError(f"the Pallas TPU kernels cannot run this call: {e}") from e
     kw: dict[str, Any] = dict(
-        mask_fn=_mask_fn(call, bq, bk),
+        mask_fn=kernel_common.tile_mask_fn(call, bq, bk, "Pallas TPU"),
         q_offset=call.q_offset,
         kv_len=call.kv_len,
         scale=call.scale,
@@ -99,7 +84,7 @@ def run(call: call_lib.Call):
 
         kw["interpret"] = pltpu.InterpretParams()
     q, k, v, segs = layout.pad_inputs(call, bq, bk)
-    tables = tuple(jnp.asarray(getattr(sp, name)) for name in _TABLES)
+    tables = kernel_common.tables(sp)
     static = tuple(sorted(kw.items(), key=lambda x: x[0]))
     out, lse = _attention(static, q, k, v, tables, segs)
     return out[:, : call.q_len], lse[..., : call.q_len]
