@@ -107,6 +107,7 @@ def nsa_selection_method(cfg: NSAConfig, note: str = "") -> Method:
             col_block=cfg.block_size,
             group=h // k.shape[2],
             causal=True,
+            row_capacity=cfg.top_n,
             q_offset=s - t,
         )
         tile = common.natural_tile(cfg.block_size, s)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse.ops import call as call_lib
-from jaxsparse.ops import kernel_common, layout, metadata
+from jaxsparse.ops import kernel_common, layout, metadata, routed
 from jaxsparse.ops.xla import impl as xla_impl
 from jaxsparse.ops.xla import pairs as xla_pairs
 from jaxsparse.ops.xla import tiles as xla_tiles
@@ -72,6 +72,8 @@ def run(call: call_lib.Call):
     interpret = call.config.interpret
     _check_device(interpret)
     _check_call(call)
+    if routed.applies(call):  # per-token selections (MoBA, NSA): key-block-major
+        return routed.run(call, "pallas_gpu")
     bq, bk = _blocks(call)
     sp = metadata.sparsity_for(call, bq, bk, refine_segments=call.has_segments)
     bq, bk = sp.block_q, sp.block_kv

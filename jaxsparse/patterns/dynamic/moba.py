@@ -101,7 +101,12 @@ class MoBA(common.DynamicPattern):
         t, h, s = q.shape[1], q.shape[2], k.shape[1]
         bits = moba_select(q, k, block_size=self.block_size, top_k=self.top_k, q_offset=q_offset)
         pattern = token_block_mask.TokenBlockMask(
-            bits, row_block=1, col_block=self.block_size, causal=True, q_offset=q_offset
+            bits,
+            row_block=1,
+            col_block=self.block_size,
+            causal=True,
+            row_capacity=self.top_k,
+            q_offset=q_offset,
         )
         bq, bk = common.tiles(
             config, q_len=t, kv_len=s, block_kv=common.natural_tile(self.block_size, s)

@@ -50,6 +50,9 @@ class TokenBlockMask(base.Pattern):
       col_block: keys per bit column.
       group: query heads sharing one bit head (`Hx * group == H`, or Hx == 1).
       causal: also require `key <= query` (positions as in the call).
+      row_capacity: static bound on the key blocks one row selects (own block
+        included), or None. With it, kernels that cannot read the bits run
+        per-token selections key-block-major (`jaxsparse.ops.routed`).
       q_offset: position of query row 0 (set by `bind`).
     """
 
@@ -60,11 +63,14 @@ class TokenBlockMask(base.Pattern):
     col_block: int = 64
     group: int = 1
     causal: bool = True
+    row_capacity: int | None = None
     q_offset: int | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         for name in ("row_block", "col_block", "group"):
             base.check_int(name, getattr(self, name), minimum=1, owner="TokenBlockMask")
+        if self.row_capacity is not None:
+            base.check_int("row_capacity", self.row_capacity, minimum=0, owner="TokenBlockMask")
 
     @property
     def batched(self) -> bool:

@@ -1,0 +1,200 @@
+"""Per-token key-block selections on tile kernels, run key-block-major ("routed").
+
+MoBA and NSA select key blocks per query *token*. A query-tile kernel can
+only visit the union of its rows' blocks and would need every row's bits
+inside the tile; the kernels here evaluate arithmetic masks only. So the
+selection is regrouped the other way round (MoBA's "experts", FSA's loop
+order), using nothing but what every kernel already does well:
+
+  1. own block (causal selections): each row's own key block, causally, is
+     `ChunkedCausal(col_block)`: a static pattern. Rows whose own bit is off
+     get lse = -inf, which removes them from the merge.
+  2. the other selected blocks: every (row, selected block) pair becomes one
+     query row; the pairs are sorted by block, and segment ids (pair -> its
+     block; key -> the block it lies in) restrict each pair to its block's
+     keys. Sorted pairs of one block fill whole query tiles, so nearly every
+     visited tile is FULL and no mask math runs.
+  3. the partial results are merged exactly by their lse (one softmax over
+     the union of the disjoint key sets).
+
+Work is proportional to the selected pairs: `T * row_capacity * col_block`
+keys, not the union a tile would visit. Gradients: the kernels' own backward
+passes (with the lse cotangent of the merge) and gathers whose transposes
+are gathers too (no scatter-add, deterministic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxsparse.methods import merge
+from jaxsparse.ops import call as call_lib
+from jaxsparse.patterns.chunked_causal import ChunkedCausal
+from jaxsparse.patterns.dynamic.token_block_mask import TokenBlockMask
+from jaxsparse.patterns.full import Full
+
+
+def applies(call: call_lib.Call) -> bool:
+    """Whether `run` handles this call: a per-token `TokenBlockMask` with a row capacity."""
+    p = call.pattern
+    return (
+        isinstance(p, TokenBlockMask)
+        and p.row_block == 1
+        and p.row_capacity is not None
+        and not call.has_segments
+    )
+
+
+def run(call: call_lib.Call, implementation: str):
+    """`(out [B, T, H, Dv], lse [B, H, T])` of a call `applies` accepts, via `implementation`."""
+    from jaxsparse.ops import api  # the inner calls go through the public API
+
+    p = call.pattern
+    bits = jnp.asarray(p.bits)  # [B or 1, Hx, T, C]
+    b, t, h = call.batch, call.q_len, call.num_heads
+    bits = jnp.broadcast_to(bits, (b,) + bits.shape[1:])
+    c = bits.shape[3]
+    cb = p.col_block
+    config = call.config
+    if config.block_kv is None and cb % 64 == 0:
+        config = dataclasses.replace(config, block_kv=min(cb, 128))
+    kw = dict(
+        scale=call.scale,
+        logits_soft_cap=call.logits_soft_cap,
+        implementation=implementation,
+        config=config,
+        return_lse=True,
+    )
+    pos = call.q_offset + jnp.arange(t)
+    own = pos // cb  # [T]
+    cells = jnp.arange(c)
+    outs, lses = [], []
+    if p.causal:
+        o_own, lse_own = api.attention(
+            call.q, call.k, call.v, pattern=ChunkedCausal(cb), q_offset=call.q_offset, **kw
+        )
+        own_bit = jnp.take_along_axis(bits, jnp.clip(own, 0, c - 1)[None, None, :, None], axis=3)[
+            ..., 0
+        ]  # [B, Hx, T]
+        own_bit = own_bit & (own < c)[None, None]
+        lse_own = jnp.where(_bit_heads_to_q_heads(own_bit, h), lse_own, -jnp.inf)
+        outs.append(o_own)
+        lses.append(lse_own)
+        routed_bits = bits & (cells[None, :] < own[:, None])[None, None]
+    else:
+        routed_bits = bits
+    slots = min(p.row_capacity, c)
+    if slots:
+        o_r, lse_r = _routed(call, routed_bits, slots, kw)
+        outs.extend(o_r)
+        lses.extend(lse_r)
+    return merge.lse_merge(outs, lses)
+
+
+def _bit_heads_to_q_heads(x, h):
+    """`[B, Hx, ...]` -> `[B, H, ...]`: bit head j serves query heads j*g .. j*g+g-1."""
+    hx = x.shape[1]
+    return x if hx == h else jnp.repeat(x, h // hx, axis=1)
+
+
+def _routed(call, bits, slots, kw):
+    """Per-slot `(out, lse)` of the (row, selected block) pairs, `slots` per row."""
+    from jaxsparse.ops import api
+
+    b, t, h, d = call.q.shape
+    s, dv = call.kv_len, call.head_dim_v
+    hx, c = bits.shape[1], bits.shape[3]
+    g = h // hx
+    # The first `slots` selected blocks of each row (lowest index first); empty slots -> c.
+    idx = _first_selected(bits, slots)
+    n = t * slots
+    cell = idx.reshape(b * hx, n)  # pair (row r, slot j) at r * slots + j
+    order = jnp.argsort(cell, axis=1, stable=True)
+    inverse = jnp.argsort(order, axis=1)
+    sorted_cell = jnp.take_along_axis(cell, order, axis=1)
+    q_ids = jnp.where(sorted_cell < c, sorted_cell, -1).astype(jnp.int32)
+    kv_ids = jnp.broadcast_to(
+        (jnp.arange(s, dtype=jnp.int32) // call.pattern.col_block)[None], (b * hx, s)
+    )
+    # Queries: fold bit heads into the batch, then one row per pair in block order.
+    q_f = call.q.reshape(b, t, hx, g, d).transpose(0, 2, 1, 3, 4).reshape(b * hx, t, g, d)
+    q_r = _gather_rows(q_f, order, inverse, slots)
+    k_f, v_f = (_fold_kv(x, hx) for x in (call.k, call.v))
+    o, lse = api.attention(
+        q_r, k_f, v_f, pattern=Full(), segment_ids=(q_ids, kv_ids), q_offset=0, **kw
+    )
+    # Back to (row, slot) order: o [B*Hx, N, g, Dv] -> per slot [B, T, H, Dv].
+    o = _permute(o, inverse, order, axis=1).reshape(b, hx, t, slots, g, dv)
+    lse = _permute(lse, inverse, order, axis=2).reshape(b, hx, g, t, slots)
+    o = o.transpose(3, 0, 2, 1, 4, 5).reshape(slots, b, t, h, dv)
+    lse = lse.transpose(4, 0, 1, 2, 3).reshape(slots, b, h, t)
+    return list(o), list(lse)
+
+
+def _first_selected(bits, slots):
+    """Indices `[B, Hx, T, slots]` of the first `slots` set bits per row (c where fewer)."""
+    c = bits.shape[-1]
+    # Rank each set bit by position: a set bit scores c - index, a clear one 0.
+    score = jnp.where(bits, c - jnp.arange(c, dtype=jnp.int32), 0)
+    top, idx = jax.lax.top_k(score, slots)
+    return jnp.where(top > 0, idx, c).astype(jnp.int32)
+
+
+def _fold_kv(x, hx):
+    """K or V `[B, S, K, D]` as `[B*Hx, S, K', D]`: the key heads each bit head's queries use."""
+    b, s, kh, d = x.shape
+    if hx == 1:
+        return x
+    if hx <= kh:
+        return x.reshape(b, s, hx, kh // hx, d).transpose(0, 2, 1, 3, 4).reshape(b * hx, s, -1, d)
+    x = jnp.repeat(x, hx // kh, axis=2)  # [B, S, Hx, D]
+    return x.transpose(0, 2, 1, 3).reshape(b * hx, s, 1, d)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _gather_rows(x, order, inverse, slots):
+    """`x [N', T, ...]` -> `[N', T*slots, ...]`: pair `order[i]` (row order[i] // slots)."""
+    return jnp.take_along_axis(x, _expand(order // slots, x.ndim), axis=1)
+
+
+def _gather_rows_fwd(x, order, inverse, slots):
+    return _gather_rows(x, order, inverse, slots), (order, inverse)
+
+
+def _gather_rows_bwd(slots, res, ct):
+    order, inverse = res
+    ct = jnp.take_along_axis(ct, _expand(inverse, ct.ndim), axis=1)  # (row, slot) order
+    ct = ct.reshape(ct.shape[:1] + (-1, slots) + ct.shape[2:]).sum(2)
+    return ct, None, None
+
+
+_gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _permute(x, perm, inverse, axis):
+    """`x` reordered along `axis` by a traced permutation; its transpose is the inverse gather."""
+    return jnp.take_along_axis(x, _expand(perm, x.ndim, axis), axis=axis)
+
+
+def _permute_fwd(x, perm, inverse, axis):
+    return _permute(x, perm, inverse, axis), (perm, inverse)
+
+
+def _permute_bwd(axis, res, ct):
+    perm, inverse = res
+    return jnp.take_along_axis(ct, _expand(inverse, ct.ndim, axis), axis=axis), None, None
+
+
+_permute.defvjp(_permute_fwd, _permute_bwd)
+
+
+def _expand(index, ndim, axis=1):
+    """`[N', L]` indices shaped for `take_along_axis` on an `ndim` array along `axis`."""
+    shape = [index.shape[0]] + [1] * (ndim - 1)
+    shape[axis] = index.shape[1]
+    return index.reshape(shape)
