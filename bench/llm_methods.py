@@ -107,7 +107,7 @@ def nsa_selection_method(cfg: NSAConfig, note: str = "") -> Method:
             col_block=cfg.block_size,
             group=h // k.shape[2],
             causal=True,
-            row_capacity=cfg.top_n,
+            row_capacity=cfg.top_n - min(cfg.local_blocks, 1),
             q_offset=s - t,
         )
         tile = common.natural_tile(cfg.block_size, s)

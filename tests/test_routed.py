@@ -19,7 +19,7 @@ from tests import dynamic_refs as R
 
 
 def random_bits(rng, b, hx, t, s, col_block, capacity, q_offset, causal, own_prob=0.8):
-    """Up to `capacity` visible key blocks per row; the own block kept with `own_prob`."""
+    """Up to `capacity` key blocks per row besides the own one, kept with `own_prob`."""
     c = -(-s // col_block)
     bits = np.zeros((b, hx, t, c), bool)
     for bb, hh, i in np.ndindex(b, hx, t):
@@ -27,7 +27,7 @@ def random_bits(rng, b, hx, t, s, col_block, capacity, q_offset, causal, own_pro
         visible = list(range(min(own, c))) if causal else list(range(c))
         take = int(rng.integers(0, capacity + 1))
         chosen = list(rng.permutation(visible)[:take])
-        if causal and own < c and rng.random() < own_prob and len(chosen) < capacity:
+        if causal and own < c and rng.random() < own_prob:
             chosen.append(own)
         bits[bb, hh, i, chosen] = True
     return bits
@@ -80,6 +80,10 @@ CASES = [
     (1, 24, 56, 4, 2, "kv", 8, 4, True),  # shared by the GQA group (NSA), chunked prefill
     (1, 33, 33, 2, 1, "one", 5, 2, True),  # one selection for all heads, MQA
     (2, 20, 29, 2, 2, "q", 6, 2, False),  # bidirectional (VMoBA-like)
+    # Blocks of 16 / 32 keys: closed-form pair tables (key tiles divide the block).
+    (1, 64, 64, 4, 2, "q", 16, 2, True),
+    (2, 50, 70, 2, 1, "kv", 32, 3, True),
+    (1, 40, 40, 2, 2, "one", 16, 2, False),
 ]
 
 
@@ -108,6 +112,27 @@ def test_routed_matches_dense_mask(case):
         v,
         cot,
     )
+
+
+@pytest.mark.parametrize(
+    "block_q, block_kv, col_block, kv_len", [(16, 16, 32, 100), (8, 16, 16, 64)]
+)
+def test_pair_tables_cover_every_pair_and_full_tiles_are_full(block_q, block_kv, col_block, kv_len):
+    rng = np.random.default_rng(1)
+    c = -(-kv_len // col_block)
+    cells = np.sort(rng.choice(np.arange(c + 1), size=(3, 53), p=None), axis=1)  # c: empty slot
+    sp = routed._pair_sparsity(jnp.asarray(cells), c, col_block, kv_len, block_q, block_kv)
+    q_ids = np.where(cells < c, cells, -1)
+    mask = q_ids[:, None, :, None] == (np.arange(kv_len) // col_block)[None, None, None, :]
+    R.assert_lists_cover_mask(sp, mask, exact=False)
+    # Key-major lists: every tile holding a pair of the key tile's block is listed.
+    want = R.tile_codes_of_mask(mask, block_q, block_kv)[:, 0]  # [F, Tb, Sb]
+    q_idx, q_cnt, q_full = (np.asarray(x)[:, 0] for x in (sp.q_indices, sp.q_counts, sp.q_full))
+    for f, j in np.ndindex(q_cnt.shape):
+        listed = set(q_idx[f, j, : q_cnt[f, j]].tolist())
+        assert listed == set(np.flatnonzero(want[f, :, j]).tolist())
+        for e in range(q_cnt[f, j]):
+            assert not q_full[f, j, e] or want[f, q_idx[f, j, e], j] == 2
 
 
 def test_routed_only_for_per_token_selections_with_a_capacity():

@@ -191,7 +191,7 @@ def nsa(
         col_block=cfg.block_size,
         group=h // k.shape[2],
         causal=True,
-        row_capacity=cfg.top_n,
+        row_capacity=cfg.top_n - min(cfg.local_blocks, 1),  # the own block is forced
         q_offset=q_offset,
     )
     tile = common.natural_tile(cfg.block_size, s)

@@ -91,7 +91,7 @@ def run(call: call_lib.Call):
         logits_soft_cap=call.logits_soft_cap,
         block_q=bq,
         block_kv=bk,
-        segments_on_full_tiles=call.sparsity is not None,
+        segments_on_full_tiles=call.sparsity is not None and not call.sparsity.segment_exact,
     )
     if call.config.gpu_num_stages:
         kw["num_stages"] = call.config.gpu_num_stages

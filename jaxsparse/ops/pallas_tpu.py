@@ -79,7 +79,7 @@ def run(call: call_lib.Call):
         block_kv=bk,
         # Metadata built here marks every tile that mixes segments partial; tables the
         # caller built may not know the segments, so then test them in every tile.
-        segments_on_full_tiles=call.sparsity is not None,
+        segments_on_full_tiles=call.sparsity is not None and not call.sparsity.segment_exact,
     )
     if interpret:
         from jax.experimental.pallas import tpu as pltpu

@@ -36,6 +36,7 @@ from jaxsparse.ops import call as call_lib
 from jaxsparse.patterns.chunked_causal import ChunkedCausal
 from jaxsparse.patterns.dynamic.token_block_mask import TokenBlockMask
 from jaxsparse.patterns.full import Full
+from jaxsparse.sparsity import block_sparsity
 
 
 def applies(call: call_lib.Call) -> bool:
@@ -108,24 +109,30 @@ def _routed(call, bits, slots, kw):
     b, t, h, d = call.q.shape
     s, dv = call.kv_len, call.head_dim_v
     hx, c = bits.shape[1], bits.shape[3]
-    g = h // hx
+    g, cb, f, n = h // hx, call.pattern.col_block, b * hx, t * slots
     # The first `slots` selected blocks of each row (lowest index first); empty slots -> c.
-    idx = _first_selected(bits, slots)
-    n = t * slots
-    cell = idx.reshape(b * hx, n)  # pair (row r, slot j) at r * slots + j
+    cell = _first_selected(bits, slots).reshape(f, n)  # pair (row r, slot j) at r * slots + j
     order = jnp.argsort(cell, axis=1, stable=True)
-    inverse = jnp.argsort(order, axis=1)
+    iota = jnp.broadcast_to(jnp.arange(n, dtype=order.dtype), (f, n))
+    inverse = jnp.zeros_like(order).at[jnp.arange(f)[:, None], order].set(iota)
     sorted_cell = jnp.take_along_axis(cell, order, axis=1)
     q_ids = jnp.where(sorted_cell < c, sorted_cell, -1).astype(jnp.int32)
-    kv_ids = jnp.broadcast_to(
-        (jnp.arange(s, dtype=jnp.int32) // call.pattern.col_block)[None], (b * hx, s)
-    )
+    kv_ids = jnp.broadcast_to((jnp.arange(s, dtype=jnp.int32) // cb)[None], (f, s))
     # Queries: fold bit heads into the batch, then one row per pair in block order.
-    q_f = call.q.reshape(b, t, hx, g, d).transpose(0, 2, 1, 3, 4).reshape(b * hx, t, g, d)
+    q_f = call.q.reshape(b, t, hx, g, d).transpose(0, 2, 1, 3, 4).reshape(f, t, g, d)
     q_r = _gather_rows(q_f, order, inverse, slots)
     k_f, v_f = (_fold_kv(x, hx) for x in (call.k, call.v))
+    tiles = _tiles(call.config, cb)
+    sparsity = None if tiles is None else _pair_sparsity(sorted_cell, c, cb, s, *tiles)
     o, lse = api.attention(
-        q_r, k_f, v_f, pattern=Full(), segment_ids=(q_ids, kv_ids), q_offset=0, **kw
+        q_r,
+        k_f,
+        v_f,
+        pattern=Full(),
+        sparsity=sparsity,
+        segment_ids=(q_ids, kv_ids),
+        q_offset=0,
+        **kw,
     )
     # Back to (row, slot) order: o [B*Hx, N, g, Dv] -> per slot [B, T, H, Dv].
     o = _permute(o, inverse, order, axis=1).reshape(b, hx, t, slots, g, dv)
@@ -133,6 +140,78 @@ def _routed(call, bits, slots, kw):
     o = o.transpose(3, 0, 2, 1, 4, 5).reshape(slots, b, t, h, dv)
     lse = lse.transpose(4, 0, 1, 2, 3).reshape(slots, b, h, t)
     return list(o), list(lse)
+
+
+def _tiles(config, col_block: int):
+    """Tiles `(block_q, block_kv)` for closed-form pair tables, or None (key tiles must
+    divide the block; then the generic segment-id metadata is used)."""
+    bq = config.block_q or 128
+    if config.block_kv is not None:
+        bk = config.block_kv
+    else:
+        bk = next((x for x in (128, 64, 32, 16) if col_block % x == 0), None)
+    if bk is None or col_block % bk:
+        return None
+    return bq, bk
+
+
+def _pair_sparsity(sorted_cell, c, col_block, kv_len, block_q, block_kv):
+    """Tile lists of the sorted pairs, in closed form (no dense tile codes, no sort).
+
+    A query tile holds pairs of the blocks `lo..hi` (ascending ids), so it visits
+    their key tiles, a contiguous range; it is FULL when the tile holds one block
+    only. A key tile of block `j` is used by the query tiles holding j's pairs,
+    also a contiguous range (`searchsorted`). A tile whose range passes over a
+    block it holds no pairs of lists that block's key tiles but is not in their
+    key-major lists: it contributes nothing there (segment test), in either pass.
+    """
+    f, n = sorted_cell.shape
+    tb, sb = -(-n // block_q), -(-kv_len // block_kv)
+    per = col_block // block_kv  # key tiles per block
+    cells = jnp.pad(sorted_cell, ((0, 0), (0, tb * block_q - n)), constant_values=c)
+    cells = cells.reshape(f, tb, block_q)
+    lo = cells[..., 0]
+    hi = jnp.where(cells < c, cells, -1).max(-1)
+    has = lo < c
+    one_block = (lo == hi) & (cells[..., -1] < c)  # also: no empty or padding rows
+    kv_lo = jnp.minimum(lo * per, sb - 1)
+    kv_hi = jnp.minimum((hi + 1) * per, sb) - 1
+    kv_counts = jnp.where(has, kv_hi - kv_lo + 1, 0).astype(jnp.int32)
+    e = jnp.arange(sb, dtype=jnp.int32)[None, None]
+    kv_idx = jnp.where(has[..., None], jnp.minimum(kv_lo[..., None] + e, kv_hi[..., None]), 0)
+    padded_last = kv_len % block_kv != 0
+    kv_tile_full = jnp.ones((sb,), bool).at[-1].set(not padded_last)
+    kv_full = one_block[..., None] & (e < kv_counts[..., None]) & kv_tile_full[kv_idx]
+    # Key-major: key tile j (block j // per) <- query tiles of that block's pairs.
+    block_of = jnp.arange(sb, dtype=jnp.int32) // per
+    search = jax.vmap(lambda a, v, side: jnp.searchsorted(a, v, side=side), (0, None, None))
+    start = search(sorted_cell, block_of, "left")
+    stop = search(sorted_cell, block_of, "right")
+    q_first, q_last = start // block_q, (stop - 1) // block_q
+    q_counts = jnp.where(stop > start, q_last - q_first + 1, 0).astype(jnp.int32)
+    eq = jnp.arange(tb, dtype=jnp.int32)[None, None]
+    q_idx = jnp.where(
+        (stop > start)[..., None], jnp.minimum(q_first[..., None] + eq, q_last[..., None]), 0
+    )
+    q_full = (
+        jnp.take_along_axis(one_block, q_idx.reshape(f, -1), axis=1).reshape(q_idx.shape)
+        & (eq < q_counts[..., None])
+        & kv_tile_full[None, :, None]
+    )
+    return block_sparsity.BlockSparsity(
+        kv_indices=kv_idx.astype(jnp.int32)[:, None],
+        kv_counts=kv_counts[:, None],
+        kv_full=kv_full[:, None],
+        q_indices=q_idx.astype(jnp.int32)[:, None],
+        q_counts=q_counts[:, None],
+        q_full=q_full[:, None],
+        block_q=block_q,
+        block_kv=block_kv,
+        q_len=n,
+        kv_len=kv_len,
+        q_offset=0,
+        segment_exact=True,
+    )
 
 
 def _first_selected(bits, slots):

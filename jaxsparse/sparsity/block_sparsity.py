@@ -17,7 +17,8 @@ Layout (`Bx` is 1 or the batch, `Hx` is 1 or the number of query heads):
   q_counts    int32 [Bx, Hx, Sb]
   q_full      bool  [Bx, Hx, Sb, Qmax]
 
-Static fields: `block_q`, `block_kv`, `q_len` (T), `kv_len` (S), `q_offset`.
+Static fields: `block_q`, `block_kv`, `q_len` (T), `kv_len` (S), `q_offset`, and
+`segment_exact` (FULL tiles were checked against the segment ids).
 `Tb = ceil(T / block_q)`, `Sb = ceil(S / block_kv)`; a key block that holds
 padding (positions >= S) is never FULL. Arrays are numpy when built on the host
 (`from_pattern`) and jax arrays when built on device (`from_block_mask`,
@@ -53,6 +54,9 @@ class BlockSparsity:
     q_len: int = dataclasses.field(metadata={"static": True})
     kv_len: int = dataclasses.field(metadata={"static": True})
     q_offset: int = dataclasses.field(metadata={"static": True})
+    # True when the builder knew the segment ids and every FULL tile lies inside one
+    # segment, so kernels may skip the segment test there (caller tables: unknown).
+    segment_exact: bool = dataclasses.field(default=False, metadata={"static": True})
 
     # --- shapes ---------------------------------------------------------------
     @property

@@ -105,7 +105,7 @@ class MoBA(common.DynamicPattern):
             row_block=1,
             col_block=self.block_size,
             causal=True,
-            row_capacity=self.top_k,
+            row_capacity=self.top_k - 1,  # besides the own chunk
             q_offset=q_offset,
         )
         bq, bk = common.tiles(

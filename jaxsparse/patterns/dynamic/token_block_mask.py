@@ -50,8 +50,9 @@ class TokenBlockMask(base.Pattern):
       col_block: keys per bit column.
       group: query heads sharing one bit head (`Hx * group == H`, or Hx == 1).
       causal: also require `key <= query` (positions as in the call).
-      row_capacity: static bound on the key blocks one row selects (own block
-        included), or None. With it, kernels that cannot read the bits run
+      row_capacity: static bound on the key blocks one row selects besides
+        the block holding its own position (causal; all blocks when not
+        causal), or None. With it, kernels that cannot read the bits run
         per-token selections key-block-major (`jaxsparse.ops.routed`).
       q_offset: position of query row 0 (set by `bind`).
     """
