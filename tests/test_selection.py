@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import hypothesis
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 from jaxsparse.selection import (
     chunks,
@@ -36,6 +38,20 @@ def test_pool_matches_loop(kind, n, block):
 def test_pool_rejects_unknown_kind():
     with pytest.raises(ValueError, match="kind='median'"):
         pooling.pool(jnp.zeros((1, 4)), 2, kind="median")
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(
+    seed=st.integers(0, 2**16), n=st.integers(1, 24), k=st.integers(1, topk.ITERATIVE_MAX_K)
+)
+def test_iterative_topk_equals_lax_top_k(seed, n, k):
+    # Few distinct values (ties), some -inf and +inf entries.
+    rng = np.random.default_rng(seed)
+    s = rng.choice(np.array([-np.inf, 0.0, 1.0, 2.5, np.inf], np.float32), size=(3, n))
+    k = min(k, n)
+    values, idx = jax.lax.top_k(jnp.asarray(s), k)
+    want = np.where(np.asarray(values) > -np.inf, np.asarray(idx), -1)
+    np.testing.assert_array_equal(topk._iterative_topk(jnp.asarray(s), k), want)
 
 
 def test_topk_ties_prefer_lower_index_and_skip_minus_inf():

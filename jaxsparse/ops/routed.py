@@ -36,6 +36,7 @@ from jaxsparse.ops import call as call_lib
 from jaxsparse.patterns.chunked_causal import ChunkedCausal
 from jaxsparse.patterns.dynamic.token_block_mask import TokenBlockMask
 from jaxsparse.patterns.full import Full
+from jaxsparse.selection import topk
 from jaxsparse.sparsity import block_sparsity
 
 
@@ -217,10 +218,10 @@ def _pair_sparsity(sorted_cell, c, col_block, kv_len, block_q, block_kv):
 def _first_selected(bits, slots):
     """Indices `[B, Hx, T, slots]` of the first `slots` set bits per row (c where fewer)."""
     c = bits.shape[-1]
-    # Rank each set bit by position: a set bit scores c - index, a clear one 0.
-    score = jnp.where(bits, c - jnp.arange(c, dtype=jnp.int32), 0)
-    top, idx = jax.lax.top_k(score, slots)
-    return jnp.where(top > 0, idx, c).astype(jnp.int32)
+    # A set bit scores minus its index (the lowest index is best), a clear one -inf.
+    score = jnp.where(bits, -jnp.arange(c, dtype=jnp.float32), -jnp.inf)
+    idx = topk.topk_indices(score, slots)
+    return jnp.where(idx >= 0, idx, c).astype(jnp.int32)
 
 
 def _fold_kv(x, hx):
