@@ -145,7 +145,7 @@ def step_time(cfg: TrainConfig, reps: int, trace: pathlib.Path | None = None) ->
         jax.block_until_ready(forward(state["params"], batch))  # compile
         fwd_times = [_timed(lambda: forward(state["params"], batch)) for _ in range(reps)]
         if trace is not None:
-            with jax.profiler.trace(str(trace)):
+            with jax.profiler.trace(str(trace), create_perfetto_trace=True):
                 for _ in range(2):
                     jax.block_until_ready(step(state, batch))
     finally:
