@@ -125,3 +125,19 @@ def test_decode_without_cache_is_an_error():
     model = LLM(_config(attention="moba", num_layers=1), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="init_cache"):
         model(jnp.zeros((1, 1), jnp.int32), decode=True)
+
+
+def test_one_hot_embedding_equals_the_gather_with_gradients():
+    from models.llm import embed_tokens
+
+    tokens = jnp.array([[0, 5, 5, 2], [7, 1, 0, 3]])
+    for dtype in (jnp.float32, jnp.bfloat16):
+        embed = nnx.Embed(8, 6, dtype=dtype, rngs=nnx.Rngs(0))
+        np.testing.assert_array_equal(embed_tokens(embed, tokens), embed(tokens))
+
+        def loss(fn, embed=embed):
+            return nnx.grad(lambda e: (fn(e).astype(jnp.float32) ** 2).sum())(embed)
+
+        got = loss(lambda e: embed_tokens(e, tokens)).embedding[...]
+        want = loss(lambda e: e(tokens)).embedding[...]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
