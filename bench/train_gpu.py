@@ -336,6 +336,9 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="jax.profiler traces of the timings")
     p.add_argument("--xla-too", action="store_true", help="also time everything on the XLA path")
     p.add_argument("--skip", default="", help="comma list of parts to skip: llm,timing,vit")
+    p.add_argument(
+        "--vit-runs", default="dense,hilo,biformer", help="comma list of ViT attentions to train"
+    )
     args = p.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -426,7 +429,7 @@ def main(argv=None) -> int:
 
         task = args.vit_task or ("digits" if importlib.util.find_spec("sklearn") else "shapes")
         rec.data["meta"]["vit_task"] = task
-        for name in ("dense", "hilo", "biformer"):
+        for name in filter(None, args.vit_runs.split(",")):
             kw = {"steps": args.vit_steps or (30 if args.small else None)}
             kw = {k: v for k, v in kw.items() if v}
             cfg = TrainConfig(

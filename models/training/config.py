@@ -121,9 +121,10 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
                     eval_every=250, log_every=25),
         # Head dim 64 (the GPU kernels' minimum) and four query heads, as the cpu
         # preset (which forms the recall circuit more reliably than fewer heads).
-        # Batch 8 and 2 layers: the H100 run of 2026-11-22 measured ~0.36 s per step
-        # at batch 32 x 4 layers, and MoBA layers run on the XLA path for now.
-        "gpu": dict(_RUN, attention="dense", task="mqar", steps=3000, batch_size=8,
+        # 2 layers, batch 32: on the H100 (2026-11-22) 1100 steps at batch 8 did not
+        # form the recall circuit (accuracy 0.04); steps were slow only because of the
+        # embedding's scatter-add gradient, now a one-hot matmul (models/llm.py).
+        "gpu": dict(_RUN, attention="dense", task="mqar", steps=4000, batch_size=32,
                     seq_len=4096, vocab_size=256, num_pairs=32, min_pairs=1, dim=256, layers=2,
                     heads=4, kv_heads=2, lr=2e-3, warmup_steps=200, checkpoint_every=500,
                     eval_every=500, log_every=50, eval_batches=8),
