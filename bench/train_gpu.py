@@ -5,7 +5,8 @@ Usage (repo root, on the H100):
   python bench/train_gpu.py OUT_DIR --small    # minutes on a CPU: the same code, tiny sizes
 
 1. LLM on MQAR at 4k tokens (`models.train --model llm --preset gpu`: 2 layers,
-   32 pairs; training sequences mix 1 to 32 pairs, eval at 32): dense attention
+   task `mqar_spans` by default (`--llm-task`), 32 pairs; training sequences
+   mix 1 to 32 pairs, eval at 32): dense attention
    and MoBA (chunks of 512, top 3) in every layer; `--hybrid` adds MoBA in one
    layer of two (`moba,dense`), `--nsa` adds NSA in every layer. All start from
    the same weights (the sparse layers have no extra parameters) and train for
@@ -180,7 +181,7 @@ def equal_steps(rec, llm_runs, preset, small_llm, args) -> int:
             model="llm",
             preset=preset,
             attention=name,
-            task="mqar",
+            task=args.llm_task,
             overrides=overrides,
             out="unused",
             progress=False,
@@ -337,6 +338,11 @@ def main(argv=None) -> int:
     p.add_argument("--xla-too", action="store_true", help="also time everything on the XLA path")
     p.add_argument("--skip", default="", help="comma list of parts to skip: llm,timing,vit")
     p.add_argument(
+        "--llm-task",
+        default="mqar_spans",
+        help="LLM task (mqar_spans: recall distances of every scale up to T; mqar: uniform)",
+    )
+    p.add_argument(
         "--vit-runs", default="dense,hilo,biformer", help="comma list of ViT attentions to train"
     )
     args = p.parse_args(argv)
@@ -394,7 +400,7 @@ def main(argv=None) -> int:
                 model="llm",
                 preset=preset,
                 attention=name,
-                task="mqar",
+                task=args.llm_task,
                 overrides=overrides,
                 out=str(out / f"llm-{name}"),
                 progress=False,
@@ -409,7 +415,7 @@ def main(argv=None) -> int:
                     model="llm",
                     preset=preset,
                     attention=name,
-                    task="mqar",
+                    task=args.llm_task,
                     seq_len=timing_seq,
                     batch_size=1,
                     implementation=impl,

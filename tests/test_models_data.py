@@ -13,7 +13,7 @@ def _batch(name, seq_len=96, pairs=6, step=0, split="train"):
     return task.batch(batch_rng(0, split, step), 4)
 
 
-@pytest.mark.parametrize("name", ["mqar", "needle", "selective_copy"])
+@pytest.mark.parametrize("name", ["mqar", "mqar_spans", "needle", "selective_copy"])
 def test_deterministic_and_split(name):
     a, b = _batch(name), _batch(name)
     for k in a:
@@ -27,7 +27,7 @@ def test_deterministic_and_split(name):
 def _solve(name, inputs, t):
     """The answer at position t, found by a brute-force reading of the context."""
     row = list(inputs[: t + 1])
-    if name == "mqar":  # the value after the first occurrence of the key
+    if name.startswith("mqar"):  # the value after the first occurrence of the key
         return row[row.index(row[t]) + 1]
     if name == "needle":  # the value after NEEDLE, key
         key = row[t]
@@ -38,7 +38,7 @@ def _solve(name, inputs, t):
     return data[t - row.index(lm_tasks.SEP)]
 
 
-@pytest.mark.parametrize("name", ["mqar", "needle", "selective_copy"])
+@pytest.mark.parametrize("name", ["mqar", "mqar_spans", "needle", "selective_copy"])
 def test_answers_follow_from_the_context(name):
     b = _batch(name)
     for i in range(4):
@@ -47,7 +47,7 @@ def test_answers_follow_from_the_context(name):
 
 
 def test_bad_task_input():
-    with pytest.raises(ValueError, match="valid tasks: mqar, needle, selective_copy"):
+    with pytest.raises(ValueError, match="valid tasks: mqar, mqar_spans, needle, selective_copy"):
         lm_tasks.LMTask(name="copy", seq_len=64, vocab_size=64)
     with pytest.raises(ValueError, match="needs seq_len >= 64"):
         lm_tasks.LMTask(name="mqar", seq_len=32, vocab_size=64, num_pairs=16)
