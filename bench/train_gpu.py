@@ -5,7 +5,7 @@ Usage (repo root, on the H100):
   python bench/train_gpu.py OUT_DIR --small    # minutes on a CPU: the same code, tiny sizes
 
 1. LLM on MQAR at 4k tokens (`models.train --model llm --preset gpu`: 2 layers,
-   task `mqar_spans` by default (`--llm-task`), 32 pairs; training sequences
+   task `mqar` by default (`--llm-task`), 32 pairs; training sequences
    mix 1 to 32 pairs, eval at 32): dense attention
    and MoBA (chunks of 512, top 3) in every layer; `--hybrid` adds MoBA in one
    layer of two (`moba,dense`), `--nsa` adds NSA in every layer. All start from
@@ -339,8 +339,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip", default="", help="comma list of parts to skip: llm,timing,vit")
     p.add_argument(
         "--llm-task",
-        default="mqar_spans",
-        help="LLM task (mqar_spans: recall distances of every scale up to T; mqar: uniform)",
+        default="mqar",
+        help="LLM task (mqar; mqar_spans: recall distances of every scale up to T)",
     )
     p.add_argument(
         "--vit-runs", default="dense,hilo,biformer", help="comma list of ViT attentions to train"

@@ -158,11 +158,10 @@ def mqar_spans(rng, b, t, n, vocab_size):
     inside a random span after the pairs, whose end is log-uniform in [4n, T];
     blanks follow it.
 
-    Plain `mqar` at 4k tokens puts most queries thousands of tokens after their
-    key, so attention at initialisation gives the key a ~1/T share and the
-    signal that forms the recall circuit is too weak (no recall after 4000 steps
-    at 4096 tokens on the H100, 2026-11-22). The short spans in every batch form
-    the circuit; the long ones extend it to the whole length.
+    Meant to ease training at long T, where plain `mqar` puts most queries
+    thousands of tokens after their key. On the H100 (2026-11-22, 2 layers,
+    dim 256, batch 32, 4000 steps at 4096 tokens) neither task formed the
+    recall circuit (eval accuracy 0.06 for both); see BENCHMARKS.md.
     """
     tokens = np.full((b, t), BLANK, np.int64)
     answer = np.zeros((b, t), bool)

@@ -121,10 +121,10 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
                     eval_every=250, log_every=25),
         # Head dim 64 (the GPU kernels' minimum) and four query heads, as the cpu
         # preset (which forms the recall circuit more reliably than fewer heads).
-        # 2 layers, batch 32: on the H100 (2026-11-22) 1100 steps at batch 8 did not
-        # form the recall circuit (accuracy 0.04); steps were slow only because of the
-        # embedding's scatter-add gradient, now a one-hot matmul (models/llm.py).
-        "gpu": dict(_RUN, attention="dense", task="mqar_spans", steps=4000, batch_size=32,
+        # 2 layers, batch 32, 4000 steps (~70 s on the H100 once the embedding's
+        # scatter-add gradient became a one-hot matmul). It did not form the recall
+        # circuit at 4096 tokens on 2026-11-22 (accuracy 0.06; see BENCHMARKS.md).
+        "gpu": dict(_RUN, attention="dense", task="mqar", steps=4000, batch_size=32,
                     seq_len=4096, vocab_size=256, num_pairs=32, min_pairs=1, dim=256, layers=2,
                     heads=4, kv_heads=2, lr=2e-3, warmup_steps=200, checkpoint_every=500,
                     eval_every=500, log_every=50, eval_batches=8),
