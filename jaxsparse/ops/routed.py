@@ -62,8 +62,9 @@ def run(call: call_lib.Call, implementation: str):
     c = bits.shape[3]
     cb = p.col_block
     config = call.config
-    if config.block_kv is None and cb % 64 == 0:
-        config = dataclasses.replace(config, block_kv=min(cb, 128))
+    tiles = _tiles(config, cb)
+    if tiles is not None:  # key tiles inside one block: the own-block call's tiles too
+        config = dataclasses.replace(config, block_kv=tiles[1])
     kw = dict(
         scale=call.scale,
         logits_soft_cap=call.logits_soft_cap,
@@ -123,7 +124,7 @@ def _routed(call, bits, slots, kw):
     q_f = call.q.reshape(b, t, hx, g, d).transpose(0, 2, 1, 3, 4).reshape(f, t, g, d)
     q_r = _gather_rows(q_f, order, inverse, slots)
     k_f, v_f = (_fold_kv(x, hx) for x in (call.k, call.v))
-    tiles = _tiles(call.config, cb)
+    tiles = _tiles(kw["config"], cb)
     sparsity = None if tiles is None else _pair_sparsity(sorted_cell, c, cb, s, *tiles)
     o, lse = api.attention(
         q_r,
