@@ -1,9 +1,23 @@
 """Test configuration: strict numerics, several host devices, warnings are errors."""
 
+import importlib.util
 import os
 
+
+def _cpu_only() -> bool:
+    """No accelerator plugin installed (CUDA/ROCm plugins live in `jax_plugins`, TPU in libtpu)."""
+    return all(importlib.util.find_spec(m) is None for m in ("jax_plugins", "libtpu"))
+
+
 # Several CPU devices for sharding tests; must be set before jax initialises.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Without an accelerator (CI), XLA also compiles at optimization level 0: the
+# suite's programs are tiny, so compiling them is most of its time, and no check
+# relies on LLVM's optimizations (level 0 cuts the default run by about a quarter).
+# Set XLA_FLAGS yourself to run with other flags.
+_flags = ["--xla_force_host_platform_device_count=4"]
+if _cpu_only():
+    _flags.append("--xla_backend_optimization_level=0")
+os.environ.setdefault("XLA_FLAGS", " ".join(_flags))
 os.environ.setdefault("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", ""))
 
 import jax  # noqa: E402

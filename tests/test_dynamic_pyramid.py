@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -97,19 +98,24 @@ def test_pooled_block_of_equal_keys_matches_full_resolution():
     q, k, v, _ = R.random_qkv(1, t, 2, 2, 8, seed=22)
     k = jnp.repeat(k[:, ::4], 4, axis=1)  # keys constant over groups of 4
     v = jnp.repeat(v[:, ::4], 4, axis=1)
-    out, levels = js.pyramid_attention(
-        q, k, v, pattern=P.Pyramid(bs, (0.3, 0.5, 1.0)), return_levels=True
-    )
+    pattern = P.Pyramid(bs, (0.3, 0.5, 1.0))
+    # Jitted: eager, every op compiles for these shapes (slow on CPU).
+    out, levels = jax.jit(
+        lambda q, k, v: js.pyramid_attention(q, k, v, pattern=pattern, return_levels=True)
+    )(q, k, v)
     assert int((np.asarray(levels) == 3).sum()) > 0  # some blocks pooled 4x
     assert int((np.asarray(levels) == 0).sum()) == 0  # the last band is 1.0: nothing skipped
-    dense = js.attention(q, k, v)
+    dense = jax.jit(js.attention)(q, k, v)
     np.testing.assert_allclose(np.asarray(out), np.asarray(dense), atol=2e-6)
 
 
 def test_pyramid_one_block_is_dense():
     q, k, v, _ = R.random_qkv(1, 6, 2, 1, 8, seed=23)
-    out = js.pyramid_attention(q, k, v, pattern=P.Pyramid(8, (0.5, 0.6)))
-    np.testing.assert_allclose(np.asarray(out), np.asarray(js.attention(q, k, v)), atol=2e-6)
+    out = jax.jit(lambda q, k, v: js.pyramid_attention(q, k, v, pattern=P.Pyramid(8, (0.5, 0.6))))(
+        q, k, v
+    )
+    dense = jax.jit(js.attention)(q, k, v)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(dense), atol=2e-6)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,6 +17,18 @@ from jaxsparse.patterns.dynamic import (
 from tests import dynamic_refs as R
 
 rng = np.random.default_rng(0)
+
+
+def _jit(builder):
+    """A tile-list builder under jit: the pattern's arrays traced, the sizes static.
+
+    One compile per geometry instead of one per op (eager, every op compiles anew).
+    """
+
+    def run(pattern, **sizes):
+        return jax.jit(lambda p: builder(p, **sizes))(pattern)
+
+    return run
 
 
 GEOMETRIES = [
@@ -34,7 +47,7 @@ def test_token_block_mask_rule_and_lists(geo):
     h = hx * group
     bits = rng.random((2, hx, -(-t // rb), -(-s // cb))) < 0.4
     p = P.TokenBlockMask(jnp.asarray(bits), row_block=rb, col_block=cb, group=group, causal=causal)
-    sp = token_block_mask.token_block_sparsity(
+    sp = _jit(token_block_mask.token_block_sparsity)(
         p, num_heads=h, block_q=bq, block_kv=bk, q_len=t, kv_len=s, q_offset=off
     )
     for b in range(2):
@@ -73,7 +86,7 @@ def test_vertical_slash_mask_rule_and_lists(t, s, off, bq, bk):
     vert = rng.random((2, 3, s)) < 0.15
     slash = rng.random((2, 3, s)) < 0.2
     p = P.VerticalSlashMask(jnp.asarray(vert), jnp.asarray(slash))
-    sp = vertical_slash_mask.vertical_slash_sparsity(
+    sp = _jit(vertical_slash_mask.vertical_slash_sparsity)(
         p, num_heads=3, block_q=bq, block_kv=bk, q_len=t, kv_len=s, q_offset=off
     )
     for b in range(2):
@@ -116,7 +129,7 @@ def test_pyramid_mask_rule_and_lists(causal):
         lev, blk, last = cols["level"][c], cols["block"][c], cols["last"][c]
         want[hh, i, c] = levels[0, hh, i // bs, blk] == lev and (not causal or last <= s - t + i)
     np.testing.assert_array_equal(got, want)
-    sp = pyramid_mask.pyramid_sparsity(
+    sp = _jit(pyramid_mask.pyramid_sparsity)(
         p, num_heads=2, q_len=t, q_offset=s - t, block_q=bq, block_kv=bk
     )
     R.assert_lists_cover_mask(sp, want[None], exact=not causal)
@@ -129,7 +142,7 @@ def test_vertical_slash_mask_without_columns():
     got = P.dense_mask(p, q_len=12, kv_len=12, num_heads=2, xp=np)
     for hh, i, j in np.ndindex(2, 12, 12):
         assert got[hh, i, j] == (j <= i and slash[0, hh, i - j] and not vert[0, hh, j])
-    sp = vertical_slash_mask.vertical_slash_sparsity(
+    sp = _jit(vertical_slash_mask.vertical_slash_sparsity)(
         P.VerticalSlashMask(jnp.asarray(vert), jnp.asarray(slash), include_vertical=False),
         num_heads=2,
         block_q=4,
@@ -154,7 +167,7 @@ def test_position_causal_rule_and_lists():
     )
     want = positions[0][:, None, :] <= (25 + np.arange(15))[None, :, None]
     np.testing.assert_array_equal(got, want)
-    sp = position_causal.position_causal_sparsity(
+    sp = _jit(position_causal.position_causal_sparsity)(
         p, num_heads=2, block_q=4, block_kv=4, q_len=15, q_offset=25
     )
     R.assert_lists_cover_mask(sp, want[None], exact=True)

@@ -42,7 +42,8 @@ def _check_grads(m, x, reference, tol=1e-5):
     """Parameter and input gradients of <module(x), cot> against the reference's."""
     cot = _x(m(x).shape, 99)
     got = nnx.jit(nnx.grad(lambda m, x: (m(x) * cot).sum(), argnums=(0, 1)))(m, x)
-    want = nnx.grad(lambda m, x: (reference(m, x) * cot).sum(), argnums=(0, 1))(m, x)
+    # The reference is jitted too: eager, its many small ops each compile (slow on CPU).
+    want = nnx.jit(nnx.grad(lambda m, x: (reference(m, x) * cot).sum(), argnums=(0, 1)))(m, x)
     got_leaves, want_leaves = jax.tree.leaves(got), jax.tree.leaves(want)
     assert len(got_leaves) == len(want_leaves)
     for a, b in zip(got_leaves, want_leaves, strict=True):

@@ -193,6 +193,18 @@ def _races_found():
     return _mi is not None and _mi.get_races().races_found
 
 
+# The f32 oracle, jitted once per shape (eager, each of its ops compiles anew: slow on CPU).
+_reference_fwd = jax.jit(reference.attention_reference, static_argnums=(4, 5))
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _reference_grads(q, k, v, mask, scale, cap, dout, dlse):
+    loss = functools.partial(
+        reference.reference_loss, mask=mask, scale=scale, logits_soft_cap=cap, dout=dout, dlse=dlse
+    )
+    return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+
 # ---------------------------------------------------------------- tests
 
 
@@ -214,7 +226,7 @@ def test_forward_and_backward(case: Case):
         out, lse = jax.jit(fwd)(q, k, v)
         out, lse = np.asarray(out), np.asarray(lse)
     assert not _races_found()
-    ref_out, ref_lse = reference.attention_reference(q, k, v, d["mask"], case.D**-0.5, case.cap)
+    ref_out, ref_lse = _reference_fwd(q, k, v, d["mask"], case.D**-0.5, case.cap)
     assert _rel_err(out, ref_out) < _tol(case.dtype)
     dead = ~d["mask"].any(-1)  # [B, H, T]
     assert np.all(np.isneginf(lse[dead]))
@@ -237,15 +249,8 @@ def test_forward_and_backward(case: Case):
         dq, dk, dv = map(np.asarray, (dq, dk, dv))
     assert not _races_found()
 
-    loss = functools.partial(
-        reference.reference_loss,
-        mask=d["mask"],
-        scale=case.D**-0.5,
-        logits_soft_cap=case.cap,
-        dout=dout,
-        dlse=dlse,
-    )
-    rq, rk, rv = jax.grad(loss, argnums=(0, 1, 2))(*(x.astype(jnp.float32) for x in (q, k, v)))
+    q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
+    rq, rk, rv = _reference_grads(q32, k32, v32, d["mask"], case.D**-0.5, case.cap, dout, dlse)
     for name, got, want in (("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):
         err = _rel_err(got, want)
         assert err < 2 * _tol(case.dtype), f"{name}: rel err {err:.3g}"

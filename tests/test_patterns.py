@@ -97,7 +97,8 @@ def test_examples_numpy_and_jnp_agree(pattern):
     if isinstance(pattern, (P.Neighborhood, P.Window)):  # self-attention over the whole grid
         t = s = pattern.num_tokens
     a = P.dense_mask(pattern, q_len=t, kv_len=s, num_heads=num_heads, xp=np)
-    b = P.dense_mask(pattern, q_len=t, kv_len=s, num_heads=num_heads)
+    # jnp under jit (int32 positions, as in the kernels); one compile instead of one per op.
+    b = jax.jit(lambda: P.dense_mask(pattern, q_len=t, kv_len=s, num_heads=num_heads))()
     np.testing.assert_array_equal(a, np.asarray(b))
 
 

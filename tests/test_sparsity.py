@@ -69,18 +69,24 @@ def test_device_compaction_matches_host(pattern, geo):
     host = S.from_pattern(
         pattern, q_len=t, kv_len=s, block_q=bq, block_kv=bk, num_heads=h, q_offset=q_offset
     )
-    dev = S.from_block_codes(
-        jnp.asarray(host.to_dense()),
-        block_q=bq,
-        block_kv=bk,
-        q_len=t,
-        kv_len=s,
-        q_offset=host.q_offset,
-        max_kv_blocks=host.kv_indices.shape[-1],
-        max_q_blocks=host.q_indices.shape[-1],
-    )
-    for name in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full"):
-        np.testing.assert_array_equal(np.asarray(getattr(dev, name)), getattr(host, name), name)
+    names = ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
+
+    @jax.jit  # traced codes; one compile per example (eager, every op compiles)
+    def lists(codes):
+        dev = S.from_block_codes(
+            codes,
+            block_q=bq,
+            block_kv=bk,
+            q_len=t,
+            kv_len=s,
+            q_offset=host.q_offset,
+            max_kv_blocks=host.kv_indices.shape[-1],
+            max_q_blocks=host.q_indices.shape[-1],
+        )
+        return [getattr(dev, name) for name in names]
+
+    for name, got in zip(names, lists(jnp.asarray(host.to_dense())), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), getattr(host, name), name)
 
 
 def test_explicit_masks_host_and_traced_agree():
@@ -134,6 +140,10 @@ def test_from_topk_with_causal_codes_keeps_diagonal_partial():
     )
 
 
+# Jitted: one compile per example instead of one per op (eager, on new shapes).
+_segment_codes = jax.jit(S.segment_codes, static_argnames=("block_q", "block_kv"))
+
+
 @given(
     st.lists(st.integers(0, 3), min_size=1, max_size=30),
     st.integers(1, 7),
@@ -145,7 +155,7 @@ def test_segment_codes_are_sound(ids, bq, bk, shuffle):
     if not shuffle:
         ids = np.sort(ids)
     n = len(ids)
-    codes = np.asarray(S.segment_codes(ids[None], ids[None], block_q=bq, block_kv=bk))[0, 0]
+    codes = np.asarray(_segment_codes(ids[None], ids[None], block_q=bq, block_kv=bk))[0, 0]
     exact = expected_codes((ids[:, None] == ids[None, :])[None], n, n, bq, bk)[0]
     # Padding never makes a tile full: compare on the padding-free meaning.
     exact_nopad = expected_codes((ids[:, None] == ids[None, :])[None], n, n, bq, bk)[0]

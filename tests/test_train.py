@@ -47,6 +47,8 @@ def _check_run_dir(out, result, model):
     train_records = _records(out)
     assert [r["step"] for r in train_records] == list(range(1, 7))
     assert all(np.isfinite(r["loss"]) for r in train_records)
+    # The notebooks plot from result.files["metrics"].
+    assert pathlib.Path(result.files["metrics"]).samefile(out / "metrics.jsonl")
     assert "loss" in result.eval
     if model == "dit":
         assert (out / "samples.png").exists()
@@ -130,7 +132,10 @@ def test_incompatible_checkpoint_is_refused(llm_run):
             ["--model", "vit", "--attention", "swin"],
             "valid attentions: dense, window, neighborhood",
         ),
-        (["--task", "cifar"], "unknown task 'cifar' for --model llm; valid tasks: mqar, needle"),
+        (
+            ["--task", "cifar"],
+            "unknown task 'cifar' for --model llm; valid tasks: mqar, mqar_spans, needle",
+        ),
         (["--model", "dit", "--task", "mqar"], "valid tasks: digits, shapes, moving_shapes"),
         (["--set", "layer_options.nope=1"], "unknown field 'nope' for LayerOptions; valid fields:"),
         (["--preset", "huge"], "invalid choice: 'huge' (choose from"),
