@@ -183,6 +183,27 @@ def test_moba_on_the_gpu_kernels_in_interpret_mode():
     )
 
 
+def test_moba_on_the_tpu_kernels_in_interpret_mode():
+    """The same routed path on the Pallas TPU kernels (interpret mode; tiles of 128)."""
+    q, k, v, cot = R.random_qkv(1, 512, 2, 1, 128, seed=5, dtype=jnp.bfloat16)
+    pattern = P.MoBA(block_size=128, top_k=2)
+
+    def fn(implementation, config=None):
+        return lambda q, k, v: js.attention(
+            q,
+            k,
+            v,
+            pattern=pattern,
+            implementation=implementation,
+            config=config,
+            return_lse=True,
+        )
+
+    R.assert_close_to_ref(
+        fn("pallas_tpu", js.Config(interpret=True)), fn("xla"), q, k, v, cot, tol=2e-2
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("t, block_size, top_k", [(8192, 512, 3), (4096, 256, 4)])
 def test_moba_kernels_on_the_gpu(t, block_size, top_k):
