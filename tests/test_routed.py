@@ -162,10 +162,17 @@ def test_routed_only_for_per_token_selections_with_a_capacity():
         P.TokenBlockMask(bits, col_block=4, row_capacity=-1)
 
 
-def test_moba_on_the_gpu_kernels_in_interpret_mode():
-    """MoBA via `implementation="pallas_gpu"` (Mosaic GPU interpret mode) equals the XLA path."""
-    q, k, v, cot = R.random_qkv(1, 256, 2, 1, 64, seed=5, dtype=jnp.bfloat16)
-    pattern = P.MoBA(block_size=64, top_k=2)
+@pytest.mark.parametrize(
+    "implementation, t, d, block_size",
+    [
+        ("pallas_gpu", 256, 64, 64),  # Mosaic GPU interpret mode
+        ("pallas_tpu", 512, 128, 128),  # Pallas TPU interpret mode (tiles of 128)
+    ],
+)
+def test_moba_on_the_kernels_in_interpret_mode(implementation, t, d, block_size):
+    """MoBA through the routed path on a kernel backend equals the XLA path."""
+    q, k, v, cot = R.random_qkv(1, t, 2, 1, d, seed=5, dtype=jnp.bfloat16)
+    pattern = P.MoBA(block_size=block_size, top_k=2)
 
     def fn(implementation, config=None):
         return lambda q, k, v: js.attention(
@@ -179,28 +186,7 @@ def test_moba_on_the_gpu_kernels_in_interpret_mode():
         )
 
     R.assert_close_to_ref(
-        fn("pallas_gpu", js.Config(interpret=True)), fn("xla"), q, k, v, cot, tol=2e-2
-    )
-
-
-def test_moba_on_the_tpu_kernels_in_interpret_mode():
-    """The same routed path on the Pallas TPU kernels (interpret mode; tiles of 128)."""
-    q, k, v, cot = R.random_qkv(1, 512, 2, 1, 128, seed=5, dtype=jnp.bfloat16)
-    pattern = P.MoBA(block_size=128, top_k=2)
-
-    def fn(implementation, config=None):
-        return lambda q, k, v: js.attention(
-            q,
-            k,
-            v,
-            pattern=pattern,
-            implementation=implementation,
-            config=config,
-            return_lse=True,
-        )
-
-    R.assert_close_to_ref(
-        fn("pallas_tpu", js.Config(interpret=True)), fn("xla"), q, k, v, cot, tol=2e-2
+        fn(implementation, js.Config(interpret=True)), fn("xla"), q, k, v, cot, tol=2e-2
     )
 
 
