@@ -85,6 +85,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--init-from",
+        help="start from the parameters of this finished run directory (fine-tuning, e.g. "
+        "a longer --seq-len after a short one); optimizer and step start fresh",
+    )
     p.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: bfloat16 on GPU)")
     p.add_argument(
         "--implementation",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from models import train as cli
-from models.training import TrainConfig, checkpoint, experiments, train
+from models.training import TrainConfig, checkpoint, experiments, loop, train
 
 
 def _records(out, kind="train"):
@@ -121,6 +121,35 @@ def test_incompatible_checkpoint_is_refused(llm_run):
     cadence = dataclasses.replace(cfg, eval_every=1, log_every=2, checkpoint_every=5)
     assert cadence.resolve().run_fields() == cfg.resolve().run_fields()
     assert dataclasses.replace(cfg, lr=0.5).resolve().run_fields() != cfg.resolve().run_fields()
+
+
+def test_init_from_starts_from_the_source_parameters(llm_run, tmp_path):
+    """A length curriculum: a dense run at twice the length starts from the MoBA run's
+    final parameters (same shapes), with a fresh step count; then it trains."""
+    cfg, _ = llm_run
+    longer = dataclasses.replace(
+        cfg, attention="dense", seq_len=128, steps=2, out=str(tmp_path / "ft"), init_from=cfg.out
+    )
+    run = loop._prepare(longer.resolve())
+    run.ckpt.close()
+    assert int(run.state["step"]) == 0
+    restored = jax.tree.leaves(run.state["params"])
+    stored = jax.tree.leaves(_final_params(cfg.out)[1])  # layer keys as strings: same order
+    assert len(restored) == len(stored)
+    for a, b in zip(restored, stored, strict=True):
+        np.testing.assert_array_equal(a, b)
+    result = train(longer)
+    assert result.steps == 2 and np.isfinite(result.final_loss)
+
+
+def test_init_from_refuses_other_shapes_and_missing_runs(llm_run, tmp_path):
+    cfg, _ = llm_run
+    wider = dataclasses.replace(cfg, dim=64, out=str(tmp_path / "wide"), init_from=cfg.out)
+    with pytest.raises(checkpoint.IncompatibleCheckpointError, match="dim: 32 -> 64"):
+        train(wider)
+    missing = dataclasses.replace(cfg, out=str(tmp_path / "b"), init_from=str(tmp_path / "none"))
+    with pytest.raises(ValueError, match="not a run directory"):
+        train(missing)
 
 
 @pytest.mark.parametrize(

@@ -185,10 +185,13 @@ def _pair_sparsity(sorted_cell, c, col_block, kv_len, block_q, block_kv):
     kv_tile_full = jnp.ones((sb,), bool).at[-1].set(not padded_last)
     kv_full = one_block[..., None] & (e < kv_counts[..., None]) & kv_tile_full[kv_idx]
     # Key-major: key tile j (block j // per) <- query tiles of that block's pairs.
+    # Pairs of block j sit at [start_j, stop_j) of the sorted list: a histogram and its
+    # cumulative sum (jnp.searchsorted's scan is a loop of small kernels on GPUs).
     block_of = jnp.arange(sb, dtype=jnp.int32) // per
-    search = jax.vmap(lambda a, v, side: jnp.searchsorted(a, v, side=side), (0, None, None))
-    start = search(sorted_cell, block_of, "left")
-    stop = search(sorted_cell, block_of, "right")
+    counts = jnp.zeros((f, c + 1), jnp.int32).at[jnp.arange(f)[:, None], sorted_cell].add(1)
+    ends = jnp.cumsum(counts, axis=1)
+    stop = ends[:, block_of]
+    start = stop - counts[:, block_of]
     q_first, q_last = start // block_q, (stop - 1) // block_q
     q_counts = jnp.where(stop > start, q_last - q_first + 1, 0).astype(jnp.int32)
     eq = jnp.arange(tb, dtype=jnp.int32)[None, None]

@@ -17,6 +17,7 @@ import pathlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -94,3 +95,55 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _by_path(tree: Any) -> dict[str, Any]:
+    """`{"a.b.0": leaf}`: paths with every key as a string (orbax stores int keys as str)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p): x for p, x in flat}
+
+
+def restore_params(source: pathlib.Path, params: Any, model_config: dict) -> Any:
+    """The parameters of `source`'s last checkpoint, as arrays shaped like `params`.
+
+    The source run must have the same parameter shapes (its attention kind may
+    differ where that adds no parameters, e.g. dense -> MoBA); `model_config`
+    (this run's) names the differing fields when it does not.
+    """
+    config_path = source / "config.json"
+    if not config_path.exists():
+        raise ValueError(
+            f"init_from={str(source)!r} is not a run directory (no config.json); pass the "
+            "--out directory of a finished run."
+        )
+    ckpt = Checkpointer(source)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise ValueError(f"init_from={str(source)!r} holds no checkpoint; train it first.")
+        stored = _by_path(ckpt.manager.restore(step, args=ocp.args.StandardRestore())["params"])
+    finally:
+        ckpt.close()
+    wanted = _by_path(params)
+    mismatch = sorted(
+        f"{k}: {getattr(stored.get(k), 'shape', '<absent>')} -> "
+        f"{getattr(wanted.get(k), 'shape', '<absent>')}"
+        for k in set(stored) | set(wanted)
+        if k not in stored or k not in wanted or stored[k].shape != wanted[k].shape
+    )
+    if mismatch:
+        stored_model = json.loads(config_path.read_text()).get("model", {})
+        diff = config_diff(stored_model, json.loads(json.dumps(model_config)))
+        raise IncompatibleCheckpointError(
+            f"the parameters in {source} (step {step}) do not fit this model. Model fields "
+            "that differ (stored -> requested):\n  "
+            + "\n  ".join(diff or ["(none)"])
+            + "\nParameter shapes (stored -> requested):\n  "
+            + "\n  ".join(mismatch[:8])
+        )
+    leaves, treedef = jax.tree.flatten(params)
+    new = [
+        jax.device_put(np.asarray(stored[k]).astype(x.dtype), x.sharding)
+        for k, x in zip(wanted, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, new)

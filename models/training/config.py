@@ -41,6 +41,11 @@ class TrainConfig:
     Model fields (`dim`, `layers`, ...) and `overrides` (`("field", value)`
     pairs, nested with dots: `("layer_options.moba_top_k", 2)`) go into the
     model's own config; see `experiments`.
+
+    `init_from` names a finished run directory whose last checkpoint's
+    parameters start this run (fine-tuning; a curriculum over sequence length:
+    train at 256 tokens, continue at 4096). The optimizer state and the step
+    count start fresh; a resumed run ignores it (its own checkpoint wins).
     """
 
     model: str = "llm"
@@ -65,6 +70,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
+    init_from: str | None = None
     dtype: str | None = None
     implementation: str | None = None
     out: str = "runs/default"

@@ -129,6 +129,10 @@ def _prepare(cfg: TrainConfig) -> _Run:
     start = ckpt.latest_step()
     if start is not None:
         state = ckpt.restore(start, state)
+    elif cfg.init_from is not None:
+        state["params"] = checkpoint.restore_params(
+            pathlib.Path(cfg.init_from), state["params"], stored["model"]
+        )
     return _Run(
         cfg=cfg,
         exp=exp,
