@@ -47,6 +47,7 @@ CASES = [
     (2, 37, 37, 4, 2, 16, 8, 3, (16, 16)),  # GQA, ragged last chunk
     (1, 20, 52, 2, 2, 8, 10, 2, (8, 8)),  # chunked prefill (q_offset 32), tiles straddle chunks
     (1, 40, 40, 2, 1, 8, 16, 2, None),  # default tiles (natural: 16), MQA
+    (1, 33, 33, 2, 2, 8, 8, 1, (8, 8)),  # top_k=1: the own chunk only
 ]
 
 

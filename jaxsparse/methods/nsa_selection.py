@@ -35,7 +35,8 @@ def block_importance(
     """
     b, n, h, _ = q_rows.shape
     kh, nc = k_cmp.shape[2], k_cmp.shape[1]
-    logits = estimate.grouped_logits(q_rows, k_cmp) * scale  # [B, H, n, Nc]
+    # Operands in q's dtype, accumulated in float32, like branch 1's logits in the kernel.
+    logits = estimate.grouped_logits(q_rows, k_cmp, operands=None) * scale  # [B, H, n, Nc]
     rule = CompressedCausal(kernel_size=kernel_size, stride=stride)
     visible = rule.mask_fn(q_pos[:, None], jnp.arange(nc, dtype=jnp.int32)[None, :], 0)
     lse = jnp.moveaxis(lse_rows, 1, 2)[..., None]  # [B, H, n, 1]

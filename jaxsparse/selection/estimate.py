@@ -9,15 +9,19 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def grouped_logits(q, k):
+def grouped_logits(q, k, *, operands=jnp.float32):
     """`q . k` for every query head against its key/value head: `[B, H, T, S]` float32.
 
     q `[B, T, H, D]`, k `[B, S, K, D]`; query head h uses key head `h // (H // K)`.
+    `operands`: the dtype both are cast to before the product (accumulated in
+    float32 either way); `None` keeps q's dtype (bf16 inputs: one tensor-core
+    matmul instead of a float32 one, for scores that only rank blocks).
     """
     b, t, h, d = q.shape
     kh = k.shape[2]
-    qg = q.astype(jnp.float32).reshape(b, t, kh, h // kh, d)
-    s = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32))
+    dtype = q.dtype if operands is None else operands
+    qg = q.astype(dtype).reshape(b, t, kh, h // kh, d)
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dtype), preferred_element_type=jnp.float32)
     return s.reshape(b, h, t, k.shape[1])
 
 

@@ -1,11 +1,16 @@
 """`MoBA`: Mixture of Block Attention (Lu et al., arXiv 2502.13189), causal LLM attention.
 
 Keys are split into chunks of `block_size`. Each query scores every chunk by
-`q . mean(K_chunk)` (float32, no softmax scale; parameter-free gate), keeps
+`q . mean(K_chunk)` (no softmax scale; parameter-free gate), keeps
 its own chunk (causally) plus the best `top_k - 1` chunks that end before its
 own chunk begins, and attends all their keys with one softmax. The selection
 is per query token and per query head; gradients reach q, k, v through
 attention only (top-k is not differentiated), as in the paper.
+
+The gate is a product of q and the chunk means cast to q's dtype, accumulated
+in float32 (as MoBA's reference code scores in the model's dtype): for
+bfloat16 inputs one tensor-core matmul, where float32 operands made the gate
+the larger part of MoBA's time at 64k. Float32 inputs score in float32.
 """
 
 from __future__ import annotations
@@ -33,13 +38,15 @@ def moba_select(q, k, *, block_size: int, top_k: int, q_offset: int):
     chunk = jnp.arange(nc, dtype=jnp.int32)
 
     def select_rows(q_rows, q_pos):
-        gate = estimate.grouped_logits(q_rows, k_mean)  # [B, H, n, nc], unscaled as in MoBA
+        # [B, H, n, nc], unscaled as in MoBA; operands in q's dtype (see the module doc).
+        gate = estimate.grouped_logits(q_rows, k_mean, operands=None)
         own = (q_pos // block_size)[None, None, :, None]
         c = chunk[None, None, None, :]
-        # Past chunks compete, the own chunk is forced, future chunks are out.
-        gate = jnp.where(c < own, gate, -jnp.inf)
-        gate = jnp.where(c == own, jnp.inf, gate)
-        return topk.topk_mask(gate, top_k)
+        # Past chunks compete for top_k - 1 places, the own chunk is always kept,
+        # future chunks are out.
+        past = jnp.where(c < own, gate, -jnp.inf)
+        chosen = topk.topk_mask(past, top_k - 1) if top_k > 1 else jnp.zeros(past.shape, bool)
+        return chosen | (c == own)
 
     rows = chunks.rows_per_chunk(q.shape[0] * q.shape[2] * nc)
     return chunks.map_query_rows(select_rows, q, rows=rows, q_offset=q_offset)
