@@ -128,8 +128,10 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
         # Head dim 64 (the GPU kernels' minimum) and four query heads, as the cpu
         # preset (which forms the recall circuit more reliably than fewer heads).
         # 2 layers, batch 32, 4000 steps (~70 s on the H100 once the embedding's
-        # scatter-add gradient became a one-hot matmul). It did not form the recall
-        # circuit at 4096 tokens on 2026-11-22 (accuracy 0.06; see BENCHMARKS.md).
+        # scatter-add gradient became a one-hot matmul). From scratch it does not
+        # form the recall circuit at 4096 tokens (accuracy 0.06); started from a
+        # 512-token run that formed it (`--init-from`), dense and MoBA reach 0.99+
+        # (BENCHMARKS.md, issue 6).
         "gpu": dict(_RUN, attention="dense", task="mqar", steps=4000, batch_size=32,
                     seq_len=4096, vocab_size=256, num_pairs=32, min_pairs=1, dim=256, layers=2,
                     heads=4, kv_heads=2, lr=2e-3, warmup_steps=200, checkpoint_every=500,
