@@ -30,14 +30,7 @@ def test_notebooks_are_generated_from_make_notebooks():
         assert [c.source for c in nb.cells] == [src for _, src in cells], name
 
 
-def _notebook_param(path):
-    # The training notebook's five smoke runs (~50 s on a 2-core CPU) are the train()
-    # runs tests/test_train.py checks (same preset, same MoBA overrides); it runs with -m slow.
-    slow = path.stem.startswith("03_")
-    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
-
-
-@pytest.mark.parametrize("path", [_notebook_param(p) for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_at_tiny_size(path, tmp_path, monkeypatch):
     monkeypatch.setenv("JAXSPARSE_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
