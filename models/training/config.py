@@ -44,7 +44,7 @@ class TrainConfig:
 
     `init_from` names a finished run directory whose last checkpoint's
     parameters start this run (fine-tuning; a curriculum over sequence length:
-    train at 256 tokens, continue at 4096). The optimizer state and the step
+    train at 512 tokens, continue at 4096). The optimizer state and the step
     count start fresh; a resumed run ignores it (its own checkpoint wins).
     """
 
