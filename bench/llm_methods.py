@@ -3,7 +3,10 @@
 Each `Method` has `select(q, k) -> state` (jit-able; the content-aware part,
 timed apart as "selection overhead") and `attend(q, k, v, state) -> (out, lse)`
 (block-sparse attention over the selection), plus `tiles(state)`: the visited
-(query, key) tile area, for density. Shared by `quality.py` (CPU) and
+(query, key) tile area, for density. Per-token selections that the kernels run
+routed (`jaxsparse.ops.routed.routes`: MoBA, NSA's selected branch) skip the
+union tile lists they would not read, and report the keys of their selected
+(row, block) pairs as the area instead. Shared by `quality.py` (CPU) and
 `llm_sparse_gpu.py` (H100).
 """
 
@@ -23,6 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import jaxsparse as js  # noqa: E402
 from jaxsparse import patterns as P  # noqa: E402
 from jaxsparse.methods import NSAConfig, nsa_compress, nsa_selection, seer  # noqa: E402
+from jaxsparse.ops import routed  # noqa: E402
 from jaxsparse.patterns.dynamic import common, token_block_mask  # noqa: E402
 from jaxsparse.selection import ranges  # noqa: E402
 
@@ -56,17 +60,34 @@ def static_method(name: str, pattern, config=None, note: str = "") -> Method:
     return Method(name, select, attend, None, pattern=pattern, note=note)
 
 
+def _routed_area(pattern):
+    """(query, key) area of a routed selection: the visible keys of every selected
+    (row, block) pair (a causal row sees its own block up to itself)."""
+    bits = jnp.asarray(pattern.bits)  # [B, Hx, T, C] (row_block 1)
+    t, c, cb = bits.shape[2], bits.shape[3], pattern.col_block
+    pos = (pattern.q_offset or 0) + jnp.arange(t)[:, None]
+    start = cb * jnp.arange(c)[None, :]
+    keys = jnp.clip(pos - start + 1, 0, cb) if pattern.causal else jnp.full((t, c), cb)
+    area = jnp.where(bits, keys.astype(jnp.float32), 0.0).sum()
+    return area, bits.shape[0], bits.shape[1]
+
+
 def dynamic_method(name: str, pattern, config=None, note: str = "") -> Method:
     def select(q, k):
         t, s = q.shape[1], k.shape[1]
         bound = pattern.bind(q_len=t, kv_len=s, q_offset=s - t, num_heads=q.shape[2])
-        return bound.select(q, k, q_offset=s - t, config=config)
+        state = bound.select(q, k, q_offset=s - t, config=config)
+        if isinstance(state, tuple) and routed.routes(state[0]):
+            return state[0], None  # the routed path builds its own tile lists
+        return state
 
     def attend(q, k, v, state):
         resolved, sp = state if isinstance(state, tuple) else (pattern, state)
         return js.attention(q, k, v, pattern=resolved, sparsity=sp, config=config, return_lse=True)
 
     def tiles(state):
+        if isinstance(state, tuple) and state[1] is None:
+            return _routed_area(state[0])
         sp = state[1] if isinstance(state, tuple) else state
         return _area(sp)
 
@@ -110,6 +131,8 @@ def nsa_selection_method(cfg: NSAConfig, note: str = "") -> Method:
             row_capacity=cfg.top_n - min(cfg.local_blocks, 1),
             q_offset=s - t,
         )
+        if routed.routes(pattern):
+            return pattern, None  # the routed path builds its own tile lists
         tile = common.natural_tile(cfg.block_size, s)
         bound = min(-(-s // tile), tile * cfg.top_n * ranges.max_cells(cfg.block_size, tile, s))
         sp = token_block_mask.token_block_sparsity(
@@ -128,7 +151,10 @@ def nsa_selection_method(cfg: NSAConfig, note: str = "") -> Method:
         pattern, sp = state
         return js.attention(q, k, v, pattern=pattern, sparsity=sp, return_lse=True)
 
-    return Method("NSA-selected", select, attend, lambda st: _area(st[1]), note=note)
+    def tiles(state):
+        return _routed_area(state[0]) if state[1] is None else _area(state[1])
+
+    return Method("NSA-selected", select, attend, tiles, note=note)
 
 
 def vertical_slash_method(pattern) -> Method:

@@ -11,7 +11,8 @@ Writes OUT_DIR/llm_sparse_gpu.jsonl, one JSON object per line, as it goes:
     `llm_methods.py`) and length: `select_ms` (the content-aware selection
     alone), `attend_ms` (attention over a precomputed selection), `total_ms`
     (both in one jitted call), `overhead` = select / attend, `tile_density`
-    (visited tile area / causal area), speedups of `total_ms` over dense.
+    (visited tile area / causal area; for routed selections, MoBA and NSA: the
+    keys of their selected (row, block) pairs), speedups of `total_ms` over dense.
   * kind="nsa_train": NSA forward+backward (three branches, gradients to q, k,
     v, gates and through the compressed keys) vs dense causal forward+backward.
   * kind="target": the issue's targets at 64k (NSA fwd+bwd >= 4x, MoBA fwd

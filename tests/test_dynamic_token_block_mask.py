@@ -181,3 +181,38 @@ def test_pack_bits_round_trip_and_layout():
     w = np.asarray(words)
     for c in (0, 31, 32, 69):  # bit c % 32 of word c // 32
         np.testing.assert_array_equal((w[..., c // 32] >> (c % 32)) & 1, bits[..., c])
+
+
+def test_batched_patterns_passed_without_sparsity_build_their_own_lists():
+    """A TokenBlockMask or VerticalSlashMask given to `attention` without `sparsity`
+    (eagerly: concrete arrays; and under jit) equals the dense oracle of its mask."""
+    import jaxsparse as js
+    from jaxsparse.patterns import materialize
+
+    b, t, h, kh, d = 2, 24, 2, 1, 8
+    q, k, v, cot = R.random_qkv(b, t, h, kh, d, seed=3)
+    bits = jnp.asarray(rng.random((b, h, t, 4)) < 0.5)
+    vert = jnp.asarray(rng.random((b, h, t)) < 0.2)
+    slash = jnp.asarray(rng.random((b, h, t)) < 0.2)
+    patterns = (
+        P.TokenBlockMask(bits, row_block=1, col_block=6, causal=True, q_offset=0),
+        P.VerticalSlashMask(vert, slash, q_offset=0),
+    )
+    for pattern in patterns:
+        mask = jnp.stack(
+            [
+                materialize.dense_mask(
+                    jax.tree.map(lambda x, i=i: x[i], pattern), q_len=t, kv_len=t, num_heads=h
+                )
+                for i in range(b)
+            ]
+        )
+        want = R.dense_ref(q, k, v, mask)
+        kw = dict(implementation="xla", return_lse=True)
+        eager = js.attention(q, k, v, pattern=pattern, **kw)
+        jitted = jax.jit(lambda q, k, v, p: js.attention(q, k, v, pattern=p, **kw))(
+            q, k, v, pattern
+        )
+        for got in (eager, jitted):
+            np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+            np.testing.assert_allclose(got[1], want[1], atol=1e-5)

@@ -60,10 +60,12 @@ def sparsity_for(
         block_kv=block_kv,
         q_offset=call.q_offset,
     )
-    try:
-        sp = host.from_pattern(call.pattern, num_heads=call.num_heads, **kw)
-    except pbase.TracedPatternError:
-        sp = _from_traced_pattern(call.pattern, call.num_heads, **kw)
+    sp = call.pattern.device_sparsity(num_heads=call.num_heads, **kw)
+    if sp is None:
+        try:
+            sp = host.from_pattern(call.pattern, num_heads=call.num_heads, **kw)
+        except pbase.TracedPatternError:
+            sp = _from_traced_pattern(call.pattern, call.num_heads, **kw)
     if refine_segments and call.has_segments:
         seg = device.segment_codes(
             call.q_segment_ids, call.kv_segment_ids, block_q=block_q, block_kv=block_kv

@@ -40,15 +40,19 @@ from jaxsparse.selection import topk
 from jaxsparse.sparsity import block_sparsity
 
 
-def applies(call: call_lib.Call) -> bool:
-    """Whether `run` handles this call: a per-token `TokenBlockMask` with a row capacity."""
-    p = call.pattern
+def routes(pattern) -> bool:
+    """Whether the kernel backends run `pattern` here: a per-token `TokenBlockMask` with a
+    row capacity (they then ignore a caller's `sparsity`: the tile lists are built here)."""
     return (
-        isinstance(p, TokenBlockMask)
-        and p.row_block == 1
-        and p.row_capacity is not None
-        and not call.has_segments
+        isinstance(pattern, TokenBlockMask)
+        and pattern.row_block == 1
+        and pattern.row_capacity is not None
     )
+
+
+def applies(call: call_lib.Call) -> bool:
+    """Whether `run` handles this call: `routes(call.pattern)`, without segment ids."""
+    return routes(call.pattern) and not call.has_segments
 
 
 def run(call: call_lib.Call, implementation: str):

@@ -200,6 +200,22 @@ class Pattern:
         """
         return False
 
+    def device_sparsity(
+        self,
+        *,
+        num_heads: int,
+        block_q: int,
+        block_kv: int,
+        q_len: int,
+        kv_len: int,
+        q_offset: int,
+    ) -> Any:
+        """Batched patterns (per-example selections): their `BlockSparsity`, built on device
+        from the arrays they hold, for a call that passes no `sparsity`. None: the
+        generic builders apply (host closed form, or a dense mask when traced)."""
+        del num_heads, block_q, block_kv, q_len, kv_len, q_offset
+        return None
+
     def select(self, q: Any, k: Any, *, q_offset: int, config: Any) -> Any:
         """Dynamic patterns: the `BlockSparsity` chosen from q `[B,T,H,D]`, k `[B,S,K,D]`.
 

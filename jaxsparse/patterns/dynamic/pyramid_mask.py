@@ -116,6 +116,17 @@ class PyramidMask(base.Pattern):
             out = ok if out is None else out | ok
         return out
 
+    def device_sparsity(self, *, num_heads, block_q, block_kv, q_len, kv_len, q_offset):
+        del kv_len  # the keys are the pooled levels the mask was built for
+        return pyramid_sparsity(
+            self,
+            num_heads=num_heads,
+            q_len=q_len,
+            q_offset=q_offset,
+            block_q=block_q,
+            block_kv=block_kv,
+        )
+
     def bind(self, *, q_len, kv_len, q_offset, num_heads):
         lay = self.layout
         want = (-(-q_len // self.block_size), lay.num_blocks)
