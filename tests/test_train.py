@@ -142,6 +142,33 @@ def test_init_from_starts_from_the_source_parameters(llm_run, tmp_path):
     assert result.steps == 2 and np.isfinite(result.final_loss)
 
 
+def test_init_from_dense_to_nsa_keeps_the_new_parameters_fresh(llm_run, tmp_path):
+    """NSA layers from the MoBA run: shared projections, norms and MLPs are copied; the
+    compressors and branch gates (absent from the source) keep their initialization."""
+    cfg, _ = llm_run
+    nsa = (
+        ("layer_options.nsa_kernel_size", 8),
+        ("layer_options.nsa_stride", 4),
+        ("layer_options.nsa_block_size", 8),
+        ("layer_options.nsa_top_n", 2),
+        ("layer_options.nsa_window", 16),
+    )
+    target = dataclasses.replace(
+        cfg, attention="nsa", overrides=nsa, out=str(tmp_path / "nsa"), init_from=cfg.out
+    ).resolve()
+    fresh_run = loop._prepare(dataclasses.replace(target, init_from=None, out=str(tmp_path / "x")))
+    fresh_run.ckpt.close()
+    run = loop._prepare(target)
+    run.ckpt.close()
+    source = checkpoint._by_path(_final_params(cfg.out)[1])
+    got = checkpoint._by_path(run.state["params"])
+    init = checkpoint._by_path(fresh_run.state["params"])
+    assert any("compress" in k for k in got) and set(source) < set(got)
+    for key, value in got.items():
+        want = source[key] if key in source else init[key]
+        np.testing.assert_array_equal(value, want, err_msg=key)
+
+
 def test_init_from_refuses_other_shapes_and_missing_runs(llm_run, tmp_path):
     cfg, _ = llm_run
     wider = dataclasses.replace(cfg, dim=64, out=str(tmp_path / "wide"), init_from=cfg.out)

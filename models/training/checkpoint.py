@@ -103,12 +103,13 @@ def _by_path(tree: Any) -> dict[str, Any]:
     return {".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p): x for p, x in flat}
 
 
-def restore_params(source: pathlib.Path, params: Any, model_config: dict) -> Any:
-    """The parameters of `source`'s last checkpoint, as arrays shaped like `params`.
+def restore_params(source: pathlib.Path, params: Any, model_config: dict) -> tuple[Any, list]:
+    """`(params, fresh)`: `params` with every entry that `source`'s last checkpoint holds
+    replaced by the stored array; `fresh` lists the entries it does not hold, which
+    keep their initialization (dense -> NSA: the compressors and branch gates).
 
-    The source run must have the same parameter shapes (its attention kind may
-    differ where that adds no parameters, e.g. dense -> MoBA); `model_config`
-    (this run's) names the differing fields when it does not.
+    Refused, naming the differing model fields (`model_config` is this run's):
+    a stored entry this model lacks, or one of another shape.
     """
     config_path = source / "config.json"
     if not config_path.exists():
@@ -126,10 +127,9 @@ def restore_params(source: pathlib.Path, params: Any, model_config: dict) -> Any
         ckpt.close()
     wanted = _by_path(params)
     mismatch = sorted(
-        f"{k}: {getattr(stored.get(k), 'shape', '<absent>')} -> "
-        f"{getattr(wanted.get(k), 'shape', '<absent>')}"
-        for k in set(stored) | set(wanted)
-        if k not in stored or k not in wanted or stored[k].shape != wanted[k].shape
+        f"{k}: {stored[k].shape} -> {getattr(wanted.get(k), 'shape', '<absent>')}"
+        for k in stored
+        if k not in wanted or stored[k].shape != wanted[k].shape
     )
     if mismatch:
         stored_model = json.loads(config_path.read_text()).get("model", {})
@@ -143,7 +143,7 @@ def restore_params(source: pathlib.Path, params: Any, model_config: dict) -> Any
         )
     leaves, treedef = jax.tree.flatten(params)
     new = [
-        jax.device_put(np.asarray(stored[k]).astype(x.dtype), x.sharding)
+        jax.device_put(np.asarray(stored[k]).astype(x.dtype), x.sharding) if k in stored else x
         for k, x in zip(wanted, leaves, strict=True)
     ]
-    return jax.tree.unflatten(treedef, new)
+    return jax.tree.unflatten(treedef, new), sorted(k for k in wanted if k not in stored)

@@ -44,8 +44,10 @@ class TrainConfig:
 
     `init_from` names a finished run directory whose last checkpoint's
     parameters start this run (fine-tuning; a curriculum over sequence length:
-    train at 512 tokens, continue at 4096). The optimizer state and the step
-    count start fresh; a resumed run ignores it (its own checkpoint wins).
+    train at 512 tokens, continue at 4096; dense -> MoBA or NSA). Parameters the
+    source does not hold (NSA's compressors and gates) keep their initialization;
+    the optimizer state and the step count start fresh; a resumed run ignores
+    it (its own checkpoint wins).
     """
 
     model: str = "llm"

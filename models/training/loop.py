@@ -130,9 +130,15 @@ def _prepare(cfg: TrainConfig) -> _Run:
     if start is not None:
         state = ckpt.restore(start, state)
     elif cfg.init_from is not None:
-        state["params"] = checkpoint.restore_params(
+        state["params"], fresh = checkpoint.restore_params(
             pathlib.Path(cfg.init_from), state["params"], stored["model"]
         )
+        if fresh:
+            print(
+                f"init_from {cfg.init_from}: {len(fresh)} parameters it does not hold keep "
+                f"their initialization: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}",
+                file=sys.stderr,
+            )
     return _Run(
         cfg=cfg,
         exp=exp,
