@@ -87,7 +87,7 @@ def densities(pattern, t, heads=1, head=0):
 
 fig, axes = plt.subplots(2, 5, figsize=(16, 7))
 rows = []
-for ax, (name, pattern) in zip(axes.flat, gallery.items()):
+for ax, (name, pattern) in zip(axes.flat, gallery.items(), strict=False):
     heads, head = (2, 1) if name.startswith("PerHead") else (1, 0)
     mask, density, tiles = densities(pattern, T, heads, head)
     show(ax, mask, f"{name}\\n{density:.0%} of pairs, {tiles:.0%} of tiles")
@@ -269,12 +269,12 @@ rerunning a cell resumes from the checkpoints.""",
 import pathlib
 import tempfile
 
+import jax
 import matplotlib.pyplot as plt
 
 from models.training import TrainConfig, train
 
 ROOT = pathlib.Path(tempfile.mkdtemp(prefix="jaxsparse-nb-"))
-import jax
 
 # smoke: seconds (CI); cpu: minutes on a CPU; gpu: the full-size runs (minutes on an H100).
 PRESET = "smoke" if SMALL else ("gpu" if jax.default_backend() == "gpu" else "cpu")
@@ -290,7 +290,7 @@ def run(model, attention, **kw):
 def curves(results, title):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, r in results.items():
-        recs = [json.loads(x) for x in open(r.files["metrics"])]
+        recs = [json.loads(x) for x in pathlib.Path(r.files["metrics"]).read_text().splitlines()]
         tr = [x for x in recs if x["kind"] == "train"]
         ev = [x for x in recs if x["kind"] == "eval"]
         axes[0].plot([x["step"] for x in tr], [x["loss"] for x in tr], label=name)

@@ -1,8 +1,14 @@
-import json, sys, pathlib
+import json
+import pathlib
+import sys
+
 sys.path.insert(0, "bench")
-import jax, jax.numpy as jnp
+import jax
+import jax.numpy as jnp
 from profile_train_step import top_ops
+
 from jaxsparse.patterns.dynamic import moba
+
 out = pathlib.Path(sys.argv[1])
 q = jax.random.normal(jax.random.key(0), (1, 65536, 16, 128), jnp.bfloat16)
 k = jax.random.normal(jax.random.key(1), (1, 65536, 2, 128), jnp.bfloat16)
