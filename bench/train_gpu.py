@@ -11,11 +11,12 @@ Usage (repo root, on the H100):
    layer of two (`moba,dense`), `--nsa` adds NSA in every layer. All start from
    the same weights (the sparse layers have no extra parameters) and train for
    the same number of steps: the preset's, or fewer if one step of each at 4k
-   (timed first) says they would not fit `--llm-minutes`. With
-   `--llm-warmup-seq 512` (a length curriculum) a dense model first trains at
-   512 tokens (`--llm-warmup-seeds 0,1,2,3`: seeds tried in turn until one
-   reaches `--llm-warmup-target` accuracy) and every run above starts from
-   its parameters. Reported: eval
+   (timed first) says they would not fit `--llm-minutes`. A length curriculum
+   comes first: a dense model trains at `--llm-warmup-seq` (512) tokens for
+   6,000 steps, `--llm-warmup-seeds` tried in turn until one reaches
+   `--llm-warmup-target` accuracy (the recall circuit forms in some seeds
+   only), and every run above starts from its parameters (`--llm-warmup-seq 0`:
+   from scratch, where the circuit does not form at 4k). Reported: eval
    accuracy on held-out sequences, each sparse/dense ratio (target >= 0.95).
 2. Training step time (forward + backward + AdamW; and the forward alone) of the
    same LLMs at 16k tokens, batch 1 (`--timing-batch 1,8`: also batch 8, the
@@ -391,14 +392,15 @@ def main(argv=None) -> int:
     p.add_argument(
         "--llm-warmup-seq",
         type=int,
-        default=0,
-        help="length curriculum: first train a dense model at this length; every LLM run "
-        "then starts from its parameters (0: no curriculum)",
+        help="length curriculum: first train a dense model at this length (default 512; "
+        "--small: 64); every LLM run then starts from its parameters (0: no curriculum)",
     )
-    p.add_argument("--llm-warmup-steps", type=int, default=6000, help="steps of that first run")
+    p.add_argument(
+        "--llm-warmup-steps", type=int, help="steps of that first run (default 6000; --small: 10)"
+    )
     p.add_argument(
         "--llm-warmup-seeds",
-        default="0",
+        default="1,2,3,4,0,5",
         help="comma list of seeds to try for it, in order, until one reaches --llm-warmup-target",
     )
     p.add_argument("--llm-warmup-target", type=float, default=0.9)
@@ -408,6 +410,12 @@ def main(argv=None) -> int:
         "length) whose parameters start every LLM run; instead of --llm-warmup-seq",
     )
     args = p.parse_args(argv)
+    if args.llm_init_from:
+        args.llm_warmup_seq = 0
+    if args.llm_warmup_seq is None:
+        args.llm_warmup_seq = 64 if args.small else 512
+    if args.llm_warmup_steps is None:
+        args.llm_warmup_steps = 10 if args.small else 6000
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
