@@ -166,6 +166,35 @@ def test_importance_is_overlap_weighted_group_sum():
 
 
 @pytest.mark.parametrize(
+    "b, t, s, h, kh, kernel, stride, block, columns",
+    [
+        (1, 200, 200, 4, 2, 8, 4, 16, 8),  # several column chunks
+        (2, 33, 150, 2, 1, 32, 16, 64, 128),  # chunked prefill (q_offset 117), paper sizes
+        (1, 90, 90, 2, 2, 4, 4, 8, 4),  # kernel == stride, many chunks
+    ],
+)
+def test_importance_by_attention_equals_the_scored_version(
+    b, t, s, h, kh, kernel, stride, block, columns
+):
+    """The importance as attention with the overlap weights as values (one call per
+    `columns` blocks) equals the explicit `exp(q . k_cmp - lse)` remap."""
+    q, k, _, _ = R.random_qkv(b, t, h, kh, 8, s=s, seed=35)
+    k_cmp = nsa_compress.mean_compress(k, kernel_size=kernel, stride=stride)
+    pattern = js.patterns.CompressedCausal(kernel, stride)
+    _, lse = js.attention(q, k_cmp, k_cmp, pattern=pattern, q_offset=s - t, return_lse=True)
+    geometry = dict(kernel_size=kernel, stride=stride, block_size=block, num_blocks=-(-s // block))
+    want = nsa_selection.block_importance(
+        q, jnp.moveaxis(lse, 1, 2), k_cmp, s - t + jnp.arange(t), scale=8**-0.5, **geometry
+    )
+    got = jax.jit(
+        lambda q, k_cmp, lse: nsa_selection.block_importance_by_attention(
+            q, k_cmp, lse, scale=8**-0.5, q_offset=s - t, columns=columns, **geometry
+        )
+    )(q, k_cmp, lse)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+@pytest.mark.parametrize(
     "kwargs, match",
     [
         (dict(kernel_size=32, stride=12), "stride=12 must divide kernel_size=32"),
@@ -250,3 +279,28 @@ def test_module_bf16_and_errors():
         jsnn.NativeSparseAttention(32, 4, num_kv_heads=3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"takes \[B, T, C\]"):
         m(jnp.zeros((20, 32)))
+
+
+def test_long_inputs_score_rows_in_chunks_with_the_same_bits(monkeypatch):
+    """Above `ATTENTION_IMPORTANCE_ELEMENTS` the selection scores rows in chunks: same bits."""
+    q, k, _, _, k_cmp, _, _ = _inputs(1, 60, 60, 4, 2, 8, seed=37)
+    _, lse = js.attention(
+        q, k_cmp, k_cmp, pattern=js.patterns.CompressedCausal(8, 4), q_offset=0, return_lse=True
+    )
+    kw = dict(
+        kv_len=60,
+        kernel_size=8,
+        stride=4,
+        block_size=8,
+        top_n=3,
+        init_blocks=1,
+        local_blocks=1,
+        scale=8**-0.5,
+        q_offset=0,
+    )
+    by_attention = nsa_selection.nsa_select(q, k_cmp, lse, **kw)
+    monkeypatch.setattr(nsa_selection, "ATTENTION_IMPORTANCE_ELEMENTS", 0)
+    monkeypatch.setattr(nsa_selection.chunks, "DEFAULT_ELEMENTS", 448)  # 8-row chunks
+    in_chunks = nsa_selection.nsa_select(q, k_cmp, lse, **kw)
+    np.testing.assert_array_equal(by_attention, in_chunks)
+    assert 0 < int(by_attention.sum()) < by_attention.size

@@ -184,6 +184,8 @@ def nsa(
         local_blocks=cfg.local_blocks,
         scale=scale,
         q_offset=q_offset,
+        implementation=implementation,
+        config=attention_config,
     )
     selection = token_block_mask.TokenBlockMask(
         bits,

@@ -9,9 +9,13 @@ blocks forced, future blocks excluded, and the top `top_n` kept.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxsparse.ops import api
 from jaxsparse.patterns.compressed_causal import CompressedCausal
 from jaxsparse.selection import chunks, estimate, remap, topk
 
@@ -48,6 +52,78 @@ def block_importance(
     return p_slc.reshape(b, kh, h // kh, n, num_blocks).sum(2)
 
 
+# Largest importance array (float32 elements) computed whole by attention calls:
+# 1 GiB, e.g. B=1, K=2 up to 180k tokens with NSA's defaults.
+ATTENTION_IMPORTANCE_ELEMENTS = 1 << 28
+
+
+def block_importance_by_attention(
+    q,
+    k_cmp,
+    lse_cmp,
+    *,
+    kernel_size: int,
+    stride: int,
+    block_size: int,
+    num_blocks: int,
+    scale: float,
+    q_offset: int,
+    implementation: str | None = None,
+    config: Any = None,
+    columns: int = 128,
+):
+    """`block_importance` for all rows, `[B, K, T, num_blocks]`, as attention calls.
+
+    The remap onto selection blocks is linear in `p_cmp`, so it is attention
+    with the overlap weights as values: for the blocks `[c, c + columns)`,
+    `attention(q, k_cmp[lo:hi], M)` over the compressed keys that overlap them
+    (`M[j, b]` = overlap of key j with block b) returns `sum_j softmax_j M[j, b]`
+    normalised over those keys with its own lse; multiplying by
+    `exp(lse_part - lse_cmp)` renormalises to branch 1's softmax. Each call runs
+    on the attention kernels (no `[T, Nc]` score array in memory); queries
+    that cannot see key `lo` yet are left out of the call (importance 0).
+    """
+    b, t, h, _ = q.shape
+    nc, kh = k_cmp.shape[1], k_cmp.shape[2]
+    c, r = kernel_size // stride, block_size // stride
+    w = remap.overlap_weights(kernel_size, stride, block_size)
+    parts = []
+    for first in range(0, num_blocks, columns):
+        n_blocks = min(columns, num_blocks - first)
+        # Block j reads compressed keys j*r - c + 1 + m, m < len(w) (see `remap`).
+        lo = max(0, first * r - c + 1)
+        hi = min(nc, (first + n_blocks - 1) * r - c + 1 + len(w))
+        row0 = min(t, max(0, lo * stride + kernel_size - 1 - q_offset))
+        if lo >= hi or row0 >= t:
+            parts.append(jnp.zeros((b, t, kh, n_blocks), jnp.float32))
+            continue
+        m = np.zeros((hi - lo, columns), np.float32)
+        for blk in range(n_blocks):
+            for i, weight in enumerate(w):
+                j = (first + blk) * r - c + 1 + i
+                if lo <= j < hi:
+                    m[j - lo, blk] = weight
+        v = jnp.broadcast_to(jnp.asarray(m, q.dtype)[None, :, None], (b, hi - lo, kh, columns))
+        out, lse = api.attention(
+            q[:, row0:],
+            k_cmp[:, lo:hi],
+            v,
+            pattern=CompressedCausal(kernel_size=kernel_size, stride=stride),
+            q_offset=q_offset + row0 - lo * stride,
+            scale=scale,
+            implementation=implementation,
+            config=config,
+            return_lse=True,
+        )
+        full = lse_cmp[:, :, row0:]
+        live = jnp.isfinite(lse) & jnp.isfinite(full)
+        factor = jnp.where(live, jnp.exp(jnp.where(live, lse - full, 0.0)), 0.0)  # [B, H, n]
+        part = out[..., :n_blocks].astype(jnp.float32) * jnp.moveaxis(factor, 1, 2)[..., None]
+        part = part.reshape(b, t - row0, kh, h // kh, n_blocks).sum(3)
+        parts.append(jnp.pad(part, ((0, 0), (row0, 0), (0, 0), (0, 0))))
+    return jnp.moveaxis(jnp.concatenate(parts, axis=-1), 1, 2)
+
+
 def select_blocks(
     importance, q_pos, *, block_size: int, top_n: int, init_blocks: int, local_blocks: int
 ):
@@ -75,17 +151,44 @@ def nsa_select(
     local_blocks: int,
     scale: float,
     q_offset: int,
+    implementation: str | None = None,
+    config: Any = None,
 ):
-    """NSA's selection bits `[B, K, T, ceil(S / block_size)]` (bool), computed in row chunks.
+    """NSA's selection bits `[B, K, T, ceil(S / block_size)]` (bool).
 
     Args:
       q: `[B, T, H, D]`; k_cmp: compressed keys `[B, Nc, K, D]`; lse_cmp:
         branch 1's lse `[B, H, T]`.
-      kv_len: S. Other arguments as in `jaxsparse.nsa`.
+      kv_len: S. Other arguments as in `jaxsparse.nsa`; `implementation` and
+        `config` go to the attention calls of the importance.
+
+    Details:
+      When the importance `[B, K, T, num_blocks]` has at most
+      `ATTENTION_IMPORTANCE_ELEMENTS` elements it comes from attention calls
+      (`block_importance_by_attention`); longer inputs score rows in chunks
+      (`block_importance`), which holds `[B, H, rows, Nc]` scores at a time.
     """
     q, k_cmp, lse_cmp = (jax.lax.stop_gradient(x) for x in (q, k_cmp, lse_cmp))
     nb = -(-kv_len // block_size)
-    b, _, h, _ = q.shape
+    b, t, h, _ = q.shape
+    forced = dict(block_size=block_size, top_n=top_n, init_blocks=init_blocks)
+    if k_cmp.shape[1] and b * k_cmp.shape[2] * t * nb <= ATTENTION_IMPORTANCE_ELEMENTS:
+        imp = block_importance_by_attention(
+            q,
+            k_cmp,
+            lse_cmp,
+            kernel_size=kernel_size,
+            stride=stride,
+            block_size=block_size,
+            num_blocks=nb,
+            scale=scale,
+            q_offset=q_offset,
+            implementation=implementation,
+            config=config,
+        )
+        q_pos = q_offset + jnp.arange(t, dtype=jnp.int32)
+        idx = select_blocks(imp, q_pos, local_blocks=local_blocks, **forced)
+        return topk.indices_to_mask(idx, nb)
 
     def rows_fn(q_rows, lse_rows, q_pos):
         if k_cmp.shape[1] == 0:  # no compressed token yet: only the forced blocks score
