@@ -304,3 +304,21 @@ def test_long_inputs_score_rows_in_chunks_with_the_same_bits(monkeypatch):
     in_chunks = nsa_selection.nsa_select(q, k_cmp, lse, **kw)
     np.testing.assert_array_equal(by_attention, in_chunks)
     assert 0 < int(by_attention.sum()) < by_attention.size
+
+
+def test_importance_by_attention_on_the_gpu_kernels_in_interpret_mode():
+    """The importance's attention calls (values = overlap weights, Dv 128) run on the
+    Mosaic GPU kernels (interpret mode) and agree with the XLA path to bf16 rounding."""
+    q, k, _, _ = R.random_qkv(1, 256, 2, 1, 64, seed=39, dtype=jnp.bfloat16)
+    k_cmp = nsa_compress.mean_compress(k, kernel_size=32, stride=16).astype(jnp.bfloat16)
+    pattern = js.patterns.CompressedCausal(32, 16)
+    _, lse = js.attention(
+        q, k_cmp, k_cmp, pattern=pattern, q_offset=0, return_lse=True, implementation="xla"
+    )
+    kw = dict(kernel_size=32, stride=16, block_size=64, num_blocks=4, scale=64**-0.5, q_offset=0)
+    got = nsa_selection.block_importance_by_attention(
+        q, k_cmp, lse, implementation="pallas_gpu", config=js.Config(interpret=True), **kw
+    )
+    want = nsa_selection.block_importance_by_attention(q, k_cmp, lse, implementation="xla", **kw)
+    assert float(jnp.abs(want).max()) > 1.0
+    np.testing.assert_allclose(got, want, atol=4.0 * 2**-7)
