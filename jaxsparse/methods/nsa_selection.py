@@ -53,8 +53,8 @@ def block_importance(
 
 
 # Largest importance array (float32 elements) computed whole by attention calls:
-# 1 GiB, e.g. B=1, K=2 up to 180k tokens with NSA's defaults.
-ATTENTION_IMPORTANCE_ELEMENTS = 1 << 28
+# 2 GiB, e.g. B=1, K=2 up to 128k tokens with NSA's defaults (B*K*T*T/64 elements).
+ATTENTION_IMPORTANCE_ELEMENTS = 1 << 29
 
 
 def block_importance_by_attention(
