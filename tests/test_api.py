@@ -150,3 +150,19 @@ def test_default_scale_and_explicit_scale():
     c = js.attention(q * 2, k, v, scale=0.5 * 8**-0.5)
     np.testing.assert_allclose(a, b, rtol=1e-6)
     np.testing.assert_allclose(a, c, rtol=1e-5)
+
+
+def test_a_fallback_from_a_kernel_warns_once_per_reason(monkeypatch, caplog):
+    """float32 inputs are declined by the Mosaic GPU kernels: the XLA path runs the call,
+    and the reason is logged as a warning once, then at debug level."""
+    import logging
+
+    monkeypatch.setattr(dispatch, "order_for", lambda platform: ("pallas_gpu", "xla"))
+    monkeypatch.setattr(dispatch, "_WARNED", set())
+    q = jnp.ones((1, 32, 2, 64), jnp.float32)
+    with caplog.at_level(logging.DEBUG, logger="jaxsparse"):
+        for _ in range(2):
+            out = js.attention(q, q, q, pattern=js.patterns.Causal())
+    assert out.shape == q.shape
+    records = [r for r in caplog.records if "pallas_gpu cannot run this call" in r.getMessage()]
+    assert [r.levelno for r in records] == [logging.WARNING, logging.DEBUG]
