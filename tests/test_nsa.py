@@ -11,6 +11,7 @@ from flax import nnx
 import jaxsparse as js
 import jaxsparse.nn as jsnn
 from jaxsparse.methods import NSAConfig, nsa_compress, nsa_selection
+from jaxsparse.selection import remap
 from tests import dynamic_refs as R
 
 CFG = NSAConfig(
@@ -322,3 +323,13 @@ def test_importance_by_attention_on_the_gpu_kernels_in_interpret_mode():
     want = nsa_selection.block_importance_by_attention(q, k_cmp, lse, implementation="xla", **kw)
     assert float(jnp.abs(want).max()) > 1.0
     np.testing.assert_allclose(got, want, atol=4.0 * 2**-7)
+
+
+@pytest.mark.parametrize("kernel, stride, block, nc, nb", [(32, 16, 64, 30, 9), (8, 4, 8, 13, 7)])
+def test_overlap_matrix_is_the_remap_as_a_matrix(kernel, stride, block, nc, nb):
+    p = np.random.default_rng(0).random((3, nc)).astype(np.float32)
+    lo, m = remap.overlap_matrix(kernel, stride, block, blocks=range(nb), num_keys=nc)
+    want = remap.compressed_to_blocks(
+        p, kernel_size=kernel, stride=stride, block_size=block, num_blocks=nb
+    )
+    np.testing.assert_allclose(p[:, lo : lo + len(m)] @ m, want, rtol=1e-6)

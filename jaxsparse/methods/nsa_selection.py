@@ -85,24 +85,18 @@ def block_importance_by_attention(
     """
     b, t, h, _ = q.shape
     nc, kh = k_cmp.shape[1], k_cmp.shape[2]
-    c, r = kernel_size // stride, block_size // stride
-    w = remap.overlap_weights(kernel_size, stride, block_size)
     parts = []
     for first in range(0, num_blocks, columns):
         n_blocks = min(columns, num_blocks - first)
-        # Block j reads compressed keys j*r - c + 1 + m, m < len(w) (see `remap`).
-        lo = max(0, first * r - c + 1)
-        hi = min(nc, (first + n_blocks - 1) * r - c + 1 + len(w))
+        lo, m = remap.overlap_matrix(
+            kernel_size, stride, block_size, blocks=range(first, first + n_blocks), num_keys=nc
+        )
+        hi = lo + m.shape[0]
         row0 = min(t, max(0, lo * stride + kernel_size - 1 - q_offset))
         if lo >= hi or row0 >= t:
             parts.append(jnp.zeros((b, t, kh, n_blocks), jnp.float32))
             continue
-        m = np.zeros((hi - lo, columns), np.float32)
-        for blk in range(n_blocks):
-            for i, weight in enumerate(w):
-                j = (first + blk) * r - c + 1 + i
-                if lo <= j < hi:
-                    m[j - lo, blk] = weight
+        m = np.pad(m, ((0, 0), (0, columns - n_blocks)))  # the kernels' value width
         v = jnp.broadcast_to(jnp.asarray(m, q.dtype)[None, :, None], (b, hi - lo, kh, columns))
         out, lse = api.attention(
             q[:, row0:],
@@ -171,7 +165,18 @@ def nsa_select(
     q, k_cmp, lse_cmp = (jax.lax.stop_gradient(x) for x in (q, k_cmp, lse_cmp))
     nb = -(-kv_len // block_size)
     b, t, h, _ = q.shape
-    forced = dict(block_size=block_size, top_n=top_n, init_blocks=init_blocks)
+
+    def to_bits(imp, q_pos):
+        idx = select_blocks(
+            imp,
+            q_pos,
+            block_size=block_size,
+            top_n=top_n,
+            init_blocks=init_blocks,
+            local_blocks=local_blocks,
+        )
+        return topk.indices_to_mask(idx, nb)
+
     if k_cmp.shape[1] and b * k_cmp.shape[2] * t * nb <= ATTENTION_IMPORTANCE_ELEMENTS:
         imp = block_importance_by_attention(
             q,
@@ -186,9 +191,7 @@ def nsa_select(
             implementation=implementation,
             config=config,
         )
-        q_pos = q_offset + jnp.arange(t, dtype=jnp.int32)
-        idx = select_blocks(imp, q_pos, local_blocks=local_blocks, **forced)
-        return topk.indices_to_mask(idx, nb)
+        return to_bits(imp, q_offset + jnp.arange(t, dtype=jnp.int32))
 
     def rows_fn(q_rows, lse_rows, q_pos):
         if k_cmp.shape[1] == 0:  # no compressed token yet: only the forced blocks score
@@ -205,15 +208,7 @@ def nsa_select(
                 num_blocks=nb,
                 scale=scale,
             )
-        idx = select_blocks(
-            imp,
-            q_pos,
-            block_size=block_size,
-            top_n=top_n,
-            init_blocks=init_blocks,
-            local_blocks=local_blocks,
-        )
-        return topk.indices_to_mask(idx, nb)
+        return to_bits(imp, q_pos)
 
     per_row = b * h * max(k_cmp.shape[1], nb)
     rows = chunks.rows_per_chunk(per_row)

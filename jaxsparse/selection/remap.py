@@ -22,6 +22,28 @@ def overlap_weights(kernel_size: int, stride: int, block_size: int) -> np.ndarra
     return (np.minimum(start + c, r) - np.maximum(start, 0)).astype(np.float32)
 
 
+def overlap_matrix(
+    kernel_size: int, stride: int, block_size: int, *, blocks: range, num_keys: int
+) -> tuple[int, np.ndarray]:
+    """`(lo, M)`: eq. 9 as a matrix for the selection blocks `blocks`.
+
+    `M[j - lo, b - blocks.start]` is the weight of compressed token j in block b,
+    for the tokens `lo .. lo + len(M)` (within `[0, num_keys)`) that overlap any
+    of the blocks; `compressed_to_blocks` is `p_cmp @ M` over all blocks.
+    """
+    c, r = kernel_size // stride, block_size // stride
+    w = overlap_weights(kernel_size, stride, block_size)
+    cols = np.arange(len(blocks))
+    tokens = (blocks.start + cols)[None, :] * r - c + 1 + np.arange(len(w))[:, None]
+    lo, hi = max(0, int(tokens.min())), min(num_keys, int(tokens.max()) + 1)
+    m = np.zeros((max(0, hi - lo), len(blocks)), np.float32)
+    keep = (tokens >= lo) & (tokens < hi)
+    m[tokens[keep] - lo, np.broadcast_to(cols, tokens.shape)[keep]] = np.broadcast_to(
+        w[:, None], tokens.shape
+    )[keep]
+    return lo, m
+
+
 def compressed_to_blocks(p_cmp, *, kernel_size: int, stride: int, block_size: int, num_blocks: int):
     """Selection-block importance `[..., num_blocks]` from compressed probabilities `[..., Nc]`."""
     c, r = kernel_size // stride, block_size // stride
