@@ -133,6 +133,11 @@ def test_pyramid_mask_rule_and_lists(causal):
         p, num_heads=2, q_len=t, q_offset=s - t, block_q=bq, block_kv=bk
     )
     R.assert_lists_cover_mask(sp, want[None], exact=not causal)
+    # A call without `sparsity` builds the same lists through the pattern's hook.
+    hook = p.device_sparsity(
+        num_heads=2, q_len=t, kv_len=lay.total, q_offset=s - t, block_q=bq, block_kv=bk
+    )
+    np.testing.assert_array_equal(hook.to_dense(), sp.to_dense())
 
 
 def test_vertical_slash_mask_without_columns():

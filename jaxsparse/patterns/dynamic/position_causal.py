@@ -59,16 +59,9 @@ class PositionCausal(base.Pattern):
         h = xp.minimum(head, hx - 1)
         return pos[h, xp.clip(kv_pos, 0, n - 1)] <= q_pos
 
-    def device_sparsity(self, *, num_heads, block_q, block_kv, q_len, kv_len, q_offset):
+    def device_sparsity(self, *, kv_len, **geometry):
         del kv_len  # the keys are the gathered positions
-        return position_causal_sparsity(
-            self,
-            num_heads=num_heads,
-            block_q=block_q,
-            block_kv=block_kv,
-            q_len=q_len,
-            q_offset=q_offset,
-        )
+        return position_causal_sparsity(self, **geometry)
 
     def bind(self, *, q_len, kv_len, q_offset, num_heads):
         shape = tuple(np.shape(self.positions))

@@ -116,16 +116,9 @@ class PyramidMask(base.Pattern):
             out = ok if out is None else out | ok
         return out
 
-    def device_sparsity(self, *, num_heads, block_q, block_kv, q_len, kv_len, q_offset):
+    def device_sparsity(self, *, kv_len, **geometry):
         del kv_len  # the keys are the pooled levels the mask was built for
-        return pyramid_sparsity(
-            self,
-            num_heads=num_heads,
-            q_len=q_len,
-            q_offset=q_offset,
-            block_q=block_q,
-            block_kv=block_kv,
-        )
+        return pyramid_sparsity(self, **geometry)
 
     def bind(self, *, q_len, kv_len, q_offset, num_heads):
         lay = self.layout

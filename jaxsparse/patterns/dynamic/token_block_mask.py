@@ -81,16 +81,8 @@ class TokenBlockMask(base.Pattern):
     def head_dependent(self) -> bool:  # type: ignore[override]
         return np.shape(self.bits)[-3] > 1
 
-    def device_sparsity(self, *, num_heads, block_q, block_kv, q_len, kv_len, q_offset):
-        return token_block_sparsity(
-            self,
-            num_heads=num_heads,
-            block_q=block_q,
-            block_kv=block_kv,
-            q_len=q_len,
-            kv_len=kv_len,
-            q_offset=q_offset,
-        )
+    def device_sparsity(self, **geometry):  # the builder takes the same keywords
+        return token_block_sparsity(self, **geometry)
 
     def mask_fn(self, q_pos, kv_pos, head):
         xp = base.array_module(self.bits, q_pos, kv_pos, head)
