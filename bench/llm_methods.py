@@ -5,8 +5,9 @@ timed apart as "selection overhead") and `attend(q, k, v, state) -> (out, lse)`
 (block-sparse attention over the selection), plus `tiles(state)`: the visited
 (query, key) tile area, for density. Per-token selections that the kernels run
 routed (`jaxsparse.ops.routed.routes`: MoBA, NSA's selected branch) skip the
-union tile lists they would not read, and report the keys of their selected
-(row, block) pairs as the area instead. Shared by `quality.py` (CPU) and
+union tile lists they would not read, where the kernels run (the XLA path
+reads them), and report the keys of their selected (row, block) pairs as the
+area instead. Shared by `quality.py` (CPU) and
 `llm_sparse_gpu.py` (H100).
 """
 
@@ -26,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import jaxsparse as js  # noqa: E402
 from jaxsparse import patterns as P  # noqa: E402
 from jaxsparse.methods import NSAConfig, nsa_compress, nsa_selection, seer  # noqa: E402
-from jaxsparse.ops import routed  # noqa: E402
+from jaxsparse.ops import dispatch, routed  # noqa: E402
 from jaxsparse.patterns.dynamic import common, token_block_mask  # noqa: E402
 from jaxsparse.selection import ranges  # noqa: E402
 
@@ -72,12 +73,24 @@ def _routed_area(pattern):
     return area, bits.shape[0], bits.shape[1]
 
 
+def _kernels_route(pattern) -> bool:
+    """Whether this backend's first implementation runs `pattern` routed (and so never
+    reads union tile lists); the XLA path does read them."""
+    return routed.routes(pattern) and dispatch.order_for(jax.default_backend())[0] != "xla"
+
+
+def _state_area(state):
+    """`Method.tiles` of a dynamic selection: `sparsity` or `(pattern, sparsity | None)`."""
+    resolved, sp = state if isinstance(state, tuple) else (None, state)
+    return _routed_area(resolved) if sp is None else _area(sp)
+
+
 def dynamic_method(name: str, pattern, config=None, note: str = "") -> Method:
     def select(q, k):
         t, s = q.shape[1], k.shape[1]
         bound = pattern.bind(q_len=t, kv_len=s, q_offset=s - t, num_heads=q.shape[2])
         state = bound.select(q, k, q_offset=s - t, config=config)
-        if isinstance(state, tuple) and routed.routes(state[0]):
+        if isinstance(state, tuple) and _kernels_route(state[0]):
             return state[0], None  # the routed path builds its own tile lists
         return state
 
@@ -85,13 +98,7 @@ def dynamic_method(name: str, pattern, config=None, note: str = "") -> Method:
         resolved, sp = state if isinstance(state, tuple) else (pattern, state)
         return js.attention(q, k, v, pattern=resolved, sparsity=sp, config=config, return_lse=True)
 
-    def tiles(state):
-        if isinstance(state, tuple) and state[1] is None:
-            return _routed_area(state[0])
-        sp = state[1] if isinstance(state, tuple) else state
-        return _area(sp)
-
-    return Method(name, select, attend, tiles, note=note)
+    return Method(name, select, attend, _state_area, note=note)
 
 
 def nsa_selection_method(cfg: NSAConfig, note: str = "") -> Method:
@@ -131,7 +138,7 @@ def nsa_selection_method(cfg: NSAConfig, note: str = "") -> Method:
             row_capacity=cfg.top_n - min(cfg.local_blocks, 1),
             q_offset=s - t,
         )
-        if routed.routes(pattern):
+        if _kernels_route(pattern):
             return pattern, None  # the routed path builds its own tile lists
         tile = common.natural_tile(cfg.block_size, s)
         bound = min(-(-s // tile), tile * cfg.top_n * ranges.max_cells(cfg.block_size, tile, s))
@@ -151,10 +158,7 @@ def nsa_selection_method(cfg: NSAConfig, note: str = "") -> Method:
         pattern, sp = state
         return js.attention(q, k, v, pattern=pattern, sparsity=sp, return_lse=True)
 
-    def tiles(state):
-        return _routed_area(state[0]) if state[1] is None else _area(state[1])
-
-    return Method("NSA-selected", select, attend, tiles, note=note)
+    return Method("NSA-selected", select, attend, _state_area, note=note)
 
 
 def vertical_slash_method(pattern) -> Method:
