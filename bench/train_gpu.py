@@ -91,6 +91,18 @@ class FallbackLog(logging.Handler):
         self.messages.add(record.getMessage()[:300])
 
 
+def llm_config(args, preset: str, attention: str, **fields) -> TrainConfig:
+    """A run of the LLM on `--llm-task` with `attention`, without a progress bar."""
+    return TrainConfig(
+        model="llm",
+        preset=preset,
+        attention=attention,
+        task=args.llm_task,
+        progress=False,
+        **fields,
+    )
+
+
 def training_run(rec, section, name, cfg) -> None:
     start = time.perf_counter()
     try:
@@ -187,16 +199,8 @@ def equal_steps(rec, llm_runs, preset, small_llm, args) -> int:
         return json.loads(previous.read_text())["run"]["steps"]
     total_ms = 0.0
     for name, overrides in llm_runs.items():
-        cfg = TrainConfig(
-            model="llm",
-            preset=preset,
-            attention=name,
-            task=args.llm_task,
-            overrides=overrides,
-            out="unused",
-            progress=False,
-            **{k: v for k, v in small_llm.items() if k != "steps"},
-        )
+        small = {k: v for k, v in small_llm.items() if k != "steps"}
+        cfg = llm_config(args, preset, name, overrides=overrides, out="unused", **small)
         resolved = cfg.resolve()
         # The key names the shape: these are training-length steps at the training batch.
         key = f"{name}@T{resolved.seq_len}xB{resolved.batch_size}"
@@ -220,14 +224,12 @@ def warm_up(rec, out, preset, small_llm, args) -> str:
     returns the run directory of the first that did, else of the best."""
     best, best_acc = None, -1.0
     for seed in (int(x) for x in args.llm_warmup_seeds.split(",")):
-        cfg = TrainConfig(
-            model="llm",
-            preset=preset,
-            attention="dense",
-            task=args.llm_task,
+        cfg = llm_config(
+            args,
+            preset,
+            "dense",
             seed=seed,
             out=str(out / f"llm-warmup-s{seed}"),
-            progress=False,
             **dict(small_llm, seq_len=args.llm_warmup_seq, steps=args.llm_warmup_steps),
         )
         name = f"dense@T{args.llm_warmup_seq} (warm-up, seed {seed})"
@@ -469,15 +471,8 @@ def main(argv=None) -> int:
         steps = args.llm_steps or equal_steps(rec, llm_runs, preset, small_llm, args)
         for name, overrides in llm_runs.items():
             kw = dict(small_llm, steps=steps, init_from=init_from)
-            cfg = TrainConfig(
-                model="llm",
-                preset=preset,
-                attention=name,
-                task=args.llm_task,
-                overrides=overrides,
-                out=str(out / f"llm-{name}"),
-                progress=False,
-                **kw,
+            cfg = llm_config(
+                args, preset, name, overrides=overrides, out=str(out / f"llm-{name}"), **kw
             )
             training_run(rec, "llm", name, cfg)
     if "timing" not in skip:
@@ -486,17 +481,15 @@ def main(argv=None) -> int:
             for impl in (None, "xla") if args.xla_too else (None,):
                 # "moba", "moba [B8]" (batch 8), "moba[xla]"
                 key = name + ("[xla]" if impl else "") + (f" [B{batch}]" if batch != 1 else "")
-                cfg = TrainConfig(
-                    model="llm",
-                    preset=preset,
-                    attention=name,
-                    task=args.llm_task,
+                cfg = llm_config(
+                    args,
+                    preset,
+                    name,
                     seq_len=timing_seq,
                     batch_size=batch,
                     implementation=impl,
                     overrides=overrides,
                     out=str(out / "unused"),
-                    progress=False,
                     **({"vocab_size": 64, "num_pairs": 8} if args.small else {}),
                 )
                 trace = out / f"trace-{key}" if args.profile else None
