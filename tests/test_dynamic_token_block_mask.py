@@ -191,7 +191,6 @@ def test_pack_bits_round_trip_and_layout():
 def test_batched_patterns_passed_without_sparsity_build_their_own_lists():
     """A TokenBlockMask, VerticalSlashMask or PositionCausal given to `attention` without
     `sparsity` (eagerly: concrete arrays; and under jit) equals the dense oracle of its mask."""
-    import jaxsparse as js
     from jaxsparse.patterns import materialize
 
     b, t, h, kh, d = 2, 24, 2, 1, 8
@@ -213,20 +212,19 @@ def test_batched_patterns_passed_without_sparsity_build_their_own_lists():
                 for i in range(b)
             ]
         )
-        want = R.dense_ref(q, k, v, mask)
-        eager = js.attention(q, k, v, pattern=pattern, **kw)
-        jitted = jax.jit(lambda q, k, v, p: js.attention(q, k, v, pattern=p, **kw))(
-            q, k, v, pattern
-        )
-        for got in (eager, jitted):
-            np.testing.assert_allclose(got[0], want[0], atol=1e-5)
-            np.testing.assert_allclose(got[1], want[1], atol=1e-5)
+        _assert_eager_and_jitted(q, k, v, pattern, R.dense_ref(q, k, v, mask), **kw)
     # PositionCausal: 9 gathered keys at ascending positions, queries at 25..39.
     positions = np.sort(rng.choice(40, size=(b, h, 9)), axis=-1).astype(np.int32)
     q, k, v, _ = R.random_qkv(b, 15, h, kh, d, s=9, seed=4)
     want = R.dense_ref(q, k, v, positions[:, :, None, :] <= (25 + np.arange(15))[:, None])
     pattern = position_causal.PositionCausal(jnp.asarray(positions))
-    kw = dict(implementation="xla", return_lse=True, q_offset=25)
+    _assert_eager_and_jitted(q, k, v, pattern, want, q_offset=25, **kw)
+
+
+def _assert_eager_and_jitted(q, k, v, pattern, want, **kw):
+    """`attention(..., pattern)` (no `sparsity`), eagerly and under jit, equals `want`."""
+    import jaxsparse as js
+
     eager = js.attention(q, k, v, pattern=pattern, **kw)
     jitted = jax.jit(lambda q, k, v, p: js.attention(q, k, v, pattern=p, **kw))(q, k, v, pattern)
     for got in (eager, jitted):
