@@ -4,6 +4,7 @@ Usage (GPU machine, repo root):
   python bench/vision_gpu.py OUT_DIR          # full sizes -> OUT_DIR/vision_gpu.jsonl
   python bench/vision_gpu.py OUT_DIR --tiny   # CPU check at tiny sizes -> vision_tiny.jsonl
                                               # (or JAXSPARSE_BENCH_TINY=1)
+  --variants dense,pattern_tiled  --cases na2d  # a subset
 
 Cases (B=1, H=16 heads, D=128, bfloat16; the head count and dim match
 bench/attention_gpu.py so dense times are comparable):
@@ -18,16 +19,19 @@ Variants, each forward ("fwd") and forward+backward ("fwd_bwd"):
   pattern_tiled  the same with tokens already in the tiled order
                (`tiled_order=True`, as a model that keeps activations tiled):
                the attention itself, without the gathers
+  pattern_tiled_kv64  pattern_tiled with 64-key tiles (Config(block_q=128, block_kv=64)):
+               half a box per key tile, so fewer wasted keys per visited tile
   mask         the same attention as an explicit element mask (patterns.Mask,
                natural token order), passed as a jit argument, so its metadata is
                built on device from the N x N mask in every call
-Every variant uses Config(block_q=128, block_kv=128) and first tries
+Every variant (but pattern_tiled_kv64) uses Config(block_q=128, block_kv=128); each first tries
 implementation="pallas_gpu"; if the kernel raises NotImplementedError (explicit
 element masks do: the kernels evaluate only arithmetic masks) it runs on
 implementation="xla". A variant that fails otherwise (e.g. out of memory) is
 recorded with its error and the run goes on.
 
-Each JSON line: case, variant, mode, implementation, time_ms (median), plus
+Each JSON line: case, variant, mode, implementation, time_ms (median per call of
+back-to-back calls, see `time_fn`), plus
   density_element  kept pairs / N^2 (what the mask allows)
   density_tile     visited 128x128 tiles / all tiles (what a block-sparse kernel
                    must compute: the FLOP bound of block-sparse attention)
@@ -40,6 +44,7 @@ Each JSON line: case, variant, mode, implementation, time_ms (median), plus
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -88,18 +93,31 @@ def emit(out_path: str, **record) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def time_fn(f, args, *, reps: int) -> tuple[float, float]:
-    """(compile+first call seconds, median seconds of `reps` calls)."""
+def time_fn(f, args, *, reps: int, target_s: float = 0.04) -> tuple[float, float]:
+    """(compile+first call seconds, median seconds per call).
+
+    As `bench/attention_gpu.py` and the anchors script time: each of `reps`
+    samples runs the call back to back enough times to fill about `target_s`
+    and blocks once at the end, so the host's dispatch of one call overlaps
+    the device's work on the previous one (a short kernel is not charged the
+    launch latency of a blocking call).
+    """
     t = time.perf_counter()
     jax.block_until_ready(f(*args))
     first = time.perf_counter() - t
-    if first > 5.0:  # slow variants (explicit masks at 65k tokens): fewer repeats
+    t = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    one = time.perf_counter() - t
+    if one > 1.0:  # slow variants (explicit masks at 65k tokens): fewer repeats
         reps = min(reps, 2)
+    iters = max(1, min(200, int(target_s / max(one, 1e-6))))
     times = []
     for _ in range(reps):
         t = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t)
+        for _ in range(iters):
+            out = f(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t) / iters)
     return first, statistics.median(times)
 
 
@@ -121,7 +139,7 @@ def make_variants(case: Case, tiny: bool):
     pattern = P.Neighborhood(case.grid, case.window)
     config = js.Config(block_q=BLOCK, block_kv=BLOCK)
 
-    def ours(pattern_or_none):
+    def ours(pattern_or_none, config=config):
         def f(q, k, v, impl):
             return js.attention(
                 q, k, v, pattern=pattern_or_none, implementation=impl, config=config
@@ -141,6 +159,7 @@ def make_variants(case: Case, tiny: bool):
         "dense": (ours(None), False, False),
         "pattern": (ours(pattern), False, False),
         "pattern_tiled": (ours(tiled), False, True),
+        "pattern_tiled_kv64": (ours(tiled, js.Config(block_q=BLOCK, block_kv=64)), False, True),
         "mask": (with_mask, True, False),
     }
     if not tiny:
@@ -169,8 +188,12 @@ def run_variant(f, uses_mask, mode, q, k, v, mask, impl, reps):
     return first, med, (out if mode == "fwd" else out[0])
 
 
-def bench_case(case: Case, out_path: str, *, tiny: bool, reps: int, common: dict) -> None:
+def bench_case(
+    case: Case, out_path: str, *, tiny: bool, reps: int, common: dict, keep=None
+) -> None:
     pattern, variants = make_variants(case, tiny)
+    if keep is not None:
+        variants = {name: v for name, v in variants.items() if name in keep}
     n = pattern.num_tokens
     dtype = jnp.dtype(case.dtype)
     kq, kk, kv = jax.random.split(jax.random.key(0), 3)
@@ -196,7 +219,7 @@ def bench_case(case: Case, out_path: str, *, tiny: bool, reps: int, common: dict
     tiled_inputs = tuple(x[:, perm] for x in (q, k, v))  # reordered once, outside the timing
     candidates = ("xla",) if tiny else ("pallas_gpu", "xla")
     dense_ms, outputs = {}, {}
-    names = ("dense", "cudnn", "pattern", "pattern_tiled", "mask")
+    names = ("dense", "cudnn", "pattern", "pattern_tiled", "pattern_tiled_kv64", "mask")
     for mode in ("fwd", "fwd_bwd"):
         # Explicit masks last: at 65k tokens their N x N metadata build may run out of memory.
         for name in [v for v in names if v in variants]:
@@ -227,11 +250,11 @@ def bench_case(case: Case, out_path: str, *, tiny: bool, reps: int, common: dict
             outputs[name, mode] = out
             if name == "dense":
                 dense_ms[mode] = med * 1e3
-            if name in ("pattern_tiled", "mask") and ("pattern", mode) in outputs:
+            if (name.startswith("pattern_") or name == "mask") and ("pattern", mode) in outputs:
                 # The same attention by another route: outputs must agree.
                 a, b = out.astype(jnp.float32), outputs["pattern", mode].astype(jnp.float32)
                 record["rel_err"] = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
-            if mode in dense_ms and name in ("pattern", "pattern_tiled", "mask"):
+            if mode in dense_ms and (name.startswith("pattern") or name == "mask"):
                 for kind in ("tile", "element"):
                     bound = info[f"density_{kind}"] * dense_ms[mode]
                     record[f"ratio_{kind}"] = round(bound / (med * 1e3), 4)
@@ -240,13 +263,22 @@ def bench_case(case: Case, out_path: str, *, tiny: bool, reps: int, common: dict
 
 
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--")]
-    tiny = "--tiny" in argv or os.environ.get("JAXSPARSE_BENCH_TINY") == "1"
-    if len(args) != 1:
-        print(__doc__)
-        return 2
-    os.makedirs(args[0], exist_ok=True)
-    out_path = os.path.join(args[0], "vision_gpu.jsonl" if not tiny else "vision_tiny.jsonl")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("--tiny", action="store_true", help="CPU check at tiny sizes")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated variants to run (default all; dense is always run: the ratios "
+        "need it)",
+    )
+    ap.add_argument("--cases", default="", help="comma-separated cases (na2d, na3d); default all")
+    args = ap.parse_args(argv)
+    tiny = args.tiny or os.environ.get("JAXSPARSE_BENCH_TINY") == "1"
+    os.makedirs(args.out_dir, exist_ok=True)
+    name = "vision_gpu.jsonl" if not tiny else "vision_tiny.jsonl"
+    out_path = os.path.join(args.out_dir, name)
+    keep = {v for v in args.variants.split(",") if v} | {"dense"} if args.variants else None
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
@@ -261,8 +293,11 @@ def main(argv: list[str]) -> int:
         tiny=tiny,
         when=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
-    for case in TINY if tiny else FULL:
-        bench_case(case, out_path, tiny=tiny, reps=3 if tiny else 10, common=common)
+    cases = [
+        c for c in (TINY if tiny else FULL) if not args.cases or c.name in args.cases.split(",")
+    ]
+    for case in cases:
+        bench_case(case, out_path, tiny=tiny, reps=3 if tiny else 10, common=common, keep=keep)
     print(f"wrote {out_path}")
     return 0
 

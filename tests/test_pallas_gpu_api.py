@@ -34,6 +34,14 @@ CASES = [
         k=2,
     ),
     C(P.Causal(), d=64, dv=192, t=64),  # backward runs on the XLA path (D + Dv > 256)
+    # Grid rules through mask_factors (per-row key intervals), no key padding.
+    C(P.Neighborhood((8, 16), (3, 5), tile=64), t=128),
+    C(
+        P.Neighborhood(
+            (2, 8, 8), (2, 3, 3), dilation=(1, 2, 1), causal=(True, False, False), tile=64
+        ),
+        t=128,
+    ),
 ]
 
 

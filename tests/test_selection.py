@@ -54,6 +54,35 @@ def test_iterative_topk_equals_lax_top_k(seed, n, k):
     np.testing.assert_array_equal(topk._iterative_topk(jnp.asarray(s), k), want)
 
 
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(1, 300),
+    k=st.integers(1, 40),
+    width=st.integers(1, 9),
+    distinct=st.booleans(),
+)
+def test_grouped_topk_equals_lax_top_k(seed, n, k, width, distinct):
+    rng = np.random.default_rng(seed)
+    if distinct:
+        s = rng.standard_normal((4, n)).astype(np.float32)
+        s[rng.random((4, n)) < 0.2] = -np.inf
+    else:  # ties, +inf (forced) and -inf (never) entries
+        s = rng.choice(np.array([-np.inf, 0.0, 1.0, 2.5, np.inf], np.float32), size=(4, n))
+    k = min(k, n)
+    values, idx = jax.lax.top_k(jnp.asarray(s), k)
+    want = np.where(np.asarray(values) > -np.inf, np.asarray(idx), -1)
+    np.testing.assert_array_equal(topk._grouped_topk(jnp.asarray(s), k, width), want)
+
+
+def test_topk_indices_wide_rows_take_two_levels():
+    s = jax.random.normal(jax.random.key(0), (3, 2 * topk.GROUPED_MIN_WIDTH))
+    values, want = jax.lax.top_k(s, 16)
+    np.testing.assert_array_equal(topk.topk_indices(s, 16), want)
+    jaxpr = str(jax.make_jaxpr(lambda s: topk.topk_indices(s, 16))(s))
+    assert "reduce_max" in jaxpr  # the group maxima of level 1
+
+
 def test_topk_ties_prefer_lower_index_and_skip_minus_inf():
     s = jnp.array([[1.0, 3.0, 3.0, -jnp.inf, 3.0, jnp.inf]])
     np.testing.assert_array_equal(topk.topk_indices(s, 3), [[5, 1, 2]])

@@ -113,35 +113,36 @@ class Neighborhood(grid_pattern.GridPattern):
 
     # --- the rule (any array module) ------------------------------------------------
     def _axis_row(self, axis, xq):
-        """Query-side terms of NATTEN's rule in dilation-group coordinates."""
+        """Query-side terms of NATTEN's rule: the key interval `[lo, hi)` in dilation-group
+        coordinates, and the query's dilation group (None without dilation).
+
+        Per-row terms are evaluated once per tile row in the kernels, so the
+        clamping lives here and a tile element costs two compares (`_axis_combine`).
+        """
         n, w, s, d, causal = self._axis(axis)
+        xp = base.array_module(xq)
         if d == 1:
             uq, size, group = xq, n, None
         else:
-            group = xq % d
-            uq, size = xq // d, (n - group + d - 1) // d
+            group = tiling.mod(xq, d)
+            uq, size = tiling.div(xq, d), tiling.div(n - group + d - 1, d)
+        first = uq if s == 1 else tiling.div(uq, s) * s  # the stride group's first query
         if causal:
-            leader = (uq // s) * s + s - 1
-            # Key uk is kept iff uk <= uq and min(leader, size - 1) - uk < w.
-            return uq, leader - w, size - 1 - w, group
-        leader = (uq // s) * s + s // 2
-        # start = max(0, min(leader - w//2, size - w)); keep start <= uk < start + w
-        # (uk < size holds for every real key of the query's group).
-        return leader - w // 2, size - w, leader - w // 2 + w, group
+            # Keep uk <= uq and min(leader, size - 1) - uk < w.
+            leader = xp.minimum(first + s - 1, size - 1)
+            return leader - w + 1, uq + 1, group
+        # start = max(0, min(leader - w//2, size - w)); keep start <= uk < start + w.
+        start = xp.maximum(xp.minimum(first + s // 2 - w // 2, size - w), 0)
+        return start, start + w, group
 
     def _axis_col(self, axis, xk):
         d = self.dilation[axis]
-        return (xk, None) if d == 1 else (xk // d, xk % d)
+        return (xk, None) if d == 1 else (tiling.div(xk, d), tiling.mod(xk, d))
 
     def _axis_combine(self, axis, row, col):
-        w, causal = self.window[axis], self.causal[axis]
+        lo, hi, group = row
         uk, gk = col
-        if causal:
-            uq, e, f, group = row
-            ok = (uk <= uq) & ((e < uk) | (f < uk))
-        else:
-            a, b, c, group = row
-            ok = ((a <= uk) | (b <= uk)) & ((uk < w) | (uk < c))
+        ok = (lo <= uk) & (uk < hi)
         return ok if group is None else ok & (group == gk)
 
     # --- closed form on the host (numpy) --------------------------------------------

@@ -75,7 +75,7 @@ class Window(grid_pattern.GridPattern):
 
     def _axis_row(self, axis, xq):
         w, o = self.window[axis], self._offset(axis)
-        return ((xq + o) // w,)
+        return (tiling.div(xq + o, w),)
 
     def _axis_col(self, axis, xk):
         return self._axis_row(axis, xk)

@@ -76,6 +76,7 @@ def _statics(
         mask_factors=mask_factors,
         q_offset=int(q_offset),
         kv_len=int(kv_len),
+        kv_padded=int(kv_len) < k.shape[1],
         scale=float(scale),
         logits_soft_cap=None if logits_soft_cap is None else float(logits_soft_cap),
         has_segments=has_segments,

@@ -48,6 +48,8 @@ class AttentionStatics:
         partial tiles only.
       q_offset: position of query row 0 (q_pos = q_offset + row).
       kv_len: keys at positions >= kv_len are padding (masked in partial tiles).
+      kv_padded: the key arrays hold padding (kv_len < their length); when
+        False partial tiles skip the key-bound test.
       scale: logit scale.
       logits_soft_cap: None or cap (s = cap * tanh(s / cap)).
       has_segments: segment ids are given.
@@ -61,6 +63,7 @@ class AttentionStatics:
     mask_factors: Any
     q_offset: int
     kv_len: int
+    kv_padded: bool
     scale: float
     logits_soft_cap: float | None
     has_segments: bool
@@ -214,15 +217,18 @@ def tile_valid(
         return b if a is None else a & b
 
     if with_mask_fn:
-        kv_pos = iota(shape, kv_dim) + kv_start
-        valid = kv_pos < st.kv_len
+        kv_pos = None
         if st.mask_factors is not None:
-            valid = conj(
-                valid, _factored_mask(st.mask_factors, shape, q_start, kv_start, head, q_dim)
-            )
+            valid = _factored_mask(st.mask_factors, shape, q_start, kv_start, head, q_dim)
         elif st.mask_fn is not None:
-            q_pos = iota(shape, q_dim) + q_start
-            valid = conj(valid, st.mask_fn(q_pos, kv_pos, head))
+            kv_pos = iota(shape, kv_dim) + kv_start
+            valid = st.mask_fn(iota(shape, q_dim) + q_start, kv_pos, head)
+        # Key padding; also when the mask did not come out tile-shaped (e.g. a
+        # per-head constant): the bound broadcasts it.
+        if st.kv_padded or valid is None or jnp.shape(valid) != tuple(shape):
+            if kv_pos is None:
+                kv_pos = iota(shape, kv_dim) + kv_start
+            valid = conj(valid, kv_pos < st.kv_len)
     if q_seg is not None:
         qs = lax.broadcast_in_dim(q_seg, shape, [q_dim])
         ks = lax.broadcast_in_dim(kv_seg, shape, [kv_dim])

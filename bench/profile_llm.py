@@ -1,0 +1,91 @@
+"""Where the time of an issue-4 method goes: the top device operations of two calls.
+
+Usage (repo root, on the GPU machine):
+  python bench/profile_llm.py OUT_DIR [--what nsa|moba] [--seq 65536]
+
+`nsa`: NSA forward+backward, exactly the `nsa_train` row of
+`bench/llm_sparse_gpu.py` (three branches, mean compressor, gradients to q, k,
+v and the gates). `moba`: MoBA(512, 3) forward, selection and attention in one
+jitted call (the bench's `total`). Same shapes and inputs as that bench (B=1,
+H=16, K=2, D=128, bf16, the "needle" task). Prints the median time, then the
+40 operations with the largest total device time over two traced calls as JSON
+lines (also OUT_DIR/top_ops.jsonl; the Perfetto trace is under OUT_DIR/trace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import llm_methods  # noqa: E402
+import llm_sparse_gpu  # noqa: E402
+import llm_synthetic  # noqa: E402
+from trace_ops import top_ops  # noqa: E402
+
+import jaxsparse as js  # noqa: E402, F401  (registers the patterns)
+from jaxsparse.methods import NSAConfig, nsa_compress  # noqa: E402
+
+
+def nsa_fn(q, cfg: NSAConfig):
+    b, t, h, _ = q.shape
+    gates = jnp.full((b, t, h, 3), 0.5, q.dtype)
+    cot = jax.random.normal(jax.random.key(1), q.shape, jnp.float32)
+
+    def loss(q, k, v, gates):
+        k_cmp = nsa_compress.mean_compress(k, kernel_size=cfg.kernel_size, stride=cfg.stride)
+        v_cmp = nsa_compress.mean_compress(v, kernel_size=cfg.kernel_size, stride=cfg.stride)
+        out = js.nsa(q, k, v, gates, k_cmp=k_cmp, v_cmp=v_cmp, config=cfg)
+        return (out.astype(jnp.float32) * cot).sum()
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+    return lambda q, k, v: grad(q, k, v, gates)
+
+
+def moba_fn():
+    m = next(m for m in llm_methods.default_methods() if m.name == "MoBA(512,3)")
+    return jax.jit(lambda q, k, v: m.attend(q, k, v, m.select(q, k)))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("--what", default="nsa", choices=("nsa", "moba"))
+    ap.add_argument("--seq", type=int, default=65536)
+    ap.add_argument("--tiny", action="store_true", help="CPU check (H=2, K=1, D=64, f32)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (b, h, kh, d), dtype = (
+        ((1, 2, 1, 64), jnp.float32) if args.tiny else ((1, 16, 2, 128), jnp.bfloat16)
+    )
+    task = llm_synthetic.make_task("needle", t=args.seq, h=h, kh=kh, d=d, seed=0, batch=b)
+    q, k, v = (jnp.asarray(x, dtype) for x in (task.q, task.k, task.v))
+    if args.what == "nsa":
+        cfg = NSAConfig(window=min(512, args.seq // 2))
+        fn = nsa_fn(q, cfg)
+    else:
+        fn = moba_fn()
+    ms = llm_sparse_gpu.timed(fn, q, k, v, reps=3)
+    print(json.dumps({"what": args.what, "seq_len": args.seq, "median_ms": ms}), flush=True)
+    trace = out / "trace"
+    with jax.profiler.trace(str(trace), create_perfetto_trace=True):
+        for _ in range(2):
+            jax.block_until_ready(fn(q, k, v))
+    top, totals = top_ops(trace, n=40)
+    with (out / "top_ops.jsonl").open("w") as fh:
+        for row in [totals] + [
+            {"op": name[:160], "total_ms_2_calls": round(t, 3), "calls": c} for name, t, c in top
+        ]:
+            print(json.dumps(row))
+            fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
