@@ -31,7 +31,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxsparse.methods import merge
 from jaxsparse.ops import call as call_lib
 from jaxsparse.patterns.chunked_causal import ChunkedCausal
 from jaxsparse.patterns.dynamic.token_block_mask import TokenBlockMask
@@ -79,6 +78,9 @@ def run(call: call_lib.Call, implementation: str):
     pos = call.q_offset + jnp.arange(t)
     own = pos // cb  # [T]
     cells = jnp.arange(c)
+    hx, g = bits.shape[1], h // bits.shape[1]
+    # Partial results as [B, Hx, T, n, g, Dv] and lse [B, Hx, g, T, n]: the routed
+    # slots stay in the layout the pairs come back in (row-major, slot minor).
     outs, lses = [], []
     if p.causal:
         o_own, lse_own = api.attention(
@@ -89,17 +91,43 @@ def run(call: call_lib.Call, implementation: str):
         ]  # [B, Hx, T]
         own_bit = own_bit & (own < c)[None, None]
         lse_own = jnp.where(_bit_heads_to_q_heads(own_bit, h), lse_own, -jnp.inf)
-        outs.append(o_own)
-        lses.append(lse_own)
+        dv = o_own.shape[-1]
+        outs.append(o_own.reshape(b, t, hx, g, dv).transpose(0, 2, 1, 3, 4)[:, :, :, None])
+        lses.append(lse_own.reshape(b, hx, g, t)[..., None])
         routed_bits = bits & (cells[None, :] < own[:, None])[None, None]
     else:
         routed_bits = bits
     slots = min(p.row_capacity, c)
     if slots:
         o_r, lse_r = _routed(call, routed_bits, slots, kw)
-        outs.extend(o_r)
-        lses.extend(lse_r)
-    return merge.lse_merge(outs, lses)
+        outs.append(o_r)
+        lses.append(lse_r)
+    out, lse = _merge_slots(outs, lses)
+    dv = out.shape[-1]
+    out = out.transpose(0, 2, 1, 3, 4).reshape(b, t, h, dv)
+    return out, lse.reshape(b, h, t)
+
+
+def _merge_slots(outs, lses):
+    """`merge.lse_merge` over the slot axis: outs `[B, Hx, T, n_i, g, Dv]`, lses
+    `[B, Hx, g, T, n_i]` -> `([B, Hx, T, g, Dv], [B, Hx, g, T])`, reading each
+    partial output once (no slot-major copies of the pair outputs, forward or
+    backward)."""
+    lse = jnp.concatenate(lses, axis=-1)  # [B, Hx, g, T, n]
+    m = lse.max(-1, keepdims=True)
+    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+    w = jnp.exp(lse - m_safe)  # 0 for empty sets
+    total = w.sum(-1, keepdims=True)
+    has = total > 0
+    w = w / jnp.where(has, total, 1.0)
+    out, start = 0.0, 0
+    for o in outs:
+        n = o.shape[3]
+        wi = w[..., start : start + n].transpose(0, 1, 3, 4, 2)[..., None]  # [B, Hx, T, n, g, 1]
+        out = out + (wi * o.astype(jnp.float32)).sum(3)
+        start += n
+    merged = jnp.where(has, m_safe + jnp.log(jnp.where(has, total, 1.0)), -jnp.inf)[..., 0]
+    return out.astype(outs[0].dtype), merged
 
 
 def _bit_heads_to_q_heads(x, h):
@@ -109,7 +137,8 @@ def _bit_heads_to_q_heads(x, h):
 
 
 def _routed(call, bits, slots, kw):
-    """Per-slot `(out, lse)` of the (row, selected block) pairs, `slots` per row."""
+    """`(out [B, Hx, T, slots, g, Dv], lse [B, Hx, g, T, slots])` of the (row, selected
+    block) pairs, `slots` per row."""
     from jaxsparse.ops import api
 
     b, t, h, d = call.q.shape
@@ -140,12 +169,10 @@ def _routed(call, bits, slots, kw):
         q_offset=0,
         **kw,
     )
-    # Back to (row, slot) order: o [B*Hx, N, g, Dv] -> per slot [B, T, H, Dv].
+    # Back to (row, slot) order: o [B*Hx, N, g, Dv] -> [B, Hx, T, slots, g, Dv].
     o = _permute(o, inverse, order, axis=1).reshape(b, hx, t, slots, g, dv)
     lse = _permute(lse, inverse, order, axis=2).reshape(b, hx, g, t, slots)
-    o = o.transpose(3, 0, 2, 1, 4, 5).reshape(slots, b, t, h, dv)
-    lse = lse.transpose(4, 0, 1, 2, 3).reshape(slots, b, h, t)
-    return list(o), list(lse)
+    return o, lse
 
 
 def _tiles(config, col_block: int):
