@@ -79,7 +79,7 @@ def run(call: call_lib.Call, implementation: str):
     own = pos // cb  # [T]
     cells = jnp.arange(c)
     hx, g = bits.shape[1], h // bits.shape[1]
-    # Partial results as [B, Hx, T, n, g, Dv] and lse [B, Hx, g, T, n]: the routed
+    # Partial results as [B, Hx, T, n, g, Dv] and lse [B, Hx, T, n, g]: the routed
     # slots stay in the layout the pairs come back in (row-major, slot minor).
     outs, lses = [], []
     if p.causal:
@@ -93,7 +93,7 @@ def run(call: call_lib.Call, implementation: str):
         lse_own = jnp.where(_bit_heads_to_q_heads(own_bit, h), lse_own, -jnp.inf)
         dv = o_own.shape[-1]
         outs.append(o_own.reshape(b, t, hx, g, dv).transpose(0, 2, 1, 3, 4)[:, :, :, None])
-        lses.append(lse_own.reshape(b, hx, g, t)[..., None])
+        lses.append(lse_own.reshape(b, hx, g, t).transpose(0, 1, 3, 2)[:, :, :, None])
         routed_bits = bits & (cells[None, :] < own[:, None])[None, None]
     else:
         routed_bits = bits
@@ -105,28 +105,27 @@ def run(call: call_lib.Call, implementation: str):
     out, lse = _merge_slots(outs, lses)
     dv = out.shape[-1]
     out = out.transpose(0, 2, 1, 3, 4).reshape(b, t, h, dv)
-    return out, lse.reshape(b, h, t)
+    return out, lse.transpose(0, 1, 3, 2).reshape(b, h, t)
 
 
 def _merge_slots(outs, lses):
     """`merge.lse_merge` over the slot axis: outs `[B, Hx, T, n_i, g, Dv]`, lses
-    `[B, Hx, g, T, n_i]` -> `([B, Hx, T, g, Dv], [B, Hx, g, T])`, reading each
-    partial output once (no slot-major copies of the pair outputs, forward or
-    backward)."""
-    lse = jnp.concatenate(lses, axis=-1)  # [B, Hx, g, T, n]
-    m = lse.max(-1, keepdims=True)
+    `[B, Hx, T, n_i, g]` -> `([B, Hx, T, g, Dv], [B, Hx, T, g])`, reading each
+    partial output once (no slot-major copies of the pair outputs or their
+    cotangents)."""
+    lse = jnp.concatenate(lses, axis=3)  # [B, Hx, T, n, g]
+    m = lse.max(3, keepdims=True)
     m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
     w = jnp.exp(lse - m_safe)  # 0 for empty sets
-    total = w.sum(-1, keepdims=True)
+    total = w.sum(3, keepdims=True)
     has = total > 0
     w = w / jnp.where(has, total, 1.0)
     out, start = 0.0, 0
     for o in outs:
         n = o.shape[3]
-        wi = w[..., start : start + n].transpose(0, 1, 3, 4, 2)[..., None]  # [B, Hx, T, n, g, 1]
-        out = out + (wi * o.astype(jnp.float32)).sum(3)
+        out = out + (w[:, :, :, start : start + n, :, None] * o.astype(jnp.float32)).sum(3)
         start += n
-    merged = jnp.where(has, m_safe + jnp.log(jnp.where(has, total, 1.0)), -jnp.inf)[..., 0]
+    merged = jnp.where(has, m_safe + jnp.log(jnp.where(has, total, 1.0)), -jnp.inf)[:, :, :, 0]
     return out.astype(outs[0].dtype), merged
 
 
@@ -137,7 +136,7 @@ def _bit_heads_to_q_heads(x, h):
 
 
 def _routed(call, bits, slots, kw):
-    """`(out [B, Hx, T, slots, g, Dv], lse [B, Hx, g, T, slots])` of the (row, selected
+    """`(out [B, Hx, T, slots, g, Dv], lse [B, Hx, T, slots, g])` of the (row, selected
     block) pairs, `slots` per row."""
     from jaxsparse.ops import api
 
@@ -171,7 +170,9 @@ def _routed(call, bits, slots, kw):
     )
     # Back to (row, slot) order: o [B*Hx, N, g, Dv] -> [B, Hx, T, slots, g, Dv].
     o = _permute(o, inverse, order, axis=1).reshape(b, hx, t, slots, g, dv)
-    lse = _permute(lse, inverse, order, axis=2).reshape(b, hx, g, t, slots)
+    # lse [B*Hx, g, N] is permuted with the pair axis leading, as the outputs: each
+    # gathered (and, backward, scattered back) element is a row of g values.
+    lse = _permute(jnp.moveaxis(lse, 1, 2), inverse, order, axis=1).reshape(b, hx, t, slots, g)
     return o, lse
 
 
