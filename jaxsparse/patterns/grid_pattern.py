@@ -121,9 +121,13 @@ class GridPattern(base.Pattern, register=False):
         return tuple(self._axis_col(a, xk[a]) for a in range(len(self.grid)))
 
     def _combine(self, rows: tuple, cols: tuple, head) -> Any:
+        # Innermost axis first: in a kernel tile a thread's key columns share their
+        # low in-box coordinates, so the conjunction of the inner axes has few
+        # distinct values per thread (the compiler keeps one copy of each) and
+        # only the outer axes cost a per-element operation.
         out = None
-        for axis, (row, col) in enumerate(zip(rows, cols, strict=True)):
-            m = self._axis_combine(axis, row, col)
+        for axis in reversed(range(len(rows))):
+            m = self._axis_combine(axis, rows[axis], cols[axis])
             out = m if out is None else out & m
         return out
 
