@@ -5,15 +5,15 @@ Usage (GPU machine, repo root):
 
 Runs the `pattern_tiled` variant of `bench/vision_gpu.py` (tokens already in
 box order, so the attention kernels are the only device work of note), or
-dense attention with `--dense`, `--calls` times after one compiling call, and
-prints the median wall time. Wrap it in `ncu --clock-control none ...` or set
-`MOSAIC_GPU_DUMP_PTXAS=1 MOSAIC_GPU_DUMP_TO=DIR` to see registers and spills.
+dense attention with `--dense`, `--calls` samples of 10 back-to-back calls
+after one compiling call, and prints the median time per call. Wrap it in
+`ncu --clock-control none ...` or set `MOSAIC_GPU_DUMP_PTXAS=1
+MOSAIC_GPU_DUMP_TO=DIR` to see registers and spills.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -37,10 +37,14 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--dense", action="store_true", help="dense attention instead")
     ap.add_argument("--tiny", action="store_true", help="CPU check (tiny case, XLA path)")
+    ap.add_argument("--tile", default="", help="box shape, e.g. 4,4,8 (default: the pattern's)")
     args = ap.parse_args(argv)
     cases = vision_gpu.TINY if args.tiny else vision_gpu.FULL
     case = next(c for c in cases if c.name == args.case)
-    pattern = None if args.dense else P.Neighborhood(case.grid, case.window, tiled_order=True)
+    tile = tuple(int(x) for x in args.tile.split(",")) if args.tile else None
+    pattern = (
+        None if args.dense else P.Neighborhood(case.grid, case.window, tile=tile, tiled_order=True)
+    )
     config = js.Config(block_q=vision_gpu.BLOCK, block_kv=vision_gpu.BLOCK)
     impl = "xla" if args.tiny else "pallas_gpu"
     n = P.Neighborhood(case.grid, case.window).num_tokens
@@ -59,11 +63,13 @@ def main(argv=None) -> int:
         call_args = (q, k, v, dout)
     jax.block_until_ready(fn(*call_args))
     times = []
-    for _ in range(args.calls):
+    for _ in range(args.calls):  # back-to-back calls, as bench/vision_gpu.py times them
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*call_args))
-        times.append((time.perf_counter() - t0) * 1e3)
-    what = "dense" if args.dense else repr(dataclasses.replace(pattern, tiled_order=True))
+        for _ in range(10):
+            out = fn(*call_args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) * 1e2)
+    what = "dense" if args.dense else repr(pattern)
     print(f"{case.name} {args.mode} {what}: median {statistics.median(times):.3f} ms")
     return 0
 
