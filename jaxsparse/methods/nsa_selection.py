@@ -161,6 +161,10 @@ def nsa_select(
       `ATTENTION_IMPORTANCE_ELEMENTS` elements it comes from attention calls
       (`block_importance_by_attention`); longer inputs score rows in chunks
       (`block_importance`), which holds `[B, H, rows, Nc]` scores at a time.
+      The attention calls return the importance in q's dtype: with bfloat16
+      inputs, blocks whose importance differs by less than its rounding
+      (about 2^-8 relative) may be ranked differently than in float32 (or by
+      another backend); ties go to the lower block index.
     """
     q, k_cmp, lse_cmp = (jax.lax.stop_gradient(x) for x in (q, k_cmp, lse_cmp))
     nb = -(-kv_len // block_size)
