@@ -38,6 +38,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dense", action="store_true", help="dense attention instead")
     ap.add_argument("--tiny", action="store_true", help="CPU check (tiny case, XLA path)")
     ap.add_argument("--tile", default="", help="box shape, e.g. 4,4,8 (default: the pattern's)")
+    ap.add_argument(
+        "--persistent",
+        default="auto",
+        choices=("auto", "yes", "no"),
+        help="Config.gpu_persistent for the forward kernel (auto: the kernels' rule)",
+    )
     args = ap.parse_args(argv)
     cases = vision_gpu.TINY if args.tiny else vision_gpu.FULL
     case = next(c for c in cases if c.name == args.case)
@@ -45,7 +51,10 @@ def main(argv=None) -> int:
     pattern = (
         None if args.dense else P.Neighborhood(case.grid, case.window, tile=tile, tiled_order=True)
     )
-    config = js.Config(block_q=vision_gpu.BLOCK, block_kv=vision_gpu.BLOCK)
+    persistent = {"auto": None, "yes": True, "no": False}[args.persistent]
+    config = js.Config(
+        block_q=vision_gpu.BLOCK, block_kv=vision_gpu.BLOCK, gpu_persistent=persistent
+    )
     impl = "xla" if args.tiny else "pallas_gpu"
     n = P.Neighborhood(case.grid, case.window).num_tokens
     keys = jax.random.split(jax.random.key(0), 4)
@@ -70,7 +79,10 @@ def main(argv=None) -> int:
         jax.block_until_ready(out)
         times.append((time.perf_counter() - t0) * 1e2)
     what = "dense" if args.dense else repr(pattern)
-    print(f"{case.name} {args.mode} {what}: median {statistics.median(times):.3f} ms")
+    print(
+        f"{case.name} {args.mode} {what} persistent={args.persistent}: "
+        f"median {statistics.median(times):.3f} ms"
+    )
     return 0
 
 

@@ -86,6 +86,8 @@ def test_bad_input(make, kwargs, exc, match):
 def test_bad_config():
     with pytest.raises(ValueError, match="block_q=0 must be >= 1"):
         js.Config(block_q=0)
+    with pytest.raises(TypeError, match="gpu_persistent must be True, False or None"):
+        js.Config(gpu_persistent="yes")
 
 
 def test_negative_window_is_refused_at_construction():

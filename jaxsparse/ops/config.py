@@ -19,6 +19,9 @@ class Config:
         block_kv, over batch and heads) computed per step. Bounds memory:
         about 4 bytes x 6 of these are live at once.
       gpu_num_stages: Mosaic GPU kernel: K/V pipeline depth (None: default).
+      gpu_persistent: Mosaic GPU forward kernel: one CTA per SM looping over
+        tiles (True), one CTA per tile (False), or None: persistent when every
+        key list is short (at most 2,048 keys), see pallas_kernels/gpu/NOTES.md.
       interpret: run Pallas kernels in interpret mode (CPU tests of
         `implementation="pallas_gpu"`; slow, tiny shapes only).
     """
@@ -27,6 +30,7 @@ class Config:
     block_kv: int | None = None
     xla_chunk_elements: int = 1 << 24
     gpu_num_stages: int | None = None
+    gpu_persistent: bool | None = None
     interpret: bool = False
 
     def __post_init__(self):
@@ -35,6 +39,10 @@ class Config:
             if value is not None:
                 pbase.check_int(name, value, minimum=1, owner="Config")
         pbase.check_int("xla_chunk_elements", self.xla_chunk_elements, minimum=1, owner="Config")
+        if self.gpu_persistent not in (None, True, False):
+            raise TypeError(
+                f"Config: gpu_persistent must be True, False or None, got {self.gpu_persistent!r}."
+            )
 
 
 def default_block(length: int, preferred: int = 128, minimum: int = 16) -> int:

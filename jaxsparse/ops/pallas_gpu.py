@@ -95,6 +95,8 @@ def run(call: call_lib.Call):
     )
     if call.config.gpu_num_stages:
         kw["num_stages"] = call.config.gpu_num_stages
+    if call.config.gpu_persistent is not None:
+        kw["persistent"] = call.config.gpu_persistent
     if interpret:
         from jax.experimental.pallas import mosaic_gpu as plgpu
 
