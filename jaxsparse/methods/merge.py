@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -12,19 +13,35 @@ def lse_merge(outputs, lses):
     row). Returns `(out, lse)`; a row empty in every set gets 0 and -inf.
     Exact: `out = sum_i exp(lse_i - lse) out_i`, `lse = logsumexp_i lse_i`.
     """
-    lse = jnp.stack(lses)  # [n, B, H, T]
-    m = lse.max(0)
-    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
-    w = jnp.exp(lse - m_safe[None])  # 0 for empty sets
-    total = w.sum(0)
-    has = total > 0
-    w = w / jnp.where(has, total, 1.0)[None]
-    out = sum(
-        jnp.moveaxis(wi, 1, 2)[..., None] * oi.astype(jnp.float32)
-        for wi, oi in zip(w, outputs, strict=True)
+    out, lse = lse_merge_sets(
+        [o[:, :, :, None] for o in outputs], [jnp.moveaxis(x, 1, 2)[..., None] for x in lses], 3
     )
+    return out, jnp.moveaxis(lse, 1, 2)
+
+
+def lse_merge_sets(outputs, lses, axis: int):
+    """`lse_merge` of sets laid along an axis: `out_i [..., n_i, ..., Dv]`, `lse_i [..., n_i, ...]`.
+
+    `lse_i` has `out_i`'s shape without the last axis; the `n_i` sets of each
+    lie along `axis` (counted from the front) of both. Returns `(out, lse)`
+    with that axis reduced. Each partial output is read once, in its own
+    layout (the routed selections merge their per-slot results this way).
+    """
+    lse = jnp.concatenate(lses, axis=axis)
+    m = lse.max(axis, keepdims=True)
+    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+    w = jnp.exp(lse - m_safe)  # 0 for empty sets
+    total = w.sum(axis, keepdims=True)
+    has = total > 0
+    w = w / jnp.where(has, total, 1.0)
+    out, start = 0.0, 0
+    for o in outputs:
+        n = o.shape[axis]
+        wi = jax.lax.slice_in_dim(w, start, start + n, axis=axis)[..., None]
+        out = out + (wi * o.astype(jnp.float32)).sum(axis)
+        start += n
     merged = jnp.where(has, m_safe + jnp.log(jnp.where(has, total, 1.0)), -jnp.inf)
-    return out.astype(outputs[0].dtype), merged
+    return out.astype(outputs[0].dtype), merged.squeeze(axis)
 
 
 def gated_sum(outputs, gates):

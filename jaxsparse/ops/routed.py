@@ -31,6 +31,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxsparse.methods import merge
 from jaxsparse.ops import call as call_lib
 from jaxsparse.patterns.chunked_causal import ChunkedCausal
 from jaxsparse.patterns.dynamic.token_block_mask import TokenBlockMask
@@ -102,31 +103,10 @@ def run(call: call_lib.Call, implementation: str):
         o_r, lse_r = _routed(call, routed_bits, slots, kw)
         outs.append(o_r)
         lses.append(lse_r)
-    out, lse = _merge_slots(outs, lses)
+    out, lse = merge.lse_merge_sets(outs, lses, 3)  # [B, Hx, T, g, Dv], [B, Hx, T, g]
     dv = out.shape[-1]
     out = out.transpose(0, 2, 1, 3, 4).reshape(b, t, h, dv)
     return out, lse.transpose(0, 1, 3, 2).reshape(b, h, t)
-
-
-def _merge_slots(outs, lses):
-    """`merge.lse_merge` over the slot axis: outs `[B, Hx, T, n_i, g, Dv]`, lses
-    `[B, Hx, T, n_i, g]` -> `([B, Hx, T, g, Dv], [B, Hx, T, g])`, reading each
-    partial output once (no slot-major copies of the pair outputs or their
-    cotangents)."""
-    lse = jnp.concatenate(lses, axis=3)  # [B, Hx, T, n, g]
-    m = lse.max(3, keepdims=True)
-    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
-    w = jnp.exp(lse - m_safe)  # 0 for empty sets
-    total = w.sum(3, keepdims=True)
-    has = total > 0
-    w = w / jnp.where(has, total, 1.0)
-    out, start = 0.0, 0
-    for o in outs:
-        n = o.shape[3]
-        out = out + (w[:, :, :, start : start + n, :, None] * o.astype(jnp.float32)).sum(3)
-        start += n
-    merged = jnp.where(has, m_safe + jnp.log(jnp.where(has, total, 1.0)), -jnp.inf)[:, :, :, 0]
-    return out.astype(outs[0].dtype), merged
 
 
 def _bit_heads_to_q_heads(x, h):
