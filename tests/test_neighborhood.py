@@ -402,3 +402,13 @@ def test_repr_round_trips_and_hashes():
     for p in P.Neighborhood.examples() + P.Window.examples():
         assert P.parse(repr(p)) == p
         assert hash(p) == hash(P.parse(repr(p)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(d=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_tiling_div_mod_match_floor_division_for_non_negative_values(d, seed):
+    # The kernels' box coordinates: shifts / truncating division instead of `//`, `%`.
+    x = np.random.default_rng(seed).integers(0, 1 << 20, size=64).astype(np.int32)
+    for fn, want in ((tiling.div, x // d), (tiling.mod, x % d)):
+        np.testing.assert_array_equal(fn(x, d), want)  # numpy
+        np.testing.assert_array_equal(jax.jit(lambda v, fn=fn: fn(v, d))(jnp.asarray(x)), want)
