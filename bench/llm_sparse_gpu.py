@@ -156,9 +156,8 @@ def run_method(m, q, k, v, dense, *, b, h, t, reps):
     return row
 
 
-def nsa_train(q, k, v, cot, dense, *, reps, cfg: NSAConfig):
-    b, t, h, _ = q.shape
-    gates = jnp.full((b, t, h, 3), 0.5, q.dtype)
+def nsa_loss(cfg: NSAConfig, cot):
+    """`loss(q, k, v, gates)` of the nsa_train row: `sum(nsa(...) * cot)`, mean compressor."""
 
     def loss(q, k, v, gates):
         k_cmp = nsa_compress.mean_compress(k, kernel_size=cfg.kernel_size, stride=cfg.stride)
@@ -166,12 +165,23 @@ def nsa_train(q, k, v, cot, dense, *, reps, cfg: NSAConfig):
         out = js.nsa(q, k, v, gates, k_cmp=k_cmp, v_cmp=v_cmp, config=cfg)
         return (out.astype(jnp.float32) * cot).sum()
 
+    return loss
+
+
+def nsa_gates(q):
+    """The nsa_train row's gates: 0.5 for every branch, `[B, T, H, 3]`."""
+    return jnp.full(q.shape[:3] + (3,), 0.5, q.dtype)
+
+
+def nsa_train(q, k, v, cot, dense, *, reps, cfg: NSAConfig):
+    gates = nsa_gates(q)
+    loss = nsa_loss(cfg, cot)
     fwd = jax.jit(loss)
     fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
     row = dict(
         kind="nsa_train",
         method="NSA",
-        seq_len=t,
+        seq_len=q.shape[1],
         fwd_ms=timed(fwd, q, k, v, gates, reps=reps),
         fwd_bwd_ms=timed(fwd_bwd, q, k, v, gates, reps=reps),
     )

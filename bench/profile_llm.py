@@ -29,22 +29,13 @@ import llm_sparse_gpu  # noqa: E402
 import llm_synthetic  # noqa: E402
 from trace_ops import top_ops  # noqa: E402
 
-import jaxsparse as js  # noqa: E402, F401  (registers the patterns)
-from jaxsparse.methods import NSAConfig, nsa_compress  # noqa: E402
+from jaxsparse.methods import NSAConfig  # noqa: E402
 
 
 def nsa_fn(q, cfg: NSAConfig):
-    b, t, h, _ = q.shape
-    gates = jnp.full((b, t, h, 3), 0.5, q.dtype)
-    cot = jax.random.normal(jax.random.key(1), q.shape, jnp.float32)
-
-    def loss(q, k, v, gates):
-        k_cmp = nsa_compress.mean_compress(k, kernel_size=cfg.kernel_size, stride=cfg.stride)
-        v_cmp = nsa_compress.mean_compress(v, kernel_size=cfg.kernel_size, stride=cfg.stride)
-        out = js.nsa(q, k, v, gates, k_cmp=k_cmp, v_cmp=v_cmp, config=cfg)
-        return (out.astype(jnp.float32) * cot).sum()
-
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+    cot = jax.random.normal(jax.random.key(1), q.shape, jnp.float32)  # as llm_sparse_gpu's
+    grad = jax.jit(jax.grad(llm_sparse_gpu.nsa_loss(cfg, cot), argnums=(0, 1, 2, 3)))
+    gates = llm_sparse_gpu.nsa_gates(q)
     return lambda q, k, v: grad(q, k, v, gates)
 
 

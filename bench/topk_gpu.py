@@ -12,30 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from timing import time_fn  # noqa: E402
 
 from jaxsparse.selection import topk  # noqa: E402
-
-
-def timeit(f, x, reps=5, iters=10):
-    jax.block_until_ready(f(x))
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        for _ in range(iters):
-            out = f(x)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t) / iters * 1e3)
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -52,18 +40,19 @@ def main(argv=None):
         "argmax passes": lambda s: topk._iterative_topk(s, k),
         "two levels, lax.top_k": lambda s: topk._grouped_topk(s, k, topk.GROUP_WIDTH),
     }
-    for name, fn in variants.items():
+
+    def report(name, fn):
         f = jax.jit(fn)
         ok = bool(np.array_equal(np.asarray(f(x)), np.asarray(want)))
-        print(json.dumps(dict(variant=name, ms=timeit(f, x), exact=ok, **vars(args))), flush=True)
-    # Two levels whose levels run as argmax passes.
-    saved = topk.ITERATIVE_MAX_K
+        ms = time_fn(f, (x,), reps=5)[1] * 1e3
+        print(json.dumps(dict(variant=name, ms=ms, exact=ok, **vars(args))), flush=True)
+
+    for name, fn in variants.items():
+        report(name, fn)
+    saved = topk.ITERATIVE_MAX_K  # two levels whose levels run as argmax passes
     topk.ITERATIVE_MAX_K = k
     try:
-        f = jax.jit(lambda s: topk._grouped_topk(s, k, topk.GROUP_WIDTH))
-        ok = bool(np.array_equal(np.asarray(f(x)), np.asarray(want)))
-        row = dict(variant="two levels, argmax passes", ms=timeit(f, x), exact=ok, **vars(args))
-        print(json.dumps(row), flush=True)
+        report("two levels, argmax passes", variants["two levels, lax.top_k"])
     finally:
         topk.ITERATIVE_MAX_K = saved
 

@@ -31,7 +31,7 @@ implementation="xla". A variant that fails otherwise (e.g. out of memory) is
 recorded with its error and the run goes on.
 
 Each JSON line: case, variant, mode, implementation, time_ms (median per call of
-back-to-back calls, see `time_fn`), plus
+back-to-back calls, see `bench/timing.py`), plus
   density_element  kept pairs / N^2 (what the mask allows)
   density_tile     visited 128x128 tiles / all tiles (what a block-sparse kernel
                    must compute: the FLOP bound of block-sparse attention)
@@ -51,7 +51,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -60,6 +59,7 @@ import traceback
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import time_fn
 
 import jaxsparse as js
 from jaxsparse import patterns as P
@@ -91,34 +91,6 @@ def emit(out_path: str, **record) -> None:
     print(json.dumps(record), flush=True)
     with open(out_path, "a") as f:
         f.write(json.dumps(record) + "\n")
-
-
-def time_fn(f, args, *, reps: int, target_s: float = 0.04) -> tuple[float, float]:
-    """(compile+first call seconds, median seconds per call).
-
-    As `bench/attention_gpu.py` and the anchors script time: each of `reps`
-    samples runs the call back to back enough times to fill about `target_s`
-    and blocks once at the end, so the host's dispatch of one call overlaps
-    the device's work on the previous one (a short kernel is not charged the
-    launch latency of a blocking call).
-    """
-    t = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    first = time.perf_counter() - t
-    t = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    one = time.perf_counter() - t
-    if one > 1.0:  # slow variants (explicit masks at 65k tokens): fewer repeats
-        reps = min(reps, 2)
-    iters = max(1, min(200, int(target_s / max(one, 1e-6))))
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        for _ in range(iters):
-            out = f(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t) / iters)
-    return first, statistics.median(times)
 
 
 def element_density(pattern: P.Neighborhood) -> float:

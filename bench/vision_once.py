@@ -5,8 +5,8 @@ Usage (GPU machine, repo root):
 
 Runs the `pattern_tiled` variant of `bench/vision_gpu.py` (tokens already in
 box order, so the attention kernels are the only device work of note), or
-dense attention with `--dense`, `--calls` samples of 10 back-to-back calls
-after one compiling call, and prints the median time per call. Wrap it in
+dense attention with `--dense`, and prints the median time per call of
+`--calls` samples of back-to-back calls (`bench/timing.py`). Wrap it in
 `ncu --clock-control none ...` or set `MOSAIC_GPU_DUMP_PTXAS=1
 MOSAIC_GPU_DUMP_TO=DIR` to see registers and spills.
 """
@@ -14,9 +14,7 @@ MOSAIC_GPU_DUMP_TO=DIR` to see registers and spills.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import vision_gpu  # noqa: E402
+from timing import time_fn  # noqa: E402
 
 import jaxsparse as js  # noqa: E402
 from jaxsparse import patterns as P  # noqa: E402
@@ -70,18 +69,11 @@ def main(argv=None) -> int:
     else:
         fn = jax.jit(lambda q, k, v, dout: jax.vjp(attend, q, k, v)[1](dout))
         call_args = (q, k, v, dout)
-    jax.block_until_ready(fn(*call_args))
-    times = []
-    for _ in range(args.calls):  # back-to-back calls, as bench/vision_gpu.py times them
-        t0 = time.perf_counter()
-        for _ in range(10):
-            out = fn(*call_args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) * 1e2)
+    _, seconds = time_fn(fn, call_args, reps=args.calls)
     what = "dense" if args.dense else repr(pattern)
     print(
         f"{case.name} {args.mode} {what} persistent={args.persistent}: "
-        f"median {statistics.median(times):.3f} ms"
+        f"median {seconds * 1e3:.3f} ms"
     )
     return 0
 
