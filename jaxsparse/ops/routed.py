@@ -91,10 +91,11 @@ def run(call: call_lib.Call, implementation: str):
             ..., 0
         ]  # [B, Hx, T]
         own_bit = own_bit & (own < c)[None, None]
-        lse_own = jnp.where(_bit_heads_to_q_heads(own_bit, h), lse_own, -jnp.inf)
+        # Bit head j serves query heads j*g .. j*g+g-1.
+        lse_own = jnp.where(own_bit[:, :, None], lse_own.reshape(b, hx, g, t), -jnp.inf)
         dv = o_own.shape[-1]
         outs.append(o_own.reshape(b, t, hx, g, dv).transpose(0, 2, 1, 3, 4)[:, :, :, None])
-        lses.append(lse_own.reshape(b, hx, g, t).transpose(0, 1, 3, 2)[:, :, :, None])
+        lses.append(lse_own.transpose(0, 1, 3, 2)[:, :, :, None])
         routed_bits = bits & (cells[None, :] < own[:, None])[None, None]
     else:
         routed_bits = bits
@@ -107,12 +108,6 @@ def run(call: call_lib.Call, implementation: str):
     dv = out.shape[-1]
     out = out.transpose(0, 2, 1, 3, 4).reshape(b, t, h, dv)
     return out, lse.transpose(0, 1, 3, 2).reshape(b, h, t)
-
-
-def _bit_heads_to_q_heads(x, h):
-    """`[B, Hx, ...]` -> `[B, H, ...]`: bit head j serves query heads j*g .. j*g+g-1."""
-    hx = x.shape[1]
-    return x if hx == h else jnp.repeat(x, h // hx, axis=1)
 
 
 def _routed(call, bits, slots, kw):
