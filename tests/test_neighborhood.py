@@ -148,6 +148,14 @@ def test_tiled_order_is_boxes(grid, data):
         np.testing.assert_array_equal(extent, tile)  # a contiguous chunk is one box
     back = tiling.positions(list(xs.T), grid, tile)
     np.testing.assert_array_equal(back, np.arange(len(perm)))
+    # The in-kernel decode (`coords`) names the same order as the permutation.
+    decoded = np.ravel_multi_index(tuple(tiling.coords(np.arange(len(perm)), grid, tile)), grid)
+    np.testing.assert_array_equal(decoded, perm)
+    # The reshape/transpose form (modules) is the gather by `perm`, both ways.
+    x = np.arange(2 * len(perm) * 3).reshape(2, *grid, 3)
+    tiled = tiling.to_tiled(x, grid, tile)
+    np.testing.assert_array_equal(tiled, x.reshape(2, -1, 3)[:, perm])
+    np.testing.assert_array_equal(tiling.from_tiled(tiled, grid, tile), x)
 
 
 def test_default_tiles_for_the_benchmark_shapes():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -99,21 +100,24 @@ class NeighborhoodAttention(nnx.Module):
                 f"NeighborhoodAttention takes [B, *grid, C] with {want} (e.g. [B, H, W, C]), "
                 f"got shape {tuple(x.shape)}."
             )
-        b, grid, c = x.shape[0], tuple(x.shape[1:-1]), x.shape[-1]
+        b, grid = x.shape[0], tuple(x.shape[1:-1])
         pattern = self.pattern(grid)
         n = pattern.num_tokens
-        qkv = self.qkv(x.astype(self.dtype).reshape(b, n, c))
+        # The projections act per token, so the module reorders its input into the
+        # pattern's tiled order once and its output back once (C channels each),
+        # instead of attention reordering q, k, v and the output (H * D each).
+        tokens = tiling.to_tiled(x.astype(self.dtype), grid, pattern.tile)
+        qkv = self.qkv(tokens)
         q, k, v = jnp.split(qkv.reshape(b, n, 3, self.num_heads, self.head_dim), 3, axis=2)
         out = js.attention(
             q[:, :, 0],
             k[:, :, 0],
             v[:, :, 0],
-            pattern=pattern,
+            pattern=dataclasses.replace(pattern, tiled_order=True),
             implementation=self.implementation,
             config=self.config,
         )
-        out = self.proj(out.reshape(b, n, -1))
-        return out.reshape(b, *grid, out.shape[-1])
+        return tiling.from_tiled(self.proj(out.reshape(b, n, -1)), grid, pattern.tile)
 
 
 def _check_early(window, stride, dilation, causal) -> None:

@@ -113,11 +113,13 @@ class Neighborhood(grid_pattern.GridPattern):
 
     # --- the rule (any array module) ------------------------------------------------
     def _axis_row(self, axis, xq):
-        """Query-side terms of NATTEN's rule: the key interval `[lo, hi)` in dilation-group
-        coordinates, and the query's dilation group (None without dilation).
+        """Query-side terms of NATTEN's rule: the first key `lo` and the number of keys
+        `span` (dilation-group coordinates), and the query's dilation group (None
+        without dilation).
 
         Per-row terms are evaluated once per tile row in the kernels, so the
-        clamping lives here and a tile element costs two compares (`_axis_combine`).
+        clamping lives here and a tile element costs one subtraction and one
+        unsigned comparison per axis (`_axis_combine`).
         """
         n, w, s, d, causal = self._axis(axis)
         xp = base.array_module(xq)
@@ -128,21 +130,21 @@ class Neighborhood(grid_pattern.GridPattern):
             uq, size = tiling.div(xq, d), tiling.div(n - group + d - 1, d)
         first = uq if s == 1 else tiling.div(uq, s) * s  # the stride group's first query
         if causal:
-            # Keep uk <= uq and min(leader, size - 1) - uk < w.
-            leader = xp.minimum(first + s - 1, size - 1)
-            return leader - w + 1, uq + 1, group
+            # Keep uk <= uq and min(leader, size - 1) - uk < w: keys [leader - w + 1, uq].
+            lo = xp.minimum(first + s - 1, size - 1) - w + 1
+            return lo, xp.maximum(uq + 1 - lo, 0), group
         # start = max(0, min(leader - w//2, size - w)); keep start <= uk < start + w.
         start = xp.maximum(xp.minimum(first + s // 2 - w // 2, size - w), 0)
-        return start, start + w, group
+        return start, w, group
 
     def _axis_col(self, axis, xk):
         d = self.dilation[axis]
         return (xk, None) if d == 1 else (tiling.div(xk, d), tiling.mod(xk, d))
 
     def _axis_combine(self, axis, row, col):
-        lo, hi, group = row
+        lo, span, group = row
         uk, gk = col
-        ok = (lo <= uk) & (uk < hi)
+        ok = tiling.in_span(uk - lo, span)
         return ok if group is None else ok & (group == gk)
 
     # --- closed form on the host (numpy) --------------------------------------------

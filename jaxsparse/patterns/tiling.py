@@ -63,6 +63,21 @@ def mod(x: Any, d: int) -> Any:
     return lax.rem(x, lax.full_like(x, d))
 
 
+def in_span(x: Any, n: Any) -> Any:
+    """`(0 <= x) & (x < n)` for integers `x` and `n >= 0`.
+
+    jax values (also inside kernels, once per tile element) use one unsigned
+    comparison: a negative `x` wraps to a value `>= 2**31 > n`. A GPU kernel
+    applies each predicate of a mask as its own select over the elements it
+    covers, so one predicate per axis instead of two is a select fewer per
+    element and axis.
+    """
+    if not isinstance(x, jax.Array) and not isinstance(n, jax.Array):
+        return (x >= 0) & (x < n)
+    unsigned = lambda v: lax.convert_element_type(v, np.uint32)  # noqa: E731
+    return unsigned(x) < (unsigned(n) if isinstance(n, jax.Array) else np.uint32(n))
+
+
 def as_axes(owner: str, name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ...]:
     """`value` (an int or one int per axis) as a tuple of `ndim` ints >= minimum."""
     values = (value,) * ndim if _is_int(value) else value
@@ -190,10 +205,36 @@ def positions(xs: Sequence[Any], grid: tuple[int, ...], tile: tuple[int, ...]) -
     return box * math.prod(tile) + inner
 
 
+def to_tiled(x: Any, grid: tuple[int, ...], tile: tuple[int, ...]) -> Any:
+    """`[B, *grid, ...]` in natural order -> `[B, prod(grid), ...]` in tiled order.
+
+    A reshape and a transpose (numpy or jax): splitting each axis into
+    (box, in-box) and moving the in-box axes after the box axes lists the boxes
+    in row-major order and each box's tokens in row-major order.
+    """
+    n = len(grid)
+    lead, rest = x.shape[:1], x.shape[1 + n :]
+    split = [d for g, t in zip(grid, tile, strict=True) for d in (g // t, t)]
+    x = x.reshape(*lead, *split, *rest)
+    order = [0, *(1 + 2 * a for a in range(n)), *(2 + 2 * a for a in range(n))]
+    order += range(1 + 2 * n, x.ndim)
+    return x.transpose(order).reshape(*lead, math.prod(grid), *rest)
+
+
+def from_tiled(x: Any, grid: tuple[int, ...], tile: tuple[int, ...]) -> Any:
+    """Inverse of `to_tiled`: `[B, prod(grid), ...]` tiled -> `[B, *grid, ...]` natural."""
+    n = len(grid)
+    lead, rest = x.shape[:1], x.shape[2:]
+    boxes = [g // t for g, t in zip(grid, tile, strict=True)]
+    x = x.reshape(*lead, *boxes, *tile, *rest)
+    order = [0, *(d for a in range(n) for d in (1 + a, 1 + n + a)), *range(1 + 2 * n, x.ndim)]
+    return x.transpose(order).reshape(*lead, *grid, *rest)
+
+
 def permutation(grid: tuple[int, ...], tile: tuple[int, ...]) -> np.ndarray:
     """`perm[p]` = natural (row-major) index of the token at tiled position p."""
-    xs = coords(np.arange(math.prod(grid), dtype=np.int64), grid, tile)
-    return np.ravel_multi_index(tuple(xs), grid).astype(np.int32)
+    natural = np.arange(math.prod(grid), dtype=np.int32).reshape(1, *grid)
+    return np.ascontiguousarray(to_tiled(natural, grid, tile)[0])
 
 
 # --- position ranges -> boxes (host metadata) ----------------------------------
