@@ -251,12 +251,16 @@ def main(argv: list[str]) -> int:
     name = "vision_gpu.jsonl" if not tiny else "vision_tiny.jsonl"
     out_path = os.path.join(args.out_dir, name)
     keep = {v for v in args.variants.split(",") if v} | {"dense"} if args.variants else None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    # The device machine's copy of the tree may carry a stale .git: a command
+    # script names the commit it runs in JAXSPARSE_COMMIT.
+    commit = os.environ.get("JAXSPARSE_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+        except OSError:
+            commit = ""
     common = dict(
         device=str(jax.devices()[0].device_kind),
         jax=jax.__version__,
