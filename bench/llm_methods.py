@@ -272,6 +272,12 @@ def default_methods(*, include_oracle: bool = True) -> list[Method]:
         dynamic_method("MInference-BlockTopK", P.BlockTopK(), note="block 64, top-100"),
         dynamic_method("MoBA(512,3)", P.MoBA(block_size=512, top_k=3), note="paper 8K setting"),
         dynamic_method(
+            "MoBA(512,3) XLA gate",
+            P.MoBA(block_size=512, top_k=3),
+            config=js.Config(gpu_gate_kernel=False),
+            note="gate + top-k in XLA instead of the fused kernel",
+        ),
+        dynamic_method(
             "MoBA(4096,12)", P.MoBA(block_size=4096, top_k=12), note="long-context setting"
         ),
         dynamic_method("FlexPrefill", P.FlexPrefill(0.9, 0.1), note="gamma=0.9 tau=0.1"),

@@ -287,6 +287,8 @@ def main(argv=None):
                 )
             emit(**row)
             rows.append(row)
+        if keep and not any(s in "NSA train" for s in keep):
+            continue  # --methods without NSA: skip its forward+backward row
         try:
             cfg = NSAConfig(window=min(512, t // 2)) if args.tiny else NSAConfig()
             row = nsa_train(q, k, v, cot, dense, reps=reps, cfg=cfg)

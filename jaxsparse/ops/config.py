@@ -22,6 +22,9 @@ class Config:
       gpu_persistent: Mosaic GPU forward kernel: one CTA per SM looping over
         tiles (True), one CTA per tile (False), or None: persistent when every
         key list is short (at most 2,048 keys), see pallas_kernels/gpu/NOTES.md.
+      gpu_gate_kernel: MoBA's chunk gate and top-k as one fused Mosaic GPU
+        kernel on Hopper (reads q once, keeps the scores in registers);
+        False runs them in XLA.
       interpret: run Pallas kernels in interpret mode (CPU tests of
         `implementation="pallas_gpu"`; slow, tiny shapes only).
     """
@@ -31,6 +34,7 @@ class Config:
     xla_chunk_elements: int = 1 << 24
     gpu_num_stages: int | None = None
     gpu_persistent: bool | None = None
+    gpu_gate_kernel: bool = True
     interpret: bool = False
 
     def __post_init__(self):
@@ -39,6 +43,10 @@ class Config:
             if value is not None:
                 pbase.check_int(name, value, minimum=1, owner="Config")
         pbase.check_int("xla_chunk_elements", self.xla_chunk_elements, minimum=1, owner="Config")
+        if not isinstance(self.gpu_gate_kernel, bool):
+            raise TypeError(
+                f"Config: gpu_gate_kernel must be True or False, got {self.gpu_gate_kernel!r}."
+            )
         if self.gpu_persistent not in (None, True, False):
             raise TypeError(
                 f"Config: gpu_persistent must be True, False or None, got {self.gpu_persistent!r}."

@@ -26,7 +26,7 @@ from jaxsparse.ops.xla import tiles as xla_tiles
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def _check_device(interpret: bool) -> None:
+def check_device(interpret: bool) -> None:
     if interpret:
         return
     dev = jax.devices()[0]
@@ -70,7 +70,7 @@ class _Static:
 
 def run(call: call_lib.Call):
     interpret = call.config.interpret
-    _check_device(interpret)
+    check_device(interpret)
     _check_call(call)
     if routed.applies(call):  # per-token selections (MoBA, NSA): key-block-major
         return routed.run(call, "pallas_gpu")
@@ -124,7 +124,7 @@ def run(call: call_lib.Call):
             chunk=chunk,
         )
     st = _Static(kernel=tuple(sorted(kw.items(), key=lambda x: x[0])), xla=xla_st)
-    with _interpret_context(interpret):
+    with interpret_context(interpret):
         out, lse = _attention(st, q, k, v, tables, segs, work, call.pattern)
     return out[:, : call.q_len], lse[..., : call.q_len]
 
@@ -138,7 +138,7 @@ def _backward_supported(kernels, call, block_q, block_kv) -> bool:
 
 
 @contextlib.contextmanager
-def _interpret_context(interpret: bool):
+def interpret_context(interpret: bool):
     """An abstract H100 for the kernels' architecture queries in CPU interpret mode."""
     if not interpret:
         yield

@@ -23,7 +23,7 @@ from jaxsparse.patterns.dynamic import common, token_block_mask
 from jaxsparse.selection import chunks, estimate, pooling, ranges, topk
 
 
-def moba_select(q, k, *, block_size: int, top_k: int, q_offset: int):
+def moba_select(q, k, *, block_size: int, top_k: int, q_offset: int, config=None):
     """MoBA's selection bits `[B, H, T, ceil(S / block_size)]` (bool).
 
     Args:
@@ -31,11 +31,27 @@ def moba_select(q, k, *, block_size: int, top_k: int, q_offset: int):
         query heads of a group, the gate stays per query head).
       block_size: chunk length; top_k: chunks per query, own chunk included.
       q_offset: position of query row 0.
+      config: a `jaxsparse.Config`; on a Hopper GPU the gate and top-k run as
+        one fused kernel unless `config.gpu_gate_kernel` is False.
     """
+    from jaxsparse.ops import selection_kernels
+
     q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
     k_mean = pooling.pool(k, block_size, kind="mean", axis=1)  # [B, nc, K, D]
     nc = k_mean.shape[1]
     chunk = jnp.arange(nc, dtype=jnp.int32)
+    if top_k > 1:
+        picks = selection_kernels.chunk_topk(
+            q,
+            k_mean.astype(q.dtype),
+            k=top_k - 1,
+            block_size=block_size,
+            q_offset=q_offset,
+            config=config,
+        )
+        if picks is not None:
+            own = (q_offset + jnp.arange(q.shape[1])) // block_size
+            return topk.indices_to_mask(picks, nc) | (chunk[None, :] == own[:, None])[None, None]
 
     def select_rows(q_rows, q_pos):
         # [B, H, n, nc], unscaled as in MoBA; operands in q's dtype (see the module doc).
@@ -106,7 +122,9 @@ class MoBA(common.DynamicPattern):
 
     def select(self, q, k, *, q_offset, config):
         t, h, s = q.shape[1], q.shape[2], k.shape[1]
-        bits = moba_select(q, k, block_size=self.block_size, top_k=self.top_k, q_offset=q_offset)
+        bits = moba_select(
+            q, k, block_size=self.block_size, top_k=self.top_k, q_offset=q_offset, config=config
+        )
         pattern = token_block_mask.TokenBlockMask(
             bits,
             row_block=1,

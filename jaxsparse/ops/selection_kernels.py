@@ -1,0 +1,42 @@
+"""Selection stages that run as Pallas kernels where they can, else return None.
+
+A dynamic pattern's `select` calls these before the attention call is
+dispatched; None tells it to use its XLA formulation (same indices up to the
+float rounding of near-equal scores).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from jaxsparse.ops import config as config_lib
+from jaxsparse.ops import pallas_gpu
+
+logger = logging.getLogger("jaxsparse")
+
+
+def chunk_topk(q, k_mean, *, k: int, block_size: int, q_offset: int, config=None):
+    """Indices `[B, H, T, k]` (int32, best first, -1: none) of each query's `k` best past
+    chunks by `q . k_mean` (MoBA's gate), from one fused Mosaic GPU kernel; None where it
+    cannot run (no Hopper GPU and not `config.interpret`, `config.gpu_gate_kernel` off,
+    or inputs the kernel does not take: see `pallas_kernels.gpu.gate_topk`)."""
+    from pallas_kernels.gpu import gate_topk
+
+    config = config or config_lib.Config()
+    if not config.gpu_gate_kernel:
+        return None
+    try:
+        pallas_gpu.check_device(config.interpret)
+        gate_topk.check(q, k_mean, k=k)
+    except NotImplementedError as e:
+        logger.debug("jaxsparse: the fused gate kernel cannot run here: %s", e)
+        return None
+    interpret = None
+    if config.interpret:
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+
+        interpret = plgpu.InterpretGPUParams(detect_races=True)
+    with pallas_gpu.interpret_context(config.interpret):
+        return gate_topk.gate_topk(
+            q, k_mean, k=k, block_size=block_size, q_offset=q_offset, interpret=interpret
+        )
