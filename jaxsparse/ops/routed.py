@@ -246,21 +246,10 @@ def _fold_kv(x, hx):
     return x.transpose(0, 2, 1, 3).reshape(b * hx, s, 1, d)
 
 
-def _take(x, index, axis):
-    """`take_along_axis` kept out of its consumers' fusions.
-
-    The routed arrays hold ~1M pair rows (GBs at 64k). Fused into a reduction
-    (the merge over slots, the gradient's sum over slots) XLA:GPU reads the
-    gathered rows inside the reduction's loop at a fraction of memory
-    bandwidth; on its own the gather is one pass at bandwidth.
-    """
-    return jax.lax.optimization_barrier(jnp.take_along_axis(x, index, axis=axis))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _gather_rows(x, order, inverse, slots):
     """`x [N', T, ...]` -> `[N', T*slots, ...]`: pair `order[i]` (row order[i] // slots)."""
-    return _take(x, _expand(order // slots, x.ndim), 1)
+    return jnp.take_along_axis(x, _expand(order // slots, x.ndim), axis=1)
 
 
 def _gather_rows_fwd(x, order, inverse, slots):
@@ -269,7 +258,7 @@ def _gather_rows_fwd(x, order, inverse, slots):
 
 def _gather_rows_bwd(slots, res, ct):
     order, inverse = res
-    ct = _take(ct, _expand(inverse, ct.ndim), 1)  # (row, slot) order
+    ct = jnp.take_along_axis(ct, _expand(inverse, ct.ndim), axis=1)  # (row, slot) order
     ct = ct.reshape(ct.shape[:1] + (-1, slots) + ct.shape[2:]).sum(2)
     return ct, None, None
 
@@ -280,7 +269,7 @@ _gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _permute(x, perm, inverse, axis):
     """`x` reordered along `axis` by a traced permutation; its transpose is the inverse gather."""
-    return _take(x, _expand(perm, x.ndim, axis), axis)
+    return jnp.take_along_axis(x, _expand(perm, x.ndim, axis), axis=axis)
 
 
 def _permute_fwd(x, perm, inverse, axis):
@@ -289,7 +278,7 @@ def _permute_fwd(x, perm, inverse, axis):
 
 def _permute_bwd(axis, res, ct):
     perm, inverse = res
-    return _take(ct, _expand(inverse, ct.ndim, axis), axis), None, None
+    return jnp.take_along_axis(ct, _expand(inverse, ct.ndim, axis), axis=axis), None, None
 
 
 _permute.defvjp(_permute_fwd, _permute_bwd)
