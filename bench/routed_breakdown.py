@@ -30,8 +30,9 @@ from llm_sparse_gpu import timed  # noqa: E402
 import jaxsparse as js  # noqa: E402
 from jaxsparse import patterns as P  # noqa: E402
 from jaxsparse.methods import NSAConfig, nsa_compress, nsa_selection  # noqa: E402
-from jaxsparse.ops import routed  # noqa: E402
+from jaxsparse.ops import routed, selection_kernels  # noqa: E402
 from jaxsparse.patterns.dynamic import moba, token_block_mask  # noqa: E402
+from jaxsparse.selection import pooling  # noqa: E402
 
 
 def main(argv=None):
@@ -64,6 +65,24 @@ def main(argv=None):
     bs, top_k = 512, 3
     sel = jax.jit(lambda q, k: moba.moba_select(q, k, block_size=bs, top_k=top_k, q_offset=0))
     emit("moba: gate + top-k (moba_select)", sel, q, k)
+    xla_gate = js.Config(gpu_gate_kernel=False)
+    emit(
+        "moba: gate + top-k in XLA (moba_select, gpu_gate_kernel=False)",
+        lambda q, k: moba.moba_select(
+            q, k, block_size=bs, top_k=top_k, q_offset=0, config=xla_gate
+        ),
+        q,
+        k,
+    )
+    pool = jax.jit(lambda k: pooling.pool(k, bs, kind="mean", axis=1).astype(k.dtype))
+    emit("moba: chunk means (pool)", pool, k)
+    k_mean = pool(k)
+    emit(
+        "moba: fused gate kernel alone (chunk_topk)",
+        lambda q, km: selection_kernels.chunk_topk(q, km, k=top_k - 1, block_size=bs, q_offset=0),
+        q,
+        k_mean,
+    )
     bits = sel(q, k)
     pattern = P.TokenBlockMask(bits, col_block=bs, row_capacity=top_k - 1, q_offset=0)
     # Union tile lists: what the XLA path visits (the kernels' routed path ignores them).
