@@ -37,16 +37,18 @@ def integer_inputs(b, t, h, kh, d, c, seed):
 
 
 CASES = [
-    # b, t, h, kh, d, c, k, block_size, q_offset
-    (1, 128, 2, 1, 64, 5, 2, 32, 0),  # two warpgroups, chunks padded to 64
-    (2, 64, 4, 2, 64, 9, 3, 16, 100),  # one warpgroup, GQA, offset rows past the keys
-    (1, 192, 2, 2, 128, 70, 2, 8, 0),  # 70 chunks -> 128 columns
+    # b, t, h, kh, d, c, k, block_size, q_offset, blocks per CTA
+    (1, 128, 2, 1, 64, 5, 2, 32, 0, 1),  # two warpgroups, chunks padded to 64
+    (2, 64, 4, 2, 64, 9, 3, 16, 100, 1),  # one warpgroup, GQA, offset rows past the keys
+    (1, 192, 2, 2, 128, 70, 2, 8, 0, 1),  # 70 chunks -> 128 columns
+    (1, 512, 2, 1, 64, 16, 3, 32, 0, 4),  # a CTA walks 4 blocks (double-buffered q)
+    (1, 384, 1, 1, 64, 12, 2, 32, 0, 3),  # 3 blocks: both buffers, odd count
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:7])))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:7] + c[9:])))
 def test_kernel_matches_reference_in_interpret_mode(case):
-    b, t, h, kh, d, c, k, bs, off = case
+    b, t, h, kh, d, c, k, bs, off, per_cta = case
     q, k_mean = integer_inputs(b, t, h, kh, d, c, seed=sum(case))
     with pallas_gpu.interpret_context(True):
         got = gk.gate_topk(
@@ -55,6 +57,7 @@ def test_kernel_matches_reference_in_interpret_mode(case):
             k=k,
             block_size=bs,
             q_offset=off,
+            blocks_per_cta=per_cta,
             interpret=plgpu.InterpretGPUParams(detect_races=True),
         )
     want = reference(q, k_mean, k=k, block_size=bs, q_offset=off)
