@@ -11,6 +11,10 @@ The gate is a product of q and the chunk means cast to q's dtype, accumulated
 in float32 (as MoBA's reference code scores in the model's dtype): for
 bfloat16 inputs one tensor-core matmul, where float32 operands made the gate
 the larger part of MoBA's time at 64k. Float32 inputs score in float32.
+On a Hopper GPU (bfloat16/float16) the gate and the top-k run as one fused
+Mosaic GPU kernel (`pallas_kernels/gpu/gate_topk.py`, through
+`jaxsparse.ops.selection_kernels`): q is read once and no score array is
+written; `Config(gpu_gate_kernel=False)` keeps the XLA formulation below.
 """
 
 from __future__ import annotations
