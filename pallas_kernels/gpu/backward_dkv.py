@@ -275,6 +275,7 @@ def dkv_call(
         grid_names=("h", "kv", "b"),
         num_threads=nwg + 1,
         thread_name="wg",
+        kernel_name=f"jaxsparse_attention_dkv_{sh.block_q}x{sh.block_kv}",  # name in profiles
         compiler_params=cm.compiler_params(),
         interpret=st.interpret,
     )

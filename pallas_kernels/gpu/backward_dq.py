@@ -252,6 +252,7 @@ def dq_call(
         grid_names=("h", "q", "b"),
         num_threads=nwg + 1,
         thread_name="wg",
+        kernel_name=f"jaxsparse_attention_dq_{sh.block_q}x{sh.block_kv}",  # name in profiles
         compiler_params=cm.compiler_params(),
         interpret=st.interpret,
     )

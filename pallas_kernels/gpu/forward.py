@@ -379,6 +379,7 @@ def forward_call(
         grid_names=("c",) if sh.persistent else ("h", "q", "b"),
         num_threads=nwg + 1,
         thread_name="wg",
+        kernel_name=f"jaxsparse_attention_fwd_{sh.block_q}x{sh.block_kv}",  # name in profiles
         compiler_params=cm.compiler_params(),
         interpret=st.interpret,
     )

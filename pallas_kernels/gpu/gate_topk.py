@@ -205,6 +205,7 @@ def gate_topk(
         grid_names=("h", "q", "b"),
         num_threads=sh.nwg,
         thread_name="wg",
+        kernel_name="jaxsparse_gate_topk",  # its name in profiles
         compiler_params=cm.compiler_params(),
         interpret=interpret,
     )
