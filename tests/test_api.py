@@ -88,6 +88,10 @@ def test_bad_config():
         js.Config(block_q=0)
     with pytest.raises(TypeError, match="gpu_persistent must be True, False or None"):
         js.Config(gpu_persistent="yes")
+    with pytest.raises(TypeError, match="gpu_dkv_split_heads must be True, False or None"):
+        js.Config(gpu_dkv_split_heads=1)
+    with pytest.raises(TypeError, match="gpu_gate_kernel must be True or False"):
+        js.Config(gpu_gate_kernel=None)
 
 
 def test_negative_window_is_refused_at_construction():

@@ -77,10 +77,12 @@ class Case:
     persistent: bool | None = None
     num_ctas: int | None = 3  # persistent: fewer CTAs than tiles
     bwd: bool = True
+    dkv_split_heads: bool | None = None  # None: one dK/dV CTA per query head when H > K
 
 
 CASES = [
-    Case("causal-gqa"),
+    Case("causal-gqa"),  # H=2, K=1: dK/dV per query head, shares summed
+    Case("causal-gqa-dkv-per-kv-head", dkv_split_heads=False, persistent=False),
     Case("causal-one-tile-per-cta", persistent=False, bwd=False),
     Case("window", mask_fn=window(96), block_kv=128, K=2),
     Case("segments", segments=True),
@@ -241,7 +243,18 @@ def test_forward_and_backward(case: Case):
 
     def bwd(q, k, v, out, lse, dout, dlse):
         return api.block_sparse_attention_bwd(
-            q, k, v, out, lse, dout, dlse, *kv_tabs, *q_tabs, **seg, **kw
+            q,
+            k,
+            v,
+            out,
+            lse,
+            dout,
+            dlse,
+            *kv_tabs,
+            *q_tabs,
+            **seg,
+            **kw,
+            dkv_split_heads=case.dkv_split_heads,
         )
 
     with _abstract_gpu():

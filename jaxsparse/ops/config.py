@@ -22,6 +22,10 @@ class Config:
       gpu_persistent: Mosaic GPU forward kernel: one CTA per SM looping over
         tiles (True), one CTA per tile (False), or None: persistent when every
         key list is short (at most 2,048 keys), see pallas_kernels/gpu/NOTES.md.
+      gpu_dkv_split_heads: Mosaic GPU dK/dV kernel: one CTA per query head,
+        each GQA group's shares summed in float32 afterwards (True), or one
+        CTA per kv head (False); None: split whenever a group has several
+        query heads (more CTAs, a shorter longest CTA).
       gpu_gate_kernel: MoBA's chunk gate and top-k as one fused Mosaic GPU
         kernel on Hopper (reads q once, keeps the scores in registers);
         False runs them in XLA.
@@ -34,6 +38,7 @@ class Config:
     xla_chunk_elements: int = 1 << 24
     gpu_num_stages: int | None = None
     gpu_persistent: bool | None = None
+    gpu_dkv_split_heads: bool | None = None
     gpu_gate_kernel: bool = True
     interpret: bool = False
 
@@ -47,7 +52,12 @@ class Config:
             raise TypeError(
                 f"Config: gpu_gate_kernel must be True or False, got {self.gpu_gate_kernel!r}."
             )
-        if self.gpu_persistent not in (None, True, False):
+        if self.gpu_dkv_split_heads is not None and not isinstance(self.gpu_dkv_split_heads, bool):
+            raise TypeError(
+                "Config: gpu_dkv_split_heads must be True, False or None, got "
+                f"{self.gpu_dkv_split_heads!r}."
+            )
+        if self.gpu_persistent is not None and not isinstance(self.gpu_persistent, bool):
             raise TypeError(
                 f"Config: gpu_persistent must be True, False or None, got {self.gpu_persistent!r}."
             )

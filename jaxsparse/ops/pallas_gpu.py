@@ -63,9 +63,13 @@ def _blocks(call: call_lib.Call) -> tuple[int, int]:
 class _Static:
     kernel: tuple  # sorted (name, value) pairs of kernel keywords
     xla: xla_tiles.Static | None  # set when the backward runs on the XLA path
+    bwd: tuple = ()  # (name, value) pairs only the backward kernels take
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.kernel)
+
+    def bwd_kwargs(self) -> dict[str, Any]:
+        return {**dict(self.kernel), **dict(self.bwd)}
 
 
 def run(call: call_lib.Call):
@@ -123,7 +127,10 @@ def run(call: call_lib.Call):
             use_mask_fn=kw["mask_fn"] is not None,
             chunk=chunk,
         )
-    st = _Static(kernel=tuple(sorted(kw.items(), key=lambda x: x[0])), xla=xla_st)
+    bwd = ()
+    if call.config.gpu_dkv_split_heads is not None:
+        bwd = (("dkv_split_heads", call.config.gpu_dkv_split_heads),)
+    st = _Static(kernel=tuple(sorted(kw.items(), key=lambda x: x[0])), xla=xla_st, bwd=bwd)
     with interpret_context(interpret):
         out, lse = _attention(st, q, k, v, tables, segs, work, call.pattern)
     return out[:, : call.q_len], lse[..., : call.q_len]
@@ -187,7 +194,7 @@ def _attention_bwd(st, residuals, cotangents):
             *tables,
             q_segment_ids=segs[0],
             kv_segment_ids=segs[1],
-            **st.kwargs(),
+            **st.bwd_kwargs(),
         )
     return dq, dk, dv, None, None, None, None
 

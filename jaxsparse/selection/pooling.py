@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
 
 KINDS = ("mean", "max", "min", "sum")
 

@@ -313,6 +313,7 @@ def block_sparse_attention_bwd(
     dq_block_kv_compute: int = 64,
     dkv_block_q_compute: int = 64,
     bwd_num_stages: int = 2,
+    dkv_split_heads: bool | None = None,
     segments_on_full_tiles: bool = True,
     heavy_first: bool = True,
     interpret: Any = None,
@@ -336,6 +337,9 @@ def block_sparse_attention_bwd(
       dkv_block_q_compute: query rows per dK/dV pipeline step (64 or 128,
         divides block_q).
       bwd_num_stages: SMEM pipeline depth of both kernels.
+      dkv_split_heads: one dK/dV CTA per query head, the GQA group's shares
+        summed in float32 afterwards (True), or one per kv head summing inside
+        (False). None: split whenever a group has several query heads.
 
     Returns:
       dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
@@ -414,6 +418,7 @@ def block_sparse_attention_bwd(
         block_q_compute=dkv_block_q_compute,
         num_stages=bwd_num_stages,
         dtype=dt,
+        split_heads=H > K if dkv_split_heads is None else bool(dkv_split_heads),
     )
     for name, nb in (
         ("dQ", backward_dq.smem_bytes(dq_sh, st)),
@@ -460,4 +465,8 @@ def block_sparse_attention_bwd(
         sh=dkv_sh,
         st=st,
     )
+    if dkv_sh.split_heads and H > K:  # sum each group's per-head shares
+        dk, dv = (
+            x.reshape(B, Sp, K, H // K, -1).astype(jnp.float32).sum(3).astype(dt) for x in (dk, dv)
+        )
     return dq, dk, dv

@@ -2,7 +2,12 @@
 
 One CTA owns one kv block of one kv head (64 keys per consumer warpgroup,
 K/V tiles resident in SMEM) and walks, for each query head of its GQA group,
-that head's kv-major q list; a producer warpgroup TMA-loads Q, dO, lse and
+that head's kv-major q list (with `split_heads`, one CTA per query head
+instead: it writes that head's share of dK/dV and the caller sums the
+group's shares in float32, as jax's attention_mgpu does; this gives GQA
+calls `group` times more CTAs and cuts the longest CTA's walk by `group`,
+which matters for short key sequences and for key blocks that nearly every
+query attends, e.g. NSA's forced initial block); a producer warpgroup TMA-loads Q, dO, lse and
 delta tiles. Per step, in the transposed orientation (rows = keys):
   S^T = K Q^T, dP^T = V dO^T
   P^T = exp2(S^T log2e - lse log2e)
@@ -43,10 +48,19 @@ class DkvShapes:
     block_q_compute: int
     num_stages: int
     dtype: jnp.dtype
+    split_heads: bool = False  # one CTA per query head (outputs per query head)
 
     @property
     def nwg(self) -> int:
         return self.block_kv // cm.WG_ROWS
+
+    @property
+    def heads_per_cta(self) -> int:
+        return 1 if self.split_heads else self.H // self.K
+
+    @property
+    def out_heads(self) -> int:
+        return self.H if self.split_heads else self.K
 
     @property
     def subs(self) -> int:
@@ -91,14 +105,16 @@ def _kernel(
     kv_bar, in_bar, free = scratch["kv_bar"], scratch["in_bar"], scratch["free"]
 
     wg = lax.axis_index("wg")
-    kvh = lax.axis_index("h")
     b = lax.axis_index("b")
     kj = order_ref[lax.axis_index("kv")]
     bx = b if sh.Bx > 1 else 0
     group = sh.H // sh.K
+    out_h = lax.axis_index("h")  # kv head, or query head with split_heads
+    kvh = lax.div(out_h, group) if sh.split_heads else out_h
+    first_head = out_h if sh.split_heads else kvh * group
 
     def head_of(g):
-        hq = kvh * group + g
+        hq = first_head + g
         hx = hq if sh.Hx > 1 else 0
         return hq, hx, count_ref[bx, hx, kj] * subs
 
@@ -183,13 +199,13 @@ def _kernel(
             dk, dv = lax.fori_loop(0, n, step, (dk, dv))
             return dk, dv, t0 + n
 
-        dk, dv, _ = lax.fori_loop(0, group, head_loop, (dk, dv, jnp.int32(0)))
+        dk, dv, _ = lax.fori_loop(0, sh.heads_per_cta, head_loop, (dk, dv, jnp.int32(0)))
         # K/V tiles are no longer read: stage the outputs through them.
         k_smem.at[wg][...] = (dk * st.scale).astype(sh.dtype)
         v_smem.at[wg][...] = dv.astype(sh.dtype)
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(k_smem.at[wg], dk_ref.at[b, keys, kvh], commit_group=False)
-        plgpu.copy_smem_to_gmem(v_smem.at[wg], dv_ref.at[b, keys, kvh], commit_group=False)
+        plgpu.copy_smem_to_gmem(k_smem.at[wg], dk_ref.at[b, keys, out_h], commit_group=False)
+        plgpu.copy_smem_to_gmem(v_smem.at[wg], dv_ref.at[b, keys, out_h], commit_group=False)
         plgpu.commit_smem_to_gmem_group()
         plgpu.wait_smem_to_gmem(0)
 
@@ -221,7 +237,7 @@ def _kernel(
 
             return t0 + n
 
-        total = lax.fori_loop(0, group, head_loop, jnp.int32(0))
+        total = lax.fori_loop(0, sh.heads_per_cta, head_loop, jnp.int32(0))
 
         @pl.loop(jnp.maximum(total - stages, 0), total)
         def _(t):
@@ -244,7 +260,8 @@ def dkv_call(
     sh: DkvShapes,
     st: cm.AttentionStatics,
 ):
-    """Returns dk [B, Sp, K, D], dv [B, Sp, K, Dv] in k.dtype."""
+    """Returns dk [B, Sp, K, D], dv [B, Sp, K, Dv] in k.dtype ([B, Sp, H, .], one share
+    per query head, with `sh.split_heads`)."""
     nwg, R, bqc, stages = sh.nwg, cm.WG_ROWS, sh.block_q_compute, sh.num_stages
     dt = sh.dtype
     n_in = 4 + st.has_segments
@@ -264,14 +281,14 @@ def dkv_call(
     if not st.regs_lhs:
         scratch["st_smem"] = cm.tiled_smem((nwg, R, bqc), dt)
     out_type = (
-        jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.K, sh.D), dt),
-        jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.K, sh.Dv), dt),
+        jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.out_heads, sh.D), dt),
+        jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.out_heads, sh.Dv), dt),
     )
     kernel = plgpu.kernel(
         functools.partial(_kernel, sh=sh, st=st),
         out_type=out_type,
         scratch_types=scratch,
-        grid=(sh.K, sh.Sp // sh.block_kv, sh.B),
+        grid=(sh.out_heads, sh.Sp // sh.block_kv, sh.B),
         grid_names=("h", "kv", "b"),
         num_threads=nwg + 1,
         thread_name="wg",
