@@ -2,12 +2,7 @@
 
 One CTA owns one kv block of one kv head (64 keys per consumer warpgroup,
 K/V tiles resident in SMEM) and walks, for each query head of its GQA group,
-that head's kv-major q list (with `split_heads`, one CTA per query head
-instead: it writes that head's share of dK/dV and the caller sums the
-group's shares in float32, as jax's attention_mgpu does; this gives GQA
-calls `group` times more CTAs and cuts the longest CTA's walk by `group`,
-which matters for short key sequences and for key blocks that nearly every
-query attends, e.g. NSA's forced initial block); a producer warpgroup TMA-loads Q, dO, lse and
+that head's kv-major q list; a producer warpgroup TMA-loads Q, dO, lse and
 delta tiles. Per step, in the transposed orientation (rows = keys):
   S^T = K Q^T, dP^T = V dO^T
   P^T = exp2(S^T log2e - lse log2e)
@@ -16,6 +11,14 @@ delta tiles. Per step, in the transposed orientation (rows = keys):
   dK += dS^T Q                         (register-LHS wgmma)
 finally dK *= scale. dK/dV of a kv head sum over its query heads inside the
 CTA, so there are no atomics and the result is deterministic.
+
+With `split_heads` (the default for GQA) there is one CTA per query head
+instead: it writes that head's share of dK/dV and the caller sums each
+group's shares in float32 (as jax's attention_mgpu does; still
+deterministic). That gives `group` times more CTAs and cuts the longest CTA's
+walk by `group`, which matters for short key sequences and for key blocks
+that nearly every query attends (NSA's compressed keys and forced initial
+block).
 """
 
 from __future__ import annotations
