@@ -6,10 +6,11 @@ end before the row's own chunk begins (`c < (q_offset + t) // block_size`),
 and keeps the `k` best by repeated argmax: ties go to the lower index, and a
 pass that finds no finite score gives -1 (as `jaxsparse.selection.topk`).
 
-One CTA owns 64 or 128 query rows of one head (one or two warpgroups of 64):
-it loads the rows and the head's chunk means with TMA, scores them with one
-wgmma, and selects in registers. q is read once and no score array is
-written to memory, which in XLA costs two layout transposes of q, a matmul
+A CTA serves one head and walks up to 16 blocks of 64 or 128 query rows (one
+or two warpgroups of 64): it loads the head's chunk means once and each
+block's rows with TMA (the next block's load overlapping this block's work),
+scores a block with one wgmma, and selects in registers. q is read once and
+no score array is written to memory, which in XLA costs two layout transposes of q, a matmul
 writing `[B, H, T, C]` float32 scores and one pass over them per pick.
 
 Shapes: q [B, T, H, D], k_mean [B, C, K, D] -> int32 [B, H, T, k]. Limits
