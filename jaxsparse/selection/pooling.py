@@ -49,6 +49,8 @@ def pool(x, block: int, *, kind: str = "mean", axis: int = 1):
     # Sums as a contraction with ones (float32 accumulation, exact products): a
     # reduction over a middle axis leaves XLA:GPU few threads per output (MoBA's
     # chunk means at 64k took 0.22 ms for 33 MB of keys).
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)  # counts, masks: contract in float32
     xp = jnp.pad(x, widths).reshape(grouped)
     ones = jnp.ones((block,), x.dtype)
     total = jnp.tensordot(
