@@ -135,6 +135,15 @@ def test_known_small_cases():
 # --- tiling ---------------------------------------------------------------------
 
 
+@given(st.integers(-(2**30), 2**30), st.integers(0, 2**30))
+def test_in_span_is_a_two_sided_bound(x, n):
+    # One unsigned compare in jax (kernels), two compares in numpy (host metadata).
+    want = 0 <= x < n
+    assert bool(tiling.in_span(np.int64(x), n)) == want
+    assert bool(tiling.in_span(jnp.int32(x), n)) == want
+    assert bool(tiling.in_span(jnp.int32(x), jnp.int32(n))) == want
+
+
 @given(grids(), st.data())
 def test_tiled_order_is_boxes(grid, data):
     tile = data.draw(tiles(grid).filter(lambda t: isinstance(t, tuple)))
