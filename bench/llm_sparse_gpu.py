@@ -26,6 +26,10 @@ from `llm_synthetic.make_task("needle", ...)` (local attention, a sink,
 planted needles) so that selections behave like on real activations rather
 than on white noise. Times are medians of `--reps` timed calls after warm-up.
 `--tiny` checks the script on CPU (T=1024, 2048; H=2, K=1, D=64; float32).
+`--methods` keeps the methods whose name contains one of its comma-separated
+substrings; the nsa_train row runs when one of them is a substring of
+"NSA train" (`--methods 'NSA train'`: the dense rows and NSA's
+forward+backward only).
 """
 
 from __future__ import annotations
