@@ -48,19 +48,15 @@ class Config:
             if value is not None:
                 pbase.check_int(name, value, minimum=1, owner="Config")
         pbase.check_int("xla_chunk_elements", self.xla_chunk_elements, minimum=1, owner="Config")
-        if not isinstance(self.gpu_gate_kernel, bool):
-            raise TypeError(
-                f"Config: gpu_gate_kernel must be True or False, got {self.gpu_gate_kernel!r}."
-            )
-        if self.gpu_dkv_split_heads is not None and not isinstance(self.gpu_dkv_split_heads, bool):
-            raise TypeError(
-                "Config: gpu_dkv_split_heads must be True, False or None, got "
-                f"{self.gpu_dkv_split_heads!r}."
-            )
-        if self.gpu_persistent is not None and not isinstance(self.gpu_persistent, bool):
-            raise TypeError(
-                f"Config: gpu_persistent must be True, False or None, got {self.gpu_persistent!r}."
-            )
+        for name, optional in (
+            ("gpu_persistent", True),
+            ("gpu_dkv_split_heads", True),
+            ("gpu_gate_kernel", False),
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (optional and value is None)):
+                allowed = "True, False or None" if optional else "True or False"
+                raise TypeError(f"Config: {name} must be {allowed}, got {value!r}.")
 
 
 def default_block(length: int, preferred: int = 128, minimum: int = 16) -> int:
