@@ -37,11 +37,8 @@ MAX_CHUNKS = 256  # wgmma's widest N; the scores of a row stay in registers
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GateShapes:
-    B: int
-    T: int
     H: int
     K: int
-    D: int
     C: int  # chunks, padded to a multiple of 64
     chunks: int  # real chunks
     k: int
@@ -178,11 +175,8 @@ def gate_topk(
     if blocks_per_cta is not None and (blocks_per_cta < 1 or blocks % blocks_per_cta):
         raise ValueError(f"gate_topk: blocks_per_cta={blocks_per_cta} must divide {blocks}")
     sh = GateShapes(
-        B=B,
-        T=T,
         H=H,
         K=K,
-        D=D,
         C=cp,
         chunks=C,
         k=k,
