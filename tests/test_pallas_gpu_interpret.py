@@ -78,6 +78,7 @@ class Case:
     num_ctas: int | None = 3  # persistent: fewer CTAs than tiles
     bwd: bool = True
     dkv_split_heads: bool | None = None  # None: one dK/dV CTA per query head when H > K
+    word_rows: int = 0  # > 0: random row words (per-token selections), this many rows per bit
 
 
 CASES = [
@@ -100,6 +101,8 @@ CASES = [
         q_offset=64,
     ),
     Case("dv128", D=64, Dv=128, H=1, T=128, S=128),
+    Case("row-words", word_rows=16),
+    Case("row-words-1wg-offset", word_rows=8, block_q=64, q_offset=64, S=320, persistent=False),
 ]
 
 
@@ -130,6 +133,9 @@ def _setup(case: Case, seed=0):
         mask = dense_mask(mask_fn, B, H, T, S, case.q_offset, kv_len)
         hsel = slice(None) if case.per_head_tables else slice(0, 1)
         kind = tables.kind_from_dense(mask[:1, hsel], case.block_q, case.block_kv)
+    words = None
+    if case.word_rows:
+        mask, kind, words = _row_words(case, rng, mask)
     if qseg is not None:
         seg_mask = np.asarray(qseg)[:, None, :, None] == np.asarray(kvseg)[:, None, None, :]
         mask = mask & seg_mask
@@ -140,6 +146,9 @@ def _setup(case: Case, seed=0):
                 mask[:, :1] if not case.per_head_tables else mask, case.block_q, case.block_kv
             )
     (kv_tabs, q_tabs) = tables.all_tables(kind)
+    if words is not None:  # each list entry's word: tile (q block, kv block)
+        kv_tabs += (np.take_along_axis(words[None, None], kv_tabs[0], -1),)
+        q_tabs += (np.take_along_axis(words.T[None, None], q_tabs[0], -1),)
     return dict(
         q=q,
         k=k,
@@ -151,6 +160,24 @@ def _setup(case: Case, seed=0):
         kv_tabs=kv_tabs,
         q_tabs=q_tabs,
     )
+
+
+def _row_words(case: Case, rng, mask):
+    """Random row words per (q block, kv block) tile, with the mask and tile kinds they give.
+
+    Bit i of a tile's word covers its rows [i * word_rows, (i + 1) * word_rows)
+    (rows counted from 0, q_offset not included). Tile (0, 0) selects every row
+    (full where the mask is).
+    """
+    bq, bk, n = case.block_q, case.block_kv, case.block_q // case.word_rows
+    nq, nk = case.T // bq, case.S // bk
+    on = rng.random((nq, nk, n)) < 0.6
+    on[0, 0] = True
+    words = (on * (1 << np.arange(n))).sum(-1).astype(np.int32)  # [nq, nk]
+    rows = np.repeat(on, case.word_rows, axis=2).transpose(0, 2, 1).reshape(case.T, nk)
+    mask = mask & np.repeat(rows, bk, axis=1)[None, None]
+    hsel = slice(None) if case.per_head_tables else slice(0, 1)
+    return mask, tables.kind_from_dense(mask[:1, hsel], bq, bk), words
 
 
 def _interpret():
@@ -177,7 +204,7 @@ def _kw(case: Case, d):
         persistent=case.persistent,
         num_ctas=case.num_ctas,
         interpret=_interpret(),
-    )
+    ) | (dict(word_rows=case.word_rows) if case.word_rows else {})
 
 
 def _tol(dtype):
@@ -220,9 +247,15 @@ def test_forward_and_backward(case: Case):
         seg = dict(q_segment_ids=jnp.asarray(d["qseg"]), kv_segment_ids=jnp.asarray(d["kvseg"]))
     kv_tabs = tuple(map(jnp.asarray, d["kv_tabs"]))
     q_tabs = tuple(map(jnp.asarray, d["q_tabs"]))
+    words = {}
+    if case.word_rows:  # the lists' fourth member
+        words = dict(kv_words=kv_tabs[3], q_words=q_tabs[3])
+        kv_tabs, q_tabs = kv_tabs[:3], q_tabs[:3]
 
     def fwd(q, k, v):
-        return api.block_sparse_attention_fwd(q, k, v, *kv_tabs, **seg, **kw)
+        return api.block_sparse_attention_fwd(
+            q, k, v, *kv_tabs, **seg, **kw, **({"kv_words": words["kv_words"]} if words else {})
+        )
 
     with _abstract_gpu():
         out, lse = jax.jit(fwd)(q, k, v)
@@ -254,6 +287,7 @@ def test_forward_and_backward(case: Case):
             *q_tabs,
             **seg,
             **kw,
+            **words,
             dkv_split_heads=case.dkv_split_heads,
         )
 

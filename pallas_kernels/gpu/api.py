@@ -61,6 +61,8 @@ def _statics(
     has_segments,
     segments_on_full_tiles,
     interpret,
+    word_rows=0,
+    block_q=128,
 ):
     if scale is None:
         scale = q.shape[-1] ** -0.5
@@ -83,6 +85,8 @@ def _statics(
         has_segments=has_segments,
         segments_on_full_tiles=bool(segments_on_full_tiles),
         interpret=interpret,
+        word_rows=int(word_rows),
+        word_bits=block_q // word_rows if word_rows else 0,
     )
 
 
@@ -97,6 +101,27 @@ def _segments(q_segment_ids, kv_segment_ids, B, Tp, Sp):
             f" {q_segment_ids.shape}, {kv_segment_ids.shape}"
         )
     return q_segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32)
+
+
+def _words(words, indices, word_rows, block_q, name):
+    """Checks a row-word table (laid out as `indices`) and its rows per bit."""
+    if words is None:
+        return None
+    if not word_rows or word_rows & (word_rows - 1) or block_q % word_rows:
+        raise ValueError(
+            f"{name} words need word_rows, a power of two dividing {block_q=}; got {word_rows=}"
+        )
+    if block_q // word_rows > 32:
+        raise ValueError(
+            f"{name} words hold 32 bits: block_q // word_rows = {block_q // word_rows} is too many"
+        )
+    if words.shape != indices.shape:
+        raise ValueError(
+            f"{name} words {words.shape} must be laid out as the indices {indices.shape}"
+        )
+    if words.dtype != jnp.int32:
+        raise TypeError(f"{name} words must be int32, got {words.dtype}")
+    return words
 
 
 def _num_sms() -> int:
@@ -142,6 +167,8 @@ def block_sparse_attention_fwd(
     persistent: bool | None = None,
     num_ctas: int | None = None,
     interpret: Any = None,
+    kv_words: jax.Array | None = None,
+    word_rows: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """Block-sparse flash attention forward on Hopper (Mosaic GPU).
 
@@ -173,6 +200,13 @@ def block_sparse_attention_fwd(
         keys and its SMEM fits, else one CTA per tile.
       num_ctas: persistent grid size (default: the GPU's SM count).
       interpret: None on GPU; plgpu.InterpretGPUParams(...) on CPU.
+      kv_words: None, or int32 row words laid out as kv_indices: in a partial
+        tile, query row r (q_offset not counted) attends the entry's keys only
+        if bit `(r // word_rows) % (block_q // word_rows)` of its word is set
+        (per-token selections, with the tokens' query heads packed as
+        consecutive rows). The mask_fn still applies; full tiles skip both.
+      word_rows: query rows per word bit (a power of two dividing block_q,
+        block_q // word_rows <= 32).
 
     Returns:
       out [B, Tp, H, Dv] in q.dtype and lse [B, H, Tp] float32 (natural log).
@@ -187,6 +221,7 @@ def block_sparse_attention_fwd(
         raise NotImplementedError(f"{num_stages=} must be at least 2")
     _check_sizes(q, k, block_q, block_kv)
     cm.check_tables(kv_indices, kv_counts, kv_full, B=B, H=H, nb=Tp // block_q, name="kv")
+    kv_words = _words(kv_words, kv_indices, word_rows, block_q, "kv")
     q_seg, kv_seg = _segments(q_segment_ids, kv_segment_ids, B, Tp, Sp)
     st = _statics(
         q,
@@ -200,6 +235,8 @@ def block_sparse_attention_fwd(
         has_segments=q_seg is not None,
         segments_on_full_tiles=segments_on_full_tiles,
         interpret=interpret,
+        word_rows=word_rows if kv_words is not None else 0,
+        block_q=block_q,
     )
     sh = fwd_lib.FwdShapes(
         B=B,
@@ -247,7 +284,7 @@ def block_sparse_attention_fwd(
     else:
         order = jnp.arange(Tp // block_q, dtype=jnp.int32)
     return fwd_lib.forward_call(
-        q, k, v, codes, kv_counts.astype(jnp.int32), order, q_seg, kv_seg, sh=sh, st=st
+        q, k, v, codes, kv_counts.astype(jnp.int32), order, q_seg, kv_seg, kv_words, sh=sh, st=st
     )
 
 
@@ -317,6 +354,9 @@ def block_sparse_attention_bwd(
     segments_on_full_tiles: bool = True,
     heavy_first: bool = True,
     interpret: Any = None,
+    kv_words: jax.Array | None = None,
+    q_words: jax.Array | None = None,
+    word_rows: int = 0,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Gradients of block_sparse_attention_fwd (dQ kernel + dK/dV kernel).
 
@@ -340,6 +380,8 @@ def block_sparse_attention_bwd(
       dkv_split_heads: one dK/dV CTA per query head, the GQA group's shares
         summed in float32 afterwards (True), or one per kv head summing inside
         (False). None: split whenever a group has several query heads.
+      kv_words, q_words, word_rows: row words of the two lists (both or
+        neither), as in the forward.
 
     Returns:
       dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
@@ -354,6 +396,10 @@ def block_sparse_attention_bwd(
     _check_sizes(q, k, block_q, block_kv)
     cm.check_tables(kv_indices, kv_counts, kv_full, B=B, H=H, nb=Tp // block_q, name="kv")
     cm.check_tables(q_indices, q_counts, q_full, B=B, H=H, nb=Sp // block_kv, name="q")
+    if (kv_words is None) != (q_words is None):
+        raise ValueError("give both kv_words and q_words, or neither")
+    kv_words = _words(kv_words, kv_indices, word_rows, block_q, "kv")
+    q_words = _words(q_words, q_indices, word_rows, block_q, "q")
     if out.shape != (B, Tp, H, Dv) or dout.shape != out.shape:
         raise ValueError(f"{out.shape=} and {dout.shape=} must be {(B, Tp, H, Dv)}")
     if lse.shape != (B, H, Tp) or (dlse is not None and dlse.shape != lse.shape):
@@ -371,6 +417,8 @@ def block_sparse_attention_bwd(
         has_segments=q_seg is not None,
         segments_on_full_tiles=segments_on_full_tiles,
         interpret=interpret,
+        word_rows=word_rows if kv_words is not None else 0,
+        block_q=block_q,
     )
     dt = jnp.dtype(q.dtype)
 
@@ -447,6 +495,7 @@ def block_sparse_attention_bwd(
         q_order,
         q_seg,
         kv_seg,
+        kv_words,
         sh=dq_sh,
         st=st,
     )
@@ -462,6 +511,7 @@ def block_sparse_attention_bwd(
         kv_order,
         q_seg,
         kv_seg,
+        q_words,
         sh=dkv_sh,
         st=st,
     )

@@ -92,6 +92,7 @@ def _kernel(
     delta_ref,
     qseg_ref,
     kvseg_ref,
+    word_ref,
     dk_ref,
     dv_ref,
     *,
@@ -123,6 +124,11 @@ def _kernel(
 
     def entry_of(hx, s):
         return cm.list_entry(code_ref, (bx, hx, kj), s, subs=subs, block=sh.block_q, sub_block=bqc)
+
+    def word_of(hx, s):
+        if word_ref is None:
+            return None
+        return cm.entry_word(word_ref, (bx, hx, kj), s, subs=subs)
 
     @pl.when(wg < nwg)
     def _consumer():
@@ -177,6 +183,7 @@ def _kernel(
                             with_mask_fn=with_mask_fn,
                             q_seg=qseg,
                             kv_seg=kvseg,
+                            word=word_of(hx, s) if with_mask_fn else None,
                         )
                         return jnp.where(valid, t, -jnp.inf)
 
@@ -259,6 +266,7 @@ def dkv_call(
     order,
     q_seg,
     kv_seg,
+    words=None,
     *,
     sh: DkvShapes,
     st: cm.AttentionStatics,
@@ -299,4 +307,4 @@ def dkv_call(
         compiler_params=cm.compiler_params(),
         interpret=st.interpret,
     )
-    return kernel(order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg)
+    return kernel(order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg, words)

@@ -74,6 +74,7 @@ def _kernel(
     delta_ref,
     qseg_ref,
     kvseg_ref,
+    word_ref,
     dq_ref,
     *,
     sh: DqShapes,
@@ -98,6 +99,11 @@ def _kernel(
 
     def entry_of(s):
         return cm.list_entry(code_ref, (bx, hx, qi), s, subs=subs, block=sh.block_kv, sub_block=bkc)
+
+    def word_of(s):
+        if word_ref is None:
+            return None
+        return cm.entry_word(word_ref, (bx, hx, qi), s, subs=subs)
 
     @pl.when(wg < nwg)
     def _consumer():
@@ -149,6 +155,7 @@ def _kernel(
                         with_mask_fn=with_mask_fn,
                         q_seg=qseg,
                         kv_seg=kvseg,
+                        word=word_of(s) if with_mask_fn else None,
                     )
                     return jnp.where(valid, t, -jnp.inf)
 
@@ -222,6 +229,7 @@ def dq_call(
     order,
     q_seg,
     kv_seg,
+    words=None,
     *,
     sh: DqShapes,
     st: cm.AttentionStatics,
@@ -256,4 +264,4 @@ def dq_call(
         compiler_params=cm.compiler_params(),
         interpret=st.interpret,
     )
-    return kernel(order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg)
+    return kernel(order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg, words)

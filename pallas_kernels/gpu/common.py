@@ -57,6 +57,12 @@ class AttentionStatics:
         the tables need not know about segments; False: the caller marks every
         tile that mixes segments partial).
       interpret: None on GPU, else plgpu.InterpretGPUParams.
+      word_rows: 0, or the query rows per bit of the list entries' row words:
+        with words, query row r (counted from row 0, q_offset excluded) of a
+        partial tile attends the entry's keys only if bit
+        `(r // word_rows) % word_bits` of the entry's word is set (per-token
+        selections with the query heads of a GQA group packed as rows).
+      word_bits: bits used per word, block_q // word_rows.
     """
 
     mask_fn: MaskFn | None
@@ -69,6 +75,8 @@ class AttentionStatics:
     has_segments: bool
     segments_on_full_tiles: bool
     interpret: Any
+    word_rows: int = 0
+    word_bits: int = 0
 
     @property
     def regs_lhs(self) -> bool:
@@ -203,12 +211,14 @@ def tile_valid(
     with_mask_fn: bool,
     q_seg=None,
     kv_seg=None,
+    word=None,
 ):
     """Boolean [rows, cols] validity of a tile in the WGMMA layout, or None.
 
     q_dim says which tile axis runs over queries (0 in the forward and dQ
     kernels, 1 in the transposed dK/dV kernel). q_start/kv_start are absolute
     query/key positions of the tile's first row/column (q_offset included).
+    word: None or the list entry's int32 row word (see AttentionStatics).
     """
     kv_dim = 1 - q_dim
     valid = None
@@ -233,7 +243,28 @@ def tile_valid(
         qs = lax.broadcast_in_dim(q_seg, shape, [q_dim])
         ks = lax.broadcast_in_dim(kv_seg, shape, [kv_dim])
         valid = conj(valid, qs == ks)
+    if word is not None:
+        valid = conj(valid, _word_rows(st, shape, q_start - st.q_offset, q_dim, word))
     return valid
+
+
+def _word_rows(st: AttentionStatics, shape, row_start, q_dim, word):
+    """[rows, cols] bool: the tile's query rows whose bit in `word` is set.
+
+    Computed on the row vector (two rows per thread in the WGMMA layout):
+    a shift and a mask per row, one select per element.
+    """
+    edge = (WGMMA_ROW, WGMMA_COL)[q_dim]
+    rows = plgpu.broadcasted_iota(jnp.int32, (shape[q_dim],), 0, layout=edge) + row_start
+    bit = lax.rem(lax.div(rows, st.word_rows), st.word_bits)
+    on = lax.shift_right_logical(jnp.broadcast_to(word, bit.shape), bit) & 1
+    return lax.broadcast_in_dim(on == 1, shape, [q_dim])
+
+
+def entry_word(word_ref, row, s, *, subs: int):
+    """The row word of pipeline step s's list entry (word_ref laid out as the codes)."""
+    j = s if subs == 1 else lax.div(s, subs)
+    return word_ref[(*row, j)]
 
 
 def _factored_mask(factors, shape, q_start, kv_start, head, q_dim):

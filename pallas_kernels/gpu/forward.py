@@ -87,6 +87,7 @@ def _kernel(
     v_ref,
     qseg_ref,
     kvseg_ref,
+    word_ref,
     out_ref,
     lse_ref,
     *,
@@ -136,7 +137,12 @@ def _kernel(
                 code_ref, (bx, hx, qi), s, subs=subs, block=sh.block_kv, sub_block=bkc
             )
 
-        return qi, h, b, n_steps, entry_of
+        def word_of(s):
+            if word_ref is None:
+                return None
+            return cm.entry_word(word_ref, (bx, hx, qi), s, subs=subs)
+
+        return qi, h, b, n_steps, entry_of, word_of
 
     def sched():
         # FA3 ping-pong: arrive + wait on a 2-arrival barrier hands the tensor
@@ -156,7 +162,7 @@ def _kernel(
         load_q(0)
 
         def tile(i, base):
-            qi, h, b, n_steps, entry_of = tile_info(i)
+            qi, h, b, n_steps, entry_of, word_of = tile_info(i)
             q_base = qi * sh.block_q + wg * R
             qseg = None
             if st.has_segments:
@@ -211,6 +217,7 @@ def _kernel(
                             with_mask_fn=with_mask_fn,
                             q_seg=qseg,
                             kv_seg=kvseg,
+                            word=word_of(s) if with_mask_fn else None,
                         )
                         return jnp.where(valid, raw, -jnp.inf)
 
@@ -300,7 +307,7 @@ def _kernel(
         plgpu.set_max_registers(40, action="decrease")
 
         def tile(i, base):
-            _, h, b, n_steps, entry_of = tile_info(i)
+            _, h, b, n_steps, entry_of, _ = tile_info(i)
             kvh = lax.div(h, group)
 
             @pl.loop(0, n_steps)
@@ -341,7 +348,18 @@ def _kernel(
 
 
 def forward_call(
-    q, k, v, codes, counts, order, q_seg, kv_seg, *, sh: FwdShapes, st: cm.AttentionStatics
+    q,
+    k,
+    v,
+    codes,
+    counts,
+    order,
+    q_seg,
+    kv_seg,
+    words=None,
+    *,
+    sh: FwdShapes,
+    st: cm.AttentionStatics,
 ):
     """Launches the kernel. Returns out [B, Tp, H, Dv], lse [B, H, Tp] f32."""
     nwg, R, bkc, stages = sh.nwg, cm.WG_ROWS, sh.block_kv_compute, sh.num_stages
@@ -383,4 +401,4 @@ def forward_call(
         compiler_params=cm.compiler_params(),
         interpret=st.interpret,
     )
-    return kernel(order, codes, counts, q, k, v, q_seg, kv_seg)
+    return kernel(order, codes, counts, q, k, v, q_seg, kv_seg, words)
