@@ -26,6 +26,12 @@ class Config:
         each GQA group's shares summed in float32 afterwards (True), or one
         CTA per kv head (False); None: split whenever a group has several
         query heads (more CTAs, a shorter longest CTA).
+      gpu_token_selection: how the GPU kernels run per-token block selections
+        whose bit heads each serve a GQA group (NSA): "packed" (the group's
+        query heads as rows of one tile, the tile's union of blocks with a
+        bit per token, `jaxsparse.ops.packed`), "routed" (each selected
+        (token, block) pair as a query row, `jaxsparse.ops.routed`), or None:
+        packed where it applies.
       gpu_gate_kernel: MoBA's chunk gate and top-k as one fused Mosaic GPU
         kernel on Hopper (reads q once, keeps the scores in registers);
         False runs them in XLA.
@@ -40,6 +46,7 @@ class Config:
     gpu_persistent: bool | None = None
     gpu_dkv_split_heads: bool | None = None
     gpu_gate_kernel: bool = True
+    gpu_token_selection: str | None = None
     interpret: bool = False
 
     def __post_init__(self):
@@ -57,6 +64,11 @@ class Config:
             if not (isinstance(value, bool) or (optional and value is None)):
                 allowed = "True, False or None" if optional else "True or False"
                 raise TypeError(f"Config: {name} must be {allowed}, got {value!r}.")
+        if self.gpu_token_selection not in (None, "packed", "routed"):
+            raise ValueError(
+                f"Config: gpu_token_selection must be 'packed', 'routed' or None, got "
+                f"{self.gpu_token_selection!r}."
+            )
 
 
 def default_block(length: int, preferred: int = 128, minimum: int = 16) -> int:

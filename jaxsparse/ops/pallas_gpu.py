@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse.ops import call as call_lib
-from jaxsparse.ops import kernel_common, layout, metadata, routed
+from jaxsparse.ops import kernel_common, layout, metadata, packed, routed
 from jaxsparse.ops.xla import impl as xla_impl
 from jaxsparse.ops.xla import pairs as xla_pairs
 from jaxsparse.ops.xla import tiles as xla_tiles
@@ -76,67 +76,120 @@ def run(call: call_lib.Call):
     interpret = call.config.interpret
     check_device(interpret)
     _check_call(call)
-    if routed.applies(call):  # per-token selections (MoBA, NSA): key-block-major
+    if packed.applies(call):  # per-token selections shared by a GQA group (NSA)
+        return packed.run(call)
+    if routed.applies(call):  # other per-token selections (MoBA): key-block-major
         return routed.run(call, "pallas_gpu")
     bq, bk = _blocks(call)
     sp = metadata.sparsity_for(call, bq, bk, refine_segments=call.has_segments)
     bq, bk = sp.block_q, sp.block_kv
-    from pallas_kernels.gpu import api as kernels  # Mosaic GPU imports only when used
-
     # Tables built here were refined with the segment ids (tiles mixing documents are
     # partial), so full tiles may skip the segment test; caller-given tables were not.
     mask_fn = kernel_common.tile_mask_fn(call, bq, bk, "Mosaic GPU")
-    kw = dict(
+    q, k, v, segs = layout.pad_inputs(call, bq, bk)
+    xla_work = None
+    if not _backward_supported(call, bq, bk):
+        xla_work = _xla_backward(call, sp, bq, bk, use_mask_fn=mask_fn is not None)
+    out, lse = run_tables(
+        call,
+        q,
+        k,
+        v,
+        kernel_common.tables(sp),
+        segs=segs,
         mask_fn=mask_fn,
         mask_factors=mask_fn and call.pattern.mask_factors(),
         q_offset=call.q_offset,
         kv_len=call.kv_len,
-        scale=call.scale,
-        logits_soft_cap=call.logits_soft_cap,
         block_q=bq,
         block_kv=bk,
         segments_on_full_tiles=call.sparsity is not None and not call.sparsity.segment_exact,
+        xla_work=xla_work,
     )
+    return out[:, : call.q_len], lse[..., : call.q_len]
+
+
+def run_tables(
+    call: call_lib.Call,
+    q,
+    k,
+    v,
+    tables,
+    *,
+    mask_fn,
+    mask_factors,
+    q_offset: int,
+    kv_len: int,
+    block_q: int,
+    block_kv: int,
+    segs=(None, None),
+    segments_on_full_tiles: bool = False,
+    word_rows: int = 0,
+    xla_work=None,
+):
+    """The kernels (forward, and their backward under `jax.grad`) on padded inputs and tables.
+
+    `tables`: the six lists of `kernel_common.tables`, then, with `word_rows`,
+    the kv-major and q-major row words. `xla_work`: `(Static, work)` to run
+    the backward on the XLA path (shapes the backward kernels do not take).
+    Scale, soft cap and tuning come from `call`.
+    """
+    kw = dict(
+        mask_fn=mask_fn,
+        mask_factors=mask_factors,
+        q_offset=q_offset,
+        kv_len=kv_len,
+        scale=call.scale,
+        logits_soft_cap=call.logits_soft_cap,
+        block_q=block_q,
+        block_kv=block_kv,
+        segments_on_full_tiles=segments_on_full_tiles,
+    )
+    if word_rows:
+        kw["word_rows"] = word_rows
     if call.config.gpu_num_stages:
         kw["num_stages"] = call.config.gpu_num_stages
     if call.config.gpu_persistent is not None:
         kw["persistent"] = call.config.gpu_persistent
+    interpret = call.config.interpret
     if interpret:
         from jax.experimental.pallas import mosaic_gpu as plgpu
 
         kw["interpret"] = plgpu.InterpretGPUParams(detect_races=True)
-    q, k, v, segs = layout.pad_inputs(call, bq, bk)
-    tables = kernel_common.tables(sp)
-    xla_st, work = None, None
-    if not _backward_supported(kernels, call, bq, bk):
-        chunk = xla_pairs.chunk_size(
-            sp,
-            batch=call.batch,
-            heads=call.num_heads,
-            chunk_elements=call.config.xla_chunk_elements,
-        )
-        work = xla_pairs.tile_pairs(sp, chunk)
-        xla_st = xla_tiles.Static(
-            block_q=bq,
-            block_kv=bk,
-            q_len=call.q_len,
-            kv_len=call.kv_len,
-            q_offset=call.q_offset,
-            scale=call.scale,
-            logits_soft_cap=call.logits_soft_cap,
-            use_mask_fn=kw["mask_fn"] is not None,
-            chunk=chunk,
-        )
     bwd = ()
     if call.config.gpu_dkv_split_heads is not None:
         bwd = (("dkv_split_heads", call.config.gpu_dkv_split_heads),)
+    xla_st, work = xla_work or (None, None)
     st = _Static(kernel=tuple(sorted(kw.items(), key=lambda x: x[0])), xla=xla_st, bwd=bwd)
     with interpret_context(interpret):
-        out, lse = _attention(st, q, k, v, tables, segs, work, call.pattern)
-    return out[:, : call.q_len], lse[..., : call.q_len]
+        return _attention(st, q, k, v, tables, segs, work, call.pattern)
 
 
-def _backward_supported(kernels, call, block_q, block_kv) -> bool:
+def _xla_backward(call, sp, bq, bk, *, use_mask_fn: bool):
+    """`(Static, work)` of the XLA backward for the kernel's forward (same metadata)."""
+    chunk = xla_pairs.chunk_size(
+        sp,
+        batch=call.batch,
+        heads=call.num_heads,
+        chunk_elements=call.config.xla_chunk_elements,
+    )
+    st = xla_tiles.Static(
+        block_q=bq,
+        block_kv=bk,
+        q_len=call.q_len,
+        kv_len=call.kv_len,
+        q_offset=call.q_offset,
+        scale=call.scale,
+        logits_soft_cap=call.logits_soft_cap,
+        use_mask_fn=use_mask_fn,
+        chunk=chunk,
+    )
+    return st, xla_pairs.tile_pairs(sp, chunk)
+
+
+def _backward_supported(call, block_q, block_kv) -> bool:
+    from pallas_kernels.gpu import api as kernels  # Mosaic GPU imports only when used
+
     try:
         kernels.check_backward_support(call.head_dim, call.head_dim_v, block_q, block_kv)
     except NotImplementedError:
@@ -165,8 +218,16 @@ def _attention(st, q, k, v, tables, segs, work, pattern):
 def _forward(st, q, k, v, tables, segs):
     from pallas_kernels.gpu import api as kernels
 
+    words = {"kv_words": tables[6]} if len(tables) > 6 else {}
     return kernels.block_sparse_attention_fwd(
-        q, k, v, *tables[:3], q_segment_ids=segs[0], kv_segment_ids=segs[1], **st.kwargs()
+        q,
+        k,
+        v,
+        *tables[:3],
+        q_segment_ids=segs[0],
+        kv_segment_ids=segs[1],
+        **words,
+        **st.kwargs(),
     )
 
 
@@ -191,9 +252,10 @@ def _attention_bwd(st, residuals, cotangents):
             lse,
             dout,
             dlse,
-            *tables,
+            *tables[:6],
             q_segment_ids=segs[0],
             kv_segment_ids=segs[1],
+            **({"kv_words": tables[6], "q_words": tables[7]} if len(tables) > 6 else {}),
             **st.bwd_kwargs(),
         )
     return dq, dk, dv, None, None, None, None

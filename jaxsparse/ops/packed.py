@@ -1,0 +1,181 @@
+"""Per-token selections shared by a GQA group, on the GPU kernels query-major ("packed").
+
+NSA selects key blocks per query *token* and shares the choice among the query
+heads of a GQA group. Here those heads become consecutive rows of a query
+tile: a tile of `block_q` rows holds `block_q // group` tokens of one bit
+head, all reading the same key/value head. The tile visits the union of its
+tokens' blocks; every list entry carries a word with one bit per token (the
+kernels' row words), so a partial tile masks exactly the rows whose token did
+not select the block. Nothing is gathered and nothing is merged: q is
+reordered once (`[B, T, H, D]` -> `[B, T*group, Hx, D]`) and the output once
+back, and gradients come from the kernels' own backward passes.
+
+Work is the union per tile, not the selected pairs: on the synthetic needle
+inputs (`bench/llm_synthetic.py`, NSA's defaults) the union of 16 tokens'
+blocks is 2.3x their selected blocks at 8k and 3.6x at 32k. The other route
+for per-token selections, `jaxsparse.ops.routed`, does exactly the selected
+pairs but gathers each pair's query row and merges the partial results in
+XLA; it also serves selections that no group shares (MoBA's are per head).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from jaxsparse.ops import call as call_lib
+from jaxsparse.ops import routed
+from jaxsparse.patterns import base
+from jaxsparse.sparsity import device
+
+MAX_TOKENS_PER_TILE = 32  # bits of a kernel row word
+
+
+def applies(call: call_lib.Call) -> bool:
+    """Whether `run` handles this call on the GPU kernels.
+
+    A per-token `TokenBlockMask` (`routed.routes`) whose bit heads each serve a
+    group of query heads reading one key/value head, with the group a power of
+    two that packs at most 32 tokens into a query tile; key blocks of a multiple
+    of 64 keys; head dims the backward kernels take; no segment ids; and
+    `Config.gpu_token_selection` not "routed".
+    """
+    p = call.pattern
+    if not routed.routes(p) or call.has_segments:
+        return False
+    if call.config.gpu_token_selection == "routed":
+        return False
+    hx, h, kh = p.bits.shape[1], call.num_heads, call.num_kv_heads
+    if hx % kh:  # a bit head's query heads must share one key/value head
+        return False
+    g = h // hx
+    bq = _block_q(call.config)
+    return (
+        g > 1
+        and g & (g - 1) == 0
+        and bq % g == 0
+        and bq // g <= MAX_TOKENS_PER_TILE
+        and p.col_block % 64 == 0
+        and call.head_dim + call.head_dim_v <= 256
+    )
+
+
+def run(call: call_lib.Call):
+    """`(out [B, T, H, Dv], lse [B, H, T])` of a call `applies` accepts."""
+    from jaxsparse.ops import pallas_gpu
+
+    p = call.pattern
+    b, t, h, d = call.q.shape
+    s, dv = call.kv_len, call.head_dim_v
+    bits = jnp.asarray(p.bits)
+    hx = bits.shape[1]
+    bits = jnp.broadcast_to(bits, (b,) + bits.shape[1:])
+    g = h // hx
+    bq = _block_q(call.config)
+    bk = _block_kv(call.config, p.col_block)
+    n = bq // g  # tokens per query tile
+    tb, nk = -(-t // n), -(-s // bk)
+    tt, sp = tb * n, nk * bk
+
+    words = _tile_words(bits, n=n, tb=tb, per=p.col_block // bk, nk=nk)  # [B, Hx, Tb, Nk]
+    tile = jnp.arange(tb)[:, None]
+    first_tok = call.q_offset + tile * n  # [Tb, 1]
+    last_tok = call.q_offset + jnp.minimum((tile + 1) * n, t) - 1
+    k_lo = jnp.arange(nk)[None, :] * bk  # [1, Nk]
+    k_hi = jnp.minimum(k_lo + bk, s) - 1
+    if p.causal:  # key tiles after the tile's last token hold nothing it may see
+        words = jnp.where((k_lo <= last_tok)[None, None], words, 0)
+    every = jnp.asarray((1 << n) - 1, jnp.uint32).astype(jnp.int32)  # all n tokens' bits
+    full = jnp.broadcast_to(k_hi - k_lo + 1 == bk, (tb, nk))  # a key tile with padding: partial
+    if p.causal:
+        full = full & (k_hi <= first_tok)
+    full = (words == every) & full[None, None]
+    codes = jnp.where(words != 0, jnp.where(full, base.FULL, base.PARTIAL), base.EMPTY)
+    own = 1 if p.causal else 0
+    per_tile = n * (p.row_capacity + own) * (p.col_block // bk)
+    sparsity = device.from_block_codes(
+        codes.astype(jnp.int8),
+        block_q=bq,
+        block_kv=bk,
+        q_len=tt * g,
+        kv_len=sp,
+        q_offset=0,
+        max_kv_blocks=min(nk, per_tile),
+    )
+    kv_words = jnp.take_along_axis(words, sparsity.kv_indices, axis=-1)
+    q_words = jnp.take_along_axis(jnp.swapaxes(words, -1, -2), sparsity.q_indices, axis=-1)
+
+    # Rows (token, head in group) of bit head x: q_p[b, tok * g + j, x] = q[b, tok, x * g + j].
+    q = jnp.pad(call.q, ((0, 0), (0, tt - t), (0, 0), (0, 0)))
+    q_p = q.reshape(b, tt, hx, g, d).transpose(0, 1, 3, 2, 4).reshape(b, tt * g, hx, d)
+    k, v = (jnp.pad(x, ((0, 0), (0, sp - s), (0, 0), (0, 0))) for x in (call.k, call.v))
+    rows = _PackedRows(group=g, q_offset=call.q_offset)
+    tables = (*(getattr(sparsity, name) for name in _TABLES), kv_words, q_words)
+    out, lse = pallas_gpu.run_tables(
+        call,
+        q_p,
+        k,
+        v,
+        tables,
+        mask_fn=rows.mask_fn if p.causal else None,
+        mask_factors=rows.mask_factors() if p.causal else None,
+        q_offset=0,
+        kv_len=s,
+        block_q=bq,
+        block_kv=bk,
+        word_rows=g,
+    )
+    out = out.reshape(b, tt, g, hx, dv).transpose(0, 1, 3, 2, 4).reshape(b, tt, h, dv)[:, :t]
+    lse = lse.reshape(b, hx, tt, g)[:, :, :t].transpose(0, 1, 3, 2).reshape(b, h, t)
+    return out, lse
+
+
+_TABLES = ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
+
+
+def _block_q(config) -> int:
+    return config.block_q or 128
+
+
+def _block_kv(config, col_block: int) -> int:
+    if config.block_kv in (64, 128) and col_block % config.block_kv == 0:
+        return config.block_kv
+    return 128 if col_block % 128 == 0 else 64
+
+
+def _tile_words(bits, *, n: int, tb: int, per: int, nk: int):
+    """int32 `[B, Hx, Tb, Nk]`: bit i of word (tile, key tile) = token i of the tile selected
+    the key tile's block (`per` key tiles per block)."""
+    b, hx, t, c = bits.shape
+    bits = jnp.pad(bits, ((0, 0), (0, 0), (0, tb * n - t), (0, 0)))
+    shifts = jnp.arange(n, dtype=jnp.uint32).reshape(1, 1, 1, n, 1)
+    words = jnp.left_shift(bits.reshape(b, hx, tb, n, c).astype(jnp.uint32), shifts)
+    words = words.sum(axis=3, dtype=jnp.uint32)  # distinct bits: the sum is their OR
+    words = jnp.repeat(words, per, axis=-1)[..., :nk] if per > 1 else words[..., :nk]
+    return words.astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PackedRows:
+    """The kernels' causal mask over packed rows: row r is token `r // group` (+ q_offset)."""
+
+    group: int
+    q_offset: int
+
+    def mask_fn(self, q_row, kv_pos, head):
+        del head
+        return kv_pos <= q_row // self.group + self.q_offset
+
+    def mask_factors(self):
+        return base.MaskFactors(rows=self._rows, cols=self._cols, combine=self._combine)
+
+    def _rows(self, q_row):
+        return (q_row // self.group + self.q_offset,)
+
+    def _cols(self, kv_pos):
+        return (kv_pos,)
+
+    def _combine(self, rows, cols, head):
+        del head
+        return cols[0] <= rows[0]

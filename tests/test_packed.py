@@ -1,0 +1,140 @@
+"""Per-token selections shared by a GQA group on the GPU kernels, query-major (`ops.packed`).
+
+The group's query heads are packed as rows of one tile, the tile visits the
+union of its tokens' blocks, and each list entry's row word masks the tokens
+that did not select it. The result must be exactly the `TokenBlockMask`'s
+attention: output, lse and every gradient, against the dense f32 oracle.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsparse as js
+from jaxsparse import patterns as P
+from jaxsparse.ops import call as call_lib
+from jaxsparse.ops import packed
+from tests import dynamic_refs as R
+from tests.test_routed import random_bits, token_mask
+
+
+@pytest.fixture
+def spy_packed(monkeypatch):
+    """Counts the calls that took the packed path."""
+    calls = []
+    run = packed.run
+
+    def spy(call):
+        calls.append(call)
+        return run(call)
+
+    monkeypatch.setattr(packed, "run", spy)
+    return calls
+
+
+CASES = [
+    # b, t, s, h, kh, bit heads, col_block, capacity, causal, block_q
+    (1, 100, 128, 8, 2, "kv", 64, 1, True, 64),  # NSA-like: chunked prefill, ragged tiles
+    (2, 70, 70, 8, 1, "one", 64, 1, True, 128),  # one selection for all heads (MQA)
+    (1, 48, 192, 4, 1, "kv", 128, 1, False, 64),  # bidirectional, key tiles of 128
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_packed_matches_dense_mask_in_interpret_mode(case, spy_packed):
+    b, t, s, h, kh, heads, cb, cap, causal, bq = case
+    hx = {"kv": kh, "one": 1}[heads]
+    q_offset = s - t
+    bits = random_bits(np.random.default_rng(2), b, hx, t, s, cb, cap, q_offset, causal)
+    pattern = P.TokenBlockMask(
+        jnp.asarray(bits), row_block=1, col_block=cb, group=h // hx, causal=causal,
+        row_capacity=cap,
+    )  # fmt: skip
+    mask = jnp.asarray(token_mask(pattern, bits, t, s, h, q_offset))
+    assert (~mask.any(-1)).any(), "the case should include rows that attend nothing"
+    q, k, v, cot = R.random_qkv(b, t, h, kh, 64, s=s, seed=4, dtype=jnp.bfloat16)
+    config = js.Config(interpret=True, block_q=bq)
+    R.assert_close_to_ref(
+        lambda q, k, v: js.attention(
+            q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
+            return_lse=True,
+        ),
+        lambda q, k, v: R.dense_ref(q, k, v, mask),
+        q,
+        k,
+        v,
+        cot,
+        tol=2e-2,
+    )  # fmt: skip
+    assert spy_packed, "the call did not take the packed path"
+
+
+def _call(bits, h, kh, *, config=None, col_block=64, row_capacity=2, segments=False):
+    t = bits.shape[2]
+    q, k, v, _ = R.random_qkv(1, t, h, kh, 64)
+    seg = jnp.zeros((1, t), jnp.int32) if segments else None
+    pattern = P.TokenBlockMask(
+        bits, col_block=col_block, group=h // bits.shape[1], row_capacity=row_capacity
+    )
+    return call_lib.Call(
+        q=q,
+        k=k,
+        v=v,
+        pattern=pattern,
+        sparsity=None,
+        q_segment_ids=seg,
+        kv_segment_ids=seg,
+        scale=1.0,
+        logits_soft_cap=None,
+        q_offset=0,
+        config=config or js.Config(),
+    )
+
+
+def test_packed_applies_only_where_rows_can_share_a_tile():
+    shared = jnp.ones((1, 2, 8, 1), bool)  # one bit head per kv head, group 8
+    assert packed.applies(_call(shared, 16, 2))
+    assert not packed.applies(_call(shared, 16, 2, config=js.Config(gpu_token_selection="routed")))
+    assert not packed.applies(_call(shared, 16, 2, segments=True))
+    assert not packed.applies(_call(shared, 16, 2, row_capacity=None))  # not per-token routed
+    assert not packed.applies(_call(shared, 16, 2, col_block=32))  # key tiles are 64 or 128
+    per_head = jnp.ones((1, 16, 8, 1), bool)  # MoBA: per query head, no group to pack
+    assert not packed.applies(_call(per_head, 16, 2))
+    assert not packed.applies(_call(jnp.ones((1, 1, 8, 1), bool), 16, 2))  # spans kv heads
+    # 128-row tiles hold at most 32 tokens: a group of 2 would need 64 bits per word.
+    assert not packed.applies(_call(jnp.ones((1, 4, 8, 1), bool), 8, 4))
+    assert packed.applies(_call(jnp.ones((1, 4, 8, 1), bool), 8, 4, config=js.Config(block_q=64)))
+
+
+def test_config_checks_the_token_selection_layout():
+    with pytest.raises(ValueError, match="gpu_token_selection must be 'packed', 'routed'"):
+        js.Config(gpu_token_selection="pairs")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["packed", "routed"])
+def test_nsa_like_selection_on_the_gpu(layout):
+    """A GQA-shared per-token selection on the H100 against the dense f32 mask of its bits."""
+    b, t, h, kh, cb, cap = 1, 4096, 16, 2, 64, 15
+    bits = random_bits(np.random.default_rng(5), b, kh, t, t, cb, cap, 0, True)
+    pattern = P.TokenBlockMask(
+        jnp.asarray(bits), row_block=1, col_block=cb, group=h // kh, causal=True,
+        row_capacity=cap,
+    )  # fmt: skip
+    mask = jnp.asarray(token_mask(pattern, bits, t, t, h, 0))
+    q, k, v, cot = R.random_qkv(b, t, h, kh, 128, seed=6, dtype=jnp.bfloat16)
+    config = js.Config(gpu_token_selection=layout)
+    R.assert_close_to_ref(
+        lambda q, k, v: js.attention(
+            q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
+            return_lse=True,
+        ),
+        lambda q, k, v: R.dense_ref(q, k, v, mask),
+        q,
+        k,
+        v,
+        cot,
+        tol=2e-2,
+    )  # fmt: skip
