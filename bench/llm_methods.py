@@ -101,7 +101,9 @@ def dynamic_method(name: str, pattern, config=None, note: str = "") -> Method:
     return Method(name, select, attend, _state_area, note=note)
 
 
-def nsa_selection_method(cfg: NSAConfig, note: str = "") -> Method:
+def nsa_selection_method(
+    cfg: NSAConfig, note: str = "", config=None, name: str = "NSA-selected"
+) -> Method:
     """NSA's selected branch with a parameter-free (mean) compressor: its importance and blocks."""
 
     def select(q, k):
@@ -156,9 +158,9 @@ def nsa_selection_method(cfg: NSAConfig, note: str = "") -> Method:
 
     def attend(q, k, v, state):
         pattern, sp = state
-        return js.attention(q, k, v, pattern=pattern, sparsity=sp, return_lse=True)
+        return js.attention(q, k, v, pattern=pattern, sparsity=sp, config=config, return_lse=True)
 
-    return Method("NSA-selected", select, attend, _state_area, note=note)
+    return Method(name, select, attend, _state_area, note=note)
 
 
 def vertical_slash_method(pattern) -> Method:
@@ -282,6 +284,12 @@ def default_methods(*, include_oracle: bool = True) -> list[Method]:
         ),
         dynamic_method("FlexPrefill", P.FlexPrefill(0.9, 0.1), note="gamma=0.9 tau=0.1"),
         nsa_selection_method(NSAConfig(), note="l=32 d=16 l'=64 n=16; mean compressor"),
+        nsa_selection_method(
+            NSAConfig(),
+            note="as NSA-selected, with the (token, block) pairs routed key-block-major",
+            config=js.Config(gpu_token_selection="routed"),
+            name="NSA-selected routed",
+        ),
         pyramid_method(P.Pyramid(causal=True)),
     ]
     if include_oracle:

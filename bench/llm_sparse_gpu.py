@@ -160,13 +160,16 @@ def run_method(m, q, k, v, dense, *, b, h, t, reps):
     return row
 
 
-def nsa_loss(cfg: NSAConfig, cot):
+def nsa_loss(cfg: NSAConfig, cot, attention_config=None):
     """`loss(q, k, v, gates)` of the nsa_train row: `sum(nsa(...) * cot)`, mean compressor."""
 
     def loss(q, k, v, gates):
         k_cmp = nsa_compress.mean_compress(k, kernel_size=cfg.kernel_size, stride=cfg.stride)
         v_cmp = nsa_compress.mean_compress(v, kernel_size=cfg.kernel_size, stride=cfg.stride)
-        out = js.nsa(q, k, v, gates, k_cmp=k_cmp, v_cmp=v_cmp, config=cfg)
+        out = js.nsa(
+            q, k, v, gates, k_cmp=k_cmp, v_cmp=v_cmp, config=cfg,
+            attention_config=attention_config,
+        )  # fmt: skip
         return (out.astype(jnp.float32) * cot).sum()
 
     return loss
@@ -177,14 +180,14 @@ def nsa_gates(q):
     return jnp.full(q.shape[:3] + (3,), 0.5, q.dtype)
 
 
-def nsa_train(q, k, v, cot, dense, *, reps, cfg: NSAConfig):
+def nsa_train(q, k, v, cot, dense, *, reps, cfg: NSAConfig, attention_config=None, method="NSA"):
     gates = nsa_gates(q)
-    loss = nsa_loss(cfg, cot)
+    loss = nsa_loss(cfg, cot, attention_config)
     fwd = jax.jit(loss)
     fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
     row = dict(
         kind="nsa_train",
-        method="NSA",
+        method=method,
         seq_len=q.shape[1],
         fwd_ms=timed(fwd, q, k, v, gates, reps=reps),
         fwd_bwd_ms=timed(fwd_bwd, q, k, v, gates, reps=reps),
@@ -293,15 +296,19 @@ def main(argv=None):
             rows.append(row)
         if keep and not any(s in "NSA train" for s in keep):
             continue  # --methods without NSA: skip its forward+backward row
-        try:
-            cfg = NSAConfig(window=min(512, t // 2)) if args.tiny else NSAConfig()
-            row = nsa_train(q, k, v, cot, dense, reps=reps, cfg=cfg)
-        except Exception as e:  # noqa: BLE001
-            row = dict(
-                kind="error", method="NSA train", seq_len=t, error=f"{type(e).__name__}: {e}"[:800]
-            )
-        emit(**row)
-        rows.append(row)
+        cfg = NSAConfig(window=min(512, t // 2)) if args.tiny else NSAConfig()
+        for method, layout in (("NSA", None), ("NSA (routed)", "routed")):
+            try:
+                row = nsa_train(
+                    q, k, v, cot, dense, reps=reps, cfg=cfg, method=method,
+                    attention_config=js.Config(gpu_token_selection=layout),
+                )  # fmt: skip
+            except Exception as e:  # noqa: BLE001
+                row = dict(
+                    kind="error", method=method, seq_len=t, error=f"{type(e).__name__}: {e}"[:800]
+                )
+            emit(**row)
+            rows.append(row)
     judge_targets(rows, 65536 if not args.tiny else sizes[-1])
 
 
