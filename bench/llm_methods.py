@@ -290,6 +290,12 @@ def default_methods(*, include_oracle: bool = True) -> list[Method]:
             config=js.Config(gpu_token_selection="routed"),
             name="NSA-selected routed",
         ),
+        nsa_selection_method(
+            NSAConfig(),
+            note="as NSA-selected, query tiles of 64 rows (8 tokens x 8 heads)",
+            config=js.Config(block_q=64),
+            name="NSA-selected packed bq64",
+        ),
         pyramid_method(P.Pyramid(causal=True)),
     ]
     if include_oracle:
