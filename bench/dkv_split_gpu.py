@@ -1,13 +1,18 @@
-"""dK/dV with one CTA per query head (`Config(gpu_dkv_split_heads=...)`), side by side (GPU).
+"""The dK/dV kernel's work splits, each on and off side by side (GPU).
 
 Usage (repo root, GPU machine):
   python bench/dkv_split_gpu.py OUT_DIR [--sizes 16384,65536] [--reps 5]
+      [--option heads|q]
 
 Times forward+backward of GQA attention (B=1, H=16, K=2, D=128, bf16, as the
-LLM benchmarks) for dense causal attention and for a short key sequence
-(NSA's compressed keys: T queries over T/16 keys, `CompressedCausal(32, 16)`),
-with the dK/dV kernel split per query head (True) and per kv head (False),
-in one run. Writes OUT_DIR/dkv_split_gpu.jsonl.
+LLM benchmarks), in one run:
+  * `--option heads` (`Config(gpu_dkv_split_heads=...)`: one CTA per query
+    head, or per kv head): dense causal attention and a short key sequence
+    (NSA's compressed keys: T queries over T/16 keys, `CompressedCausal(32, 16)`).
+  * `--option q` (`Config(gpu_dkv_q_split=...)`: two warpgroups share each
+    64-key block, or one works alone): causal attention on 128x64 tiles and a
+    512-key sliding window on 128x64 tiles.
+Writes OUT_DIR/dkv_split_gpu.jsonl (`split` says which setting ran).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="16384,65536")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tiny", action="store_true", help="CPU check (XLA path, tiny sizes)")
+    ap.add_argument("--option", default="heads", choices=("heads", "q"))
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,16 +51,24 @@ def main(argv=None) -> int:
     for t in sizes:
         keys = jax.random.split(jax.random.key(t), 4)
         q = jax.random.normal(keys[0], (1, t, h, d), dtype)
-        cases = {
-            "causal": (P.Causal(), t),
-            "compressed keys (NSA branch 1)": (P.CompressedCausal(32, 16), (t - 32) // 16 + 1),
-        }
+        if args.option == "heads":
+            field, tiles = "gpu_dkv_split_heads", {}
+            cases = {
+                "causal": (P.Causal(), t),
+                "compressed keys (NSA branch 1)": (P.CompressedCausal(32, 16), (t - 32) // 16 + 1),
+            }
+        else:
+            field, tiles = "gpu_dkv_q_split", dict(block_q=128, block_kv=64)
+            cases = {
+                "causal, 128x64 tiles": (P.Causal(), t),
+                "sliding window 512, 128x64 tiles": (P.Causal() & P.SlidingWindow(left=511), t),
+            }
         for name, (pattern, s) in cases.items():
             k = jax.random.normal(keys[1], (1, s, kh, d), dtype)
             v = jax.random.normal(keys[2], (1, s, kh, d), dtype)
             cot = jax.random.normal(keys[3], q.shape, dtype)
             for split in (False, True):
-                config = js.Config(gpu_dkv_split_heads=split)
+                config = js.Config(**{field: split}, **tiles)
 
                 def loss(q, k, v, pattern=pattern, config=config, cot=cot):
                     o = js.attention(
@@ -68,7 +82,8 @@ def main(argv=None) -> int:
                     case=name,
                     seq_len=t,
                     kv_len=s,
-                    split_heads=split,
+                    option=field,
+                    split=split,
                     fwd_bwd_ms=sec * 1e3,
                     device=str(jax.devices()[0].device_kind),
                     jax=jax.__version__,

@@ -27,9 +27,10 @@ planted needles) so that selections behave like on real activations rather
 than on white noise. Times are medians of `--reps` timed calls after warm-up.
 `--tiny` checks the script on CPU (T=1024, 2048; H=2, K=1, D=64; float32).
 `--methods` keeps the methods whose name contains one of its comma-separated
-substrings; the nsa_train row runs when one of them is a substring of
-"NSA train" (`--methods 'NSA train'`: the dense rows and NSA's
-forward+backward only).
+substrings; the nsa_train rows ("NSA train", "NSA train (routed)", "NSA train
+(one dK/dV warpgroup)", see `NSA_TRAIN_VARIANTS`) run when one of them contains
+such a substring (`--methods 'NSA train'`: the dense rows and NSA's
+forward+backward rows only).
 """
 
 from __future__ import annotations
@@ -175,6 +176,14 @@ def nsa_loss(cfg: NSAConfig, cot, attention_config=None):
     return loss
 
 
+# NSA forward+backward rows: method -> attention config (the first is the library default).
+NSA_TRAIN_VARIANTS = {
+    "NSA": None,
+    "NSA (routed)": js.Config(gpu_token_selection="routed"),
+    "NSA (one dK/dV warpgroup)": js.Config(gpu_dkv_q_split=False),
+}
+
+
 def nsa_gates(q):
     """The nsa_train row's gates: 0.5 for every branch, `[B, T, H, 3]`."""
     return jnp.full(q.shape[:3] + (3,), 0.5, q.dtype)
@@ -294,14 +303,15 @@ def main(argv=None):
                 )
             emit(**row)
             rows.append(row)
-        if keep and not any(s in "NSA train" for s in keep):
-            continue  # --methods without NSA: skip its forward+backward row
         cfg = NSAConfig(window=min(512, t // 2)) if args.tiny else NSAConfig()
-        for method, layout in (("NSA", None), ("NSA (routed)", "routed")):
+        for method, attention_config in NSA_TRAIN_VARIANTS.items():
+            label = method.replace("NSA", "NSA train", 1)
+            if keep and not any(s in label for s in keep):
+                continue  # --methods without it: skip this forward+backward row
             try:
                 row = nsa_train(
                     q, k, v, cot, dense, reps=reps, cfg=cfg, method=method,
-                    attention_config=js.Config(gpu_token_selection=layout),
+                    attention_config=attention_config,
                 )  # fmt: skip
             except Exception as e:  # noqa: BLE001
                 row = dict(

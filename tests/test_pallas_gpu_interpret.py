@@ -78,12 +78,14 @@ class Case:
     num_ctas: int | None = 3  # persistent: fewer CTAs than tiles
     bwd: bool = True
     dkv_split_heads: bool | None = None  # None: one dK/dV CTA per query head when H > K
+    dkv_q_split: bool | None = None  # None: two dK/dV warpgroups share 64-key blocks
     word_rows: int = 0  # > 0: random row words (per-token selections), this many rows per bit
 
 
 CASES = [
     Case("causal-gqa"),  # H=2, K=1: dK/dV per query head, shares summed
     Case("causal-gqa-dkv-per-kv-head", dkv_split_heads=False, persistent=False),
+    Case("causal-dkv-one-warpgroup", dkv_q_split=False, bwd=True, H=1),
     Case("causal-one-tile-per-cta", persistent=False, bwd=False),
     Case("window", mask_fn=window(96), block_kv=128, K=2),
     Case("segments", segments=True),
@@ -289,6 +291,7 @@ def test_forward_and_backward(case: Case):
             **kw,
             **words,
             dkv_split_heads=case.dkv_split_heads,
+            dkv_q_split=case.dkv_q_split,
         )
 
     with _abstract_gpu():

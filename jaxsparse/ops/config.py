@@ -32,6 +32,9 @@ class Config:
         bit per token, `jaxsparse.ops.packed`), "routed" (each selected
         (token, block) pair as a query row, `jaxsparse.ops.routed`), or None:
         packed where it applies.
+      gpu_dkv_q_split: Mosaic GPU dK/dV kernel on 64-key blocks: two
+        warpgroups share each block and take alternate query tiles (True), or
+        one works alone (False); None: share (see pallas_kernels/gpu/NOTES.md).
       gpu_gate_kernel: MoBA's chunk gate and top-k as one fused Mosaic GPU
         kernel on Hopper (reads q once, keeps the scores in registers);
         False runs them in XLA.
@@ -45,6 +48,7 @@ class Config:
     gpu_num_stages: int | None = None
     gpu_persistent: bool | None = None
     gpu_dkv_split_heads: bool | None = None
+    gpu_dkv_q_split: bool | None = None
     gpu_gate_kernel: bool = True
     gpu_token_selection: str | None = None
     interpret: bool = False
@@ -58,6 +62,7 @@ class Config:
         for name, optional in (
             ("gpu_persistent", True),
             ("gpu_dkv_split_heads", True),
+            ("gpu_dkv_q_split", True),
             ("gpu_gate_kernel", False),
         ):
             value = getattr(self, name)

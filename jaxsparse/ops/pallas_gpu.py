@@ -156,9 +156,14 @@ def run_tables(
         from jax.experimental.pallas import mosaic_gpu as plgpu
 
         kw["interpret"] = plgpu.InterpretGPUParams(detect_races=True)
-    bwd = ()
-    if call.config.gpu_dkv_split_heads is not None:
-        bwd = (("dkv_split_heads", call.config.gpu_dkv_split_heads),)
+    bwd = tuple(
+        (name, value)
+        for name, value in (
+            ("dkv_split_heads", call.config.gpu_dkv_split_heads),
+            ("dkv_q_split", call.config.gpu_dkv_q_split),
+        )
+        if value is not None
+    )
     xla_st, work = xla_work or (None, None)
     st = _Static(kernel=tuple(sorted(kw.items(), key=lambda x: x[0])), xla=xla_st, bwd=bwd)
     with interpret_context(interpret):

@@ -318,6 +318,17 @@ def check_backward_support(
         raise NotImplementedError(f"{bwd_num_stages=} must be at least 2")
 
 
+def _q_split(requested: bool | None, block_kv: int, num_stages: int) -> bool:
+    """Whether the dK/dV kernel shares each 64-key block between two warpgroups."""
+    possible = block_kv == cm.WG_ROWS and num_stages % 2 == 0
+    if requested and not possible:
+        raise NotImplementedError(
+            f"dkv_q_split needs block_kv=64 and an even bwd_num_stages; got {block_kv=}, "
+            f"{num_stages=}"
+        )
+    return possible if requested is None else bool(requested)
+
+
 def block_sparse_attention_bwd(
     q: jax.Array,
     k: jax.Array,
@@ -351,6 +362,7 @@ def block_sparse_attention_bwd(
     dkv_block_q_compute: int = 64,
     bwd_num_stages: int = 2,
     dkv_split_heads: bool | None = None,
+    dkv_q_split: bool | None = None,
     segments_on_full_tiles: bool = True,
     heavy_first: bool = True,
     interpret: Any = None,
@@ -380,6 +392,9 @@ def block_sparse_attention_bwd(
       dkv_split_heads: one dK/dV CTA per query head, the GQA group's shares
         summed in float32 afterwards (True), or one per kv head summing inside
         (False). None: split whenever a group has several query heads.
+      dkv_q_split: with 64-key blocks, two dK/dV warpgroups share each block
+        and take alternate q steps (True), or one works alone (False); None:
+        split whenever block_kv is 64 and bwd_num_stages is even.
       kv_words, q_words, word_rows: row words of the two lists (both or
         neither), as in the forward.
 
@@ -467,6 +482,7 @@ def block_sparse_attention_bwd(
         num_stages=bwd_num_stages,
         dtype=dt,
         split_heads=H > K if dkv_split_heads is None else bool(dkv_split_heads),
+        q_split=_q_split(dkv_q_split, block_kv, bwd_num_stages),
     )
     for name, nb in (
         ("dQ", backward_dq.smem_bytes(dq_sh, st)),

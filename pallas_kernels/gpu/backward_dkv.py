@@ -19,6 +19,12 @@ deterministic). That gives `group` times more CTAs and cuts the longest CTA's
 walk by `group`, which matters for short key sequences and for key blocks
 that nearly every query attends (NSA's compressed keys and forced initial
 block).
+
+With `q_split` (the default for 64-key blocks) two consumer warpgroups share
+one 64-key block and take alternate pipeline steps of its q list; the second
+adds its dK/dV accumulators to the first's through SMEM at the end. A lone
+warpgroup leaves the tensor cores idle while it does its elementwise work;
+two alternate (the FA3 ping-pong, on the q axis).
 """
 
 from __future__ import annotations
@@ -52,10 +58,11 @@ class DkvShapes:
     num_stages: int
     dtype: jnp.dtype
     split_heads: bool = False  # one CTA per query head (outputs per query head)
+    q_split: bool = False  # two warpgroups, one 64-key block, alternate q steps
 
     @property
     def nwg(self) -> int:
-        return self.block_kv // cm.WG_ROWS
+        return 2 if self.q_split else self.block_kv // cm.WG_ROWS
 
     @property
     def heads_per_cta(self) -> int:
@@ -77,6 +84,8 @@ def smem_bytes(sh: DkvShapes, st: cm.AttentionStatics) -> int:
     total += cm.nbytes((sh.num_stages, 2 + st.has_segments, bqc), jnp.float32)
     if not st.regs_lhs:
         total += cm.nbytes((sh.nwg, r, bqc), dt)
+    if sh.q_split:
+        total += cm.nbytes((r, sh.D + sh.Dv), jnp.float32)
     return total + 1024
 
 
@@ -133,7 +142,7 @@ def _kernel(
     @pl.when(wg < nwg)
     def _consumer():
         plgpu.set_max_registers(232 if nwg == 2 else 240, action="increase")
-        kv_base = kj * sh.block_kv + wg * R
+        kv_base = kj * sh.block_kv + (0 if sh.q_split else wg * R)
         keys = pl.ds(kv_base, R)
         plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[wg], kv_bar.at[wg])
         plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[wg], kv_bar.at[wg])
@@ -206,18 +215,43 @@ def _kernel(
                 plgpu.barrier_arrive(free.at[slot])
                 return dk, dv
 
-            dk, dv = lax.fori_loop(0, n, step, (dk, dv))
+            if sh.q_split:  # this warpgroup's steps: global step t0 + s of parity wg
+                first = lax.rem(wg - lax.rem(t0, 2) + 2, 2)
+                mine = lax.div(jnp.maximum(n - first + 1, 0), 2)
+                dk, dv = lax.fori_loop(0, mine, lambda i, c: step(first + 2 * i, c), (dk, dv))
+            else:
+                dk, dv = lax.fori_loop(0, n, step, (dk, dv))
             return dk, dv, t0 + n
 
         dk, dv, _ = lax.fori_loop(0, sh.heads_per_cta, head_loop, (dk, dv, jnp.int32(0)))
-        # K/V tiles are no longer read: stage the outputs through them.
-        k_smem.at[wg][...] = (dk * st.scale).astype(sh.dtype)
-        v_smem.at[wg][...] = dv.astype(sh.dtype)
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(k_smem.at[wg], dk_ref.at[b, keys, out_h], commit_group=False)
-        plgpu.copy_smem_to_gmem(v_smem.at[wg], dv_ref.at[b, keys, out_h], commit_group=False)
-        plgpu.commit_smem_to_gmem_group()
-        plgpu.wait_smem_to_gmem(0)
+
+        def store(dk, dv):
+            # K/V tiles are no longer read: stage the outputs through them.
+            k_smem.at[wg][...] = (dk * st.scale).astype(sh.dtype)
+            v_smem.at[wg][...] = dv.astype(sh.dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(k_smem.at[wg], dk_ref.at[b, keys, out_h], commit_group=False)
+            plgpu.copy_smem_to_gmem(v_smem.at[wg], dv_ref.at[b, keys, out_h], commit_group=False)
+            plgpu.commit_smem_to_gmem_group()
+            plgpu.wait_smem_to_gmem(0)
+
+        if not sh.q_split:
+            store(dk, dv)
+            return
+        dk_acc, dv_acc, sum_bar = scratch["dk_acc"], scratch["dv_acc"], scratch["sum_bar"]
+
+        @pl.when(wg == 1)
+        def _():
+            dk_acc[...] = dk
+            dv_acc[...] = dv
+            plgpu.barrier_arrive(sum_bar)
+
+        @pl.when(wg == 0)
+        def _():
+            plgpu.barrier_wait(sum_bar)
+            other_dk = plgpu.load(dk_acc, layout=cm.WGMMA, optimized=False)
+            other_dv = plgpu.load(dv_acc, layout=cm.WGMMA, optimized=False)
+            store(dk + other_dk, dv + other_dv)
 
     @pl.when(wg == nwg)
     def _producer():
@@ -285,8 +319,13 @@ def dkv_call(
         delta_smem=plgpu.SMEM((stages, bqc), jnp.float32),
         kv_bar=plgpu.Barrier(num_arrivals=2, num_barriers=nwg),
         in_bar=plgpu.Barrier(num_arrivals=n_in, num_barriers=stages),
-        free=plgpu.Barrier(num_arrivals=nwg, num_barriers=stages),
+        # A step's slot is released by every warpgroup, or by its one taker (q_split).
+        free=plgpu.Barrier(num_arrivals=1 if sh.q_split else nwg, num_barriers=stages),
     )
+    if sh.q_split:
+        scratch["dk_acc"] = plgpu.SMEM((R, sh.D), jnp.float32)
+        scratch["dv_acc"] = plgpu.SMEM((R, sh.Dv), jnp.float32)
+        scratch["sum_bar"] = plgpu.Barrier(num_arrivals=1)
     if st.has_segments:
         scratch["qseg_smem"] = plgpu.SMEM((stages, bqc), jnp.int32)
     if not st.regs_lhs:
