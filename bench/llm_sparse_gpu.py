@@ -181,6 +181,7 @@ NSA_TRAIN_VARIANTS = {
     "NSA": None,
     "NSA (routed)": js.Config(gpu_token_selection="routed"),
     "NSA (one dK/dV warpgroup)": js.Config(gpu_dkv_q_split=False),
+    "NSA (heavy first)": js.Config(gpu_heavy_first=True),
 }
 
 
@@ -252,6 +253,11 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="CPU check at tiny sizes")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--methods", default="", help="comma-separated substrings to keep")
+    ap.add_argument(
+        "--nsa-variants",
+        default=",".join(NSA_TRAIN_VARIANTS),
+        help="comma-separated NSA_TRAIN_VARIANTS names to run (all by default)",
+    )
     args = ap.parse_args(argv)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +310,8 @@ def main(argv=None):
             emit(**row)
             rows.append(row)
         cfg = NSAConfig(window=min(512, t // 2)) if args.tiny else NSAConfig()
-        for method, attention_config in NSA_TRAIN_VARIANTS.items():
+        for method in args.nsa_variants.split(","):
+            attention_config = NSA_TRAIN_VARIANTS[method]
             label = method.replace("NSA", "NSA train", 1)
             if keep and not any(s in label for s in keep):
                 continue  # --methods without it: skip this forward+backward row

@@ -35,6 +35,10 @@ class Config:
       gpu_dkv_q_split: Mosaic GPU dK/dV kernel on 64-key blocks: two
         warpgroups share each block and take alternate query tiles (True), or
         one works alone (False); None: share (see pallas_kernels/gpu/NOTES.md).
+      gpu_heavy_first: Mosaic GPU kernels: launch the CTAs with the longest
+        block lists first (True), or in block order (False); None: heavy first,
+        except for packed per-token selections, whose neighbouring tiles share
+        key blocks that stay in L2 when they run together.
       gpu_gate_kernel: MoBA's chunk gate and top-k as one fused Mosaic GPU
         kernel on Hopper (reads q once, keeps the scores in registers);
         False runs them in XLA.
@@ -49,6 +53,7 @@ class Config:
     gpu_persistent: bool | None = None
     gpu_dkv_split_heads: bool | None = None
     gpu_dkv_q_split: bool | None = None
+    gpu_heavy_first: bool | None = None
     gpu_gate_kernel: bool = True
     gpu_token_selection: str | None = None
     interpret: bool = False
@@ -63,6 +68,7 @@ class Config:
             ("gpu_persistent", True),
             ("gpu_dkv_split_heads", True),
             ("gpu_dkv_q_split", True),
+            ("gpu_heavy_first", True),
             ("gpu_gate_kernel", False),
         ):
             value = getattr(self, name)

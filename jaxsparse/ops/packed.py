@@ -125,6 +125,7 @@ def run(call: call_lib.Call):
         block_q=bq,
         block_kv=bk,
         word_rows=g,
+        heavy_first=False,  # block order: neighbouring tiles share key blocks (L2)
     )
     out = out.reshape(b, tt, g, hx, dv).transpose(0, 1, 3, 2, 4).reshape(b, tt, h, dv)[:, :t]
     lse = lse.reshape(b, hx, tt, g)[:, :, :t].transpose(0, 1, 3, 2).reshape(b, h, t)

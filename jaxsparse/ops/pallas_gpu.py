@@ -125,6 +125,7 @@ def run_tables(
     segs=(None, None),
     segments_on_full_tiles: bool = False,
     word_rows: int = 0,
+    heavy_first: bool = True,
     xla_work=None,
 ):
     """The kernels (forward, and their backward under `jax.grad`) on padded inputs and tables.
@@ -132,6 +133,7 @@ def run_tables(
     `tables`: the six lists of `kernel_common.tables`, then, with `word_rows`,
     the kv-major and q-major row words. `xla_work`: `(Static, work)` to run
     the backward on the XLA path (shapes the backward kernels do not take).
+    `heavy_first`: the launch order unless `Config.gpu_heavy_first` says.
     Scale, soft cap and tuning come from `call`.
     """
     kw = dict(
@@ -144,6 +146,9 @@ def run_tables(
         block_q=block_q,
         block_kv=block_kv,
         segments_on_full_tiles=segments_on_full_tiles,
+        heavy_first=heavy_first
+        if call.config.gpu_heavy_first is None
+        else call.config.gpu_heavy_first,
     )
     if word_rows:
         kw["word_rows"] = word_rows
