@@ -182,6 +182,8 @@ NSA_TRAIN_VARIANTS = {
     "NSA (routed)": js.Config(gpu_token_selection="routed"),
     "NSA (one dK/dV warpgroup)": js.Config(gpu_dkv_q_split=False),
     "NSA (heavy first)": js.Config(gpu_heavy_first=True),
+    "NSA (dK/dV lists whole)": js.Config(gpu_dkv_list_splits=1),
+    "NSA (dK/dV lists in 4)": js.Config(gpu_dkv_list_splits=4),
 }
 
 

@@ -35,16 +35,16 @@ def spy_packed(monkeypatch):
 
 
 CASES = [
-    # b, t, s, h, kh, bit heads, col_block, capacity, causal, block_q
-    (1, 100, 128, 8, 2, "kv", 64, 1, True, 64),  # NSA-like: chunked prefill, ragged tiles
-    (2, 70, 70, 8, 1, "one", 64, 1, True, 128),  # one selection for all heads (MQA)
-    (1, 48, 192, 4, 1, "kv", 128, 1, False, 64),  # bidirectional, key tiles of 128
+    # b, t, s, h, kh, bit heads, col_block, capacity, causal, block_q, dK/dV list splits
+    (1, 100, 128, 8, 2, "kv", 64, 1, True, 64, 3),  # NSA-like: chunked prefill, ragged tiles
+    (2, 70, 70, 8, 1, "one", 64, 1, True, 128, None),  # one selection for all heads (MQA)
+    (1, 48, 192, 4, 1, "kv", 128, 1, False, 64, None),  # bidirectional, key tiles of 128
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_packed_matches_dense_mask_in_interpret_mode(case, spy_packed):
-    b, t, s, h, kh, heads, cb, cap, causal, bq = case
+    b, t, s, h, kh, heads, cb, cap, causal, bq, splits = case
     hx = {"kv": kh, "one": 1}[heads]
     q_offset = s - t
     bits = random_bits(np.random.default_rng(2), b, hx, t, s, cb, cap, q_offset, causal)
@@ -55,7 +55,7 @@ def test_packed_matches_dense_mask_in_interpret_mode(case, spy_packed):
     mask = jnp.asarray(token_mask(pattern, bits, t, s, h, q_offset))
     assert (~mask.any(-1)).any(), "the case should include rows that attend nothing"
     q, k, v, cot = R.random_qkv(b, t, h, kh, 64, s=s, seed=4, dtype=jnp.bfloat16)
-    config = js.Config(interpret=True, block_q=bq)
+    config = js.Config(interpret=True, block_q=bq, gpu_dkv_list_splits=splits)
     R.assert_close_to_ref(
         lambda q, k, v: js.attention(
             q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
@@ -106,6 +106,13 @@ def test_packed_applies_only_where_rows_can_share_a_tile():
     # 128-row tiles hold at most 32 tokens: a group of 2 would need 64 bits per word.
     assert not packed.applies(_call(jnp.ones((1, 4, 8, 1), bool), 8, 4))
     assert packed.applies(_call(jnp.ones((1, 4, 8, 1), bool), 8, 4, config=js.Config(block_q=64)))
+
+
+def test_dkv_list_splits_bound_the_longest_list():
+    assert packed.dkv_list_splits(1) == 1
+    assert packed.dkv_list_splits(1024) == 2  # 16k tokens in 16-token tiles
+    assert packed.dkv_list_splits(4096) == 8
+    assert packed.dkv_list_splits(1 << 20) == 8
 
 
 def test_config_checks_the_token_selection_layout():

@@ -79,6 +79,7 @@ class Case:
     bwd: bool = True
     dkv_split_heads: bool | None = None  # None: one dK/dV CTA per query head when H > K
     dkv_q_split: bool | None = None  # None: two dK/dV warpgroups share 64-key blocks
+    dkv_list_splits: int = 1  # CTAs sharing one kv block's q list
     word_rows: int = 0  # > 0: random row words (per-token selections), this many rows per bit
 
 
@@ -104,6 +105,8 @@ CASES = [
     ),
     Case("dv128", D=64, Dv=128, H=1, T=128, S=128),
     Case("row-words", word_rows=16),
+    Case("dkv-list-splits-gqa", dkv_list_splits=3, dkv_split_heads=False, K=1, H=2),
+    Case("dkv-list-splits-one-wg", dkv_list_splits=2, dkv_q_split=False, word_rows=16),
     Case("row-words-1wg-offset", word_rows=8, block_q=64, q_offset=64, S=320, persistent=False),
 ]
 
@@ -292,6 +295,7 @@ def test_forward_and_backward(case: Case):
             **words,
             dkv_split_heads=case.dkv_split_heads,
             dkv_q_split=case.dkv_q_split,
+            dkv_list_splits=case.dkv_list_splits,
         )
 
     with _abstract_gpu():

@@ -35,6 +35,10 @@ class Config:
       gpu_dkv_q_split: Mosaic GPU dK/dV kernel on 64-key blocks: two
         warpgroups share each block and take alternate query tiles (True), or
         one works alone (False); None: share (see pallas_kernels/gpu/NOTES.md).
+      gpu_dkv_list_splits: Mosaic GPU dK/dV kernel: CTAs that share each key
+        block's list of query tiles (partial results summed in float32); None:
+        1, except for packed per-token selections, where a forced block (NSA's
+        initial block) is in every tile's list (see `jaxsparse.ops.packed`).
       gpu_heavy_first: Mosaic GPU kernels: launch the CTAs with the longest
         block lists first (True), or in block order (False); None: heavy first,
         except for packed per-token selections, whose neighbouring tiles share
@@ -53,13 +57,14 @@ class Config:
     gpu_persistent: bool | None = None
     gpu_dkv_split_heads: bool | None = None
     gpu_dkv_q_split: bool | None = None
+    gpu_dkv_list_splits: int | None = None
     gpu_heavy_first: bool | None = None
     gpu_gate_kernel: bool = True
     gpu_token_selection: str | None = None
     interpret: bool = False
 
     def __post_init__(self):
-        for name in ("block_q", "block_kv", "gpu_num_stages"):
+        for name in ("block_q", "block_kv", "gpu_num_stages", "gpu_dkv_list_splits"):
             value = getattr(self, name)
             if value is not None:
                 pbase.check_int(name, value, minimum=1, owner="Config")

@@ -126,10 +126,23 @@ def run(call: call_lib.Call):
         block_kv=bk,
         word_rows=g,
         heavy_first=False,  # block order: neighbouring tiles share key blocks (L2)
+        dkv_list_splits=dkv_list_splits(tb),
     )
     out = out.reshape(b, tt, g, hx, dv).transpose(0, 1, 3, 2, 4).reshape(b, tt, h, dv)[:, :t]
     lse = lse.reshape(b, hx, tt, g)[:, :, :t].transpose(0, 1, 3, 2).reshape(b, h, t)
     return out, lse
+
+
+def dkv_list_splits(num_tiles: int) -> int:
+    """CTAs sharing a key block's list of query tiles in the dK/dV kernel.
+
+    A block every token selects (NSA's initial block) is in all `num_tiles`
+    lists: one CTA would stream every tile's Q and dO through one SM (at 64k,
+    4,096 tiles: that CTA alone took most of the kernel's 14 ms on the H100).
+    Splits bound such a list to about 512 tiles per CTA, at most 8 splits (the
+    partial dK/dV are 8 copies of dK and dV).
+    """
+    return max(1, min(8, -(-num_tiles // 512)))
 
 
 _TABLES = ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")

@@ -126,6 +126,7 @@ def run_tables(
     segments_on_full_tiles: bool = False,
     word_rows: int = 0,
     heavy_first: bool = True,
+    dkv_list_splits: int = 1,
     xla_work=None,
 ):
     """The kernels (forward, and their backward under `jax.grad`) on padded inputs and tables.
@@ -133,7 +134,8 @@ def run_tables(
     `tables`: the six lists of `kernel_common.tables`, then, with `word_rows`,
     the kv-major and q-major row words. `xla_work`: `(Static, work)` to run
     the backward on the XLA path (shapes the backward kernels do not take).
-    `heavy_first`: the launch order unless `Config.gpu_heavy_first` says.
+    `heavy_first`, `dkv_list_splits`: the launch order and the dK/dV list
+    splits unless `Config.gpu_heavy_first` / `gpu_dkv_list_splits` say.
     Scale, soft cap and tuning come from `call`.
     """
     kw = dict(
@@ -166,8 +168,9 @@ def run_tables(
         for name, value in (
             ("dkv_split_heads", call.config.gpu_dkv_split_heads),
             ("dkv_q_split", call.config.gpu_dkv_q_split),
+            ("dkv_list_splits", call.config.gpu_dkv_list_splits or dkv_list_splits),
         )
-        if value is not None
+        if value is not None and (name, value) != ("dkv_list_splits", 1)
     )
     xla_st, work = xla_work or (None, None)
     st = _Static(kernel=tuple(sorted(kw.items(), key=lambda x: x[0])), xla=xla_st, bwd=bwd)

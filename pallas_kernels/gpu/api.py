@@ -329,6 +329,12 @@ def _q_split(requested: bool | None, block_kv: int, num_stages: int) -> bool:
     return possible if requested is None else bool(requested)
 
 
+def _list_splits(splits) -> int:
+    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+        raise ValueError(f"dkv_list_splits must be a positive int, got {splits!r}")
+    return splits
+
+
 def block_sparse_attention_bwd(
     q: jax.Array,
     k: jax.Array,
@@ -363,6 +369,7 @@ def block_sparse_attention_bwd(
     bwd_num_stages: int = 2,
     dkv_split_heads: bool | None = None,
     dkv_q_split: bool | None = None,
+    dkv_list_splits: int = 1,
     segments_on_full_tiles: bool = True,
     heavy_first: bool = True,
     interpret: Any = None,
@@ -395,6 +402,9 @@ def block_sparse_attention_bwd(
       dkv_q_split: with 64-key blocks, two dK/dV warpgroups share each block
         and take alternate q steps (True), or one works alone (False); None:
         split whenever block_kv is 64 and bwd_num_stages is even.
+      dkv_list_splits: P >= 1 CTAs share each kv block's q list, their
+        partial dK/dV summed in float32 afterwards (for lists whose lengths
+        differ widely, e.g. a key block every query attends).
       kv_words, q_words, word_rows: row words of the two lists (both or
         neither), as in the forward.
 
@@ -483,6 +493,7 @@ def block_sparse_attention_bwd(
         dtype=dt,
         split_heads=H > K if dkv_split_heads is None else bool(dkv_split_heads),
         q_split=_q_split(dkv_q_split, block_kv, bwd_num_stages),
+        list_splits=_list_splits(dkv_list_splits),
     )
     for name, nb in (
         ("dQ", backward_dq.smem_bytes(dq_sh, st)),
@@ -531,8 +542,13 @@ def block_sparse_attention_bwd(
         sh=dkv_sh,
         st=st,
     )
-    if dkv_sh.split_heads and H > K:  # sum each group's per-head shares
+    per_kv = dkv_sh.out_heads // K  # shares per kv head in one split
+    if dkv_sh.list_splits > 1 or per_kv > 1:  # sum the splits' and heads' shares in f32
         dk, dv = (
-            x.reshape(B, Sp, K, H // K, -1).astype(jnp.float32).sum(3).astype(dt) for x in (dk, dv)
+            x.reshape(B, Sp, dkv_sh.list_splits, K, per_kv, -1)
+            .astype(jnp.float32)
+            .sum((2, 4))
+            .astype(dt)
+            for x in (dk, dv)
         )
     return dq, dk, dv

@@ -25,6 +25,12 @@ one 64-key block and take alternate pipeline steps of its q list; the second
 adds its dK/dV accumulators to the first's through SMEM at the end. A lone
 warpgroup leaves the tensor cores idle while it does its elementwise work;
 two alternate (the FA3 ping-pong, on the q axis).
+
+With `list_splits` = P > 1, P CTAs share each kv block's q list (CTA p takes
+steps p, p + P, ...) and write their partial dK/dV separately; the caller
+sums them in float32. A key block that nearly every query tile attends (NSA's
+forced initial block) otherwise keeps one SM busy long after the others: its
+CTA streams every Q and dO tile through one SM.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class DkvShapes:
     dtype: jnp.dtype
     split_heads: bool = False  # one CTA per query head (outputs per query head)
     q_split: bool = False  # two warpgroups, one 64-key block, alternate q steps
+    list_splits: int = 1  # CTAs sharing one kv block's q list (partial outputs)
 
     @property
     def nwg(self) -> int:
@@ -71,6 +78,11 @@ class DkvShapes:
     @property
     def out_heads(self) -> int:
         return self.H if self.split_heads else self.K
+
+    @property
+    def out_slots(self) -> int:
+        """Head slots of the outputs: out_heads per list split."""
+        return self.out_heads * self.list_splits
 
     @property
     def subs(self) -> int:
@@ -119,25 +131,39 @@ def _kernel(
 
     wg = lax.axis_index("wg")
     b = lax.axis_index("b")
-    kj = order_ref[lax.axis_index("kv")]
+    splits = sh.list_splits
+    kv_axis = lax.axis_index("kv")
+    kj = order_ref[kv_axis if splits == 1 else lax.div(kv_axis, splits)]
+    part = 0 if splits == 1 else lax.rem(kv_axis, splits)  # this CTA's share of the list
     bx = b if sh.Bx > 1 else 0
     group = sh.H // sh.K
     out_h = lax.axis_index("h")  # kv head, or query head with split_heads
     kvh = lax.div(out_h, group) if sh.split_heads else out_h
     first_head = out_h if sh.split_heads else kvh * group
+    out_slot = out_h + part * sh.out_heads
 
     def head_of(g):
+        """Query head g of the CTA, its table row and this CTA's step count."""
         hq = first_head + g
         hx = hq if sh.Hx > 1 else 0
-        return hq, hx, count_ref[bx, hx, kj] * subs
+        n = count_ref[bx, hx, kj] * subs
+        if splits > 1:  # steps part, part + P, ... of the list
+            n = lax.div(jnp.maximum(n - part + splits - 1, 0), splits)
+        return hq, hx, n
 
-    def entry_of(hx, s):
-        return cm.list_entry(code_ref, (bx, hx, kj), s, subs=subs, block=sh.block_q, sub_block=bqc)
+    def list_step(i):
+        return i if splits == 1 else part + splits * i
+
+    def entry_of(hx, i):
+        """Start row and partial flag of this CTA's step i."""
+        return cm.list_entry(
+            code_ref, (bx, hx, kj), list_step(i), subs=subs, block=sh.block_q, sub_block=bqc
+        )
 
     def word_of(hx, s):
         if word_ref is None:
             return None
-        return cm.entry_word(word_ref, (bx, hx, kj), s, subs=subs)
+        return cm.entry_word(word_ref, (bx, hx, kj), list_step(s), subs=subs)
 
     @pl.when(wg < nwg)
     def _consumer():
@@ -230,8 +256,8 @@ def _kernel(
             k_smem.at[wg][...] = (dk * st.scale).astype(sh.dtype)
             v_smem.at[wg][...] = dv.astype(sh.dtype)
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(k_smem.at[wg], dk_ref.at[b, keys, out_h], commit_group=False)
-            plgpu.copy_smem_to_gmem(v_smem.at[wg], dv_ref.at[b, keys, out_h], commit_group=False)
+            plgpu.copy_smem_to_gmem(k_smem.at[wg], dk_ref.at[b, keys, out_slot], commit_group=False)
+            plgpu.copy_smem_to_gmem(v_smem.at[wg], dv_ref.at[b, keys, out_slot], commit_group=False)
             plgpu.commit_smem_to_gmem_group()
             plgpu.wait_smem_to_gmem(0)
 
@@ -306,7 +332,8 @@ def dkv_call(
     st: cm.AttentionStatics,
 ):
     """Returns dk [B, Sp, K, D], dv [B, Sp, K, Dv] in k.dtype ([B, Sp, H, .], one share
-    per query head, with `sh.split_heads`)."""
+    per query head, with `sh.split_heads`; [B, Sp, P * heads, .] with P list splits, slot
+    p * heads + h holding split p's share)."""
     nwg, R, bqc, stages = sh.nwg, cm.WG_ROWS, sh.block_q_compute, sh.num_stages
     dt = sh.dtype
     n_in = 4 + st.has_segments
@@ -331,14 +358,14 @@ def dkv_call(
     if not st.regs_lhs:
         scratch["st_smem"] = cm.tiled_smem((nwg, R, bqc), dt)
     out_type = (
-        jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.out_heads, sh.D), dt),
-        jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.out_heads, sh.Dv), dt),
+        jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.out_slots, sh.D), dt),
+        jax.ShapeDtypeStruct((sh.B, sh.Sp, sh.out_slots, sh.Dv), dt),
     )
     kernel = plgpu.kernel(
         functools.partial(_kernel, sh=sh, st=st),
         out_type=out_type,
         scratch_types=scratch,
-        grid=(sh.out_heads, sh.Sp // sh.block_kv, sh.B),
+        grid=(sh.out_heads, sh.Sp // sh.block_kv * sh.list_splits, sh.B),
         grid_names=("h", "kv", "b"),
         num_threads=nwg + 1,
         thread_name="wg",
