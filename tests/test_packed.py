@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxsparse as js
 from jaxsparse import patterns as P
@@ -69,6 +71,63 @@ def test_packed_matches_dense_mask_in_interpret_mode(case, spy_packed):
         tol=2e-2,
     )  # fmt: skip
     assert spy_packed, "the call did not take the packed path"
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    t=st.integers(1, 40),
+    extra=st.integers(0, 40),
+    n=st.sampled_from([1, 4, 8, 32]),
+    col_block=st.sampled_from([8, 16]),
+    per=st.sampled_from([1, 2]),
+    causal=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_tile_tables_decode_to_the_bits(t, extra, n, col_block, per, causal, seed):
+    """Lists + row words say exactly what the bits say, per (token, key); FULL tiles are whole.
+
+    Decoding follows the kernels: an entry's key tile, its word's bit per token, the causal
+    mask and the key bound; the key-major lists hold the same (tile, key tile, word) entries.
+    """
+    s, q_offset = t + extra, extra if causal else 0
+    rng = np.random.default_rng(seed)
+    bits = rng.random((2, 2, t, -(-s // col_block))) < 0.3
+    pattern = P.TokenBlockMask(
+        jnp.asarray(bits), col_block=col_block, group=4, causal=causal, row_capacity=bits.shape[3]
+    )
+    bk = col_block // per
+    sp, kvw, qw = packed.tile_tables(
+        jnp.asarray(bits), pattern, tokens_per_tile=n, block_kv=bk, q_len=t, kv_len=s,
+        q_offset=q_offset,
+    )  # fmt: skip
+    idx, cnt, full, kvw = map(np.asarray, (sp.kv_indices, sp.kv_counts, sp.kv_full, kvw))
+    tok, key = np.arange(t)[:, None], np.arange(s)[None, :]
+    want = np.take(bits, key[0] // col_block, axis=3) & (key < s)
+    if causal:
+        want &= key <= tok + q_offset
+    got = np.zeros_like(want)
+    entries = set()
+    for b, x, i in np.ndindex(cnt.shape):
+        for e in range(cnt[b, x, i]):
+            j, w = idx[b, x, i, e], int(kvw[b, x, i, e]) & 0xFFFFFFFF
+            entries.add((b, x, i, j, w))
+            toks = np.arange(i * n, min((i + 1) * n, t))
+            on = (w >> (toks - i * n)) & 1 == 1
+            keys = np.arange(j * bk, min((j + 1) * bk, s))
+            seen = on[:, None] & np.ones(len(keys), bool)[None, :]
+            if causal:
+                seen &= keys[None, :] <= toks[:, None] + q_offset
+            got[b, x, toks[:, None], keys[None, :]] |= seen
+            if full[b, x, i, e]:  # every token of the tile sees every key of the tile
+                assert len(toks) == n and len(keys) == bk and seen.all()
+    np.testing.assert_array_equal(got, want)
+    q_idx, q_cnt, q_words = map(np.asarray, (sp.q_indices, sp.q_counts, qw))
+    by_key = {
+        (b, x, q_idx[b, x, j, e], j, int(q_words[b, x, j, e]) & 0xFFFFFFFF)
+        for b, x, j in np.ndindex(q_cnt.shape)
+        for e in range(q_cnt[b, x, j])
+    }
+    assert by_key == entries
 
 
 def _call(bits, h, kh, *, config=None, col_block=64, row_capacity=2, segments=False):

@@ -78,33 +78,9 @@ def run(call: call_lib.Call):
     tb, nk = -(-t // n), -(-s // bk)
     tt, sp = tb * n, nk * bk
 
-    words = _tile_words(bits, n=n, tb=tb, per=p.col_block // bk, nk=nk)  # [B, Hx, Tb, Nk]
-    tile = jnp.arange(tb)[:, None]
-    first_tok = call.q_offset + tile * n  # [Tb, 1]
-    last_tok = call.q_offset + jnp.minimum((tile + 1) * n, t) - 1
-    k_lo = jnp.arange(nk)[None, :] * bk  # [1, Nk]
-    k_hi = jnp.minimum(k_lo + bk, s) - 1
-    if p.causal:  # key tiles after the tile's last token hold nothing it may see
-        words = jnp.where((k_lo <= last_tok)[None, None], words, 0)
-    every = jnp.asarray((1 << n) - 1, jnp.uint32).astype(jnp.int32)  # all n tokens' bits
-    full = jnp.broadcast_to(k_hi - k_lo + 1 == bk, (tb, nk))  # a key tile with padding: partial
-    if p.causal:
-        full = full & (k_hi <= first_tok)
-    full = (words == every) & full[None, None]
-    codes = jnp.where(words != 0, jnp.where(full, base.FULL, base.PARTIAL), base.EMPTY)
-    own = 1 if p.causal else 0
-    per_tile = n * (p.row_capacity + own) * (p.col_block // bk)
-    sparsity = device.from_block_codes(
-        codes.astype(jnp.int8),
-        block_q=bq,
-        block_kv=bk,
-        q_len=tt * g,
-        kv_len=sp,
-        q_offset=0,
-        max_kv_blocks=min(nk, per_tile),
+    sparsity, kv_words, q_words = tile_tables(
+        bits, p, tokens_per_tile=n, block_kv=bk, q_len=t, kv_len=s, q_offset=call.q_offset
     )
-    kv_words = jnp.take_along_axis(words, sparsity.kv_indices, axis=-1)
-    q_words = jnp.take_along_axis(jnp.swapaxes(words, -1, -2), sparsity.q_indices, axis=-1)
 
     # Rows (token, head in group) of bit head x: q_p[b, tok * g + j, x] = q[b, tok, x * g + j].
     q = jnp.pad(call.q, ((0, 0), (0, tt - t), (0, 0), (0, 0)))
@@ -143,6 +119,56 @@ def dkv_list_splits(num_tiles: int) -> int:
     partial dK/dV are 8 copies of dK and dV).
     """
     return max(1, min(8, -(-num_tiles // 512)))
+
+
+def tile_tables(bits, pattern, *, tokens_per_tile, block_kv, q_len, kv_len, q_offset):
+    """Block lists of the packed tiles and the row word of every list entry.
+
+    Args:
+      bits: bool `[B, Hx, T, C]`; pattern: its `TokenBlockMask` (col_block,
+        causal, row_capacity).
+      tokens_per_tile: n, tokens per query tile (block_q // group).
+      block_kv: keys per kernel tile (divides col_block).
+
+    Returns:
+      `BlockSparsity` over tiles of n tokens (`block_q` is n: one row per
+      token; the kernel's rows are n * group per tile) and key tiles of
+      `block_kv`, with `Sb = ceil(S / block_kv)`; and int32 words laid out as its
+      q-major and kv-major indices: bit i of an entry's word says token i of
+      the query tile selected the key tile's block. A tile is FULL when all n
+      tokens selected it, causality does not cut it and it holds no padding
+      key; its words are then all ones.
+    """
+    n, bk = tokens_per_tile, block_kv
+    tb, nk = -(-q_len // n), -(-kv_len // bk)
+    words = _tile_words(bits, n=n, tb=tb, per=pattern.col_block // bk, nk=nk)  # [B, Hx, Tb, Nk]
+    tile = jnp.arange(tb)[:, None]
+    first_tok = q_offset + tile * n  # [Tb, 1]
+    last_tok = q_offset + jnp.minimum((tile + 1) * n, q_len) - 1
+    k_lo = jnp.arange(nk)[None, :] * bk  # [1, Nk]
+    k_hi = jnp.minimum(k_lo + bk, kv_len) - 1
+    if pattern.causal:  # key tiles after the tile's last token hold nothing it may see
+        words = jnp.where((k_lo <= last_tok)[None, None], words, 0)
+    every = jnp.asarray((1 << n) - 1, jnp.uint32).astype(jnp.int32)  # all n tokens' bits
+    full = jnp.broadcast_to(k_hi - k_lo + 1 == bk, (tb, nk))  # a key tile with padding: partial
+    if pattern.causal:
+        full = full & (k_hi <= first_tok)
+    full = (words == every) & full[None, None]
+    codes = jnp.where(words != 0, jnp.where(full, base.FULL, base.PARTIAL), base.EMPTY)
+    own = 1 if pattern.causal else 0
+    per_tile = n * (pattern.row_capacity + own) * (pattern.col_block // bk)
+    sparsity = device.from_block_codes(
+        codes.astype(jnp.int8),
+        block_q=n,
+        block_kv=bk,
+        q_len=tb * n,
+        kv_len=nk * bk,
+        q_offset=0,
+        max_kv_blocks=min(nk, per_tile),
+    )
+    kv_words = jnp.take_along_axis(words, sparsity.kv_indices, axis=-1)
+    q_words = jnp.take_along_axis(jnp.swapaxes(words, -1, -2), sparsity.q_indices, axis=-1)
+    return sparsity, kv_words, q_words
 
 
 _TABLES = ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
