@@ -1,10 +1,13 @@
 """Per-token key-block selections on tile kernels, run key-block-major ("routed").
 
 MoBA and NSA select key blocks per query *token*. A query-tile kernel can
-only visit the union of its rows' blocks and would need every row's bits
-inside the tile; the kernels here evaluate arithmetic masks only. So the
-selection is regrouped the other way round (MoBA's "experts", FSA's loop
-order), using nothing but what every kernel already does well:
+only visit the union of its rows' blocks and needs every row's bits inside
+the tile. When a GQA group shares the selection (NSA), the GPU kernels do
+that with the group's heads packed as tile rows (`jaxsparse.ops.packed`).
+Otherwise (MoBA's per-head selections, the TPU kernels, or
+`Config(gpu_token_selection="routed")`) the selection is regrouped the other
+way round (MoBA's "experts", FSA's loop order), using nothing but what every
+kernel already does well:
 
   1. own block (causal selections): each row's own key block, causally, is
      `ChunkedCausal(col_block)`: a static pattern. Rows whose own bit is off

@@ -10,8 +10,9 @@ head `h` may attend key block `c` (keys `[c*col_block, (c+1)*col_block)`):
 
 `mask_fn` reads the bits (and applies causality), so it is exact inside any
 tile; the tile lists are the per-tile union (`token_block_sparsity`), and a
-tile is FULL only when every row of it selected every key in it. A GPU
-kernel can read the same bit array inside partial tiles.
+tile is FULL only when every row of it selected every key in it. The GPU
+kernels read the bits inside partial tiles as one word per list entry
+(`jaxsparse.ops.packed`, for selections a GQA group shares).
 
 ```
 TokenBlockMask(bits[h] = [[1, 0],      row_block=2, col_block=2, causal=False
@@ -52,8 +53,8 @@ class TokenBlockMask(base.Pattern):
       causal: also require `key <= query` (positions as in the call).
       row_capacity: static bound on the key blocks one row selects besides
         the block holding its own position (causal; all blocks when not
-        causal), or None. With it, kernels that cannot read the bits run
-        per-token selections key-block-major (`jaxsparse.ops.routed`).
+        causal), or None. With it, the kernel backends run per-token
+        selections (`jaxsparse.ops.packed`, `jaxsparse.ops.routed`).
       q_offset: position of query row 0 (set by `bind`).
     """
 
