@@ -92,6 +92,12 @@ def test_bad_config():
         js.Config(gpu_dkv_split_heads=1)
     with pytest.raises(TypeError, match="gpu_gate_kernel must be True or False"):
         js.Config(gpu_gate_kernel=None)
+    with pytest.raises(TypeError, match="gpu_dkv_q_split must be True, False or None"):
+        js.Config(gpu_dkv_q_split=1)
+    with pytest.raises(TypeError, match="gpu_heavy_first must be True, False or None"):
+        js.Config(gpu_heavy_first="no")
+    with pytest.raises(ValueError, match="gpu_dkv_list_splits=0 must be >= 1"):
+        js.Config(gpu_dkv_list_splits=0)
 
 
 def test_negative_window_is_refused_at_construction():

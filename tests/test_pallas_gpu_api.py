@@ -67,29 +67,37 @@ def test_caller_tables_with_segments():
     assert oracle.rel_err(got, want) < oracle.TOLERANCE[bf16]
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_gqa_dkv_split_option(split, monkeypatch):
-    """`Config(gpu_dkv_split_heads=...)` reaches the backward kernel; both ways match the oracle."""
+@pytest.mark.parametrize(
+    "option, attr, value",
+    [
+        ("gpu_dkv_split_heads", "split_heads", False),
+        ("gpu_dkv_split_heads", "split_heads", True),
+        ("gpu_dkv_q_split", "q_split", False),
+        ("gpu_dkv_list_splits", "list_splits", 3),
+    ],
+)
+def test_gqa_dkv_split_option(option, attr, value, monkeypatch):
+    """`Config`'s dK/dV options reach the backward kernel; each way matches the oracle."""
     from pallas_kernels.gpu import backward_dkv
 
     seen = []
     real = backward_dkv.dkv_call
 
     def spy(*args, sh, **kw):
-        seen.append(sh.split_heads)
+        seen.append(getattr(sh, attr))
         return real(*args, sh=sh, **kw)
 
     monkeypatch.setattr(backward_dkv, "dkv_call", spy)
     case = C(P.Causal(), t=128, h=4, k=2)
     q, k, v, kwargs, cot = oracle.inputs(case)
-    kwargs["config"] = js.Config(block_q=64, block_kv=64, interpret=True, gpu_dkv_split_heads=split)
+    kwargs["config"] = js.Config(block_q=64, block_kv=64, interpret=True, **{option: value})
     got = oracle.outputs_and_grads("pallas_gpu", q, k, v, kwargs, cot)
     q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
     want = oracle.outputs_and_grads("reference", q32, k32, v32, kwargs, cot)
     for name, a, b in zip(oracle.NAMES, got, want, strict=True):
         limit = oracle.TOLERANCE[bf16] * (1 if name in ("out", "lse") else 2)
         assert oracle.rel_err(a, b) <= limit, name
-    assert seen == [split]
+    assert seen == [value]
 
 
 def test_unsupported_inputs_raise_not_implemented():
