@@ -44,20 +44,17 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_packed_matches_dense_mask_in_interpret_mode(case, spy_packed):
-    b, t, s, h, kh, heads, cb, cap, causal, bq, splits = case
-    hx = {"kv": kh, "one": 1}[heads]
+def check_against_mask(bits, *, s, h, kh, d, col_block, cap, causal, config, seed):
+    """The kernels' attention under a `TokenBlockMask` of `bits` equals the dense f32 oracle
+    of its element mask: output, lse and every gradient. Returns the mask."""
+    b, hx, t, _ = bits.shape
     q_offset = s - t
-    bits = random_bits(np.random.default_rng(2), b, hx, t, s, cb, cap, q_offset, causal)
     pattern = P.TokenBlockMask(
-        jnp.asarray(bits), row_block=1, col_block=cb, group=h // hx, causal=causal,
+        jnp.asarray(bits), row_block=1, col_block=col_block, group=h // hx, causal=causal,
         row_capacity=cap,
     )  # fmt: skip
     mask = jnp.asarray(token_mask(pattern, bits, t, s, h, q_offset))
-    assert (~mask.any(-1)).any(), "the case should include rows that attend nothing"
-    q, k, v, cot = R.random_qkv(b, t, h, kh, 64, s=s, seed=4, dtype=jnp.bfloat16)
-    config = js.Config(interpret=True, block_q=bq, gpu_dkv_list_splits=splits)
+    q, k, v, cot = R.random_qkv(b, t, h, kh, d, s=s, seed=seed, dtype=jnp.bfloat16)
     R.assert_close_to_ref(
         lambda q, k, v: js.attention(
             q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
@@ -70,6 +67,19 @@ def test_packed_matches_dense_mask_in_interpret_mode(case, spy_packed):
         cot,
         tol=2e-2,
     )  # fmt: skip
+    return mask
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_packed_matches_dense_mask_in_interpret_mode(case, spy_packed):
+    b, t, s, h, kh, heads, cb, cap, causal, bq, splits = case
+    hx = {"kv": kh, "one": 1}[heads]
+    bits = random_bits(np.random.default_rng(2), b, hx, t, s, cb, cap, s - t, causal)
+    mask = check_against_mask(
+        bits, s=s, h=h, kh=kh, d=64, col_block=cb, cap=cap, causal=causal, seed=4,
+        config=js.Config(interpret=True, block_q=bq, gpu_dkv_list_splits=splits),
+    )  # fmt: skip
+    assert (~mask.any(-1)).any(), "the case should include rows that attend nothing"
     assert spy_packed, "the call did not take the packed path"
 
 
@@ -185,22 +195,7 @@ def test_nsa_like_selection_on_the_gpu(layout):
     """A GQA-shared per-token selection on the H100 against the dense f32 mask of its bits."""
     b, t, h, kh, cb, cap = 1, 4096, 16, 2, 64, 15
     bits = random_bits(np.random.default_rng(5), b, kh, t, t, cb, cap, 0, True)
-    pattern = P.TokenBlockMask(
-        jnp.asarray(bits), row_block=1, col_block=cb, group=h // kh, causal=True,
-        row_capacity=cap,
-    )  # fmt: skip
-    mask = jnp.asarray(token_mask(pattern, bits, t, t, h, 0))
-    q, k, v, cot = R.random_qkv(b, t, h, kh, 128, seed=6, dtype=jnp.bfloat16)
-    config = js.Config(gpu_token_selection=layout)
-    R.assert_close_to_ref(
-        lambda q, k, v: js.attention(
-            q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
-            return_lse=True,
-        ),
-        lambda q, k, v: R.dense_ref(q, k, v, mask),
-        q,
-        k,
-        v,
-        cot,
-        tol=2e-2,
+    check_against_mask(
+        bits, s=t, h=h, kh=kh, d=128, col_block=cb, cap=cap, causal=True, seed=6,
+        config=js.Config(gpu_token_selection=layout),
     )  # fmt: skip
