@@ -4,6 +4,8 @@
 #
 #   ./dev.sh demo          jaxsparse bench, then jaxsparse show causal
 #   ./dev.sh test [ARGS]   the test suite (what CI runs); ARGS go to pytest
+#                          (in JAXSPARSE_TEST_WORKERS processes, default 2; 0 = one process,
+#                          as for GPU tests: each process would take the GPU's memory)
 #   ./dev.sh run CMD...    any command inside the environment
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -49,7 +51,7 @@ case "$task" in
     jaxsparse show causal --seq 2048 --png causal.png
     ;;
   test)
-    python -m pytest -q -m "not slow and not gpu" "$@"
+    python -m pytest -q -m "not slow and not gpu" -n "${JAXSPARSE_TEST_WORKERS:-2}" "$@"
     ;;
   run)
     "$@"
