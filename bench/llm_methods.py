@@ -41,6 +41,9 @@ class Method:
     tiles: Callable[[Any], Any] | None
     pattern: Any = None  # static methods: the pattern (density from host metadata)
     note: str = ""
+    # Stages of `select` timed on their own, name -> f(q, k) (e.g. NSA's compressed branch,
+    # whose output NSA uses anyway).
+    parts: dict[str, Callable[[Any, Any], Any]] = dataclasses.field(default_factory=dict)
 
 
 def _area(sp):
@@ -106,17 +109,22 @@ def nsa_selection_method(
 ) -> Method:
     """NSA's selected branch with a parameter-free (mean) compressor: its importance and blocks."""
 
-    def select(q, k):
-        t, h, s = q.shape[1], q.shape[2], k.shape[1]
+    def compressed_branch(q, k):
+        """Branch 1's lse over the mean-compressed keys (its values do not matter here)."""
         k_cmp = nsa_compress.mean_compress(k, kernel_size=cfg.kernel_size, stride=cfg.stride)
         _, lse_cmp = js.attention(
             q,
             k_cmp,
             k_cmp,
             pattern=P.CompressedCausal(cfg.kernel_size, cfg.stride),
-            q_offset=s - t,
+            q_offset=k.shape[1] - q.shape[1],
             return_lse=True,
         )
+        return k_cmp, lse_cmp
+
+    def select(q, k):
+        t, h, s = q.shape[1], q.shape[2], k.shape[1]
+        k_cmp, lse_cmp = compressed_branch(q, k)
         bits = nsa_selection.nsa_select(
             q,
             k_cmp,
@@ -160,7 +168,9 @@ def nsa_selection_method(
         pattern, sp = state
         return js.attention(q, k, v, pattern=pattern, sparsity=sp, config=config, return_lse=True)
 
-    return Method(name, select, attend, _state_area, note=note)
+    return Method(
+        name, select, attend, _state_area, note=note, parts={"compressed_branch": compressed_branch}
+    )
 
 
 def vertical_slash_method(pattern) -> Method:

@@ -10,7 +10,9 @@ Writes OUT_DIR/llm_sparse_gpu.jsonl, one JSON object per line, as it goes:
   * kind="method": for each method at its default setting (see
     `llm_methods.py`) and length: `select_ms` (the content-aware selection
     alone), `attend_ms` (attention over a precomputed selection), `total_ms`
-    (both in one jitted call), `overhead` = select / attend, `tile_density`
+    (both in one jitted call), `overhead` = select / attend, `select_<part>_ms`
+    (a stage of the selection jitted alone: NSA's compressed branch, whose
+    output NSA uses anyway, as `select_compressed_branch_ms`), `tile_density`
     (visited tile area / causal area; for routed selections, MoBA and NSA: the
     keys of their selected (row, block) pairs), speedups of `total_ms` over dense.
   * kind="nsa_train": NSA forward+backward (three branches, gradients to q, k,
@@ -30,7 +32,9 @@ than on white noise. Times are medians of `--reps` timed calls after warm-up.
 substrings; the nsa_train rows ("NSA train", "NSA train (routed)", "NSA train
 (one dK/dV warpgroup)", see `NSA_TRAIN_VARIANTS`) run when one of them contains
 such a substring (`--methods 'NSA train'`: the dense rows and NSA's
-forward+backward rows only).
+forward+backward rows only); `--skip` drops the methods whose name contains
+one of its substrings (e.g. `--skip 'routed,bq64,XLA gate'`: the variants).
+The meta row names the device kind and, from `JAXSPARSE_COMMIT`, the commit.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -156,6 +161,8 @@ def run_method(m, q, k, v, dense, *, b, h, t, reps):
         overhead=select_ms / attend_ms if attend_ms else None,
         tile_density=area / causal_area(b, h, t),
     )
+    for name, f in m.parts.items():  # stages of the selection, each jitted alone
+        row[f"select_{name}_ms"] = timed(jax.jit(f), q, k, reps=reps)
     for name, (fwd, _) in dense.items():
         row[f"speedup_fwd_vs_{name}"] = fwd / total_ms
     return row
@@ -255,6 +262,7 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="CPU check at tiny sizes")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--methods", default="", help="comma-separated substrings to keep")
+    ap.add_argument("--skip", default="", help="comma-separated substrings to drop")
     ap.add_argument(
         "--nsa-variants",
         default=",".join(NSA_TRAIN_VARIANTS),
@@ -273,6 +281,8 @@ def main(argv=None):
         kind="meta",
         date=datetime.datetime.now().isoformat(timespec="seconds"),
         device=str(jax.devices()[0]),
+        device_kind=jax.devices()[0].device_kind,
+        commit=os.environ.get("JAXSPARSE_COMMIT", ""),
         backend=jax.default_backend(),
         jax=jax.__version__,
         platform=platform.platform(),
@@ -289,6 +299,8 @@ def main(argv=None):
     keep = [s for s in args.methods.split(",") if s]
     if keep:
         methods = [m for m in methods if any(s in m.name for s in keep)]
+    skip = [s for s in args.skip.split(",") if s]
+    methods = [m for m in methods if not any(s in m.name for s in skip)]
     rows = []
     for t in sizes:
         task = llm_synthetic.make_task("needle", t=t, h=h, kh=kh, d=d, seed=0, batch=b)
