@@ -142,6 +142,14 @@ def test_block_topk_selection_and_attention(t, s, bs, top_k, tiles):
     R.assert_close_to_ref(fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot)
 
 
+def test_block_topk_selection_with_many_blocks_and_a_large_top_k():
+    # 320 key blocks and top-100, as BlockTopK's defaults at 16k-64k (256-1024 blocks):
+    # the top-k of such rows once recursed without end.
+    q, k, _, _ = R.random_qkv(1, 640, 2, 1, 4, seed=7)
+    bits = R.jitted(block_topk.block_topk_select, q, k, block_size=2, top_k=100, q_offset=0)
+    np.testing.assert_array_equal(np.asarray(bits), block_topk_reference(q, k, 2, 100, 0))
+
+
 def test_block_topk_lists_are_the_selection_when_tiles_are_blocks():
     q, k, _, _ = R.random_qkv(1, 64, 2, 2, 8, seed=7)
     pattern, sp = P.BlockTopK(block_size=16, top_k=2).select(q, k, q_offset=0, config=None)

@@ -83,6 +83,38 @@ def test_topk_indices_wide_rows_take_two_levels():
     assert "reduce_max" in jaxpr  # the group maxima of level 1
 
 
+@pytest.mark.parametrize(
+    "n, k",
+    [
+        (256, 100),  # BlockTopK / Seer at 16k: 256 blocks, top-100
+        (1024, 100),  # BlockTopK at 64k
+        (2048, 1000),  # MInference's 1,000 vertical columns
+        (16384, 1000),
+        (1024, 16),  # NSA at 64k: two levels
+        (2048, 16),  # NSA at 128k
+    ],
+)
+def test_topk_indices_at_the_methods_widths_equals_lax_top_k(n, k):
+    # Large k on wide rows once recursed without end (the second level was as wide as
+    # the row); every width and k the issue-4 methods use at 16k-128k must come back.
+    s = jax.random.normal(jax.random.key(n + k), (2, n))
+    s = s.at[:, ::7].set(-jnp.inf)
+    values, idx = jax.lax.top_k(s, k)
+    want = np.where(np.asarray(values) > -np.inf, np.asarray(idx), -1)
+    np.testing.assert_array_equal(topk.topk_indices(s, k), want)
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(n=st.integers(1, 5000), k=st.integers(1, 5000))
+def test_grouped_levels_are_narrower_than_the_row(n, k):
+    # The dispatcher's recursion ends: a two-level call only ever works on rows at
+    # most half as wide as its own, at both levels.
+    k = min(k, n)
+    if topk.grouped_applies(n, k):
+        assert -(-n // topk.GROUP_WIDTH) <= n // 2
+        assert k * topk.GROUP_WIDTH <= n // 2
+
+
 def test_topk_ties_prefer_lower_index_and_skip_minus_inf():
     s = jnp.array([[1.0, 3.0, 3.0, -jnp.inf, 3.0, jnp.inf]])
     np.testing.assert_array_equal(topk.topk_indices(s, 3), [[5, 1, 2]])

@@ -19,12 +19,25 @@ def topk_indices(scores, k: int):
         `+inf` entries that must be (forced blocks).
       k: how many to keep (clipped to n).
     """
-    k = max(1, min(int(k), scores.shape[-1]))
+    n = scores.shape[-1]
+    k = max(1, min(int(k), n))
     if k <= ITERATIVE_MAX_K:
         return _iterative_topk(scores, k)
-    if scores.shape[-1] >= GROUPED_MIN_WIDTH:
+    if grouped_applies(n, k):
         return _grouped_topk(scores, k, GROUP_WIDTH)
     return _lax_topk(scores, k)
+
+
+def grouped_applies(n: int, k: int) -> bool:
+    """Whether `topk_indices` takes a row of `n` in two levels for this `k`.
+
+    Only where both levels are at most half as wide as the row (`n / GROUP_WIDTH`
+    group maxima, `k * GROUP_WIDTH` candidates): each recursive call then works on
+    a narrower row, and the candidates are few enough to be worth gathering.
+    With a large k (MInference's top-100 of 1,024 blocks, its 1,000 vertical
+    columns) the candidates would be the whole row: one `lax.top_k` instead.
+    """
+    return n >= GROUPED_MIN_WIDTH and 2 * k * GROUP_WIDTH <= n
 
 
 # Up to this k, `k` argmax passes (memory-bound reductions) beat `lax.top_k`, which
