@@ -73,6 +73,20 @@ def test_moba_bits_through_the_kernel_equal_the_xla_gate():
     np.testing.assert_array_equal(np.asarray(fused), np.asarray(xla))
 
 
+@pytest.mark.parametrize("top_k", [6, 12])
+def test_moba_with_more_chunks_to_pick_than_there_are_is_dense_causal(top_k):
+    # MoBA(4096, 12) at 16k has 4 chunks: the fused path once raised for k=11 > 4 chunks
+    # instead of choosing every past chunk as the XLA path does.
+    q, _ = integer_inputs(1, 128, 2, 1, 64, 1, seed=5)
+    k = jnp.asarray(np.random.default_rng(6).integers(-2, 3, (1, 128, 1, 64)), jnp.bfloat16)
+    kw = dict(block_size=32, top_k=top_k, q_offset=0)  # 4 chunks
+    fused = moba.moba_select(q, k, **kw, config=js.Config(interpret=True))
+    xla = moba.moba_select(q, k, **kw, config=js.Config(gpu_gate_kernel=False))
+    np.testing.assert_array_equal(np.asarray(fused), np.asarray(xla))
+    pos = np.arange(128) // 32
+    np.testing.assert_array_equal(np.asarray(fused)[0, 0], pos[None, :].T >= np.arange(4))
+
+
 @pytest.mark.parametrize(
     "shape, dtype, k, error",
     [

@@ -45,10 +45,11 @@ def moba_select(q, k, *, block_size: int, top_k: int, q_offset: int, config=None
     nc = k_mean.shape[1]
     chunk = jnp.arange(nc, dtype=jnp.int32)
     if top_k > 1:
+        # With no more than top_k - 1 chunks every past chunk is chosen (short sequences).
         picks = selection_kernels.chunk_topk(
             q,
             k_mean.astype(q.dtype),
-            k=top_k - 1,
+            k=min(top_k - 1, nc),
             block_size=block_size,
             q_offset=q_offset,
             config=config,
