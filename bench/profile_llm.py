@@ -1,12 +1,14 @@
 """Where the time of an issue-4 method goes: the top device operations of two calls.
 
 Usage (repo root, on the GPU machine):
-  python bench/profile_llm.py OUT_DIR [--what nsa|moba] [--seq 65536]
+  python bench/profile_llm.py OUT_DIR [--what nsa|moba|select:NAME] [--seq 65536]
 
 `nsa`: NSA forward+backward, exactly the `nsa_train` row of
 `bench/llm_sparse_gpu.py` (three branches, mean compressor, gradients to q, k,
 v and the gates). `moba`: MoBA(512, 3) forward, selection and attention in one
-jitted call (the bench's `total`). Same shapes and inputs as that bench (B=1,
+jitted call (the bench's `total`). `select:NAME`: the selection alone (the
+bench's `select`) of the `llm_methods.default_methods()` entry whose name
+starts with NAME (e.g. `select:FlexPrefill`, `select:Seer`). Same shapes and inputs as that bench (B=1,
 H=16, K=2, D=128, bf16, the "needle" task). Prints the median time, then the
 40 operations with the largest total device time over two traced calls as JSON
 lines (also OUT_DIR/top_ops.jsonl; the Perfetto trace is under OUT_DIR/trace).
@@ -44,10 +46,19 @@ def moba_fn():
     return jax.jit(lambda q, k, v: m.attend(q, k, v, m.select(q, k)))
 
 
+def select_fn(name: str, h: int, kh: int, d: int):
+    methods = llm_methods.default_methods() + [llm_methods.seer_gate_method(h, kh, d)]
+    m = next((m for m in methods if m.name.startswith(name)), None)
+    if m is None:
+        raise SystemExit(f"--what select:{name}: no method named so; {[m.name for m in methods]}")
+    select = jax.jit(m.select)
+    return lambda q, k, v: select(q, k)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out")
-    ap.add_argument("--what", default="nsa", choices=("nsa", "moba"))
+    ap.add_argument("--what", default="nsa", help="nsa, moba or select:NAME")
     ap.add_argument("--seq", type=int, default=65536)
     ap.add_argument("--tiny", action="store_true", help="CPU check (H=2, K=1, D=64, f32)")
     args = ap.parse_args(argv)
@@ -61,8 +72,12 @@ def main(argv=None):
     if args.what == "nsa":
         cfg = NSAConfig(window=min(512, args.seq // 2))
         fn = nsa_fn(q, cfg)
-    else:
+    elif args.what == "moba":
         fn = moba_fn()
+    elif args.what.startswith("select:"):
+        fn = select_fn(args.what.removeprefix("select:"), h, kh, d)
+    else:
+        raise SystemExit(f"--what {args.what!r}: nsa, moba or select:NAME")
     ms = llm_sparse_gpu.timed(fn, q, k, v, reps=3)
     print(json.dumps({"what": args.what, "seq_len": args.seq, "median_ms": ms}), flush=True)
     trace = out / "trace"
