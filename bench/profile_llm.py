@@ -7,8 +7,8 @@ Usage (repo root, on the GPU machine):
 `bench/llm_sparse_gpu.py` (three branches, mean compressor, gradients to q, k,
 v and the gates). `moba`: MoBA(512, 3) forward, selection and attention in one
 jitted call (the bench's `total`). `select:NAME`: the selection alone (the
-bench's `select`) of the `llm_methods.default_methods()` entry whose name
-starts with NAME (e.g. `select:FlexPrefill`, `select:Seer`). Same shapes and inputs as that bench (B=1,
+bench's `select`) of the `llm_methods.default_methods()` entry named NAME,
+else the first whose name starts with NAME (e.g. `select:FlexPrefill`, `select:Seer`). Same shapes and inputs as that bench (B=1,
 H=16, K=2, D=128, bf16, the "needle" task). Prints the median time, then the
 40 operations with the largest total device time over two traced calls as JSON
 lines (also OUT_DIR/top_ops.jsonl; the Perfetto trace is under OUT_DIR/trace).
@@ -48,7 +48,8 @@ def moba_fn():
 
 def select_fn(name: str, h: int, kh: int, d: int):
     methods = llm_methods.default_methods() + [llm_methods.seer_gate_method(h, kh, d)]
-    m = next((m for m in methods if m.name.startswith(name)), None)
+    m = next((m for m in methods if m.name == name), None)  # an exact name first
+    m = m or next((m for m in methods if m.name.startswith(name)), None)
     if m is None:
         raise SystemExit(f"--what select:{name}: no method named so; {[m.name for m in methods]}")
     select = jax.jit(m.select)
