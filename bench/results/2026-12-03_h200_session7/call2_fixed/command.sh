@@ -1,9 +1,9 @@
 #!/bin/bash
-# Session 7, call 2 (tree at 99ec432): the methods that failed in call 1 (top-k recursion, MoBA's
+# Session 7, call 2 (tree at c169480): the methods that failed in call 1 (top-k recursion, MoBA's
 # gate with more picks than chunks) at 16k and 64k; where the selections of FlexPrefill, Seer,
 # BlockTopK and VerticalSlash spend their time at 64k; the gate kernel's GPU tests.
 set -x
-export PYTHONPATH=. JAXSPARSE_COMMIT=99ec432
+export PYTHONPATH=. JAXSPARSE_COMMIT=c169480
 mkdir -p $OUT/r
 date -u > $OUT/r/start.txt
 timeout 60 python -m pytest -q -m gpu -p no:cacheprovider tests/test_gate_topk.py > $OUT/r/gpu_tests.log 2>&1
