@@ -135,6 +135,38 @@ def test_rank_mask_per_row_counts_match_sorting():
         np.testing.assert_array_equal(got[i, j], want)
 
 
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    seed=st.integers(0, 2**16), n=st.integers(1, 40), max_count=st.integers(0, 45)
+)
+def test_rank_mask_with_ties_and_infinities_equals_a_stable_argsort(seed, n, max_count):
+    rng = np.random.default_rng(seed)
+    s = rng.choice(np.array([-np.inf, 0.0, 0.5, 1.0, np.inf], np.float32), size=(3, n))
+    counts = rng.integers(0, max_count + 1, 3)
+    got = np.asarray(topk.rank_mask(jnp.asarray(s), jnp.asarray(counts, jnp.int32)))
+    for r in range(3):
+        want = np.zeros(n, bool)
+        want[np.argsort(-s[r], kind="stable")[: counts[r]]] = True
+        np.testing.assert_array_equal(got[r], want & (s[r] > -np.inf))
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(seed=st.integers(0, 2**16), n=st.integers(1, 40), gamma=st.floats(0.0, 1.2))
+def test_cover_mask_and_count_with_ties_equal_a_stable_argsort(seed, n, gamma):
+    # Masses with ties and zeros (dyadic values: every partial sum is exact).
+    rng = np.random.default_rng(seed)
+    p = rng.choice(np.array([0.0, 0.125, 0.25, 0.5], np.float32), size=(2, n))
+    order = np.argsort(-p, axis=-1, kind="stable")
+    csum = np.cumsum(np.take_along_axis(p, order, -1), -1)
+    keep = np.asarray(cumulative.cover_mask(jnp.asarray(p), gamma))
+    count = np.asarray(cumulative.cover_count(jnp.asarray(p), gamma))
+    for r in range(2):
+        want = np.zeros(n, bool)
+        want[order[r][csum[r] <= np.float32(gamma)]] = True
+        np.testing.assert_array_equal(keep[r], want)
+        assert count[r] == (csum[r] <= np.float32(gamma)).sum() + 1
+
+
 def test_sorted_cumsum_and_budgets_match_numpy():
     p = rng.random((3, 11)).astype(np.float32)
     p /= p.sum(-1, keepdims=True)
@@ -196,6 +228,22 @@ def test_last_query_probs_vertical_and_slash_match_loops():
             slash[0, hh, o] += want[0, hh, r, j]
     got = estimate.slash_scores(jnp.asarray(want), jnp.asarray(q_offset + np.arange(t - n, t)))
     np.testing.assert_allclose(np.asarray(got), slash, rtol=1e-5, atol=1e-7)
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(
+    seed=st.integers(0, 2**16), n=st.integers(1, 9), s=st.integers(1, 40), first=st.integers(0, 50)
+)
+def test_slash_scores_equal_diagonal_sums(seed, n, s, first):
+    # Any rows at consecutive positions (also past the last key), any key count.
+    probs = np.random.default_rng(seed).random((2, n, s)).astype(np.float32)
+    want = np.zeros((2, s), np.float32)
+    for r, j in np.ndindex(n, s):
+        o = first + r - j
+        if 0 <= o < s:
+            want[:, o] += probs[:, r, j]
+    got = jax.jit(estimate.slash_scores)(jnp.asarray(probs), first + jnp.arange(n))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("l, d, lp", [(32, 16, 64), (8, 4, 8), (4, 2, 2), (6, 2, 4)])

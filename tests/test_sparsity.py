@@ -89,6 +89,35 @@ def test_device_compaction_matches_host(pattern, geo):
         np.testing.assert_array_equal(np.asarray(got), getattr(host, name), name)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 40)),
+    density=st.floats(0.0, 1.0),
+    kmax=st.one_of(st.none(), st.integers(1, 45)),
+)
+def test_device_lists_are_the_ascending_non_empty_tiles(seed, shape, density, kmax):
+    # Random codes, rows truncated at kmax: every row lists its first non-empty
+    # columns in ascending order, then repeats the last (0 for an empty row).
+    rng = np.random.default_rng(seed)
+    h, tb, sb = shape
+    codes = np.where(rng.random(shape) < density, rng.integers(1, 3, shape), 0).astype(np.int8)
+    sp = S.from_block_codes(
+        jnp.asarray(codes), block_q=4, block_kv=4, q_len=4 * tb, kv_len=4 * sb, max_kv_blocks=kmax
+    )
+    width = sb if kmax is None else min(kmax, sb)
+    for hh, i in np.ndindex(h, tb):
+        cols = np.flatnonzero(codes[hh, i])[:width]
+        n = len(cols)
+        want = np.concatenate([cols, np.full(width - n, cols[-1] if n else 0)])
+        np.testing.assert_array_equal(np.asarray(sp.kv_indices[0, hh, i]), want)
+        assert int(sp.kv_counts[0, hh, i]) == n
+        np.testing.assert_array_equal(
+            np.asarray(sp.kv_full[0, hh, i]),
+            (np.arange(width) < n) & (codes[hh, i][want] == 2)
+        )
+
+
 def test_explicit_masks_host_and_traced_agree():
     rng = np.random.default_rng(0)
     bm = rng.random((2, 4, 5)) < 0.4

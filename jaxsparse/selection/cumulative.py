@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jaxsparse.selection import topk
+
 
 def sorted_cumsum(scores):
     """`(inclusive, exclusive)` cumulative mass of each entry in descending-score order.
@@ -34,18 +36,25 @@ def cover_count(scores, mass):
     `mass` broadcasts against `scores.shape[:-1]`. The result is int32 and may
     exceed n by one when the whole row sums to at most `mass`; callers clamp it.
     """
-    inclusive, _ = sorted_cumsum(scores)
-    return (inclusive <= _row_mass(mass, scores)).sum(-1, dtype=jnp.int32) + 1
+    return _covered(scores, topk.descending(scores.astype(jnp.float32)), mass) + 1
 
 
 def cover_mask(scores, mass):
     """Boolean mask of the best entries whose sorted cumulative sum stays `<= mass`.
 
     FlexPrefill's query-aware block set (`score_cover_idx`): the entry that
-    crosses `mass` is not kept.
+    crosses `mass` is not kept. Scores are non-negative, so the kept entries
+    are the first `#(sorted cumsum <= mass)` in rank order.
     """
-    inclusive, _ = sorted_cumsum(scores)
-    return inclusive <= _row_mass(mass, scores)
+    scores = scores.astype(jnp.float32)
+    ranked = topk.descending(scores)
+    return topk.ranked_mask(scores, ranked, _covered(scores, ranked, mass))
+
+
+def _covered(scores, ranked, mass):
+    """`#(cumsum of the ranked scores <= mass)` per row, int32."""
+    inclusive = jnp.cumsum(ranked, axis=-1)
+    return (inclusive <= _row_mass(mass, scores)).sum(-1, dtype=jnp.int32)
 
 
 def _row_mass(mass, scores):

@@ -6,6 +6,7 @@ extrapolate the pattern to the whole prefill.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -65,13 +66,24 @@ def slash_scores(probs, q_pos):
     """Diagonal sums `[B, H, S]` indexed by offset `o = query position - key position`.
 
     `slash[..., o] = sum_r probs[..., r, q_pos[r] - o]` over the rows whose
-    diagonal `o` lands on a key (MInference step 3, FlexPrefill's slash).
+    diagonal `o` lands on a key (MInference step 3, FlexPrefill's slash). The
+    rows must sit at consecutive positions `q_pos[0] + r >= 0` (the last queries,
+    as `last_query_probs` returns them).
+
+    Row r is shifted left by r with a pad and a reshape (each row padded by n
+    on both sides, flattened, n zeros appended, read back one wider), so the
+    diagonals become columns and one row sum gives them all: no gather over
+    the `[B, H, n, S]` probabilities (its index arithmetic took about 1.5 ms
+    at 64k keys on the H200, 2026-12-03).
     """
-    s = probs.shape[-1]
-    o = jnp.arange(s, dtype=jnp.int32)[None, :]
-    col = (q_pos[:, None] - o)[None, None]  # [1, 1, n, S]: key on diagonal o for each row
-    valid = (col >= 0) & (col < s)
-    gathered = jnp.take_along_axis(
-        probs, jnp.broadcast_to(jnp.clip(col, 0, s - 1), probs.shape), axis=-1
-    )
-    return jnp.where(valid, gathered, 0.0).sum(-2)
+    *lead, n, s = probs.shape
+    w = s + 2 * n
+    padded = jnp.pad(probs, [(0, 0)] * len(lead) + [(0, 0), (n, n)])
+    flat = jnp.pad(padded.reshape(*lead, n * w), [(0, 0)] * len(lead) + [(0, n)])
+    # skewed[..., r, m] = padded[..., r, m + r] (zero past the row's end).
+    diagonals = flat.reshape(*lead, n, w + 1).sum(-2)  # [..., m]: offset q_pos[0] + n - m
+    # Offsets o = 0..s-1 read diagonals[q_pos[0] + n - o]; out of range is zero (rows
+    # far past the keys: start clamps into the left padding).
+    rev = jnp.pad(diagonals[..., ::-1], [(0, 0)] * len(lead) + [(s, s)])
+    start = 2 * s + n - jnp.clip(jnp.asarray(q_pos)[0], 0, 2 * s + n)
+    return jax.lax.dynamic_slice_in_dim(rev, start, s, axis=-1)

@@ -110,6 +110,28 @@ def rank_mask(scores, counts):
     `counts` is an int array broadcastable to `scores.shape[:-1]`; entries
     scored -inf are never kept. Ties are broken by the lower index.
     """
-    order = jnp.argsort(-scores, axis=-1, stable=True)
-    rank = jnp.argsort(order, axis=-1, stable=True)  # rank of each entry, 0 = best
-    return (rank < jnp.asarray(counts)[..., None]) & (scores > -jnp.inf)
+    return ranked_mask(scores, descending(scores), counts)
+
+
+def descending(scores):
+    """Each row's values sorted best first (one value sort, no index payload)."""
+    return -jnp.sort(-scores, axis=-1)
+
+
+def ranked_mask(scores, ranked, counts):
+    """`rank_mask` given `ranked = descending(scores)`.
+
+    The `c`-th best value `v` of a row splits it: every entry above `v` is
+    kept, and of the entries equal to `v` the lowest-indexed ones that fill
+    the row up to `c`. Exactly the first `c` entries of a stable descending
+    argsort, without the two argsorts (key-value sorts) that cost XLA:GPU
+    several times one value sort.
+    """
+    n = scores.shape[-1]
+    counts = jnp.broadcast_to(jnp.asarray(counts, jnp.int32), scores.shape[:-1])[..., None]
+    kth = jnp.take_along_axis(ranked, jnp.clip(counts - 1, 0, n - 1), axis=-1)
+    above = scores > kth
+    tied = scores == kth
+    room = counts - above.sum(-1, keepdims=True, dtype=jnp.int32)
+    first_tied = tied & (jnp.cumsum(tied, axis=-1, dtype=jnp.int32) <= room)
+    return (above | first_tied) & (counts > 0) & (scores > -jnp.inf)

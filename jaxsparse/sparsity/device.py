@@ -83,15 +83,24 @@ def from_block_codes(
 
 
 def _compact(codes, kmax):
-    """Ascending non-empty columns of every row, padded with the last one."""
+    """Ascending non-empty columns of every row, padded with the last one.
+
+    Each non-empty column's slot is its rank among the row's non-empty columns
+    (a running count), and one scatter writes it there: no sort, which on
+    XLA:GPU took 1.2 ms per list direction for BlockTopK's `[16, 1024, 1024]`
+    codes at 64k tokens (H200, 2026-12-03).
+    """
     n = codes.shape[-1]
     kmax = n if kmax is None else max(1, min(kmax, n))
-    nonzero = codes != pbase.EMPTY
-    col = jax.lax.broadcasted_iota(jnp.int32, codes.shape, codes.ndim - 1)
-    key = jnp.where(nonzero, col, n + col)  # non-empty first, each group ascending
-    _, idx = jax.lax.top_k(-key, kmax)
-    idx = idx.astype(jnp.int32)
-    counts = jnp.minimum(nonzero.sum(-1, dtype=jnp.int32), kmax)
+    lead = codes.shape[:-1]
+    nonzero = (codes != pbase.EMPTY).reshape(-1, n)
+    rank = jnp.cumsum(nonzero, axis=-1, dtype=jnp.int32) - 1
+    slot = jnp.where(nonzero & (rank < kmax), rank, kmax)  # kmax: out of range, dropped
+    col = jax.lax.broadcasted_iota(jnp.int32, nonzero.shape, 1)
+    rows = jax.lax.broadcasted_iota(jnp.int32, nonzero.shape, 0)
+    idx = jnp.zeros((nonzero.shape[0], kmax), jnp.int32)
+    idx = idx.at[rows, slot].set(col, mode="drop").reshape(lead + (kmax,))
+    counts = jnp.minimum(nonzero.sum(-1, dtype=jnp.int32), kmax).reshape(lead)
     e = jax.lax.broadcasted_iota(jnp.int32, idx.shape, idx.ndim - 1)
     last = jnp.take_along_axis(idx, jnp.maximum(counts - 1, 0)[..., None], axis=-1)
     idx = jnp.where(e < counts[..., None], idx, jnp.where(counts[..., None] > 0, last, 0))
