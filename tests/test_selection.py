@@ -136,9 +136,7 @@ def test_rank_mask_per_row_counts_match_sorting():
 
 
 @hypothesis.settings(max_examples=40, deadline=None)
-@hypothesis.given(
-    seed=st.integers(0, 2**16), n=st.integers(1, 40), max_count=st.integers(0, 45)
-)
+@hypothesis.given(seed=st.integers(0, 2**16), n=st.integers(1, 40), max_count=st.integers(0, 45))
 def test_rank_mask_with_ties_and_infinities_equals_a_stable_argsort(seed, n, max_count):
     rng = np.random.default_rng(seed)
     s = rng.choice(np.array([-np.inf, 0.0, 0.5, 1.0, np.inf], np.float32), size=(3, n))

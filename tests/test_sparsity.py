@@ -113,8 +113,7 @@ def test_device_lists_are_the_ascending_non_empty_tiles(seed, shape, density, km
         np.testing.assert_array_equal(np.asarray(sp.kv_indices[0, hh, i]), want)
         assert int(sp.kv_counts[0, hh, i]) == n
         np.testing.assert_array_equal(
-            np.asarray(sp.kv_full[0, hh, i]),
-            (np.arange(width) < n) & (codes[hh, i][want] == 2)
+            np.asarray(sp.kv_full[0, hh, i]), (np.arange(width) < n) & (codes[hh, i][want] == 2)
         )
 
 
