@@ -310,19 +310,8 @@ def main(argv=None):
         dense = dense_baselines(q, k, v, cot, reps)
         for name, (fwd, fb) in dense.items():
             emit(kind="dense", method=name, seq_len=t, fwd_ms=fwd, fwd_bwd_ms=fb)
-        for m in methods:
-            try:
-                row = run_method(m, q, k, v, dense, b=b, h=h, t=t, reps=reps)
-            except Exception as e:  # noqa: BLE001 - report and go on
-                row = dict(
-                    kind="error",
-                    method=m.name,
-                    seq_len=t,
-                    error=f"{type(e).__name__}: {e}"[:800],
-                    trace=traceback.format_exc()[-1500:],
-                )
-            emit(**row)
-            rows.append(row)
+        # NSA's forward+backward (the first target) before the per-method rows, so
+        # that a run cut by a time limit still has it.
         cfg = NSAConfig(window=min(512, t // 2)) if args.tiny else NSAConfig()
         for method in args.nsa_variants.split(","):
             attention_config = NSA_TRAIN_VARIANTS[method]
@@ -337,6 +326,19 @@ def main(argv=None):
             except Exception as e:  # noqa: BLE001
                 row = dict(
                     kind="error", method=method, seq_len=t, error=f"{type(e).__name__}: {e}"[:800]
+                )
+            emit(**row)
+            rows.append(row)
+        for m in methods:
+            try:
+                row = run_method(m, q, k, v, dense, b=b, h=h, t=t, reps=reps)
+            except Exception as e:  # noqa: BLE001 - report and go on
+                row = dict(
+                    kind="error",
+                    method=m.name,
+                    seq_len=t,
+                    error=f"{type(e).__name__}: {e}"[:800],
+                    trace=traceback.format_exc()[-1500:],
                 )
             emit(**row)
             rows.append(row)
