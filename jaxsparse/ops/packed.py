@@ -12,7 +12,7 @@ back, and gradients come from the kernels' own backward passes.
 
 Work is the union per tile, not the selected pairs: on the synthetic needle
 inputs (`bench/llm_synthetic.py`, NSA's defaults) the union of 16 tokens'
-blocks is 2.3x their selected blocks at 8k and 3.6x at 32k. The other route
+blocks is 2.3x their selected blocks at 8k, 3.6x at 32k and 4.3x at 64k. The other route
 for per-token selections, `jaxsparse.ops.routed`, does exactly the selected
 pairs but gathers each pair's query row and merges the partial results in
 XLA; it also serves selections that no group shares (MoBA's are per head).
