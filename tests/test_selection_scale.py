@@ -18,8 +18,8 @@ import pytest
 
 import jaxsparse as js
 from jaxsparse import patterns as P
-from jaxsparse.methods import NSAConfig, nsa_compress, nsa_selection, seer, vertical_slash
-from jaxsparse.patterns.dynamic import block_topk, flex_prefill, moba
+from jaxsparse.methods import NSAConfig, nsa_compress, nsa_selection, seer
+from jaxsparse.patterns.dynamic import block_topk, flex_prefill, moba, vertical_slash
 
 T, H, K, D = 16384, 2, 1, 64
 
@@ -53,7 +53,7 @@ def test_moba_keeps_top_k_chunks_or_all_past_ones(qk, top_k):
 def test_vertical_slash_keeps_its_columns_and_diagonals(qk):
     p = P.VerticalSlash()
     vert, slash = jax.jit(
-        lambda q, k: vertical_slash.vertical_slash.vertical_slash_select(
+        lambda q, k: vertical_slash.vertical_slash_select(
             q,
             k,
             vertical_size=p.vertical_size,
