@@ -87,7 +87,7 @@ def run(call: call_lib.Call):
     q_p = q.reshape(b, tt, hx, g, d).transpose(0, 1, 3, 2, 4).reshape(b, tt * g, hx, d)
     k, v = (jnp.pad(x, ((0, 0), (0, sp - s), (0, 0), (0, 0))) for x in (call.k, call.v))
     rows = _PackedRows(group=g, q_offset=call.q_offset)
-    tables = (*(getattr(sparsity, name) for name in _TABLES), kv_words, q_words)
+    tables = tuple(getattr(sparsity, name) for name in _TABLES)
     out, lse = pallas_gpu.run_tables(
         call,
         q_p,
@@ -101,6 +101,7 @@ def run(call: call_lib.Call):
         block_q=bq,
         block_kv=bk,
         word_rows=g,
+        arrays={"kv_words": kv_words, "q_words": q_words},
         heavy_first=False,  # block order: neighbouring tiles share key blocks (L2)
         dkv_list_splits=dkv_list_splits(tb),
     )

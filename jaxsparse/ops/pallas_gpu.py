@@ -17,8 +17,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxsparse.ops import bitmaps, kernel_common, layout, metadata, packed, routed
 from jaxsparse.ops import call as call_lib
-from jaxsparse.ops import kernel_common, layout, metadata, packed, routed
 from jaxsparse.ops.xla import impl as xla_impl
 from jaxsparse.ops.xla import pairs as xla_pairs
 from jaxsparse.ops.xla import tiles as xla_tiles
@@ -76,6 +76,8 @@ def run(call: call_lib.Call):
     interpret = call.config.interpret
     check_device(interpret)
     _check_call(call)
+    if bitmaps.applies(call):  # MInference's vertical-slash: diagonals, gathered columns
+        return bitmaps.run(call)
     if packed.applies(call):  # per-token selections shared by a GQA group (NSA)
         return packed.run(call)
     if routed.applies(call):  # other per-token selections (MoBA): key-block-major
@@ -128,12 +130,17 @@ def run_tables(
     heavy_first: bool = True,
     dkv_list_splits: int = 1,
     xla_work=None,
+    arrays=None,
+    statics=(),
 ):
     """The kernels (forward, and their backward under `jax.grad`) on padded inputs and tables.
 
-    `tables`: the six lists of `kernel_common.tables`, then, with `word_rows`,
-    the kv-major and q-major row words. `xla_work`: `(Static, work)` to run
-    the backward on the XLA path (shapes the backward kernels do not take).
+    `tables`: the six lists of `kernel_common.tables`. `arrays`: other array
+    keywords of the kernels (`kv_words` and `q_words` with `word_rows`,
+    `diagonals`, `key_columns`; `q_words` goes to the backward only);
+    `statics`: other static keywords (`(name, value)` pairs). `xla_work`:
+    `(Static, work)` to run the backward on the XLA path (shapes the backward
+    kernels do not take).
     `heavy_first`, `dkv_list_splits`: the launch order and the dK/dV list
     splits unless `Config.gpu_heavy_first` / `gpu_dkv_list_splits` say.
     Scale, soft cap and tuning come from `call`.
@@ -154,6 +161,7 @@ def run_tables(
     )
     if word_rows:
         kw["word_rows"] = word_rows
+    kw.update(statics)
     if call.config.gpu_num_stages:
         kw["num_stages"] = call.config.gpu_num_stages
     if call.config.gpu_persistent is not None:
@@ -175,7 +183,7 @@ def run_tables(
     xla_st, work = xla_work or (None, None)
     st = _Static(kernel=tuple(sorted(kw.items(), key=lambda x: x[0])), xla=xla_st, bwd=bwd)
     with interpret_context(interpret):
-        return _attention(st, q, k, v, tables, segs, work, call.pattern)
+        return _attention(st, q, k, v, tables, arrays or {}, segs, work, call.pattern)
 
 
 def _xla_backward(call, sp, bq, bk, *, use_mask_fn: bool):
@@ -224,14 +232,13 @@ def interpret_context(interpret: bool):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(st, q, k, v, tables, segs, work, pattern):
-    return _forward(st, q, k, v, tables, segs)
+def _attention(st, q, k, v, tables, arrays, segs, work, pattern):
+    return _forward(st, q, k, v, tables, arrays, segs)
 
 
-def _forward(st, q, k, v, tables, segs):
+def _forward(st, q, k, v, tables, arrays, segs):
     from pallas_kernels.gpu import api as kernels
 
-    words = {"kv_words": tables[6]} if len(tables) > 6 else {}
     return kernels.block_sparse_attention_fwd(
         q,
         k,
@@ -239,18 +246,18 @@ def _forward(st, q, k, v, tables, segs):
         *tables[:3],
         q_segment_ids=segs[0],
         kv_segment_ids=segs[1],
-        **words,
+        **{name: x for name, x in arrays.items() if name != "q_words"},
         **st.kwargs(),
     )
 
 
-def _attention_fwd(st, q, k, v, tables, segs, work, pattern):
-    out, lse = _forward(st, q, k, v, tables, segs)
-    return (out, lse), (q, k, v, out, lse, tables, segs, work, pattern)
+def _attention_fwd(st, q, k, v, tables, arrays, segs, work, pattern):
+    out, lse = _forward(st, q, k, v, tables, arrays, segs)
+    return (out, lse), (q, k, v, out, lse, tables, arrays, segs, work, pattern)
 
 
 def _attention_bwd(st, residuals, cotangents):
-    q, k, v, out, lse, tables, segs, work, pattern = residuals
+    q, k, v, out, lse, tables, arrays, segs, work, pattern = residuals
     dout, dlse = cotangents
     if st.xla is not None:
         dq, dk, dv = xla_impl._backward(st.xla, q, k, v, out, lse, dout, dlse, work, segs, pattern)
@@ -268,10 +275,10 @@ def _attention_bwd(st, residuals, cotangents):
             *tables[:6],
             q_segment_ids=segs[0],
             kv_segment_ids=segs[1],
-            **({"kv_words": tables[6], "q_words": tables[7]} if len(tables) > 6 else {}),
+            **arrays,
             **st.bwd_kwargs(),
         )
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -63,6 +63,9 @@ def _statics(
     interpret,
     word_rows=0,
     block_q=128,
+    segments_le=False,
+    diag_pads=None,
+    keys_mode="or",
 ):
     if scale is None:
         scale = q.shape[-1] ** -0.5
@@ -87,6 +90,9 @@ def _statics(
         interpret=interpret,
         word_rows=int(word_rows),
         word_bits=block_q // word_rows if word_rows else 0,
+        segments_le=bool(segments_le),
+        diag_pads=diag_pads,
+        keys_mode=keys_mode,
     )
 
 
@@ -122,6 +128,51 @@ def _words(words, indices, word_rows, block_q, name):
     if words.dtype != jnp.int32:
         raise TypeError(f"{name} words must be int32, got {words.dtype}")
     return words
+
+
+def _pack_bits(bits):
+    """bool `[..., L]` (L a multiple of 32) -> int32 `[..., L // 32]`, bit i at word i // 32."""
+    *lead, n = bits.shape
+    shifts = jnp.arange(32, dtype=jnp.uint32).reshape((1,) * (len(lead) + 1) + (32,))
+    words = jnp.left_shift(bits.reshape(*lead, n // 32, 32).astype(jnp.uint32), shifts)
+    return lax.bitcast_convert_type(words.sum(-1, dtype=jnp.uint32), jnp.int32)
+
+
+def _diag_bitmap(diagonals, *, sign: int, pad: int, length: int):
+    """The kernels' diagonal bitmap: bit i is offset `o = sign * (pad - i)` (`q - k`) kept.
+
+    sign 1: indexed by `k - q` (tiles with query rows); -1: by `q - k` (key rows).
+    `length` bits, rounded up to whole words plus the words a tile reads past its end.
+    """
+    n = diagonals.shape[-1]
+    length = -(-length // 32) * 32 + 8 * 32
+    o = sign * (pad - jnp.arange(length, dtype=jnp.int32))
+    kept = jnp.take(diagonals.astype(bool), jnp.clip(o, 0, n - 1), axis=-1)
+    return _pack_bits(kept & ((o >= 0) & (o < n))[None, None])
+
+
+def _bitmaps(diagonals, key_columns, keys_mode, *, B, H, Tp, Sp, q_offset):
+    """Checks the diagonal / key inputs and packs them: `(diag_pads, fwd, dkv, keys)`."""
+    if keys_mode not in ("or", "exclude"):
+        raise ValueError(f"key_columns_mode must be 'or' or 'exclude', got {keys_mode!r}")
+    for name, x in (("diagonals", diagonals), ("key_columns", key_columns)):
+        if x is not None and (x.ndim != 3 or x.shape[0] not in (1, B) or x.shape[1] not in (1, H)):
+            raise ValueError(f"{name} must be bool [1 or {B}, 1 or {H}, n], got {x.shape}")
+    keys = None
+    if key_columns is not None:
+        n = key_columns.shape[-1]
+        if n > Sp:
+            raise ValueError(f"key_columns cover {n} keys, more than the {Sp} padded keys")
+        width = -(-Sp // 32) * 32 + 4 * 32
+        keys = _pack_bits(jnp.pad(key_columns.astype(bool), ((0, 0), (0, 0), (0, width - n))))
+    if diagonals is None:
+        return None, None, None, keys
+    # Tiles with query rows read bits k - q + pad_q over k in [0, Sp), q < q_offset + Tp;
+    # tiles with key rows read q - k + pad_k over q >= q_offset, k < Sp: both stay >= 0.
+    pad_q, pad_k = q_offset + Tp, Sp
+    fwd = _diag_bitmap(diagonals, sign=1, pad=pad_q, length=pad_q + Sp)
+    dkv = _diag_bitmap(diagonals, sign=-1, pad=pad_k, length=pad_k + q_offset + Tp)
+    return (pad_q, pad_k), fwd, dkv, keys
 
 
 def _num_sms() -> int:
@@ -169,6 +220,10 @@ def block_sparse_attention_fwd(
     interpret: Any = None,
     kv_words: jax.Array | None = None,
     word_rows: int = 0,
+    diagonals: jax.Array | None = None,
+    key_columns: jax.Array | None = None,
+    key_columns_mode: str = "or",
+    segments_le: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Block-sparse flash attention forward on Hopper (Mosaic GPU).
 
@@ -207,6 +262,15 @@ def block_sparse_attention_fwd(
         consecutive rows). The mask_fn still applies; full tiles skip both.
       word_rows: query rows per word bit (a power of two dividing block_q,
         block_q // word_rows <= 32).
+      diagonals: None, or bool [Bx, Hx, n]: in a partial tile, query q attends
+        key k only if `0 <= q - k < n` and `diagonals[..., q - k]` (kept
+        diagonals, MInference's "slash" lines); combined with key_columns.
+      key_columns: None, or bool [Bx, Hx, n <= Sp] marking keys; with
+        key_columns_mode "or" a partial tile also attends the marked keys
+        (given diagonals), "exclude" drops them. The mask_fn still applies
+        (e.g. causality for the marked keys).
+      segments_le: the segment test is `kv id <= q id` (ids are positions of
+        gathered keys) instead of `==`.
 
     Returns:
       out [B, Tp, H, Dv] in q.dtype and lse [B, H, Tp] float32 (natural log).
@@ -223,6 +287,9 @@ def block_sparse_attention_fwd(
     cm.check_tables(kv_indices, kv_counts, kv_full, B=B, H=H, nb=Tp // block_q, name="kv")
     kv_words = _words(kv_words, kv_indices, word_rows, block_q, "kv")
     q_seg, kv_seg = _segments(q_segment_ids, kv_segment_ids, B, Tp, Sp)
+    diag_pads, diag, _, keys = _bitmaps(
+        diagonals, key_columns, key_columns_mode, B=B, H=H, Tp=Tp, Sp=Sp, q_offset=q_offset
+    )
     st = _statics(
         q,
         k,
@@ -237,6 +304,9 @@ def block_sparse_attention_fwd(
         interpret=interpret,
         word_rows=word_rows if kv_words is not None else 0,
         block_q=block_q,
+        segments_le=segments_le,
+        diag_pads=diag_pads,
+        keys_mode=key_columns_mode,
     )
     sh = fwd_lib.FwdShapes(
         B=B,
@@ -284,7 +354,19 @@ def block_sparse_attention_fwd(
     else:
         order = jnp.arange(Tp // block_q, dtype=jnp.int32)
     return fwd_lib.forward_call(
-        q, k, v, codes, kv_counts.astype(jnp.int32), order, q_seg, kv_seg, kv_words, sh=sh, st=st
+        q,
+        k,
+        v,
+        codes,
+        kv_counts.astype(jnp.int32),
+        order,
+        q_seg,
+        kv_seg,
+        kv_words,
+        diag,
+        keys,
+        sh=sh,
+        st=st,
     )
 
 
@@ -376,6 +458,10 @@ def block_sparse_attention_bwd(
     kv_words: jax.Array | None = None,
     q_words: jax.Array | None = None,
     word_rows: int = 0,
+    diagonals: jax.Array | None = None,
+    key_columns: jax.Array | None = None,
+    key_columns_mode: str = "or",
+    segments_le: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Gradients of block_sparse_attention_fwd (dQ kernel + dK/dV kernel).
 
@@ -407,6 +493,7 @@ def block_sparse_attention_bwd(
         differ widely, e.g. a key block every query attends).
       kv_words, q_words, word_rows: row words of the two lists (both or
         neither), as in the forward.
+      diagonals, key_columns, key_columns_mode, segments_le: as in the forward.
 
     Returns:
       dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
@@ -430,6 +517,9 @@ def block_sparse_attention_bwd(
     if lse.shape != (B, H, Tp) or (dlse is not None and dlse.shape != lse.shape):
         raise ValueError(f"lse/dlse must be {(B, H, Tp)}")
     q_seg, kv_seg = _segments(q_segment_ids, kv_segment_ids, B, Tp, Sp)
+    diag_pads, diag_q, diag_k, keys = _bitmaps(
+        diagonals, key_columns, key_columns_mode, B=B, H=H, Tp=Tp, Sp=Sp, q_offset=q_offset
+    )
     st = _statics(
         q,
         k,
@@ -444,6 +534,9 @@ def block_sparse_attention_bwd(
         interpret=interpret,
         word_rows=word_rows if kv_words is not None else 0,
         block_q=block_q,
+        segments_le=segments_le,
+        diag_pads=diag_pads,
+        keys_mode=key_columns_mode,
     )
     dt = jnp.dtype(q.dtype)
 
@@ -523,6 +616,8 @@ def block_sparse_attention_bwd(
         q_seg,
         kv_seg,
         kv_words,
+        diag_q,
+        keys,
         sh=dq_sh,
         st=st,
     )
@@ -539,6 +634,8 @@ def block_sparse_attention_bwd(
         q_seg,
         kv_seg,
         q_words,
+        diag_k,
+        keys,
         sh=dkv_sh,
         st=st,
     )

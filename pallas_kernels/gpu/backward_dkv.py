@@ -114,6 +114,8 @@ def _kernel(
     qseg_ref,
     kvseg_ref,
     word_ref,
+    diag_ref,
+    keys_ref,
     dk_ref,
     dv_ref,
     *,
@@ -219,6 +221,9 @@ def _kernel(
                             q_seg=qseg,
                             kv_seg=kvseg,
                             word=word_of(hx, s) if with_mask_fn else None,
+                            bitmaps=cm.bitmaps_or_none(diag_ref, keys_ref, b, hq)
+                            if with_mask_fn
+                            else None,
                         )
                         return jnp.where(valid, t, -jnp.inf)
 
@@ -327,6 +332,8 @@ def dkv_call(
     q_seg,
     kv_seg,
     words=None,
+    diag=None,
+    keys=None,
     *,
     sh: DkvShapes,
     st: cm.AttentionStatics,
@@ -373,4 +380,4 @@ def dkv_call(
         compiler_params=cm.compiler_params(),
         interpret=st.interpret,
     )
-    return kernel(order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg, words)
+    return kernel(order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg, words, diag, keys)

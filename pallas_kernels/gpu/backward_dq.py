@@ -75,6 +75,8 @@ def _kernel(
     qseg_ref,
     kvseg_ref,
     word_ref,
+    diag_ref,
+    keys_ref,
     dq_ref,
     *,
     sh: DqShapes,
@@ -156,6 +158,9 @@ def _kernel(
                         q_seg=qseg,
                         kv_seg=kvseg,
                         word=word_of(s) if with_mask_fn else None,
+                        bitmaps=cm.bitmaps_or_none(diag_ref, keys_ref, b, h)
+                        if with_mask_fn
+                        else None,
                     )
                     return jnp.where(valid, t, -jnp.inf)
 
@@ -230,6 +235,8 @@ def dq_call(
     q_seg,
     kv_seg,
     words=None,
+    diag=None,
+    keys=None,
     *,
     sh: DqShapes,
     st: cm.AttentionStatics,
@@ -264,4 +271,4 @@ def dq_call(
         compiler_params=cm.compiler_params(),
         interpret=st.interpret,
     )
-    return kernel(order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg, words)
+    return kernel(order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg, words, diag, keys)

@@ -63,6 +63,14 @@ class AttentionStatics:
         `(r // word_rows) % word_bits` of the entry's word is set (per-token
         selections with the query heads of a GQA group packed as rows).
       word_bits: bits used per word, block_q // word_rows.
+      segments_le: the segment test is `kv id <= q id` instead of `==` (ids
+        are positions: gathered keys that remember where they came from).
+      diag_pads: None, or the bit offsets of the diagonal bitmaps (see
+        `Bitmaps`): (tiles with query rows: forward and dQ; tiles with key
+        rows: dK/dV).
+      keys_mode: how the key bitmap combines with the diagonal one in partial
+        tiles: "or" (attend kept diagonals and kept keys) or "exclude"
+        (kept diagonals minus the marked keys).
     """
 
     mask_fn: MaskFn | None
@@ -77,6 +85,9 @@ class AttentionStatics:
     interpret: Any
     word_rows: int = 0
     word_bits: int = 0
+    segments_le: bool = False
+    diag_pads: tuple[int, int] | None = None
+    keys_mode: str = "or"
 
     @property
     def regs_lhs(self) -> bool:
@@ -212,6 +223,7 @@ def tile_valid(
     q_seg=None,
     kv_seg=None,
     word=None,
+    bitmaps=None,
 ):
     """Boolean [rows, cols] validity of a tile in the WGMMA layout, or None.
 
@@ -219,6 +231,7 @@ def tile_valid(
     kernels, 1 in the transposed dK/dV kernel). q_start/kv_start are absolute
     query/key positions of the tile's first row/column (q_offset included).
     word: None or the list entry's int32 row word (see AttentionStatics).
+    bitmaps: None or the call's `Bitmaps` (partial tiles only).
     """
     kv_dim = 1 - q_dim
     valid = None
@@ -242,10 +255,110 @@ def tile_valid(
     if q_seg is not None:
         qs = lax.broadcast_in_dim(q_seg, shape, [q_dim])
         ks = lax.broadcast_in_dim(kv_seg, shape, [kv_dim])
-        valid = conj(valid, qs == ks)
+        valid = conj(valid, ks <= qs if st.segments_le else qs == ks)
     if word is not None:
         valid = conj(valid, _word_rows(st, shape, q_start - st.q_offset, q_dim, word))
+    if bitmaps is not None:
+        valid = conj(valid, _bitmap_mask(st, bitmaps, shape, q_start, kv_start, q_dim))
     return valid
+
+
+@dataclasses.dataclass(frozen=True)
+class Bitmaps:
+    """Per (batch, head) bitmaps read in partial tiles: GMEM refs of int32 words.
+
+    diag: None or `[Bx, Hx, W]`, the kept diagonals: with the tile's rows on
+      axis 0 and columns on axis 1, element (row, col) reads bit
+      `col - row + pad` (positions; `pad` = `AttentionStatics.diag_pads[q_dim]`),
+      bit i of word i // 32 at i % 32. So the forward and dQ kernels take one
+      indexed by `k - q` and the dK/dV kernel one indexed by `q - k`.
+    keys: None or `[Bx, Hx, Sk]`, bit j: key j is marked.
+    b, h: the batch and query head of the tile (Bx, Hx of 1 broadcast).
+    """
+
+    diag: Any
+    keys: Any
+    b: Any
+    h: Any
+
+    def word(self, ref, j):
+        bx = self.b if ref.shape[0] > 1 else 0
+        hx = self.h if ref.shape[1] > 1 else 0
+        return ref[bx, hx, j]
+
+
+def bitmaps_or_none(diag_ref, keys_ref, b, h):
+    if diag_ref is None and keys_ref is None:
+        return None
+    return Bitmaps(diag_ref, keys_ref, b, h)
+
+
+def _pick(words, idx):
+    """`words[idx]` for a vector of small indices (a select chain over scalars)."""
+    out = jnp.broadcast_to(words[0], idx.shape)
+    for m in range(1, len(words)):
+        out = jnp.where(idx == m, words[m], out)
+    return out
+
+
+def _bit(word, pos):
+    return (lax.shift_right_logical(word, pos) & 1) == 1
+
+
+def _bitmap_mask(st: AttentionStatics, bm: Bitmaps, shape, q_start, kv_start, q_dim):
+    """[rows, cols] bool of the diagonal and key bitmaps (see `Bitmaps`)."""
+    out = None
+    if bm.diag is not None:
+        row_start, col_start = (q_start, kv_start) if q_dim == 0 else (kv_start, q_start)
+        out = _diag_mask(bm, shape, col_start - row_start + st.diag_pads[q_dim])
+    if bm.keys is not None:
+        marked = _key_mask(bm, shape, kv_start, 1 - q_dim)
+        if out is None:
+            out = marked if st.keys_mode == "or" else ~marked
+        else:
+            out = out | marked if st.keys_mode == "or" else out & ~marked
+    return out
+
+
+def _diag_mask(bm: Bitmaps, shape, base):
+    """Bit `base + col - row` of the diagonal bitmap for every tile element.
+
+    Row r's bits over the columns are one run of the bitmap, starting at
+    `base - r`: each row assembles its run (`cols // 32` words, funnel shifts
+    of the scalar words covering the tile) on the row vector, two rows per
+    thread, and each element then picks its bit out of its row's run.
+    """
+    rows, cols = shape
+    n_words = (rows + cols + 29) // 32 + 1  # words spanning base - (rows - 1) .. base + cols - 1
+    w0 = lax.div(base - (rows - 1), 32)  # base - (rows - 1) >= 0: the pads make sure
+    words = [bm.word(bm.diag, w0 + j) for j in range(n_words)]
+    r = plgpu.broadcasted_iota(jnp.int32, (rows,), 0, layout=WGMMA_ROW)
+    rel = base - w0 * 32 - r  # row r's first bit, counted from word w0
+    wi, sh = lax.shift_right_logical(rel, 5), rel & 31
+    runs = []
+    for j in range(cols // 32):
+        lo, hi = _pick(words, wi + j), _pick(words, wi + j + 1)
+        # (hi << (32 - sh)) without a shift by 32 when sh == 0.
+        runs.append(
+            lax.shift_right_logical(lo, sh) | lax.shift_left(lax.shift_left(hi, 31 - sh), 1)
+        )
+    c = iota(shape, 1)
+    cw = lax.shift_right_logical(c, 5)
+    run = bcast_rows(runs[0], shape)
+    for j in range(1, len(runs)):
+        run = jnp.where(cw == j, bcast_rows(runs[j], shape), run)
+    return _bit(run, c & 31)
+
+
+def _key_mask(bm: Bitmaps, shape, kv_start, kv_dim):
+    """Bit `key` of the key bitmap, computed on the key edge vector and broadcast."""
+    n = shape[kv_dim]
+    w0 = lax.div(kv_start, 32)  # tiles start at multiples of 64 keys
+    words = [bm.word(bm.keys, w0 + j) for j in range(n // 32)]
+    edge = (WGMMA_ROW, WGMMA_COL)[kv_dim]
+    kv = plgpu.broadcasted_iota(jnp.int32, (n,), 0, layout=edge)
+    on = _bit(_pick(words, lax.shift_right_logical(kv, 5)), kv & 31)
+    return lax.broadcast_in_dim(on, shape, [kv_dim])
 
 
 def _word_rows(st: AttentionStatics, shape, row_start, q_dim, word):

@@ -88,6 +88,8 @@ def _kernel(
     qseg_ref,
     kvseg_ref,
     word_ref,
+    diag_ref,
+    keys_ref,
     out_ref,
     lse_ref,
     *,
@@ -218,6 +220,9 @@ def _kernel(
                             q_seg=qseg,
                             kv_seg=kvseg,
                             word=word_of(s) if with_mask_fn else None,
+                            bitmaps=cm.bitmaps_or_none(diag_ref, keys_ref, b, h)
+                            if with_mask_fn
+                            else None,
                         )
                         return jnp.where(valid, raw, -jnp.inf)
 
@@ -357,6 +362,8 @@ def forward_call(
     q_seg,
     kv_seg,
     words=None,
+    diag=None,
+    keys=None,
     *,
     sh: FwdShapes,
     st: cm.AttentionStatics,
@@ -401,4 +408,4 @@ def forward_call(
         compiler_params=cm.compiler_params(),
         interpret=st.interpret,
     )
-    return kernel(order, codes, counts, q, k, v, q_seg, kv_seg, words)
+    return kernel(order, codes, counts, q, k, v, q_seg, kv_seg, words, diag, keys)

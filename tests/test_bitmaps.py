@@ -1,0 +1,198 @@
+"""Vertical-slash masks on the GPU kernels (`ops.bitmaps`): diagonal/key bitmaps, gathered keys.
+
+Interpret mode on CPU (GPU interpret mode with the race detector) against the
+dense f32 oracle of the exact element mask: output, lse and every gradient.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxsparse as js
+from jaxsparse import patterns as P
+from jaxsparse.ops import bitmaps
+from jaxsparse.patterns.dynamic import position_causal, vertical_slash, vertical_slash_mask
+from pallas_kernels.gpu import api as kernels
+from tests import dynamic_refs as R
+from tests.test_dynamic_minference import vertical_slash_mask_np
+
+
+@pytest.fixture
+def spy_bitmaps(monkeypatch):
+    """The patterns the bitmap path ran."""
+    seen = []
+    run = bitmaps.run
+
+    def spy(call):
+        seen.append(type(call.pattern).__name__)
+        return run(call)
+
+    monkeypatch.setattr(bitmaps, "run", spy)
+    return seen
+
+
+def random_selection(rng, b, h, s, p_vert, p_slash, *, main_diagonal):
+    vert = rng.random((b, h, s)) < p_vert
+    slash = rng.random((b, h, s)) < p_slash
+    slash[..., 0] = main_diagonal  # kept: no row is empty; dropped: the first rows may be
+    return vert, slash
+
+
+@pytest.mark.parametrize(
+    "t, s, block, include_vertical",
+    [
+        (150, 200, 64, True),  # chunked prefill (q_offset 50), ragged tiles, 64-key tiles
+        (130, 130, 128, False),  # the diagonal part of the gathered form: columns excluded
+    ],
+)
+def test_vertical_slash_mask_on_the_kernels(t, s, block, include_vertical, spy_bitmaps):
+    b, h, kh, d = 1, 4, 2, 64
+    rng = np.random.default_rng(3)
+    vert, slash = random_selection(rng, b, h, s, 0.05, 0.08, main_diagonal=include_vertical)
+    q_offset = s - t
+    mask = vertical_slash_mask_np(vert, slash, t, s, q_offset)
+    if not include_vertical:
+        mask = vertical_slash_mask_np(np.zeros_like(vert), slash, t, s, q_offset)
+        mask &= ~vert[:, :, None, :]
+    pattern = vertical_slash_mask.VerticalSlashMask(
+        jnp.asarray(vert), jnp.asarray(slash), include_vertical=include_vertical
+    )
+    q, k, v, cot = R.random_qkv(b, t, h, kh, d, s=s, seed=4, dtype=jnp.bfloat16)
+    config = js.Config(interpret=True, block_q=block, block_kv=block)
+    R.assert_close_to_ref(
+        lambda q, k, v: js.attention(
+            q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
+            return_lse=True,
+        ),
+        lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
+        q, k, v, cot, tol=2e-2,
+    )  # fmt: skip
+    assert spy_bitmaps == ["VerticalSlashMask"]
+    if not include_vertical:
+        assert (~mask.any(-1)).any(), "the case should include rows that attend nothing"
+
+
+def test_gathered_vertical_slash_on_the_kernels(spy_bitmaps):
+    """`vertical_slash_attention`: both parts on the kernels, merged, equal the exact mask."""
+    b, t, s, h, kh, d = 1, 140, 140, 4, 2, 64
+    q, k, v, cot = R.random_qkv(b, t, h, kh, d, s=s, seed=6, dtype=jnp.bfloat16)
+    pattern = P.VerticalSlash(
+        vertical_size=9, slash_size=7, last_q=16, init_columns=2, local_diagonals=3
+    )
+    vert, slash = R.jitted(
+        vertical_slash.vertical_slash_select,
+        q,
+        k,
+        vertical_size=9,
+        slash_size=7,
+        last_q=16,
+        init_columns=2,
+        local_diagonals=3,
+        q_offset=0,
+    )
+    mask = vertical_slash_mask_np(np.asarray(vert), np.asarray(slash), t, s, 0)
+    config = js.Config(interpret=True, block_q=64, block_kv=64)
+    R.assert_close_to_ref(
+        lambda q, k, v: js.vertical_slash_attention(
+            q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
+            return_lse=True,
+        ),
+        lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
+        q, k, v, cot, tol=2e-2,
+    )  # fmt: skip
+    assert sorted(set(spy_bitmaps)) == ["PositionCausal", "VerticalSlashMask"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 70),
+    tp=st.sampled_from([64, 128]),
+    sp=st.sampled_from([64, 192]),
+    q_offset=st.integers(0, 70),
+    seed=st.integers(0, 2**16),
+)
+def test_diagonal_bitmaps_hold_the_kept_offsets(n, tp, sp, q_offset, seed):
+    """Bit `k - q + pad` (query-row tiles) and `q - k + pad` (key-row tiles) of every pair."""
+    diag = np.random.default_rng(seed).random((1, 2, n)) < 0.5
+    pads, fwd, dkv, _ = kernels._bitmaps(
+        jnp.asarray(diag), None, "or", B=1, H=2, Tp=tp, Sp=sp, q_offset=q_offset
+    )
+    bits = {
+        name: np.unpackbits(np.asarray(w).view(np.uint8), bitorder="little").reshape(1, 2, -1)
+        for name, w in (("fwd", fwd), ("dkv", dkv))
+    }
+    qpos = q_offset + np.arange(tp)[:, None]
+    kpos = np.arange(sp)[None, :]
+    o = qpos - kpos
+    want = (o >= 0) & (o < n) & np.take(diag, np.clip(o, 0, n - 1), axis=-1)
+    np.testing.assert_array_equal(bits["fwd"][..., kpos - qpos + pads[0]], want)
+    np.testing.assert_array_equal(bits["dkv"][..., qpos - kpos + pads[1]], want)
+
+
+def test_position_causal_needs_a_key_head_per_query_head():
+    positions = jnp.arange(64, dtype=jnp.int32)[None, None].repeat(4, 1)
+    q, k, v, _ = R.random_qkv(1, 64, 4, 2, 64, s=64, seed=1, dtype=jnp.bfloat16)
+    with pytest.raises(NotImplementedError, match="one gathered key head per query head"):
+        js.attention(
+            q,
+            k,
+            v,
+            pattern=position_causal.PositionCausal(positions),
+            implementation="pallas_gpu",
+            config=js.Config(interpret=True),
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("include_vertical", [True, False])
+def test_vertical_slash_mask_on_the_gpu(include_vertical):
+    """Both bitmap modes on a Hopper GPU at 4k, default tiles, against the dense f32 oracle."""
+    b, t, h, kh, d = 1, 4096, 8, 2, 128
+    vert, slash = random_selection(
+        np.random.default_rng(7), b, h, t, 0.01, 0.02, main_diagonal=include_vertical
+    )
+    mask = vertical_slash_mask_np(vert if include_vertical else np.zeros_like(vert), slash, t, t, 0)
+    if not include_vertical:
+        mask &= ~vert[:, :, None, :]
+    pattern = vertical_slash_mask.VerticalSlashMask(
+        jnp.asarray(vert), jnp.asarray(slash), include_vertical=include_vertical
+    )
+    q, k, v, cot = R.random_qkv(b, t, h, kh, d, s=t, seed=8, dtype=jnp.bfloat16)
+    R.assert_close_to_ref(
+        lambda q, k, v: js.attention(
+            q, k, v, pattern=pattern, implementation="pallas_gpu", return_lse=True
+        ),
+        lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
+        q, k, v, cot, tol=2e-2,
+    )  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_gathered_vertical_slash_on_the_gpu():
+    """MInference's defaults at 8k: both parts on the kernels equal the exact mask."""
+    b, t, h, kh, d = 1, 8192, 4, 2, 128
+    q, k, v, cot = R.random_qkv(b, t, h, kh, d, s=t, seed=9, dtype=jnp.bfloat16)
+    pattern = P.VerticalSlash()
+    vert, slash = R.jitted(
+        vertical_slash.vertical_slash_select,
+        q,
+        k,
+        vertical_size=1000,
+        slash_size=6096,
+        last_q=64,
+        init_columns=30,
+        local_diagonals=100,
+        q_offset=0,
+    )
+    mask = vertical_slash_mask_np(np.asarray(vert), np.asarray(slash), t, t, 0)
+    R.assert_close_to_ref(
+        lambda q, k, v: js.vertical_slash_attention(
+            q, k, v, pattern=pattern, implementation="pallas_gpu", return_lse=True
+        ),
+        lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
+        q, k, v, cot, tol=2e-2,
+    )  # fmt: skip
