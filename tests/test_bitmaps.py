@@ -6,6 +6,7 @@ dense f32 oracle of the exact element mask: output, lse and every gradient.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -196,3 +197,44 @@ def test_gathered_vertical_slash_on_the_gpu():
         lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
         q, k, v, cot, tol=2e-2,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["or", "exclude", "positions"])
+def test_kernels_lower_for_a_gpu(mode):
+    """Mosaic GPU's lowering (run on CPU for the cuda platform) takes every bitmap mode.
+
+    Interpret mode does not lower the kernels: a construct Mosaic GPU cannot
+    lower (a boolean not of a 2-element vector did, in the dK/dV kernel's key
+    mask) passes there and fails only on the GPU; lowering here catches it.
+    """
+    from jaxsparse.ops import pallas_gpu
+
+    b, t, h, d = 1, 256, 2, 128
+    q = jnp.zeros((b, t, h, d), jnp.bfloat16)
+    k = jnp.zeros((b, t, 1, d), jnp.bfloat16)
+    lse = jnp.zeros((b, h, t), jnp.float32)
+    tb = t // 128
+    lists = (
+        jnp.broadcast_to(jnp.arange(tb, dtype=jnp.int32), (1, 1, tb, tb)),
+        jnp.full((1, 1, tb), tb, jnp.int32),
+        jnp.zeros((1, 1, tb, tb), bool),
+    )
+    if mode == "positions":
+        ids = jnp.zeros((b, t), jnp.int32)
+        kw = dict(q_segment_ids=ids, kv_segment_ids=ids, segments_le=True)
+    else:
+        kw = dict(
+            diagonals=jnp.ones((1, h, t), bool),
+            key_columns=jnp.ones((1, h, t), bool),
+            key_columns_mode=mode,
+        )
+
+    def fwd(q, k):
+        return kernels.block_sparse_attention_fwd(q, k, k, *lists, **kw)
+
+    def bwd(q, k):
+        return kernels.block_sparse_attention_bwd(q, k, k, q, lse, q, None, *lists, *lists, **kw)
+
+    with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
+        for f in (fwd, bwd):
+            jax.jit(f).trace(q, k).lower(lowering_platforms=("cuda",))

@@ -301,8 +301,8 @@ def _pick(words, idx):
     return out
 
 
-def _bit(word, pos):
-    return (lax.shift_right_logical(word, pos) & 1) == 1
+def _bit(word, pos, value=1):
+    return (lax.shift_right_logical(word, pos) & 1) == value
 
 
 def _bitmap_mask(st: AttentionStatics, bm: Bitmaps, shape, q_start, kv_start, q_dim):
@@ -312,11 +312,14 @@ def _bitmap_mask(st: AttentionStatics, bm: Bitmaps, shape, q_start, kv_start, q_
         row_start, col_start = (q_start, kv_start) if q_dim == 0 else (kv_start, q_start)
         out = _diag_mask(bm, shape, col_start - row_start + st.diag_pads[q_dim])
     if bm.keys is not None:
-        marked = _key_mask(bm, shape, kv_start, 1 - q_dim)
-        if out is None:
-            out = marked if st.keys_mode == "or" else ~marked
+        # The bit's value is compared (no boolean not: Mosaic GPU cannot convert the
+        # 2-element i1 vectors it would make).
+        if st.keys_mode == "or":
+            marked = _key_mask(bm, shape, kv_start, 1 - q_dim, value=1)
+            out = marked if out is None else out | marked
         else:
-            out = out | marked if st.keys_mode == "or" else out & ~marked
+            kept = _key_mask(bm, shape, kv_start, 1 - q_dim, value=0)
+            out = kept if out is None else out & kept
     return out
 
 
@@ -350,14 +353,14 @@ def _diag_mask(bm: Bitmaps, shape, base):
     return _bit(run, c & 31)
 
 
-def _key_mask(bm: Bitmaps, shape, kv_start, kv_dim):
-    """Bit `key` of the key bitmap, computed on the key edge vector and broadcast."""
+def _key_mask(bm: Bitmaps, shape, kv_start, kv_dim, *, value):
+    """Whether bit `key` of the key bitmap is `value`: on the key edge vector, broadcast."""
     n = shape[kv_dim]
     w0 = lax.div(kv_start, 32)  # tiles start at multiples of 64 keys
     words = [bm.word(bm.keys, w0 + j) for j in range(n // 32)]
     edge = (WGMMA_ROW, WGMMA_COL)[kv_dim]
     kv = plgpu.broadcasted_iota(jnp.int32, (n,), 0, layout=edge)
-    on = _bit(_pick(words, lax.shift_right_logical(kv, 5)), kv & 31)
+    on = _bit(_pick(words, lax.shift_right_logical(kv, 5)), kv & 31, value)
     return lax.broadcast_in_dim(on, shape, [kv_dim])
 
 
