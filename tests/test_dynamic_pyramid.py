@@ -59,7 +59,15 @@ def pyramid_reference(q, k, v, levels, *, block_size, num_levels, causal, q_offs
     return k_cat, v_cat, jnp.asarray(mask), bias
 
 
-@pytest.mark.parametrize("causal, t, s", [(False, 40, 44), (True, 36, 36), (True, 20, 44)])
+@pytest.mark.parametrize(
+    "causal, t, s",
+    [
+        (False, 40, 44),  # per level (S a multiple of the coarsest factor, 4)
+        (True, 36, 36),
+        (True, 20, 44),
+        (True, 20, 42),  # concatenated: the last pooled key of levels 2 and 3 is ragged
+    ],
+)
 def test_pyramid_selection_and_attention(causal, t, s):
     bs, th = 8, (0.4, 0.6, 0.8)
     q, k, v, cot = R.random_qkv(2, t, 4, 2, 16, s=s, seed=21)
@@ -138,3 +146,46 @@ def test_pyramid_is_used_through_pyramid_attention():
     with pytest.raises(TypeError, match="pyramid_attention"):
         js.attention(q, k, v, pattern=P.Pyramid())
     assert math.isclose(P.Pyramid().thresholds[-1], 0.8)
+
+
+def _kernel_case(t, s, *, causal, bs, thresholds, config, seed):
+    """`pyramid_attention` with `config` against the dense concatenated-KV oracle (bf16)."""
+    q, k, v, cot = R.random_qkv(1, t, 4, 2, 64 if config.interpret else 128, s=s, seed=seed,
+                                dtype=jnp.bfloat16)  # fmt: skip
+    off = s - t
+    pattern = P.Pyramid(block_size=bs, thresholds=thresholds, causal=causal)
+    levels = np.asarray(jax.jit(lambda q, k: pattern.levels(q, k, q_offset=off))(q, k))
+    assert set(range(1, len(thresholds) + 1)) <= set(np.unique(levels))  # every level in use
+
+    def fn(q, k, v):
+        return js.pyramid_attention(
+            q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
+            return_lse=True, levels=jnp.asarray(levels),
+        )  # fmt: skip
+
+    def ref(q, k, v):
+        k_cat, v_cat, mask, bias = pyramid_reference(
+            q, k, v, levels, block_size=bs, num_levels=len(thresholds), causal=causal,
+            q_offset=off,
+        )  # fmt: skip
+        return R.dense_ref(q, k_cat, v_cat, mask, bias=bias)
+
+    R.assert_close_to_ref(fn, ref, q, k, v, cot, tol=2e-2)
+
+
+def test_pyramid_levels_on_the_gpu_kernels_in_interpret_mode():
+    """Per level on the kernels (interpret mode): padded 32- and 16-key blocks, chunked causal."""
+    _kernel_case(
+        150, 256, causal=True, bs=64, thresholds=(0.3, 0.5, 0.7),
+        config=js.Config(interpret=True), seed=24,
+    )  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [True, False])
+def test_pyramid_on_the_gpu(causal):
+    """PSA's defaults (blocks of 128, four levels) at 4k on a Hopper GPU."""
+    _kernel_case(
+        4096, 4096, causal=causal, bs=128, thresholds=(0.5, 0.7, 0.8, 0.9),
+        config=js.Config(), seed=25,
+    )  # fmt: skip

@@ -6,21 +6,32 @@ mean-pooled by `f = 2**(h-1)` (V likewise), and a pooled key stands for the
 groups): the probability mass of a pooled block then matches the block it
 replaces when its keys are alike.
 
-Implementation without a new kernel feature: the levels are concatenated
-into one key sequence, and the per-key bias is added exactly through one
-extra feature, `q' = [q, 1]`, `k' = [k, ln(c) / scale]`, so
-`scale * q'.k' = scale * q.k + ln c`. One block-sparse call runs over the
-concatenation with `PyramidMask`. (The head dim grows by one: fine for the
-XLA path; a kernel needing D % 64 == 0 would rather take a per-key bias.)
+Two exact implementations, neither needing a bias in the kernels:
+
+* **Per level** (when S is a multiple of the coarsest factor, so every
+  pooled key of level h averages `f = 2**(h-1)` keys): one block-sparse call
+  per level over its pooled keys (`PooledLevel`; blocks of fewer than 64
+  pooled keys padded to a tile), the level's blocks as the tile lists; the
+  bias `ln f` is a constant per call, added to its lse, and the levels merge
+  by log-sum-exp (disjoint key sets: one softmax). Head dim D: the GPU
+  kernels run it, gradients included.
+* **Concatenated** (otherwise: the last pooled key of a level averages fewer
+  keys): the levels in one key sequence, the per-key bias through one extra
+  feature, `q' = [q, 1]`, `k' = [k, ln(c) / scale]`, so
+  `scale * q'.k' = scale * q.k + ln c`, and one call with `PyramidMask`.
+  The head dim grows by one, which only the XLA path takes.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsparse.methods import merge
 from jaxsparse.ops import api
-from jaxsparse.patterns.dynamic import common, pyramid, pyramid_mask
+from jaxsparse.patterns.dynamic import common, pyramid, pyramid_level, pyramid_mask
 from jaxsparse.selection import pooling
 
 
@@ -89,6 +100,61 @@ def pyramid_attention(
     scale = d**-0.5 if scale is None else scale
     if levels is None:
         levels = pattern.levels(q, k, q_offset=q_offset)
+    kw = dict(scale=scale, q_offset=q_offset, implementation=implementation, config=config)
+    if s % 2 ** (pattern.num_levels - 1) == 0:
+        out, lse = _per_level(q, k, v, levels, pattern=pattern, **kw)
+    else:
+        out, lse = _concatenated(q, k, v, levels, pattern=pattern, **kw)
+    result = (out,) + ((lse,) if return_lse else ()) + ((levels,) if return_levels else ())
+    return result[0] if len(result) == 1 else result
+
+
+def _per_level(q, k, v, levels, *, pattern, scale, q_offset, implementation, config):
+    """One call per level over its pooled keys, `+ ln f` on its lse, merged by log-sum-exp."""
+    t, s, bs = q.shape[1], k.shape[1], pattern.block_size
+    bq = _dividing(getattr(config, "block_q", None), bs) or _pow2_tile(bs)
+    pad_to = 64 if bs >= 64 else 1  # blocks of at least one GPU kernel tile
+    outs, lses = [], []
+    for lev in range(1, pattern.num_levels + 1):
+        f = 2 ** (lev - 1)
+        p = pyramid_level.PooledLevel(
+            factor=f, block_size=bs, kv_len=s, pad_to=pad_to, causal=pattern.causal
+        )
+        lay = p.layout
+        bk = _dividing(getattr(config, "block_kv", None), lay.stride) or _pow2_tile(lay.stride)
+        sp = pyramid_level.level_sparsity(
+            levels, lev, p, num_heads=q.shape[2], q_len=t, q_offset=q_offset, block_q=bq,
+            block_kv=bk,
+        )  # fmt: skip
+        out, lse = api.attention(
+            q,
+            lay.keys(k),
+            lay.keys(v),
+            pattern=p,
+            sparsity=sp,
+            scale=scale,
+            q_offset=q_offset,
+            implementation=implementation,
+            config=config,
+            return_lse=True,
+        )
+        outs.append(out)
+        lses.append(lse + math.log(f))
+    return merge.lse_merge(outs, lses)
+
+
+def _dividing(tile, n: int):
+    return tile if tile and n % tile == 0 else None
+
+
+def _pow2_tile(n: int) -> int:
+    """The largest power of two up to 128 dividing n."""
+    return min(128, n & -n)
+
+
+def _concatenated(q, k, v, levels, *, pattern, scale, q_offset, implementation, config):
+    """One call over the concatenated levels with the bias as an extra feature."""
+    t, s = q.shape[1], k.shape[1]
     mask = pyramid_mask.PyramidMask(
         levels,
         block_size=pattern.block_size,
@@ -121,5 +187,4 @@ def pyramid_attention(
         config=config,
         return_lse=True,
     )
-    result = (out,) + ((lse,) if return_lse else ()) + ((levels,) if return_levels else ())
-    return result[0] if len(result) == 1 else result
+    return out, lse
