@@ -168,6 +168,18 @@ def test_from_topk_with_causal_codes_keeps_diagonal_partial():
     )
 
 
+def test_intersect_codes_is_the_and_of_two_tiles():
+    codes = np.array([P.EMPTY, P.PARTIAL, P.FULL], np.int8)
+    a, b = np.meshgrid(codes, codes, indexing="ij")
+    got = np.asarray(S.intersect_codes(jnp.asarray(a, jnp.int32), jnp.asarray(b)))
+    # Empty if either is; full only if both are; the rest partial (PARTIAL & PARTIAL too).
+    want = np.where((a == P.EMPTY) | (b == P.EMPTY), P.EMPTY, P.PARTIAL)
+    want = np.where((a == P.FULL) & (b == P.FULL), P.FULL, want)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, S.device._AND_EXACT[a, b])  # the table it replaced
+    assert got.dtype == np.int8
+
+
 # Jitted: one compile per example instead of one per op (eager, on new shapes).
 _segment_codes = jax.jit(S.segment_codes, static_argnames=("block_q", "block_kv"))
 

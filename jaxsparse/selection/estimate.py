@@ -21,8 +21,16 @@ def grouped_logits(q, k, *, operands=jnp.float32):
     b, t, h, d = q.shape
     kh = k.shape[2]
     dtype = q.dtype if operands is None else operands
-    qg = q.astype(dtype).reshape(b, t, kh, h // kh, d)
-    s = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dtype), preferred_element_type=jnp.float32)
+    # q as [B, K, G, T, D] so the product comes out as [B, K, G, T, S] = [B, H, T, S]
+    # (an einsum put the keys first and transposed the [B, H, T, S] result: a full
+    # read and write of FlexPrefill's 512 MB last-block logits at 64k keys).
+    qg = q.astype(dtype).reshape(b, t, kh, h // kh, d).transpose(0, 2, 3, 1, 4)
+    s = jax.lax.dot_general(
+        qg,
+        k.astype(dtype),
+        (((4,), (3,)), ((0, 1), (0, 2))),
+        preferred_element_type=jnp.float32,
+    )
     return s.reshape(b, h, t, k.shape[1])
 
 

@@ -34,9 +34,13 @@ def _as_4d(x: Any, name: str, rank_min: int = 2) -> jax.Array:
 
 
 def intersect_codes(a: Any, b: Any) -> jax.Array:
-    """Codes of the AND of two patterns given their exact codes (broadcasting)."""
-    table = jnp.asarray(_AND_EXACT)
-    return table[jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32)]
+    """Codes of the AND of two patterns given their exact codes (broadcasting), int8.
+
+    `_AND_EXACT` is the minimum of the two codes (EMPTY < PARTIAL < FULL): an
+    elementwise op instead of a table gather per tile (16M of them for
+    BlockTopK's codes at 64k tokens).
+    """
+    return jnp.minimum(jnp.asarray(a, jnp.int8), jnp.asarray(b, jnp.int8))
 
 
 def from_block_codes(
