@@ -122,54 +122,6 @@ def test_topk_ties_prefer_lower_index_and_skip_minus_inf():
     np.testing.assert_array_equal(topk.topk_mask(s, 9)[0], [1, 1, 1, 0, 1, 1])
 
 
-def _lax_topk_mask(s, k):
-    values, idx = jax.lax.top_k(jnp.asarray(s), min(k, s.shape[-1]))
-    want = np.zeros(s.shape, bool)
-    idx = np.where(np.asarray(values) > -np.inf, np.asarray(idx), -1)
-    for pos in np.ndindex(idx.shape):
-        if idx[pos] >= 0:
-            want[pos[:-1] + (idx[pos],)] = True
-    return want
-
-
-@hypothesis.settings(max_examples=40, deadline=None)
-@hypothesis.given(seed=st.integers(0, 2**16), n=st.integers(1, 60), k=st.integers(1, 70))
-def test_select_mask_equals_lax_top_k_with_ties_zeros_and_infinities(seed, n, k):
-    # Signed zeros and denormals too: both rank by the float total order.
-    rng = np.random.default_rng(seed)
-    vals = np.array([-np.inf, -3e38, -1.0, -1e-45, -0.0, 0.0, 1e-45, 0.5, 1.0, np.inf], np.float32)
-    s = rng.choice(vals, size=(3, n))
-    got = np.asarray(topk.select_mask(jnp.asarray(s), k))
-    np.testing.assert_array_equal(got, _lax_topk_mask(s, k))
-
-
-@pytest.mark.parametrize("n, k", [(256, 100), (1024, 100), (2048, 1000)])
-def test_select_mask_at_block_topk_widths_equals_lax_top_k(n, k):
-    s = jax.random.normal(jax.random.key(n), (3, n))
-    s = jnp.where(jnp.arange(n) % 5 == 0, -jnp.inf, jnp.round(s * 8) / 8)  # ties, -inf
-    assert topk.sorts(n, k)  # the dispatch BlockTopK takes to `select_mask`
-    np.testing.assert_array_equal(topk.select_mask(s, k), _lax_topk_mask(np.asarray(s), k))
-
-
-@hypothesis.settings(max_examples=30, deadline=None)
-@hypothesis.given(seed=st.integers(0, 2**16), n=st.integers(1, 50))
-def test_kth_largest_key_is_the_sorted_keys_kth(seed, n):
-    rng = np.random.default_rng(seed)
-    keys = rng.choice(rng.integers(0, 2**32, 6, dtype=np.uint64), size=(4, n)).astype(np.uint32)
-    keys[0, 0] = np.uint32(2**32 - 1)  # the extremes
-    keys[1, 0] = 0
-    k = rng.integers(1, n + 1, (4, 1)).astype(np.int32)
-    got = np.asarray(topk.kth_largest_key(jnp.asarray(keys), jnp.asarray(k)))
-    want = np.take_along_axis(-np.sort(-keys.astype(np.int64), -1), k - 1, -1)
-    np.testing.assert_array_equal(got, want)
-
-
-def test_ordered_keys_follow_the_float_order():
-    x = np.array([-np.inf, -3e38, -1.0, -1e-45, -0.0, 0.0, 1e-45, 1.0, 3e38, np.inf], np.float32)
-    keys = np.asarray(topk.ordered_keys(jnp.asarray(x)))
-    assert np.all(np.diff(keys.astype(np.int64)) > 0)
-
-
 def test_rank_mask_per_row_counts_match_sorting():
     s = rng.standard_normal((4, 3, 9)).astype(np.float32)
     s[0, 0, 2] = -np.inf

@@ -28,12 +28,6 @@ def topk_indices(scores, k: int):
     return _lax_topk(scores, k)
 
 
-def sorts(n: int, k: int) -> bool:
-    """Whether `topk_indices` takes `lax.top_k` (a sort of every row) for rows of `n`."""
-    k = max(1, min(int(k), n))
-    return k > ITERATIVE_MAX_K and not grouped_applies(n, k)
-
-
 def grouped_applies(n: int, k: int) -> bool:
     """Whether `topk_indices` takes a row of `n` in two levels for this `k`.
 
@@ -136,61 +130,8 @@ def ranked_mask(scores, ranked, counts):
     n = scores.shape[-1]
     counts = jnp.broadcast_to(jnp.asarray(counts, jnp.int32), scores.shape[:-1])[..., None]
     kth = jnp.take_along_axis(ranked, jnp.clip(counts - 1, 0, n - 1), axis=-1)
-    return _split_at(scores > kth, scores == kth, counts) & (scores > -jnp.inf)
-
-
-def _split_at(above, tied, counts):
-    """Entries above the `c`-th best value, and the lowest-indexed tied ones up to `c` in all."""
+    above = scores > kth
+    tied = scores == kth
     room = counts - above.sum(-1, keepdims=True, dtype=jnp.int32)
     first_tied = tied & (jnp.cumsum(tied, axis=-1, dtype=jnp.int32) <= room)
-    return (above | first_tied) & (counts > 0)
-
-
-def select_mask(scores, k: int):
-    """The mask of `lax.top_k(scores, k)` (without -inf entries) by a radix select: no sort.
-
-    `topk_mask` where it `sorts`: `lax.top_k` is a key-value sort of every row
-    (XLA:GPU: 0.64 ms for BlockTopK's 16k rows of 1,024 at 64k tokens, H200),
-    and its indices took one more pass over `[..., k, n]` to become a mask.
-    Here `32 / RADIX_BITS` compare-and-count passes find each row's k-th best
-    value exactly, then ties go to the lower index as in `lax.top_k`. Values
-    rank by their total order, as in `lax.top_k` (`-0.0` below `0.0`; the
-    argmax path of a small k ties them); no NaN.
-    """
-    n = scores.shape[-1]
-    k = max(1, min(int(k), n))
-    keys = ordered_keys(scores)
-    kth = kth_largest_key(keys, k)
-    counts = jnp.full(kth.shape, k, jnp.int32)
-    return _split_at(keys > kth, keys == kth, counts) & (scores > -jnp.inf)
-
-
-def ordered_keys(scores):
-    """uint32 keys `[..., n]` ordered as the float values (total order: `-0.0 < 0.0`)."""
-    bits = jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
-    negative = (bits >> 31) == 1
-    return jnp.where(negative, ~bits, bits | jnp.uint32(1 << 31))
-
-
-# Bits of the key fixed per pass: 8 passes of 15 compares per entry. One bit a pass
-# would read the row 32 times; eight bits would compare each entry 255 times.
-RADIX_BITS = 4
-
-
-def kth_largest_key(keys, k):
-    """The `k`-th largest of each row of uint32 `keys [..., n]` (with repeats): `[..., 1]`.
-
-    Most significant digit first: the answer is the largest key `v` with
-    `#(keys >= v) >= k`; each pass counts the entries at or above the
-    `2**RADIX_BITS - 1` candidates for the next digit and keeps the largest
-    candidate that still has `k`. `k` (int or int array `[..., 1]`) must lie in
-    `[1, n]`.
-    """
-    prefix = jnp.zeros(keys.shape[:-1] + (1,), jnp.uint32)
-    digits = jnp.arange(1, 2**RADIX_BITS, dtype=jnp.uint32).reshape((1,) * (keys.ndim - 1) + (-1,))
-    for shift in range(32 - RADIX_BITS, -1, -RADIX_BITS):
-        candidates = prefix + (digits << shift)  # [..., 2**RADIX_BITS - 1], no overflow
-        at_least = (keys[..., None, :] >= candidates[..., :, None]).sum(-1, dtype=jnp.int32)
-        digit = (at_least >= k).sum(-1, keepdims=True, dtype=jnp.uint32)  # counts fall with it
-        prefix = prefix + (digit << shift)
-    return prefix
+    return (above | first_tied) & (counts > 0) & (scores > -jnp.inf)

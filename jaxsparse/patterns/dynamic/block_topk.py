@@ -38,8 +38,6 @@ def block_topk_select(q, k, *, block_size: int, top_k: int, q_offset: int):
         block_kv=block_size,
     )
     scores = jnp.where(visible[None, None], scores, -jnp.inf)
-    if topk.sorts(scores.shape[-1], top_k):  # MInference's 100 of 1,024 blocks at 64k
-        return topk.select_mask(scores, top_k)  # the same mask, no sort
     return topk.topk_mask(scores, top_k)
 
 
