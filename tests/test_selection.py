@@ -122,6 +122,23 @@ def test_topk_ties_prefer_lower_index_and_skip_minus_inf():
     np.testing.assert_array_equal(topk.topk_mask(s, 9)[0], [1, 1, 1, 0, 1, 1])
 
 
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    seed=st.integers(0, 2**16),
+    n=st.sampled_from([5, 40, 300, 1100]),  # iterative, two-level and lax.top_k rows
+    k=st.integers(1, 400),
+)
+def test_topk_mask_is_the_mask_of_the_topk_indices(seed, n, k):
+    # Built from the k-th value, it must keep exactly the entries topk_indices lists:
+    # ties to the lower index, -inf never, +inf (forced) first; fewer finite than k.
+    rng = np.random.default_rng(seed)
+    vals = np.array([-np.inf, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, np.inf], np.float32)
+    s = np.where(rng.random((3, n)) < 0.5, rng.choice(vals, (3, n)), rng.standard_normal((3, n)))
+    s = jnp.asarray(s.astype(np.float32))
+    want = topk.indices_to_mask(topk.topk_indices(s, k), n)
+    np.testing.assert_array_equal(topk.topk_mask(s, k), want)
+
+
 def test_rank_mask_per_row_counts_match_sorting():
     s = rng.standard_normal((4, 3, 9)).astype(np.float32)
     s[0, 0, 2] = -np.inf

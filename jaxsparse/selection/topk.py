@@ -100,8 +100,17 @@ def indices_to_mask(indices, n: int):
 
 
 def topk_mask(scores, k: int):
-    """Boolean `[..., n]`: the `k` best finite or forced scores of each row (ties: lower index)."""
-    return indices_to_mask(topk_indices(scores, k), scores.shape[-1])
+    """Boolean `[..., n]`: the `k` best finite or forced scores of each row (ties: lower index).
+
+    The mask of `topk_indices`, built from the k-th best value (`split_mask`):
+    one pass over the row instead of a one-hot of the k indices (`[..., k, n]`
+    compares: 1,000 columns of 64k at MInference's defaults).
+    """
+    n = scores.shape[-1]
+    k = max(1, min(int(k), n))
+    last = topk_indices(scores, k)[..., -1:]  # the k-th best, or -1 (fewer finite)
+    kth = jnp.where(last >= 0, jnp.take_along_axis(scores, jnp.maximum(last, 0), -1), -jnp.inf)
+    return split_mask(scores, kth, k)
 
 
 def rank_mask(scores, counts):
@@ -130,6 +139,13 @@ def ranked_mask(scores, ranked, counts):
     n = scores.shape[-1]
     counts = jnp.broadcast_to(jnp.asarray(counts, jnp.int32), scores.shape[:-1])[..., None]
     kth = jnp.take_along_axis(ranked, jnp.clip(counts - 1, 0, n - 1), axis=-1)
+    return split_mask(scores, kth, counts)
+
+
+def split_mask(scores, kth, counts):
+    """The first `counts` entries of a row in stable descending order, given its `counts`-th
+    value `kth` (`[..., 1]`): every entry above it, and the lowest-indexed entries equal to
+    it that fill the count. Entries scored -inf are never kept."""
     above = scores > kth
     tied = scores == kth
     room = counts - above.sum(-1, keepdims=True, dtype=jnp.int32)
