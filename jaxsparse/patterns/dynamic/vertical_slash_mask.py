@@ -8,9 +8,9 @@ widens each diagonal to 64-aligned key blocks (a superset).
 Cost note: a block-sparse kernel visits whole tiles, so a tile is visited
 when it holds any selected column or crosses any selected diagonal. The
 result is exact (`mask_fn` drops the rest), but scattered vertical columns
-make most tile columns visited. A kernel with a gathered "column list"
-(ALGORITHMS.md P2) would visit only the columns; the XLA path and the
-current tile lists cannot, so here scattered verticals cost whole tiles.
+make most tile columns visited; `jaxsparse.vertical_slash_attention` gathers
+the columns instead (ALGORITHMS.md P2). The GPU kernels read `vertical` and
+`slash` as bitmaps (`jaxsparse.ops.bitmaps`).
 """
 
 from __future__ import annotations
