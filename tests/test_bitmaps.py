@@ -77,26 +77,18 @@ def test_vertical_slash_mask_on_the_kernels(t, s, block, include_vertical, spy_b
         assert (~mask.any(-1)).any(), "the case should include rows that attend nothing"
 
 
-def test_gathered_vertical_slash_on_the_kernels(spy_bitmaps):
-    """`vertical_slash_attention`: both parts on the kernels, merged, equal the exact mask."""
-    b, t, s, h, kh, d = 1, 140, 140, 4, 2, 64
-    q, k, v, cot = R.random_qkv(b, t, h, kh, d, s=s, seed=6, dtype=jnp.bfloat16)
-    pattern = P.VerticalSlash(
-        vertical_size=9, slash_size=7, last_q=16, init_columns=2, local_diagonals=3
-    )
+def check_gathered(pattern, *, t, h, d, config, seed):
+    """`vertical_slash_attention` (self-attention) against the dense f32 oracle of its mask."""
+    q, k, v, cot = R.random_qkv(1, t, h, 2, d, s=t, seed=seed, dtype=jnp.bfloat16)
+    fields = ("vertical_size", "slash_size", "last_q", "init_columns", "local_diagonals")
     vert, slash = R.jitted(
         vertical_slash.vertical_slash_select,
         q,
         k,
-        vertical_size=9,
-        slash_size=7,
-        last_q=16,
-        init_columns=2,
-        local_diagonals=3,
         q_offset=0,
+        **{name: getattr(pattern, name) for name in fields},
     )
-    mask = vertical_slash_mask_np(np.asarray(vert), np.asarray(slash), t, s, 0)
-    config = js.Config(interpret=True, block_q=64, block_kv=64)
+    mask = vertical_slash_mask_np(np.asarray(vert), np.asarray(slash), t, t, 0)
     R.assert_close_to_ref(
         lambda q, k, v: js.vertical_slash_attention(
             q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
@@ -105,6 +97,15 @@ def test_gathered_vertical_slash_on_the_kernels(spy_bitmaps):
         lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
         q, k, v, cot, tol=2e-2,
     )  # fmt: skip
+
+
+def test_gathered_vertical_slash_on_the_kernels(spy_bitmaps):
+    """`vertical_slash_attention`: both parts on the kernels, merged, equal the exact mask."""
+    pattern = P.VerticalSlash(
+        vertical_size=9, slash_size=7, last_q=16, init_columns=2, local_diagonals=3
+    )
+    config = js.Config(interpret=True, block_q=64, block_kv=64)
+    check_gathered(pattern, t=140, h=4, d=64, config=config, seed=6)
     assert sorted(set(spy_bitmaps)) == ["PositionCausal", "VerticalSlashMask"]
 
 
@@ -175,28 +176,7 @@ def test_vertical_slash_mask_on_the_gpu(include_vertical):
 @pytest.mark.gpu
 def test_gathered_vertical_slash_on_the_gpu():
     """MInference's defaults at 8k: both parts on the kernels equal the exact mask."""
-    b, t, h, kh, d = 1, 8192, 4, 2, 128
-    q, k, v, cot = R.random_qkv(b, t, h, kh, d, s=t, seed=9, dtype=jnp.bfloat16)
-    pattern = P.VerticalSlash()
-    vert, slash = R.jitted(
-        vertical_slash.vertical_slash_select,
-        q,
-        k,
-        vertical_size=1000,
-        slash_size=6096,
-        last_q=64,
-        init_columns=30,
-        local_diagonals=100,
-        q_offset=0,
-    )
-    mask = vertical_slash_mask_np(np.asarray(vert), np.asarray(slash), t, t, 0)
-    R.assert_close_to_ref(
-        lambda q, k, v: js.vertical_slash_attention(
-            q, k, v, pattern=pattern, implementation="pallas_gpu", return_lse=True
-        ),
-        lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
-        q, k, v, cot, tol=2e-2,
-    )  # fmt: skip
+    check_gathered(P.VerticalSlash(), t=8192, h=4, d=128, config=js.Config(), seed=9)
 
 
 @pytest.mark.parametrize("mode", ["or", "exclude", "positions"])
