@@ -121,14 +121,17 @@ def block_importance_by_attention(
 def select_blocks(
     importance, q_pos, *, block_size: int, top_n: int, init_blocks: int, local_blocks: int
 ):
-    """Top-`top_n` block indices `[B, K, n, top_n]` (-1: none); initial and local blocks forced."""
+    """Bits `[B, K, n, num_blocks]` of the top `top_n` blocks; initial and local blocks forced.
+
+    Ties go to the lower block; a row with fewer visible blocks keeps them all.
+    """
     nb = importance.shape[-1]
     j = jnp.arange(nb, dtype=jnp.int32)[None, None, None, :]
     own = (q_pos // block_size)[None, None, :, None]
     forced = (j < init_blocks) | ((own - j >= 0) & (own - j < local_blocks))
     scores = jnp.where(forced, jnp.inf, importance)
     scores = jnp.where(j > own, -jnp.inf, scores)  # future blocks are never selected
-    return topk.topk_indices(scores, top_n)
+    return topk.topk_mask(scores, top_n)
 
 
 def nsa_select(
@@ -171,7 +174,7 @@ def nsa_select(
     b, t, h, _ = q.shape
 
     def to_bits(imp, q_pos):
-        idx = select_blocks(
+        return select_blocks(
             imp,
             q_pos,
             block_size=block_size,
@@ -179,7 +182,6 @@ def nsa_select(
             init_blocks=init_blocks,
             local_blocks=local_blocks,
         )
-        return topk.indices_to_mask(idx, nb)
 
     if k_cmp.shape[1] and b * k_cmp.shape[2] * t * nb <= ATTENTION_IMPORTANCE_ELEMENTS:
         imp = block_importance_by_attention(
