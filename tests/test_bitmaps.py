@@ -218,3 +218,24 @@ def test_kernels_lower_for_a_gpu(mode):
     with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
         for f in (fwd, bwd):
             jax.jit(f).trace(q, k).lower(lowering_platforms=("cuda",))
+
+
+def test_bitmaps_leave_what_the_backward_kernels_cannot_take_to_xla():
+    """Head dims over the backward kernels' D + Dv <= 256, or segment ids: not this path."""
+    from jaxsparse.ops import call as call_lib
+
+    def call(d, segments=False):
+        q, k, v, _ = R.random_qkv(1, 64, 2, 2, d, s=64, seed=1, dtype=jnp.bfloat16)
+        ids = jnp.zeros((1, 64), jnp.int32) if segments else None
+        pattern = vertical_slash_mask.VerticalSlashMask(
+            jnp.ones((1, 2, 64), bool), jnp.ones((1, 2, 64), bool)
+        )
+        return call_lib.Call(
+            q=q, k=k, v=v, pattern=pattern, sparsity=None, q_segment_ids=ids,
+            kv_segment_ids=ids, scale=1.0, logits_soft_cap=None, q_offset=0,
+            config=js.Config(),
+        )  # fmt: skip
+
+    assert bitmaps.applies(call(128))
+    assert not bitmaps.applies(call(192))
+    assert not bitmaps.applies(call(128, segments=True))

@@ -30,9 +30,14 @@ from jaxsparse.sparsity import block_sparsity
 
 
 def applies(call: call_lib.Call) -> bool:
-    """Whether `run` takes this call: one of the two patterns, without segment ids."""
+    """Whether `run` takes this call: one of the two patterns, without segment ids, with
+    head dims the backward kernels take (else the XLA path runs it, gradient included)."""
     kinds = (vertical_slash_mask.VerticalSlashMask, position_causal.PositionCausal)
-    return isinstance(call.pattern, kinds) and not call.has_segments
+    return (
+        isinstance(call.pattern, kinds)
+        and not call.has_segments
+        and call.head_dim + call.head_dim_v <= 256
+    )
 
 
 def run(call: call_lib.Call):
