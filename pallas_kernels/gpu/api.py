@@ -26,6 +26,12 @@ full or partial, so the tables need not know the segments; pass False when
 the tables already mark every tile that mixes segments as partial (then the
 test runs in partial tiles only, which is faster).
 
+Bitmaps (`diagonals=`, `key_columns=`): per-(batch, head) bit sets read in
+partial tiles, for masks that are exact at the token level but not
+arithmetic (MInference's kept diagonals and columns). Segment ids may also
+compare `kv id <= q id` (`segments_le=True`: ids are positions of gathered
+keys).
+
 Supported (anything else raises NotImplementedError so callers can fall
 back): dtype bfloat16/float16; D and Dv multiples of 64 up to 256 (forward),
 D, Dv <= 128 (backward, the dK and dV accumulators of a warpgroup must fit in
