@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from jaxsparse.ops import call as call_lib
 from jaxsparse.ops import kernel_common, layout, metadata
+from jaxsparse.patterns import causal
 from jaxsparse.patterns.dynamic import position_causal, vertical_slash_mask
 from jaxsparse.sparsity import block_sparsity
 
@@ -47,16 +48,9 @@ def run(call: call_lib.Call):
     return _run_diagonals(call)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Causal:
-    """`k <= q` (positions): the marked keys of a vertical-slash mask are causal."""
-
-    def mask_fn(self, q_pos, kv_pos, head):
-        del head
-        return kv_pos <= q_pos
-
-
-_CAUSAL = _Causal()
+# The marked keys of a vertical-slash mask are causal. One instance: the kernels key their
+# compiled variants on the mask_fn, and bound methods compare by their instance.
+_CAUSAL = causal.Causal()
 
 
 def _blocks(sp: block_sparsity.BlockSparsity) -> tuple[int, int]:
