@@ -12,16 +12,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxsparse.patterns import base as pbase
 from jaxsparse.sparsity import block_sparsity
-
-# AND of two exact codes; PARTIAL & PARTIAL stays PARTIAL (conservative: the
-# tile may turn out empty, which costs time but never correctness).
-_AND_EXACT = np.minimum(pbase._AND, pbase.PARTIAL + 1)
-_AND_EXACT[pbase.PARTIAL, pbase.PARTIAL] = pbase.PARTIAL
-_AND_EXACT = _AND_EXACT[:3, :3].astype(np.int8)
 
 
 def _as_4d(x: Any, name: str, rank_min: int = 2) -> jax.Array:
@@ -36,7 +29,9 @@ def _as_4d(x: Any, name: str, rank_min: int = 2) -> jax.Array:
 def intersect_codes(a: Any, b: Any) -> jax.Array:
     """Codes of the AND of two patterns given their exact codes (broadcasting), int8.
 
-    `_AND_EXACT` is the minimum of the two codes (EMPTY < PARTIAL < FULL): an
+    The minimum of the two codes (EMPTY < PARTIAL < FULL): empty if either is,
+    full only if both are, and PARTIAL & PARTIAL stays PARTIAL (conservative:
+    the tile may turn out empty, which costs time but never correctness). An
     elementwise op instead of a table gather per tile (16M of them for
     BlockTopK's codes at 64k tokens).
     """
