@@ -18,6 +18,7 @@ from jaxsparse import patterns as P
 from jaxsparse.ops import bitmaps
 from jaxsparse.patterns.dynamic import position_causal, vertical_slash, vertical_slash_mask
 from pallas_kernels.gpu import api as kernels
+from pallas_kernels.gpu import bitmaps as kernel_bitmaps
 from tests import dynamic_refs as R
 from tests.test_dynamic_minference import vertical_slash_mask_np
 
@@ -120,7 +121,7 @@ def test_gathered_vertical_slash_on_the_kernels(spy_bitmaps):
 def test_diagonal_bitmaps_hold_the_kept_offsets(n, tp, sp, q_offset, seed):
     """Bit `k - q + pad` (query-row tiles) and `q - k + pad` (key-row tiles) of every pair."""
     diag = np.random.default_rng(seed).random((1, 2, n)) < 0.5
-    pads, fwd, dkv, _ = kernels._bitmaps(
+    pads, fwd, dkv, _ = kernel_bitmaps.pack(
         jnp.asarray(diag), None, "or", B=1, H=2, Tp=tp, Sp=sp, q_offset=q_offset
     )
     bits = {
