@@ -44,6 +44,34 @@ def random_selection(rng, b, h, s, p_vert, p_slash, *, main_diagonal):
     return vert, slash
 
 
+def check_mask(t, s, *, h, d, include_vertical, density, config, seed):
+    """`VerticalSlashMask` on the kernels against the dense f32 oracle of its exact mask.
+
+    Returns the mask. `density`: the chance of a kept column and of a kept diagonal.
+    """
+    rng = np.random.default_rng(seed)
+    vert, slash = random_selection(rng, 1, h, s, *density, main_diagonal=include_vertical)
+    q_offset = s - t
+    if include_vertical:
+        mask = vertical_slash_mask_np(vert, slash, t, s, q_offset)
+    else:  # the diagonals minus the columns
+        mask = vertical_slash_mask_np(np.zeros_like(vert), slash, t, s, q_offset)
+        mask &= ~vert[:, :, None, :]
+    pattern = vertical_slash_mask.VerticalSlashMask(
+        jnp.asarray(vert), jnp.asarray(slash), include_vertical=include_vertical
+    )
+    q, k, v, cot = R.random_qkv(1, t, h, 2, d, s=s, seed=seed + 1, dtype=jnp.bfloat16)
+    R.assert_close_to_ref(
+        lambda q, k, v: js.attention(
+            q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
+            return_lse=True,
+        ),
+        lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
+        q, k, v, cot, tol=2e-2,
+    )  # fmt: skip
+    return mask
+
+
 @pytest.mark.parametrize(
     "t, s, block, include_vertical",
     [
@@ -52,26 +80,10 @@ def random_selection(rng, b, h, s, p_vert, p_slash, *, main_diagonal):
     ],
 )
 def test_vertical_slash_mask_on_the_kernels(t, s, block, include_vertical, spy_bitmaps):
-    b, h, kh, d = 1, 4, 2, 64
-    rng = np.random.default_rng(3)
-    vert, slash = random_selection(rng, b, h, s, 0.05, 0.08, main_diagonal=include_vertical)
-    q_offset = s - t
-    mask = vertical_slash_mask_np(vert, slash, t, s, q_offset)
-    if not include_vertical:
-        mask = vertical_slash_mask_np(np.zeros_like(vert), slash, t, s, q_offset)
-        mask &= ~vert[:, :, None, :]
-    pattern = vertical_slash_mask.VerticalSlashMask(
-        jnp.asarray(vert), jnp.asarray(slash), include_vertical=include_vertical
-    )
-    q, k, v, cot = R.random_qkv(b, t, h, kh, d, s=s, seed=4, dtype=jnp.bfloat16)
     config = js.Config(interpret=True, block_q=block, block_kv=block)
-    R.assert_close_to_ref(
-        lambda q, k, v: js.attention(
-            q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
-            return_lse=True,
-        ),
-        lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
-        q, k, v, cot, tol=2e-2,
+    mask = check_mask(
+        t, s, h=4, d=64, include_vertical=include_vertical, density=(0.05, 0.08),
+        config=config, seed=3,
     )  # fmt: skip
     assert spy_bitmaps == ["VerticalSlashMask"]
     if not include_vertical:
@@ -154,23 +166,9 @@ def test_position_causal_needs_a_key_head_per_query_head():
 @pytest.mark.parametrize("include_vertical", [True, False])
 def test_vertical_slash_mask_on_the_gpu(include_vertical):
     """Both bitmap modes on a Hopper GPU at 4k, default tiles, against the dense f32 oracle."""
-    b, t, h, kh, d = 1, 4096, 8, 2, 128
-    vert, slash = random_selection(
-        np.random.default_rng(7), b, h, t, 0.01, 0.02, main_diagonal=include_vertical
-    )
-    mask = vertical_slash_mask_np(vert if include_vertical else np.zeros_like(vert), slash, t, t, 0)
-    if not include_vertical:
-        mask &= ~vert[:, :, None, :]
-    pattern = vertical_slash_mask.VerticalSlashMask(
-        jnp.asarray(vert), jnp.asarray(slash), include_vertical=include_vertical
-    )
-    q, k, v, cot = R.random_qkv(b, t, h, kh, d, s=t, seed=8, dtype=jnp.bfloat16)
-    R.assert_close_to_ref(
-        lambda q, k, v: js.attention(
-            q, k, v, pattern=pattern, implementation="pallas_gpu", return_lse=True
-        ),
-        lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
-        q, k, v, cot, tol=2e-2,
+    check_mask(
+        4096, 4096, h=8, d=128, include_vertical=include_vertical, density=(0.01, 0.02),
+        config=js.Config(), seed=7,
     )  # fmt: skip
 
 
