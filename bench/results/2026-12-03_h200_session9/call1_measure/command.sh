@@ -11,4 +11,4 @@ timeout 170 python -m pytest -q -m gpu -p no:cacheprovider tests/test_dynamic_py
 timeout 250 python bench/llm_sparse_gpu.py $OUT/r/llm64k --sizes 65536 --methods 'MInference-BlockTopK,Seer-gate,MInference-VerticalSlash,NSA train,NSA-selected' --skip 'routed,bq64,XLA gate' --nsa-variants NSA --reps 3 > $OUT/r/llm64k.log 2>&1
 timeout 120 python bench/profile_llm.py $OUT/r/prof_nsa --what nsa --seq 65536 > $OUT/r/prof_nsa.log 2>&1
 date -u > $OUT/r/end.txt
-cd $OUT && tar czf r.tgz r && rm -rf r
+cd $OUT && find r -type f -size -3M | tar czf r.tgz -T - && rm -rf r  # traces stay behind (too large to come back)
