@@ -139,6 +139,22 @@ def test_topk_mask_is_the_mask_of_the_topk_indices(seed, n, k):
     np.testing.assert_array_equal(topk.topk_mask(s, k), want)
 
 
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    seed=st.integers(0, 2**16),
+    n=st.sampled_from([5, 40, 300, 1100]),  # iterative, two-level and sorted rows
+    k=st.integers(1, 400),
+)
+def test_kth_value_is_the_kth_of_the_sorted_row(seed, n, k):
+    # Whichever tied groups the two-level path picks, the k-th value is the sorted row's.
+    rng = np.random.default_rng(seed)
+    vals = np.array([-np.inf, -1.0, 0.0, 1.0, np.inf], np.float32)
+    s = np.where(rng.random((3, n)) < 0.6, rng.choice(vals, (3, n)), rng.standard_normal((3, n)))
+    s = s.astype(np.float32)
+    want = -np.sort(-s, axis=-1)[:, min(k, n) - 1 : min(k, n)]
+    np.testing.assert_array_equal(topk.kth_value(jnp.asarray(s), k), want)
+
+
 def test_rank_mask_per_row_counts_match_sorting():
     s = rng.standard_normal((4, 3, 9)).astype(np.float32)
     s[0, 0, 2] = -np.inf

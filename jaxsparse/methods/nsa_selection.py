@@ -72,7 +72,7 @@ def block_importance_by_attention(
     config: Any = None,
     columns: int = 128,
 ):
-    """`block_importance` for all rows, `[B, K, T, num_blocks]`, as attention calls.
+    """`block_importance` for all rows, token-major `[B, T, K, num_blocks]`, as attention calls.
 
     The remap onto selection blocks is linear in `p_cmp`, so it is attention
     with the overlap weights as values: for the blocks `[c, c + columns)`,
@@ -82,6 +82,8 @@ def block_importance_by_attention(
     `exp(lse_part - lse_cmp)` renormalises to branch 1's softmax. Each call runs
     on the attention kernels (no `[T, Nc]` score array in memory); queries
     that cannot see key `lo` yet are left out of the call (importance 0).
+    Token-major, the layout the calls produce: `nsa_select` ranks the blocks
+    in it and transposes only the bits (a quarter of the float32 bytes).
     """
     b, t, h, _ = q.shape
     nc, kh = k_cmp.shape[1], k_cmp.shape[2]
@@ -115,19 +117,28 @@ def block_importance_by_attention(
         part = out[..., :n_blocks].astype(jnp.float32) * jnp.moveaxis(factor, 1, 2)[..., None]
         part = part.reshape(b, t - row0, kh, h // kh, n_blocks).sum(3)
         parts.append(jnp.pad(part, ((0, 0), (row0, 0), (0, 0), (0, 0))))
-    return jnp.moveaxis(jnp.concatenate(parts, axis=-1), 1, 2)
+    return jnp.concatenate(parts, axis=-1)
 
 
 def select_blocks(
-    importance, q_pos, *, block_size: int, top_n: int, init_blocks: int, local_blocks: int
+    importance,
+    q_pos,
+    *,
+    block_size: int,
+    top_n: int,
+    init_blocks: int,
+    local_blocks: int,
+    token_axis: int = 2,
 ):
-    """Bits `[B, K, n, num_blocks]` of the top `top_n` blocks; initial and local blocks forced.
+    """Bits of the top `top_n` blocks, shaped like `importance`; initial and local blocks forced.
 
-    Ties go to the lower block; a row with fewer visible blocks keeps them all.
+    `importance` is `[B, K, n, num_blocks]` (`token_axis=2`) or `[B, n, K,
+    num_blocks]` (`token_axis=1`). Ties go to the lower block; a row with
+    fewer visible blocks keeps them all.
     """
     nb = importance.shape[-1]
     j = jnp.arange(nb, dtype=jnp.int32)[None, None, None, :]
-    own = (q_pos // block_size)[None, None, :, None]
+    own = jnp.expand_dims(q_pos // block_size, [a for a in range(4) if a != token_axis])
     forced = (j < init_blocks) | ((own - j >= 0) & (own - j < local_blocks))
     scores = jnp.where(forced, jnp.inf, importance)
     scores = jnp.where(j > own, -jnp.inf, scores)  # future blocks are never selected
@@ -173,7 +184,7 @@ def nsa_select(
     nb = -(-kv_len // block_size)
     b, t, h, _ = q.shape
 
-    def to_bits(imp, q_pos):
+    def to_bits(imp, q_pos, token_axis=2):
         return select_blocks(
             imp,
             q_pos,
@@ -181,6 +192,7 @@ def nsa_select(
             top_n=top_n,
             init_blocks=init_blocks,
             local_blocks=local_blocks,
+            token_axis=token_axis,
         )
 
     if k_cmp.shape[1] and b * k_cmp.shape[2] * t * nb <= ATTENTION_IMPORTANCE_ELEMENTS:
@@ -197,7 +209,8 @@ def nsa_select(
             implementation=implementation,
             config=config,
         )
-        return to_bits(imp, q_offset + jnp.arange(t, dtype=jnp.int32))
+        bits = to_bits(imp, q_offset + jnp.arange(t, dtype=jnp.int32), token_axis=1)
+        return jnp.moveaxis(bits, 1, 2)
 
     def rows_fn(q_rows, lse_rows, q_pos):
         if k_cmp.shape[1] == 0:  # no compressed token yet: only the forced blocks score
