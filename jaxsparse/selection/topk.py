@@ -102,21 +102,31 @@ def indices_to_mask(indices, n: int):
 def topk_mask(scores, k: int):
     """Boolean `[..., n]`: the `k` best finite or forced scores of each row (ties: lower index).
 
-    The mask of `topk_indices`, built from the k-th best value (`split_mask`):
-    one pass over the row instead of a one-hot of the k indices (`[..., k, n]`
-    compares: 1,000 columns of 64k at MInference's defaults). Values compare
-    as numbers: `-0.0` and `0.0` tie (and go to the lower index), where
-    `lax.top_k` would rank `0.0` first.
+    The mask of `topk_indices`. Up to `ONEHOT_MAX_K`, the one-hot of those
+    indices (k compares per entry, one fused pass); above it, built from the
+    k-th best value (`kth_value`, `split_mask`): a pass over the row instead of
+    `[..., k, n]` compares (1,000 columns of 64k at MInference's defaults).
+    There values compare as numbers: `-0.0` and `0.0` tie (and go to the
+    lower index), where `lax.top_k` would rank `0.0` first.
     """
-    return split_mask(scores, kth_value(scores, k), max(1, min(int(k), scores.shape[-1])))
+    n = scores.shape[-1]
+    k = max(1, min(int(k), n))
+    if k <= ONEHOT_MAX_K:
+        return indices_to_mask(topk_indices(scores, k), n)
+    return split_mask(scores, kth_value(scores, k), k)
+
+
+# Up to this k the one-hot of the indices is the cheaper mask: NSA's 16 of 1,024 blocks
+# at 64k took 7.84 ms of selection with it and 8.76 ms with `split_mask`, whose count and
+# tie prefix sum run over the whole row (H200, sessions 8 and 9, 2026-12-03).
+ONEHOT_MAX_K = 16
 
 
 def kth_value(scores, k: int):
     """Each row's `k`-th best value `[..., 1]` (ties counted; -inf if fewer than k are finite).
 
-    Only the value, so no path needs a key-value sort of the whole row: up to
-    `ITERATIVE_MAX_K`, the last of the argmax passes; for the rows
-    `topk_indices` takes in two levels, the k-th value of the candidates
+    Only the value, so no path needs a key-value sort of the whole row: for
+    the rows `topk_indices` takes in two levels, the k-th value of the candidates
     (the entries of the k groups with the best maxima, which hold the row's
     k best values whichever tied groups level 1 picks); otherwise a value
     sort (`lax.top_k`'s key-value sort took 0.64 ms for BlockTopK's 16k rows
@@ -124,10 +134,6 @@ def kth_value(scores, k: int):
     """
     *lead, n = scores.shape
     k = max(1, min(int(k), n))
-    if k <= ITERATIVE_MAX_K:
-        last = _iterative_topk(scores, k)[..., -1:]  # the k-th best, or -1 (fewer finite)
-        kth = jnp.take_along_axis(scores, jnp.maximum(last, 0), -1)
-        return jnp.where(last >= 0, kth, -jnp.inf)
     if not grouped_applies(n, k):
         return descending(scores)[..., k - 1 : k]
     width = GROUP_WIDTH
