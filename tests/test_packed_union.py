@@ -1,0 +1,34 @@
+"""`bench/packed_union.py`'s regrouped tile unions, on selections with a known best grouping."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def packed_union():
+    path = Path(__file__).resolve().parents[1] / "bench" / "packed_union.py"
+    spec = importlib.util.spec_from_file_location("packed_union", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_regrouping_separates_interleaved_selections(packed_union):
+    # Tokens alternate between two selections of 3 blocks that share block 0: consecutive
+    # 16-token tiles hold both (union 5); regrouped tiles hold one kind each (union 3).
+    bits = np.zeros((1, 1, 64, 12), bool)
+    bits[0, 0, 0::2, [0, 1, 2]] = True
+    bits[0, 0, 1::2, [0, 7, 9]] = True
+    assert packed_union.regrouped_union(bits, window=16, tokens=16, how="greedy") == 5.0
+    for how in ("greedy", "sorted"):
+        assert packed_union.regrouped_union(bits, window=32, tokens=16, how=how) == 3.0
+
+
+def test_regrouping_needs_whole_windows(packed_union):
+    with pytest.raises(SystemExit, match="must divide T=40"):
+        packed_union.regrouped_union(
+            np.zeros((1, 1, 40, 4), bool), window=32, tokens=16, how="greedy"
+        )
