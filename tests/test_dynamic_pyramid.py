@@ -65,7 +65,8 @@ def pyramid_reference(q, k, v, levels, *, block_size, num_levels, causal, q_offs
         (False, 40, 44),  # per level (S a multiple of the coarsest factor, 4)
         (True, 36, 36),
         (True, 20, 44),
-        (True, 20, 42),  # concatenated: the last pooled key of levels 2 and 3 is ragged
+        (True, 20, 42),  # the last pooled key of level 3 is shorter (a tail)
+        (False, 40, 43),  # tails at levels 2 and 3, read by some query blocks
     ],
 )
 def test_pyramid_selection_and_attention(causal, t, s):
@@ -78,6 +79,8 @@ def test_pyramid_selection_and_attention(causal, t, s):
     want = levels_reference(q, k, block_size=bs, thresholds=th, causal=causal, q_offset=off)
     np.testing.assert_array_equal(np.asarray(lev), want)
     assert {1, 2, 3} <= set(np.unique(want))  # several levels in use
+    if not causal and s % 4:
+        assert (want[..., -1] >= 2).any()  # a query block reads the tails' key block pooled
     pattern = P.Pyramid(block_size=bs, thresholds=th, causal=causal)
 
     def fn(q, k, v):
@@ -156,6 +159,8 @@ def _kernel_case(t, s, *, causal, bs, thresholds, config, seed):
     pattern = P.Pyramid(block_size=bs, thresholds=thresholds, causal=causal)
     levels = np.asarray(jax.jit(lambda q, k: pattern.levels(q, k, q_offset=off))(q, k))
     assert set(range(1, len(thresholds) + 1)) <= set(np.unique(levels))  # every level in use
+    if not causal and s % 2 ** (len(thresholds) - 1):
+        assert (levels[..., -1] >= 2).any()  # some query block reads the tails' block pooled
 
     def fn(q, k, v):
         return js.pyramid_attention(
@@ -173,11 +178,18 @@ def _kernel_case(t, s, *, causal, bs, thresholds, config, seed):
     R.assert_close_to_ref(fn, ref, q, k, v, cot, tol=2e-2)
 
 
-def test_pyramid_levels_on_the_gpu_kernels_in_interpret_mode():
-    """Per level on the kernels (interpret mode): padded 32- and 16-key blocks, chunked causal."""
+@pytest.mark.parametrize(
+    "t, s, causal, seed",
+    [
+        (150, 256, True, 24),  # padded 32- and 16-key blocks, chunked causal
+        (130, 251, False, 26),  # ragged S: the levels on the kernels, their tails beside them
+    ],
+)
+def test_pyramid_levels_on_the_gpu_kernels_in_interpret_mode(t, s, causal, seed):
+    """Per level on the kernels (interpret mode) against the dense concatenated-KV oracle."""
     _kernel_case(
-        150, 256, causal=True, bs=64, thresholds=(0.3, 0.5, 0.7),
-        config=js.Config(interpret=True), seed=24,
+        t, s, causal=causal, bs=64, thresholds=(0.3, 0.5, 0.7),
+        config=js.Config(interpret=True), seed=seed,
     )  # fmt: skip
 
 

@@ -60,8 +60,8 @@ class Pyramid(common.DynamicPattern):
 
     Use it through `jaxsparse.pyramid_attention(q, k, v, pattern=Pyramid(...))`:
     a pattern cannot add key sources, so that function pools the key levels,
-    concatenates them, adds each pooled key's log-multiplicity bias exactly,
-    and runs one block-sparse attention over the concatenation.
+    runs each as its own block-sparse attention with its pooled keys'
+    log-multiplicity bias added exactly, and merges them by log-sum-exp.
 
     Args:
       block_size: query and key block (PSA: 128); divisible by `2**(L-1)`.

@@ -1,9 +1,10 @@
 """`PooledLevel`: one level of PSA's pyramid on its own, its blocks padded to whole tiles.
 
-`jaxsparse.pyramid_attention` can run each level as its own block-sparse
-call and merge the levels by log-sum-exp: level h's keys all pool
-`f = 2**(h-1)` keys (when S is a multiple of the coarsest factor), so PSA's
-per-key bias `ln f` is one constant per call, added to that call's lse. The
+`jaxsparse.pyramid_attention` runs each level as its own block-sparse call
+and merges the levels by log-sum-exp: a level holds only its whole pooled
+keys, each pooling `f = 2**(h-1)` keys, so PSA's per-key bias `ln f` is one
+constant per call, added to that call's lse (when S is not a multiple of f,
+the level's last, shorter pooled key is left to the caller). The
 level's selection (`levels == h`) becomes the call's tile lists (tiles are
 whole selection blocks), and the mask left for partial tiles is arithmetic:
 padding and, for causal use, whether the last key a pooled key averages is
@@ -33,7 +34,7 @@ class LevelLayout:
     Attributes:
       factor: keys pooled per level key (2**(h-1)).
       block_size: the selection block, in original positions.
-      kv_len: original keys S (a multiple of `factor`).
+      kv_len: original keys S; the level holds its `S // factor` whole pooled keys.
       pad_to: blocks with fewer pooled keys are padded to this many.
     """
 
@@ -52,7 +53,7 @@ class LevelLayout:
 
     @property
     def count(self) -> int:
-        """Pooled keys (the last block may hold fewer than `per`)."""
+        """Whole pooled keys (the last block may hold fewer than `per`)."""
         return self.kv_len // self.factor
 
     @property
@@ -67,7 +68,7 @@ class LevelLayout:
     def keys(self, x):
         """Pooled and padded `[B, length, K, X]` from original `[B, S, K, X]`, in x's dtype."""
         pooled = x if self.factor == 1 else pooling.pool(x, self.factor, kind="mean", axis=1)
-        pooled = pooled.astype(x.dtype)
+        pooled = pooled[:, : self.count].astype(x.dtype)  # a shorter last pooled key is not ours
         b, _, kh, dx = pooled.shape
         full = self.num_blocks * self.per
         pooled = jnp.pad(pooled, ((0, 0), (0, full - self.count), (0, 0), (0, 0)))
