@@ -10,8 +10,8 @@ No kernel needs a bias: each level's whole pooled keys (all `c = f`) are
 one block-sparse call (`PooledLevel`; blocks of fewer than 64 pooled keys
 padded to a tile), the level's blocks as the tile lists and `ln f` added to
 its lse. When S is not a multiple of f, the level's last pooled key
-averages `c = S mod f` keys; those tails (at most one per level) are scored
-together in a small dense step with their own `ln c`. The parts are disjoint
+averages `c = S mod f` keys; each such tail (at most one per level) is a
+one-key dense step with its own `ln c` on its lse. The parts are disjoint
 key sets, so they merge exactly by log-sum-exp into one softmax. Head dim D:
 the GPU kernels run the levels, gradients included. (`PyramidMask` over
 `pyramid_kv` states the same selection as one mask over the concatenated
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxsparse.methods import merge
 from jaxsparse.ops import api
 from jaxsparse.patterns.dynamic import pyramid, pyramid_level
+from jaxsparse.reference import dense
 from jaxsparse.selection import pooling
 
 
@@ -92,11 +91,10 @@ def pyramid_attention(
         levels = pattern.levels(q, k, q_offset=q_offset)
     kw = dict(scale=scale, q_offset=q_offset, implementation=implementation, config=config)
     outs, lses = _per_level(q, k, v, levels, pattern=pattern, **kw)
-    tails = _ragged_tails(q, k, v, levels, pattern=pattern, scale=scale, q_offset=q_offset)
-    if tails is not None:
-        outs.append(tails[0])
-        lses.append(tails[1])
-    out, lse = merge.lse_merge(outs, lses)
+    tail_outs, tail_lses = _ragged_tails(
+        q, k, v, levels, pattern=pattern, scale=scale, q_offset=q_offset
+    )
+    out, lse = merge.lse_merge(outs + tail_outs, lses + tail_lses)
     result = (out,) + ((lse,) if return_lse else ()) + ((levels,) if return_levels else ())
     return result[0] if len(result) == 1 else result
 
@@ -145,42 +143,28 @@ def _pow2_tile(n: int) -> int:
 
 
 def _ragged_tails(q, k, v, levels, *, pattern, scale, q_offset):
-    """`(out, lse)` over the levels' shorter last pooled keys, or None when S has none.
+    """Per level with a shorter last pooled key (S not a multiple of f), `(out, lse + ln c)`
+    of attention to that one key, which averages the last `c = S mod f` keys.
 
-    Level h's tail averages the last `S mod f` keys (`f = 2**(h-1)`), logit
-    `+ ln(S mod f)`; a query row reads it when its query block chose level h
-    for the tail's key block (and, causal, when key S - 1 is past). At most
-    `num_levels - 1` keys: a dense float32 step, `[B, H, T, tails]` logits.
+    A query row reads level h's tail when its query block chose level h for
+    the tail's key block (and, causal, when key S - 1 is past). One key per
+    call, so its bias is a constant on the lse, as for the levels; the dense
+    float32 attention of `jaxsparse.reference` computes it (`[B, H, T, 1]`).
     """
-    b, t, h, _ = q.shape
-    s, kh = k.shape[1], k.shape[2]
-    bs = pattern.block_size
-    tails = [
-        (lev, (s // f) * f, s % f)
-        for lev, f in ((lev, 2 ** (lev - 1)) for lev in range(2, pattern.num_levels + 1))
-        if s % f
-    ]
-    if not tails:
-        return None
-    # Pooled like the levels: a float32 mean, kept in the input dtype.
-    k_t = jnp.stack([k[:, a:].astype(jnp.float32).mean(1).astype(k.dtype) for _, a, _ in tails], 1)
-    v_t = jnp.stack([v[:, a:].astype(jnp.float32).mean(1).astype(v.dtype) for _, a, _ in tails], 1)
-    group = h // kh
-    qg = q.astype(jnp.float32).reshape(b, t, kh, group, q.shape[-1])
-    logits = jnp.einsum("btkgd,bnkd->bkgtn", qg, k_t.astype(jnp.float32)).reshape(b, h, t, -1)
-    bias = jnp.asarray(np.log([c for *_, c in tails]), jnp.float32)[None, None, None, :]
-    logits = logits * scale + bias
-    rows = jnp.arange(t) // bs
-    chosen = jnp.stack([levels[:, :, rows, a // bs] == lev for lev, a, _ in tails], -1)
-    live = jnp.broadcast_to(chosen, logits.shape)  # levels may have one head row
-    if pattern.causal:
-        live = live & (s - 1 <= q_offset + jnp.arange(t))[None, None, :, None]
-    m = jnp.where(live, logits, -jnp.inf).max(-1, keepdims=True)
-    m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
-    e = jnp.where(live, jnp.exp(jnp.where(live, logits, 0.0) - m), 0.0)
-    total = e.sum(-1, keepdims=True)
-    has = total > 0
-    p = (e / jnp.where(has, total, 1.0)).reshape(b, kh, group, t, -1)
-    out = jnp.einsum("bkgtn,bnkd->btkgd", p, v_t.astype(jnp.float32))
-    lse = jnp.where(has, m + jnp.log(jnp.where(has, total, 1.0)), -jnp.inf)[..., 0]
-    return out.reshape(b, t, h, v.shape[-1]), lse
+    t, s = q.shape[1], k.shape[1]
+    rows = jnp.arange(t) // pattern.block_size
+    outs, lses = [], []
+    for lev in range(2, pattern.num_levels + 1):
+        c = s % 2 ** (lev - 1)
+        if not c:
+            continue
+        # Pooled like the levels' keys: a float32 mean, kept in the input dtype.
+        k_t, v_t = (x[:, s - c :].astype(jnp.float32).mean(1, keepdims=True).astype(x.dtype)
+                    for x in (k, v))  # fmt: skip
+        mask = (levels[:, :, rows, (s - c) // pattern.block_size] == lev)[..., None]
+        if pattern.causal:
+            mask = mask & (s - 1 <= q_offset + jnp.arange(t))[None, None, :, None]
+        out, lse = dense.attention_reference(q, k_t, v_t, mask, scale=scale)
+        outs.append(out)
+        lses.append(lse + math.log(c))
+    return outs, lses
