@@ -1,19 +1,14 @@
 """`bench/packed_union.py`'s regrouped tile unions, on selections with a known best grouping."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+
+from tests import bench_util
 
 
 @pytest.fixture(scope="module")
 def packed_union():
-    path = Path(__file__).resolve().parents[1] / "bench" / "packed_union.py"
-    spec = importlib.util.spec_from_file_location("packed_union", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_util.load_bench_script("packed_union")
 
 
 def test_regrouping_separates_interleaved_selections(packed_union):

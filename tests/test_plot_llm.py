@@ -1,19 +1,16 @@
 """`bench/plot_llm.py`: which rows it draws, and that it writes a picture."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests import bench_util
+
 
 @pytest.fixture(scope="module")
 def plot_llm():
-    path = Path(__file__).resolve().parents[1] / "bench" / "plot_llm.py"
-    spec = importlib.util.spec_from_file_location("plot_llm", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_util.load_bench_script("plot_llm")
 
 
 def _write(folder: Path, rows):
