@@ -66,19 +66,34 @@ def _grouped_topk(scores, k: int, width: int):
     among `k * width` candidates. Both levels break ties by the lower index,
     so the result equals `lax.top_k`'s, index for index.
     """
+    safe, cand = _group_candidates(scores, k, width, index_order=True)
+    pos = topk_indices(cand, k)  # positions among the candidates, best first
+    p = jnp.maximum(pos, 0)
+    idx = jnp.take_along_axis(safe, p // width, axis=-1) * width + p % width
+    return jnp.where(pos >= 0, idx, -1).astype(jnp.int32)
+
+
+def _group_candidates(scores, k: int, width: int, *, index_order: bool):
+    """The entries of the k groups of `width` neighbours with the best maxima.
+
+    Returns `(groups [..., k], candidates [..., k * width])`: the groups' ids
+    (clipped to a valid group where fewer than k groups hold a finite entry;
+    those candidates are -inf), best group first, or in index order with the
+    empty ones last when `index_order` (which `topk_indices` needs for its
+    ties; a k-th value does not).
+    """
     *lead, n = scores.shape
     ng = -(-n // width)
     s = jnp.pad(scores, [(0, 0)] * len(lead) + [(0, ng * width - n)], constant_values=-jnp.inf)
     s = s.reshape(*lead, ng, width)
     groups = topk_indices(s.max(axis=-1), k)  # best first; -1: no finite entry
-    groups = jnp.sort(jnp.where(groups >= 0, groups, ng), axis=-1)  # index order, empty last
+    groups = jnp.where(groups >= 0, groups, ng)
+    if index_order:
+        groups = jnp.sort(groups, axis=-1)  # empty (ng) last
     safe = jnp.minimum(groups, ng - 1)
     cand = jnp.take_along_axis(s, safe[..., None], axis=-2)  # [..., k, width]
     cand = jnp.where((groups < ng)[..., None], cand, -jnp.inf).reshape(*lead, -1)
-    pos = topk_indices(cand, k)  # positions among the candidates, best first
-    p = jnp.maximum(pos, 0)
-    idx = jnp.take_along_axis(safe, p // width, axis=-1) * width + p % width
-    return jnp.where(pos >= 0, idx, -1).astype(jnp.int32)
+    return safe, cand
 
 
 def _iterative_topk(scores, k: int):
@@ -132,18 +147,12 @@ def kth_value(scores, k: int):
     sort (`lax.top_k`'s key-value sort took 0.64 ms for BlockTopK's 16k rows
     of 1,024 at 64k tokens on the H200).
     """
-    *lead, n = scores.shape
+    n = scores.shape[-1]
     k = max(1, min(int(k), n))
     if not grouped_applies(n, k):
         return descending(scores)[..., k - 1 : k]
-    width = GROUP_WIDTH
-    ng = -(-n // width)
-    s = jnp.pad(scores, [(0, 0)] * len(lead) + [(0, ng * width - n)], constant_values=-jnp.inf)
-    s = s.reshape(*lead, ng, width)
-    groups = topk_indices(s.max(axis=-1), k)  # -1: no finite entry
-    cand = jnp.take_along_axis(s, jnp.maximum(groups, 0)[..., None], axis=-2)  # [..., k, width]
-    cand = jnp.where((groups >= 0)[..., None], cand, -jnp.inf)
-    return kth_value(cand.reshape(*lead, k * width), k)
+    _, cand = _group_candidates(scores, k, GROUP_WIDTH, index_order=False)
+    return kth_value(cand, k)
 
 
 def rank_mask(scores, counts):
