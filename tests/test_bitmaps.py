@@ -61,15 +61,21 @@ def check_mask(t, s, *, h, d, include_vertical, density, config, seed):
         jnp.asarray(vert), jnp.asarray(slash), include_vertical=include_vertical
     )
     q, k, v, cot = R.random_qkv(1, t, h, 2, d, s=s, seed=seed + 1, dtype=jnp.bfloat16)
+    assert_kernels_give_the_mask(js.attention, pattern, mask, config, q, k, v, cot)
+    return mask
+
+
+def assert_kernels_give_the_mask(attend, pattern, mask, config, q, k, v, cot):
+    """`attend(..., pattern=pattern)` on the kernels against the dense f32 oracle of `mask`:
+    output, lse and every gradient."""
     R.assert_close_to_ref(
-        lambda q, k, v: js.attention(
+        lambda q, k, v: attend(
             q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
             return_lse=True,
         ),
         lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
         q, k, v, cot, tol=2e-2,
     )  # fmt: skip
-    return mask
 
 
 @pytest.mark.parametrize(
@@ -102,14 +108,7 @@ def check_gathered(pattern, *, t, h, d, config, seed):
         **{name: getattr(pattern, name) for name in fields},
     )
     mask = vertical_slash_mask_np(np.asarray(vert), np.asarray(slash), t, t, 0)
-    R.assert_close_to_ref(
-        lambda q, k, v: js.vertical_slash_attention(
-            q, k, v, pattern=pattern, implementation="pallas_gpu", config=config,
-            return_lse=True,
-        ),
-        lambda q, k, v: R.dense_ref(q, k, v, jnp.asarray(mask)),
-        q, k, v, cot, tol=2e-2,
-    )  # fmt: skip
+    assert_kernels_give_the_mask(js.vertical_slash_attention, pattern, mask, config, q, k, v, cot)
 
 
 def test_gathered_vertical_slash_on_the_kernels(spy_bitmaps):
