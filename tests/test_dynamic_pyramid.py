@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import jaxsparse as js
+from jaxsparse import methods
 from jaxsparse import patterns as P
-from jaxsparse.patterns.dynamic import pyramid
+from jaxsparse.patterns.dynamic import pyramid, pyramid_mask
 from tests import dynamic_refs as R
 
 
@@ -101,6 +102,20 @@ def test_pyramid_selection_and_attention(causal, t, s):
         return R.dense_ref(q, k_cat, v_cat, mask, bias=bias)
 
     R.assert_close_to_ref(fn, ref, q, k, v, cot)
+
+
+def test_pyramid_kv_is_the_oracles_concatenation():
+    # `PyramidMask` states the selection over `pyramid_kv`'s keys: ragged S, the
+    # levels' last pooled keys average fewer keys, as in the oracle.
+    q, k, v, _ = R.random_qkv(1, 8, 2, 1, 8, s=43, seed=27)
+    k_cat, v_cat = methods.pyramid_kv(k, v, num_levels=3)
+    levels = np.zeros((1, 2, 1, 6), np.int32)
+    want_k, want_v, *_ = pyramid_reference(
+        q, k, v, levels, block_size=8, num_levels=3, causal=False, q_offset=35
+    )
+    assert k_cat.shape[1] == pyramid_mask.PyramidLayout(kv_len=43, block_size=8, num_levels=3).total
+    np.testing.assert_allclose(k_cat, want_k, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(v_cat, want_v, rtol=1e-6, atol=1e-6)
 
 
 def test_pooled_block_of_equal_keys_matches_full_resolution():
