@@ -1,0 +1,79 @@
+"""Top-k masks of block scores on the GPU: a value sort against the radix select.
+
+Usage (repo root, GPU machine):  python bench/kth_value_gpu.py [--cases blocktopk,seer,nsa]
+
+The selections of issue 4 at 64k tokens keep each row's k best blocks. The
+cases, as the bench's methods see them (rows, width, k): BlockTopK (16,384
+rows of 1,024, top 100), the Seer gate at nz 0.1 (16,384 of 1,024, top 53),
+NSA (131,072 of 1,024, top 16). Row `i` of each query block row has its
+causal part finite and the rest `-inf`, as block-causal scores do.
+
+Variants (median of back-to-back calls, ms; every mask is checked against the
+one-hot of `lax.top_k`'s indices):
+  * `sort`: the k-th value from one value sort of the row (the code before
+    session 10), then `split_mask`;
+  * `radix`: `topk.kth_value` (radix select), then `split_mask`;
+  * `one-hot`: the one-hot of `topk.topk_indices` (`topk_mask` up to k=16).
+Prints JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from timing import time_fn  # noqa: E402
+
+from jaxsparse.selection import topk  # noqa: E402
+
+CASES = {  # name: (rows, width, k); rows = B * heads * query blocks (NSA: B * K * T)
+    "blocktopk": (16 * 1024, 1024, 100),
+    "seer": (16 * 1024, 1024, 53),
+    "nsa": (2 * 65536, 1024, 16),
+}
+
+
+def block_causal_scores(rows: int, width: int):
+    """Normal scores with each row's future blocks at -inf (row r sees r mod width + 1)."""
+    x = jax.random.normal(jax.random.key(0), (rows, width), jnp.float32)
+    seen = jnp.arange(rows)[:, None] % width >= jnp.arange(width)[None, :]
+    return jnp.where(seen, x, -jnp.inf)
+
+
+VARIANTS = {
+    "sort": lambda s, k: topk.split_mask(s, topk.descending(s)[..., k - 1 : k], k),
+    "radix": lambda s, k: topk.split_mask(s, topk.kth_value(s, k), k),
+    "one-hot": lambda s, k: topk.indices_to_mask(topk.topk_indices(s, k), s.shape[-1]),
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--tiny", action="store_true", help="CPU check: 64 rows of each width")
+    args = ap.parse_args(argv)
+    for case in args.cases.split(","):
+        rows, width, k = CASES[case]
+        rows = 64 if args.tiny else rows
+        s = block_causal_scores(rows, width)
+        values, idx = jax.lax.top_k(s, k)
+        want = np.asarray(topk.indices_to_mask(jnp.where(values > -jnp.inf, idx, -1), width))
+        for name, fn in VARIANTS.items():
+            f = jax.jit(lambda s, fn=fn, k=k: fn(s, k))
+            exact = bool(np.array_equal(np.asarray(f(s)), want))
+            ms = time_fn(f, (s,), reps=args.reps)[1] * 1e3
+            row = dict(case=case, variant=name, ms=ms, exact=exact, rows=rows, width=width, k=k)
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
