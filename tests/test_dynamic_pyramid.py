@@ -45,12 +45,18 @@ def pyramid_reference(q, k, v, levels, *, block_size, num_levels, causal, q_offs
     ks, vs, info = [], [], []
     for lev in range(1, num_levels + 1):
         f = 2 ** (lev - 1)
-        for u in range(-(-s // f)):
-            lo, hi = u * f, min((u + 1) * f, s)
-            ks.append(k[:, lo:hi].mean(1))
-            vs.append(v[:, lo:hi].mean(1))
-            info.append((lev, lo // block_size, hi - lo, hi - 1))
-    k_cat, v_cat = jnp.stack(ks, 1), jnp.stack(vs, 1)
+        n = -(-s // f)  # pooled keys: keys u*f .. min((u+1)*f, s) - 1, the last one shorter
+        lo = np.arange(n) * f
+        hi = np.minimum(lo + f, s)
+        info += zip([lev] * n, lo // block_size, hi - lo, hi - 1, strict=True)
+        # each pooled key's mean (whole-array ops: a slice per key made a graph of ~8k
+        # slices at S=4096, which XLA:GPU did not compile within 7 minutes)
+        count = jnp.asarray(hi - lo, jnp.float32)[None, :, None, None]
+        for x, out in ((k, ks), (v, vs)):
+            padded = jnp.pad(x.astype(jnp.float32), [(0, 0), (0, n * f - s), (0, 0), (0, 0)])
+            out.append(padded.reshape(x.shape[0], n, f, *x.shape[2:]).sum(2) / count)
+    k_cat = jnp.concatenate(ks, 1).astype(k.dtype)
+    v_cat = jnp.concatenate(vs, 1).astype(v.dtype)
     lev_of, blk_of, count, last = (np.array(x) for x in zip(*info, strict=True))
     rows = np.arange(t) // block_size
     mask = np.asarray(levels)[:, :, rows][..., blk_of] == lev_of  # [B, H, T, S_cat]
