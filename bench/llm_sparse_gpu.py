@@ -34,6 +34,7 @@ substrings; the nsa_train rows ("NSA train", "NSA train (routed)", "NSA train
 such a substring (`--methods 'NSA train'`: the dense rows and NSA's
 forward+backward rows only); `--skip` drops the methods whose name contains
 one of its substrings (e.g. `--skip 'routed,bq64,XLA gate'`: the variants).
+`--dense ours` leaves out cuDNN's dense rows (and the speed-ups against them).
 The meta row names the device kind and, from `JAXSPARSE_COMMIT`, the commit.
 """
 
@@ -108,8 +109,8 @@ def causal_area(b, h, t):
     return b * h * t * (t + 1) / 2
 
 
-def dense_baselines(q, k, v, cot, reps):
-    """Dense causal forward and forward+backward: ours and cuDNN (GPU only)."""
+def dense_baselines(q, k, v, cot, reps, names=("ours", "cudnn")):
+    """Dense causal forward and forward+backward: ours and cuDNN (GPU only), those in `names`."""
     out = {}
 
     def ours(q, k, v):
@@ -119,6 +120,7 @@ def dense_baselines(q, k, v, cot, reps):
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
     impls = [("ours", ours)] + ([("cudnn", cudnn)] if jax.default_backend() == "gpu" else [])
+    impls = [(name, fn) for name, fn in impls if name in names]
     for name, fn in impls:
         try:
             fwd = jax.jit(fn)
@@ -268,6 +270,12 @@ def main(argv=None):
         default=",".join(NSA_TRAIN_VARIANTS),
         help="comma-separated NSA_TRAIN_VARIANTS names to run (all by default)",
     )
+    ap.add_argument(
+        "--dense",
+        default="ours,cudnn",
+        help="dense baselines to run (comma-separated: ours, cudnn); 'ours' alone saves "
+        "cuDNN's compiles where only the selection overhead is wanted",
+    )
     args = ap.parse_args(argv)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +315,7 @@ def main(argv=None):
         q, k, v = (jnp.asarray(x, dtype) for x in (task.q, task.k, task.v))
         del task
         cot = jax.random.normal(jax.random.key(1), q.shape, jnp.float32)
-        dense = dense_baselines(q, k, v, cot, reps)
+        dense = dense_baselines(q, k, v, cot, reps, names=args.dense.split(","))
         for name, (fwd, fb) in dense.items():
             emit(kind="dense", method=name, seq_len=t, fwd_ms=fwd, fwd_bwd_ms=fb)
         # NSA's forward+backward (the issue's first target) before the per-method rows, so
