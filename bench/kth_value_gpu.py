@@ -10,10 +10,14 @@ causal part finite and the rest `-inf`, as block-causal scores do.
 
 Variants (median of back-to-back calls, ms; every mask is checked against the
 one-hot of `lax.top_k`'s indices):
-  * `sort`: the k-th value from one value sort of the row (the code before
-    session 10), then `split_mask`;
-  * `radix`: `topk.kth_value` (radix select), then `split_mask`;
-  * `one-hot`: the one-hot of `topk.topk_indices` (`topk_mask` up to k=16).
+  * `library`: `topk.topk_mask`, what the methods run (the one-hot up to
+    k=16; above it `split_mask` at `topk.kth_value`, two levels where
+    `topk.grouped_applies`, else one value sort);
+  * `sort`: the k-th value from one value sort of the whole row;
+  * `radix`: the k-th value by a radix select (`radix_kth`, below: eight
+    passes of 4 bits, each one row reduction; tried in session 10 and not
+    kept, since it was slower on the H200);
+  * `one-hot`: the one-hot of `topk.topk_indices`.
 Prints JSON lines.
 """
 
@@ -48,9 +52,37 @@ def block_causal_scores(rows: int, width: int):
     return jnp.where(seen, x, -jnp.inf)
 
 
+def radix_kth(scores, k: int):
+    """Each row's k-th largest value `[..., 1]` by a most-significant-digit radix select.
+
+    The float32 bits map to an order-preserving uint32 key (-0.0 as 0.0). Each
+    of eight passes counts, per row, the entries still sharing the chosen key
+    prefix at each of the 16 values of the next 4-bit digit, keeps the digit
+    that holds the wanted rank and lowers the rank by the entries above it.
+    """
+    bits = jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
+    bits = jnp.where(bits == jnp.uint32(1 << 31), jnp.uint32(0), bits)
+    key = jnp.where((bits >> 31) == 1, ~bits, bits | jnp.uint32(1 << 31))
+    rank = jnp.full(scores.shape[:-1] + (1,), k, jnp.int32)
+    prefix = jnp.zeros(rank.shape, jnp.uint32)
+    digits = jnp.arange(16, dtype=jnp.uint32).reshape((1,) * (scores.ndim - 1) + (16, 1))
+    for shift in range(28, -1, -4):
+        high = jnp.uint32((0xFFFFFFFF << (shift + 4)) & 0xFFFFFFFF)
+        live = (key & high) == prefix
+        digit = (key >> shift) & jnp.uint32(15)
+        at_least = (live[..., None, :] & (digit[..., None, :] >= digits)).sum(-1, dtype=jnp.int32)
+        chosen = (at_least >= rank).sum(-1, keepdims=True, dtype=jnp.int32) - 1
+        padded = jnp.pad(at_least, [(0, 0)] * (at_least.ndim - 1) + [(0, 1)])
+        rank = rank - jnp.take_along_axis(padded, chosen + 1, axis=-1)
+        prefix = prefix | (chosen.astype(jnp.uint32) << shift)
+    bits = jnp.where((prefix >> 31) == 1, prefix & jnp.uint32(0x7FFFFFFF), ~prefix)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32).astype(scores.dtype)
+
+
 VARIANTS = {
+    "library": topk.topk_mask,
     "sort": lambda s, k: topk.split_mask(s, topk.descending(s)[..., k - 1 : k], k),
-    "radix": lambda s, k: topk.split_mask(s, topk.kth_value(s, k), k),
+    "radix": lambda s, k: topk.split_mask(s, radix_kth(s, k), k),
     "one-hot": lambda s, k: topk.indices_to_mask(topk.topk_indices(s, k), s.shape[-1]),
 }
 

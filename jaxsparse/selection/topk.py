@@ -66,19 +66,34 @@ def _grouped_topk(scores, k: int, width: int):
     among `k * width` candidates. Both levels break ties by the lower index,
     so the result equals `lax.top_k`'s, index for index.
     """
+    safe, cand = _group_candidates(scores, k, width, index_order=True)
+    pos = topk_indices(cand, k)  # positions among the candidates, best first
+    p = jnp.maximum(pos, 0)
+    idx = jnp.take_along_axis(safe, p // width, axis=-1) * width + p % width
+    return jnp.where(pos >= 0, idx, -1).astype(jnp.int32)
+
+
+def _group_candidates(scores, k: int, width: int, *, index_order: bool):
+    """The entries of the k groups of `width` neighbours with the best maxima.
+
+    Returns `(groups [..., k], candidates [..., k * width])`: the groups' ids
+    (clipped to a valid group where fewer than k groups hold a finite entry;
+    those candidates are -inf), best group first, or in index order with the
+    empty ones last when `index_order` (which `topk_indices` needs for its
+    ties; a k-th value does not).
+    """
     *lead, n = scores.shape
     ng = -(-n // width)
     s = jnp.pad(scores, [(0, 0)] * len(lead) + [(0, ng * width - n)], constant_values=-jnp.inf)
     s = s.reshape(*lead, ng, width)
     groups = topk_indices(s.max(axis=-1), k)  # best first; -1: no finite entry
-    groups = jnp.sort(jnp.where(groups >= 0, groups, ng), axis=-1)  # index order, empty last
+    groups = jnp.where(groups >= 0, groups, ng)
+    if index_order:
+        groups = jnp.sort(groups, axis=-1)  # empty (ng) last
     safe = jnp.minimum(groups, ng - 1)
     cand = jnp.take_along_axis(s, safe[..., None], axis=-2)  # [..., k, width]
     cand = jnp.where((groups < ng)[..., None], cand, -jnp.inf).reshape(*lead, -1)
-    pos = topk_indices(cand, k)  # positions among the candidates, best first
-    p = jnp.maximum(pos, 0)
-    idx = jnp.take_along_axis(safe, p // width, axis=-1) * width + p % width
-    return jnp.where(pos >= 0, idx, -1).astype(jnp.int32)
+    return safe, cand
 
 
 def _iterative_topk(scores, k: int):
@@ -125,61 +140,20 @@ ONEHOT_MAX_K = 16
 def kth_value(scores, k: int):
     """Each row's `k`-th best value `[..., 1]` (ties counted; -inf if fewer than k are finite).
 
-    Only the value, so no sort: a radix select (`select_rank`) in eight
-    passes over the row. The value sort it replaces took 0.64 ms of
-    BlockTopK's 2.0 ms selection (16k rows of 1,024 at 64k tokens; H200,
-    2026-12-04).
+    Only the value, so no path needs a key-value sort of the whole row: for
+    the rows `topk_indices` takes in two levels, the k-th value of the candidates
+    (the entries of the k groups with the best maxima, which hold the row's
+    k best values whichever tied groups level 1 picks); otherwise one value
+    sort (0.64 ms of BlockTopK's 2.0 ms selection: 16k rows of 1,024 at 64k
+    tokens). A radix select in eight passes was slower on the H200: 1.33 ms
+    for that mask against 0.82 ms (`bench/kth_value_gpu.py`, 2026-12-04).
     """
     n = scores.shape[-1]
     k = max(1, min(int(k), n))
-    return select_rank(scores, jnp.full(scores.shape[:-1] + (1,), k, jnp.int32))
-
-
-RADIX_BITS = 4  # 16 counts per row and pass, eight passes over a float32 row
-
-
-def select_rank(scores, rank):
-    """The `rank`-th largest value `[..., 1]` of each row (1-based; ties counted).
-
-    A most-significant-digit radix select on the float32 bit pattern mapped to
-    an order-preserving uint32 key: each pass counts, per row, the entries that
-    still share the chosen key prefix at each of the 16 values of the next
-    4-bit digit, keeps the digit that holds the wanted rank, and lowers the
-    rank by the entries above it. After eight passes the prefix is the key of
-    the value itself, exactly. Each pass is one reduction over the row (reads
-    the keys once), where a sort moves every entry about log2(n)^2 / 2 times.
-    `-0.0` counts as `0.0` (they compare equal, as in `split_mask`).
-
-    Args:
-      scores: float `[..., n]` (float32 or narrower; compared as float32).
-      rank: int `[..., 1]`, clipped to `[1, n]`.
-    """
-    n = scores.shape[-1]
-    bits = jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
-    bits = jnp.where(bits == jnp.uint32(1 << 31), jnp.uint32(0), bits)  # -0.0 as 0.0
-    negative = (bits >> 31) == 1
-    key = jnp.where(negative, ~bits, bits | jnp.uint32(1 << 31))  # increasing with x
-    rank = jnp.clip(rank.astype(jnp.int32), 1, n)
-    prefix = jnp.zeros(rank.shape, jnp.uint32)
-    digits = jnp.arange(1 << RADIX_BITS, dtype=jnp.uint32).reshape(
-        (1,) * (scores.ndim - 1) + (-1, 1)
-    )  # [..., 16, 1]
-    for shift in range(32 - RADIX_BITS, -1, -RADIX_BITS):
-        high = jnp.uint32((0xFFFFFFFF << (shift + RADIX_BITS)) & 0xFFFFFFFF)
-        live = (key & high) == prefix  # [..., n]: still tied with the prefix
-        digit = (key >> shift) & jnp.uint32((1 << RADIX_BITS) - 1)
-        # at_least[..., d]: live entries whose digit is >= d (a row reduction per d)
-        at_least = (live[..., None, :] & (digit[..., None, :] >= digits)).sum(
-            -1, dtype=jnp.int32
-        )  # [..., 16], non-increasing in d; at_least[..., 0] >= rank
-        chosen = (at_least >= rank).sum(-1, keepdims=True, dtype=jnp.int32) - 1
-        above = jnp.take_along_axis(
-            jnp.pad(at_least, [(0, 0)] * (at_least.ndim - 1) + [(0, 1)]), chosen + 1, axis=-1
-        )
-        rank = rank - above
-        prefix = prefix | (chosen.astype(jnp.uint32) << shift)
-    bits = jnp.where((prefix >> 31) == 1, prefix & jnp.uint32(0x7FFFFFFF), ~prefix)
-    return jax.lax.bitcast_convert_type(bits, jnp.float32).astype(scores.dtype)
+    if not grouped_applies(n, k):
+        return descending(scores)[..., k - 1 : k]
+    _, cand = _group_candidates(scores, k, GROUP_WIDTH, index_order=False)
+    return kth_value(cand, k)
 
 
 def rank_mask(scores, counts):
@@ -188,8 +162,7 @@ def rank_mask(scores, counts):
     `counts` is an int array broadcastable to `scores.shape[:-1]`; entries
     scored -inf are never kept. Ties are broken by the lower index.
     """
-    counts = jnp.broadcast_to(jnp.asarray(counts, jnp.int32), scores.shape[:-1])[..., None]
-    return split_mask(scores, select_rank(scores, counts), counts)
+    return ranked_mask(scores, descending(scores), counts)
 
 
 def descending(scores):
