@@ -10,7 +10,10 @@ Writes OUT_DIR/llm_sparse_gpu.jsonl, one JSON object per line, as it goes:
   * kind="method": for each method at its default setting (see
     `llm_methods.py`) and length: `select_ms` (the content-aware selection
     alone), `attend_ms` (attention over a precomputed selection), `total_ms`
-    (both in one jitted call), `overhead` = select / attend, `select_<part>_ms`
+    (both in one jitted call), `overhead` = select / attend (the issue's
+    measure), `added` = (total - attend) / attend (what the selection adds
+    to the one call: no second dispatch, and XLA may overlap or fuse part of
+    it; shown beside `overhead`, never in its place), `select_<part>_ms`
     (a stage of the selection jitted alone: NSA's compressed branch, whose
     output NSA uses anyway, as `select_compressed_branch_ms`), `tile_density`
     (visited tile area / causal area; for routed selections, MoBA and NSA: the
@@ -161,6 +164,7 @@ def run_method(m, q, k, v, dense, *, b, h, t, reps):
         attend_ms=attend_ms,
         total_ms=total_ms,
         overhead=select_ms / attend_ms if attend_ms else None,
+        added=(total_ms - attend_ms) / attend_ms if attend_ms else None,
         tile_density=area / causal_area(b, h, t),
     )
     for name, f in m.parts.items():  # stages of the selection, each jitted alone
