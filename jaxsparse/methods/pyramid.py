@@ -158,8 +158,8 @@ def _ragged_tails(q, k, v, levels, *, pattern, scale, q_offset):
         c = s % 2 ** (lev - 1)
         if not c:
             continue
-        # Pooled like the levels' keys: a float32 mean, kept in the input dtype.
-        k_t, v_t = (x[:, s - c :].astype(jnp.float32).mean(1, keepdims=True).astype(x.dtype)
+        # Pooled as the levels' keys are (`LevelLayout.keys`), kept in the input dtype.
+        k_t, v_t = (pooling.pool(x[:, s - c :], c, kind="mean", axis=1).astype(x.dtype)
                     for x in (k, v))  # fmt: skip
         mask = (levels[:, :, rows, (s - c) // pattern.block_size] == lev)[..., None]
         if pattern.causal:
