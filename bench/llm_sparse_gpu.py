@@ -281,6 +281,9 @@ def main(argv=None):
         "cuDNN's compiles where only the selection overhead is wanted",
     )
     args = ap.parse_args(argv)
+    unknown = set(args.dense.split(",")) - {"ours", "cudnn"}
+    if unknown:
+        ap.error(f"--dense {args.dense!r}: unknown baseline(s) {sorted(unknown)}; use ours, cudnn")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OUT.append(out_dir / "llm_sparse_gpu.jsonl")
