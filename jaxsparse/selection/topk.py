@@ -146,7 +146,7 @@ def kth_value(scores, k: int):
     k best values whichever tied groups level 1 picks); otherwise one value
     sort (0.64 ms of BlockTopK's 2.0 ms selection: 16k rows of 1,024 at 64k
     tokens). A radix select in eight passes was slower on the H200: 1.33 ms
-    for that mask against 0.82 ms (`bench/kth_value_gpu.py`, 2026-12-04).
+    for that mask against 0.81 ms (`bench/kth_value_gpu.py`, 2026-12-04).
     """
     n = scores.shape[-1]
     k = max(1, min(int(k), n))
