@@ -224,21 +224,16 @@ def seer_oracle_method(block_size: int = 64, threshold: float = 2e-3) -> Method:
 
     def select(q, k):
         target = seer.attn_gate_target(q, k, block_size=block_size)
-        return seer.gate_block_mask(
+        mask = seer.gate_block_mask(
             target, q_len=q.shape[1], kv_len=k.shape[1], block_size=block_size, threshold=threshold
         )
-
-    def attend(q, k, v, mask):
-        return seer.gated_attention(q, k, v, mask, block_size=block_size, return_lse=True)
-
-    def tiles(mask):
-        return mask.sum().astype(jnp.float32) * block_size**2, mask.shape[0], mask.shape[1]
+        return _gated_lists(mask, q, k, block_size)
 
     return Method(
         f"Seer-oracle(th={threshold:g})",
         select,
-        attend,
-        tiles,
+        _attend_state,
+        _state_area,
         note="oracle gate = block-max of the dense map (needs O(T^2)); upper bound",
     )
 
@@ -257,17 +252,27 @@ def seer_gate_method(
     def select(q, k):
         g = nnx.merge(graph, params)
         probs = jax.nn.softmax(g(q.astype(jnp.float32), k.astype(jnp.float32)), axis=-1)
-        return seer.gate_block_mask(
+        mask = seer.gate_block_mask(
             probs, q_len=q.shape[1], kv_len=k.shape[1], block_size=block_size, nz_ratio=nz_ratio
         )
+        return _gated_lists(mask, q, k, block_size)
 
-    def attend(q, k, v, mask):
-        return seer.gated_attention(q, k, v, mask, block_size=block_size, return_lse=True)
+    return Method(
+        f"Seer-gate(nz={nz_ratio:g})", select, _attend_state, _state_area, note="untrained gate"
+    )
 
-    def tiles(mask):
-        return mask.sum().astype(jnp.float32) * block_size**2, mask.shape[0], mask.shape[1]
 
-    return Method(f"Seer-gate(nz={nz_ratio:g})", select, attend, tiles, note="untrained gate")
+def _gated_lists(mask, q, k, block_size: int):
+    """A Seer block mask's `(pattern, sparsity)`: its tile lists are built with the selection,
+    as `dynamic_method`'s are (before session 11 the Seer rows built them in `attend`)."""
+    return seer.gated_sparsity(
+        mask, q_len=q.shape[1], kv_len=k.shape[1], num_heads=q.shape[2], block_size=block_size
+    )
+
+
+def _attend_state(q, k, v, state):
+    pattern, sp = state
+    return js.attention(q, k, v, pattern=pattern, sparsity=sp, return_lse=True)
 
 
 def default_methods(*, include_oracle: bool = True) -> list[Method]:

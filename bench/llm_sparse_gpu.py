@@ -10,8 +10,12 @@ Writes OUT_DIR/llm_sparse_gpu.jsonl, one JSON object per line, as it goes:
   * kind="method": for each method at its default setting (see
     `llm_methods.py`) and length: `select_ms` (the content-aware selection
     alone), `attend_ms` (attention over a precomputed selection), `total_ms`
-    (both in one jitted call), `overhead` = select / attend (the issue's
-    measure), `added` = (total - attend) / attend (what the selection adds
+    (both in one jitted call), `select_fwd_ms` (the selection of what a
+    forward call reads: without the key-block-major lists only the backward
+    pass reads, which `select_ms` includes), `overhead_fwd` = select_fwd /
+    attend (the issue's measure, "selection overhead" of a forward call),
+    `overhead` = select / attend (with the backward's lists), `added` =
+    (total - attend) / attend (what the selection adds
     to the one call: no second dispatch, and XLA may overlap or fuse part of
     it; shown beside `overhead`, never in its place), `select_<part>_ms`
     (a stage of the selection jitted alone: NSA's compressed branch, whose
@@ -44,6 +48,7 @@ The meta row names the device kind and, from `JAXSPARSE_COMMIT`, the commit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -66,6 +71,7 @@ import numpy as np  # noqa: E402
 
 import jaxsparse as js  # noqa: E402
 from jaxsparse.methods import NSAConfig, nsa_compress  # noqa: E402
+from jaxsparse.sparsity.block_sparsity import BlockSparsity  # noqa: E402
 
 OUT: list[Path] = []
 
@@ -139,12 +145,29 @@ def dense_baselines(q, k, v, cot, reps, names=("ours", "cudnn")):
     return out
 
 
+def forward_state(state):
+    """A selection's state without the lists only the backward pass reads (`q_indices`,
+    `q_counts`, `q_full`: key-block-major lists for dK/dV), which a forward call
+    never builds (XLA drops what no output needs). What `select_fwd_ms` times."""
+    return jax.tree.map(
+        lambda x: (
+            dataclasses.replace(x, q_indices=None, q_counts=None, q_full=None)
+            if isinstance(x, BlockSparsity)
+            else x
+        ),
+        state,
+        is_leaf=lambda x: isinstance(x, BlockSparsity),
+    )
+
+
 def run_method(m, q, k, v, dense, *, b, h, t, reps):
     select = jax.jit(m.select)
     attend = jax.jit(m.attend)
     state = jax.block_until_ready(select(q, k))
     total = jax.jit(lambda q, k, v: m.attend(q, k, v, m.select(q, k)))
     select_ms = timed(select, q, k, reps=reps) if m.tiles is not None else 0.0
+    select_fwd = jax.jit(lambda q, k: forward_state(m.select(q, k)))
+    select_fwd_ms = timed(select_fwd, q, k, reps=reps) if m.tiles is not None else 0.0
     attend_ms = timed(attend, q, k, v, state, reps=reps)
     total_ms = timed(total, q, k, v, reps=reps)
     if m.tiles is None:
@@ -164,6 +187,8 @@ def run_method(m, q, k, v, dense, *, b, h, t, reps):
         attend_ms=attend_ms,
         total_ms=total_ms,
         overhead=select_ms / attend_ms if attend_ms else None,
+        select_fwd_ms=select_fwd_ms,
+        overhead_fwd=select_fwd_ms / attend_ms if attend_ms else None,
         added=(total_ms - attend_ms) / attend_ms if attend_ms else None,
         tile_density=area / causal_area(b, h, t),
     )
@@ -251,13 +276,14 @@ def judge_targets(rows, t_target):
                 value=x,
                 met=x is not None and x >= 3,
             )
-        if r.get("overhead") is not None and r["select_ms"] > 0:
+        if r.get("overhead_fwd") is not None and r["select_fwd_ms"] > 0:
             emit(
                 kind="target",
                 target=f"{method} selection overhead < 15%",
                 seq_len=t,
-                value=r["overhead"],
-                met=r["overhead"] < 0.15,
+                value=r["overhead_fwd"],
+                with_backward_lists=r["overhead"],
+                met=r["overhead_fwd"] < 0.15,
             )
 
 

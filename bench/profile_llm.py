@@ -6,8 +6,8 @@ Usage (repo root, on the GPU machine):
 `nsa`: NSA forward+backward, exactly the `nsa_train` row of
 `bench/llm_sparse_gpu.py` (three branches, mean compressor, gradients to q, k,
 v and the gates). `moba`: MoBA(512, 3) forward, selection and attention in one
-jitted call (the bench's `total`). `select:NAME`: the selection alone (the
-bench's `select`) of the `llm_methods.default_methods()` entry named NAME,
+jitted call (the bench's `total`). `select:NAME`: the selection alone, as a
+forward call needs it (the bench's `select_fwd`: no backward-only lists) of the `llm_methods.default_methods()` entry named NAME,
 else the first whose name starts with NAME (e.g. `select:FlexPrefill`,
 `select:Seer-gate`). Same shapes and inputs as that bench (B=1, H=16, K=2,
 D=128, bf16, the "needle" task). Prints the median time, then the
@@ -53,7 +53,7 @@ def select_fn(name: str, h: int, kh: int, d: int):
     m = m or next((m for m in methods if m.name.startswith(name)), None)
     if m is None:
         raise SystemExit(f"--what select:{name}: no method named so; {[m.name for m in methods]}")
-    select = jax.jit(m.select)
+    select = jax.jit(lambda q, k: llm_sparse_gpu.forward_state(m.select(q, k)))
     return lambda q, k, v: select(q, k)
 
 

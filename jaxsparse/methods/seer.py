@@ -9,6 +9,7 @@
   averaged over elements like PyTorch's `KLDivLoss()`.
 * `gate_block_mask` — the gate's probabilities to a block mask (threshold
   or non-zero ratio), last block rows dense, block-causal.
+* `gated_sparsity` — a block mask's pattern and kernel tile lists.
 * `gated_attention` — block-sparse attention over a block mask.
 """
 
@@ -114,6 +115,35 @@ def gate_block_mask(
     return (keep | diag) & visible
 
 
+def gated_sparsity(
+    block_mask, *, q_len: int, kv_len: int, num_heads: int, block_size: int, config=None
+):
+    """The pattern and tile lists `gated_attention` runs for `block_mask [B, H|1, Tb, Sb]`.
+
+    Returns `(pattern, sparsity)` for `jaxsparse.attention` (causal, `q_offset =
+    kv_len - q_len`): the lists of the kernel's tiles (`block_size`, capped at
+    128) that hold a selected block, and inside them the causal mask only where
+    a tile lies in one block. Split from `gated_attention` so that a caller can
+    build the lists once, or time them with the selection.
+    """
+    q_offset = kv_len - q_len
+    pattern = token_block_mask.TokenBlockMask(
+        block_mask, row_block=block_size, col_block=block_size, causal=True, q_offset=q_offset
+    )
+    tile = common.natural_tile(block_size, max(q_len, kv_len))
+    bq, bk = common.tiles(config, q_len=q_len, kv_len=kv_len, block_q=tile, block_kv=tile)
+    sp = token_block_mask.token_block_sparsity(
+        pattern,
+        num_heads=num_heads,
+        block_q=bq,
+        block_kv=bk,
+        q_len=q_len,
+        kv_len=kv_len,
+        q_offset=q_offset,
+    )
+    return token_block_mask.tile_exact_pattern(pattern, bq, bk), sp
+
+
 def gated_attention(
     q,
     k,
@@ -128,23 +158,17 @@ def gated_attention(
 ):
     """Block-sparse causal attention over `block_mask [B, H|1, Tb, Sb]` (`block_size` blocks)."""
     t, h, s = q.shape[1], q.shape[2], k.shape[1]
-    q_offset = s - t
-    pattern = token_block_mask.TokenBlockMask(
-        block_mask, row_block=block_size, col_block=block_size, causal=True, q_offset=q_offset
-    )
-    tile = common.natural_tile(block_size, max(t, s))
-    bq, bk = common.tiles(config, q_len=t, kv_len=s, block_q=tile, block_kv=tile)
-    sp = token_block_mask.token_block_sparsity(
-        pattern, num_heads=h, block_q=bq, block_kv=bk, q_len=t, kv_len=s, q_offset=q_offset
+    pattern, sp = gated_sparsity(
+        block_mask, q_len=t, kv_len=s, num_heads=h, block_size=block_size, config=config
     )
     return api.attention(
         q,
         k,
         v,
-        pattern=token_block_mask.tile_exact_pattern(pattern, bq, bk),
+        pattern=pattern,
         sparsity=sp,
         scale=scale,
-        q_offset=q_offset,
+        q_offset=s - t,
         implementation=implementation,
         config=config,
         return_lse=return_lse,
