@@ -33,7 +33,8 @@ Writes OUT_DIR/llm_sparse_gpu.jsonl, one JSON object per line, as it goes:
 B=1, H=16 query heads, K=2 key/value heads (GQA 8), D=128, bfloat16; inputs
 from `llm_synthetic.make_task("needle", ...)` (local attention, a sink,
 planted needles) so that selections behave like on real activations rather
-than on white noise. Times are medians of `--reps` timed calls after warm-up.
+than on white noise. Times are per call, calls back to back (`timed`): medians
+of `--reps` samples after warm-up.
 `--tiny` checks the script on CPU (T=1024, 2048; H=2, K=1, D=64; float32).
 `--methods` keeps the methods whose name contains one of its comma-separated
 substrings; the nsa_train rows ("NSA train", "NSA train (routed)", "NSA train
@@ -54,9 +55,7 @@ import json
 import logging
 import os
 import platform
-import statistics
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -68,6 +67,7 @@ import jax.numpy as jnp  # noqa: E402
 import llm_methods  # noqa: E402
 import llm_synthetic  # noqa: E402
 import numpy as np  # noqa: E402
+from timing import time_fn  # noqa: E402
 
 import jaxsparse as js  # noqa: E402
 from jaxsparse.methods import NSAConfig, nsa_compress  # noqa: E402
@@ -103,15 +103,19 @@ def emit(**row):
 
 
 def timed(fn, *args, reps: int):
-    """Median wall time (ms) of `fn(*args)` after two warm-up calls (compile excluded)."""
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median time (ms) per call of `fn(*args)`, calls back to back (`timing.time_fn`).
+
+    As `bench/attention_gpu.py` and the anchors were timed. Until session 11
+    (2026-12-04) this bench blocked on every call instead, which charged each
+    call the host's dispatch and a sync that a model's forward does not pay
+    per layer: up to a few 0.1 ms on selections of 0.5-2 ms, and with three
+    samples it varied by as much (MoBA's selection: 0.50 and 0.69 ms with the
+    same code). `TIMING` names the method in the meta row.
+    """
+    return time_fn(fn, args, reps=reps)[1] * 1e3
+
+
+TIMING = "back to back: median over --reps samples of calls filling about 40 ms each"
 
 
 def causal_area(b, h, t):
@@ -333,6 +337,8 @@ def main(argv=None):
         head_dim=d,
         dtype=jnp.dtype(dtype).name,
         sizes=sizes,
+        timing=TIMING,
+        reps=reps,
     )
     methods = llm_methods.default_methods(include_oracle=False)
     methods.append(llm_methods.seer_gate_method(h, kh, d))

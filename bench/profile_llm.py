@@ -7,12 +7,13 @@ Usage (repo root, on the GPU machine):
 `bench/llm_sparse_gpu.py` (three branches, mean compressor, gradients to q, k,
 v and the gates). `moba`: MoBA(512, 3) forward, selection and attention in one
 jitted call (the bench's `total`). `select:NAME`: the selection alone, as a
-forward call needs it (the bench's `select_fwd`: no backward-only lists) of the `llm_methods.default_methods()` entry named NAME,
-else the first whose name starts with NAME (e.g. `select:FlexPrefill`,
-`select:Seer-gate`). Same shapes and inputs as that bench (B=1, H=16, K=2,
-D=128, bf16, the "needle" task). Prints the median time, then the
-40 operations with the largest total device time over two traced calls as JSON
-lines (also OUT_DIR/top_ops.jsonl; the Perfetto trace is under OUT_DIR/trace).
+forward call needs it (the bench's `select_fwd`: no backward-only lists) of
+the `llm_methods.default_methods()` entry named NAME, else the first whose
+name starts with NAME (e.g. `select:FlexPrefill`, `select:Seer-gate`). Same
+shapes and inputs as that bench (B=1, H=16, K=2, D=128, bf16, the "needle"
+task). Prints the median time, then the 40 operations with the largest total
+device time over two traced calls as JSON lines (also OUT_DIR/top_ops.jsonl;
+the Perfetto trace is under OUT_DIR/trace).
 """
 
 from __future__ import annotations
