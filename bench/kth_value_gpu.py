@@ -17,7 +17,9 @@ one-hot of `lax.top_k`'s indices):
   * `radix`: the k-th value by a radix select (`radix_kth`, below: eight
     passes of 4 bits, each one row reduction; tried in session 10 and not
     kept, since it was slower on the H200);
-  * `one-hot`: the one-hot of `topk.topk_indices`.
+  * `one-hot`: the one-hot of `topk.topk_indices`;
+  * `grouped4`, `grouped2`: the k-th value in two levels with groups of 4 or 2
+    entries (the library's are 8, and only where `2 * k * 8` fits the row).
 Prints JSON lines.
 """
 
@@ -79,11 +81,22 @@ def radix_kth(scores, k: int):
     return jax.lax.bitcast_convert_type(bits, jnp.float32).astype(scores.dtype)
 
 
+def grouped_kth(scores, k: int, width: int):
+    """`topk.kth_value` in two levels with groups of `width` (the library's is
+    `topk.GROUP_WIDTH`), where `2 * k * width` fits the row; else one value sort."""
+    if 2 * k * width > scores.shape[-1]:
+        return topk.descending(scores)[..., k - 1 : k]
+    _, cand = topk._group_candidates(scores, k, width, index_order=False)
+    return topk.descending(cand)[..., k - 1 : k]
+
+
 VARIANTS = {
     "library": topk.topk_mask,
     "sort": lambda s, k: topk.split_mask(s, topk.descending(s)[..., k - 1 : k], k),
     "radix": lambda s, k: topk.split_mask(s, radix_kth(s, k), k),
     "one-hot": lambda s, k: topk.indices_to_mask(topk.topk_indices(s, k), s.shape[-1]),
+    "grouped4": lambda s, k: topk.split_mask(s, grouped_kth(s, k, 4), k),
+    "grouped2": lambda s, k: topk.split_mask(s, grouped_kth(s, k, 2), k),
 }
 
 
