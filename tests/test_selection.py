@@ -110,9 +110,10 @@ def test_grouped_levels_are_narrower_than_the_row(n, k):
     # The dispatcher's recursion ends: a two-level call only ever works on rows at
     # most half as wide as its own, at both levels.
     k = min(k, n)
-    if topk.grouped_applies(n, k):
-        assert -(-n // topk.GROUP_WIDTH) <= n // 2
-        assert k * topk.GROUP_WIDTH <= n // 2
+    for width in (topk.GROUP_WIDTH, topk.KTH_GROUP_WIDTH):  # topk_indices', kth_value's
+        if topk.grouped_applies(n, k, width):
+            assert -(-n // width) <= n // 2
+            assert k * width <= n // 2
 
 
 def test_topk_ties_prefer_lower_index_and_skip_minus_inf():

@@ -28,7 +28,7 @@ def topk_indices(scores, k: int):
     return _lax_topk(scores, k)
 
 
-def grouped_applies(n: int, k: int) -> bool:
+def grouped_applies(n: int, k: int, width: int | None = None) -> bool:
     """Whether `topk_indices` takes a row of `n` in two levels for this `k`.
 
     Only where both levels are at most half as wide as the row (`n / GROUP_WIDTH`
@@ -37,7 +37,8 @@ def grouped_applies(n: int, k: int) -> bool:
     With a large k (MInference's top-100 of 1,024 blocks, its 1,000 vertical
     columns) the candidates would be the whole row: one `lax.top_k` instead.
     """
-    return n >= GROUPED_MIN_WIDTH and 2 * k * GROUP_WIDTH <= n
+    width = GROUP_WIDTH if width is None else width
+    return n >= GROUPED_MIN_WIDTH and 2 * k * width <= n
 
 
 # Up to this k, `k` argmax passes (memory-bound reductions) beat `lax.top_k`, which
@@ -50,6 +51,12 @@ ITERATIVE_MAX_K = 8
 # XLA:GPU's top-k kernel took 11.8 ms for 131k rows of 1,024 (H100, 2026-11-22).
 GROUPED_MIN_WIDTH = 256
 GROUP_WIDTH = 8
+
+# `kth_value`'s groups: narrower, so that its two levels also take BlockTopK's top-100 of
+# 1,024 (400 candidates). Masks at 64k tokens, H200, 2026-12-04 (`bench/kth_value_gpu.py`):
+# BlockTopK 0.56 ms against 0.82 with one value sort; Seer's top-53 0.41 against 0.50 with
+# groups of 8 (groups of 2: 0.57 and 0.50).
+KTH_GROUP_WIDTH = 4
 
 
 def _lax_topk(scores, k: int):
@@ -140,19 +147,21 @@ ONEHOT_MAX_K = 16
 def kth_value(scores, k: int):
     """Each row's `k`-th best value `[..., 1]` (ties counted; -inf if fewer than k are finite).
 
-    Only the value, so no path needs a key-value sort of the whole row: for
-    the rows `topk_indices` takes in two levels, the k-th value of the candidates
-    (the entries of the k groups with the best maxima, which hold the row's
-    k best values whichever tied groups level 1 picks); otherwise one value
-    sort (0.64 ms of BlockTopK's 2.0 ms selection: 16k rows of 1,024 at 64k
-    tokens). A radix select in eight passes was slower on the H200: 1.33 ms
-    for that mask against 0.81 ms (`bench/kth_value_gpu.py`, 2026-12-04).
+    Only the value, so no path needs a key-value sort of the whole row. Where
+    `grouped_applies(n, k, KTH_GROUP_WIDTH)`, two levels: the k-th value of
+    the candidates (the entries of the k groups of `KTH_GROUP_WIDTH` with the
+    best maxima, which hold the row's k best values whichever tied groups
+    level 1 picks); otherwise one value sort of the row. Narrower groups than
+    `topk_indices`' take BlockTopK's top-100 of 1,024 in two levels too: its
+    mask at 64k tokens took 0.56 ms against 0.82 ms with one sort, and a
+    radix select in eight passes 1.33 ms (H200, `bench/kth_value_gpu.py`,
+    2026-12-04).
     """
     n = scores.shape[-1]
     k = max(1, min(int(k), n))
-    if not grouped_applies(n, k):
+    if not grouped_applies(n, k, KTH_GROUP_WIDTH):
         return descending(scores)[..., k - 1 : k]
-    _, cand = _group_candidates(scores, k, GROUP_WIDTH, index_order=False)
+    _, cand = _group_candidates(scores, k, KTH_GROUP_WIDTH, index_order=False)
     return kth_value(cand, k)
 
 
