@@ -34,7 +34,11 @@ def test_later_runs_replace_earlier_rows_and_fallbacks_are_left_out(plot_llm, tm
         dict(kind="nsa_train", method="NSA", seq_len=64, speedup_fwd_bwd_vs_ours=2.5,
              fallbacks=[]),  # fmt: skip
     ])  # fmt: skip
+    _write(tmp_path / "x_session3" / "call1_c" / "r", [
+        dict(_method("B", 3.0, 0.3), overhead_fwd=0.2),  # the forward selection is drawn
+    ])  # fmt: skip
     rows = plot_llm.latest_rows([tmp_path], 64)
+    assert rows.pop("B") == dict(speedup=3.0, overhead=0.2, run="s3 call1")
     assert rows["MoBA(512,3)"] == dict(speedup=6.0, overhead=0.1, run="s2 call1")
     assert rows["PSA"]["speedup"] == 0.5 and rows["PSA"]["run"] == "s1 call1"
     assert rows["A"]["speedup"] == 2.0
