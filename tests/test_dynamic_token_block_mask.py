@@ -230,3 +230,30 @@ def _assert_eager_and_jitted(q, k, v, pattern, want, **kw):
     for got in (eager, jitted):
         np.testing.assert_allclose(got[0], want[0], atol=1e-5)
         np.testing.assert_allclose(got[1], want[1], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "t, s, block, k",
+    [(64, 64, 16, 2), (61, 77, 16, 3), (64, 64, 32, 1), (40, 40, 8, 2)],  # last: tiles of 64
+)
+def test_block_selection_lists_cover_the_bits_and_are_bounded(t, s, block, k):
+    # BlockTopK-like bits: k kept blocks per query block (where visible), causal.
+    off = s - t
+    tb, sb = -(-t // block), -(-s // block)
+    keep = np.zeros((1, 2, tb, sb), bool)
+    for h, i in np.ndindex(2, tb):
+        last = min(sb - 1, (off + min((i + 1) * block, t) - 1) // block)
+        keep[0, h, i, rng.choice(last + 1, size=min(k, last + 1), replace=False)] = True
+    pattern, sp = jax.jit(
+        lambda bits: token_block_mask.block_selection(
+            bits, block_size=block, q_len=t, kv_len=s, q_offset=off, num_heads=2, max_selected=k
+        )
+    )(jnp.asarray(keep))
+    one = P.TokenBlockMask(keep[0], row_block=block, col_block=block, causal=True)
+    want = np.asarray(P.dense_mask(one, q_len=t, kv_len=s, q_offset=off, num_heads=2, xp=np))
+    R.assert_lists_cover_mask(sp, np.broadcast_to(want, (2, t, s)), exact=False)
+    if sp.block_kv == block:  # tiles = blocks: k per row, and only causality is left
+        assert sp.kv_indices.shape[-1] == min(sb, k)
+        assert isinstance(pattern, P.Causal)
+    else:  # a tile spans several blocks: the kernel also reads the bits
+        assert isinstance(pattern, P.TokenBlockMask)

@@ -126,22 +126,15 @@ def gated_sparsity(
     a tile lies in one block. Split from `gated_attention` so that a caller can
     build the lists once, or time them with the selection.
     """
-    q_offset = kv_len - q_len
-    pattern = token_block_mask.TokenBlockMask(
-        block_mask, row_block=block_size, col_block=block_size, causal=True, q_offset=q_offset
-    )
-    tile = common.natural_tile(block_size, max(q_len, kv_len))
-    bq, bk = common.tiles(config, q_len=q_len, kv_len=kv_len, block_q=tile, block_kv=tile)
-    sp = token_block_mask.token_block_sparsity(
-        pattern,
-        num_heads=num_heads,
-        block_q=bq,
-        block_kv=bk,
+    return token_block_mask.block_selection(
+        block_mask,
+        block_size=block_size,
         q_len=q_len,
         kv_len=kv_len,
-        q_offset=q_offset,
+        q_offset=kv_len - q_len,
+        num_heads=num_heads,
+        config=config,
     )
-    return token_block_mask.tile_exact_pattern(pattern, bq, bk), sp
 
 
 def gated_attention(

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from jaxsparse.patterns import base
 from jaxsparse.patterns.dynamic import common, token_block_mask
-from jaxsparse.selection import estimate, pooling, ranges, topk
+from jaxsparse.selection import estimate, pooling, topk
 
 
 def block_causal(*, q_len: int, kv_len: int, q_offset: int, block_q: int, block_kv: int):
@@ -88,30 +88,16 @@ class BlockTopK(common.DynamicPattern):
         bits = block_topk_select(
             q, k, block_size=self.block_size, top_k=self.top_k, q_offset=q_offset
         )
-        pattern = token_block_mask.TokenBlockMask(
+        return token_block_mask.block_selection(
             bits,
-            row_block=self.block_size,
-            col_block=self.block_size,
-            causal=True,
-            q_offset=q_offset,
-        )
-        tile = common.natural_tile(self.block_size, max(t, s))
-        bq, bk = common.tiles(config, q_len=t, kv_len=s, block_q=tile, block_kv=tile)
-        # Static list bound: rows of the selection per tile x tiles per selected block.
-        rows = ranges.max_cells(bq, self.block_size, t)
-        cols = ranges.max_cells(self.block_size, bk, s)
-        bound = min(-(-s // bk), self.top_k * rows * cols)
-        sp = token_block_mask.token_block_sparsity(
-            pattern,
-            num_heads=h,
-            block_q=bq,
-            block_kv=bk,
+            block_size=self.block_size,
             q_len=t,
             kv_len=s,
             q_offset=q_offset,
-            max_kv_blocks=bound,
+            num_heads=h,
+            config=config,
+            max_selected=self.top_k,
         )
-        return token_block_mask.tile_exact_pattern(pattern, bq, bk), sp
 
     def __repr__(self):
         return f"BlockTopK(block_size={self.block_size}, top_k={self.top_k})"

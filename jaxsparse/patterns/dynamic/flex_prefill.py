@@ -184,15 +184,15 @@ class FlexPrefill(common.DynamicPattern):
                 block_size=bs,
                 q_offset=q_offset,
             )
-        pattern = token_block_mask.TokenBlockMask(
-            bits, row_block=bs, col_block=bs, causal=True, q_offset=q_offset
+        return token_block_mask.block_selection(
+            bits,
+            block_size=bs,
+            q_len=t,
+            kv_len=s,
+            q_offset=q_offset,
+            num_heads=h,
+            config=config,
         )
-        tile = common.natural_tile(bs, max(t, s))
-        bq, bk = common.tiles(config, q_len=t, kv_len=s, block_q=tile, block_kv=tile)
-        sp = token_block_mask.token_block_sparsity(
-            pattern, num_heads=h, block_q=bq, block_kv=bk, q_len=t, kv_len=s, q_offset=q_offset
-        )
-        return token_block_mask.tile_exact_pattern(pattern, bq, bk), sp
 
     def __repr__(self):
         return f"FlexPrefill(gamma={self.gamma}, tau={self.tau})"

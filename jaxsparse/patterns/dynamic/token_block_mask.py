@@ -34,6 +34,7 @@ import numpy as np
 
 from jaxsparse.patterns import base
 from jaxsparse.patterns.causal import Causal
+from jaxsparse.patterns.dynamic import common
 from jaxsparse.patterns.full import Full
 from jaxsparse.selection import ranges
 from jaxsparse.sparsity import block_sparsity, device
@@ -252,3 +253,48 @@ def token_block_sparsity(
         max_kv_blocks=max_kv_blocks,
         max_q_blocks=max_q_blocks,
     )
+
+
+def block_selection(
+    bits,
+    *,
+    block_size: int,
+    q_len: int,
+    kv_len: int,
+    q_offset: int,
+    num_heads: int,
+    config=None,
+    max_selected: int | None = None,
+):
+    """`(pattern, sparsity)` for `jaxsparse.attention` of a causal block selection.
+
+    The representation BlockTopK, FlexPrefill and the Seer gate select into:
+    `bits [B, Hx, Tb, Sb]` keep key block j for query block i (both
+    `block_size`). The kernel's tiles default to `block_size` (capped at 128,
+    `common.natural_tile`; `config` may override them); the lists hold every
+    tile a kept block touches, and the pattern is what the kernel still needs
+    inside them (`tile_exact_pattern`). `max_selected`, when a row keeps at
+    most that many blocks, bounds the lists statically (rows of the selection
+    per tile times tiles per block), which shortens them on the XLA path.
+    """
+    pattern = TokenBlockMask(
+        bits, row_block=block_size, col_block=block_size, causal=True, q_offset=q_offset
+    )
+    tile = common.natural_tile(block_size, max(q_len, kv_len))
+    bq, bk = common.tiles(config, q_len=q_len, kv_len=kv_len, block_q=tile, block_kv=tile)
+    bound = None
+    if max_selected is not None:
+        rows = ranges.max_cells(bq, block_size, q_len)
+        cols = ranges.max_cells(block_size, bk, kv_len)
+        bound = min(-(-kv_len // bk), max_selected * rows * cols)
+    sp = token_block_sparsity(
+        pattern,
+        num_heads=num_heads,
+        block_q=bq,
+        block_kv=bk,
+        q_len=q_len,
+        kv_len=kv_len,
+        q_offset=q_offset,
+        max_kv_blocks=bound,
+    )
+    return tile_exact_pattern(pattern, bq, bk), sp
