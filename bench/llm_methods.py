@@ -239,9 +239,21 @@ def seer_oracle_method(block_size: int = 64, threshold: float = 2e-3) -> Method:
 
 
 def seer_gate_method(
-    num_heads: int, num_kv_heads: int, head_dim: int, *, nz_ratio: float = 0.1, block_size: int = 64
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    *,
+    nz_ratio: float = 0.1,
+    block_size: int = 64,
+    config=None,
+    suffix: str = "",
+    note: str = "",
 ) -> Method:
-    """SeerAttention with an (untrained) AttnGate and a fixed non-zero ratio: for timing."""
+    """SeerAttention with an (untrained) AttnGate and a fixed non-zero ratio: for timing.
+
+    The top-k ranks the gate's logits (`gate_block_mask` with `nz_ratio` needs
+    only each row's order; no softmax). `config` sets the kernel tiles.
+    """
     from flax import nnx
 
     import jaxsparse.nn as jsnn
@@ -251,22 +263,46 @@ def seer_gate_method(
 
     def select(q, k):
         g = nnx.merge(graph, params)
-        probs = jax.nn.softmax(g(q.astype(jnp.float32), k.astype(jnp.float32)), axis=-1)
+        logits = g(q.astype(jnp.float32), k.astype(jnp.float32))
         mask = seer.gate_block_mask(
-            probs, q_len=q.shape[1], kv_len=k.shape[1], block_size=block_size, nz_ratio=nz_ratio
+            logits, q_len=q.shape[1], kv_len=k.shape[1], block_size=block_size, nz_ratio=nz_ratio
         )
-        return _gated_lists(mask, q, k, block_size)
+        return _gated_lists(mask, q, k, block_size, config)
 
     return Method(
-        f"Seer-gate(nz={nz_ratio:g})", select, _attend_state, _state_area, note="untrained gate"
+        f"Seer-gate(nz={nz_ratio:g}){suffix}",
+        select,
+        _attend_state,
+        _state_area,
+        note="untrained gate" + note,
     )
 
 
-def _gated_lists(mask, q, k, block_size: int):
+def seer_gate_methods(num_heads: int, num_kv_heads: int, head_dim: int) -> list[Method]:
+    """The Seer gate row and its variant with 128-row query tiles (two 64-token block rows)."""
+    return [
+        seer_gate_method(num_heads, num_kv_heads, head_dim),
+        seer_gate_method(
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            config=js.Config(block_q=128),
+            suffix=" bq128",
+            note="; query tiles of 128 rows (two block rows' union)",
+        ),
+    ]
+
+
+def _gated_lists(mask, q, k, block_size: int, config=None):
     """A Seer block mask's `(pattern, sparsity)`: its tile lists are built with the selection,
     as `dynamic_method`'s are (before session 11 the Seer rows built them in `attend`)."""
     return seer.gated_sparsity(
-        mask, q_len=q.shape[1], kv_len=k.shape[1], num_heads=q.shape[2], block_size=block_size
+        mask,
+        q_len=q.shape[1],
+        kv_len=k.shape[1],
+        num_heads=q.shape[2],
+        block_size=block_size,
+        config=config,
     )
 
 

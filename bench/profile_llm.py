@@ -49,7 +49,7 @@ def moba_fn():
 
 
 def select_fn(name: str, h: int, kh: int, d: int):
-    methods = llm_methods.default_methods() + [llm_methods.seer_gate_method(h, kh, d)]
+    methods = llm_methods.default_methods() + llm_methods.seer_gate_methods(h, kh, d)
     m = next((m for m in methods if m.name == name), None)  # an exact name first
     m = m or next((m for m in methods if m.name.startswith(name)), None)
     if m is None:

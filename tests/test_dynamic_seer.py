@@ -134,3 +134,16 @@ def test_gate_errors():
     with pytest.raises(ValueError, match="k_pool"):
         jsnn.AttnGate(4, 2, 8, k_pool=("median",), rngs=nnx.Rngs(0))
     assert js.nsa is not None
+
+
+def test_nz_ratio_ranks_logits_like_probabilities():
+    # A top-k per row needs only the row's order: the gate's logits (-inf off the
+    # block-causal region, as AttnGate returns them) keep the blocks their softmax keeps.
+    tb = 12
+    logits = jax.random.normal(jax.random.key(3), (2, 3, tb, tb)) * 3.0
+    logits = jnp.where(np.tril(np.ones((tb, tb), bool)), logits, -jnp.inf)
+    kw = dict(q_len=tb * 8, kv_len=tb * 8, block_size=8, nz_ratio=0.4)
+    from_logits = np.asarray(ag.gate_block_mask(logits, **kw))
+    from_probs = np.asarray(ag.gate_block_mask(jax.nn.softmax(logits, -1), **kw))
+    np.testing.assert_array_equal(from_logits, from_probs)
+    assert 0 < from_logits.sum() < from_logits.size  # a selection, not all or nothing

@@ -95,6 +95,12 @@ def gate_block_mask(
     `(1 - sqrt(1 - nz_ratio)) * Sb` blocks per row). The last
     `last_block_dense` block rows are dense, every row keeps its diagonal
     block (a query always sees itself), and the mask is block-causal.
+
+    With `nz_ratio` only each row's order counts, so `gate_probs` may be the
+    gate's logits: the softmax is increasing along a row, and skipping it
+    keeps the same blocks (a row's ties go to the lower block either way; the
+    logits can only separate values that the float32 softmax rounds to one
+    probability). `threshold` needs the probabilities.
     """
     if (threshold is None) == (nz_ratio is None):
         raise ValueError("gate_block_mask: give exactly one of threshold= or nz_ratio=.")

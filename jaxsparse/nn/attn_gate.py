@@ -15,6 +15,8 @@ Basics:
   >>> loss = attn_gate_loss(logits, attn_gate_target(q_rot, k_rot))
   >>> mask = gate_block_mask(jax.nn.softmax(logits, -1), q_len=T, kv_len=T,
   ...                        block_size=64, threshold=5e-4)
+  >>> mask = gate_block_mask(logits, q_len=T, kv_len=T, block_size=64,
+  ...                        nz_ratio=0.1)   # a top-k ranks logits: no softmax
   >>> out = gated_attention(q_rot, k_rot, v, mask, block_size=64)
 """
 
