@@ -261,13 +261,21 @@ def seer_gate_method(
     gate = jsnn.AttnGate(num_heads, num_kv_heads, head_dim, block_size=block_size, rngs=nnx.Rngs(0))
     graph, params = nnx.split(gate)
 
-    def select(q, k):
+    def gate_logits(q, k):
         g = nnx.merge(graph, params)
-        logits = g(q.astype(jnp.float32), k.astype(jnp.float32))
-        mask = seer.gate_block_mask(
-            logits, q_len=q.shape[1], kv_len=k.shape[1], block_size=block_size, nz_ratio=nz_ratio
+        return g(q.astype(jnp.float32), k.astype(jnp.float32))
+
+    def block_mask(q, k):
+        return seer.gate_block_mask(
+            gate_logits(q, k),
+            q_len=q.shape[1],
+            kv_len=k.shape[1],
+            block_size=block_size,
+            nz_ratio=nz_ratio,
         )
-        return _gated_lists(mask, q, k, block_size, config)
+
+    def select(q, k):
+        return _gated_lists(block_mask(q, k), q, k, block_size, config)
 
     return Method(
         f"Seer-gate(nz={nz_ratio:g}){suffix}",
@@ -275,22 +283,8 @@ def seer_gate_method(
         _attend_state,
         _state_area,
         note="untrained gate" + note,
+        parts={"gate_logits": gate_logits, "block_mask": block_mask},
     )
-
-
-def seer_gate_methods(num_heads: int, num_kv_heads: int, head_dim: int) -> list[Method]:
-    """The Seer gate row and its variant with 128-row query tiles (two 64-token block rows)."""
-    return [
-        seer_gate_method(num_heads, num_kv_heads, head_dim),
-        seer_gate_method(
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            config=js.Config(block_q=128),
-            suffix=" bq128",
-            note="; query tiles of 128 rows (two block rows' union)",
-        ),
-    ]
 
 
 def _gated_lists(mask, q, k, block_size: int, config=None):

@@ -341,7 +341,7 @@ def main(argv=None):
         reps=reps,
     )
     methods = llm_methods.default_methods(include_oracle=False)
-    methods += llm_methods.seer_gate_methods(h, kh, d)
+    methods.append(llm_methods.seer_gate_method(h, kh, d))
     methods = [m for m in methods if m.name != "dense-causal"]
     keep = [s for s in args.methods.split(",") if s]
     if keep:

@@ -13,12 +13,14 @@ name starts with NAME (e.g. `select:FlexPrefill`, `select:Seer-gate`). Same
 shapes and inputs as that bench (B=1, H=16, K=2, D=128, bf16, the "needle"
 task). Prints the median time, then the 40 operations with the largest total
 device time over two traced calls as JSON lines (also OUT_DIR/top_ops.jsonl;
-the Perfetto trace is under OUT_DIR/trace).
+the Perfetto trace is under OUT_DIR/trace). `--hlo` also writes the compiled
+HLO, gzipped, to read which operations a fusion named in the profile holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -38,9 +40,9 @@ from jaxsparse.methods import NSAConfig  # noqa: E402
 
 def nsa_fn(q, cfg: NSAConfig):
     cot = jax.random.normal(jax.random.key(1), q.shape, jnp.float32)  # as llm_sparse_gpu's
-    grad = jax.jit(jax.grad(llm_sparse_gpu.nsa_loss(cfg, cot), argnums=(0, 1, 2, 3)))
+    grad = jax.grad(llm_sparse_gpu.nsa_loss(cfg, cot), argnums=(0, 1, 2, 3))
     gates = llm_sparse_gpu.nsa_gates(q)
-    return lambda q, k, v: grad(q, k, v, gates)
+    return jax.jit(lambda q, k, v: grad(q, k, v, gates))
 
 
 def moba_fn():
@@ -49,13 +51,12 @@ def moba_fn():
 
 
 def select_fn(name: str, h: int, kh: int, d: int):
-    methods = llm_methods.default_methods() + llm_methods.seer_gate_methods(h, kh, d)
+    methods = llm_methods.default_methods() + [llm_methods.seer_gate_method(h, kh, d)]
     m = next((m for m in methods if m.name == name), None)  # an exact name first
     m = m or next((m for m in methods if m.name.startswith(name)), None)
     if m is None:
         raise SystemExit(f"--what select:{name}: no method named so; {[m.name for m in methods]}")
-    select = jax.jit(lambda q, k: llm_sparse_gpu.forward_state(m.select(q, k)))
-    return lambda q, k, v: select(q, k)
+    return jax.jit(lambda q, k, v: llm_sparse_gpu.forward_state(m.select(q, k)))
 
 
 def main(argv=None):
@@ -64,6 +65,9 @@ def main(argv=None):
     ap.add_argument("--what", default="nsa", help="nsa, moba or select:NAME")
     ap.add_argument("--seq", type=int, default=65536)
     ap.add_argument("--tiny", action="store_true", help="CPU check (H=2, K=1, D=64, f32)")
+    ap.add_argument(
+        "--hlo", action="store_true", help="also write the compiled HLO (OUT/compiled_hlo.txt.gz)"
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,6 +85,9 @@ def main(argv=None):
         fn = select_fn(args.what.removeprefix("select:"), h, kh, d)
     else:
         raise SystemExit(f"--what {args.what!r}: nsa, moba or select:NAME")
+    if args.hlo:  # to read which operations a fusion of the profile holds
+        text = fn.lower(q, k, v).compile().as_text()
+        (out / "compiled_hlo.txt.gz").write_bytes(gzip.compress(text.encode()))
     ms = llm_sparse_gpu.timed(fn, q, k, v, reps=3)
     print(json.dumps({"what": args.what, "seq_len": args.seq, "median_ms": ms}), flush=True)
     trace = out / "trace"
