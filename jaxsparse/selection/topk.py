@@ -96,7 +96,7 @@ def _group_candidates(scores, k: int, width: int, *, index_order: bool):
     groups = topk_indices(s.max(axis=-1), k)  # best first; -1: no finite entry
     groups = jnp.where(groups >= 0, groups, ng)
     if index_order:
-        groups = jnp.sort(groups, axis=-1)  # empty (ng) last
+        groups = sort_values(groups)  # empty (ng) last
     safe = jnp.minimum(groups, ng - 1)
     cand = jnp.take_along_axis(s, safe[..., None], axis=-2)  # [..., k, width]
     cand = jnp.where((groups < ng)[..., None], cand, -jnp.inf).reshape(*lead, -1)
@@ -176,7 +176,17 @@ def rank_mask(scores, counts):
 
 def descending(scores):
     """Each row's values sorted best first (one value sort, no index payload)."""
-    return -jnp.sort(-scores, axis=-1)
+    return -sort_values(-scores)
+
+
+def sort_values(x):
+    """Each row of `x` sorted ascending, as `jnp.sort` but not stable.
+
+    Values alone carry nothing a stable order could keep, and a stable sort
+    costs XLA:GPU an index payload: it sorts (value, iota) pairs. The Seer
+    gate's candidates ([16, 1,024, 212] at 64k tokens) took 0.12 ms that way.
+    """
+    return jax.lax.sort(x, dimension=x.ndim - 1, is_stable=False)
 
 
 def ranked_mask(scores, ranked, counts):
