@@ -18,6 +18,7 @@ one-hot of `lax.top_k`'s indices):
     passes of 4 bits, each one row reduction; tried in session 10 and not
     kept, since it was slower on the H200);
   * `one-hot`: the one-hot of `topk.topk_indices`;
+  * `scatter`: the same indices scattered into a zero mask (`scatter_mask`);
   * `grouped4`, `grouped2`: the k-th value in two levels with groups of 4 or 2
     entries (the library's are 8, and only where `2 * k * 8` fits the row).
 Prints JSON lines.
@@ -90,11 +91,22 @@ def grouped_kth(scores, k: int, width: int):
     return topk.descending(cand)[..., k - 1 : k]
 
 
+def scatter_mask(indices, n: int):
+    """`topk.indices_to_mask` as one scatter of the k indices (-1 dropped) instead of the
+    one-hot's k compares per entry."""
+    rows = indices.reshape(-1, indices.shape[-1])
+    mask = jnp.zeros((rows.shape[0], n), jnp.bool_)
+    row = jnp.arange(rows.shape[0])[:, None]
+    mask = mask.at[row, jnp.where(rows >= 0, rows, n)].set(True, mode="drop")
+    return mask.reshape(indices.shape[:-1] + (n,))
+
+
 VARIANTS = {
     "library": topk.topk_mask,
     "sort": lambda s, k: topk.split_mask(s, topk.descending(s)[..., k - 1 : k], k),
     "radix": lambda s, k: topk.split_mask(s, radix_kth(s, k), k),
     "one-hot": lambda s, k: topk.indices_to_mask(topk.topk_indices(s, k), s.shape[-1]),
+    "scatter": lambda s, k: scatter_mask(topk.topk_indices(s, k), s.shape[-1]),
     "grouped4": lambda s, k: topk.split_mask(s, grouped_kth(s, k, 4), k),
     "grouped2": lambda s, k: topk.split_mask(s, grouped_kth(s, k, 2), k),
 }
