@@ -156,6 +156,20 @@ def test_kth_value_is_the_kth_of_the_sorted_row(seed, n, k):
     np.testing.assert_array_equal(topk.kth_value(jnp.asarray(s), k), want)
 
 
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(seed=st.integers(0, 2**16), n=st.sampled_from([1, 7, 64, 212, 1024]))
+def test_sort_values_equals_numpy_sort(seed, n):
+    # Not stable, and values alone show no difference: ties and infinities come
+    # out as numpy's. -0.0 and 0.0 compare equal, so their order is free (the
+    # k-th value a mask compares against is the same number either way).
+    rng = np.random.default_rng(seed)
+    vals = np.array([-np.inf, -1.0, -0.0, 0.0, 1.0, np.inf], np.float32)
+    s = np.where(rng.random((3, n)) < 0.6, rng.choice(vals, (3, n)), rng.standard_normal((3, n)))
+    s = s.astype(np.float32)
+    got = np.asarray(topk.sort_values(jnp.asarray(s)))
+    np.testing.assert_array_equal(got, np.sort(s, axis=-1))
+
+
 def test_rank_mask_per_row_counts_match_sorting():
     s = rng.standard_normal((4, 3, 9)).astype(np.float32)
     s[0, 0, 2] = -np.inf
