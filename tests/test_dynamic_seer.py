@@ -147,3 +147,18 @@ def test_nz_ratio_ranks_logits_like_probabilities():
     from_probs = np.asarray(ag.gate_block_mask(jax.nn.softmax(logits, -1), **kw))
     np.testing.assert_array_equal(from_logits, from_probs)
     assert 0 < from_logits.sum() < from_logits.size  # a selection, not all or nothing
+
+
+def test_kernel_refusal_names_the_blocks_and_tiles_that_would_work():
+    # 128-row tiles over 64-token block rows need the bits per element, which the
+    # Mosaic GPU kernels cannot read: the refusal says which tiles would run.
+    from jaxsparse.ops import pallas_gpu
+
+    q = jnp.zeros((1, 256, 2, 64), jnp.bfloat16)
+    k = v = jnp.zeros((1, 256, 1, 64), jnp.bfloat16)
+    mask = jnp.tril(jnp.ones((1, 2, 4, 4), bool))
+    config = js.Config(block_q=128, interpret=True)
+    with pallas_gpu.interpret_context(True), pytest.raises(NotImplementedError) as err:
+        ag.gated_attention(q, k, v, mask, block_size=64, implementation="pallas_gpu", config=config)
+    msg = str(err.value)
+    assert "64x64 blocks" in msg and "128x64 tiles" in msg and "block_q dividing 64" in msg

@@ -31,10 +31,18 @@ def tile_mask_fn(call: call_lib.Call, block_q: int, block_kv: int, kernels: str)
     if not pattern.needs_tile_mask(block_q, block_kv):
         return None
     if jax.tree_util.tree_leaves(pattern):
+        rb, cb = getattr(pattern, "row_block", None), getattr(pattern, "col_block", None)
+        blocks = f" of {rb}x{cb} blocks" if rb and cb else ""
+        hint = (  # per-token selections (rb == 1) have their own layouts instead
+            f"tiles that lie inside one block (block_q dividing {rb}, block_kv dividing {cb}, "
+            "e.g. the method's default tiles or Config(block_q=..., block_kv=...)) or "
+            if rb and cb and rb > 1
+            else ""
+        )
         raise NotImplementedError(
-            f"{type(pattern).__name__} holds arrays that partial tiles would index; the "
-            f"{kernels} kernels evaluate only arithmetic masks (use a BlockMask aligned with "
-            "the tiles)"
+            f"{type(pattern).__name__}{blocks} holds arrays that partial {block_q}x{block_kv} "
+            f"tiles would index; the {kernels} kernels evaluate only arithmetic masks (use "
+            f"{hint}a BlockMask aligned with the tiles)"
         )
     return pattern.mask_fn
 
