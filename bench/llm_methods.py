@@ -105,9 +105,16 @@ def dynamic_method(name: str, pattern, config=None, note: str = "") -> Method:
 
 
 def nsa_selection_method(
-    cfg: NSAConfig, note: str = "", config=None, name: str = "NSA-selected"
+    cfg: NSAConfig,
+    note: str = "",
+    config=None,
+    name: str = "NSA-selected",
+    select_config=None,
 ) -> Method:
-    """NSA's selected branch with a parameter-free (mean) compressor: its importance and blocks."""
+    """NSA's selected branch with a parameter-free (mean) compressor: its importance and blocks.
+
+    `config` goes to the selected branch's attention, `select_config` to the selection's.
+    """
 
     def compressed_branch(q, k):
         """Branch 1's lse over the mean-compressed keys (its values do not matter here)."""
@@ -138,6 +145,7 @@ def nsa_selection_method(
             local_blocks=cfg.local_blocks,
             scale=q.shape[-1] ** -0.5,
             q_offset=s - t,
+            config=select_config,
         )
         pattern = P.TokenBlockMask(
             bits,
@@ -340,6 +348,12 @@ def default_methods(*, include_oracle: bool = True) -> list[Method]:
             note="as NSA-selected, query tiles of 64 rows (8 tokens x 8 heads)",
             config=js.Config(block_q=64),
             name="NSA-selected packed bq64",
+        ),
+        nsa_selection_method(
+            NSAConfig(),
+            note="as NSA-selected, the importance from one fused kernel (not yet timed)",
+            select_config=js.Config(gpu_importance_kernel=True),
+            name="NSA-selected fused importance",
         ),
         pyramid_method(P.Pyramid(causal=True)),
     ]

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsparse.ops import api
+from jaxsparse.ops import api, selection_kernels
 from jaxsparse.patterns.compressed_causal import CompressedCausal
 from jaxsparse.selection import chunks, estimate, remap, topk
 
@@ -173,7 +173,9 @@ def nsa_select(
     Details:
       When the importance `[B, K, T, num_blocks]` has at most
       `ATTENTION_IMPORTANCE_ELEMENTS` elements it comes from attention calls
-      (`block_importance_by_attention`); longer inputs score rows in chunks
+      (`block_importance_by_attention`), or with
+      `Config(gpu_importance_kernel=True)` on a Hopper GPU from one fused
+      kernel (`pallas_kernels/gpu/nsa_importance.py`); longer inputs score rows in chunks
       (`block_importance`), which holds `[B, H, rows, Nc]` scores at a time.
       The attention calls return the importance in q's dtype: with bfloat16
       inputs, blocks whose importance differs by less than its rounding
@@ -196,19 +198,21 @@ def nsa_select(
         )
 
     if k_cmp.shape[1] and b * k_cmp.shape[2] * t * nb <= ATTENTION_IMPORTANCE_ELEMENTS:
-        imp = block_importance_by_attention(
-            q,
-            k_cmp,
-            lse_cmp,
+        kw = dict(
             kernel_size=kernel_size,
             stride=stride,
             block_size=block_size,
             num_blocks=nb,
             scale=scale,
             q_offset=q_offset,
-            implementation=implementation,
-            config=config,
         )
+        imp = None
+        if implementation in (None, "pallas_gpu"):
+            imp = selection_kernels.nsa_importance(q, k_cmp, lse_cmp, **kw, config=config)
+        if imp is None:
+            imp = block_importance_by_attention(
+                q, k_cmp, lse_cmp, **kw, implementation=implementation, config=config
+            )
         bits = to_bits(imp, q_offset + jnp.arange(t, dtype=jnp.int32), token_axis=1)
         return jnp.moveaxis(bits, 1, 2)
 

@@ -46,6 +46,12 @@ class Config:
       gpu_gate_kernel: MoBA's chunk gate and top-k as one fused Mosaic GPU
         kernel on Hopper (reads q once, keeps the scores in registers);
         False runs them in XLA.
+      gpu_importance_kernel: NSA's selection-block importance as one fused
+        Mosaic GPU kernel (`pallas_kernels/gpu/nsa_importance.py`: branch 1's
+        probabilities summed over each GQA group and remapped onto selection
+        blocks in registers) instead of eight attention calls against the
+        overlap matrix. Off by default: tested in interpret mode and lowered
+        for CUDA, not yet timed on a GPU.
       interpret: run Pallas kernels in interpret mode (CPU tests of
         `implementation="pallas_gpu"`; slow, tiny shapes only).
     """
@@ -60,6 +66,7 @@ class Config:
     gpu_dkv_list_splits: int | None = None
     gpu_heavy_first: bool | None = None
     gpu_gate_kernel: bool = True
+    gpu_importance_kernel: bool = False
     gpu_token_selection: str | None = None
     interpret: bool = False
 
@@ -75,6 +82,7 @@ class Config:
             ("gpu_dkv_q_split", True),
             ("gpu_heavy_first", True),
             ("gpu_gate_kernel", False),
+            ("gpu_importance_kernel", False),
         ):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (optional and value is None)):

@@ -40,3 +40,51 @@ def chunk_topk(q, k_mean, *, k: int, block_size: int, q_offset: int, config=None
         return gate_topk.gate_topk(
             q, k_mean, k=k, block_size=block_size, q_offset=q_offset, interpret=interpret
         )
+
+
+def nsa_importance(
+    q,
+    k_cmp,
+    lse,
+    *,
+    kernel_size: int,
+    stride: int,
+    block_size: int,
+    num_blocks: int,
+    scale: float,
+    q_offset: int,
+    config=None,
+):
+    """NSA's group-summed selection-block importance `[B, T, K, num_blocks]` (float32) from
+    one fused Mosaic GPU kernel; None where it cannot run (`config.gpu_importance_kernel`
+    off, the default; no Hopper GPU and not `config.interpret`; or settings the kernel does
+    not take: see `pallas_kernels.gpu.nsa_importance`)."""
+    from pallas_kernels.gpu import nsa_importance as kernel
+
+    config = config or config_lib.Config()
+    if not config.gpu_importance_kernel:
+        return None
+    try:
+        pallas_gpu.check_device(config.interpret)
+        kernel.check(q, k_cmp, kernel_size=kernel_size, stride=stride, block_size=block_size)
+    except NotImplementedError as e:
+        logger.debug("jaxsparse: the NSA importance kernel cannot run here: %s", e)
+        return None
+    interpret = None
+    if config.interpret:
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+
+        interpret = plgpu.InterpretGPUParams(detect_races=True)
+    with pallas_gpu.interpret_context(config.interpret):
+        return kernel.block_importance(
+            q,
+            k_cmp,
+            lse,
+            kernel_size=kernel_size,
+            stride=stride,
+            block_size=block_size,
+            num_blocks=num_blocks,
+            scale=scale,
+            q_offset=q_offset,
+            interpret=interpret,
+        )
