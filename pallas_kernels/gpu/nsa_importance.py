@@ -157,7 +157,7 @@ def _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, *scratch, sh: ImportanceShape
     zeros = plgpu.layout_cast(jnp.zeros((R, COLS), jnp.float32), cm.WGMMA)
 
     def store(acc, i):
-        # The previous tile's store must have read o_smem.
+        # The previous key block's store must have read o_smem.
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
         o_smem[...] = acc
         plgpu.commit_smem()
