@@ -23,22 +23,13 @@ def chunk_topk(q, k_mean, *, k: int, block_size: int, q_offset: int, config=None
     from pallas_kernels.gpu import gate_topk
 
     config = config or config_lib.Config()
-    if not config.gpu_gate_kernel:
+    if not _runs(
+        config.gpu_gate_kernel, config, "the fused gate kernel", gate_topk.check, q, k_mean, k=k
+    ):
         return None
-    try:
-        pallas_gpu.check_device(config.interpret)
-        gate_topk.check(q, k_mean, k=k)
-    except NotImplementedError as e:
-        logger.debug("jaxsparse: the fused gate kernel cannot run here: %s", e)
-        return None
-    interpret = None
-    if config.interpret:
-        from jax.experimental.pallas import mosaic_gpu as plgpu
-
-        interpret = plgpu.InterpretGPUParams(detect_races=True)
     with pallas_gpu.interpret_context(config.interpret):
         return gate_topk.gate_topk(
-            q, k_mean, k=k, block_size=block_size, q_offset=q_offset, interpret=interpret
+            q, k_mean, k=k, block_size=block_size, q_offset=q_offset, interpret=_params(config)
         )
 
 
@@ -62,29 +53,41 @@ def nsa_importance(
     from pallas_kernels.gpu import nsa_importance as kernel
 
     config = config or config_lib.Config()
-    if not config.gpu_importance_kernel:
+    nsa = dict(kernel_size=kernel_size, stride=stride, block_size=block_size)
+    enabled = config.gpu_importance_kernel
+    if not _runs(enabled, config, "the NSA importance kernel", kernel.check, q, k_cmp, **nsa):
         return None
-    try:
-        pallas_gpu.check_device(config.interpret)
-        kernel.check(q, k_cmp, kernel_size=kernel_size, stride=stride, block_size=block_size)
-    except NotImplementedError as e:
-        logger.debug("jaxsparse: the NSA importance kernel cannot run here: %s", e)
-        return None
-    interpret = None
-    if config.interpret:
-        from jax.experimental.pallas import mosaic_gpu as plgpu
-
-        interpret = plgpu.InterpretGPUParams(detect_races=True)
     with pallas_gpu.interpret_context(config.interpret):
         return kernel.block_importance(
             q,
             k_cmp,
             lse,
-            kernel_size=kernel_size,
-            stride=stride,
-            block_size=block_size,
+            **nsa,
             num_blocks=num_blocks,
             scale=scale,
             q_offset=q_offset,
-            interpret=interpret,
+            interpret=_params(config),
         )
+
+
+def _runs(enabled: bool, config, what: str, check, *args, **kwargs) -> bool:
+    """Whether a selection kernel runs: enabled, a Hopper GPU (or interpret mode), and
+    `check(*args, **kwargs)` accepting the inputs; the reason is logged when not."""
+    if not enabled:
+        return False
+    try:
+        pallas_gpu.check_device(config.interpret)
+        check(*args, **kwargs)
+    except NotImplementedError as e:
+        logger.debug("jaxsparse: %s cannot run here: %s", what, e)
+        return False
+    return True
+
+
+def _params(config):
+    """The kernels' `interpret` argument: None on the GPU."""
+    if not config.interpret:
+        return None
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    return plgpu.InterpretGPUParams(detect_races=True)
