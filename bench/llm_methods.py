@@ -129,6 +129,22 @@ def nsa_selection_method(
         )
         return k_cmp, lse_cmp
 
+    def importance(q, k):
+        """Branch 1 and the importance of every block (the attention calls or the kernel)."""
+        k_cmp, lse_cmp = compressed_branch(q, k)
+        return nsa_selection.whole_importance(
+            q,
+            k_cmp,
+            lse_cmp,
+            kernel_size=cfg.kernel_size,
+            stride=cfg.stride,
+            block_size=cfg.block_size,
+            num_blocks=-(-k.shape[1] // cfg.block_size),
+            scale=q.shape[-1] ** -0.5,
+            q_offset=k.shape[1] - q.shape[1],
+            config=select_config,
+        )
+
     def select(q, k):
         t, h, s = q.shape[1], q.shape[2], k.shape[1]
         k_cmp, lse_cmp = compressed_branch(q, k)
@@ -177,7 +193,12 @@ def nsa_selection_method(
         return js.attention(q, k, v, pattern=pattern, sparsity=sp, config=config, return_lse=True)
 
     return Method(
-        name, select, attend, _state_area, note=note, parts={"compressed_branch": compressed_branch}
+        name,
+        select,
+        attend,
+        _state_area,
+        note=note,
+        parts={"compressed_branch": compressed_branch, "importance": importance},
     )
 
 

@@ -120,6 +120,49 @@ def block_importance_by_attention(
     return jnp.concatenate(parts, axis=-1)
 
 
+def whole_importance(
+    q,
+    k_cmp,
+    lse_cmp,
+    *,
+    kernel_size: int,
+    stride: int,
+    block_size: int,
+    num_blocks: int,
+    scale: float,
+    q_offset: int,
+    implementation: str | None = None,
+    config: Any = None,
+):
+    """The importance of every row at once, token-major `[B, T, K, num_blocks]`, or None
+    where `nsa_select` scores rows in chunks instead (no compressed key yet, or more than
+    `ATTENTION_IMPORTANCE_ELEMENTS` elements).
+
+    From the fused kernel where `selection_kernels.nsa_importance` runs it
+    (`Config(gpu_importance_kernel=True)` on a Hopper GPU), else from the
+    attention calls (`block_importance_by_attention`).
+    """
+    b, t = q.shape[:2]
+    if not k_cmp.shape[1] or b * k_cmp.shape[2] * t * num_blocks > ATTENTION_IMPORTANCE_ELEMENTS:
+        return None
+    kw = dict(
+        kernel_size=kernel_size,
+        stride=stride,
+        block_size=block_size,
+        num_blocks=num_blocks,
+        scale=scale,
+        q_offset=q_offset,
+    )
+    imp = None
+    if implementation in (None, "pallas_gpu"):
+        imp = selection_kernels.nsa_importance(q, k_cmp, lse_cmp, **kw, config=config)
+    if imp is None:
+        imp = block_importance_by_attention(
+            q, k_cmp, lse_cmp, **kw, implementation=implementation, config=config
+        )
+    return imp
+
+
 def select_blocks(
     importance,
     q_pos,
@@ -172,10 +215,10 @@ def nsa_select(
 
     Details:
       When the importance `[B, K, T, num_blocks]` has at most
-      `ATTENTION_IMPORTANCE_ELEMENTS` elements it comes from attention calls
-      (`block_importance_by_attention`), or with
-      `Config(gpu_importance_kernel=True)` on a Hopper GPU from one fused
-      kernel (`pallas_kernels/gpu/nsa_importance.py`); longer inputs score rows in chunks
+      `ATTENTION_IMPORTANCE_ELEMENTS` elements it is computed whole
+      (`whole_importance`: attention calls, or with
+      `Config(gpu_importance_kernel=True)` on a Hopper GPU one fused kernel,
+      `pallas_kernels/gpu/nsa_importance.py`); longer inputs score rows in chunks
       (`block_importance`), which holds `[B, H, rows, Nc]` scores at a time.
       The attention calls return the importance in q's dtype: with bfloat16
       inputs, blocks whose importance differs by less than its rounding
@@ -197,22 +240,20 @@ def nsa_select(
             token_axis=token_axis,
         )
 
-    if k_cmp.shape[1] and b * k_cmp.shape[2] * t * nb <= ATTENTION_IMPORTANCE_ELEMENTS:
-        kw = dict(
-            kernel_size=kernel_size,
-            stride=stride,
-            block_size=block_size,
-            num_blocks=nb,
-            scale=scale,
-            q_offset=q_offset,
-        )
-        imp = None
-        if implementation in (None, "pallas_gpu"):
-            imp = selection_kernels.nsa_importance(q, k_cmp, lse_cmp, **kw, config=config)
-        if imp is None:
-            imp = block_importance_by_attention(
-                q, k_cmp, lse_cmp, **kw, implementation=implementation, config=config
-            )
+    imp = whole_importance(
+        q,
+        k_cmp,
+        lse_cmp,
+        kernel_size=kernel_size,
+        stride=stride,
+        block_size=block_size,
+        num_blocks=nb,
+        scale=scale,
+        q_offset=q_offset,
+        implementation=implementation,
+        config=config,
+    )
+    if imp is not None:
         bits = to_bits(imp, q_offset + jnp.arange(t, dtype=jnp.int32), token_axis=1)
         return jnp.moveaxis(bits, 1, 2)
 
