@@ -62,15 +62,17 @@ def _inputs(t, h, kh, d, q_offset, seed):
 
 
 CASES = [
-    # t, h, kh, d, q_offset: tokens padded to 64s; key blocks; rows that see no key
-    (120, 4, 2, 64, 1400),  # 94 compressed keys: two key blocks, the spill crosses, padding
-    (192, 2, 1, 64, 0),  # 11 keys; the first 31 rows see none (lse -inf, importance 0)
+    # t, h, kh, d, q_offset, warpgroups: tokens padded to 64s; key blocks; rows that see no key
+    (120, 4, 2, 64, 1400, 1),  # 94 compressed keys: two key blocks, the spill crosses, padding
+    (192, 2, 1, 64, 0, 1),  # 11 keys; the first 31 rows see none (lse -inf, importance 0)
+    (120, 4, 2, 64, 1400, 2),  # two warpgroups, a head each, sums handed over per key block
+    (64, 8, 2, 64, 2500, 2),  # four heads in two warpgroups, three key blocks (slot reuse)
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 def test_kernel_matches_the_float32_importance_in_interpret_mode(case):
-    t, h, kh, d, off = case
+    t, h, kh, d, off, nwg = case
     q, k_cmp, lse, scale, nb, pos = _inputs(t, h, kh, d, off, seed=sum(case))
     with pallas_gpu.interpret_context(True):
         got = ni.block_importance(
@@ -81,6 +83,7 @@ def test_kernel_matches_the_float32_importance_in_interpret_mode(case):
             num_blocks=nb,
             scale=scale,
             q_offset=off,
+            warpgroups=nwg,
             interpret=plgpu.InterpretGPUParams(detect_races=True),
         )
     want = nsa_selection.block_importance(
@@ -94,14 +97,17 @@ def test_kernel_matches_the_float32_importance_in_interpret_mode(case):
     assert not races.races_found
 
 
-def test_kernel_lowers_for_a_gpu():
+@pytest.mark.parametrize("nwg", [1, 2])
+def test_kernel_lowers_for_a_gpu(nwg):
     # Interpret mode runs the kernel's logic, not its Mosaic GPU lowering (layouts,
     # swizzles, the register-LHS wgmma): lower it for CUDA here.
-    t, h, kh, d, off = CASES[0]
+    t, h, kh, d, off, _ = CASES[0]
     q, k_cmp, lse, scale, nb, _ = _inputs(t, h, kh, d, off, seed=1)
 
     def f(q, k_cmp, lse):
-        return ni.block_importance(q, k_cmp, lse, **NSA, num_blocks=nb, scale=scale, q_offset=off)
+        return ni.block_importance(
+            q, k_cmp, lse, **NSA, num_blocks=nb, scale=scale, q_offset=off, warpgroups=nwg
+        )
 
     with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
         jax.jit(f).trace(q, k_cmp, lse).lower(lowering_platforms=("cuda",))

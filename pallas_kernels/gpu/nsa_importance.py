@@ -21,7 +21,9 @@ blocks of 64:
     every key block, and a second tile carries that spill into the next
     block's accumulator (a register swap, no column shift);
   * the heads' probabilities go through `p @ W` into the same float32
-    accumulator, so the group sum happens in the MMA;
+    accumulator, so the group sum happens in the MMA; with two consumer
+    warpgroups (`warpgroups=2`) each takes half of the heads, and after every
+    key block warpgroup 1 hands its sum to warpgroup 0 through SMEM;
   * after each key block the `[64 tokens, 16 blocks]` tile is stored.
     Blocks past the tile's causal reach are stored as zeros.
 
@@ -36,7 +38,6 @@ on a GPU (session 12 had no device time left).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -65,6 +66,7 @@ class ImportanceShapes:
     q_offset: int
     logit_mult: float  # scale * log2(e)
     dtype: Any
+    nwg: int = 1  # consumer warpgroups; each takes G / nwg of the query heads
 
     @property
     def key_blocks(self) -> int:
@@ -111,11 +113,14 @@ def check(q, k_cmp, *, kernel_size: int, stride: int, block_size: int) -> None:
         raise NotImplementedError(f"nsa_importance: {H // K} heads of {D} do not fit in SMEM")
 
 
-def _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, *scratch, sh: ImportanceShapes, stage: bool):
-    q_smem, k_smem, w_main, w_spill, o_smem, z_smem, q_bar, k_bar, w_bar = scratch[:9]
-    p_smem = scratch[9] if stage else None
-    R = cm.WG_ROWS
+def _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, scratch, *, sh: ImportanceShapes, stage: bool):
+    q_smem, k_smem, o_smem, z_smem = (scratch[n] for n in ("q", "k", "o", "z"))
+    w_main, w_spill = scratch["w_main"], scratch["w_spill"]
+    q_bar, k_bar, w_bar = scratch["q_bar"], scratch["k_bar"], scratch["w_bar"]
+    p_smem = scratch.get("p")
+    R, nwg, per = cm.WG_ROWS, sh.nwg, sh.G // sh.nwg
     ti, g, b = lax.axis_index("t"), lax.axis_index("k"), lax.axis_index("b")
+    wg = lax.axis_index("wg") if nwg > 1 else 0
     t0 = ti * R
     shape = (R, KEYS)
 
@@ -126,25 +131,34 @@ def _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, *scratch, sh: ImportanceShape
     n_keys = jnp.minimum(n_seen, sh.num_keys)
     n_blocks = jnp.minimum(lax.div(n_keys + KEYS - 1, KEYS), sh.key_blocks)
 
-    for j in range(sh.G):
-        plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(t0, R), g * sh.G + j], q_smem.at[j], q_bar.at[0])
-    # Two buffers, not one indexed by a constant: a register-LHS wgmma's RHS index
-    # must be a traced value in the Mosaic GPU lowering.
-    plgpu.copy_gmem_to_smem(w_ref.at[0], w_main, w_bar.at[0])
-    plgpu.copy_gmem_to_smem(w_ref.at[1], w_spill, w_bar.at[0])
+    # Each warpgroup takes `per` of the group's query heads.
+    heads = [wg * per + j for j in range(per)]
+    for head in heads:
+        plgpu.copy_gmem_to_smem(
+            q_ref.at[b, pl.ds(t0, R), g * sh.G + head], q_smem.at[head], q_bar.at[wg]
+        )
 
     def load_k(i, slot):
         src = k_ref.at[b, pl.ds(i * KEYS, KEYS), g]
         plgpu.copy_gmem_to_smem(src, k_smem.at[slot], k_bar.at[slot])
 
-    @pl.when(n_blocks > 0)
+    @pl.when(wg == 0)
     def _():
-        load_k(0, 0)
+        # Two buffers, not one indexed by a constant: a register-LHS wgmma's RHS index
+        # must be a traced value in the Mosaic GPU lowering.
+        plgpu.copy_gmem_to_smem(w_ref.at[0], w_main, w_bar.at[0])
+        plgpu.copy_gmem_to_smem(w_ref.at[1], w_spill, w_bar.at[0])
+        z_smem[...] = plgpu.layout_cast(jnp.zeros((R, COLS), jnp.float32), cm.WGMMA)
 
-    z_smem[...] = plgpu.layout_cast(jnp.zeros((R, COLS), jnp.float32), cm.WGMMA)
+        @pl.when(n_blocks > 0)
+        def _():
+            load_k(0, 0)
+
     lse = [
-        plgpu.load(lse_ref.at[b, g * sh.G + j, pl.ds(t0, R)], layout=cm.WGMMA_ROW, optimized=False)
-        for j in range(sh.G)
+        plgpu.load(
+            lse_ref.at[b, g * sh.G + head, pl.ds(t0, R)], layout=cm.WGMMA_ROW, optimized=False
+        )
+        for head in heads
     ]
     rows = plgpu.broadcasted_iota(jnp.int32, (R,), 0, layout=cm.WGMMA_ROW)
     pos = rows + (t0 + sh.q_offset)
@@ -152,7 +166,7 @@ def _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, *scratch, sh: ImportanceShape
     past = pos - (sh.kernel_size - 1)
     reach = jnp.where(past >= 0, lax.div(jnp.maximum(past, 0), sh.stride), -1)
     reach = jnp.minimum(reach, sh.num_keys - 1)
-    plgpu.barrier_wait(q_bar.at[0])
+    plgpu.barrier_wait(q_bar.at[wg])
     plgpu.barrier_wait(w_bar.at[0])
     zeros = plgpu.layout_cast(jnp.zeros((R, COLS), jnp.float32), cm.WGMMA)
 
@@ -163,35 +177,84 @@ def _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, *scratch, sh: ImportanceShape
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(o_smem, out_ref.at[b, pl.ds(t0, R), g, pl.ds(i * COLS, COLS)])
 
+    def combine_and_store(acc, i):
+        """Warpgroup 1 hands its heads' sum to warpgroup 0 through SMEM; 0 stores the total."""
+        if nwg == 1:
+            store(acc, i)
+            return
+        x_smem, x_full, x_empty = scratch["x"], scratch["x_full"], scratch["x_empty"]
+
+        @pl.when(wg == 1)
+        def _():
+            @pl.when(i >= 1)  # warpgroup 0 has read block i - 1's sum
+            def _():
+                plgpu.barrier_wait(x_empty.at[0])
+
+            x_smem[...] = acc
+            plgpu.barrier_arrive(x_full.at[0])
+
+        @pl.when(wg == 0)
+        def _():
+            plgpu.barrier_wait(x_full.at[0])
+            other = plgpu.load(x_smem, layout=cm.WGMMA, optimized=False)
+            plgpu.barrier_arrive(x_empty.at[0])
+            store(acc + other, i)
+
     def step(i, carry):
         acc, spill = carry
         slot = lax.rem(i, 2)
 
-        @pl.when(i + 1 < n_blocks)  # the other slot's wgmmas (block i - 1) are done
+        @pl.when((wg == 0) & (i + 1 < n_blocks))
         def _():
+            if nwg > 1:  # both warpgroups have released block i - 1's slot
+
+                @pl.when(i >= 1)
+                def _():
+                    plgpu.barrier_wait(scratch["k_free"].at[1 - slot])
+
             load_k(i + 1, 1 - slot)
 
         plgpu.barrier_wait(k_bar.at[slot])
         key = cm.iota(shape, 1) + i * KEYS
         valid = key <= cm.bcast_rows(reach, shape)
-        for j in range(sh.G):
-            s = cm.mma_smem(q_smem.at[j], k_smem.at[slot].T, shape)
-            p = jnp.exp2(s * sh.logit_mult - cm.bcast_rows(lse[j], shape))
+        for head, lse_h in zip(heads, lse, strict=True):
+            s = cm.mma_smem(q_smem.at[head], k_smem.at[slot].T, shape)
+            p = jnp.exp2(s * sh.logit_mult - cm.bcast_rows(lse_h, shape))
             p16 = jnp.where(valid, p, 0.0).astype(sh.dtype)
-            acc = cm.mma_regs_lhs(acc, p16, w_main, p_smem)
-            spill = cm.mma_regs_lhs(spill, p16, w_spill, p_smem)
-        store(acc, i)
+            stage_smem = None if p_smem is None else p_smem.at[wg]
+            acc = cm.mma_regs_lhs(acc, p16, w_main, stage_smem)
+            spill = cm.mma_regs_lhs(spill, p16, w_spill, stage_smem)
+        if nwg > 1:
+            plgpu.barrier_arrive(scratch["k_free"].at[slot])
+        combine_and_store(acc, i)
         return spill, zeros
 
     acc, _ = lax.fori_loop(0, n_blocks, step, (zeros, zeros))
+    combine_and_store(acc, n_blocks)  # the last block's spill
 
-    store(acc, n_blocks)  # the last block's spill, then zeros up to the last column block
+    @pl.when(wg == 0)
+    def _():
+        # Zeros up to the last column block.
+        @pl.loop(n_blocks + 1, sh.key_blocks + 1)
+        def _(i):
+            dst = out_ref.at[b, pl.ds(t0, R), g, pl.ds(i * COLS, COLS)]
+            plgpu.copy_smem_to_gmem(z_smem, dst)
 
-    @pl.loop(n_blocks + 1, sh.key_blocks + 1)
-    def _(i):
-        plgpu.copy_smem_to_gmem(z_smem, out_ref.at[b, pl.ds(t0, R), g, pl.ds(i * COLS, COLS)])
+        if nwg > 1:
+            # Observe the last releases of the K slots (every phase a thread waits on).
+            @pl.loop(jnp.maximum(n_blocks - 2, 0), n_blocks)
+            def _(i):
+                @pl.when(i + 2 >= n_blocks)
+                def _():
+                    plgpu.barrier_wait(scratch["k_free"].at[lax.rem(i, 2)])
 
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+    if nwg > 1:
+
+        @pl.when(wg == 1)
+        def _():
+            plgpu.barrier_wait(scratch["x_empty"].at[0])  # the last sum was read
 
 
 def block_importance(
@@ -205,6 +268,7 @@ def block_importance(
     num_blocks: int,
     scale: float,
     q_offset: int,
+    warpgroups: int = 1,
     interpret=None,
 ):
     """Group-summed importance `[B, T, K, num_blocks]` (float32, token-major), as
@@ -212,6 +276,8 @@ def block_importance(
 
     q `[B, T, H, D]`, k_cmp `[B, Nc, K, D]` (compressed keys), lse `[B, H, T]`
     (branch 1's, natural log; -inf where a row sees no compressed key).
+    `warpgroups`: 1, or 2 splitting each group's query heads (their sums meet
+    in SMEM after every key block); 2 needs an even group.
     """
     check(q, k_cmp, kernel_size=kernel_size, stride=stride, block_size=block_size)
     B, t, H, D = q.shape
@@ -236,30 +302,50 @@ def block_importance(
         q_offset=q_offset,
         logit_mult=scale * cm.LOG2E,
         dtype=jnp.dtype(q.dtype),
+        nwg=warpgroups,
     )
+    if warpgroups not in (1, 2) or (H // K) % warpgroups:
+        raise ValueError(
+            f"nsa_importance: warpgroups={warpgroups} must be 1 or 2 and divide the "
+            f"{H // K} query heads of a group"
+        )
     w = jnp.asarray(weight_tiles(kernel_size, stride, block_size), sh.dtype)
     stage = interpret is not None  # GPU interpret mode cannot take a register LHS
     w_transforms = (plgpu.TilingTransform((8, COLS)), plgpu.SwizzleTransform(2 * COLS))
-    scratch = [
-        cm.tiled_smem((sh.G, cm.WG_ROWS, D), sh.dtype),
-        cm.tiled_smem((2, KEYS, D), sh.dtype),
-        plgpu.SMEM((KEYS, COLS), sh.dtype, transforms=w_transforms),
-        plgpu.SMEM((KEYS, COLS), sh.dtype, transforms=w_transforms),
-        plgpu.SMEM((cm.WG_ROWS, COLS), jnp.float32),
-        plgpu.SMEM((cm.WG_ROWS, COLS), jnp.float32),
-        plgpu.Barrier(num_arrivals=sh.G, num_barriers=1),
-        plgpu.Barrier(num_barriers=2),
-        plgpu.Barrier(num_arrivals=2, num_barriers=1),
-    ]
+    nwg = sh.nwg
+    scratch = dict(
+        q=cm.tiled_smem((sh.G, cm.WG_ROWS, D), sh.dtype),
+        k=cm.tiled_smem((2, KEYS, D), sh.dtype),
+        w_main=plgpu.SMEM((KEYS, COLS), sh.dtype, transforms=w_transforms),
+        w_spill=plgpu.SMEM((KEYS, COLS), sh.dtype, transforms=w_transforms),
+        o=plgpu.SMEM((cm.WG_ROWS, COLS), jnp.float32),
+        z=plgpu.SMEM((cm.WG_ROWS, COLS), jnp.float32),
+        q_bar=plgpu.Barrier(num_arrivals=sh.G // nwg, num_barriers=nwg),
+        k_bar=plgpu.Barrier(num_barriers=2),
+        w_bar=plgpu.Barrier(num_arrivals=2, num_barriers=1),
+    )
+    if nwg > 1:
+        scratch.update(
+            k_free=plgpu.Barrier(num_arrivals=nwg, num_barriers=2),
+            x=plgpu.SMEM((cm.WG_ROWS, COLS), jnp.float32),
+            x_full=plgpu.Barrier(num_barriers=1),
+            x_empty=plgpu.Barrier(num_barriers=1),
+        )
     if stage:
-        scratch.append(cm.tiled_smem((cm.WG_ROWS, KEYS), sh.dtype))
+        scratch["p"] = cm.tiled_smem((nwg, cm.WG_ROWS, KEYS), sh.dtype)
+
+    def body(q_ref, k_ref, lse_ref, w_ref, out_ref, **refs):
+        _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, refs, sh=sh, stage=stage)
+
     kernel = plgpu.kernel(
-        functools.partial(_kernel, sh=sh, stage=stage),
+        body,
         out_type=jax.ShapeDtypeStruct((B, T, K, sh.out_cols), jnp.float32),
         scratch_types=scratch,
         grid=(T // cm.WG_ROWS, K, B),
         grid_names=("t", "k", "b"),
-        kernel_name="jaxsparse_nsa_importance",  # its name in profiles
+        num_threads=nwg,
+        thread_name="wg",
+        kernel_name=f"jaxsparse_nsa_importance_{nwg}wg",  # its name in profiles
         compiler_params=cm.compiler_params(),
         interpret=interpret,
     )
