@@ -160,3 +160,20 @@ def test_kernel_on_the_gpu(t, off):
     )
     want = np.asarray(jnp.moveaxis(want, 1, 2))
     np.testing.assert_allclose(np.asarray(fn(q, k_cmp, lse)), want, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.gpu
+def test_nsa_select_through_the_kernel_on_the_gpu():
+    """At 8k tokens with NSA's defaults: the kernel's blocks agree with the attention calls'
+    up to near-ties."""
+    from jaxsparse.ops import config as config_lib
+
+    t = 8192
+    q, k_cmp, lse, scale, nb, _ = _inputs(t, 16, 2, 128, 0, seed=2)
+    kw = dict(kv_len=t, **NSA, top_n=16, init_blocks=1, local_blocks=2, scale=scale, q_offset=0)
+    on = config_lib.Config(gpu_importance_kernel=True)
+    fused = jax.jit(lambda *a: nsa_selection.nsa_select(*a, **kw, config=on))(q, k_cmp, lse)
+    calls = jax.jit(lambda *a: nsa_selection.nsa_select(*a, **kw))(q, k_cmp, lse)
+    fused, calls = np.asarray(fused), np.asarray(calls)
+    assert (fused.sum(-1) == np.minimum(16, np.arange(t) // 64 + 1)[None, None]).all()
+    assert (fused != calls).mean() < 0.01
