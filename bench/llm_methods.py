@@ -104,6 +104,21 @@ def dynamic_method(name: str, pattern, config=None, note: str = "") -> Method:
     return Method(name, select, attend, _state_area, note=note)
 
 
+def nsa_compressed_branch(q, k, cfg: NSAConfig):
+    """`(k_cmp, lse_cmp)`: mean-compressed keys and branch 1's lse over them (its values do
+    not matter to the selection)."""
+    k_cmp = nsa_compress.mean_compress(k, kernel_size=cfg.kernel_size, stride=cfg.stride)
+    _, lse_cmp = js.attention(
+        q,
+        k_cmp,
+        k_cmp,
+        pattern=P.CompressedCausal(cfg.kernel_size, cfg.stride),
+        q_offset=k.shape[1] - q.shape[1],
+        return_lse=True,
+    )
+    return k_cmp, lse_cmp
+
+
 def nsa_selection_method(
     cfg: NSAConfig,
     note: str = "",
@@ -117,17 +132,7 @@ def nsa_selection_method(
     """
 
     def compressed_branch(q, k):
-        """Branch 1's lse over the mean-compressed keys (its values do not matter here)."""
-        k_cmp = nsa_compress.mean_compress(k, kernel_size=cfg.kernel_size, stride=cfg.stride)
-        _, lse_cmp = js.attention(
-            q,
-            k_cmp,
-            k_cmp,
-            pattern=P.CompressedCausal(cfg.kernel_size, cfg.stride),
-            q_offset=k.shape[1] - q.shape[1],
-            return_lse=True,
-        )
-        return k_cmp, lse_cmp
+        return nsa_compressed_branch(q, k, cfg)
 
     def importance(q, k):
         """Branch 1 and the importance of every block (the attention calls or the kernel)."""
@@ -274,14 +279,11 @@ def seer_gate_method(
     *,
     nz_ratio: float = 0.1,
     block_size: int = 64,
-    config=None,
-    suffix: str = "",
-    note: str = "",
 ) -> Method:
     """SeerAttention with an (untrained) AttnGate and a fixed non-zero ratio: for timing.
 
     The top-k ranks the gate's logits (`gate_block_mask` with `nz_ratio` needs
-    only each row's order; no softmax). `config` sets the kernel tiles.
+    only each row's order; no softmax).
     """
     from flax import nnx
 
@@ -304,28 +306,23 @@ def seer_gate_method(
         )
 
     def select(q, k):
-        return _gated_lists(block_mask(q, k), q, k, block_size, config)
+        return _gated_lists(block_mask(q, k), q, k, block_size)
 
     return Method(
-        f"Seer-gate(nz={nz_ratio:g}){suffix}",
+        f"Seer-gate(nz={nz_ratio:g})",
         select,
         _attend_state,
         _state_area,
-        note="untrained gate" + note,
+        note="untrained gate",
         parts={"gate_logits": gate_logits, "block_mask": block_mask},
     )
 
 
-def _gated_lists(mask, q, k, block_size: int, config=None):
+def _gated_lists(mask, q, k, block_size: int):
     """A Seer block mask's `(pattern, sparsity)`: its tile lists are built with the selection,
     as `dynamic_method`'s are (before session 11 the Seer rows built them in `attend`)."""
     return seer.gated_sparsity(
-        mask,
-        q_len=q.shape[1],
-        kv_len=k.shape[1],
-        num_heads=q.shape[2],
-        block_size=block_size,
-        config=config,
+        mask, q_len=q.shape[1], kv_len=k.shape[1], num_heads=q.shape[2], block_size=block_size
     )
 
 

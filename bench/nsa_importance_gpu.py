@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import llm_methods  # noqa: E402
 import llm_synthetic  # noqa: E402
 from timing import time_fn  # noqa: E402
 
-import jaxsparse as js  # noqa: E402
-from jaxsparse.methods import NSAConfig, nsa_compress, nsa_selection  # noqa: E402
+from jaxsparse.methods import NSAConfig, nsa_selection  # noqa: E402
 from jaxsparse.ops import pallas_gpu  # noqa: E402
 from pallas_kernels.gpu import nsa_importance  # noqa: E402
 
@@ -53,14 +53,7 @@ def main(argv=None):
     for t in sizes:
         task = llm_synthetic.make_task("needle", t=t, h=h, kh=kh, d=d, seed=0, batch=1)
         q, k = (jnp.asarray(x, jnp.bfloat16) for x in (task.q, task.k))
-        k_cmp = nsa_compress.mean_compress(k, kernel_size=cfg.kernel_size, stride=cfg.stride)
-        _, lse = js.attention(
-            q,
-            k_cmp,
-            k_cmp,
-            pattern=js.patterns.CompressedCausal(cfg.kernel_size, cfg.stride),
-            return_lse=True,
-        )
+        k_cmp, lse = llm_methods.nsa_compressed_branch(q, k, cfg)
         kw = dict(**nsa, num_blocks=-(-t // cfg.block_size), scale=d**-0.5, q_offset=0)
         calls = functools.partial(nsa_selection.block_importance_by_attention, **kw)
         variants = {"attention calls": jax.jit(calls)}

@@ -49,9 +49,7 @@ def nsa_importance(
     """NSA's group-summed selection-block importance `[B, T, K, num_blocks]` (float32) from
     one fused Mosaic GPU kernel; None where it cannot run (`config.gpu_importance_kernel`
     off, the default; no Hopper GPU and not `config.interpret`; or settings the kernel does
-    not take: see `pallas_kernels.gpu.nsa_importance`). Two consumer warpgroups split
-    each GQA group's heads where the group is even (`bench/nsa_importance_gpu.py` times
-    both)."""
+    not take: see `pallas_kernels.gpu.nsa_importance`, which picks its warpgroups)."""
     from pallas_kernels.gpu import nsa_importance as kernel
 
     config = config or config_lib.Config()
@@ -68,7 +66,6 @@ def nsa_importance(
             num_blocks=num_blocks,
             scale=scale,
             q_offset=q_offset,
-            warpgroups=2 if (q.shape[2] // k_cmp.shape[2]) % 2 == 0 else 1,
             interpret=_params(config),
         )
 

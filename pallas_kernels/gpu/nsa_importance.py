@@ -55,12 +55,9 @@ COLS = 16  # selection blocks per key block (wgmma N of the weights)
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ImportanceShapes:
-    K: int  # key/value heads
     G: int  # query heads per key/value head
-    T: int  # tokens, a multiple of 64
     Nc: int  # compressed keys, a multiple of KEYS
     num_keys: int  # real compressed keys
-    D: int
     kernel_size: int
     stride: int
     q_offset: int
@@ -268,7 +265,7 @@ def block_importance(
     num_blocks: int,
     scale: float,
     q_offset: int,
-    warpgroups: int = 1,
+    warpgroups: int | None = None,
     interpret=None,
 ):
     """Group-summed importance `[B, T, K, num_blocks]` (float32, token-major), as
@@ -277,7 +274,8 @@ def block_importance(
     q `[B, T, H, D]`, k_cmp `[B, Nc, K, D]` (compressed keys), lse `[B, H, T]`
     (branch 1's, natural log; -inf where a row sees no compressed key).
     `warpgroups`: 1, or 2 splitting each group's query heads (their sums meet
-    in SMEM after every key block); 2 needs an even group.
+    in SMEM after every key block; needs an even group); None: 2 where the
+    group is even, else 1.
     """
     check(q, k_cmp, kernel_size=kernel_size, stride=stride, block_size=block_size)
     B, t, H, D = q.shape
@@ -290,13 +288,18 @@ def block_importance(
     if t != T:  # padded rows: +inf lse, so every probability is 0
         q = jnp.pad(q, ((0, 0), (0, T - t), (0, 0), (0, 0)))
         lse2 = jnp.pad(lse2, ((0, 0), (0, 0), (0, T - t)), constant_values=jnp.inf)
+    G = H // K
+    if warpgroups is None:
+        warpgroups = 2 if G % 2 == 0 else 1
+    if warpgroups not in (1, 2) or G % warpgroups:
+        raise ValueError(
+            f"nsa_importance: warpgroups={warpgroups} must be 1 or 2 and divide the "
+            f"{G} query heads of a group"
+        )
     sh = ImportanceShapes(
-        K=K,
-        G=H // K,
-        T=T,
+        G=G,
         Nc=ncp,
         num_keys=nc,
-        D=D,
         kernel_size=kernel_size,
         stride=stride,
         q_offset=q_offset,
@@ -304,11 +307,6 @@ def block_importance(
         dtype=jnp.dtype(q.dtype),
         nwg=warpgroups,
     )
-    if warpgroups not in (1, 2) or (H // K) % warpgroups:
-        raise ValueError(
-            f"nsa_importance: warpgroups={warpgroups} must be 1 or 2 and divide the "
-            f"{H // K} query heads of a group"
-        )
     w = jnp.asarray(weight_tiles(kernel_size, stride, block_size), sh.dtype)
     stage = interpret is not None  # GPU interpret mode cannot take a register LHS
     w_transforms = (plgpu.TilingTransform((8, COLS)), plgpu.SwizzleTransform(2 * COLS))
