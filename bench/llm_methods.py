@@ -369,9 +369,9 @@ def default_methods(*, include_oracle: bool = True) -> list[Method]:
         ),
         nsa_selection_method(
             NSAConfig(),
-            note="as NSA-selected, the importance from one fused kernel (not yet timed)",
-            select_config=js.Config(gpu_importance_kernel=True),
-            name="NSA-selected fused importance",
+            note="as NSA-selected, the importance from eight attention calls (no fused kernel)",
+            select_config=js.Config(gpu_importance_kernel=False),
+            name="NSA-selected importance by calls",
         ),
         pyramid_method(P.Pyramid(causal=True)),
     ]

@@ -226,7 +226,7 @@ NSA_TRAIN_VARIANTS = {
     "NSA (heavy first)": js.Config(gpu_heavy_first=True),
     "NSA (dK/dV lists whole)": js.Config(gpu_dkv_list_splits=1),
     "NSA (dK/dV lists in 4)": js.Config(gpu_dkv_list_splits=4),
-    "NSA (fused importance)": js.Config(gpu_importance_kernel=True),
+    "NSA (importance by calls)": js.Config(gpu_importance_kernel=False),
 }
 
 

@@ -123,8 +123,8 @@ def test_settings_the_kernel_does_not_take_are_refused():
 
 
 def test_nsa_select_through_the_kernel_keeps_the_blocks_of_the_attention_calls(monkeypatch):
-    # Config(gpu_importance_kernel=True) swaps the importance's source inside
-    # nsa_select; the kept blocks agree with the eight attention calls' up to
+    # gpu_importance_kernel (on by default, here in interpret mode) swaps the
+    # importance's source inside nsa_select; the kept blocks agree with the eight attention calls' up to
     # near-ties that the two roundings order differently.
     from jaxsparse.ops import config as config_lib
 
@@ -139,7 +139,10 @@ def test_nsa_select_through_the_kernel_keeps_the_blocks_of_the_attention_calls(m
     monkeypatch.setattr(ni, "block_importance", lambda *a, **k: ran.append(1) or kernel(*a, **k))
     fused = np.asarray(nsa_selection.nsa_select(q, k_cmp, lse, **kw, config=on))
     assert ran  # the kernel, not the attention calls
-    calls = np.asarray(nsa_selection.nsa_select(q, k_cmp, lse, **kw))
+    off = config_lib.Config(gpu_importance_kernel=False, interpret=True)
+    ran.clear()
+    calls = np.asarray(nsa_selection.nsa_select(q, k_cmp, lse, **kw, config=off))
+    assert not ran  # the attention calls
     assert fused.shape == calls.shape == (1, kh, t, nb)
     assert (fused.sum(-1) == 6).all()  # every row keeps top_n blocks
     assert (fused != calls).mean() < 0.01
@@ -171,9 +174,9 @@ def test_nsa_select_through_the_kernel_on_the_gpu():
     t = 8192
     q, k_cmp, lse, scale, nb, _ = _inputs(t, 16, 2, 128, 0, seed=2)
     kw = dict(kv_len=t, **NSA, top_n=16, init_blocks=1, local_blocks=2, scale=scale, q_offset=0)
-    on = config_lib.Config(gpu_importance_kernel=True)
-    fused = jax.jit(lambda *a: nsa_selection.nsa_select(*a, **kw, config=on))(q, k_cmp, lse)
-    calls = jax.jit(lambda *a: nsa_selection.nsa_select(*a, **kw))(q, k_cmp, lse)
+    off = config_lib.Config(gpu_importance_kernel=False)
+    fused = jax.jit(lambda *a: nsa_selection.nsa_select(*a, **kw))(q, k_cmp, lse)  # the default
+    calls = jax.jit(lambda *a: nsa_selection.nsa_select(*a, **kw, config=off))(q, k_cmp, lse)
     fused, calls = np.asarray(fused), np.asarray(calls)
     assert (fused.sum(-1) == np.minimum(16, np.arange(t) // 64 + 1)[None, None]).all()
     assert (fused != calls).mean() < 0.01

@@ -139,7 +139,7 @@ def whole_importance(
     `ATTENTION_IMPORTANCE_ELEMENTS` elements).
 
     From the fused kernel where `selection_kernels.nsa_importance` runs it
-    (`Config(gpu_importance_kernel=True)` on a Hopper GPU), else from the
+    (on a Hopper GPU, unless `Config(gpu_importance_kernel=False)`), else from the
     attention calls (`block_importance_by_attention`).
     """
     b, t = q.shape[:2]
@@ -216,10 +216,11 @@ def nsa_select(
     Details:
       When the importance `[B, K, T, num_blocks]` has at most
       `ATTENTION_IMPORTANCE_ELEMENTS` elements it is computed whole
-      (`whole_importance`: attention calls, or with
-      `Config(gpu_importance_kernel=True)` on a Hopper GPU one fused kernel,
-      `pallas_kernels/gpu/nsa_importance.py`); longer inputs score rows in chunks
-      (`block_importance`), which holds `[B, H, rows, Nc]` scores at a time.
+      (`whole_importance`: on a Hopper GPU one fused kernel,
+      `pallas_kernels/gpu/nsa_importance.py`, unless
+      `Config(gpu_importance_kernel=False)`; elsewhere attention calls); longer
+      inputs score rows in chunks (`block_importance`), which holds
+      `[B, H, rows, Nc]` scores at a time.
       The attention calls return the importance in q's dtype: with bfloat16
       inputs, blocks whose importance differs by less than its rounding
       (about 2^-8 relative) may be ranked differently than in float32 (or by

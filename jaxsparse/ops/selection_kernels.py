@@ -48,7 +48,7 @@ def nsa_importance(
 ):
     """NSA's group-summed selection-block importance `[B, T, K, num_blocks]` (float32) from
     one fused Mosaic GPU kernel; None where it cannot run (`config.gpu_importance_kernel`
-    off, the default; no Hopper GPU and not `config.interpret`; or settings the kernel does
+    off; no Hopper GPU and not `config.interpret`; or settings the kernel does
     not take: see `pallas_kernels.gpu.nsa_importance`, which picks its warpgroups)."""
     from pallas_kernels.gpu import nsa_importance as kernel
 
