@@ -124,8 +124,8 @@ def test_settings_the_kernel_does_not_take_are_refused():
 
 def test_nsa_select_through_the_kernel_keeps_the_blocks_of_the_attention_calls(monkeypatch):
     # gpu_importance_kernel (on by default, here in interpret mode) swaps the
-    # importance's source inside nsa_select; the kept blocks agree with the eight attention calls' up to
-    # near-ties that the two roundings order differently.
+    # importance's source inside nsa_select; the kept blocks agree with the eight
+    # attention calls' up to near-ties that the two roundings order differently.
     from jaxsparse.ops import config as config_lib
 
     t, h, kh, d, off = 128, 4, 2, 64, 1400

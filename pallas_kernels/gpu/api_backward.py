@@ -1,0 +1,297 @@
+"""The backward entry point of the Mosaic GPU block-sparse attention kernels (dQ, dK, dV).
+
+Conventions, tables and what is supported: `pallas_kernels.gpu.api`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from pallas_kernels.gpu import api_args as args
+from pallas_kernels.gpu import backward_dkv, backward_dq, bitmaps
+from pallas_kernels.gpu import common as cm
+
+
+def check_backward_support(
+    D: int,
+    Dv: int,
+    block_q: int = 128,
+    block_kv: int = 128,
+    dkv_block_q_compute: int = 64,
+    bwd_num_stages: int = 2,
+) -> None:
+    """Raises NotImplementedError when the backward kernels cannot run these shapes.
+
+    Callers check this at forward time, so a gradient they cannot run here can
+    be routed elsewhere before it is needed.
+    """
+    if D + Dv > 256:
+        raise NotImplementedError(
+            f"backward needs D + Dv <= 256 (got D={D}, Dv={Dv}): a consumer"
+            " warpgroup keeps [64, D] dK and [64, Dv] dV f32 accumulators in"
+            " registers"
+        )
+    if block_kv not in (64, 128):
+        raise NotImplementedError(
+            f"backward needs {block_kv=} in (64, 128): one dK/dV consumer"
+            " warpgroup per 64 keys of a table block"
+        )
+    if dkv_block_q_compute not in (64, 128) or block_q % dkv_block_q_compute:
+        raise NotImplementedError(f"{dkv_block_q_compute=} must be 64 or 128 and divide {block_q=}")
+    if bwd_num_stages < 2:
+        raise NotImplementedError(f"{bwd_num_stages=} must be at least 2")
+
+
+def _q_split(requested: bool | None, block_kv: int, num_stages: int) -> bool:
+    """Whether the dK/dV kernel shares each 64-key block between two warpgroups."""
+    possible = block_kv == cm.WG_ROWS and num_stages % 2 == 0
+    if requested and not possible:
+        raise NotImplementedError(
+            f"dkv_q_split needs block_kv=64 and an even bwd_num_stages; got {block_kv=}, "
+            f"{num_stages=}"
+        )
+    return possible if requested is None else bool(requested)
+
+
+def _list_splits(splits) -> int:
+    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+        raise ValueError(f"dkv_list_splits must be a positive int, got {splits!r}")
+    return splits
+
+
+def block_sparse_attention_bwd(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    out: jax.Array,
+    lse: jax.Array,
+    dout: jax.Array,
+    dlse: jax.Array | None,
+    kv_indices: jax.Array,
+    kv_counts: jax.Array,
+    kv_full: jax.Array,
+    q_indices: jax.Array,
+    q_counts: jax.Array,
+    q_full: jax.Array,
+    *,
+    mask_fn=None,
+    mask_factors=None,
+    q_offset: int = 0,
+    kv_len: int | None = None,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    scale: float | None = None,
+    logits_soft_cap: float | None = None,
+    block_q: int = 128,
+    block_kv: int = 128,
+    block_kv_compute: int | None = None,
+    num_stages: int | None = None,
+    persistent: bool | None = None,
+    num_ctas: int | None = None,
+    dq_block_kv_compute: int = 64,
+    dkv_block_q_compute: int = 64,
+    bwd_num_stages: int = 2,
+    dkv_split_heads: bool | None = None,
+    dkv_q_split: bool | None = None,
+    dkv_list_splits: int = 1,
+    segments_on_full_tiles: bool = True,
+    heavy_first: bool = True,
+    interpret: Any = None,
+    kv_words: jax.Array | None = None,
+    q_words: jax.Array | None = None,
+    word_rows: int = 0,
+    diagonals: jax.Array | None = None,
+    key_columns: jax.Array | None = None,
+    key_columns_mode: str = "or",
+    segments_le: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Gradients of block_sparse_attention_fwd (dQ kernel + dK/dV kernel).
+
+    Args:
+      q, k, v, out, lse: the forward's inputs and outputs.
+      dout: [B, Tp, H, Dv] cotangent of out. Padded query rows must carry
+        dout = 0 (and dlse = 0) so that they contribute nothing to dK/dV.
+      dlse: None or [B, H, Tp] f32 cotangent of lse.
+      kv_indices, kv_counts, kv_full: q-major lists (as in the forward).
+      q_indices, q_counts, q_full: kv-major lists [Bx, Hx, Sb, Qmax]: for kv
+        block j the q blocks whose lists contain j, ascending, same padding
+        rule, same full/partial flags.
+      mask_fn ... heavy_first, interpret: as in the forward.
+      block_kv_compute, num_stages, persistent, num_ctas: forward tuning,
+        ignored here.
+      dq_block_kv_compute: keys per dQ pipeline step (64 or 128, divides
+        block_kv).
+      dkv_block_q_compute: query rows per dK/dV pipeline step (64 or 128,
+        divides block_q).
+      bwd_num_stages: SMEM pipeline depth of both kernels.
+      dkv_split_heads: one dK/dV CTA per query head, the GQA group's shares
+        summed in float32 afterwards (True), or one per kv head summing inside
+        (False). None: split whenever a group has several query heads.
+      dkv_q_split: with 64-key blocks, two dK/dV warpgroups share each block
+        and take alternate q steps (True), or one works alone (False); None:
+        split whenever block_kv is 64 and bwd_num_stages is even.
+      dkv_list_splits: P >= 1 CTAs share each kv block's q list, their
+        partial dK/dV summed in float32 afterwards (for lists whose lengths
+        differ widely, e.g. a key block every query attends).
+      kv_words, q_words, word_rows: row words of the two lists (both or
+        neither), as in the forward.
+      diagonals, key_columns, key_columns_mode, segments_le: as in the forward.
+
+    Returns:
+      dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
+      are summed over the query heads of each GQA group. Deterministic.
+    """
+    del block_kv_compute, num_stages, persistent, num_ctas
+    cm.check_dtypes_and_dims(q, k, v, what="block_sparse_attention_bwd")
+    B, Tp, H, D = q.shape
+    Sp, K, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    check_backward_support(D, Dv, block_q, block_kv, dkv_block_q_compute, bwd_num_stages)
+    cm.check_blocks(block_q, block_kv, dq_block_kv_compute)
+    args.check_sizes(q, k, block_q, block_kv)
+    cm.check_tables(kv_indices, kv_counts, kv_full, B=B, H=H, nb=Tp // block_q, name="kv")
+    cm.check_tables(q_indices, q_counts, q_full, B=B, H=H, nb=Sp // block_kv, name="q")
+    if (kv_words is None) != (q_words is None):
+        raise ValueError("give both kv_words and q_words, or neither")
+    kv_words = args.row_words(kv_words, kv_indices, word_rows, block_q, "kv")
+    q_words = args.row_words(q_words, q_indices, word_rows, block_q, "q")
+    if out.shape != (B, Tp, H, Dv) or dout.shape != out.shape:
+        raise ValueError(f"{out.shape=} and {dout.shape=} must be {(B, Tp, H, Dv)}")
+    if lse.shape != (B, H, Tp) or (dlse is not None and dlse.shape != lse.shape):
+        raise ValueError(f"lse/dlse must be {(B, H, Tp)}")
+    q_seg, kv_seg = args.segment_ids(q_segment_ids, kv_segment_ids, B, Tp, Sp)
+    diag_pads, diag_q, diag_k, keys = bitmaps.pack(
+        diagonals, key_columns, key_columns_mode, B=B, H=H, Tp=Tp, Sp=Sp, q_offset=q_offset
+    )
+    st = args.statics(
+        q,
+        k,
+        mask_fn=mask_fn,
+        mask_factors=mask_factors,
+        q_offset=q_offset,
+        kv_len=kv_len,
+        scale=scale,
+        logits_soft_cap=logits_soft_cap,
+        has_segments=q_seg is not None,
+        segments_on_full_tiles=segments_on_full_tiles,
+        interpret=interpret,
+        word_rows=word_rows if kv_words is not None else 0,
+        block_q=block_q,
+        segments_le=segments_le,
+        diag_pads=diag_pads,
+        keys_mode=key_columns_mode,
+    )
+    dt = jnp.dtype(q.dtype)
+
+    # delta = rowsum(dO * O) - dlse, so that dS = P * (dP - delta).
+    # A row reduction, then a separate transpose of the small result: fused into one,
+    # XLA:GPU ran it as a transposing reduction at a fraction of the bandwidth (15 ms
+    # for the 983k x 8 rows of NSA's routed pairs at 64k on the H100, 2026-11-22).
+    rows = (out.astype(jnp.float32) * dout.astype(jnp.float32)).sum(-1)  # [B, Tp, H]
+    delta = jnp.swapaxes(lax.optimization_barrier(rows), 1, 2)
+    if dlse is not None:
+        delta = delta - dlse.astype(jnp.float32)
+    # lse in log2 units; dead rows (lse = -inf) get +inf so that P = 0.
+    lse2 = jnp.where(jnp.isneginf(lse), jnp.inf, lse * cm.LOG2E)
+    lse2 = lse2.astype(jnp.float32)
+    dout = dout.astype(dt)
+
+    dq_sh = backward_dq.DqShapes(
+        B=B,
+        Tp=Tp,
+        Sp=Sp,
+        H=H,
+        K=K,
+        D=D,
+        Dv=Dv,
+        Bx=kv_indices.shape[0],
+        Hx=kv_indices.shape[1],
+        block_q=block_q,
+        block_kv=block_kv,
+        block_kv_compute=dq_block_kv_compute,
+        num_stages=bwd_num_stages,
+        dtype=dt,
+    )
+    dkv_sh = backward_dkv.DkvShapes(
+        B=B,
+        Tp=Tp,
+        Sp=Sp,
+        H=H,
+        K=K,
+        D=D,
+        Dv=Dv,
+        Bx=q_indices.shape[0],
+        Hx=q_indices.shape[1],
+        block_q=block_q,
+        block_kv=block_kv,
+        block_q_compute=dkv_block_q_compute,
+        num_stages=bwd_num_stages,
+        dtype=dt,
+        split_heads=H > K if dkv_split_heads is None else bool(dkv_split_heads),
+        q_split=_q_split(dkv_q_split, block_kv, bwd_num_stages),
+        list_splits=_list_splits(dkv_list_splits),
+    )
+    for name, nb in (
+        ("dQ", backward_dq.smem_bytes(dq_sh, st)),
+        ("dK/dV", backward_dkv.smem_bytes(dkv_sh, st)),
+    ):
+        if nb > cm.MAX_SMEM_BYTES:
+            raise NotImplementedError(
+                f"{name} tiles need {nb} bytes of SMEM (> {cm.MAX_SMEM_BYTES})"
+            )
+
+    if heavy_first:
+        q_order = cm.heavy_first_order(kv_counts)
+        kv_order = cm.heavy_first_order(q_counts)
+    else:
+        q_order = jnp.arange(Tp // block_q, dtype=jnp.int32)
+        kv_order = jnp.arange(Sp // block_kv, dtype=jnp.int32)
+    dq = backward_dq.dq_call(
+        q,
+        k,
+        v,
+        dout,
+        lse2,
+        delta,
+        cm.pack_codes(kv_indices, kv_full),
+        kv_counts.astype(jnp.int32),
+        q_order,
+        q_seg,
+        kv_seg,
+        kv_words,
+        diag_q,
+        keys,
+        sh=dq_sh,
+        st=st,
+    )
+    dk, dv = backward_dkv.dkv_call(
+        q,
+        k,
+        v,
+        dout,
+        lse2,
+        delta,
+        cm.pack_codes(q_indices, q_full),
+        q_counts.astype(jnp.int32),
+        kv_order,
+        q_seg,
+        kv_seg,
+        q_words,
+        diag_k,
+        keys,
+        sh=dkv_sh,
+        st=st,
+    )
+    per_kv = dkv_sh.out_heads // K  # shares per kv head in one split
+    if dkv_sh.list_splits > 1 or per_kv > 1:  # sum the splits' and heads' shares in f32
+        dk, dv = (
+            x.reshape(B, Sp, dkv_sh.list_splits, K, per_kv, -1)
+            .astype(jnp.float32)
+            .sum((2, 4))
+            .astype(dt)
+            for x in (dk, dv)
+        )
+    return dq, dk, dv
