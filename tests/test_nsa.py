@@ -282,14 +282,21 @@ def test_module_bf16_and_errors():
         m(jnp.zeros((20, 32)))
 
 
-def test_long_inputs_score_rows_in_chunks_with_the_same_bits(monkeypatch):
-    """Above `ATTENTION_IMPORTANCE_ELEMENTS` the selection scores rows in chunks: same bits."""
-    q, k, _, _, k_cmp, _, _ = _inputs(1, 60, 60, 4, 2, 8, seed=37)
+@pytest.mark.parametrize("q_offset", [0, 19])
+def test_long_inputs_score_rows_in_slices_with_the_same_bits(monkeypatch, q_offset):
+    """Above `IMPORTANCE_SLICE_ELEMENTS` the selection scores rows in slices (each its own
+    call with its own q_offset, the last one short): the same bits as one call."""
+    q, k, _, _, k_cmp, _, _ = _inputs(1, 60, 60 + q_offset, 4, 2, 8, seed=37)
     _, lse = js.attention(
-        q, k_cmp, k_cmp, pattern=js.patterns.CompressedCausal(8, 4), q_offset=0, return_lse=True
+        q,
+        k_cmp,
+        k_cmp,
+        pattern=js.patterns.CompressedCausal(8, 4),
+        q_offset=q_offset,
+        return_lse=True,
     )
     kw = dict(
-        kv_len=60,
+        kv_len=60 + q_offset,
         kernel_size=8,
         stride=4,
         block_size=8,
@@ -297,14 +304,31 @@ def test_long_inputs_score_rows_in_chunks_with_the_same_bits(monkeypatch):
         init_blocks=1,
         local_blocks=1,
         scale=8**-0.5,
-        q_offset=0,
+        q_offset=q_offset,
     )
-    by_attention = nsa_selection.nsa_select(q, k_cmp, lse, **kw)
-    monkeypatch.setattr(nsa_selection, "ATTENTION_IMPORTANCE_ELEMENTS", 0)
-    monkeypatch.setattr(nsa_selection.chunks, "DEFAULT_ELEMENTS", 448)  # 8-row chunks
-    in_chunks = nsa_selection.nsa_select(q, k_cmp, lse, **kw)
-    np.testing.assert_array_equal(by_attention, in_chunks)
-    assert 0 < int(by_attention.sum()) < by_attention.size
+    whole = nsa_selection.nsa_select(q, k_cmp, lse, **kw)
+    calls = []
+    importance = nsa_selection.whole_importance
+    monkeypatch.setattr(
+        nsa_selection,
+        "whole_importance",
+        lambda q, *a, **k: calls.append((q.shape[1], k["q_offset"])) or importance(q, *a, **k),
+    )
+    nb = -(-(60 + q_offset) // 8)
+    monkeypatch.setattr(nsa_selection, "IMPORTANCE_SLICE_ELEMENTS", 2 * nb * 16)  # 16 rows
+    sliced = nsa_selection.nsa_select(q, k_cmp, lse, **kw)
+    assert calls == [(16, q_offset), (16, q_offset + 16), (16, q_offset + 32), (12, q_offset + 48)]
+    np.testing.assert_array_equal(whole, sliced)
+    assert 0 < int(whole.sum()) < whole.size
+
+
+def test_slice_rows_keep_the_kernels_token_tile():
+    per_row = 2 * 2048
+    assert nsa_selection.slice_rows(per_row) == nsa_selection.IMPORTANCE_SLICE_ELEMENTS // per_row
+    assert nsa_selection.slice_rows(per_row) % nsa_selection.SLICE_ROWS == 0
+    assert nsa_selection.slice_rows(nsa_selection.IMPORTANCE_SLICE_ELEMENTS // 100) == 64
+    assert nsa_selection.slice_rows(nsa_selection.IMPORTANCE_SLICE_ELEMENTS // 10) == 10
+    assert nsa_selection.slice_rows(nsa_selection.IMPORTANCE_SLICE_ELEMENTS * 4) == 1
 
 
 def test_importance_by_attention_on_the_gpu_kernels_in_interpret_mode():

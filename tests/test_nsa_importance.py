@@ -148,6 +148,27 @@ def test_nsa_select_through_the_kernel_keeps_the_blocks_of_the_attention_calls(m
     assert (fused != calls).mean() < 0.01
 
 
+def test_nsa_select_in_slices_through_the_kernel(monkeypatch):
+    # Beyond IMPORTANCE_SLICE_ELEMENTS nsa_select calls the kernel once per slice of
+    # 64-token tiles (q_offset moved along): the same tiles, so the same bits.
+    from jaxsparse.ops import config as config_lib
+
+    t, h, kh, d, off = 192, 4, 2, 64, 700
+    q, k_cmp, lse, scale, nb, _ = _inputs(t, h, kh, d, off, seed=11)
+    kw = dict(
+        kv_len=t + off, **NSA, top_n=4, init_blocks=1, local_blocks=2, scale=scale, q_offset=off
+    )
+    on = config_lib.Config(interpret=True)  # the kernel is on by default
+    whole = np.asarray(nsa_selection.nsa_select(q, k_cmp, lse, **kw, config=on))
+    ran = []
+    kernel = ni.block_importance
+    monkeypatch.setattr(ni, "block_importance", lambda *a, **k: ran.append(1) or kernel(*a, **k))
+    monkeypatch.setattr(nsa_selection, "IMPORTANCE_SLICE_ELEMENTS", kh * nb * 64)
+    sliced = np.asarray(nsa_selection.nsa_select(q, k_cmp, lse, **kw, config=on))
+    assert len(ran) == 3  # three slices of 64 tokens, each through the kernel
+    np.testing.assert_array_equal(whole, sliced)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("t, off", [(2048, 0), (4096, 6000)])
 def test_kernel_on_the_gpu(t, off):

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxsparse.ops import api, selection_kernels
 from jaxsparse.patterns.compressed_causal import CompressedCausal
-from jaxsparse.selection import chunks, estimate, remap, topk
+from jaxsparse.selection import estimate, remap, topk
 
 
 def block_importance(
@@ -34,8 +34,11 @@ def block_importance(
 ):
     """Group-summed selection-block importance `[B, K, n, num_blocks]` for some query rows.
 
-    q_rows `[B, n, H, D]`, lse_rows `[B, n, H]` (branch 1's lse), k_cmp
-    `[B, Nc, K, D]`, q_pos `[n]` absolute positions.
+    The straightforward form, written from the paper's equations (the
+    reference the fused kernel and the attention calls are tested against):
+    it holds the `[B, H, n, Nc]` probabilities. q_rows `[B, n, H, D]`,
+    lse_rows `[B, n, H]` (branch 1's lse), k_cmp `[B, Nc, K, D]`, q_pos `[n]`
+    absolute positions.
     """
     b, n, h, _ = q_rows.shape
     kh, nc = k_cmp.shape[2], k_cmp.shape[1]
@@ -52,9 +55,11 @@ def block_importance(
     return p_slc.reshape(b, kh, h // kh, n, num_blocks).sum(2)
 
 
-# Largest importance array (float32 elements) computed whole by attention calls:
-# 2 GiB, e.g. B=1, K=2 up to 128k tokens with NSA's defaults (B*K*T*T/64 elements).
-ATTENTION_IMPORTANCE_ELEMENTS = 1 << 29
+# Largest importance array (float32 elements) `nsa_select` holds at once: 2 GiB, e.g.
+# B=1, K=2 up to 128k tokens with NSA's defaults (B*K*T*T/64 elements). Longer inputs
+# are scored in slices of query rows (multiples of SLICE_ROWS), each ranked on its own.
+IMPORTANCE_SLICE_ELEMENTS = 1 << 29
+SLICE_ROWS = 64  # the importance kernel's token tile
 
 
 def block_importance_by_attention(
@@ -134,17 +139,13 @@ def whole_importance(
     implementation: str | None = None,
     config: Any = None,
 ):
-    """The importance of every row at once, token-major `[B, T, K, num_blocks]`, or None
-    where `nsa_select` scores rows in chunks instead (no compressed key yet, or more than
-    `ATTENTION_IMPORTANCE_ELEMENTS` elements).
+    """The importance of every given query row at once, token-major `[B, T, K, num_blocks]`.
 
     From the fused kernel where `selection_kernels.nsa_importance` runs it
     (on a Hopper GPU, unless `Config(gpu_importance_kernel=False)`), else from the
-    attention calls (`block_importance_by_attention`).
+    attention calls (`block_importance_by_attention`). Needs at least one
+    compressed key; `nsa_select` bounds the rows (`IMPORTANCE_SLICE_ELEMENTS`).
     """
-    b, t = q.shape[:2]
-    if not k_cmp.shape[1] or b * k_cmp.shape[2] * t * num_blocks > ATTENTION_IMPORTANCE_ELEMENTS:
-        return None
     kw = dict(
         kernel_size=kernel_size,
         stride=stride,
@@ -161,6 +162,13 @@ def whole_importance(
             q, k_cmp, lse_cmp, **kw, implementation=implementation, config=config
         )
     return imp
+
+
+def slice_rows(per_row: int) -> int:
+    """Query rows `nsa_select` scores at once: `IMPORTANCE_SLICE_ELEMENTS // per_row`,
+    rounded down to a multiple of `SLICE_ROWS` where it holds one (at least 1 row)."""
+    rows = max(1, IMPORTANCE_SLICE_ELEMENTS // max(1, per_row))
+    return rows - rows % SLICE_ROWS if rows >= SLICE_ROWS else rows
 
 
 def select_blocks(
@@ -214,23 +222,22 @@ def nsa_select(
         `config` go to the attention calls of the importance.
 
     Details:
-      When the importance `[B, K, T, num_blocks]` has at most
-      `ATTENTION_IMPORTANCE_ELEMENTS` elements it is computed whole
-      (`whole_importance`: on a Hopper GPU one fused kernel,
-      `pallas_kernels/gpu/nsa_importance.py`, unless
-      `Config(gpu_importance_kernel=False)`; elsewhere attention calls); longer
-      inputs score rows in chunks (`block_importance`), which holds
-      `[B, H, rows, Nc]` scores at a time.
-      The attention calls return the importance in q's dtype: with bfloat16
-      inputs, blocks whose importance differs by less than its rounding
-      (about 2^-8 relative) may be ranked differently than in float32 (or by
-      another backend); ties go to the lower block index.
+      The importance comes from `whole_importance`: on a Hopper GPU one fused
+      kernel, `pallas_kernels/gpu/nsa_importance.py`, unless
+      `Config(gpu_importance_kernel=False)`; elsewhere attention calls. Above
+      `IMPORTANCE_SLICE_ELEMENTS` float32 elements (B=1, K=2: beyond 128k
+      tokens) query rows are scored in slices, one call each, so at most that
+      many are held at once; a row's blocks do not depend on other rows, so
+      the bits are the same. The attention calls return the importance in q's
+      dtype: with bfloat16 inputs, blocks whose importance differs by less than
+      its rounding (about 2^-8 relative) may be ranked differently than in
+      float32 (or by another backend); ties go to the lower block index.
     """
     q, k_cmp, lse_cmp = (jax.lax.stop_gradient(x) for x in (q, k_cmp, lse_cmp))
     nb = -(-kv_len // block_size)
-    b, t, h, _ = q.shape
+    b, t = q.shape[:2]
 
-    def to_bits(imp, q_pos, token_axis=2):
+    def to_bits(imp, q_pos):  # token-major importance [B, n, K, nb]
         return select_blocks(
             imp,
             q_pos,
@@ -238,45 +245,29 @@ def nsa_select(
             top_n=top_n,
             init_blocks=init_blocks,
             local_blocks=local_blocks,
-            token_axis=token_axis,
+            token_axis=1,
         )
 
-    imp = whole_importance(
-        q,
-        k_cmp,
-        lse_cmp,
-        kernel_size=kernel_size,
-        stride=stride,
-        block_size=block_size,
-        num_blocks=nb,
-        scale=scale,
-        q_offset=q_offset,
-        implementation=implementation,
-        config=config,
-    )
-    if imp is not None:
-        bits = to_bits(imp, q_offset + jnp.arange(t, dtype=jnp.int32), token_axis=1)
-        return jnp.moveaxis(bits, 1, 2)
-
-    def rows_fn(q_rows, lse_rows, q_pos):
-        if k_cmp.shape[1] == 0:  # no compressed token yet: only the forced blocks score
-            imp = jnp.zeros((b, k_cmp.shape[2], q_rows.shape[1], nb), jnp.float32)
-        else:
-            imp = block_importance(
-                q_rows,
-                lse_rows,
-                k_cmp,
-                q_pos,
-                kernel_size=kernel_size,
-                stride=stride,
-                block_size=block_size,
-                num_blocks=nb,
-                scale=scale,
-            )
-        return to_bits(imp, q_pos)
-
-    per_row = b * h * max(k_cmp.shape[1], nb)
-    rows = chunks.rows_per_chunk(per_row)
-    return chunks.map_query_rows(
-        rows_fn, (q, jnp.moveaxis(lse_cmp, 1, 2)), rows=rows, q_offset=q_offset
-    )
+    q_pos = q_offset + jnp.arange(t, dtype=jnp.int32)
+    if not k_cmp.shape[1]:  # no compressed token yet: only the forced blocks score
+        imp = jnp.zeros((b, t, k_cmp.shape[2], nb), jnp.float32)
+        return jnp.moveaxis(to_bits(imp, q_pos), 1, 2)
+    rows = slice_rows(b * k_cmp.shape[2] * nb)
+    bits = []
+    for r0 in range(0, t, rows):
+        r1 = min(t, r0 + rows)
+        imp = whole_importance(
+            q[:, r0:r1],
+            k_cmp,
+            lse_cmp[:, :, r0:r1],
+            kernel_size=kernel_size,
+            stride=stride,
+            block_size=block_size,
+            num_blocks=nb,
+            scale=scale,
+            q_offset=q_offset + r0,
+            implementation=implementation,
+            config=config,
+        )
+        bits.append(to_bits(imp, q_pos[r0:r1]))
+    return jnp.moveaxis(jnp.concatenate(bits, axis=1) if len(bits) > 1 else bits[0], 1, 2)
