@@ -39,10 +39,10 @@ from jaxsparse.methods import NSAConfig  # noqa: E402
 
 
 def nsa_fn(q, cfg: NSAConfig):
+    """The jitted step and its extra arguments (gates, cotangent: arguments, not constants)."""
     cot = jax.random.normal(jax.random.key(1), q.shape, jnp.float32)  # as llm_sparse_gpu's
-    grad = jax.grad(llm_sparse_gpu.nsa_loss(cfg, cot), argnums=(0, 1, 2, 3))
-    gates = llm_sparse_gpu.nsa_gates(q)
-    return jax.jit(lambda q, k, v: grad(q, k, v, gates))
+    grad = jax.grad(llm_sparse_gpu.nsa_loss(cfg), argnums=(0, 1, 2, 3))
+    return jax.jit(grad), (llm_sparse_gpu.nsa_gates(q), cot)
 
 
 def moba_fn():
@@ -78,22 +78,22 @@ def main(argv=None):
     q, k, v = (jnp.asarray(x, dtype) for x in (task.q, task.k, task.v))
     if args.what == "nsa":
         cfg = NSAConfig(window=min(512, args.seq // 2))
-        fn = nsa_fn(q, cfg)
+        fn, extra = nsa_fn(q, cfg)
     elif args.what == "moba":
-        fn = moba_fn()
+        fn, extra = moba_fn(), ()
     elif args.what.startswith("select:"):
-        fn = select_fn(args.what.removeprefix("select:"), h, kh, d)
+        fn, extra = select_fn(args.what.removeprefix("select:"), h, kh, d), ()
     else:
         raise SystemExit(f"--what {args.what!r}: nsa, moba or select:NAME")
     if args.hlo:  # to read which operations a fusion of the profile holds
-        text = fn.lower(q, k, v).compile().as_text()
+        text = fn.lower(q, k, v, *extra).compile().as_text()
         (out / "compiled_hlo.txt.gz").write_bytes(gzip.compress(text.encode()))
-    ms = llm_sparse_gpu.timed(fn, q, k, v, reps=3)
+    ms = llm_sparse_gpu.timed(fn, q, k, v, *extra, reps=3)
     print(json.dumps({"what": args.what, "seq_len": args.seq, "median_ms": ms}), flush=True)
     trace = out / "trace"
     with jax.profiler.trace(str(trace), create_perfetto_trace=True):
         for _ in range(2):
-            jax.block_until_ready(fn(q, k, v))
+            jax.block_until_ready(fn(q, k, v, *extra))
     top, totals = top_ops(trace, n=40)
     with (out / "top_ops.jsonl").open("w") as fh:
         for row in [totals] + [
