@@ -283,9 +283,10 @@ def test_module_bf16_and_errors():
 
 
 @pytest.mark.parametrize("q_offset", [0, 19])
-def test_long_inputs_score_rows_in_slices_with_the_same_bits(monkeypatch, q_offset):
-    """Above `IMPORTANCE_SLICE_ELEMENTS` the selection scores rows in slices (each its own
-    call with its own q_offset, the last one short): the same bits as one call."""
+def test_long_inputs_score_rows_in_chunks_with_the_same_bits(monkeypatch, q_offset):
+    """Above `IMPORTANCE_SLICE_ELEMENTS`, without the fused kernel (here: CPU), the selection
+    scores rows in chunks by `block_importance`: the same bits as one call. (Through the
+    kernel it takes slices: tests/test_nsa_importance.py.)"""
     q, k, _, _, k_cmp, _, _ = _inputs(1, 60, 60 + q_offset, 4, 2, 8, seed=37)
     _, lse = js.attention(
         q,
@@ -307,18 +308,18 @@ def test_long_inputs_score_rows_in_slices_with_the_same_bits(monkeypatch, q_offs
         q_offset=q_offset,
     )
     whole = nsa_selection.nsa_select(q, k_cmp, lse, **kw)
-    calls = []
-    importance = nsa_selection.whole_importance
+    rows = []
+    importance = nsa_selection.block_importance
     monkeypatch.setattr(
         nsa_selection,
-        "whole_importance",
-        lambda q, *a, **k: calls.append((q.shape[1], k["q_offset"])) or importance(q, *a, **k),
+        "block_importance",
+        lambda q_rows, *a, **k: rows.append(q_rows.shape[1]) or importance(q_rows, *a, **k),
     )
-    nb = -(-(60 + q_offset) // 8)
-    monkeypatch.setattr(nsa_selection, "IMPORTANCE_SLICE_ELEMENTS", 2 * nb * 16)  # 16 rows
-    sliced = nsa_selection.nsa_select(q, k_cmp, lse, **kw)
-    assert calls == [(16, q_offset), (16, q_offset + 16), (16, q_offset + 32), (12, q_offset + 48)]
-    np.testing.assert_array_equal(whole, sliced)
+    monkeypatch.setattr(nsa_selection, "IMPORTANCE_SLICE_ELEMENTS", 0)
+    monkeypatch.setattr(nsa_selection.chunks, "DEFAULT_ELEMENTS", 8 * 4 * k_cmp.shape[1])
+    in_chunks = nsa_selection.nsa_select(q, k_cmp, lse, **kw)
+    assert rows == [8]  # traced once, under lax.map over chunks of 8 rows
+    np.testing.assert_array_equal(whole, in_chunks)
     assert 0 < int(whole.sum()) < whole.size
 
 

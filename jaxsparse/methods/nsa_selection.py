@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxsparse.ops import api, selection_kernels
 from jaxsparse.patterns.compressed_causal import CompressedCausal
-from jaxsparse.selection import estimate, remap, topk
+from jaxsparse.selection import chunks, estimate, remap, topk
 
 
 def block_importance(
@@ -57,7 +57,8 @@ def block_importance(
 
 # Largest importance array (float32 elements) `nsa_select` holds at once: 2 GiB, e.g.
 # B=1, K=2 up to 128k tokens with NSA's defaults (B*K*T*T/64 elements). Longer inputs
-# are scored in slices of query rows (multiples of SLICE_ROWS), each ranked on its own.
+# are scored in slices of query rows (multiples of SLICE_ROWS) through the fused kernel,
+# else in chunks of rows by `block_importance`, each ranked on its own.
 IMPORTANCE_SLICE_ELEMENTS = 1 << 29
 SLICE_ROWS = 64  # the importance kernel's token tile
 
@@ -138,13 +139,15 @@ def whole_importance(
     q_offset: int,
     implementation: str | None = None,
     config: Any = None,
+    calls: bool = True,
 ):
     """The importance of every given query row at once, token-major `[B, T, K, num_blocks]`.
 
     From the fused kernel where `selection_kernels.nsa_importance` runs it
     (on a Hopper GPU, unless `Config(gpu_importance_kernel=False)`), else from the
-    attention calls (`block_importance_by_attention`). Needs at least one
-    compressed key; `nsa_select` bounds the rows (`IMPORTANCE_SLICE_ELEMENTS`).
+    attention calls (`block_importance_by_attention`), or None there if not
+    `calls`. Needs at least one compressed key; `nsa_select` bounds the rows
+    (`IMPORTANCE_SLICE_ELEMENTS`).
     """
     kw = dict(
         kernel_size=kernel_size,
@@ -157,7 +160,7 @@ def whole_importance(
     imp = None
     if implementation in (None, "pallas_gpu"):
         imp = selection_kernels.nsa_importance(q, k_cmp, lse_cmp, **kw, config=config)
-    if imp is None:
+    if imp is None and calls:
         imp = block_importance_by_attention(
             q, k_cmp, lse_cmp, **kw, implementation=implementation, config=config
         )
@@ -237,7 +240,7 @@ def nsa_select(
     nb = -(-kv_len // block_size)
     b, t = q.shape[:2]
 
-    def to_bits(imp, q_pos):  # token-major importance [B, n, K, nb]
+    def to_bits(imp, q_pos, token_axis=1):  # token-major importance [B, n, K, nb] by default
         return select_blocks(
             imp,
             q_pos,
@@ -245,29 +248,61 @@ def nsa_select(
             top_n=top_n,
             init_blocks=init_blocks,
             local_blocks=local_blocks,
-            token_axis=1,
+            token_axis=token_axis,
         )
 
     q_pos = q_offset + jnp.arange(t, dtype=jnp.int32)
+    kh = k_cmp.shape[2]
     if not k_cmp.shape[1]:  # no compressed token yet: only the forced blocks score
-        imp = jnp.zeros((b, t, k_cmp.shape[2], nb), jnp.float32)
+        imp = jnp.zeros((b, t, kh, nb), jnp.float32)
         return jnp.moveaxis(to_bits(imp, q_pos), 1, 2)
-    rows = slice_rows(b * k_cmp.shape[2] * nb)
+    kw = dict(
+        kernel_size=kernel_size,
+        stride=stride,
+        block_size=block_size,
+        num_blocks=nb,
+        scale=scale,
+        implementation=implementation,
+        config=config,
+    )
+    rows = slice_rows(b * kh * nb)
+    if rows >= t:
+        imp = whole_importance(q, k_cmp, lse_cmp, **kw, q_offset=q_offset)
+        return jnp.moveaxis(to_bits(imp, q_pos), 1, 2)
+
+    # Longer inputs: slices of whole kernel tiles through the fused kernel, one call each.
     bits = []
     for r0 in range(0, t, rows):
         r1 = min(t, r0 + rows)
         imp = whole_importance(
-            q[:, r0:r1],
+            q[:, r0:r1], k_cmp, lse_cmp[:, :, r0:r1], **kw, q_offset=q_offset + r0, calls=False
+        )
+        if imp is None:  # no kernel here (it takes every slice or none)
+            break
+        bits.append(to_bits(imp, q_pos[r0:r1]))
+    else:
+        return jnp.moveaxis(jnp.concatenate(bits, axis=1), 1, 2)
+
+    # Without the kernel, the straightforward form in chunks of rows under one lax.map
+    # (attention calls per slice would unroll num_blocks / 128 calls in every slice).
+    def rows_fn(q_rows, lse_rows, q_pos):
+        imp = block_importance(
+            q_rows,
+            lse_rows,
             k_cmp,
-            lse_cmp[:, :, r0:r1],
+            q_pos,
             kernel_size=kernel_size,
             stride=stride,
             block_size=block_size,
             num_blocks=nb,
             scale=scale,
-            q_offset=q_offset + r0,
-            implementation=implementation,
-            config=config,
         )
-        bits.append(to_bits(imp, q_pos[r0:r1]))
-    return jnp.moveaxis(jnp.concatenate(bits, axis=1) if len(bits) > 1 else bits[0], 1, 2)
+        return to_bits(imp, q_pos, token_axis=2)
+
+    per_row = b * q.shape[2] * max(k_cmp.shape[1], nb)
+    return chunks.map_query_rows(
+        rows_fn,
+        (q, jnp.moveaxis(lse_cmp, 1, 2)),
+        rows=chunks.rows_per_chunk(per_row),
+        q_offset=q_offset,
+    )
