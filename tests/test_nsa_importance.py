@@ -41,11 +41,11 @@ def test_weight_tiles_give_the_overlap_remap(seed, key_blocks):
     np.testing.assert_allclose(got[:, :nb], np.asarray(want), rtol=1e-6)
 
 
-def _inputs(t, h, kh, d, q_offset, seed):
+def _inputs(t, h, kh, d, q_offset, seed, batch=1):
     s = t + q_offset
     rng = np.random.default_rng(seed)
-    q = jnp.asarray(rng.standard_normal((1, t, h, d)), jnp.bfloat16)
-    k = jnp.asarray(rng.standard_normal((1, s, kh, d)), jnp.bfloat16)
+    q = jnp.asarray(rng.standard_normal((batch, t, h, d)), jnp.bfloat16)
+    k = jnp.asarray(rng.standard_normal((batch, s, kh, d)), jnp.bfloat16)
     nc = nsa_compress.num_compressed(s, NSA["kernel_size"], NSA["stride"])
     k_cmp = nsa_compress.mean_compress(k, kernel_size=32, stride=16)[:, :nc]
     scale = d**-0.5
@@ -62,18 +62,20 @@ def _inputs(t, h, kh, d, q_offset, seed):
 
 
 CASES = [
-    # t, h, kh, d, q_offset, warpgroups: tokens padded to 64s; key blocks; rows that see no key
-    (120, 4, 2, 64, 1400, 1),  # 94 compressed keys: two key blocks, the spill crosses, padding
-    (192, 2, 1, 64, 0, 1),  # 11 keys; the first 31 rows see none (lse -inf, importance 0)
-    (120, 4, 2, 64, 1400, 2),  # two warpgroups, a head each, sums handed over per key block
-    (64, 8, 2, 64, 2500, 2),  # four heads in two warpgroups, three key blocks (slot reuse)
+    # t, h, kh, d, q_offset, warpgroups, batch: tokens padded to 64s; key blocks; rows that
+    # see no key
+    (120, 4, 2, 64, 1400, 1, 1),  # 94 compressed keys: two key blocks, the spill crosses
+    (192, 2, 1, 64, 0, 1, 1),  # 11 keys; the first 31 rows see none (lse -inf, importance 0)
+    (120, 4, 2, 64, 1400, 2, 1),  # two warpgroups, a head each, sums handed over per key block
+    (64, 8, 2, 64, 2500, 2, 1),  # four heads in two warpgroups, three key blocks (slot reuse)
+    (100, 4, 2, 64, 900, 2, 2),  # two batch rows with their own queries, keys and lse
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 def test_kernel_matches_the_float32_importance_in_interpret_mode(case):
-    t, h, kh, d, off, nwg = case
-    q, k_cmp, lse, scale, nb, pos = _inputs(t, h, kh, d, off, seed=sum(case))
+    t, h, kh, d, off, nwg, batch = case
+    q, k_cmp, lse, scale, nb, pos = _inputs(t, h, kh, d, off, seed=sum(case), batch=batch)
     with pallas_gpu.interpret_context(True):
         got = ni.block_importance(
             q,
