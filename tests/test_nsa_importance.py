@@ -103,8 +103,8 @@ def test_kernel_matches_the_float32_importance_in_interpret_mode(case):
 def test_kernel_lowers_for_a_gpu(nwg):
     # Interpret mode runs the kernel's logic, not its Mosaic GPU lowering (layouts,
     # swizzles, the register-LHS wgmma): lower it for CUDA here.
-    t, h, kh, d, off, _ = CASES[0]
-    q, k_cmp, lse, scale, nb, _ = _inputs(t, h, kh, d, off, seed=1)
+    t, h, kh, d, off, _, batch = CASES[-1]  # two batch rows
+    q, k_cmp, lse, scale, nb, _ = _inputs(t, h, kh, d, off, seed=1, batch=batch)
 
     def f(q, k_cmp, lse):
         return ni.block_importance(
