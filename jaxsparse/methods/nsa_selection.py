@@ -266,16 +266,18 @@ def nsa_select(
         config=config,
     )
     rows = slice_rows(b * kh * nb)
-    if rows >= t:
-        imp = whole_importance(q, k_cmp, lse_cmp, **kw, q_offset=q_offset)
-        return jnp.moveaxis(to_bits(imp, q_pos), 1, 2)
-
-    # Longer inputs: slices of whole kernel tiles through the fused kernel, one call each.
+    # One slice: the fused kernel or the attention calls. Longer inputs: slices of whole
+    # kernel tiles through the fused kernel, one call each, where it runs.
     bits = []
-    for r0 in range(0, t, rows):
+    for r0 in range(0, max(t, 1), rows):  # an empty q is one (empty) slice
         r1 = min(t, r0 + rows)
         imp = whole_importance(
-            q[:, r0:r1], k_cmp, lse_cmp[:, :, r0:r1], **kw, q_offset=q_offset + r0, calls=False
+            q[:, r0:r1],
+            k_cmp,
+            lse_cmp[:, :, r0:r1],
+            **kw,
+            q_offset=q_offset + r0,
+            calls=rows >= t,
         )
         if imp is None:  # no kernel here (it takes every slice or none)
             break
