@@ -136,21 +136,15 @@ def tile_lists(bits: np.ndarray, *, per_cta: int):
 
 
 def nsa_bits(t: int, h: int, kh: int, d: int, dtype):
+    """q and NSA's bits `[K, T, blocks]` on the needle inputs (the llm bench's selection)."""
     import llm_methods
     import llm_synthetic
 
-    from jaxsparse.methods import NSAConfig, nsa_selection
+    from jaxsparse.methods import NSAConfig
 
-    cfg = NSAConfig()
     task = llm_synthetic.make_task("needle", t=t, h=h, kh=kh, d=d, seed=0, batch=1)
     q, k = (jnp.asarray(x, dtype) for x in (task.q, task.k))
-    k_cmp, lse = llm_methods.nsa_compressed_branch(q, k, cfg)
-    bits = nsa_selection.nsa_select(
-        q, k_cmp, lse, kv_len=t, kernel_size=cfg.kernel_size, stride=cfg.stride,
-        block_size=cfg.block_size, top_n=cfg.top_n, init_blocks=cfg.init_blocks,
-        local_blocks=cfg.local_blocks, scale=d**-0.5, q_offset=0,
-    )  # fmt: skip
-    return q, np.asarray(bits[0])
+    return q, np.asarray(llm_methods.nsa_bits(q, k, NSAConfig())[0])
 
 
 def main(argv=None):

@@ -119,6 +119,28 @@ def nsa_compressed_branch(q, k, cfg: NSAConfig):
     return k_cmp, lse_cmp
 
 
+def nsa_bits(q, k, cfg: NSAConfig, config=None):
+    """NSA's selection bits `[B, K, T, blocks]` with the mean compressor (`nsa_select`,
+    `config` to its importance)."""
+    t, s = q.shape[1], k.shape[1]
+    k_cmp, lse_cmp = nsa_compressed_branch(q, k, cfg)
+    return nsa_selection.nsa_select(
+        q,
+        k_cmp,
+        lse_cmp,
+        kv_len=s,
+        kernel_size=cfg.kernel_size,
+        stride=cfg.stride,
+        block_size=cfg.block_size,
+        top_n=cfg.top_n,
+        init_blocks=cfg.init_blocks,
+        local_blocks=cfg.local_blocks,
+        scale=q.shape[-1] ** -0.5,
+        q_offset=s - t,
+        config=config,
+    )
+
+
 def nsa_selection_method(
     cfg: NSAConfig,
     note: str = "",
@@ -152,22 +174,7 @@ def nsa_selection_method(
 
     def select(q, k):
         t, h, s = q.shape[1], q.shape[2], k.shape[1]
-        k_cmp, lse_cmp = compressed_branch(q, k)
-        bits = nsa_selection.nsa_select(
-            q,
-            k_cmp,
-            lse_cmp,
-            kv_len=s,
-            kernel_size=cfg.kernel_size,
-            stride=cfg.stride,
-            block_size=cfg.block_size,
-            top_n=cfg.top_n,
-            init_blocks=cfg.init_blocks,
-            local_blocks=cfg.local_blocks,
-            scale=q.shape[-1] ** -0.5,
-            q_offset=s - t,
-            config=select_config,
-        )
+        bits = nsa_bits(q, k, cfg, select_config)
         pattern = P.TokenBlockMask(
             bits,
             row_block=1,
