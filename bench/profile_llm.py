@@ -2,14 +2,17 @@
 
 Usage (repo root, on the GPU machine):
   python bench/profile_llm.py OUT_DIR [--what nsa|moba|select:NAME] [--seq 65536]
+      [--nsa-variant NAME]
 
 `nsa`: NSA forward+backward, exactly the `nsa_train` row of
 `bench/llm_sparse_gpu.py` (three branches, mean compressor, gradients to q, k,
-v and the gates). `moba`: MoBA(512, 3) forward, selection and attention in one
-jitted call (the bench's `total`). `select:NAME`: the selection alone, as a
-forward call needs it (the bench's `select_fwd`: no backward-only lists) of
-the `llm_methods.default_methods()` entry named NAME, else the first whose
-name starts with NAME (e.g. `select:FlexPrefill`, `select:Seer-gate`). Same
+v and the gates), with the attention config of `--nsa-variant` (a key of
+`llm_sparse_gpu.NSA_TRAIN_VARIANTS`, default "NSA"). `moba`: MoBA(512, 3)
+forward, selection and attention in one jitted call (the bench's `total`).
+`select:NAME`: the selection alone, as a forward call needs it (the bench's
+`select_fwd`: no backward-only lists) of the `llm_methods.default_methods()`
+entry named NAME, else the first whose name starts with NAME (e.g.
+`select:FlexPrefill`, `select:Seer-gate`). Same
 shapes and inputs as that bench (B=1, H=16, K=2, D=128, bf16, the "needle"
 task). Prints the median time, then the 40 operations with the largest total
 device time over two traced calls as JSON lines (also OUT_DIR/top_ops.jsonl;
@@ -38,10 +41,10 @@ from trace_ops import top_ops  # noqa: E402
 from jaxsparse.methods import NSAConfig  # noqa: E402
 
 
-def nsa_fn(q, cfg: NSAConfig):
+def nsa_fn(q, cfg: NSAConfig, attention_config=None):
     """The jitted step and its extra arguments (gates, cotangent: arguments, not constants)."""
     cot = jax.random.normal(jax.random.key(1), q.shape, jnp.float32)  # as llm_sparse_gpu's
-    grad = jax.grad(llm_sparse_gpu.nsa_loss(cfg), argnums=(0, 1, 2, 3))
+    grad = jax.grad(llm_sparse_gpu.nsa_loss(cfg, attention_config), argnums=(0, 1, 2, 3))
     return jax.jit(grad), (llm_sparse_gpu.nsa_gates(q), cot)
 
 
@@ -64,6 +67,12 @@ def main(argv=None):
     ap.add_argument("out")
     ap.add_argument("--what", default="nsa", help="nsa, moba or select:NAME")
     ap.add_argument("--seq", type=int, default=65536)
+    ap.add_argument(
+        "--nsa-variant",
+        default="NSA",
+        choices=list(llm_sparse_gpu.NSA_TRAIN_VARIANTS),
+        help="--what nsa: the attention config of this llm_sparse_gpu NSA row",
+    )
     ap.add_argument("--tiny", action="store_true", help="CPU check (H=2, K=1, D=64, f32)")
     ap.add_argument(
         "--hlo", action="store_true", help="also write the compiled HLO (OUT/compiled_hlo.txt.gz)"
@@ -78,7 +87,7 @@ def main(argv=None):
     q, k, v = (jnp.asarray(x, dtype) for x in (task.q, task.k, task.v))
     if args.what == "nsa":
         cfg = NSAConfig(window=min(512, args.seq // 2))
-        fn, extra = nsa_fn(q, cfg)
+        fn, extra = nsa_fn(q, cfg, llm_sparse_gpu.NSA_TRAIN_VARIANTS[args.nsa_variant])
     elif args.what == "moba":
         fn, extra = moba_fn(), ()
     elif args.what.startswith("select:"):

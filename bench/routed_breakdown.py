@@ -112,8 +112,8 @@ def main(argv=None):
         v,
     )
     past = bits & (jnp.arange(bits.shape[-1])[None, :] < (jnp.arange(t) // bs)[:, None])[None, None]
-    emit("moba: first selected (slots)", lambda b: routed._first_selected(b, top_k - 1), past)
-    cell = routed._first_selected(past, top_k - 1).reshape(h, -1)
+    emit("moba: first selected (slots)", lambda b: routed.first_selected(b, top_k - 1), past)
+    cell = routed.first_selected(past, top_k - 1).reshape(h, -1)
     emit("moba: argsort pairs", lambda c: jnp.argsort(c, axis=1, stable=True), cell)
     sorted_cell = jnp.sort(cell, axis=1)
     c = bits.shape[-1]

@@ -52,6 +52,12 @@ class Config:
         blocks in registers) instead of eight attention calls against the
         overlap matrix (on by default: 2.06 against 3.85 ms at 64k on an H200,
         pallas_kernels/gpu/NOTES.md); False runs the attention calls.
+      gpu_gathered_dkv: packed per-token selections (NSA): the dK/dV kernel
+        walks, for each key block, tiles gathered from the tokens that
+        selected it (`jaxsparse.ops.gathered`) instead of the packed tiles
+        whose union holds it (4.3x the rows on NSA's 64k needle inputs).
+        Needs a GQA group of 8 to 64 query heads per bit head in multiples of
+        8; elsewhere the packed tiles are used.
       interpret: run Pallas kernels in interpret mode (CPU tests of
         `implementation="pallas_gpu"`; slow, tiny shapes only).
     """
@@ -68,6 +74,7 @@ class Config:
     gpu_gate_kernel: bool = True
     gpu_importance_kernel: bool = True
     gpu_token_selection: str | None = None
+    gpu_gathered_dkv: bool = False
     interpret: bool = False
 
     def __post_init__(self):
@@ -83,6 +90,7 @@ class Config:
             ("gpu_heavy_first", True),
             ("gpu_gate_kernel", False),
             ("gpu_importance_kernel", False),
+            ("gpu_gathered_dkv", False),
         ):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (optional and value is None)):

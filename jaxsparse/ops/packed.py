@@ -25,7 +25,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxsparse.ops import call as call_lib
-from jaxsparse.ops import routed
+from jaxsparse.ops import gathered, routed
 from jaxsparse.patterns import base
 from jaxsparse.sparsity import device
 
@@ -88,6 +88,13 @@ def run(call: call_lib.Call):
     k, v = (jnp.pad(x, ((0, 0), (0, sp - s), (0, 0), (0, 0))) for x in (call.k, call.v))
     rows = _PackedRows(group=g, q_offset=call.q_offset)
     tables = tuple(getattr(sparsity, name) for name in _TABLES)
+    arrays = {"kv_words": kv_words, "q_words": q_words}
+    if gathers(call):  # the backward's dK/dV over the tokens that selected each block
+        arrays["dkv_tiles"] = gathered.Gathering(
+            batch=b, group=g, col_block=p.col_block, q_len=t, kv_len=s,
+            q_offset=call.q_offset, causal=p.causal,
+            slots=p.row_capacity + (1 if p.causal else 0),
+        ).tiles(bits)  # fmt: skip
     out, lse = pallas_gpu.run_tables(
         call,
         q_p,
@@ -101,13 +108,20 @@ def run(call: call_lib.Call):
         block_q=bq,
         block_kv=bk,
         word_rows=g,
-        arrays={"kv_words": kv_words, "q_words": q_words},
+        arrays=arrays,
         heavy_first=False,  # block order: neighbouring tiles share key blocks (L2)
         dkv_list_splits=dkv_list_splits(tb),
     )
     out = out.reshape(b, tt, g, hx, dv).transpose(0, 1, 3, 2, 4).reshape(b, tt, h, dv)[:, :t]
     lse = lse.reshape(b, hx, tt, g)[:, :, :t].transpose(0, 1, 3, 2).reshape(b, h, t)
     return out, lse
+
+
+def gathers(call: call_lib.Call) -> bool:
+    """Whether the dK/dV of a call `applies` accepts runs over gathered tiles
+    (`Config.gpu_gathered_dkv`, a group of 8 to 64 query heads in multiples of 8)."""
+    g = call.num_heads // jnp.shape(call.pattern.bits)[1]
+    return call.config.gpu_gathered_dkv and g % 8 == 0 and g <= gathered.KEY_TILE
 
 
 def dkv_list_splits(num_tiles: int) -> int:

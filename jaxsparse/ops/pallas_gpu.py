@@ -137,7 +137,8 @@ def run_tables(
 
     `tables`: the six lists of `kernel_common.tables`. `arrays`: other array
     keywords of the kernels (`kv_words` and `q_words` with `word_rows`,
-    `diagonals`, `key_columns`; `q_words` goes to the backward only);
+    `diagonals`, `key_columns`, `dkv_tiles`; `q_words` and `dkv_tiles` go to
+    the backward only);
     `statics`: other static keywords (`(name, value)` pairs). `xla_work`:
     `(Static, work)` to run the backward on the XLA path (shapes the backward
     kernels do not take).
@@ -231,6 +232,9 @@ def interpret_context(interpret: bool):
         yield
 
 
+_BACKWARD_ONLY = ("q_words", "dkv_tiles")  # arrays only the backward kernels take
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(st, q, k, v, tables, arrays, segs, work, pattern):
     return _forward(st, q, k, v, tables, arrays, segs)
@@ -246,7 +250,7 @@ def _forward(st, q, k, v, tables, arrays, segs):
         *tables[:3],
         q_segment_ids=segs[0],
         kv_segment_ids=segs[1],
-        **{name: x for name, x in arrays.items() if name != "q_words"},
+        **{name: x for name, x in arrays.items() if name not in _BACKWARD_ONLY},
         **st.kwargs(),
     )
 

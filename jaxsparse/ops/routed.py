@@ -123,7 +123,7 @@ def _routed(call, bits, slots, kw):
     hx, c = bits.shape[1], bits.shape[3]
     g, cb, f, n = h // hx, call.pattern.col_block, b * hx, t * slots
     # The first `slots` selected blocks of each row (lowest index first); empty slots -> c.
-    cell = _first_selected(bits, slots).reshape(f, n)  # pair (row r, slot j) at r * slots + j
+    cell = first_selected(bits, slots).reshape(f, n)  # pair (row r, slot j) at r * slots + j
     order = jnp.argsort(cell, axis=1, stable=True)
     iota = jnp.broadcast_to(jnp.arange(n, dtype=order.dtype), (f, n))
     inverse = jnp.zeros_like(order).at[jnp.arange(f)[:, None], order].set(iota)
@@ -229,7 +229,7 @@ def _pair_sparsity(sorted_cell, c, col_block, kv_len, block_q, block_kv):
     )
 
 
-def _first_selected(bits, slots):
+def first_selected(bits, slots):
     """Indices `[B, Hx, T, slots]` of the first `slots` set bits per row (c where fewer)."""
     c = bits.shape[-1]
     # A set bit scores minus its index (the lowest index is best), a clear one -inf.

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.gpu import api_args as args
-from pallas_kernels.gpu import backward_dkv, backward_dq, bitmaps
+from pallas_kernels.gpu import backward_dkv, backward_dkv_gathered, backward_dq, bitmaps
 from pallas_kernels.gpu import common as cm
 
 
@@ -108,6 +108,7 @@ def block_sparse_attention_bwd(
     key_columns: jax.Array | None = None,
     key_columns_mode: str = "or",
     segments_le: bool = False,
+    dkv_tiles: backward_dkv_gathered.GatheredTiles | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Gradients of block_sparse_attention_fwd (dQ kernel + dK/dV kernel).
 
@@ -140,6 +141,11 @@ def block_sparse_attention_bwd(
       kv_words, q_words, word_rows: row words of the two lists (both or
         neither), as in the forward.
       diagonals, key_columns, key_columns_mode, segments_le: as in the forward.
+      dkv_tiles: None, or `backward_dkv_gathered.GatheredTiles` for per-token
+        selections packed `word_rows` rows per token (the query heads of a
+        group reading one kv head): dK/dV then run over tiles of the tokens
+        that selected each key tile (their own masks: the tiles' limits)
+        instead of the kv-major lists, which only dQ's checks then read.
 
     Returns:
       dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
@@ -234,10 +240,10 @@ def block_sparse_attention_bwd(
         q_split=_q_split(dkv_q_split, block_kv, bwd_num_stages),
         list_splits=_list_splits(dkv_list_splits),
     )
-    for name, nb in (
-        ("dQ", backward_dq.smem_bytes(dq_sh, st)),
-        ("dK/dV", backward_dkv.smem_bytes(dkv_sh, st)),
-    ):
+    if dkv_tiles is not None and not word_rows:
+        raise ValueError("dkv_tiles needs word_rows (query rows per token) and the row words")
+    dkv_bytes = backward_dkv.smem_bytes(dkv_sh, st) if dkv_tiles is None else 0
+    for name, nb in (("dQ", backward_dq.smem_bytes(dq_sh, st)), ("dK/dV", dkv_bytes)):
         if nb > cm.MAX_SMEM_BYTES:
             raise NotImplementedError(
                 f"{name} tiles need {nb} bytes of SMEM (> {cm.MAX_SMEM_BYTES})"
@@ -267,6 +273,12 @@ def block_sparse_attention_bwd(
         sh=dq_sh,
         st=st,
     )
+    if dkv_tiles is not None:
+        dk, dv = backward_dkv_gathered.dkv(
+            q, k, v, dout, lse2, delta, dkv_tiles, group=word_rows, num_stages=bwd_num_stages,
+            st=st,
+        )  # fmt: skip
+        return dq, dk, dv
     dk, dv = backward_dkv.dkv_call(
         q,
         k,

@@ -1,0 +1,130 @@
+"""Gathered query tiles for the dK/dV of per-token selections on the GPU kernels.
+
+On the packed path (`jaxsparse.ops.packed`) a key block's dK/dV visits the
+query tiles of consecutive tokens whose union holds it; with
+`Config(gpu_gathered_dkv=True)` it visits instead tiles of `64 // group`
+tokens that selected it (`pallas_kernels.gpu.backward_dkv_gathered`). This
+module builds those tiles on device, under jit, from the pattern's bits:
+
+  1. each row's selected blocks (`routed.first_selected`) become (block,
+     token) pairs, sorted by block and then token (one sort of int32 keys);
+  2. a block's pairs fill `ceil(pairs / n)` tiles of n tokens, the last one
+     padded with rows that see no key (limit -1);
+  3. work items: each (bit head, 64-key tile) takes its block's tiles in runs
+     of at most `ITEM_TILES`, so a block every token selects (NSA's initial
+     block) is shared by several CTAs whose partial dK/dV are summed.
+
+Shapes are static bounds (pairs / n + blocks tiles, tiles / ITEM_TILES +
+blocks items); the unused tail does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsparse.ops import routed
+
+ITEM_TILES = 256  # gathered tiles per work item (CTA), at most
+KEY_TILE = 64  # keys per dK/dV work item
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Gathering:
+    """How the bits of one call become gathered tiles (static under jit).
+
+    group: query rows per token (a multiple of 8, at most 64).
+    slots: selected blocks per row, at most (row_capacity plus the own block of
+      causal selections).
+    """
+
+    batch: int
+    group: int
+    col_block: int
+    q_len: int
+    kv_len: int
+    q_offset: int
+    causal: bool
+    slots: int
+    item_tiles: int = ITEM_TILES
+
+    @property
+    def tokens(self) -> int:
+        return KEY_TILE // self.group
+
+    def tiles(self, bits):
+        """`GatheredTiles` of `bits` `[B or 1, Hx, T, C]`."""
+        from pallas_kernels.gpu.backward_dkv_gathered import GatheredTiles
+
+        bits = jnp.asarray(bits)
+        bits = jnp.broadcast_to(bits, (self.batch,) + bits.shape[1:])
+        b, hx, t, c = bits.shape
+        f, n, per = b * hx, self.tokens, self.col_block // KEY_TILE
+        slots = min(self.slots, c)
+        pairs = t * slots
+        cell = routed.first_selected(bits, slots).reshape(f, pairs)  # c: no block
+        cell, tok = _sort_pairs(cell, t, c)
+        counts = jnp.zeros((f, c + 1), jnp.int32).at[jnp.arange(f)[:, None], cell].add(1)
+        counts = counts[:, :c].reshape(-1)  # pairs per (f, block), flat
+        pair_start = _exclusive_cumsum(counts.reshape(f, c), axis=1)
+        pair_start = (pair_start + pairs * jnp.arange(f, dtype=jnp.int32)[:, None]).reshape(-1)
+
+        # Tiles: block (f, j) owns tiles tile_start .. tile_start + per_block.
+        per_block = -(-counts // n)
+        tile_start = _exclusive_cumsum(per_block)
+        num_tiles = -(-f * pairs // n) + f * c
+        owner = _owners(tile_start, num_tiles)
+        pos = (jnp.arange(num_tiles, dtype=jnp.int32) - tile_start[owner])[:, None] * n
+        pos = pos + jnp.arange(n, dtype=jnp.int32)[None]  # [N, n]: the tile's pairs in the block
+        count = counts[owner][:, None]
+        valid = pos < count
+        at = pair_start[owner][:, None] + jnp.clip(pos, 0, jnp.maximum(count - 1, 0))
+        tokens = jnp.take(tok.reshape(-1), at, mode="clip")
+        limit = tokens + self.q_offset if self.causal else jnp.full_like(tokens, self.kv_len - 1)
+        limits = jnp.where(valid, jnp.minimum(limit, self.kv_len - 1), -1)
+
+        # Items: block (f, j)'s key tiles, each over its tiles in runs of item_tiles.
+        runs = -(-per_block // self.item_tiles)
+        item_start = _exclusive_cumsum(runs * per)
+        num_items = per * (-(-num_tiles // self.item_tiles) + f * c)
+        io = _owners(item_start, num_items)
+        r = jnp.arange(num_items, dtype=jnp.int32) - item_start[io]
+        nr = jnp.maximum(runs[io], 1)
+        sub, run = r // nr, r % nr
+        first = tile_start[io] + run * self.item_tiles
+        end = jnp.minimum(first + self.item_tiles, tile_start[io] + per_block[io])
+        kj = (io % c) * per + sub
+        live = (r < runs[io] * per) & (kj * KEY_TILE < self.kv_len) & (end > first)
+        items = jnp.stack(
+            [io // c, jnp.where(live, kj, 0), jnp.where(live, first, 0), jnp.where(live, end, 0)],
+            axis=1,
+        )
+        return GatheredTiles(
+            tokens=tokens.astype(jnp.int32),
+            limits=limits.astype(jnp.int32),
+            heads=(owner // c).astype(jnp.int32),
+            items=items.astype(jnp.int32),
+        )
+
+
+def _sort_pairs(cell, t: int, c: int):
+    """(block, token) pairs `[F, t * slots]` (pair r * slots + i is row r's i-th block),
+    sorted by block, then token; no-block pairs (block c) last."""
+    f, pairs = cell.shape
+    tok = jnp.broadcast_to(jnp.arange(pairs, dtype=jnp.int32) // (pairs // t), (f, pairs))
+    if (c + 1) * t <= 2**31 - 1:  # one int32 key: a plain sort, no payload
+        key = jnp.sort(cell * t + tok, axis=1)
+        return key // t, key % t
+    return lax.sort((cell, tok), dimension=1, num_keys=2)
+
+
+def _exclusive_cumsum(x, axis=0):
+    return jnp.cumsum(x, axis=axis, dtype=jnp.int32) - x
+
+
+def _owners(starts, size: int):
+    """`[size]`: for each i, the last s with starts[s] <= i (starts ascending, starts[0] = 0)."""
+    marks = jnp.zeros((size,), jnp.int32).at[starts].add(1, mode="drop")
+    return jnp.cumsum(marks, dtype=jnp.int32) - 1

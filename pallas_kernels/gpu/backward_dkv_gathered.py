@@ -1,0 +1,320 @@
+"""Block-sparse attention backward, dK/dV over gathered query tiles (Mosaic GPU).
+
+For per-token key-block selections that a GQA group shares (NSA), laid out as
+in `jaxsparse.ops.packed`: q, dO `[B, T*G, Hx, D]`, row `tok * G + j` of bit
+head x holding query head `x * G + j` of token tok. The packed dK/dV kernel
+(`backward_dkv`) walks, for a key tile, the packed tiles of consecutive tokens
+whose union holds it: on NSA's needle inputs at 64k, 4.3x the tokens that
+selected it. Here a query tile holds `64 // G` tokens that *did* select the
+key tile's block, taken in order from the (block, token) pairs sorted by
+block: the producer copies each token's G rows with one `[G, D]` TMA box per
+operand (measured on the H200 at 64k, session 14: 16 such copies cost 14 %
+more than one box of 16 consecutive tokens, and the gathered tiles' loads take
+2.1 ms against 8.1 ms for the packed ones).
+
+Work item (one CTA): bit head f = b * Hx + x, key tile kj (64 keys), gathered
+tiles lo..hi. Two consumer warpgroups share the key tile and take alternate
+tiles (the FA3 ping-pong on the q axis, as `backward_dkv`'s `q_split`), the
+second adding its dK/dV to the first's through SMEM at the end. Per tile, in
+the transposed orientation (rows = keys):
+  S^T = K Q^T, dP^T = V dO^T
+  P^T = exp2(S^T log2e - lse log2e), keys past the row's limit masked
+  dV += P^T dO,  dS^T = P^T * (dP^T - delta),  dK += dS^T Q
+Row r of a tile may see the keys at positions <= limits[r] (its token's
+position for causal selections, kv_len - 1 otherwise, -1 for the rows past a
+block's last token); lse (log2 units) and delta come gathered per tile row.
+A work item writes its own partial dK/dV; the caller sums the items of one
+key tile and kv head in float32, so the result is deterministic (no atomics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.gpu import common as cm
+
+NWG = 2  # consumer warpgroups, alternating tiles of one key tile
+
+
+class GatheredTiles(NamedTuple):
+    """Gathered query tiles and the work items over them (int32 arrays).
+
+    tokens `[N, n]`: the n = 64 // G tokens of each tile (any token for the
+      rows past a block's last one: they are masked by `limits`).
+    limits `[N, n]`: the last key position each token's rows may see (-1:
+      nothing, a padding row).
+    heads `[N]`: the bit head f = b * Hx + x of each tile.
+    items `[I, 4]`: (bit head f = b * Hx + x, key tile kj of 64 keys, first
+      tile, end tile) of each CTA, tiles of one (f, kj) contiguous; an item
+      with end <= first does nothing and its output slot is not read.
+    """
+
+    tokens: jax.Array
+    limits: jax.Array
+    heads: jax.Array
+    items: jax.Array
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GatheredShapes:
+    B: int
+    Tp: int  # packed rows: tokens * G
+    Sp: int
+    Hx: int  # bit heads (q's head axis in the packed layout)
+    K: int
+    D: int
+    Dv: int
+    group: int  # G, query heads per bit head: rows per token
+    num_stages: int
+    dtype: jnp.dtype
+
+    @property
+    def tokens(self) -> int:
+        return cm.WG_ROWS // self.group
+
+
+def check_support(group: int, D: int, Dv: int, num_stages: int) -> None:
+    """Raises NotImplementedError for shapes the gathered kernel cannot run."""
+    if group % 8 or group > cm.WG_ROWS:
+        raise NotImplementedError(
+            f"gathered dK/dV needs a group of 8 to 64 rows per token in multiples of 8 (got "
+            f"{group}): a token's rows fill whole 8-row tiles of the SMEM layout"
+        )
+    if D + Dv > 256:
+        raise NotImplementedError(f"gathered dK/dV needs D + Dv <= 256 (got D={D}, Dv={Dv})")
+    if num_stages < 2 or num_stages % 2:
+        raise NotImplementedError(f"gathered dK/dV needs an even num_stages >= 2 ({num_stages=})")
+
+
+def smem_bytes(sh: GatheredShapes, st: cm.AttentionStatics) -> int:
+    dt, r = sh.dtype, cm.WG_ROWS
+    total = cm.nbytes((NWG, r, sh.D + sh.Dv), dt)  # K, V per warpgroup
+    total += cm.nbytes((sh.num_stages, r, sh.D + sh.Dv), dt)  # Q, dO
+    total += cm.nbytes((sh.num_stages, 3, r), jnp.float32)  # lse, delta, limits
+    total += cm.nbytes((r, sh.D + sh.Dv), jnp.float32)  # the second warpgroup's sums
+    if not st.regs_lhs:
+        total += cm.nbytes((NWG, r, r), dt)
+    return total + 1024
+
+
+def _kernel(
+    item_ref,
+    tok_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    stats_ref,
+    limit_ref,
+    dk_ref,
+    dv_ref,
+    *,
+    sh: GatheredShapes,
+    st: cm.AttentionStatics,
+    **scratch,
+):
+    R, stages, g = cm.WG_ROWS, sh.num_stages, sh.group
+    k_smem, v_smem = scratch["k_smem"], scratch["v_smem"]
+    q_smem, do_smem = scratch["q_smem"], scratch["do_smem"]
+    stats_smem, limit_smem = scratch["stats_smem"], scratch["limit_smem"]
+    st_smem = scratch.get("st_smem")
+    kv_bar, in_bar, free = scratch["kv_bar"], scratch["in_bar"], scratch["free"]
+
+    wg = lax.axis_index("wg")
+    c = lax.axis_index("c")
+    f, kj, lo = item_ref[c, 0], item_ref[c, 1], item_ref[c, 2]
+    n = jnp.maximum(item_ref[c, 3] - lo, 0)  # tiles of this item
+    b, x = lax.div(f, sh.Hx), lax.rem(f, sh.Hx)
+    kvh = lax.div(x, sh.Hx // sh.K)
+    keys = pl.ds(kj * R, R)
+
+    @pl.when((wg < NWG) & (n > 0))
+    def _consumer():
+        plgpu.set_max_registers(232, action="increase")
+        plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[wg], kv_bar.at[wg])
+        plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[wg], kv_bar.at[wg])
+        dk = plgpu.layout_cast(jnp.zeros((R, sh.D), jnp.float32), cm.WGMMA)
+        dv = plgpu.layout_cast(jnp.zeros((R, sh.Dv), jnp.float32), cm.WGMMA)
+        plgpu.barrier_wait(kv_bar.at[wg])
+        shape = (R, R)
+        key_pos = cm.iota(shape, 0) + kj * R
+
+        def step(s, carry):
+            dk, dv = carry
+            slot = lax.rem(s, stages)
+            plgpu.barrier_wait(in_bar.at[slot])
+
+            def s_dp(s_ref, dp_ref):
+                plgpu.wgmma(s_ref, k_smem.at[wg], q_smem.at[slot].T)
+                plgpu.wgmma(dp_ref, v_smem.at[wg], do_smem.at[slot].T)
+                return s_ref[...], dp_ref[...]
+
+            acc = plgpu.ACC(shape, jnp.float32)
+            s_tile, dp = pl.run_scoped(s_dp, acc, acc)
+            lse = plgpu.load(stats_smem.at[slot, 0], layout=cm.WGMMA_COL)
+            delta = plgpu.load(stats_smem.at[slot, 1], layout=cm.WGMMA_COL)
+            limit = plgpu.load(limit_smem.at[slot], layout=cm.WGMMA_COL)
+            t = cm.raw_logits(st, s_tile)
+            raw = jnp.where(key_pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
+            p = jnp.exp2(raw * st.logit_mult - cm.bcast_cols(lse, shape))
+            stage = None if st_smem is None else st_smem.at[wg]
+            dv = cm.mma_regs_lhs(dv, p.astype(sh.dtype), do_smem.at[slot], stage)
+            ds = p * (dp - cm.bcast_cols(delta, shape))
+            if st.logits_soft_cap is not None:
+                ds = ds * (1.0 - t * t)
+            dk = cm.mma_regs_lhs(dk, ds.astype(sh.dtype), q_smem.at[slot], stage)
+            # Generic-proxy reads of this slot (lse, delta, limits) must be ordered
+            # before the producer's next TMA into it.
+            plgpu.commit_smem()
+            plgpu.barrier_arrive(free.at[slot])
+            return dk, dv
+
+        mine = lax.div(jnp.maximum(n - wg + 1, 0), 2)  # tiles wg, wg + 2, ...
+        dk, dv = lax.fori_loop(0, mine, lambda i, carry: step(wg + 2 * i, carry), (dk, dv))
+        dk_acc, dv_acc, sum_bar = scratch["dk_acc"], scratch["dv_acc"], scratch["sum_bar"]
+
+        @pl.when(wg == 1)
+        def _():
+            dk_acc[...] = dk
+            dv_acc[...] = dv
+            plgpu.barrier_arrive(sum_bar)
+
+        @pl.when(wg == 0)
+        def _():
+            plgpu.barrier_wait(sum_bar)
+            other_dk = plgpu.load(dk_acc, layout=cm.WGMMA, optimized=False)
+            other_dv = plgpu.load(dv_acc, layout=cm.WGMMA, optimized=False)
+            # K/V tiles are no longer read: stage the outputs through them.
+            k_smem.at[0][...] = ((dk + other_dk) * st.scale).astype(sh.dtype)
+            v_smem.at[0][...] = (dv + other_dv).astype(sh.dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(k_smem.at[0], dk_ref.at[c], commit_group=False)
+            plgpu.copy_smem_to_gmem(v_smem.at[0], dv_ref.at[c], commit_group=False)
+            plgpu.commit_smem_to_gmem_group()
+            plgpu.wait_smem_to_gmem(0)
+
+    @pl.when((wg == NWG) & (n > 0))
+    def _producer():
+        plgpu.set_max_registers(40, action="decrease")
+
+        @pl.loop(0, n)
+        def _(s):
+            slot = lax.rem(s, stages)
+            tile = lo + s
+
+            @pl.when(s >= stages)
+            def _():
+                plgpu.barrier_wait(free.at[slot])
+
+            bar = in_bar.at[slot]
+            for j in range(sh.tokens):  # one [G, D] box per token and operand
+                rows = pl.ds(tok_ref[tile, j] * g, g)
+                dst = pl.ds(j * g, g)
+                plgpu.copy_gmem_to_smem(q_ref.at[b, rows, x], q_smem.at[slot, dst], bar)
+                plgpu.copy_gmem_to_smem(do_ref.at[b, rows, x], do_smem.at[slot, dst], bar)
+            plgpu.copy_gmem_to_smem(stats_ref.at[tile], stats_smem.at[slot], bar)
+            plgpu.copy_gmem_to_smem(limit_ref.at[tile], limit_smem.at[slot], bar)
+
+        @pl.loop(jnp.maximum(n - stages, 0), n)
+        def _(s):
+            plgpu.barrier_wait(free.at[lax.rem(s, stages)])
+
+
+def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st):
+    """Partial dK `[I, 64, D]` and dV `[I, 64, Dv]` of each work item, in q.dtype.
+
+    stats `[N, 2, 64]` f32: lse (log2 units, +inf for dead rows) and delta of
+    each tile row; limits `[N, 64]` int32: the last key each tile row may see.
+    """
+    R, stages, dt = cm.WG_ROWS, sh.num_stages, sh.dtype
+    scratch = dict(
+        k_smem=cm.tiled_smem((NWG, R, sh.D), dt),
+        v_smem=cm.tiled_smem((NWG, R, sh.Dv), dt),
+        q_smem=cm.tiled_smem((stages, R, sh.D), dt),
+        do_smem=cm.tiled_smem((stages, R, sh.Dv), dt),
+        stats_smem=plgpu.SMEM((stages, 2, R), jnp.float32),
+        limit_smem=plgpu.SMEM((stages, R), jnp.int32),
+        kv_bar=plgpu.Barrier(num_arrivals=2, num_barriers=NWG),
+        in_bar=plgpu.Barrier(num_arrivals=2 * sh.tokens + 2, num_barriers=stages),
+        free=plgpu.Barrier(num_arrivals=1, num_barriers=stages),  # a tile's one taker
+        dk_acc=plgpu.SMEM((R, sh.D), jnp.float32),
+        dv_acc=plgpu.SMEM((R, sh.Dv), jnp.float32),
+        sum_bar=plgpu.Barrier(num_arrivals=1),
+    )
+    if not st.regs_lhs:
+        scratch["st_smem"] = cm.tiled_smem((NWG, R, R), dt)
+    items = tiles.items.shape[0]
+    kernel = plgpu.kernel(
+        functools.partial(_kernel, sh=sh, st=st),
+        out_type=(
+            jax.ShapeDtypeStruct((items, R, sh.D), dt),
+            jax.ShapeDtypeStruct((items, R, sh.Dv), dt),
+        ),
+        scratch_types=scratch,
+        grid=(items,),
+        grid_names=("c",),
+        num_threads=NWG + 1,
+        thread_name="wg",
+        kernel_name="jaxsparse_attention_dkv_gathered",  # name in profiles
+        compiler_params=cm.compiler_params(),
+        interpret=st.interpret,
+    )
+    return kernel(tiles.items, tiles.tokens, q, k, v, do, stats, limits)
+
+
+def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st):
+    """dK `[B, Sp, K, D]`, dV `[B, Sp, K, Dv]` (q.dtype) over gathered tiles.
+
+    q, do: `[B, Tp, Hx, .]` packed rows; lse2, delta: `[B, Hx, Tp]` f32 (lse in
+    log2 units with dead rows at +inf; delta = rowsum(dO * O) - dlse).
+    """
+    B, Tp, Hx, D = q.shape
+    Sp, K, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    check_support(group, D, Dv, num_stages)
+    sh = GatheredShapes(
+        B=B, Tp=Tp, Sp=Sp, Hx=Hx, K=K, D=D, Dv=Dv, group=group, num_stages=num_stages,
+        dtype=jnp.dtype(q.dtype),
+    )  # fmt: skip
+    n = sh.tokens
+    if tiles.tokens.shape[1:] != (n,) or tiles.limits.shape != tiles.tokens.shape:
+        raise ValueError(
+            f"gathered tiles hold {n} tokens each (64 rows // group {group}); got tokens "
+            f"{tiles.tokens.shape} and limits {tiles.limits.shape}"
+        )
+    if tiles.items.ndim != 2 or tiles.items.shape[1] != 4:
+        raise ValueError(f"items must be [I, 4] (f, kj, first, end), got {tiles.items.shape}")
+    nbytes = smem_bytes(sh, st)
+    if nbytes > cm.MAX_SMEM_BYTES:
+        raise NotImplementedError(f"gathered dK/dV needs {nbytes} bytes of SMEM")
+    tokens = tiles.tokens.astype(jnp.int32)
+    # Tile row j * G + i is head i of the tile's token j.
+    ntiles = tokens.shape[0]
+    heads = jnp.arange(group, dtype=jnp.int32)[None, None]
+    rows = (tokens[:, :, None] * group + heads).reshape(ntiles, -1)
+    flat = tiles.heads.astype(jnp.int32)[:, None] * Tp + rows
+    stats = jnp.stack(
+        [lse2.reshape(-1)[flat], delta.astype(jnp.float32).reshape(-1)[flat]], axis=1
+    )  # [N, 2, 64]
+    limits = jnp.repeat(tiles.limits.astype(jnp.int32), group, axis=1)
+    dk_p, dv_p = dkv_call(q, k, v, do, stats, limits, tiles, sh=sh, st=st)
+    # Sum each (b, kv head, key tile)'s items in f32; empty items fall outside.
+    nk = Sp // cm.WG_ROWS
+    f, kj = tiles.items[:, 0], tiles.items[:, 1]
+    b, x = f // Hx, f % Hx
+    live = tiles.items[:, 3] > tiles.items[:, 2]
+    seg = jnp.where(live, (b * K + x // (Hx // K)) * nk + kj, B * K * nk)
+
+    def total(p):
+        s = jax.ops.segment_sum(p.astype(jnp.float32), seg, num_segments=B * K * nk)
+        s = s.reshape(B, K, nk * cm.WG_ROWS, -1).transpose(0, 2, 1, 3)
+        return s.astype(q.dtype)
+
+    return total(dk_p), total(dv_p)

@@ -1,0 +1,154 @@
+"""dK/dV of per-token selections over gathered query tiles (`ops.gathered`, the GPU kernel).
+
+The tiles must hold exactly the (token, block) pairs of the bits, once per
+64-key tile, with limits that let each row see what its token may; and the
+gradients through the kernel (GPU interpret mode) must equal the dense f32
+oracle of the pattern's mask.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxsparse as js
+from jaxsparse.ops import gathered, pallas_gpu
+from pallas_kernels.gpu import backward_dkv_gathered as bdg
+from pallas_kernels.gpu import common as cm
+from tests.test_packed import check_against_mask
+from tests.test_routed import random_bits
+
+
+def decode(tiles, g: gathered.Gathering, hx: int, c: int):
+    """{(f, key tile, token)} of the live items' rows that see a key, and each row's limit;
+    checks that no pair is listed twice and that an item's tiles are its own bit head's."""
+    tokens, limits, heads, items = (np.asarray(x) for x in tiles)
+    seen, limit_of = set(), {}
+    for f, kj, lo, hi in items:
+        for i in range(lo, hi):
+            assert heads[i] == f, "a tile of another bit head in the item"
+            for tok, lim in zip(tokens[i], limits[i], strict=True):
+                if lim < 0:
+                    continue
+                pair = (int(f), int(kj), int(tok))
+                assert pair not in seen, f"pair {pair} listed twice"
+                seen.add(pair)
+                limit_of[pair] = int(lim)
+    return seen, limit_of
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    t=st.integers(1, 60),
+    extra=st.integers(0, 70),
+    hx=st.sampled_from([1, 2]),
+    group=st.sampled_from([8, 16, 64]),
+    col_block=st.sampled_from([64, 128]),
+    causal=st.booleans(),
+    item_tiles=st.sampled_from([1, 2, 256]),
+    seed=st.integers(0, 2**16),
+)
+def test_tiles_hold_each_selected_pair_once_per_key_tile(
+    t, extra, hx, group, col_block, causal, item_tiles, seed
+):
+    s = t + extra
+    cap = 2
+    bits = random_bits(np.random.default_rng(seed), 2, hx, t, s, col_block, cap, s - t, causal)
+    c = bits.shape[-1]
+    g = gathered.Gathering(
+        batch=2, group=group, col_block=col_block, q_len=t, kv_len=s, q_offset=s - t,
+        causal=causal, slots=cap + causal, item_tiles=item_tiles,
+    )  # fmt: skip
+    tiles = jax.jit(g.tiles)(jnp.asarray(bits))
+    assert np.asarray(tiles.tokens).shape[1] == 64 // group
+    seen, limit_of = decode(tiles, g, hx, c)
+    per = col_block // 64
+    want = set()
+    for b, x, tok, j in zip(*np.nonzero(bits), strict=True):
+        for sub in range(per):
+            if (j * per + sub) * 64 < s:  # key tiles past the keys hold nothing
+                want.add((int(b * hx + x), int(j * per + sub), int(tok)))
+    assert seen == want
+    for (_, _, tok), lim in limit_of.items():
+        assert lim == (min(tok + s - t, s - 1) if causal else s - 1)
+    items = np.asarray(tiles.items)
+    live = items[:, 3] > items[:, 2]
+    assert (items[live, 3] - items[live, 2] <= item_tiles).all()
+
+
+CASES = [
+    # b, t, s, h, kh, col_block, capacity, causal, item tiles
+    (1, 100, 128, 16, 2, 64, 1, True, 256),  # NSA-like: chunked prefill, group 8
+    (1, 90, 90, 16, 2, 64, 1, True, 2),  # a block's tiles shared by several CTAs
+    (2, 48, 192, 16, 1, 128, 1, False, 3),  # MQA group 16, bidirectional, two key tiles a block
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_gathered_dkv_matches_dense_mask_in_interpret_mode(case, monkeypatch):
+    b, t, s, h, kh, cb, cap, causal, item_tiles = case
+    monkeypatch.setattr(gathered, "ITEM_TILES", item_tiles)
+    monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
+    calls = []
+    dkv = bdg.dkv
+    monkeypatch.setattr(bdg, "dkv", lambda *a, **k: calls.append(1) or dkv(*a, **k))
+    bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, causal)
+    check_against_mask(
+        bits, s=s, h=h, kh=kh, d=64, col_block=cb, cap=cap, causal=causal, seed=7,
+        config=js.Config(interpret=True, gpu_gathered_dkv=True),
+    )  # fmt: skip
+    assert calls, "the backward did not take the gathered dK/dV kernel"
+
+
+def _with_item_tiles(item_tiles):
+    init = gathered.Gathering.__init__
+
+    def patched(self, **kw):
+        init(self, **{**kw, "item_tiles": item_tiles})
+
+    return patched
+
+
+def test_gathered_kernel_lowers_for_a_gpu():
+    # Interpret mode runs the logic, not the Mosaic GPU lowering (TMA boxes of one
+    # token's [8, D] rows into 8-row slices of the swizzled tiles): lower it for CUDA.
+    q = jnp.zeros((1, 256 * 8, 2, 128), jnp.bfloat16)
+    k = jnp.zeros((1, 256, 2, 128), jnp.bfloat16)
+    tiles = bdg.GatheredTiles(
+        tokens=jnp.zeros((8, 8), jnp.int32),
+        limits=jnp.zeros((8, 8), jnp.int32),
+        heads=jnp.zeros((8,), jnp.int32),
+        items=jnp.zeros((4, 4), jnp.int32),
+    )
+    lse = jnp.zeros((1, 2, 256 * 8), jnp.float32)
+    st_ = cm.AttentionStatics(
+        mask_fn=None, mask_factors=None, q_offset=0, kv_len=256, kv_padded=False, scale=0.1,
+        logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False, interpret=None,
+    )  # fmt: skip
+    fn = functools.partial(bdg.dkv, group=8, num_stages=2, st=st_)
+    with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
+        jax.jit(fn).trace(q, k, k, q, lse, lse, tiles).lower(lowering_platforms=("cuda",))
+
+
+def test_gathered_kernel_rejects_groups_it_cannot_tile():
+    with pytest.raises(NotImplementedError, match="group of 8 to 64"):
+        bdg.check_support(4, 64, 64, 2)
+    with pytest.raises(NotImplementedError, match="even num_stages"):
+        bdg.check_support(8, 64, 64, 3)
+
+
+@pytest.mark.gpu
+def test_gathered_dkv_on_the_gpu():
+    """NSA's layout on the H100: group 8, 15 blocks a token, against the dense f32 mask."""
+    b, t, h, kh, cb, cap = 1, 4096, 16, 2, 64, 15
+    bits = random_bits(np.random.default_rng(5), b, kh, t, t, cb, cap, 0, True)
+    check_against_mask(
+        bits, s=t, h=h, kh=kh, d=128, col_block=cb, cap=cap, causal=True, seed=6,
+        config=js.Config(gpu_gathered_dkv=True),
+    )  # fmt: skip
