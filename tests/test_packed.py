@@ -77,7 +77,9 @@ def test_packed_matches_dense_mask_in_interpret_mode(case, spy_packed):
     bits = random_bits(np.random.default_rng(2), b, hx, t, s, cb, cap, s - t, causal)
     mask = check_against_mask(
         bits, s=s, h=h, kh=kh, d=64, col_block=cb, cap=cap, causal=causal, seed=4,
-        config=js.Config(interpret=True, block_q=bq, gpu_dkv_list_splits=splits),
+        config=js.Config(
+            interpret=True, block_q=bq, gpu_dkv_list_splits=splits, gpu_gathered_dkv=False
+        ),  # the packed dK/dV; tests/test_gathered.py runs the gathered one
     )  # fmt: skip
     assert (~mask.any(-1)).any(), "the case should include rows that attend nothing"
     assert spy_packed, "the call did not take the packed path"
@@ -197,5 +199,5 @@ def test_nsa_like_selection_on_the_gpu(layout):
     bits = random_bits(np.random.default_rng(5), b, kh, t, t, cb, cap, 0, True)
     check_against_mask(
         bits, s=t, h=h, kh=kh, d=128, col_block=cb, cap=cap, causal=True, seed=6,
-        config=js.Config(gpu_token_selection=layout),
+        config=js.Config(gpu_token_selection=layout, gpu_gathered_dkv=False),  # packed dK/dV
     )  # fmt: skip

@@ -66,10 +66,10 @@ class Gathering:
         pairs = t * slots
         cell = routed.first_selected(bits, slots).reshape(f, pairs)  # c: no block
         cell, tok = _sort_pairs(cell, t, c)
-        counts = jnp.zeros((f, c + 1), jnp.int32).at[jnp.arange(f)[:, None], cell].add(1)
-        counts = counts[:, :c].reshape(-1)  # pairs per (f, block), flat
-        pair_start = _exclusive_cumsum(counts.reshape(f, c), axis=1)
-        pair_start = (pair_start + pairs * jnp.arange(f, dtype=jnp.int32)[:, None]).reshape(-1)
+        pair_start = _block_starts(cell, c)  # [f, c + 1]
+        counts = (pair_start[:, 1:] - pair_start[:, :-1]).reshape(-1)  # pairs per (f, block)
+        pair_start = pair_start[:, :c] + pairs * jnp.arange(f, dtype=jnp.int32)[:, None]
+        pair_start = pair_start.reshape(-1)  # into the flattened pairs
 
         # Tiles: block (f, j) owns tiles tile_start .. tile_start + per_block.
         per_block = -(-counts // n)
@@ -118,6 +118,26 @@ def _sort_pairs(cell, t: int, c: int):
         key = jnp.sort(cell * t + tok, axis=1)
         return key // t, key % t
     return lax.sort((cell, tok), dimension=1, num_keys=2)
+
+
+def _block_starts(cell, c: int):
+    """`[F, c + 1]`: where each block's run starts in the sorted pairs (the end for c).
+
+    One write per run, at its first pair (a scatter-add of every pair into c
+    counters serialises on the counters' atomics); a block with no pairs
+    starts where the next run does.
+    """
+    f, pairs = cell.shape
+    p = jnp.arange(pairs, dtype=jnp.int32)[None]
+    first = jnp.concatenate([jnp.ones((f, 1), bool), cell[:, 1:] != cell[:, :-1]], axis=1)
+    at = jnp.where(first, cell, c + 1)  # c + 1: dropped
+    rows = jnp.broadcast_to(jnp.arange(f)[:, None], at.shape)
+    starts = (
+        jnp.full((f, c + 1), pairs, jnp.int32)
+        .at[rows, at]
+        .set(jnp.broadcast_to(p, at.shape), mode="drop")
+    )
+    return lax.cummin(starts, axis=1, reverse=True)
 
 
 def _exclusive_cumsum(x, axis=0):
