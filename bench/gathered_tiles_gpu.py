@@ -5,10 +5,10 @@ Usage (repo root, GPU machine):
 
 `jaxsparse.ops.gathered.Gathering.tiles` turns NSA's bits `[B, K, T, C]` into
 gathered tiles and work items inside the backward. Its first step lists each
-row's selected blocks: `routed.first_selected` ranks every bit with `top_k`
-(a sort of C entries per row). `by_words` instead packs a row's bits into C/32
+row's selected blocks: `routed.first_selected` packs a row's bits into C/32
 words and takes the lowest set bit `slots` times (population counts, no
-sort). This script checks the two agree index for index and times them, and
+sort); `by_top_k`, its form before session 14, ranks every bit with `top_k` (a
+sort of C entries per row). This script checks the two agree index for index and times them, and
 the whole tile build, on the needle inputs with NSA's defaults (B=1, H=16,
 K=2, D=128, bf16; `bench/gathered_loads_gpu.nsa_bits`). Prints JSON lines.
 """
@@ -26,29 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax import lax  # noqa: E402
 
 from jaxsparse.ops import gathered, routed  # noqa: E402
+from jaxsparse.selection import topk  # noqa: E402
 
 
-def by_words(bits, slots: int):
-    """`routed.first_selected`'s result from 32-bit words: the lowest set bit, `slots` times."""
-    *lead, c = bits.shape
-    nw = -(-c // 32)
-    bits = jnp.pad(bits, [(0, 0)] * len(lead) + [(0, nw * 32 - c)])
-    shifts = jnp.arange(32, dtype=jnp.uint32).reshape((1,) * (len(lead) + 1) + (32,))
-    words = jnp.left_shift(bits.reshape(*lead, nw, 32).astype(jnp.uint32), shifts)
-    words = words.sum(-1, dtype=jnp.uint32)  # distinct bits: the sum is their OR
-    col = jnp.arange(nw, dtype=jnp.int32).reshape((1,) * len(lead) + (nw,))
-    out = []
-    for _ in range(slots):
-        w = jnp.argmax(words != 0, axis=-1)[..., None]  # the first word with a bit left
-        word = jnp.take_along_axis(words, w, axis=-1)
-        low = word & (~word + jnp.uint32(1))  # its lowest set bit
-        pos = lax.population_count(low - jnp.uint32(1)).astype(jnp.int32)
-        out.append(jnp.where(word != 0, w * 32 + pos, c)[..., 0])
-        words = words ^ jnp.where(col == w, low, jnp.uint32(0))
-    return jnp.stack(out, -1).astype(jnp.int32)
+def by_top_k(bits, slots: int):
+    """The first `slots` set bits per row by `top_k` over their ranks (c where fewer): what
+    `routed.first_selected` did before session 14."""
+    c = bits.shape[-1]
+    score = jnp.where(bits, -jnp.arange(c, dtype=jnp.float32), -jnp.inf)
+    idx = topk.topk_indices(score, slots)
+    return jnp.where(idx >= 0, idx, c).astype(jnp.int32)
 
 
 def main(argv=None):
@@ -70,8 +59,10 @@ def main(argv=None):
     for t in sizes:
         _, bits = nsa_bits(t, h, kh, d, jnp.float32 if args.tiny else jnp.bfloat16)
         bits = jnp.asarray(bits)[None]  # [1, K, T, C]
-        ways = {"top_k": jax.jit(lambda b: routed.first_selected(b, slots)), "words": None}
-        ways["words"] = jax.jit(lambda b: by_words(b, slots))
+        ways = {
+            "top_k": jax.jit(lambda b: by_top_k(b, slots)),
+            "words": jax.jit(lambda b: routed.first_selected(b, slots)),
+        }
         got = {name: np.asarray(fn(bits)) for name, fn in ways.items()}
         row = dict(seq_len=t, slots=slots, agree=bool(np.array_equal(got["top_k"], got["words"])))
         for name, fn in ways.items():

@@ -152,3 +152,21 @@ def test_gathered_dkv_on_the_gpu():
         bits, s=t, h=h, kh=kh, d=128, col_block=cb, cap=cap, causal=True, seed=6,
         config=js.Config(gpu_gathered_dkv=True),
     )  # fmt: skip
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    c=st.integers(1, 100),
+    slots=st.integers(1, 8),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_first_selected_lists_each_rows_lowest_set_bits(rows, c, slots, density, seed):
+    from jaxsparse.ops import routed
+
+    bits = np.random.default_rng(seed).random((2, rows, c)) < density
+    got = np.asarray(routed.first_selected(jnp.asarray(bits), slots))
+    for i, j in np.ndindex(2, rows):
+        want = np.flatnonzero(bits[i, j])[:slots]
+        assert list(got[i, j]) == list(want) + [c] * (slots - len(want))

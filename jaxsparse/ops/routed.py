@@ -33,13 +33,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxsparse.methods import merge
 from jaxsparse.ops import call as call_lib
 from jaxsparse.patterns.chunked_causal import ChunkedCausal
 from jaxsparse.patterns.dynamic.token_block_mask import TokenBlockMask
 from jaxsparse.patterns.full import Full
-from jaxsparse.selection import topk
 from jaxsparse.sparsity import block_sparsity
 
 
@@ -230,12 +230,29 @@ def _pair_sparsity(sorted_cell, c, col_block, kv_len, block_q, block_kv):
 
 
 def first_selected(bits, slots):
-    """Indices `[B, Hx, T, slots]` of the first `slots` set bits per row (c where fewer)."""
-    c = bits.shape[-1]
-    # A set bit scores minus its index (the lowest index is best), a clear one -inf.
-    score = jnp.where(bits, -jnp.arange(c, dtype=jnp.float32), -jnp.inf)
-    idx = topk.topk_indices(score, slots)
-    return jnp.where(idx >= 0, idx, c).astype(jnp.int32)
+    """Indices `[B, Hx, T, slots]` of the first `slots` set bits per row (c where fewer).
+
+    A row's bits are packed into 32-bit words and the lowest set bit is taken
+    `slots` times (population counts, no sort): on NSA's 64k bits on an H200,
+    0.46 ms against 1.06 ms for `top_k` over the bits' ranks
+    (`bench/gathered_tiles_gpu.py`).
+    """
+    *lead, c = bits.shape
+    nw = -(-c // 32)
+    bits = jnp.pad(bits, [(0, 0)] * len(lead) + [(0, nw * 32 - c)])
+    shifts = jnp.arange(32, dtype=jnp.uint32).reshape((1,) * (len(lead) + 1) + (32,))
+    words = jnp.left_shift(bits.reshape(*lead, nw, 32).astype(jnp.uint32), shifts)
+    words = words.sum(-1, dtype=jnp.uint32)  # distinct bits: the sum is their OR
+    col = jnp.arange(nw, dtype=jnp.int32).reshape((1,) * len(lead) + (nw,))
+    out = []
+    for _ in range(slots):
+        w = jnp.argmax(words != 0, axis=-1)[..., None]  # the first word with a bit left
+        word = jnp.take_along_axis(words, w, axis=-1)
+        low = word & (~word + jnp.uint32(1))  # its lowest set bit
+        pos = lax.population_count(low - jnp.uint32(1)).astype(jnp.int32)
+        out.append(jnp.where(word != 0, w * 32 + pos, c)[..., 0])
+        words = words ^ jnp.where(col == w, low, jnp.uint32(0))
+    return jnp.stack(out, -1).astype(jnp.int32)
 
 
 def _fold_kv(x, hx):
