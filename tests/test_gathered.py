@@ -170,3 +170,29 @@ def test_first_selected_lists_each_rows_lowest_set_bits(rows, c, slots, density,
     for i, j in np.ndindex(2, rows):
         want = np.flatnonzero(bits[i, j])[:slots]
         assert list(got[i, j]) == list(want) + [c] * (slots - len(want))
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_packed_forward_and_backward_lower_for_a_gpu(gather, monkeypatch):
+    # The whole packed path of a per-token selection (forward, dQ with its warpgroups'
+    # skipped entries, gathered or packed dK/dV) lowered for CUDA on the CPU.
+    from jaxsparse import patterns as P
+
+    monkeypatch.setattr(pallas_gpu, "check_device", lambda interpret: None)
+    b, t, h, kh, cb = 1, 256, 16, 2, 64
+    bits = random_bits(np.random.default_rng(0), b, kh, t, t, cb, 2, 0, True)
+    pattern = P.TokenBlockMask(
+        jnp.asarray(bits), row_block=1, col_block=cb, group=h // kh, causal=True, row_capacity=2
+    )
+    q = jnp.zeros((b, t, h, 128), jnp.bfloat16)
+    k = jnp.zeros((b, t, kh, 128), jnp.bfloat16)
+    config = js.Config(gpu_gathered_dkv=gather)
+
+    def loss(q, k, v):
+        out = js.attention(q, k, v, pattern=pattern, implementation="pallas_gpu", config=config)
+        return out.astype(jnp.float32).sum()
+
+    with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
+        jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, k).lower(
+            lowering_platforms=("cuda",)
+        )

@@ -124,12 +124,27 @@ def _kernel(
         shape = (R, bkc)
         mult = st.logit_mult
 
+        my_bits = cm.warpgroup_bits(st, wg, nwg) if word_ref is not None else None
+
         def step(s, dq):
             slot = lax.rem(s, stages)
             kv_start, partial = entry_of(s)
             plgpu.barrier_wait(k_bar.at[slot])
             plgpu.barrier_wait(v_bar.at[slot])
+            if my_bits is None:
+                dq = compute(s, slot, kv_start, partial, dq)
+            else:  # a partial entry none of whose tokens in this warpgroup's rows chose
+                live = jnp.logical_not(partial) | ((word_of(s) & my_bits) != 0)
 
+                def skip(dq):
+                    plgpu.barrier_arrive(v_free.at[slot])
+                    return dq
+
+                dq = lax.cond(live, lambda dq: compute(s, slot, kv_start, partial, dq), skip, dq)
+            plgpu.barrier_arrive(k_free.at[slot])
+            return dq
+
+        def compute(s, slot, kv_start, partial, dq):
             def s_dp(s_ref, dp_ref):
                 plgpu.wgmma(s_ref, q_smem.at[wg], k_smem.at[slot].T)
                 plgpu.wgmma(dp_ref, do_smem.at[wg], v_smem.at[slot].T)
@@ -174,14 +189,12 @@ def _kernel(
             ds = p * (dp - cm.bcast_rows(delta, shape))
             if st.logits_soft_cap is not None:
                 ds = ds * (1.0 - t * t)
-            dq = cm.mma_regs_lhs(
+            return cm.mma_regs_lhs(
                 dq,
                 ds.astype(sh.dtype),
                 k_smem.at[slot],
                 None if ds_smem is None else ds_smem.at[wg],
             )
-            plgpu.barrier_arrive(k_free.at[slot])
-            return dq
 
         dq = lax.fori_loop(0, n_steps, step, dq)
         out = q_smem.at[wg]  # Q is no longer needed: stage dQ through it.

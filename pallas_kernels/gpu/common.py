@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -375,6 +376,23 @@ def _word_rows(st: AttentionStatics, shape, row_start, q_dim, word):
     bit = lax.rem(lax.div(rows, st.word_rows), st.word_bits)
     on = lax.shift_right_logical(jnp.broadcast_to(word, bit.shape), bit) & 1
     return lax.broadcast_in_dim(on == 1, shape, [q_dim])
+
+
+def warpgroup_bits(st: AttentionStatics, wg, nwg: int):
+    """The bits of a list entry's row word that cover consumer warpgroup `wg`'s 64 rows of a
+    `nwg * 64`-row tile (int32), or None without row words: an entry whose word has none of
+    them set holds nothing for that warpgroup."""
+    if not st.word_rows:
+        return None
+
+    def bits(w):
+        lo, hi = w * WG_ROWS // st.word_rows, ((w + 1) * WG_ROWS - 1) // st.word_rows
+        mask = ((1 << (hi - lo + 1)) - 1) << lo
+        return int(np.uint32(mask).view(np.int32))  # bit 31 as a negative int32
+
+    if nwg == 1:
+        return jnp.int32(bits(0))
+    return jnp.where(wg == 0, jnp.int32(bits(0)), jnp.int32(bits(1)))
 
 
 def entry_word(word_ref, row, s, *, subs: int):
