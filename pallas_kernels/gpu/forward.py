@@ -163,6 +163,8 @@ def _kernel(
         plgpu.set_max_registers(232 if nwg == 2 else 240, action="increase")
         load_q(0)
 
+        my_bits = cm.warpgroup_bits(st, wg, nwg) if word_ref is not None else None
+
         def tile(i, base):
             qi, h, b, n_steps, entry_of, word_of = tile_info(i)
             q_base = qi * sh.block_q + wg * R
@@ -186,10 +188,42 @@ def _kernel(
             shape = (R, bkc)
             mult = st.logit_mult
 
+            def wait_next_k(s):
+                @pl.when(s + 1 < n_steps)
+                def _():
+                    plgpu.barrier_wait(k_bar.at[lax.rem(base + s + 1, stages)])
+
+            def end_softmax(slot):
+                if sched_bar is not None:
+                    plgpu.barrier_arrive(sched_bar)
+                plgpu.barrier_wait(v_bar.at[slot])
+                if sched_bar is not None:
+                    plgpu.barrier_wait(sched_bar)
+
             def step(s, carry):
-                acc, m, l = carry
                 slot = lax.rem(base + s, stages)
                 kv_start, partial = entry_of(s)
+                if my_bits is None:
+                    return compute(s, slot, kv_start, partial, carry)
+                # A partial entry none of whose tokens in this warpgroup's rows chose: only
+                # the barriers (the same schedule as a computed step, so the other
+                # warpgroup's ping-pong and the producer's slots advance as before).
+                live = jnp.logical_not(partial) | ((word_of(s) & my_bits) != 0)
+
+                def skip(carry):
+                    sched()
+                    plgpu.barrier_arrive(k_free.at[slot])
+                    end_softmax(slot)
+                    wait_next_k(s)
+                    plgpu.barrier_arrive(v_free.at[slot])
+                    return carry
+
+                return lax.cond(
+                    live, lambda carry: compute(s, slot, kv_start, partial, carry), skip, carry
+                )
+
+            def compute(s, slot, kv_start, partial, carry):
+                acc, m, l = carry
 
                 def qk(acc_ref):
                     plgpu.wgmma(acc_ref, q_smem.at[wg], k_smem.at[slot].T)
@@ -243,33 +277,21 @@ def _kernel(
                 l = l * alpha
                 p16 = p.astype(sh.dtype)
 
-                def end_softmax():
-                    if sched_bar is not None:
-                        plgpu.barrier_arrive(sched_bar)
-                    plgpu.barrier_wait(v_bar.at[slot])
-                    if sched_bar is not None:
-                        plgpu.barrier_wait(sched_bar)
-
                 # The order of these (taken from jax's attention_mgpu) changes speed.
                 if sh.Dv <= 128:
                     l = l + p.sum(axis=1)
                     acc, l, m_new, p16 = lax.optimization_barrier((acc, l, m_new, p16))
-                    end_softmax()
+                    end_softmax(slot)
                 else:
-                    end_softmax()
+                    end_softmax(slot)
                     l = l + p.sum(axis=1)
-
-                def wait_next_k():
-                    @pl.when(s + 1 < n_steps)
-                    def _():
-                        plgpu.barrier_wait(k_bar.at[lax.rem(base + s + 1, stages)])
 
                 acc = cm.mma_regs_lhs(
                     acc,
                     p16,
                     v_smem.at[slot],
                     None if p_smem is None else p_smem.at[wg],
-                    during=wait_next_k,
+                    during=lambda: wait_next_k(s),
                 )
                 plgpu.barrier_arrive(v_free.at[slot])
                 return acc, m_new, l
