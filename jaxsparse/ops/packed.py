@@ -88,13 +88,13 @@ def run(call: call_lib.Call):
     k, v = (jnp.pad(x, ((0, 0), (0, sp - s), (0, 0), (0, 0))) for x in (call.k, call.v))
     rows = _PackedRows(group=g, q_offset=call.q_offset)
     tables = tuple(getattr(sparsity, name) for name in _TABLES)
-    arrays = {"kv_words": kv_words, "q_words": q_words}
+    gathering = None
     if gathers(call):  # the backward's dK/dV over the tokens that selected each block
-        arrays["dkv_tiles"] = gathered.Gathering(
+        gathering = gathered.Gathering(
             batch=b, group=g, col_block=p.col_block, q_len=t, kv_len=s,
             q_offset=call.q_offset, causal=p.causal,
             slots=p.row_capacity + (1 if p.causal else 0),
-        ).tiles(bits)  # fmt: skip
+        )  # fmt: skip
     out, lse = pallas_gpu.run_tables(
         call,
         q_p,
@@ -108,7 +108,8 @@ def run(call: call_lib.Call):
         block_q=bq,
         block_kv=bk,
         word_rows=g,
-        arrays=arrays,
+        arrays={"kv_words": kv_words, "q_words": q_words},
+        gathering=gathering,
         heavy_first=False,  # block order: neighbouring tiles share key blocks (L2)
         dkv_list_splits=dkv_list_splits(tb),
     )

@@ -64,6 +64,7 @@ class _Static:
     kernel: tuple  # sorted (name, value) pairs of kernel keywords
     xla: xla_tiles.Static | None  # set when the backward runs on the XLA path
     bwd: tuple = ()  # (name, value) pairs only the backward kernels take
+    gathering: Any = None  # gathered.Gathering: dK/dV over tiles built from the bits
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.kernel)
@@ -132,18 +133,21 @@ def run_tables(
     xla_work=None,
     arrays=None,
     statics=(),
+    gathering=None,
 ):
     """The kernels (forward, and their backward under `jax.grad`) on padded inputs and tables.
 
     `tables`: the six lists of `kernel_common.tables`. `arrays`: other array
     keywords of the kernels (`kv_words` and `q_words` with `word_rows`,
-    `diagonals`, `key_columns`, `dkv_tiles`; `q_words` and `dkv_tiles` go to
-    the backward only);
+    `diagonals`, `key_columns`; `q_words` goes to the backward only);
     `statics`: other static keywords (`(name, value)` pairs). `xla_work`:
     `(Static, work)` to run the backward on the XLA path (shapes the backward
     kernels do not take).
     `heavy_first`, `dkv_list_splits`: the launch order and the dK/dV list
     splits unless `Config.gpu_heavy_first` / `gpu_dkv_list_splits` say.
+    `gathering`: a `gathered.Gathering` (per-token selections packed as rows):
+    the backward builds its tiles from the pattern's bits and runs dK/dV over
+    them.
     Scale, soft cap and tuning come from `call`.
     """
     kw = dict(
@@ -182,7 +186,8 @@ def run_tables(
         if value is not None and (name, value) != ("dkv_list_splits", 1)
     )
     xla_st, work = xla_work or (None, None)
-    st = _Static(kernel=tuple(sorted(kw.items(), key=lambda x: x[0])), xla=xla_st, bwd=bwd)
+    kernel = tuple(sorted(kw.items(), key=lambda x: x[0]))
+    st = _Static(kernel=kernel, xla=xla_st, bwd=bwd, gathering=gathering)
     with interpret_context(interpret):
         return _attention(st, q, k, v, tables, arrays or {}, segs, work, call.pattern)
 
@@ -232,9 +237,6 @@ def interpret_context(interpret: bool):
         yield
 
 
-_BACKWARD_ONLY = ("q_words", "dkv_tiles")  # arrays only the backward kernels take
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(st, q, k, v, tables, arrays, segs, work, pattern):
     return _forward(st, q, k, v, tables, arrays, segs)
@@ -250,7 +252,7 @@ def _forward(st, q, k, v, tables, arrays, segs):
         *tables[:3],
         q_segment_ids=segs[0],
         kv_segment_ids=segs[1],
-        **{name: x for name, x in arrays.items() if name not in _BACKWARD_ONLY},
+        **{name: x for name, x in arrays.items() if name != "q_words"},
         **st.kwargs(),
     )
 
@@ -268,6 +270,8 @@ def _attention_bwd(st, residuals, cotangents):
     else:
         from pallas_kernels.gpu import api as kernels
 
+        if st.gathering is not None:  # built here: a forward-only call never needs them
+            arrays = {**arrays, "dkv_tiles": st.gathering.tiles(pattern.bits)}
         dq, dk, dv = kernels.block_sparse_attention_bwd(
             q,
             k,
