@@ -181,7 +181,6 @@ def _kernel(
         dv = plgpu.layout_cast(jnp.zeros((R, sh.Dv), jnp.float32), cm.WGMMA)
         plgpu.barrier_wait(kv_bar.at[wg])
         shape = (R, bqc)
-        mult = st.logit_mult
 
         def head_loop(g, carry):
             dk, dv, t0 = carry
@@ -193,53 +192,45 @@ def _kernel(
                 q_start, partial = entry_of(hx, s)
                 plgpu.barrier_wait(in_bar.at[slot])
 
-                def s_dp(s_ref, dp_ref):
-                    plgpu.wgmma(s_ref, k_smem.at[wg], q_smem.at[slot].T)
-                    plgpu.wgmma(dp_ref, v_smem.at[wg], do_smem.at[slot].T)
-                    return s_ref[...], dp_ref[...]
+                def rows():
+                    lse = plgpu.load(lse_smem.at[slot], layout=cm.WGMMA_COL)
+                    delta = plgpu.load(delta_smem.at[slot], layout=cm.WGMMA_COL)
+                    qseg = None
+                    if st.has_segments:
+                        qseg = plgpu.load(qseg_smem.at[slot], layout=cm.WGMMA_COL)
+                    return lse, delta, qseg
 
-                acc = plgpu.ACC(shape, jnp.float32)
-                s_tile, dp = pl.run_scoped(s_dp, acc, acc)
-                lse = plgpu.load(lse_smem.at[slot], layout=cm.WGMMA_COL)
-                delta = plgpu.load(delta_smem.at[slot], layout=cm.WGMMA_COL)
-                qseg = None
-                if st.has_segments:
-                    qseg = plgpu.load(qseg_smem.at[slot], layout=cm.WGMMA_COL)
+                def mask(t, qseg):
+                    def masked(with_mask_fn):
+                        def f():
+                            valid = cm.tile_valid(
+                                st,
+                                shape,
+                                q_start=q_start + st.q_offset,
+                                kv_start=kv_base,
+                                head=hq,
+                                q_dim=1,
+                                with_mask_fn=with_mask_fn,
+                                q_seg=qseg,
+                                kv_seg=kvseg,
+                                word=word_of(hx, s) if with_mask_fn else None,
+                                bitmaps=cm.bitmaps_or_none(diag_ref, keys_ref, b, hq)
+                                if with_mask_fn
+                                else None,
+                            )
+                            return jnp.where(valid, t, -jnp.inf)
 
-                t = cm.raw_logits(st, s_tile)
+                        return f
 
-                def masked(with_mask_fn):
-                    def f():
-                        valid = cm.tile_valid(
-                            st,
-                            shape,
-                            q_start=q_start + st.q_offset,
-                            kv_start=kv_base,
-                            head=hq,
-                            q_dim=1,
-                            with_mask_fn=with_mask_fn,
-                            q_seg=qseg,
-                            kv_seg=kvseg,
-                            word=word_of(hx, s) if with_mask_fn else None,
-                            bitmaps=cm.bitmaps_or_none(diag_ref, keys_ref, b, hq)
-                            if with_mask_fn
-                            else None,
-                        )
-                        return jnp.where(valid, t, -jnp.inf)
+                    if st.has_segments and st.segments_on_full_tiles:
+                        return lax.cond(partial, masked(True), masked(False))
+                    return lax.cond(partial, masked(True), lambda: t)
 
-                    return f
-
-                if st.has_segments and st.segments_on_full_tiles:
-                    raw = lax.cond(partial, masked(True), masked(False))
-                else:
-                    raw = lax.cond(partial, masked(True), lambda: t)
-                p = jnp.exp2(raw * mult - cm.bcast_cols(lse, shape))
-                stage = None if st_smem is None else st_smem.at[wg]
-                dv = cm.mma_regs_lhs(dv, p.astype(sh.dtype), do_smem.at[slot], stage)
-                ds = p * (dp - cm.bcast_cols(delta, shape))
-                if st.logits_soft_cap is not None:
-                    ds = ds * (1.0 - t * t)
-                dk = cm.mma_regs_lhs(dk, ds.astype(sh.dtype), q_smem.at[slot], stage)
+                dk, dv = tile_grads(
+                    st, sh.dtype, dk, dv, k=k_smem.at[wg], v=v_smem.at[wg],
+                    q=q_smem.at[slot], do=do_smem.at[slot], rows=rows, mask=mask,
+                    stage=None if st_smem is None else st_smem.at[wg],
+                )  # fmt: skip
                 # Generic-proxy reads of this slot (lse, delta, segment ids) must be
                 # ordered before the producer's next TMA into it.
                 plgpu.commit_smem()
@@ -256,33 +247,16 @@ def _kernel(
 
         dk, dv, _ = lax.fori_loop(0, sh.heads_per_cta, head_loop, (dk, dv, jnp.int32(0)))
 
-        def store(dk, dv):
-            # K/V tiles are no longer read: stage the outputs through them.
-            k_smem.at[wg][...] = (dk * st.scale).astype(sh.dtype)
-            v_smem.at[wg][...] = dv.astype(sh.dtype)
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(k_smem.at[wg], dk_ref.at[b, keys, out_slot], commit_group=False)
-            plgpu.copy_smem_to_gmem(v_smem.at[wg], dv_ref.at[b, keys, out_slot], commit_group=False)
-            plgpu.commit_smem_to_gmem_group()
-            plgpu.wait_smem_to_gmem(0)
+        def store(dk, dv):  # through this warpgroup's K/V tiles, no longer read
+            stage_store(
+                st, sh.dtype, dk, dv, k_smem.at[wg], v_smem.at[wg],
+                dk_ref.at[b, keys, out_slot], dv_ref.at[b, keys, out_slot],
+            )  # fmt: skip
 
         if not sh.q_split:
             store(dk, dv)
             return
-        dk_acc, dv_acc, sum_bar = scratch["dk_acc"], scratch["dv_acc"], scratch["sum_bar"]
-
-        @pl.when(wg == 1)
-        def _():
-            dk_acc[...] = dk
-            dv_acc[...] = dv
-            plgpu.barrier_arrive(sum_bar)
-
-        @pl.when(wg == 0)
-        def _():
-            plgpu.barrier_wait(sum_bar)
-            other_dk = plgpu.load(dk_acc, layout=cm.WGMMA, optimized=False)
-            other_dv = plgpu.load(dv_acc, layout=cm.WGMMA, optimized=False)
-            store(dk + other_dk, dv + other_dv)
+        sum_pair(wg, dk, dv, scratch, store)
 
     @pl.when(wg == nwg)
     def _producer():
@@ -317,6 +291,69 @@ def _kernel(
         @pl.loop(jnp.maximum(total - stages, 0), total)
         def _(t):
             plgpu.barrier_wait(free.at[lax.rem(t, stages)])
+
+
+def tile_grads(st: cm.AttentionStatics, dtype, dk, dv, *, k, v, q, do, rows, mask, stage):
+    """One step of dK/dV in the transposed orientation (rows = keys, columns = query rows).
+
+    S^T = K Q^T and dP^T = V dO^T (issued back to back), then `rows()` reads the
+    columns' `(lse, delta, extra)` (lse in log2 units, after the wgmmas, as the
+    kernels always have) and `mask(t, extra)` sets the entries no query may
+    see to -inf in the raw logits t; P^T = exp2(t * mult - lse), dV += P^T dO,
+    dS^T = P^T * (dP^T - delta) (times 1 - t^2 with a soft cap), dK += dS^T Q.
+    k, v, q, do: SMEM tiles; stage: None on the GPU, else the interpret-mode
+    LHS staging tile (`cm.mma_regs_lhs`).
+    """
+    shape = (k.shape[0], q.shape[0])
+
+    def s_dp(s_ref, dp_ref):
+        plgpu.wgmma(s_ref, k, q.T)
+        plgpu.wgmma(dp_ref, v, do.T)
+        return s_ref[...], dp_ref[...]
+
+    acc = plgpu.ACC(shape, jnp.float32)
+    s_tile, dp = pl.run_scoped(s_dp, acc, acc)
+    lse, delta, extra = rows()
+    t = cm.raw_logits(st, s_tile)
+    raw = mask(t, extra)
+    p = jnp.exp2(raw * st.logit_mult - cm.bcast_cols(lse, shape))
+    dv = cm.mma_regs_lhs(dv, p.astype(dtype), do, stage)
+    ds = p * (dp - cm.bcast_cols(delta, shape))
+    if st.logits_soft_cap is not None:
+        ds = ds * (1.0 - t * t)
+    dk = cm.mma_regs_lhs(dk, ds.astype(dtype), q, stage)
+    return dk, dv
+
+
+def sum_pair(wg, dk, dv, scratch, store):
+    """Two warpgroups that shared one key tile: the second hands its dK/dV to the first
+    through SMEM (`scratch` "dk_acc", "dv_acc", "sum_bar"), which stores the sums."""
+    dk_acc, dv_acc, sum_bar = scratch["dk_acc"], scratch["dv_acc"], scratch["sum_bar"]
+
+    @pl.when(wg == 1)
+    def _():
+        dk_acc[...] = dk
+        dv_acc[...] = dv
+        plgpu.barrier_arrive(sum_bar)
+
+    @pl.when(wg == 0)
+    def _():
+        plgpu.barrier_wait(sum_bar)
+        other_dk = plgpu.load(dk_acc, layout=cm.WGMMA, optimized=False)
+        other_dv = plgpu.load(dv_acc, layout=cm.WGMMA, optimized=False)
+        store(dk + other_dk, dv + other_dv)
+
+
+def stage_store(st: cm.AttentionStatics, dtype, dk, dv, k_stage, v_stage, dk_dst, dv_dst):
+    """dK (times the scale) and dV to GMEM through two SMEM tiles (the K/V tiles, free by
+    now), one TMA group."""
+    k_stage[...] = (dk * st.scale).astype(dtype)
+    v_stage[...] = dv.astype(dtype)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(k_stage, dk_dst, commit_group=False)
+    plgpu.copy_smem_to_gmem(v_stage, dv_dst, commit_group=False)
+    plgpu.commit_smem_to_gmem_group()
+    plgpu.wait_smem_to_gmem(0)
 
 
 def dkv_call(

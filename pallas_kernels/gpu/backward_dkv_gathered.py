@@ -39,6 +39,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.gpu import backward_dkv
 from pallas_kernels.gpu import common as cm
 
 NWG = 2  # consumer warpgroups, alternating tiles of one key tile
@@ -148,29 +149,22 @@ def _kernel(
         key_pos = cm.iota(shape, 0) + kj * R
 
         def step(s, carry):
-            dk, dv = carry
             slot = lax.rem(s, stages)
             plgpu.barrier_wait(in_bar.at[slot])
 
-            def s_dp(s_ref, dp_ref):
-                plgpu.wgmma(s_ref, k_smem.at[wg], q_smem.at[slot].T)
-                plgpu.wgmma(dp_ref, v_smem.at[wg], do_smem.at[slot].T)
-                return s_ref[...], dp_ref[...]
+            def rows():
+                lse = plgpu.load(stats_smem.at[slot, 0], layout=cm.WGMMA_COL)
+                delta = plgpu.load(stats_smem.at[slot, 1], layout=cm.WGMMA_COL)
+                return lse, delta, plgpu.load(limit_smem.at[slot], layout=cm.WGMMA_COL)
 
-            acc = plgpu.ACC(shape, jnp.float32)
-            s_tile, dp = pl.run_scoped(s_dp, acc, acc)
-            lse = plgpu.load(stats_smem.at[slot, 0], layout=cm.WGMMA_COL)
-            delta = plgpu.load(stats_smem.at[slot, 1], layout=cm.WGMMA_COL)
-            limit = plgpu.load(limit_smem.at[slot], layout=cm.WGMMA_COL)
-            t = cm.raw_logits(st, s_tile)
-            raw = jnp.where(key_pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
-            p = jnp.exp2(raw * st.logit_mult - cm.bcast_cols(lse, shape))
-            stage = None if st_smem is None else st_smem.at[wg]
-            dv = cm.mma_regs_lhs(dv, p.astype(sh.dtype), do_smem.at[slot], stage)
-            ds = p * (dp - cm.bcast_cols(delta, shape))
-            if st.logits_soft_cap is not None:
-                ds = ds * (1.0 - t * t)
-            dk = cm.mma_regs_lhs(dk, ds.astype(sh.dtype), q_smem.at[slot], stage)
+            def mask(t, limit):
+                return jnp.where(key_pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
+
+            dk, dv = backward_dkv.tile_grads(
+                st, sh.dtype, *carry, k=k_smem.at[wg], v=v_smem.at[wg], q=q_smem.at[slot],
+                do=do_smem.at[slot], rows=rows, mask=mask,
+                stage=None if st_smem is None else st_smem.at[wg],
+            )  # fmt: skip
             # Generic-proxy reads of this slot (lse, delta, limits) must be ordered
             # before the producer's next TMA into it.
             plgpu.commit_smem()
@@ -179,27 +173,13 @@ def _kernel(
 
         mine = lax.div(jnp.maximum(n - wg + 1, 0), 2)  # tiles wg, wg + 2, ...
         dk, dv = lax.fori_loop(0, mine, lambda i, carry: step(wg + 2 * i, carry), (dk, dv))
-        dk_acc, dv_acc, sum_bar = scratch["dk_acc"], scratch["dv_acc"], scratch["sum_bar"]
 
-        @pl.when(wg == 1)
-        def _():
-            dk_acc[...] = dk
-            dv_acc[...] = dv
-            plgpu.barrier_arrive(sum_bar)
+        def store(dk, dv):  # through the first warpgroup's K/V tiles, no longer read
+            backward_dkv.stage_store(
+                st, sh.dtype, dk, dv, k_smem.at[0], v_smem.at[0], dk_ref.at[c], dv_ref.at[c]
+            )
 
-        @pl.when(wg == 0)
-        def _():
-            plgpu.barrier_wait(sum_bar)
-            other_dk = plgpu.load(dk_acc, layout=cm.WGMMA, optimized=False)
-            other_dv = plgpu.load(dv_acc, layout=cm.WGMMA, optimized=False)
-            # K/V tiles are no longer read: stage the outputs through them.
-            k_smem.at[0][...] = ((dk + other_dk) * st.scale).astype(sh.dtype)
-            v_smem.at[0][...] = (dv + other_dv).astype(sh.dtype)
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(k_smem.at[0], dk_ref.at[c], commit_group=False)
-            plgpu.copy_smem_to_gmem(v_smem.at[0], dv_ref.at[c], commit_group=False)
-            plgpu.commit_smem_to_gmem_group()
-            plgpu.wait_smem_to_gmem(0)
+        backward_dkv.sum_pair(wg, dk, dv, scratch, store)
 
     @pl.when((wg == NWG) & (n > 0))
     def _producer():
