@@ -6,13 +6,18 @@ tile: a tile of `block_q` rows holds `block_q // group` tokens of one bit
 head, all reading the same key/value head. The tile visits the union of its
 tokens' blocks; every list entry carries a word with one bit per token (the
 kernels' row words), so a partial tile masks exactly the rows whose token did
-not select the block. Nothing is gathered and nothing is merged: q is
+not select the block. The forward gathers and merges nothing: q is
 reordered once (`[B, T, H, D]` -> `[B, T*group, Hx, D]`) and the output once
 back, and gradients come from the kernels' own backward passes.
 
 Work is the union per tile, not the selected pairs: on the synthetic needle
 inputs (`bench/llm_synthetic.py`, NSA's defaults) the union of 16 tokens'
-blocks is 2.3x their selected blocks at 8k, 3.6x at 32k and 4.3x at 64k. The other route
+blocks is 2.3x their selected blocks at 8k, 3.6x at 32k and 4.3x at 64k. The
+forward and dQ kernels' warpgroups (8 tokens each at group 8) skip the
+entries none of their tokens chose, and with `Config(gpu_gathered_dkv=True)`
+(the default where the group allows) dK/dV walk tiles gathered from the
+tokens that chose each key block instead (`jaxsparse.ops.gathered`): the
+selected pairs exactly. The other route
 for per-token selections, `jaxsparse.ops.routed`, does exactly the selected
 pairs but gathers each pair's query row and merges the partial results in
 XLA; it also serves selections that no group shares (MoBA's are per head).
