@@ -43,7 +43,7 @@ def decode(tiles, g: gathered.Gathering, hx: int, c: int):
     return seen, limit_of
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     t=st.integers(1, 60),
     extra=st.integers(0, 70),
