@@ -162,6 +162,8 @@ def block_sparse_attention_bwd(
     cm.check_tables(q_indices, q_counts, q_full, B=B, H=H, nb=Sp // block_kv, name="q")
     if (kv_words is None) != (q_words is None):
         raise ValueError("give both kv_words and q_words, or neither")
+    if dkv_tiles is not None and not word_rows:
+        raise ValueError("dkv_tiles needs word_rows (query rows per token) and the row words")
     kv_words = args.row_words(kv_words, kv_indices, word_rows, block_q, "kv")
     q_words = args.row_words(q_words, q_indices, word_rows, block_q, "q")
     if out.shape != (B, Tp, H, Dv) or dout.shape != out.shape:
@@ -240,8 +242,6 @@ def block_sparse_attention_bwd(
         q_split=_q_split(dkv_q_split, block_kv, bwd_num_stages),
         list_splits=_list_splits(dkv_list_splits),
     )
-    if dkv_tiles is not None and not word_rows:
-        raise ValueError("dkv_tiles needs word_rows (query rows per token) and the row words")
     dkv_bytes = backward_dkv.smem_bytes(dkv_sh, st) if dkv_tiles is None else 0
     for name, nb in (("dQ", backward_dq.smem_bytes(dq_sh, st)), ("dK/dV", dkv_bytes)):
         if nb > cm.MAX_SMEM_BYTES:

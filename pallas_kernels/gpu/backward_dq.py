@@ -124,17 +124,17 @@ def _kernel(
         shape = (R, bkc)
         mult = st.logit_mult
 
-        my_bits = cm.warpgroup_bits(st, wg, nwg) if word_ref is not None else None
+        holds_rows = cm.warpgroup_entry_test(st, wg, nwg)
 
         def step(s, dq):
             slot = lax.rem(s, stages)
             kv_start, partial = entry_of(s)
             plgpu.barrier_wait(k_bar.at[slot])
             plgpu.barrier_wait(v_bar.at[slot])
-            if my_bits is None:
+            if holds_rows is None:
                 dq = compute(s, slot, kv_start, partial, dq)
             else:  # a partial entry none of whose tokens in this warpgroup's rows chose
-                live = jnp.logical_not(partial) | ((word_of(s) & my_bits) != 0)
+                live = holds_rows(partial, word_of(s))
 
                 def skip(dq):
                     plgpu.barrier_arrive(v_free.at[slot])

@@ -378,10 +378,10 @@ def _word_rows(st: AttentionStatics, shape, row_start, q_dim, word):
     return lax.broadcast_in_dim(on == 1, shape, [q_dim])
 
 
-def warpgroup_bits(st: AttentionStatics, wg, nwg: int):
-    """The bits of a list entry's row word that cover consumer warpgroup `wg`'s 64 rows of a
-    `nwg * 64`-row tile (int32), or None without row words: an entry whose word has none of
-    them set holds nothing for that warpgroup."""
+def warpgroup_entry_test(st: AttentionStatics, wg, nwg: int):
+    """None without row words; else `test(partial, word)`: whether a list entry holds anything
+    for consumer warpgroup `wg`'s 64 rows of a `nwg * 64`-row tile (a full entry, or a
+    partial one whose word sets a bit of one of the warpgroup's tokens)."""
     if not st.word_rows:
         return None
 
@@ -391,8 +391,14 @@ def warpgroup_bits(st: AttentionStatics, wg, nwg: int):
         return int(np.uint32(mask).view(np.int32))  # bit 31 as a negative int32
 
     if nwg == 1:
-        return jnp.int32(bits(0))
-    return jnp.where(wg == 0, jnp.int32(bits(0)), jnp.int32(bits(1)))
+        mine = jnp.int32(bits(0))
+    else:
+        mine = jnp.where(wg == 0, jnp.int32(bits(0)), jnp.int32(bits(1)))
+
+    def test(partial, word):
+        return jnp.logical_not(partial) | ((word & mine) != 0)
+
+    return test
 
 
 def entry_word(word_ref, row, s, *, subs: int):

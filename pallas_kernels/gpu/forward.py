@@ -163,7 +163,7 @@ def _kernel(
         plgpu.set_max_registers(232 if nwg == 2 else 240, action="increase")
         load_q(0)
 
-        my_bits = cm.warpgroup_bits(st, wg, nwg) if word_ref is not None else None
+        holds_rows = cm.warpgroup_entry_test(st, wg, nwg)
 
         def tile(i, base):
             qi, h, b, n_steps, entry_of, word_of = tile_info(i)
@@ -203,12 +203,12 @@ def _kernel(
             def step(s, carry):
                 slot = lax.rem(base + s, stages)
                 kv_start, partial = entry_of(s)
-                if my_bits is None:
+                if holds_rows is None:
                     return compute(s, slot, kv_start, partial, carry)
                 # A partial entry none of whose tokens in this warpgroup's rows chose: only
                 # the barriers (the same schedule as a computed step, so the other
                 # warpgroup's ping-pong and the producer's slots advance as before).
-                live = jnp.logical_not(partial) | ((word_of(s) & my_bits) != 0)
+                live = holds_rows(partial, word_of(s))
 
                 def skip(carry):
                     sched()
