@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxsparse as js
 import jaxsparse.nn as jsnn
@@ -117,6 +119,34 @@ def test_nsa_short_sequence_has_no_compressed_branch_and_dense_selection():
     dense = js.attention(q, k, v, pattern=js.patterns.Causal())
     np.testing.assert_allclose(np.asarray(br.o_slc), np.asarray(dense), atol=2e-6)
     np.testing.assert_allclose(np.asarray(br.o_win), np.asarray(dense), atol=2e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    length=st.integers(1, 70),
+    stride=st.integers(1, 8),
+    ratio=st.integers(1, 4),
+    extra=st.sampled_from([0, 1, 3]),
+)
+def test_windows_match_their_positions_values_and_gradient(length, stride, ratio, extra):
+    """Every window holds keys `[i*stride, i*stride + kernel_size)`, whether it is
+    cut from stride segments (kernel_size a multiple of stride) or gathered
+    (`extra` makes it no multiple); its gradient sends each key the sum of its
+    windows' cotangents."""
+    kernel_size = ratio * stride + extra
+    x = jnp.asarray(np.random.default_rng(length).standard_normal((2, length, 2, 3)), jnp.float32)
+    w = nsa_compress.windows(x, kernel_size=kernel_size, stride=stride)
+    nc = nsa_compress.num_compressed(length, kernel_size, stride)
+    idx = np.arange(nc)[:, None] * stride + np.arange(kernel_size)[None, :]
+    assert w.shape == (2, nc, kernel_size, 2, 3)
+    np.testing.assert_array_equal(np.asarray(w), np.asarray(x)[:, idx])
+    cot = np.random.default_rng(1).standard_normal(w.shape).astype(np.float32)
+    grad = jax.grad(
+        lambda x: (nsa_compress.windows(x, kernel_size=kernel_size, stride=stride) * cot).sum()
+    )(x)
+    want = np.zeros(x.shape, np.float32)
+    np.add.at(want, (slice(None), idx), cot)
+    np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-6, atol=1e-6)
 
 
 def test_compression_windows_and_mlp():

@@ -23,8 +23,20 @@ def num_compressed(length: int, kernel_size: int, stride: int) -> int:
 
 
 def windows(x, *, kernel_size: int, stride: int):
-    """Overlapping windows `[B, Nc, kernel_size, K, D]` of `x [B, S, K, D]`."""
+    """Overlapping windows `[B, Nc, kernel_size, K, D]` of `x [B, S, K, D]`.
+
+    When `stride` divides `kernel_size` (NSA's config asks for it) a window is
+    `kernel_size / stride` consecutive stride segments: slices of `x` cut into
+    segments, concatenated, whose gradient is a sum of padded slices. The
+    general form is a gather, whose gradient is a scatter-add (on XLA:GPU a
+    scatter fusion per call).
+    """
     nc = num_compressed(x.shape[1], kernel_size, stride)
+    b, _, *rest = x.shape
+    if nc and kernel_size % stride == 0:
+        r = kernel_size // stride
+        segments = x[:, : (nc + r - 1) * stride].reshape((b, nc + r - 1, stride, *rest))
+        return jnp.concatenate([segments[:, j : j + nc] for j in range(r)], axis=2)
     idx = np.arange(nc)[:, None] * stride + np.arange(kernel_size)[None, :]
     return jnp.take(x, jnp.asarray(idx.reshape(-1), jnp.int32), axis=1).reshape(
         (x.shape[0], nc, kernel_size) + x.shape[2:]
