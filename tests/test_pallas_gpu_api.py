@@ -100,6 +100,27 @@ def test_gqa_dkv_split_option(option, attr, value, monkeypatch):
     assert seen == [value]
 
 
+@pytest.mark.parametrize(
+    "requested, b, h, k, kv_blocks, list_splits, want",
+    [
+        (None, 1, 16, 2, 32, 1, True),  # NSA's compressed keys at 64k: 64 CTAs per kv head
+        (None, 1, 16, 2, 512, 1, False),  # a 64k sliding window: 1,024
+        (None, 1, 16, 2, 64, 2, False),  # 256 CTAs with the list splits: not below 256
+        (None, 1, 16, 2, 128, 1, False),
+        (None, 1, 16, 16, 4, 1, False),  # no group to split
+        (True, 1, 16, 2, 512, 1, True),
+        (False, 1, 16, 2, 4, 1, False),
+    ],
+)
+def test_dkv_split_heads_default(requested, b, h, k, kv_blocks, list_splits, want):
+    from pallas_kernels.gpu import api_backward
+
+    got = api_backward._split_heads(
+        requested, B=b, H=h, K=k, kv_blocks=kv_blocks, list_splits=list_splits
+    )
+    assert got is want
+
+
 def test_unsupported_inputs_raise_not_implemented():
     q = jnp.ones((1, 64, 2, 64), jnp.float32)
     cfg = js.Config(interpret=True)

@@ -65,7 +65,7 @@ def _qkv(B, T, S, H, K, D, Dv, dtype, seed=0):
     )
 
 
-def _run(q, k, v, mask_fn, mask, kind, *, bwd, cap=None, seg=None, **kw):
+def _run(q, k, v, mask_fn, mask, kind, *, bwd, cap=None, seg=None, bwd_kw=None, **kw):
     kv_tabs, q_tabs = _tables(kind)
     seg = seg or {}
     scale = q.shape[-1] ** -0.5
@@ -90,7 +90,15 @@ def _run(q, k, v, mask_fn, mask, kind, *, bwd, cap=None, seg=None, **kw):
     dlse = jnp.where(jnp.asarray(live), jax.random.normal(ks[1], lse.shape), 0.0)
     bwd_fn = jax.jit(
         lambda *a: api.block_sparse_attention_bwd(
-            *a, *kv_tabs, *q_tabs, mask_fn=mask_fn, scale=scale, logits_soft_cap=cap, **seg, **kw
+            *a,
+            *kv_tabs,
+            *q_tabs,
+            mask_fn=mask_fn,
+            scale=scale,
+            logits_soft_cap=cap,
+            **seg,
+            **kw,
+            **(bwd_kw or {}),
         )
     )
     grads = bwd_fn(q, k, v, out, lse, dout, dlse)
@@ -127,7 +135,8 @@ def test_backward_d256_raises_not_implemented():
         )
 
 
-def test_window_segments_softcap_gqa_dv():
+@pytest.mark.parametrize("split_heads", [None, False])  # None: per query head at this size
+def test_window_segments_softcap_gqa_dv(split_heads):
     B, T, H, K, D, Dv = 2, 2048, 8, 2, 128, 64
     q, k, v = _qkv(B, T, T, H, K, D, Dv, jnp.bfloat16, seed=3)
     rng = np.random.default_rng(0)
@@ -136,7 +145,10 @@ def test_window_segments_softcap_gqa_dv():
     base = reference.dense_mask(window_256, 1, 1, T, T)
     kind = tables.kind_from_dense(base, 128, 128)
     seg = dict(q_segment_ids=jnp.asarray(qseg), kv_segment_ids=jnp.asarray(qseg))
-    _run(q, k, v, window_256, mask, kind, bwd=True, cap=30.0, seg=seg)
+    _run(
+        q, k, v, window_256, mask, kind, bwd=True, cap=30.0, seg=seg,
+        bwd_kw=dict(dkv_split_heads=split_heads),
+    )  # fmt: skip
 
 
 def test_random_block_mask_and_offsets():

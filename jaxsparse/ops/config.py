@@ -24,8 +24,10 @@ class Config:
         key list is short (at most 2,048 keys), see pallas_kernels/gpu/NOTES.md.
       gpu_dkv_split_heads: Mosaic GPU dK/dV kernel: one CTA per query head,
         each GQA group's shares summed in float32 afterwards (True), or one
-        CTA per kv head (False); None: split whenever a group has several
-        query heads (more CTAs, a shorter longest CTA).
+        CTA per kv head (False); None: split when a group has several query
+        heads and one CTA per kv head and key block would be fewer than 256
+        (short key sequences, e.g. NSA's compressed keys: more CTAs, a
+        shorter longest CTA).
       gpu_token_selection: how the GPU kernels run per-token block selections
         whose bit heads each serve a GQA group (NSA): "packed" (the group's
         query heads as rows of one tile, the tile's union of blocks with a

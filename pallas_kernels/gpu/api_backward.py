@@ -57,6 +57,27 @@ def _q_split(requested: bool | None, block_kv: int, num_stages: int) -> bool:
     return possible if requested is None else bool(requested)
 
 
+# With fewer dK/dV CTAs than this per kv head (about two per SM of a 132-SM
+# Hopper), split them per query head; see _split_heads.
+SPLIT_HEADS_BELOW_CTAS = 256
+
+
+def _split_heads(
+    requested: bool | None, *, B: int, H: int, K: int, kv_blocks: int, list_splits: int
+) -> bool:
+    """Whether the dK/dV kernel runs one CTA per query head (the group's shares summed after).
+
+    None: when a group has several query heads and one CTA per kv head and
+    key block would leave the GPU short of CTAs (NSA's 4,096 compressed keys
+    at 64k tokens: 64). Long key sequences (a 64k sliding window: 1,024 CTAs)
+    keep one CTA per kv head, which writes dK/dV once instead of `H / K`
+    shares.
+    """
+    if requested is not None:
+        return bool(requested)
+    return H > K and B * K * kv_blocks * list_splits < SPLIT_HEADS_BELOW_CTAS
+
+
 def _list_splits(splits) -> int:
     if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
         raise ValueError(f"dkv_list_splits must be a positive int, got {splits!r}")
@@ -131,7 +152,8 @@ def block_sparse_attention_bwd(
       bwd_num_stages: SMEM pipeline depth of both kernels.
       dkv_split_heads: one dK/dV CTA per query head, the GQA group's shares
         summed in float32 afterwards (True), or one per kv head summing inside
-        (False). None: split whenever a group has several query heads.
+        (False). None: split when a group has several query heads and there
+        are fewer than SPLIT_HEADS_BELOW_CTAS CTAs per kv head.
       dkv_q_split: with 64-key blocks, two dK/dV warpgroups share each block
         and take alternate q steps (True), or one works alone (False); None:
         split whenever block_kv is 64 and bwd_num_stages is even.
@@ -238,7 +260,14 @@ def block_sparse_attention_bwd(
         block_q_compute=dkv_block_q_compute,
         num_stages=bwd_num_stages,
         dtype=dt,
-        split_heads=H > K if dkv_split_heads is None else bool(dkv_split_heads),
+        split_heads=_split_heads(
+            dkv_split_heads,
+            B=B,
+            H=H,
+            K=K,
+            kv_blocks=Sp // block_kv,
+            list_splits=_list_splits(dkv_list_splits),
+        ),
         q_split=_q_split(dkv_q_split, block_kv, bwd_num_stages),
         list_splits=_list_splits(dkv_list_splits),
     )
