@@ -9,7 +9,7 @@ export PYTHONPATH=. JAXSPARSE_COMMIT=$(cat bench/results/2026-12-04_h200_session
 mkdir -p $OUT/r
 date -u > $OUT/r/start.txt
 nvidia-smi > $OUT/r/nvidia-smi.txt 2>&1
-JAXSPARSE_TEST_WORKERS=0 timeout 200 python -m pytest -q -m gpu tests/test_pallas_gpu_device.py -k "window_segments or deterministic" tests/test_routed.py -k "nsa_kernels or window_segments or deterministic" tests/test_gathered.py tests/test_packed.py > $OUT/r/tests.log 2>&1
+JAXSPARSE_TEST_WORKERS=0 timeout 200 python -m pytest -q -m gpu tests/test_pallas_gpu_device.py tests/test_routed.py tests/test_gathered.py tests/test_packed.py -k "nsa_kernels or window_segments or deterministic or gathered_dkv or nsa_like" > $OUT/r/tests.log 2>&1
 echo "tests rc=$?" >> $OUT/r/tests.log
 timeout 150 python bench/llm_sparse_gpu.py $OUT/r/llm --sizes 65536 --methods 'NSA train' --nsa-variants 'NSA,NSA (dK/dV per query head)' --dense ours,cudnn --reps 5 > $OUT/r/llm.log 2>&1
 echo "llm rc=$?" >> $OUT/r/llm.log
