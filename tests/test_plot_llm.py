@@ -32,6 +32,11 @@ def test_later_runs_replace_earlier_rows_and_fallbacks_are_left_out(plot_llm, tm
         _method("PSA", 0.01, 0.0, fallbacks=["xla"]),  # fell back: the earlier row stays
         _method("A", 9.0, 0.0, seq_len=128),  # another length
         dict(kind="nsa_train", method="NSA", seq_len=64, speedup_fwd_bwd_vs_ours=2.5,
+             speedup_fwd_bwd_vs_cudnn=2.25, fallbacks=[]),  # fmt: skip
+    ])  # fmt: skip
+    _write(tmp_path / "x_session2" / "call2_blocking" / "r", [
+        dict(kind="meta", min_iters=1),  # timed blocking on purpose: left out
+        dict(kind="nsa_train", method="NSA", seq_len=64, speedup_fwd_bwd_vs_ours=2.0,
              fallbacks=[]),  # fmt: skip
     ])  # fmt: skip
     _write(tmp_path / "x_session3" / "call1_c" / "r", [
@@ -42,7 +47,7 @@ def test_later_runs_replace_earlier_rows_and_fallbacks_are_left_out(plot_llm, tm
     assert rows["MoBA(512,3)"] == dict(speedup=6.0, overhead=0.1, run="s2 call1")
     assert rows["PSA"]["speedup"] == 0.5 and rows["PSA"]["run"] == "s1 call1"
     assert rows["A"]["speedup"] == 2.0
-    assert rows["NSA train"] == dict(speedup=2.5, overhead=None, run="s2 call1")
+    assert rows["NSA train"] == dict(speedup=2.5, overhead=None, run="s2 call1", vs_cudnn=2.25)
     out = tmp_path / "p.png"
     assert plot_llm.main([str(out), str(tmp_path), "--seq", "64"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
