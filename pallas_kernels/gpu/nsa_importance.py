@@ -38,6 +38,7 @@ on a GPU (session 12 had no device time left).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -108,6 +109,18 @@ def check(q, k_cmp, *, kernel_size: int, stride: int, block_size: int) -> None:
     smem = cm.nbytes((H // K, cm.WG_ROWS, D), dt) + 2 * cm.nbytes((KEYS, D), dt)
     if smem + 16 * 1024 > cm.MAX_SMEM_BYTES:
         raise NotImplementedError(f"nsa_importance: {H // K} heads of {D} do not fit in SMEM")
+
+
+def _scores_during(q_smem, keys_t, shape, work):
+    """`(q_smem @ keys_t, work())`: a fresh f32 accumulator, with `work` traced
+    between the wgmma's issue and the read of its result (which waits for it)."""
+
+    def body(acc_ref):
+        plgpu.wgmma(acc_ref, q_smem, keys_t)
+        out = work()
+        return acc_ref[...], out
+
+    return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
 
 
 def _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, scratch, *, sh: ImportanceShapes, stage: bool):
@@ -214,10 +227,22 @@ def _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, scratch, *, sh: ImportanceSha
         plgpu.barrier_wait(k_bar.at[slot])
         key = cm.iota(shape, 1) + i * KEYS
         valid = key <= cm.bcast_rows(reach, shape)
-        for head, lse_h in zip(heads, lse, strict=True):
-            s = cm.mma_smem(q_smem.at[head], k_smem.at[slot].T, shape)
+        keys_t = k_smem.at[slot].T
+
+        def probs(s, lse_h):
             p = jnp.exp2(s * sh.logit_mult - cm.bcast_rows(lse_h, shape))
-            p16 = jnp.where(valid, p, 0.0).astype(sh.dtype)
+            return jnp.where(valid, p, 0.0).astype(sh.dtype)
+
+        # The next head's scores are in flight while this head's exponentials run
+        # (the tensor cores and the exponent units overlap within a warpgroup).
+        s = cm.mma_smem(q_smem.at[heads[0]], keys_t, shape)
+        for j, lse_h in enumerate(lse):
+            if j + 1 < len(heads):
+                s, p16 = _scores_during(
+                    q_smem.at[heads[j + 1]], keys_t, shape, functools.partial(probs, s, lse_h)
+                )
+            else:
+                p16 = probs(s, lse_h)
             stage_smem = None if p_smem is None else p_smem.at[wg]
             acc = cm.mma_regs_lhs(acc, p16, w_main, stage_smem)
             spill = cm.mma_regs_lhs(spill, p16, w_spill, stage_smem)
