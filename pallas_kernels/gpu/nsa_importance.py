@@ -236,41 +236,19 @@ def _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, scratch, *, sh: ImportanceSha
             p = jnp.exp2(s * sh.logit_mult - cm.bcast_rows(lse_h, shape))
             return jnp.where(valid, p, 0.0).astype(sh.dtype)
 
-        def head_loop(weigh):
-            # The next head's scores are in flight while this head's exponentials run
-            # (the tensor cores and the exponent units overlap within a warpgroup).
-            s = cm.mma_smem(q_smem.at[heads[0]], keys_t, shape)
-            for j, lse_h in enumerate(lse):
-                if j + 1 < len(heads):
-                    s, p16 = _scores_during(
-                        q_smem.at[heads[j + 1]], keys_t, shape, functools.partial(probs, s, lse_h)
-                    )
-                else:
-                    p16 = probs(s, lse_h)
-                weigh(p16)
-
-        if p_smem is None:
-            # On the GPU the heads' weight products chain into two accumulators,
-            # waited for only by the next head's scores and at the block's end.
-            def body(refs):
-                acc_ref, spill_ref = refs
-
-                def weigh(p16):
-                    plgpu.wgmma(acc_ref, p16, w_main)
-                    plgpu.wgmma(spill_ref, p16, w_spill)
-
-                head_loop(weigh)
-
-            acc, spill = pl.run_state(body)((plgpu.ACC.init(acc), plgpu.ACC.init(spill)))
-        else:  # GPU interpret mode: the LHS staged through SMEM (cm.mma_regs_lhs)
-            sums = [acc, spill]
-
-            def weigh(p16):
-                sums[0] = cm.mma_regs_lhs(sums[0], p16, w_main, p_smem.at[wg])
-                sums[1] = cm.mma_regs_lhs(sums[1], p16, w_spill, p_smem.at[wg])
-
-            head_loop(weigh)
-            acc, spill = sums
+        # The next head's scores are in flight while this head's exponentials run
+        # (the tensor cores and the exponent units overlap within a warpgroup).
+        s = cm.mma_smem(q_smem.at[heads[0]], keys_t, shape)
+        for j, lse_h in enumerate(lse):
+            if j + 1 < len(heads):
+                s, p16 = _scores_during(
+                    q_smem.at[heads[j + 1]], keys_t, shape, functools.partial(probs, s, lse_h)
+                )
+            else:
+                p16 = probs(s, lse_h)
+            stage_smem = None if p_smem is None else p_smem.at[wg]
+            acc = cm.mma_regs_lhs(acc, p16, w_main, stage_smem)
+            spill = cm.mma_regs_lhs(spill, p16, w_spill, stage_smem)
         if nwg > 1:
             plgpu.barrier_arrive(scratch["k_free"].at[slot])
         combine_and_store(acc, i)
