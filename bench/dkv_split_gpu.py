@@ -7,8 +7,9 @@ Usage (repo root, GPU machine):
 Times forward+backward of GQA attention (B=1, H=16, K=2, D=128, bf16, as the
 LLM benchmarks), in one run:
   * `--option heads` (`Config(gpu_dkv_split_heads=...)`: one CTA per query
-    head, or per kv head): dense causal attention and a short key sequence
-    (NSA's compressed keys: T queries over T/16 keys, `CompressedCausal(32, 16)`).
+    head, or per kv head): dense causal attention, a short key sequence
+    (NSA's compressed keys: T queries over T/16 keys, `CompressedCausal(32, 16)`)
+    and a 512-key sliding window (NSA's third branch).
   * `--option q` (`Config(gpu_dkv_q_split=...)`: two warpgroups share each
     64-key block, or one works alone): causal attention on 128x64 tiles and a
     512-key sliding window on 128x64 tiles.
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
             cases = {
                 "causal": (P.Causal(), t),
                 "compressed keys (NSA branch 1)": (P.CompressedCausal(32, 16), (t - 32) // 16 + 1),
+                "sliding window 512 (NSA branch 3)": (P.Causal() & P.SlidingWindow(left=511), t),
             }
         else:
             field, tiles = "gpu_dkv_q_split", dict(block_q=128, block_kv=64)
