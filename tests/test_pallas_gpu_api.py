@@ -101,22 +101,25 @@ def test_gqa_dkv_split_option(option, attr, value, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "requested, b, h, k, kv_blocks, list_splits, want",
+    "requested, b, h, k, kv_blocks, list_splits, q_steps, want",
     [
-        (None, 1, 16, 2, 32, 1, True),  # NSA's compressed keys at 64k: 64 CTAs per kv head
-        (None, 1, 16, 2, 512, 1, False),  # a 64k sliding window: 1,024
-        (None, 1, 16, 2, 64, 2, False),  # 256 CTAs with the list splits: not below 256
-        (None, 1, 16, 2, 128, 1, False),
-        (None, 1, 16, 16, 4, 1, False),  # no group to split
-        (True, 1, 16, 2, 512, 1, True),
-        (False, 1, 16, 2, 4, 1, False),
+        (None, 1, 16, 2, 32, 1, 512, True),  # NSA's compressed keys at 64k: 64 CTAs per kv head
+        (None, 1, 16, 2, 512, 1, 5, False),  # a 64k sliding window: 1,024 CTAs, 40 steps
+        (None, 1, 16, 2, 128, 1, 5, False),  # a 16k sliding window: 256 CTAs, 40 steps
+        (None, 1, 16, 2, 128, 1, 128, True),  # dense causal at 16k: 1,024 steps per kv head
+        (None, 1, 16, 2, 64, 2, 5, False),  # 256 CTAs with the list splits: not below 256
+        (None, 1, 16, 2, 512, 4, 128, False),  # lists in 4: 8 * 32 = 256 steps, not above
+        (None, 1, 16, 2, 512, 4, 132, True),  # 8 * 33 = 264 steps
+        (None, 1, 16, 16, 4, 1, 512, False),  # no group to split
+        (True, 1, 16, 2, 512, 1, 5, True),
+        (False, 1, 16, 2, 4, 1, 512, False),
     ],
 )
-def test_dkv_split_heads_default(requested, b, h, k, kv_blocks, list_splits, want):
+def test_dkv_split_heads_default(requested, b, h, k, kv_blocks, list_splits, q_steps, want):
     from pallas_kernels.gpu import api_backward
 
     got = api_backward._split_heads(
-        requested, B=b, H=h, K=k, kv_blocks=kv_blocks, list_splits=list_splits
+        requested, B=b, H=h, K=k, kv_blocks=kv_blocks, list_splits=list_splits, q_steps=q_steps
     )
     assert got is want
 

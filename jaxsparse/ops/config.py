@@ -25,9 +25,10 @@ class Config:
       gpu_dkv_split_heads: Mosaic GPU dK/dV kernel: one CTA per query head,
         each GQA group's shares summed in float32 afterwards (True), or one
         CTA per kv head (False); None: split when a group has several query
-        heads and one CTA per kv head and key block would be fewer than 256
-        (short key sequences, e.g. NSA's compressed keys: more CTAs, a
-        shorter longest CTA).
+        heads and one CTA per kv head and key block would give fewer than
+        256 CTAs (short key sequences, e.g. NSA's compressed keys) or walk
+        more than 256 query steps (dense causal attention); short walks over
+        many key blocks (sliding windows) keep one CTA per kv head.
       gpu_token_selection: how the GPU kernels run per-token block selections
         whose bit heads each serve a GQA group (NSA): "packed" (the group's
         query heads as rows of one tile, the tile's union of blocks with a

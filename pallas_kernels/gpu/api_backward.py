@@ -57,25 +57,43 @@ def _q_split(requested: bool | None, block_kv: int, num_stages: int) -> bool:
     return possible if requested is None else bool(requested)
 
 
-# With fewer dK/dV CTAs than this per kv head (about two per SM of a 132-SM
-# Hopper), split them per query head; see _split_heads.
+# One dK/dV CTA per query head (see _split_heads) with fewer CTAs per kv head than
+# this (about two per SM of a 132-SM Hopper), or with longer walks than this per kv
+# head (query steps: the group's heads times a key block's q list).
 SPLIT_HEADS_BELOW_CTAS = 256
+SPLIT_HEADS_ABOVE_STEPS = 256
 
 
 def _split_heads(
-    requested: bool | None, *, B: int, H: int, K: int, kv_blocks: int, list_splits: int
+    requested: bool | None,
+    *,
+    B: int,
+    H: int,
+    K: int,
+    kv_blocks: int,
+    list_splits: int,
+    q_steps: int,
 ) -> bool:
     """Whether the dK/dV kernel runs one CTA per query head (the group's shares summed after).
 
-    None: when a group has several query heads and one CTA per kv head and
-    key block would leave the GPU short of CTAs (NSA's 4,096 compressed keys
-    at 64k tokens: 64). Long key sequences (a 64k sliding window: 1,024 CTAs)
-    keep one CTA per kv head, which writes dK/dV once instead of `H / K`
-    shares.
+    None: when a group has several query heads and one CTA per kv head and key
+    block would leave the GPU short of CTAs (NSA's 4,096 compressed keys at
+    64k tokens: 64), or would walk more than SPLIT_HEADS_ABOVE_STEPS query
+    steps (`group` times the longest q list, `q_steps`, over the list splits:
+    dense causal attention, whose longest walks make the tail). Short walks
+    over many key blocks (a 512-key sliding window: 40 steps) keep one CTA per
+    kv head, which writes dK/dV once instead of `group` shares. On the H200
+    (BENCHMARKS.md, session 15, forward+backward, H=16, K=2): the window 0.755
+    against 0.862 ms at 16k and 2.94 against 3.33 ms at 64k per kv head; dense
+    causal 7.68 against 7.56 ms at 16k per kv head.
     """
     if requested is not None:
         return bool(requested)
-    return H > K and B * K * kv_blocks * list_splits < SPLIT_HEADS_BELOW_CTAS
+    if H <= K:
+        return False
+    walk = (H // K) * -(-q_steps // list_splits)
+    few = B * K * kv_blocks * list_splits < SPLIT_HEADS_BELOW_CTAS
+    return few or walk > SPLIT_HEADS_ABOVE_STEPS
 
 
 def _list_splits(splits) -> int:
@@ -152,8 +170,8 @@ def block_sparse_attention_bwd(
       bwd_num_stages: SMEM pipeline depth of both kernels.
       dkv_split_heads: one dK/dV CTA per query head, the GQA group's shares
         summed in float32 afterwards (True), or one per kv head summing inside
-        (False). None: split when a group has several query heads and there
-        are fewer than SPLIT_HEADS_BELOW_CTAS CTAs per kv head.
+        (False). None: split when a group has several query heads and one CTA
+        per kv head would leave few CTAs or walk long q lists (_split_heads).
       dkv_q_split: with 64-key blocks, two dK/dV warpgroups share each block
         and take alternate q steps (True), or one works alone (False); None:
         split whenever block_kv is 64 and bwd_num_stages is even.
@@ -267,6 +285,7 @@ def block_sparse_attention_bwd(
             K=K,
             kv_blocks=Sp // block_kv,
             list_splits=_list_splits(dkv_list_splits),
+            q_steps=q_indices.shape[-1],
         ),
         q_split=_q_split(dkv_q_split, block_kv, bwd_num_stages),
         list_splits=_list_splits(dkv_list_splits),
