@@ -263,6 +263,7 @@ def block_sparse_attention_bwd(
         num_stages=bwd_num_stages,
         dtype=dt,
     )
+    list_splits = _list_splits(dkv_list_splits)
     dkv_sh = backward_dkv.DkvShapes(
         B=B,
         Tp=Tp,
@@ -284,11 +285,11 @@ def block_sparse_attention_bwd(
             H=H,
             K=K,
             kv_blocks=Sp // block_kv,
-            list_splits=_list_splits(dkv_list_splits),
+            list_splits=list_splits,
             q_steps=q_indices.shape[-1],
         ),
         q_split=_q_split(dkv_q_split, block_kv, bwd_num_stages),
-        list_splits=_list_splits(dkv_list_splits),
+        list_splits=list_splits,
     )
     dkv_bytes = backward_dkv.smem_bytes(dkv_sh, st) if dkv_tiles is None else 0
     for name, nb in (("dQ", backward_dq.smem_bytes(dq_sh, st)), ("dK/dV", dkv_bytes)):

@@ -460,13 +460,19 @@ def mma_regs_lhs(acc, lhs, rhs_smem, stage_smem, *, during=None):
 
 
 def mma_smem(lhs_smem, rhs_smem, shape, *, during=None):
-    """lhs_smem @ rhs_smem into a fresh f32 accumulator; returns registers."""
+    """lhs_smem @ rhs_smem into a fresh f32 accumulator; returns registers.
+
+    With `during`, returns `(registers, during())`: `during` is traced between
+    the wgmma's issue and the read of its result (which waits for it), so its
+    work overlaps the tensor cores'.
+    """
 
     def body(acc_ref):
         plgpu.wgmma(acc_ref, lhs_smem, rhs_smem)
-        if during is not None:
-            during()
-        return acc_ref[...]
+        if during is None:
+            return acc_ref[...]
+        out = during()
+        return acc_ref[...], out
 
     return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
 

@@ -114,18 +114,6 @@ def check(q, k_cmp, *, kernel_size: int, stride: int, block_size: int) -> None:
         raise NotImplementedError(f"nsa_importance: {H // K} heads of {D} do not fit in SMEM")
 
 
-def _scores_during(q_smem, keys_t, shape, work):
-    """`(q_smem @ keys_t, work())`: a fresh f32 accumulator, with `work` traced
-    between the wgmma's issue and the read of its result (which waits for it)."""
-
-    def body(acc_ref):
-        plgpu.wgmma(acc_ref, q_smem, keys_t)
-        out = work()
-        return acc_ref[...], out
-
-    return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
-
-
 def _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, scratch, *, sh: ImportanceShapes, stage: bool):
     q_smem, k_smem, o_smem, z_smem = (scratch[n] for n in ("q", "k", "o", "z"))
     w_main, w_spill = scratch["w_main"], scratch["w_spill"]
@@ -238,15 +226,18 @@ def _kernel(q_ref, k_ref, lse_ref, w_ref, out_ref, scratch, *, sh: ImportanceSha
 
         # The next head's scores are in flight while this head's exponentials run
         # (the tensor cores and the exponent units overlap within a warpgroup).
+        stage_smem = None if p_smem is None else p_smem.at[wg]
         s = cm.mma_smem(q_smem.at[heads[0]], keys_t, shape)
         for j, lse_h in enumerate(lse):
             if j + 1 < len(heads):
-                s, p16 = _scores_during(
-                    q_smem.at[heads[j + 1]], keys_t, shape, functools.partial(probs, s, lse_h)
+                s, p16 = cm.mma_smem(
+                    q_smem.at[heads[j + 1]],
+                    keys_t,
+                    shape,
+                    during=functools.partial(probs, s, lse_h),
                 )
             else:
                 p16 = probs(s, lse_h)
-            stage_smem = None if p_smem is None else p_smem.at[wg]
             acc = cm.mma_regs_lhs(acc, p16, w_main, stage_smem)
             spill = cm.mma_regs_lhs(spill, p16, w_spill, stage_smem)
         if nwg > 1:
