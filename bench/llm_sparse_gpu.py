@@ -238,6 +238,7 @@ NSA_TRAIN_VARIANTS = {
     "NSA (importance by calls)": js.Config(gpu_importance_kernel=False),
     "NSA (dK/dV per query head)": js.Config(gpu_dkv_split_heads=True),
     "NSA (packed dK/dV)": js.Config(gpu_gathered_dkv=False),
+    "NSA (dQ kernel)": js.Config(gpu_gathered_dq=False),
 }
 
 

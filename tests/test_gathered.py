@@ -89,20 +89,26 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_gathered_dkv_matches_dense_mask_in_interpret_mode(case, monkeypatch):
+@pytest.mark.parametrize(
+    "case, dq", [(CASES[0], True), (CASES[0], False), (CASES[1], True)], ids=str
+)
+def test_gathered_dkv_matches_dense_mask_in_interpret_mode(case, dq, monkeypatch):
+    """dq: the gathered kernel gives dQ too (its interpret-mode read-add-write in place
+    of the TMA reduce-add), or the dQ kernel walks the packed tiles."""
     b, t, s, h, kh, cb, cap, causal, item_tiles = case
     # Short runs of tiles per work item: a block's tiles shared by several CTAs.
     monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
     calls = []
     dkv = bdg.dkv
-    monkeypatch.setattr(bdg, "dkv", lambda *a, **k: calls.append(1) or dkv(*a, **k))
+    monkeypatch.setattr(
+        bdg, "dkv", lambda *a, **k: calls.append(k.get("with_dq", False)) or dkv(*a, **k)
+    )
     bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, causal)
     check_against_mask(
         bits, s=s, h=h, kh=kh, d=64, col_block=cb, cap=cap, causal=causal, seed=7,
-        config=js.Config(interpret=True, gpu_gathered_dkv=True),
+        config=js.Config(interpret=True, gpu_gathered_dkv=True, gpu_gathered_dq=dq),
     )  # fmt: skip
-    assert calls, "the backward did not take the gathered dK/dV kernel"
+    assert calls == [dq] * len(calls) and calls, "the backward did not take the gathered kernel"
 
 
 def _with_item_tiles(item_tiles):
@@ -114,9 +120,11 @@ def _with_item_tiles(item_tiles):
     return patched
 
 
-def test_gathered_kernel_lowers_for_a_gpu():
+@pytest.mark.parametrize("with_dq", [False, True])
+def test_gathered_kernel_lowers_for_a_gpu(with_dq):
     # Interpret mode runs the logic, not the Mosaic GPU lowering (TMA boxes of one
-    # token's [8, D] rows into 8-row slices of the swizzled tiles): lower it for CUDA.
+    # token's [8, D] rows into 8-row slices of the swizzled tiles; with dQ, the
+    # transposed dS^T operand and the TMA reduce-adds): lower it for CUDA.
     q = jnp.zeros((1, 256 * 8, 2, 128), jnp.bfloat16)
     k = jnp.zeros((1, 256, 2, 128), jnp.bfloat16)
     tiles = bdg.GatheredTiles(
@@ -130,7 +138,7 @@ def test_gathered_kernel_lowers_for_a_gpu():
         mask_fn=None, mask_factors=None, q_offset=0, kv_len=256, kv_padded=False, scale=0.1,
         logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False, interpret=None,
     )  # fmt: skip
-    fn = functools.partial(bdg.dkv, group=8, num_stages=2, st=st_)
+    fn = functools.partial(bdg.dkv, group=8, num_stages=2, st=st_, with_dq=with_dq)
     with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
         jax.jit(fn).trace(q, k, k, q, lse, lse, tiles).lower(lowering_platforms=("cuda",))
 
@@ -143,13 +151,15 @@ def test_gathered_kernel_rejects_groups_it_cannot_tile():
 
 
 @pytest.mark.gpu
-def test_gathered_dkv_on_the_gpu():
-    """NSA's layout on the H100: group 8, 15 blocks a token, against the dense f32 mask."""
+@pytest.mark.parametrize("dq", [True, False])
+def test_gathered_dkv_on_the_gpu(dq):
+    """NSA's layout on the H100: group 8, 15 blocks a token, against the dense f32 mask;
+    dQ from the gathered kernel's TMA reduce-adds, or from the dQ kernel."""
     b, t, h, kh, cb, cap = 1, 4096, 16, 2, 64, 15
     bits = random_bits(np.random.default_rng(5), b, kh, t, t, cb, cap, 0, True)
     check_against_mask(
         bits, s=t, h=h, kh=kh, d=128, col_block=cb, cap=cap, causal=True, seed=6,
-        config=js.Config(gpu_gathered_dkv=True),
+        config=js.Config(gpu_gathered_dkv=True, gpu_gathered_dq=dq),
     )  # fmt: skip
 
 

@@ -63,6 +63,11 @@ class Config:
         8; elsewhere the packed tiles are used. On by default: NSA's
         forward+backward at 64k took 34.36 against 41.62 ms on an H200
         (pallas_kernels/gpu/NOTES.md).
+      gpu_gathered_dq: with the gathered dK/dV, the same kernel also gives
+        dQ, adding each tile's dS K into a float32 dQ by TMA reduce-adds,
+        and the dQ kernel's walk of the packed tiles does not run. That dQ is
+        not bitwise deterministic (the adds of one row come in no fixed
+        order); False keeps the dQ kernel (deterministic).
       interpret: run Pallas kernels in interpret mode (CPU tests of
         `implementation="pallas_gpu"`; slow, tiny shapes only).
     """
@@ -80,6 +85,7 @@ class Config:
     gpu_importance_kernel: bool = True
     gpu_token_selection: str | None = None
     gpu_gathered_dkv: bool = True
+    gpu_gathered_dq: bool = True
     interpret: bool = False
 
     def __post_init__(self):
@@ -96,6 +102,7 @@ class Config:
             ("gpu_gate_kernel", False),
             ("gpu_importance_kernel", False),
             ("gpu_gathered_dkv", False),
+            ("gpu_gathered_dq", False),
         ):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (optional and value is None)):

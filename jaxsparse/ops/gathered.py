@@ -38,6 +38,7 @@ class Gathering:
     group: query rows per token (a multiple of 8, at most 64).
     slots: selected blocks per row, at most (row_capacity plus the own block of
       causal selections).
+    dq: the gathered kernel gives dQ too (`Config.gpu_gathered_dq`).
     """
 
     batch: int
@@ -48,6 +49,7 @@ class Gathering:
     q_offset: int
     causal: bool
     slots: int
+    dq: bool = False
     item_tiles: int = ITEM_TILES
 
     @property

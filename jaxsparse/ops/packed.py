@@ -98,7 +98,7 @@ def run(call: call_lib.Call):
         gathering = gathered.Gathering(
             batch=b, group=g, col_block=p.col_block, q_len=t, kv_len=s,
             q_offset=call.q_offset, causal=p.causal,
-            slots=p.row_capacity + (1 if p.causal else 0),
+            slots=p.row_capacity + (1 if p.causal else 0), dq=call.config.gpu_gathered_dq,
         )  # fmt: skip
     out, lse = pallas_gpu.run_tables(
         call,

@@ -272,6 +272,7 @@ def _attention_bwd(st, residuals, cotangents):
 
         if st.gathering is not None:  # built here: a forward-only call never needs them
             arrays = {**arrays, "dkv_tiles": st.gathering.tiles(pattern.bits)}
+            arrays["dq_from_tiles"] = st.gathering.dq
         dq, dk, dv = kernels.block_sparse_attention_bwd(
             q,
             k,

@@ -148,6 +148,7 @@ def block_sparse_attention_bwd(
     key_columns_mode: str = "or",
     segments_le: bool = False,
     dkv_tiles: backward_dkv_gathered.GatheredTiles | None = None,
+    dq_from_tiles: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Gradients of block_sparse_attention_fwd (dQ kernel + dK/dV kernel).
 
@@ -186,10 +187,14 @@ def block_sparse_attention_bwd(
         group reading one kv head): dK/dV then run over tiles of the tokens
         that selected each key tile (their own masks: the tiles' limits)
         instead of the kv-major lists, which only dQ's checks then read.
+      dq_from_tiles: with dkv_tiles, the same kernel also gives dQ (TMA
+        reduce-adds into float32; not bitwise deterministic) and the dQ kernel
+        does not run.
 
     Returns:
       dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
-      are summed over the query heads of each GQA group. Deterministic.
+      are summed over the query heads of each GQA group. Deterministic, except
+      dq with dq_from_tiles.
     """
     del block_kv_compute, num_stages, persistent, num_ctas
     cm.check_dtypes_and_dims(q, k, v, what="block_sparse_attention_bwd")
@@ -204,6 +209,8 @@ def block_sparse_attention_bwd(
         raise ValueError("give both kv_words and q_words, or neither")
     if dkv_tiles is not None and not word_rows:
         raise ValueError("dkv_tiles needs word_rows (query rows per token) and the row words")
+    if dq_from_tiles and dkv_tiles is None:
+        raise ValueError("dq_from_tiles needs dkv_tiles (the gathered tiles that give dQ)")
     kv_words = args.row_words(kv_words, kv_indices, word_rows, block_q, "kv")
     q_words = args.row_words(q_words, q_indices, word_rows, block_q, "q")
     if out.shape != (B, Tp, H, Dv) or dout.shape != out.shape:
@@ -298,6 +305,11 @@ def block_sparse_attention_bwd(
                 f"{name} tiles need {nb} bytes of SMEM (> {cm.MAX_SMEM_BYTES})"
             )
 
+    if dq_from_tiles:
+        return backward_dkv_gathered.dkv(
+            q, k, v, dout, lse2, delta, dkv_tiles, group=word_rows, num_stages=bwd_num_stages,
+            st=st, with_dq=True,
+        )  # fmt: skip
     if heavy_first:
         q_order = cm.heavy_first_order(kv_counts)
         kv_order = cm.heavy_first_order(q_counts)

@@ -226,7 +226,7 @@ def _kernel(
                         return lax.cond(partial, masked(True), masked(False))
                     return lax.cond(partial, masked(True), lambda: t)
 
-                dk, dv = tile_grads(
+                dk, dv, _ = tile_grads(
                     st, sh.dtype, dk, dv, k=k_smem.at[wg], v=v_smem.at[wg],
                     q=q_smem.at[slot], do=do_smem.at[slot], rows=rows, mask=mask,
                     stage=None if st_smem is None else st_smem.at[wg],
@@ -302,7 +302,7 @@ def tile_grads(st: cm.AttentionStatics, dtype, dk, dv, *, k, v, q, do, rows, mas
     see to -inf in the raw logits t; P^T = exp2(t * mult - lse), dV += P^T dO,
     dS^T = P^T * (dP^T - delta) (times 1 - t^2 with a soft cap), dK += dS^T Q.
     k, v, q, do: SMEM tiles; stage: None on the GPU, else the interpret-mode
-    LHS staging tile (`cm.mma_regs_lhs`).
+    LHS staging tile (`cm.mma_regs_lhs`). Returns dk, dv and dS^T in `dtype`.
     """
     shape = (k.shape[0], q.shape[0])
 
@@ -321,8 +321,9 @@ def tile_grads(st: cm.AttentionStatics, dtype, dk, dv, *, k, v, q, do, rows, mas
     ds = p * (dp - cm.bcast_cols(delta, shape))
     if st.logits_soft_cap is not None:
         ds = ds * (1.0 - t * t)
-    dk = cm.mma_regs_lhs(dk, ds.astype(dtype), q, stage)
-    return dk, dv
+    ds = ds.astype(dtype)
+    dk = cm.mma_regs_lhs(dk, ds, q, stage)
+    return dk, dv, ds
 
 
 def sum_pair(wg, dk, dv, scratch, store):

@@ -24,7 +24,18 @@ Row r of a tile may see the keys at positions <= limits[r] (its token's
 position for causal selections, kv_len - 1 otherwise, -1 for the rows past a
 block's last token); lse (log2 units) and delta come gathered per tile row.
 A work item writes its own partial dK/dV; the caller sums the items of one
-key tile and kv head in float32, so the result is deterministic (no atomics).
+key tile and kv head in float32, so dK/dV are deterministic (no atomics).
+
+With `with_dq` the kernel also gives dQ, in place of the dQ kernel's walk of
+the packed tiles (the union of 8 tokens' blocks, about 3x the selected pairs
+on NSA's needle inputs at 64k): per tile, dS (dS^T in SMEM, read transposed)
+times the key tile, `[64, D]` in float32, added into a float32 dQ in GMEM by
+one TMA reduce-add per token (the tile's `[G, D]` boxes). The adds of one row
+come from different CTAs in no fixed order, so this dQ is not bitwise
+deterministic. The GPU interpreter cannot run a TMA reduction; in interpret
+mode each box is read, added to and written back instead, exact there because
+the interpreter runs the CTAs one after another (and a CTA's two warpgroups
+never hold the same token: a block's tiles are disjoint).
 """
 
 from __future__ import annotations
@@ -76,6 +87,7 @@ class GatheredShapes:
     group: int  # G, query heads per bit head: rows per token
     num_stages: int
     dtype: jnp.dtype
+    with_dq: bool = False
 
     @property
     def tokens(self) -> int:
@@ -100,7 +112,11 @@ def smem_bytes(sh: GatheredShapes, st: cm.AttentionStatics) -> int:
     total = cm.nbytes((NWG, r, sh.D + sh.Dv), dt)  # K, V per warpgroup
     total += cm.nbytes((sh.num_stages, r, sh.D + sh.Dv), dt)  # Q, dO
     total += cm.nbytes((sh.num_stages, 3, r), jnp.float32)  # lse, delta, limits
-    total += cm.nbytes((r, sh.D + sh.Dv), jnp.float32)  # the second warpgroup's sums
+    sums = cm.nbytes((r, sh.D + sh.Dv), jnp.float32)  # the second warpgroup's sums
+    if sh.with_dq:  # dS^T tiles; dQ staging, sharing its bytes with the sums (a RefUnion)
+        total += cm.nbytes((NWG, r, r), dt)
+        sums = max(sums, cm.nbytes((NWG, r, sh.D), jnp.float32))
+    total += sums
     if not st.regs_lhs:
         total += cm.nbytes((NWG, r, r), dt)
     return total + 1024
@@ -115,14 +131,16 @@ def _kernel(
     do_ref,
     stats_ref,
     limit_ref,
-    dk_ref,
-    dv_ref,
-    *,
+    *refs,
     sh: GatheredShapes,
     st: cm.AttentionStatics,
     **scratch,
 ):
     R, stages, g = cm.WG_ROWS, sh.num_stages, sh.group
+    dq_ref, dk_ref, dv_ref = refs if sh.with_dq else (None, *refs)
+    if sh.with_dq:  # the dQ staging tiles share their bytes with the end's sums
+        dq_smem, (dk_acc, dv_acc) = scratch["union"]
+        scratch = {**scratch, "dk_acc": dk_acc, "dv_acc": dv_acc}
     k_smem, v_smem = scratch["k_smem"], scratch["v_smem"]
     q_smem, do_smem = scratch["q_smem"], scratch["do_smem"]
     stats_smem, limit_smem = scratch["stats_smem"], scratch["limit_smem"]
@@ -160,7 +178,7 @@ def _kernel(
             def mask(t, limit):
                 return jnp.where(key_pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
 
-            dk, dv = backward_dkv.tile_grads(
+            dk, dv, ds = backward_dkv.tile_grads(
                 st, sh.dtype, *carry, k=k_smem.at[wg], v=v_smem.at[wg], q=q_smem.at[slot],
                 do=do_smem.at[slot], rows=rows, mask=mask,
                 stage=None if st_smem is None else st_smem.at[wg],
@@ -169,10 +187,41 @@ def _kernel(
             # before the producer's next TMA into it.
             plgpu.commit_smem()
             plgpu.barrier_arrive(free.at[slot])
+            if sh.with_dq:
+                add_dq(lo + s, ds)
             return dk, dv
+
+        def add_dq(tile, ds):
+            """dQ rows of the tile += dS K, one reduce-add per token's [G, D] box."""
+            ds_smem = scratch["ds_smem"].at[wg]
+            ds_smem[...] = ds
+            plgpu.commit_smem()
+            dq = cm.mma_smem(ds_smem.T, k_smem.at[wg], (R, sh.D))
+            stage = dq_smem.at[wg]
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last tile's boxes are out
+            stage[...] = dq
+            plgpu.commit_smem()
+            for j in range(sh.tokens):
+                src = stage.at[pl.ds(j * g, g)]
+                dst = dq_ref.at[b, pl.ds(tok_ref[tile, j] * g, g), x]
+                if st.interpret is None:
+                    plgpu.copy_smem_to_gmem(src, dst, reduction_op="add", commit_group=False)
+                else:  # read, add, write back (see the module docstring)
+                    box, bar = scratch["rmw_smem"].at[wg], scratch["rmw_bar"].at[wg]
+                    plgpu.copy_gmem_to_smem(dst, box, bar)
+                    plgpu.barrier_wait(bar)
+                    box[...] = box[...] + src[...]
+                    plgpu.commit_smem()
+                    plgpu.copy_smem_to_gmem(box, dst)
+                    plgpu.wait_smem_to_gmem(0)
+            plgpu.commit_smem_to_gmem_group()
 
         mine = lax.div(jnp.maximum(n - wg + 1, 0), 2)  # tiles wg, wg + 2, ...
         dk, dv = lax.fori_loop(0, mine, lambda i, carry: step(wg + 2 * i, carry), (dk, dv))
+        if sh.with_dq:  # the staging tiles become the sums' tiles: both warpgroups done
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            plgpu.barrier_arrive(scratch["dq_done"].at[wg])
+            plgpu.barrier_wait(scratch["dq_done"].at[1 - wg])
 
         def store(dk, dv):  # through the first warpgroup's K/V tiles, no longer read
             backward_dkv.stage_store(
@@ -208,11 +257,13 @@ def _kernel(
             plgpu.barrier_wait(free.at[lax.rem(s, stages)])
 
 
-def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st):
+def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc=None):
     """Partial dK `[I, 64, D]` and dV `[I, 64, Dv]` of each work item, in q.dtype.
 
     stats `[N, 2, 64]` f32: lse (log2 units, +inf for dead rows) and delta of
     each tile row; limits `[N, 64]` int32: the last key each tile row may see.
+    dq_acc (with `sh.with_dq`): a float32 `[B, Tp, Hx, D]` ref the kernel adds
+    dS K into (unscaled).
     """
     R, stages, dt = cm.WG_ROWS, sh.num_stages, sh.dtype
     scratch = dict(
@@ -225,10 +276,18 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st):
         kv_bar=plgpu.Barrier(num_arrivals=2, num_barriers=NWG),
         in_bar=plgpu.Barrier(num_arrivals=2 * sh.tokens + 2, num_barriers=stages),
         free=plgpu.Barrier(num_arrivals=1, num_barriers=stages),  # a tile's one taker
-        dk_acc=plgpu.SMEM((R, sh.D), jnp.float32),
-        dv_acc=plgpu.SMEM((R, sh.Dv), jnp.float32),
         sum_bar=plgpu.Barrier(num_arrivals=1),
     )
+    sums = (plgpu.SMEM((R, sh.D), jnp.float32), plgpu.SMEM((R, sh.Dv), jnp.float32))
+    if sh.with_dq:
+        scratch["union"] = plgpu.RefUnion(plgpu.SMEM((NWG, R, sh.D), jnp.float32), sums)
+        scratch["ds_smem"] = cm.tiled_smem((NWG, R, R), dt)
+        scratch["dq_done"] = plgpu.Barrier(num_arrivals=1, num_barriers=NWG)
+        if st.interpret is not None:
+            scratch["rmw_smem"] = plgpu.SMEM((NWG, sh.group, sh.D), jnp.float32)
+            scratch["rmw_bar"] = plgpu.Barrier(num_arrivals=1, num_barriers=NWG)
+    else:
+        scratch["dk_acc"], scratch["dv_acc"] = sums
     if not st.regs_lhs:
         scratch["st_smem"] = cm.tiled_smem((NWG, R, R), dt)
     items = tiles.items.shape[0]
@@ -247,11 +306,13 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st):
         compiler_params=cm.compiler_params(),
         interpret=st.interpret,
     )
-    return kernel(tiles.items, tiles.tokens, q, k, v, do, stats, limits)
+    operands = (tiles.items, tiles.tokens, q, k, v, do, stats, limits)
+    return kernel(*operands, *((dq_acc,) if sh.with_dq else ()))
 
 
-def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st):
-    """dK `[B, Sp, K, D]`, dV `[B, Sp, K, Dv]` (q.dtype) over gathered tiles.
+def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st, with_dq=False):
+    """dK `[B, Sp, K, D]`, dV `[B, Sp, K, Dv]` (q.dtype) over gathered tiles; with
+    `with_dq`, `(dq, dk, dv)`, dq `[B, Tp, Hx, D]` in q.dtype.
 
     q, do: `[B, Tp, Hx, .]` packed rows; lse2, delta: `[B, Hx, Tp]` f32 (lse in
     log2 units with dead rows at +inf; delta = rowsum(dO * O) - dlse).
@@ -261,7 +322,7 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
     check_support(group, D, Dv, num_stages)
     sh = GatheredShapes(
         B=B, Tp=Tp, Sp=Sp, Hx=Hx, K=K, D=D, Dv=Dv, group=group, num_stages=num_stages,
-        dtype=jnp.dtype(q.dtype),
+        dtype=jnp.dtype(q.dtype), with_dq=with_dq,
     )  # fmt: skip
     n = sh.tokens
     if tiles.tokens.shape[1:] != (n,) or tiles.limits.shape != tiles.tokens.shape:
@@ -284,7 +345,8 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
         [lse2.reshape(-1)[flat], delta.astype(jnp.float32).reshape(-1)[flat]], axis=1
     )  # [N, 2, 64]
     limits = jnp.repeat(tiles.limits.astype(jnp.int32), group, axis=1)
-    dk_p, dv_p = dkv_call(q, k, v, do, stats, limits, tiles, sh=sh, st=st)
+    dq_acc = jax.new_ref(jnp.zeros((B, Tp, Hx, D), jnp.float32)) if with_dq else None
+    dk_p, dv_p = dkv_call(q, k, v, do, stats, limits, tiles, sh=sh, st=st, dq_acc=dq_acc)
     # Sum each (b, kv head, key tile)'s items in f32; empty items fall outside.
     nk = Sp // cm.WG_ROWS
     f, kj = tiles.items[:, 0], tiles.items[:, 1]
@@ -297,4 +359,6 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
         s = s.reshape(B, K, nk * cm.WG_ROWS, -1).transpose(0, 2, 1, 3)
         return s.astype(q.dtype)
 
+    if with_dq:
+        return (dq_acc[...] * st.scale).astype(q.dtype), total(dk_p), total(dv_p)
     return total(dk_p), total(dv_p)
