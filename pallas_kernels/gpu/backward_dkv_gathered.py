@@ -54,6 +54,8 @@ from pallas_kernels.gpu import backward_dkv
 from pallas_kernels.gpu import common as cm
 
 NWG = 2  # consumer warpgroups, alternating tiles of one key tile
+# dQ staging tiles: 8 rows x 128 bytes, swizzled (a token's G rows are whole tiles).
+F32_TRANSFORMS = (plgpu.TilingTransform((8, 32)), plgpu.SwizzleTransform(128))
 
 
 class GatheredTiles(NamedTuple):
@@ -280,7 +282,10 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
     )
     sums = (plgpu.SMEM((R, sh.D), jnp.float32), plgpu.SMEM((R, sh.Dv), jnp.float32))
     if sh.with_dq:
-        scratch["union"] = plgpu.RefUnion(plgpu.SMEM((NWG, R, sh.D), jnp.float32), sums)
+        # Tiled and swizzled: stores from the WGMMA layout without bank conflicts, and
+        # one TMA per token's box all the same.
+        staging = plgpu.SMEM((NWG, R, sh.D), jnp.float32, transforms=F32_TRANSFORMS)
+        scratch["union"] = plgpu.RefUnion(staging, sums)
         scratch["ds_smem"] = cm.tiled_smem((NWG, R, R), dt)
         scratch["dq_done"] = plgpu.Barrier(num_arrivals=1, num_barriers=NWG)
         if st.interpret is not None:
