@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import NamedTuple
 
 import jax
@@ -195,9 +196,12 @@ def _kernel(
 
         def add_dq(tile, ds):
             """dQ rows of the tile += dS K, one reduce-add per token's [G, D] box."""
+            diag = os.environ.get("JAXSPARSE_GATHERED_DQ_DIAG", "")  # TEMPORARY (session 16)
             ds_smem = scratch["ds_smem"].at[wg]
             ds_smem[...] = ds
             plgpu.commit_smem()
+            if diag == "nomma":
+                return
             dq = cm.mma_smem(ds_smem.T, k_smem.at[wg], (R, sh.D))
             stage = dq_smem.at[wg]
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last tile's boxes are out
@@ -206,6 +210,8 @@ def _kernel(
             for j in range(sh.tokens):
                 src = stage.at[pl.ds(j * g, g)]
                 dst = dq_ref.at[b, pl.ds(tok_ref[tile, j] * g, g), x]
+                if diag == "noreduce":
+                    continue
                 if st.interpret is None:
                     plgpu.copy_smem_to_gmem(src, dst, reduction_op="add", commit_group=False)
                 else:  # read, add, write back (see the module docstring)
