@@ -293,7 +293,9 @@ def _kernel(
             plgpu.barrier_wait(free.at[lax.rem(t, stages)])
 
 
-def tile_grads(st: cm.AttentionStatics, dtype, dk, dv, *, k, v, q, do, rows, mask, stage):
+def tile_grads(
+    st: cm.AttentionStatics, dtype, dk, dv, *, k, v, q, do, rows, mask, stage, ds_smem=None
+):
     """One step of dK/dV in the transposed orientation (rows = keys, columns = query rows).
 
     S^T = K Q^T and dP^T = V dO^T (issued back to back), then `rows()` reads the
@@ -302,7 +304,12 @@ def tile_grads(st: cm.AttentionStatics, dtype, dk, dv, *, k, v, q, do, rows, mas
     see to -inf in the raw logits t; P^T = exp2(t * mult - lse), dV += P^T dO,
     dS^T = P^T * (dP^T - delta) (times 1 - t^2 with a soft cap), dK += dS^T Q.
     k, v, q, do: SMEM tiles; stage: None on the GPU, else the interpret-mode
-    LHS staging tile (`cm.mma_regs_lhs`). Returns dk, dv and dS^T in `dtype`.
+    LHS staging tile (`cm.mma_regs_lhs`).
+
+    With `ds_smem` (a `[keys, rows]` tile) dS^T goes through SMEM and the
+    step also gives this tile's dQ rows, dS K (float32, unscaled): the dK and
+    dQ wgmmas are issued back to back and waited for once. Returns
+    `(dk, dv, dq)`, dq None without `ds_smem`.
     """
     shape = (k.shape[0], q.shape[0])
 
@@ -321,9 +328,24 @@ def tile_grads(st: cm.AttentionStatics, dtype, dk, dv, *, k, v, q, do, rows, mas
     ds = p * (dp - cm.bcast_cols(delta, shape))
     if st.logits_soft_cap is not None:
         ds = ds * (1.0 - t * t)
-    ds = ds.astype(dtype)
-    dk = cm.mma_regs_lhs(dk, ds, q, stage)
-    return dk, dv, ds
+    if ds_smem is None:
+        return cm.mma_regs_lhs(dk, ds.astype(dtype), q, stage), dv, None
+    ds_smem[...] = ds.astype(dtype)
+    plgpu.commit_smem()
+    dq_shape = (q.shape[0], k.shape[1])
+    if stage is not None:  # interpret mode: no pl.run_state
+        dk = dk + cm.mma_smem(ds_smem, q, dk.shape)
+        return dk, dv, cm.mma_smem(ds_smem.T, k, dq_shape)
+
+    def both(dq_ref):
+        def dk_step(dk_ref):
+            plgpu.wgmma(dk_ref, ds_smem, q)
+            plgpu.wgmma(dq_ref, ds_smem.T, k)
+
+        return pl.run_state(dk_step)(plgpu.ACC.init(dk)), dq_ref[...]
+
+    dk, dq = pl.run_scoped(both, plgpu.ACC(dq_shape, jnp.float32))
+    return dk, dv, dq
 
 
 def sum_pair(wg, dk, dv, scratch, store):

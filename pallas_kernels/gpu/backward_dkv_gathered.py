@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import NamedTuple
 
 import jax
@@ -181,28 +180,22 @@ def _kernel(
             def mask(t, limit):
                 return jnp.where(key_pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
 
-            dk, dv, ds = backward_dkv.tile_grads(
+            dk, dv, dq = backward_dkv.tile_grads(
                 st, sh.dtype, *carry, k=k_smem.at[wg], v=v_smem.at[wg], q=q_smem.at[slot],
                 do=do_smem.at[slot], rows=rows, mask=mask,
                 stage=None if st_smem is None else st_smem.at[wg],
+                ds_smem=scratch["ds_smem"].at[wg] if sh.with_dq else None,
             )  # fmt: skip
             # Generic-proxy reads of this slot (lse, delta, limits) must be ordered
             # before the producer's next TMA into it.
             plgpu.commit_smem()
             plgpu.barrier_arrive(free.at[slot])
             if sh.with_dq:
-                add_dq(lo + s, ds)
+                add_dq(lo + s, dq)
             return dk, dv
 
-        def add_dq(tile, ds):
-            """dQ rows of the tile += dS K, one reduce-add per token's [G, D] box."""
-            diag = os.environ.get("JAXSPARSE_GATHERED_DQ_DIAG", "")  # TEMPORARY (session 16)
-            ds_smem = scratch["ds_smem"].at[wg]
-            ds_smem[...] = ds
-            plgpu.commit_smem()
-            if diag == "nomma":
-                return
-            dq = cm.mma_smem(ds_smem.T, k_smem.at[wg], (R, sh.D))
+        def add_dq(tile, dq):
+            """dQ rows of the tile += dq, one reduce-add per token's [G, D] box."""
             stage = dq_smem.at[wg]
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last tile's boxes are out
             stage[...] = dq
@@ -210,8 +203,6 @@ def _kernel(
             for j in range(sh.tokens):
                 src = stage.at[pl.ds(j * g, g)]
                 dst = dq_ref.at[b, pl.ds(tok_ref[tile, j] * g, g), x]
-                if diag == "noreduce":
-                    continue
                 if st.interpret is None:
                     plgpu.copy_smem_to_gmem(src, dst, reduction_op="add", commit_group=False)
                 else:  # read, add, write back (see the module docstring)
