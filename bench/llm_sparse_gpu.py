@@ -239,6 +239,7 @@ NSA_TRAIN_VARIANTS = {
     "NSA (dK/dV per query head)": js.Config(gpu_dkv_split_heads=True),
     "NSA (packed dK/dV)": js.Config(gpu_gathered_dkv=False),
     "NSA (dQ kernel)": js.Config(gpu_gathered_dq=False),
+    "NSA (gathered dQ)": js.Config(gpu_gathered_dq=True),
 }
 
 

@@ -143,6 +143,17 @@ def test_gathered_kernel_lowers_for_a_gpu(with_dq):
         jax.jit(fn).trace(q, k, k, q, lse, lse, tiles).lower(lowering_platforms=("cuda",))
 
 
+def test_gathered_dq_by_default_from_64k_tokens():
+    from jaxsparse.ops import packed
+
+    assert not packed.gathered_dq(js.Config(), packed.GATHERED_DQ_FROM_TOKENS - 1)
+    assert packed.gathered_dq(js.Config(), packed.GATHERED_DQ_FROM_TOKENS)
+    assert packed.gathered_dq(js.Config(gpu_gathered_dq=True), 64)
+    assert not packed.gathered_dq(js.Config(gpu_gathered_dq=False), 1 << 20)
+    with pytest.raises(TypeError, match="gpu_gathered_dq must be True, False or None"):
+        js.Config(gpu_gathered_dq=1)
+
+
 def test_gathered_kernel_rejects_groups_it_cannot_tile():
     with pytest.raises(NotImplementedError, match="group of 8 to 64"):
         bdg.check_support(4, 64, 64, 2)

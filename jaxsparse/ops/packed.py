@@ -35,6 +35,7 @@ from jaxsparse.patterns import base
 from jaxsparse.sparsity import device
 
 MAX_TOKENS_PER_TILE = 32  # bits of a kernel row word
+GATHERED_DQ_FROM_TOKENS = 65536  # Config(gpu_gathered_dq=None): gathered dQ from this length
 
 
 def applies(call: call_lib.Call) -> bool:
@@ -98,7 +99,7 @@ def run(call: call_lib.Call):
         gathering = gathered.Gathering(
             batch=b, group=g, col_block=p.col_block, q_len=t, kv_len=s,
             q_offset=call.q_offset, causal=p.causal,
-            slots=p.row_capacity + (1 if p.causal else 0), dq=call.config.gpu_gathered_dq,
+            slots=p.row_capacity + (1 if p.causal else 0), dq=gathered_dq(call.config, t),
         )  # fmt: skip
     out, lse = pallas_gpu.run_tables(
         call,
@@ -128,6 +129,20 @@ def gathers(call: call_lib.Call) -> bool:
     (`Config.gpu_gathered_dkv`, a group of 8 to 64 query heads in multiples of 8)."""
     g = call.num_heads // jnp.shape(call.pattern.bits)[1]
     return call.config.gpu_gathered_dkv and g % 8 == 0 and g <= gathered.KEY_TILE
+
+
+def gathered_dq(config, q_len: int) -> bool:
+    """Whether the gathered dK/dV kernel also gives dQ (`Config.gpu_gathered_dq`).
+
+    None: from `GATHERED_DQ_FROM_TOKENS` query tokens. On an H200 (session 16,
+    NSA's step, same runs) it was faster at 64k (29.77 against 30.46 ms) and
+    128k (82.72 against 84.25 ms) and slower at 16k (5.54 against 5.41 ms),
+    where the reduce-adds cost more than the dQ kernel's walk saves; lengths
+    between 16k and 64k were not measured and keep the deterministic dQ kernel.
+    """
+    if config.gpu_gathered_dq is not None:
+        return config.gpu_gathered_dq
+    return q_len >= GATHERED_DQ_FROM_TOKENS
 
 
 def dkv_list_splits(num_tiles: int) -> int:
