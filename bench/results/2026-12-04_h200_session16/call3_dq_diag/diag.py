@@ -29,8 +29,12 @@ q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in (task.q, task.k, task.v))
 del task
 cot = jax.random.normal(jax.random.key(1), q.shape, jnp.float32)
 gates = L.nsa_gates(q)
-runs = [("full", "", None), ("noreduce", "noreduce", None), ("nomma", "nomma", None),
-        ("dQ kernel", "", js.Config(gpu_gathered_dq=False))]
+runs = [
+    ("full", "", None),
+    ("noreduce", "noreduce", None),
+    ("nomma", "nomma", None),
+    ("dQ kernel", "", js.Config(gpu_gathered_dq=False)),
+]
 for name, diag, config in runs:
     os.environ["JAXSPARSE_GATHERED_DQ_DIAG"] = diag
     fb = jax.jit(jax.grad(L.nsa_loss(NSAConfig(), config), argnums=(0, 1, 2, 3)))
