@@ -154,6 +154,37 @@ def test_gathered_dq_by_default_from_64k_tokens():
         js.Config(gpu_gathered_dq=1)
 
 
+@pytest.mark.parametrize("threshold, want", [(101, False), (100, True)])
+def test_the_default_dq_form_follows_the_query_length(threshold, want, monkeypatch):
+    """Config(gpu_gathered_dq=None) through the API: the packed call of 100 query tokens
+    builds its Gathering with the length rule's answer (traced only, not run)."""
+    from jaxsparse.ops import packed
+
+    monkeypatch.setattr(packed, "GATHERED_DQ_FROM_TOKENS", threshold)
+    seen = []
+    init = gathered.Gathering.__init__
+    monkeypatch.setattr(
+        gathered.Gathering, "__init__", lambda self, **kw: seen.append(kw["dq"]) or init(self, **kw)
+    )
+    b, t, s, h, kh, cb, cap = 1, 100, 128, 16, 2, 64, 1
+    bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, True)
+    pattern = js.patterns.TokenBlockMask(
+        jnp.asarray(bits), row_block=1, col_block=cb, group=h // kh, causal=True,
+        row_capacity=cap,
+    )  # fmt: skip
+    q = jnp.zeros((b, t, h, 64), jnp.bfloat16)
+    k = jnp.zeros((b, s, kh, 64), jnp.bfloat16)
+    config = js.Config(interpret=True, gpu_gathered_dkv=True)
+
+    def loss(q, k, v):
+        out = js.attention(q, k, v, pattern=pattern, implementation="pallas_gpu", config=config)
+        return out.astype(jnp.float32).sum()
+
+    with pallas_gpu.interpret_context(True):
+        jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, k)
+    assert seen and set(seen) == {want}
+
+
 def test_gathered_kernel_rejects_groups_it_cannot_tile():
     with pytest.raises(NotImplementedError, match="group of 8 to 64"):
         bdg.check_support(4, 64, 64, 2)
