@@ -185,6 +185,45 @@ def test_the_default_dq_form_follows_the_query_length(threshold, want, monkeypat
     assert seen and set(seen) == {want}
 
 
+def test_gathered_dq_under_vmap_matches_each_call(monkeypatch):
+    """The gathered dQ's float32 buffer is a `jax.new_ref` the kernel writes in place:
+    under vmap each batch element must add into its own (interpret mode)."""
+    calls = []
+    dkv = bdg.dkv
+    monkeypatch.setattr(
+        bdg, "dkv", lambda *a, **k: calls.append(k.get("with_dq", False)) or dkv(*a, **k)
+    )
+    b, t, s, h, kh, cb, cap = 1, 40, 64, 8, 1, 64, 1
+    bits = random_bits(np.random.default_rng(4), b, kh, t, s, cb, cap, s - t, True)
+    pattern = js.patterns.TokenBlockMask(
+        jnp.asarray(bits), row_block=1, col_block=cb, group=h // kh, causal=True,
+        row_capacity=cap,
+    )  # fmt: skip
+    config = js.Config(interpret=True, gpu_gathered_dkv=True, gpu_gathered_dq=True)
+    keys = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(keys[0], (2, b, t, h, 64), jnp.bfloat16)
+    k = jax.random.normal(keys[1], (b, s, kh, 64), jnp.bfloat16)
+    v = jax.random.normal(keys[2], (b, s, kh, 64), jnp.bfloat16)
+    cot = jax.random.normal(keys[3], (b, t, h, 64), jnp.float32)
+
+    def grad_q(q):
+        def loss(q):
+            out = js.attention(q, k, v, pattern=pattern, implementation="pallas_gpu", config=config)
+            return (out.astype(jnp.float32) * cot).sum()
+
+        return jax.grad(loss)(q)
+
+    with pallas_gpu.interpret_context(True):
+        batched = jax.jit(jax.vmap(grad_q))(q)
+        each = [jax.jit(grad_q)(q[i]) for i in range(2)]
+    for i in range(2):
+        np.testing.assert_allclose(
+            np.asarray(batched[i], np.float32), np.asarray(each[i], np.float32), atol=1e-2
+        )
+    assert float(jnp.abs(each[0].astype(jnp.float32)).max()) > 0
+    assert calls and all(calls), "the backward did not take the gathered dQ"
+
+
 def test_gathered_kernel_rejects_groups_it_cannot_tile():
     with pytest.raises(NotImplementedError, match="group of 8 to 64"):
         bdg.check_support(4, 64, 64, 2)
