@@ -21,7 +21,7 @@ import jaxsparse as js
 from jaxsparse.ops import gathered, pallas_gpu
 from pallas_kernels.gpu import backward_dkv_gathered as bdg
 from pallas_kernels.gpu import common as cm
-from tests.test_packed import check_against_mask
+from tests.test_packed import check_against_mask, token_block_mask
 from tests.test_routed import random_bits
 
 
@@ -82,6 +82,17 @@ def test_tiles_hold_each_selected_pair_once_per_key_tile(
     assert (items[live, 3] - items[live, 2] <= item_tiles).all()
 
 
+@pytest.fixture
+def spy_gathered(monkeypatch):
+    """The `with_dq` of each call of the gathered kernel's entry point."""
+    calls = []
+    dkv = bdg.dkv
+    monkeypatch.setattr(
+        bdg, "dkv", lambda *a, **k: calls.append(k.get("with_dq", False)) or dkv(*a, **k)
+    )
+    return calls
+
+
 CASES = [
     # b, t, s, h, kh, col_block, capacity, causal, item tiles
     (1, 100, 128, 16, 2, 64, 1, True, 2),  # NSA-like: chunked prefill, group 8, items of 2 tiles
@@ -92,22 +103,18 @@ CASES = [
 @pytest.mark.parametrize(
     "case, dq", [(CASES[0], True), (CASES[0], False), (CASES[1], True)], ids=str
 )
-def test_gathered_dkv_matches_dense_mask_in_interpret_mode(case, dq, monkeypatch):
+def test_gathered_dkv_matches_dense_mask_in_interpret_mode(case, dq, monkeypatch, spy_gathered):
     """dq: the gathered kernel gives dQ too (its interpret-mode read-add-write in place
     of the TMA reduce-add), or the dQ kernel walks the packed tiles."""
     b, t, s, h, kh, cb, cap, causal, item_tiles = case
     # Short runs of tiles per work item: a block's tiles shared by several CTAs.
     monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
-    calls = []
-    dkv = bdg.dkv
-    monkeypatch.setattr(
-        bdg, "dkv", lambda *a, **k: calls.append(k.get("with_dq", False)) or dkv(*a, **k)
-    )
     bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, causal)
     check_against_mask(
         bits, s=s, h=h, kh=kh, d=64, col_block=cb, cap=cap, causal=causal, seed=7,
         config=js.Config(interpret=True, gpu_gathered_dkv=True, gpu_gathered_dq=dq),
     )  # fmt: skip
+    calls = spy_gathered  # with_dq of each call of the gathered kernel
     assert calls == [dq] * len(calls) and calls, "the backward did not take the gathered kernel"
 
 
@@ -168,10 +175,7 @@ def test_the_default_dq_form_follows_the_query_length(threshold, want, monkeypat
     )
     b, t, s, h, kh, cb, cap = 1, 100, 128, 16, 2, 64, 1
     bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, True)
-    pattern = js.patterns.TokenBlockMask(
-        jnp.asarray(bits), row_block=1, col_block=cb, group=h // kh, causal=True,
-        row_capacity=cap,
-    )  # fmt: skip
+    pattern = token_block_mask(bits, h=h, col_block=cb, cap=cap, causal=True)
     q = jnp.zeros((b, t, h, 64), jnp.bfloat16)
     k = jnp.zeros((b, s, kh, 64), jnp.bfloat16)
     config = js.Config(interpret=True, gpu_gathered_dkv=True)
@@ -185,20 +189,12 @@ def test_the_default_dq_form_follows_the_query_length(threshold, want, monkeypat
     assert seen and set(seen) == {want}
 
 
-def test_gathered_dq_under_vmap_matches_each_call(monkeypatch):
+def test_gathered_dq_under_vmap_matches_each_call(spy_gathered):
     """The gathered dQ's float32 buffer is a `jax.new_ref` the kernel writes in place:
     under vmap each batch element must add into its own (interpret mode)."""
-    calls = []
-    dkv = bdg.dkv
-    monkeypatch.setattr(
-        bdg, "dkv", lambda *a, **k: calls.append(k.get("with_dq", False)) or dkv(*a, **k)
-    )
     b, t, s, h, kh, cb, cap = 1, 40, 64, 8, 1, 64, 1
     bits = random_bits(np.random.default_rng(4), b, kh, t, s, cb, cap, s - t, True)
-    pattern = js.patterns.TokenBlockMask(
-        jnp.asarray(bits), row_block=1, col_block=cb, group=h // kh, causal=True,
-        row_capacity=cap,
-    )  # fmt: skip
+    pattern = token_block_mask(bits, h=h, col_block=cb, cap=cap, causal=True)
     config = js.Config(interpret=True, gpu_gathered_dkv=True, gpu_gathered_dq=True)
     keys = jax.random.split(jax.random.key(0), 4)
     q = jax.random.normal(keys[0], (2, b, t, h, 64), jnp.bfloat16)
@@ -221,7 +217,7 @@ def test_gathered_dq_under_vmap_matches_each_call(monkeypatch):
             np.asarray(batched[i], np.float32), np.asarray(each[i], np.float32), atol=1e-2
         )
     assert float(jnp.abs(each[0].astype(jnp.float32)).max()) > 0
-    assert calls and all(calls), "the backward did not take the gathered dQ"
+    assert spy_gathered and all(spy_gathered), "the backward did not take the gathered dQ"
 
 
 def test_gathered_kernel_rejects_groups_it_cannot_tile():
@@ -266,14 +262,11 @@ def test_first_selected_lists_each_rows_lowest_set_bits(rows, c, slots, density,
 def test_packed_forward_and_backward_lower_for_a_gpu(gather, monkeypatch):
     # The whole packed path of a per-token selection (forward, dQ with its warpgroups'
     # skipped entries, gathered or packed dK/dV) lowered for CUDA on the CPU.
-    from jaxsparse import patterns as P
 
     monkeypatch.setattr(pallas_gpu, "check_device", lambda interpret: None)
     b, t, h, kh, cb = 1, 256, 16, 2, 64
     bits = random_bits(np.random.default_rng(0), b, kh, t, t, cb, 2, 0, True)
-    pattern = P.TokenBlockMask(
-        jnp.asarray(bits), row_block=1, col_block=cb, group=h // kh, causal=True, row_capacity=2
-    )
+    pattern = token_block_mask(bits, h=h, col_block=cb, cap=2, causal=True)
     q = jnp.zeros((b, t, h, 128), jnp.bfloat16)
     k = jnp.zeros((b, t, kh, 128), jnp.bfloat16)
     config = js.Config(gpu_gathered_dkv=gather)

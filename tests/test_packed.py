@@ -44,15 +44,20 @@ CASES = [
 ]
 
 
+def token_block_mask(bits, *, h, col_block, cap, causal):
+    """The `TokenBlockMask` of per-token bits `[B, Hx, T, C]` for h query heads."""
+    return P.TokenBlockMask(
+        jnp.asarray(bits), row_block=1, col_block=col_block, group=h // bits.shape[1],
+        causal=causal, row_capacity=cap,
+    )  # fmt: skip
+
+
 def check_against_mask(bits, *, s, h, kh, d, col_block, cap, causal, config, seed):
     """The kernels' attention under a `TokenBlockMask` of `bits` equals the dense f32 oracle
     of its element mask: output, lse and every gradient. Returns the mask."""
     b, hx, t, _ = bits.shape
     q_offset = s - t
-    pattern = P.TokenBlockMask(
-        jnp.asarray(bits), row_block=1, col_block=col_block, group=h // hx, causal=causal,
-        row_capacity=cap,
-    )  # fmt: skip
+    pattern = token_block_mask(bits, h=h, col_block=col_block, cap=cap, causal=causal)
     mask = jnp.asarray(token_mask(pattern, bits, t, s, h, q_offset))
     q, k, v, cot = R.random_qkv(b, t, h, kh, d, s=s, seed=seed, dtype=jnp.bfloat16)
     R.assert_close_to_ref(

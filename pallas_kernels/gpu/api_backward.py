@@ -254,6 +254,12 @@ def block_sparse_attention_bwd(
     lse2 = lse2.astype(jnp.float32)
     dout = dout.astype(dt)
 
+    if dq_from_tiles:  # the gathered kernel gives all three; the dQ kernel does not run
+        return backward_dkv_gathered.dkv(
+            q, k, v, dout, lse2, delta, dkv_tiles, group=word_rows, num_stages=bwd_num_stages,
+            st=st, with_dq=True,
+        )  # fmt: skip
+
     dq_sh = backward_dq.DqShapes(
         B=B,
         Tp=Tp,
@@ -305,11 +311,6 @@ def block_sparse_attention_bwd(
                 f"{name} tiles need {nb} bytes of SMEM (> {cm.MAX_SMEM_BYTES})"
             )
 
-    if dq_from_tiles:
-        return backward_dkv_gathered.dkv(
-            q, k, v, dout, lse2, delta, dkv_tiles, group=word_rows, num_stages=bwd_num_stages,
-            st=st, with_dq=True,
-        )  # fmt: skip
     if heavy_first:
         q_order = cm.heavy_first_order(kv_counts)
         kv_order = cm.heavy_first_order(q_counts)
