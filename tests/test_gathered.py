@@ -80,6 +80,10 @@ def test_tiles_hold_each_selected_pair_once_per_key_tile(
     items = np.asarray(tiles.items)
     live = items[:, 3] > items[:, 2]
     assert (items[live, 3] - items[live, 2] <= item_tiles).all()
+    tokens, limits = np.asarray(tiles.tokens), np.asarray(tiles.limits)
+    for _, _, lo, hi in items[live]:  # a block's tokens come in ascending order
+        order = tokens[lo:hi][limits[lo:hi] >= 0]
+        assert (np.diff(order) > 0).all(), order
 
 
 @pytest.fixture
