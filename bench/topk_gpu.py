@@ -5,7 +5,11 @@ Usage (repo root, GPU machine):  python bench/topk_gpu.py [--rows 131072] [--wid
 NSA at 64k tokens picks 16 of 1,024 selection blocks for each of B*K*T =
 131,072 rows. Times (median of back-to-back calls, ms) of: `lax.top_k`;
 `k` argmax passes; the two-level grouped top-k with either for its levels.
-Every variant's indices are checked against `lax.top_k`'s. Prints JSON lines.
+Every variant's indices are checked against `lax.top_k`'s. Then the masks
+(what NSA's selection keeps): the one-hot of the two-level indices (up to
+session 16) against `topk._grouped_mask` (two value sorts, session 17), each
+checked against the one-hot of `lax.top_k`'s indices. `--tiny` runs a CPU
+check. Prints JSON lines.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=131072)
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--tiny", action="store_true", help="CPU check: 64 rows")
     args = ap.parse_args(argv)
+    if args.tiny:
+        args.rows = 64
     x = jax.random.normal(jax.random.key(0), (args.rows, args.width), jnp.float32)
     k = args.k
     _, want = jax.lax.top_k(x, k)
@@ -55,6 +62,19 @@ def main(argv=None):
         report("two levels, argmax passes", variants["two levels, lax.top_k"])
     finally:
         topk.ITERATIVE_MAX_K = saved
+
+    want_mask = np.asarray(topk.indices_to_mask(want, args.width))
+    masks = {
+        "mask: one-hot of two levels": lambda s: topk.indices_to_mask(
+            topk._grouped_topk(s, k, topk.GROUP_WIDTH), args.width
+        ),
+        "mask: two levels of value sorts": lambda s: topk._grouped_mask(s, k, topk.GROUP_WIDTH),
+    }
+    for name, fn in masks.items():
+        f = jax.jit(fn)
+        ok = bool(np.array_equal(np.asarray(f(x)), want_mask))
+        ms = time_fn(f, (x,), reps=5)[1] * 1e3
+        print(json.dumps(dict(variant=name, ms=ms, exact=ok, **vars(args))), flush=True)
 
 
 if __name__ == "__main__":
