@@ -4,18 +4,24 @@ Usage (repo root, GPU machine):
   python bench/gathered_tiles_gpu.py [--sizes 65536,131072] [--reps 5] [--tiny]
 
 `jaxsparse.ops.gathered.Gathering.tiles` turns NSA's bits `[B, K, T, C]` into
-gathered tiles and work items inside the backward. It lists the selected
-(block, token) pairs by block, then token. Two ways are timed and checked
-to agree element for element on the needle inputs with NSA's defaults (B=1,
-H=16, K=2, D=128, bf16; `bench/gathered_loads_gpu.nsa_bits`):
+gathered tiles and work items inside the backward. Its first step lists each
+row's selected blocks: `routed.first_selected` packs a row's bits into C/32
+words and takes the lowest set bit `slots` times (population counts, no
+sort); `by_top_k`, its form before session 14, ranks every bit with `top_k`
+(a sort of C entries per row). Its second step lists the (block, token)
+pairs by block, then token; three ways (`LISTINGS`):
 
-- `sort` (before session 17): each row's blocks by `routed.first_selected`,
-  then one sort of `block * T + token` keys and a scatter of each run's start;
-- `words` (`gathered._pairs_by_block`): no sort; each block's column of bits
-  in 32-token words, a pair's place from population counts.
+- `sort`, the library's: one sort of `block * T + token` keys (0.7 ms of
+  NSA's 64k step on the H200 in session 16's profile);
+- `words` and `word ranks`, candidates written in session 17 (which had no
+  GPU): no sort, a pair's place from population counts of its block's column
+  packed into 32-token words; one scatter over every (token, block) entry, or
+  over the selected pairs only.
 
-Also timed: `first_selected` against `top_k` over the bits' ranks (its form
-before session 14), and the whole tile build. Prints JSON lines.
+Each pair of ways is checked to agree element for element, and each is
+timed, on the needle inputs with NSA's defaults (B=1, H=16, K=2, D=128,
+bf16; `bench/gathered_loads_gpu.nsa_bits`); so is the whole tile build.
+Prints JSON lines.
 """
 
 from __future__ import annotations
@@ -47,20 +53,85 @@ def by_top_k(bits, slots: int):
 
 
 def by_sort(bits, pairs: int):
-    """`gathered._pairs_by_block`'s `(tokens, counts, starts)` by one sort of int32 keys
-    (`Gathering.tiles`' listing before session 17); bits `[F, T, C]`."""
+    """The library's listing (`Gathering.tiles`): `(tokens [F, pairs], counts [F, C],
+    starts [F, C])`, block j's tokens ascending at `tokens[f, starts[f, j]:][:counts[f, j]]`;
+    each row's blocks by `first_selected`, then one sort of `block * T + token` keys."""
     f, t, c = bits.shape
     cell = routed.first_selected(bits, pairs // t).reshape(f, pairs)  # c: no block
-    tok = jnp.broadcast_to(jnp.arange(pairs, dtype=jnp.int32) // (pairs // t), (f, pairs))
-    key = jnp.sort(cell * t + tok, axis=1)
-    cell, tok = key // t, key % t
-    first = jnp.concatenate([jnp.ones((f, 1), bool), cell[:, 1:] != cell[:, :-1]], axis=1)
-    at = jnp.where(first, cell, c + 1)  # c + 1: dropped
-    rows = jnp.broadcast_to(jnp.arange(f)[:, None], at.shape)
-    p = jnp.broadcast_to(jnp.arange(pairs, dtype=jnp.int32)[None], at.shape)
-    starts = jnp.full((f, c + 1), pairs, jnp.int32).at[rows, at].set(p, mode="drop")
-    starts = jax.lax.cummin(starts, axis=1, reverse=True)
+    cell, tok = gathered._sort_pairs(cell, t, c)
+    starts = gathered._block_starts(cell, c)
     return tok, starts[:, 1:] - starts[:, :-1], starts[:, :c]
+
+
+def column_words(bits):
+    """Each block's column of bits `[F, T, C]` in words of 32 tokens, `[F, W, C]` uint32, with
+    per block its pair count and start `[F, C]`, and per word the column's pairs before it."""
+    f, t, c = bits.shape
+    nw = -(-t // 32)
+    bits = jnp.pad(bits, ((0, 0), (0, nw * 32 - t), (0, 0))).reshape(f, nw, 32, c)
+    lane = jnp.arange(32, dtype=jnp.uint32)[None, None, :, None]
+    words = jnp.left_shift(bits.astype(jnp.uint32), lane).sum(2, dtype=jnp.uint32)
+    pop = jax.lax.population_count(words).astype(jnp.int32)
+    counts = pop.sum(1, dtype=jnp.int32)
+    starts = jnp.cumsum(counts, axis=1, dtype=jnp.int32) - counts
+    before = jnp.cumsum(pop, axis=1, dtype=jnp.int32) - pop
+    return words, counts, starts, before
+
+
+def below(words, lane):
+    """Set bits of `words` below bit `lane` (uint32 arrays that broadcast), counted."""
+    mask = jnp.left_shift(jnp.uint32(1), lane.astype(jnp.uint32)) - jnp.uint32(1)
+    return jax.lax.population_count(words & mask).astype(jnp.int32)
+
+
+def by_words(bits, pairs: int):
+    """`by_sort`'s listing with no sort (a candidate, not measured yet): a pair's place is
+    its block's start plus the population counts of the column's earlier words and of the
+    lower bits of its word; one scatter over every (token, block) entry writes the tokens."""
+    f, t, c = bits.shape
+    words, counts, starts, before = column_words(bits)
+    nw = words.shape[1]
+    lane = jnp.arange(32, dtype=jnp.int32)[None, None, :, None]
+    place = (starts[:, None] + before)[:, :, None] + below(words[:, :, None], lane)
+    bits = jnp.pad(bits, ((0, 0), (0, nw * 32 - t), (0, 0))).reshape(place.shape)
+    owner = pairs * jnp.arange(f, dtype=jnp.int32)[:, None, None, None]
+    at = jnp.where(bits & (place < pairs), place + owner, f * pairs)  # f * pairs: dropped
+    token = jnp.broadcast_to(jnp.arange(nw * 32, dtype=jnp.int32).reshape(1, nw, 32, 1), at.shape)
+    tokens = (
+        jnp.zeros((f * pairs,), jnp.int32).at[at.reshape(-1)].set(token.reshape(-1), mode="drop")
+    )
+    return tokens.reshape(f, pairs), counts, starts
+
+
+def by_word_ranks(bits, pairs: int):
+    """`by_words` placing only the selected pairs (a candidate, not measured yet): each row's
+    blocks by `first_selected`, each pair's place gathered from its column's words, one
+    scatter of `pairs` tokens."""
+    f, t, c = bits.shape
+    words, counts, starts, before = column_words(bits)
+    cell = routed.first_selected(bits, pairs // t).reshape(f, pairs)  # c: no block
+    tok = jnp.broadcast_to(jnp.arange(pairs, dtype=jnp.int32) // (pairs // t), (f, pairs))
+    live, j, w = cell < c, jnp.minimum(cell, c - 1), tok // 32
+    rows = jnp.arange(f)[:, None]
+    place = starts[rows, j] + before[rows, w, j] + below(words[rows, w, j], tok % 32)
+    at = jnp.where(live & (place < pairs), place + pairs * rows, f * pairs)
+    tokens = jnp.zeros((f * pairs,), jnp.int32).at[at.reshape(-1)].set(tok.reshape(-1), mode="drop")
+    return tokens.reshape(f, pairs), counts, starts
+
+
+LISTINGS = {"sort": by_sort, "words": by_words, "word ranks": by_word_ranks}
+
+
+def listings_agree(got) -> bool:
+    """Whether every listing's `(tokens, counts, starts)` equals the first's (tokens up to
+    each head's pair count: the tail is unused)."""
+    (tok_a, *rest_a), *others = got
+    total = rest_a[0].sum(1)
+    return all(
+        all(np.array_equal(tok_a[i, :n], tok_b[i, :n]) for i, n in enumerate(total))
+        and all(np.array_equal(a, b) for a, b in zip(rest_a, rest_b, strict=True))
+        for tok_b, *rest_b in others
+    )
 
 
 def main(argv=None):
@@ -91,19 +162,16 @@ def main(argv=None):
         for name, fn in ways.items():
             row[f"{name}_ms"] = time_fn(fn, (bits,), reps=args.reps)[1] * 1e3
         flat = bits.reshape(-1, *bits.shape[2:])  # [F, T, C]
-        pairs = t * slots
-        listings = {
-            "pairs_sort": jax.jit(functools.partial(by_sort, pairs=pairs)),
-            "pairs_words": jax.jit(functools.partial(gathered._pairs_by_block, pairs=pairs)),
+        fns = {
+            name: jax.jit(functools.partial(fn, pairs=t * slots)) for name, fn in LISTINGS.items()
         }
-        got = {name: [np.asarray(x) for x in fn(flat)] for name, fn in listings.items()}
-        (tok_a, *rest_a), (tok_b, *rest_b) = got.values()
-        total = rest_b[0].sum(1)  # a head's pairs; the tail past them is unused
-        row["pairs_agree"] = all(
-            np.array_equal(tok_a[i, :n], tok_b[i, :n]) for i, n in enumerate(total)
-        ) and all(np.array_equal(a, b) for a, b in zip(rest_a, rest_b, strict=True))
-        for name, fn in listings.items():
-            row[f"{name}_ms"] = time_fn(fn, (flat,), reps=args.reps)[1] * 1e3
+        row["pairs_agree"] = listings_agree(
+            [[np.asarray(x) for x in fn(flat)] for fn in fns.values()]
+        )
+        for name, fn in fns.items():
+            row[f"pairs_{name.replace(' ', '_')}_ms"] = (
+                time_fn(fn, (flat,), reps=args.reps)[1] * 1e3
+            )
         g = gathered.Gathering(
             batch=1, group=h // kh, col_block=cfg.block_size, q_len=t, kv_len=t, q_offset=0,
             causal=True, slots=slots,

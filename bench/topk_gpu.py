@@ -6,10 +6,12 @@ NSA at 64k tokens picks 16 of 1,024 selection blocks for each of B*K*T =
 131,072 rows. Times (median of back-to-back calls, ms) of: `lax.top_k`;
 `k` argmax passes; the two-level grouped top-k with either for its levels.
 Every variant's indices are checked against `lax.top_k`'s. Then the masks
-(what NSA's selection keeps): the one-hot of the two-level indices (up to
-session 16) against `topk._grouped_mask` (two value sorts, session 17), each
-checked against the one-hot of `lax.top_k`'s indices. `--tiny` runs a CPU
-check. Prints JSON lines.
+(what NSA's selection keeps): `topk.topk_mask`'s (the one-hot of the
+two-level indices, whose two `top_k` sorts took 0.40 and 0.44 ms of NSA's 64k
+step on the H200 in session 16's profile) against `grouped_mask`, a
+candidate written in session 17 (which had no GPU): two value sorts, no
+`top_k` and no one-hot. Each is checked against the one-hot of `lax.top_k`'s
+indices. `--tiny` runs a CPU check. Prints JSON lines.
 """
 
 from __future__ import annotations
@@ -28,6 +30,34 @@ import numpy as np  # noqa: E402
 from timing import time_fn  # noqa: E402
 
 from jaxsparse.selection import topk  # noqa: E402
+
+
+def grouped_mask(scores, k: int, width: int = topk.GROUP_WIDTH):
+    """`topk.topk_mask` in two levels (as `topk._grouped_topk`) from two value sorts.
+
+    Level 1 keeps the k groups of `width` neighbours with the best maxima (the
+    first k of the maxima in stable descending order: `topk.split_mask` at their
+    k-th value); their entries, in index order, are the candidates. Level 2
+    keeps the first k candidates likewise and maps them back onto the row. Ties
+    go to the lower index at both levels, so the mask is `_grouped_topk`'s,
+    with no `top_k` (a key-value sort) and no `[..., k, n]` one-hot.
+    """
+    *lead, n = scores.shape
+    ng = -(-n // width)
+    s = jnp.pad(scores, [(0, 0)] * len(lead) + [(0, ng * width - n)], constant_values=-jnp.inf)
+    s = s.reshape(*lead, ng, width)
+    best = s.max(axis=-1)
+    chosen = topk.split_mask(best, topk.descending(best)[..., k - 1 : k], k)  # [..., ng]
+    slot = jnp.cumsum(chosen, axis=-1, dtype=jnp.int32) - 1  # a chosen group's place, in order
+    place = jnp.arange(k, dtype=jnp.int32).reshape((1,) * len(lead) + (k, 1))
+    ids = jnp.argmax(chosen[..., None, :] & (slot[..., None, :] == place), axis=-1)  # [..., k]
+    cand = jnp.take_along_axis(s, ids[..., None], axis=-2)  # [..., k, width]
+    filled = place[..., 0] < chosen.sum(-1, keepdims=True, dtype=jnp.int32)
+    cand = jnp.where(filled[..., None], cand, -jnp.inf).reshape(*lead, k * width)
+    keep = topk.split_mask(cand, topk.descending(cand)[..., k - 1 : k], k)
+    keep = keep.reshape(*lead, k, width)
+    back = jnp.take_along_axis(keep, jnp.maximum(slot, 0)[..., None], axis=-2)  # [..., ng, width]
+    return (back & chosen[..., None]).reshape(*lead, ng * width)[..., :n]
 
 
 def main(argv=None):
@@ -65,10 +95,8 @@ def main(argv=None):
 
     want_mask = np.asarray(topk.indices_to_mask(want, args.width))
     masks = {
-        "mask: one-hot of two levels": lambda s: topk.indices_to_mask(
-            topk._grouped_topk(s, k, topk.GROUP_WIDTH), args.width
-        ),
-        "mask: two levels of value sorts": lambda s: topk._grouped_mask(s, k, topk.GROUP_WIDTH),
+        "mask: topk_mask (one-hot of two levels)": lambda s: topk.topk_mask(s, k),
+        "mask: two levels of value sorts": lambda s: grouped_mask(s, k),
     }
     for name, fn in masks.items():
         f = jax.jit(fn)

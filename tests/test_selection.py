@@ -140,29 +140,6 @@ def test_topk_mask_is_the_mask_of_the_topk_indices(seed, n, k):
     np.testing.assert_array_equal(topk.topk_mask(s, k), want)
 
 
-@hypothesis.settings(max_examples=30, deadline=None)
-@hypothesis.given(
-    seed=st.integers(0, 2**16),
-    n=st.sampled_from([256, 300, 1024, 1100]),
-    k=st.integers(topk.ITERATIVE_MAX_K + 1, topk.ONEHOT_MAX_K),
-    special=st.floats(0.0, 1.0),
-)
-def test_grouped_mask_equals_the_mask_of_the_grouped_topk(seed, n, k, special):
-    # NSA's top-16 of 1,024 takes two levels of value sorts, no top_k and no one-hot:
-    # the same entries, ties to the lower index, -inf never, fewer finite than k.
-    rng = np.random.default_rng(seed)
-    vals = np.array([-np.inf, -1.0, 0.0, 0.5, np.inf], np.float32)
-    s = np.where(
-        rng.random((4, n)) < special, rng.choice(vals, (4, n)), rng.standard_normal((4, n))
-    )
-    s = jnp.asarray(s.astype(np.float32))
-    assert topk.grouped_applies(n, k)
-    want = topk.indices_to_mask(topk._grouped_topk(s, k, topk.GROUP_WIDTH), n)
-    got = jax.jit(lambda s: topk.topk_mask(s, k))(s)
-    np.testing.assert_array_equal(got, want)
-    assert "top_k" not in str(jax.make_jaxpr(lambda s: topk.topk_mask(s, k))(s))
-
-
 @hypothesis.settings(max_examples=40, deadline=None)
 @hypothesis.given(
     seed=st.integers(0, 2**16),

@@ -6,11 +6,8 @@ query tiles of consecutive tokens whose union holds it; with
 tokens that selected it (`pallas_kernels.gpu.backward_dkv_gathered`). This
 module builds those tiles on device, under jit, from the pattern's bits:
 
-  1. the selected (block, token) pairs are listed by block, then token,
-     without a sort: each block's column of bits is packed into 32-token
-     words, and a pair's place is its block's start plus the population
-     counts of the column's earlier words and of the lower bits of its own
-     word (`_pairs_by_block`);
+  1. each row's selected blocks (`routed.first_selected`) become (block,
+     token) pairs, sorted by block and then token (one sort of int32 keys);
   2. a block's pairs fill `ceil(pairs / n)` tiles of n tokens, the last one
      padded with rows that see no key (limit -1);
   3. work items: each (bit head, 64-key tile) takes its block's tiles in runs
@@ -27,6 +24,8 @@ import dataclasses
 
 import jax.numpy as jnp
 from jax import lax
+
+from jaxsparse.ops import routed
 
 ITEM_TILES = 256  # gathered tiles per work item (CTA), at most
 KEY_TILE = 64  # keys per dK/dV work item
@@ -65,10 +64,13 @@ class Gathering:
         bits = jnp.broadcast_to(bits, (self.batch,) + bits.shape[1:])
         b, hx, t, c = bits.shape
         f, n, per = b * hx, self.tokens, self.col_block // KEY_TILE
-        pairs = t * min(self.slots, c)
-        tok, counts, pair_start = _pairs_by_block(bits.reshape(f, t, c), pairs)
-        counts = counts.reshape(-1)  # pairs per (f, block)
-        pair_start = pair_start + pairs * jnp.arange(f, dtype=jnp.int32)[:, None]
+        slots = min(self.slots, c)
+        pairs = t * slots
+        cell = routed.first_selected(bits, slots).reshape(f, pairs)  # c: no block
+        cell, tok = _sort_pairs(cell, t, c)
+        pair_start = _block_starts(cell, c)  # [f, c + 1]
+        counts = (pair_start[:, 1:] - pair_start[:, :-1]).reshape(-1)  # pairs per (f, block)
+        pair_start = pair_start[:, :c] + pairs * jnp.arange(f, dtype=jnp.int32)[:, None]
         pair_start = pair_start.reshape(-1)  # into the flattened pairs
 
         # Tiles: block (f, j) owns tiles tile_start .. tile_start + per_block.
@@ -109,40 +111,38 @@ class Gathering:
         )
 
 
-def _pairs_by_block(bits, pairs: int):
-    """The selected (block, token) pairs of `bits` `[F, T, C]`, by block and then token.
+def _sort_pairs(cell, t: int, c: int):
+    """(block, token) pairs `[F, t * slots]` (pair r * slots + i is row r's i-th block),
+    sorted by block, then token; no-block pairs (block c) last."""
+    f, pairs = cell.shape
+    tok = jnp.broadcast_to(jnp.arange(pairs, dtype=jnp.int32) // (pairs // t), (f, pairs))
+    if (c + 1) * t <= 2**31 - 1:  # one int32 key: a plain sort, no payload
+        # Not stable: equal keys are equal pairs, and a stable sort costs XLA:GPU an iota
+        # payload. `jnp.sort` compiled to a sort of (key, iota) pairs (session 15's HLO),
+        # 0.55 ms of NSA's 64k step on the H200 (session 16); this form is not timed yet.
+        key = lax.sort(cell * t + tok, dimension=1, is_stable=False)
+        return key // t, key % t
+    return lax.sort((cell, tok), dimension=1, num_keys=2)
 
-    Returns `(tokens [F, pairs], counts [F, C], starts [F, C])`: block j's
-    tokens, ascending, are `tokens[f, starts[f, j] : starts[f, j] + counts[f, j]]`;
-    the tail past the last pair is 0. No sort: a block's column of bits is
-    packed into words of 32 tokens, and a pair's place is its block's start
-    plus the population counts of the column's earlier words and of the bits
-    below it in its own word. `pairs` bounds the pairs of one f (`T * slots`);
-    selections with more (rows holding more blocks than the pattern's
-    `row_capacity` promised) lose the pairs past it, as `first_selected` drops
-    a row's blocks past `slots`.
+
+def _block_starts(cell, c: int):
+    """`[F, c + 1]`: where each block's run starts in the sorted pairs (the end for c).
+
+    One write per run, at its first pair (a scatter-add of every pair into c
+    counters serialises on the counters' atomics); a block with no pairs
+    starts where the next run does.
     """
-    f, t, c = bits.shape
-    nw = -(-t // 32)
-    bits = jnp.pad(bits, ((0, 0), (0, nw * 32 - t), (0, 0))).reshape(f, nw, 32, c)
-    lane = jnp.arange(32, dtype=jnp.uint32)[None, None, :, None]
-    words = jnp.left_shift(bits.astype(jnp.uint32), lane).sum(2, dtype=jnp.uint32)  # [F, W, C]
-    pop = lax.population_count(words).astype(jnp.int32)
-    counts = pop.sum(1, dtype=jnp.int32)  # [F, C]
-    starts = _exclusive_cumsum(counts, axis=1)
-    before = _exclusive_cumsum(pop, axis=1)  # [F, W, C]: the column's pairs in earlier words
-    below = words[:, :, None] & (jnp.left_shift(jnp.uint32(1), lane) - jnp.uint32(1))
-    place = (starts[:, None] + before)[:, :, None] + lax.population_count(below).astype(jnp.int32)
-    keep = bits & (place < pairs)
-    owner = pairs * jnp.arange(f, dtype=jnp.int32)[:, None, None, None]
-    at = jnp.where(keep, place + owner, f * pairs)  # f * pairs: dropped
-    token = jnp.broadcast_to(jnp.arange(nw * 32, dtype=jnp.int32).reshape(1, nw, 32, 1), at.shape)
-    tokens = (
-        jnp.zeros((f * pairs,), jnp.int32)
-        .at[at.reshape(-1)]
-        .set(token.reshape(-1), mode="drop", unique_indices=True)
+    f, pairs = cell.shape
+    p = jnp.arange(pairs, dtype=jnp.int32)[None]
+    first = jnp.concatenate([jnp.ones((f, 1), bool), cell[:, 1:] != cell[:, :-1]], axis=1)
+    at = jnp.where(first, cell, c + 1)  # c + 1: dropped
+    rows = jnp.broadcast_to(jnp.arange(f)[:, None], at.shape)
+    starts = (
+        jnp.full((f, c + 1), pairs, jnp.int32)
+        .at[rows, at]
+        .set(jnp.broadcast_to(p, at.shape), mode="drop")
     )
-    return tokens.reshape(f, pairs), counts, starts
+    return lax.cummin(starts, axis=1, reverse=True)
 
 
 def _exclusive_cumsum(x, axis=0):

@@ -133,39 +133,9 @@ def topk_mask(scores, k: int):
     """
     n = scores.shape[-1]
     k = max(1, min(int(k), n))
-    if k <= ITERATIVE_MAX_K or (k <= ONEHOT_MAX_K and not grouped_applies(n, k)):
-        return indices_to_mask(topk_indices(scores, k), n)
     if k <= ONEHOT_MAX_K:
-        return _grouped_mask(scores, k, GROUP_WIDTH)
+        return indices_to_mask(topk_indices(scores, k), n)
     return split_mask(scores, kth_value(scores, k), k)
-
-
-def _grouped_mask(scores, k: int, width: int):
-    """`topk_mask` in two levels (as `_grouped_topk`) from two value sorts, no index payload.
-
-    Level 1 keeps the k groups of `width` neighbours with the best maxima (the
-    first k of the maxima in stable descending order: `split_mask` of their k-th
-    value); their entries, in index order, are the candidates. Level 2 keeps the
-    first k candidates likewise and maps them back onto the row. Ties go to the
-    lower index at both levels, so the mask is `_grouped_topk`'s; no
-    `[..., k, n]` one-hot either. NSA's 16 of 1,024 blocks: see
-    `bench/topk_gpu.py`.
-    """
-    *lead, n = scores.shape
-    ng = -(-n // width)
-    s = jnp.pad(scores, [(0, 0)] * len(lead) + [(0, ng * width - n)], constant_values=-jnp.inf)
-    s = s.reshape(*lead, ng, width)
-    best = s.max(axis=-1)
-    chosen = split_mask(best, descending(best)[..., k - 1 : k], k)  # [..., ng]
-    slot = jnp.cumsum(chosen, axis=-1, dtype=jnp.int32) - 1  # a chosen group's place, in order
-    place = jnp.arange(k, dtype=jnp.int32).reshape((1,) * len(lead) + (k, 1))
-    ids = jnp.argmax(chosen[..., None, :] & (slot[..., None, :] == place), axis=-1)  # [..., k]
-    cand = jnp.take_along_axis(s, ids[..., None], axis=-2)  # [..., k, width]
-    filled = place[..., 0] < chosen.sum(-1, keepdims=True, dtype=jnp.int32)
-    cand = jnp.where(filled[..., None], cand, -jnp.inf).reshape(*lead, k * width)
-    keep = split_mask(cand, descending(cand)[..., k - 1 : k], k).reshape(*lead, k, width)
-    back = jnp.take_along_axis(keep, jnp.maximum(slot, 0)[..., None], axis=-2)  # [..., ng, width]
-    return (back & chosen[..., None]).reshape(*lead, ng * width)[..., :n]
 
 
 # Up to this k the one-hot of the indices is the cheaper mask: NSA's 16 of 1,024 blocks
