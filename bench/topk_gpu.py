@@ -10,8 +10,10 @@ Every variant's indices are checked against `lax.top_k`'s. Then the masks
 two-level indices, whose two `top_k` sorts took 0.40 and 0.44 ms of NSA's 64k
 step on the H200 in session 16's profile) against `grouped_mask`, a
 candidate written in session 17 (which had no GPU): two value sorts, no
-`top_k` and no one-hot. Each is checked against the one-hot of `lax.top_k`'s
-indices. `--tiny` runs a CPU check. Prints JSON lines.
+`top_k` and no one-hot; and the same indices' mask by a scatter
+(`scattered_mask`, also a session 17 candidate) instead of the one-hot.
+Each is checked against the one-hot of `lax.top_k`'s indices. `--tiny`
+runs a CPU check. Prints JSON lines.
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ def grouped_mask(scores, k: int, width: int = topk.GROUP_WIDTH):
     return (back & chosen[..., None]).reshape(*lead, ng * width)[..., :n]
 
 
+def scattered_mask(indices, n: int):
+    """`topk.indices_to_mask` as one scatter of the indices into a False mask (a candidate,
+    session 17): a write per index instead of k compares per entry. -1 entries are dropped."""
+    *lead, k = indices.shape
+    rows = jnp.arange(np.prod(lead, dtype=int), dtype=jnp.int32)[:, None]
+    idx = jnp.where(indices >= 0, indices, n).reshape(-1, k)
+    mask = jnp.zeros((rows.shape[0], n), bool).at[rows, idx].set(True, mode="drop")
+    return mask.reshape(*lead, n)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=131072)
@@ -97,6 +109,9 @@ def main(argv=None):
     masks = {
         "mask: topk_mask (one-hot of two levels)": lambda s: topk.topk_mask(s, k),
         "mask: two levels of value sorts": lambda s: grouped_mask(s, k),
+        "mask: scatter of two levels' indices": lambda s: scattered_mask(
+            topk._grouped_topk(s, k, topk.GROUP_WIDTH), args.width
+        ),
     }
     for name, fn in masks.items():
         f = jax.jit(fn)

@@ -50,6 +50,14 @@ def test_grouped_mask_equals_topk_mask(seed, n, k, special):
     assert "top_k" not in str(jax.make_jaxpr(lambda s: TOPK.grouped_mask(s, k))(s))
 
 
+@hypothesis.settings(max_examples=20, deadline=None)
+@hypothesis.given(seed=st.integers(0, 2**16), n=st.integers(1, 40), k=st.integers(1, 12))
+def test_scattered_mask_equals_the_one_hot(seed, n, k):
+    rng = np.random.default_rng(seed)
+    idx = jnp.asarray(rng.integers(-1, n, (3, 2, k)), jnp.int32)  # -1: no entry
+    np.testing.assert_array_equal(TOPK.scattered_mask(idx, n), topk.indices_to_mask(idx, n))
+
+
 def test_pair_listings_agree_on_nsa_bits(capsys):
     TILES.main(["--tiny", "--reps", "1"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
