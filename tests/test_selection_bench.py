@@ -29,7 +29,7 @@ def test_topk_variants_and_masks_equal_lax_top_k(capsys):
     assert all(r["exact"] for r in rows), rows
 
 
-@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(
     seed=st.integers(0, 2**16),
     n=st.sampled_from([256, 300, 1024, 1100]),
@@ -64,7 +64,7 @@ def test_pair_listings_agree_on_nsa_bits(capsys):
     assert rows and all(r["agree"] and r["pairs_agree"] for r in rows), rows
 
 
-@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.settings(max_examples=8, deadline=None)
 @hypothesis.given(
     t=st.integers(1, 100),
     extra=st.integers(0, 70),
