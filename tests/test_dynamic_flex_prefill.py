@@ -182,7 +182,28 @@ def test_flex_prefill_bad_parameters(kwargs, match):
         P.FlexPrefill(**kwargs)
 
 
+def test_flex_prefill_takes_numpy_scalars_but_not_bools():
+    assert P.FlexPrefill(np.float32(0.9), np.float64(0.1)).gamma == np.float32(0.9)
+    with pytest.raises(TypeError, match="gamma must be a number"):
+        P.FlexPrefill(np.bool_(True), 0.1)
+
+
 def test_flex_prefill_needs_block_aligned_queries():
-    q, k, v, _ = R.random_qkv(1, 10, 2, 2, 8, s=20)
+    # T = 20 is past the dense fallback (max(2 * 8, min_budget 8) = 16 tokens).
+    q, k, v, _ = R.random_qkv(1, 20, 2, 2, 8, s=30)
     with pytest.raises(ValueError, match="multiple of block_size=8"):
-        js.attention(q, k, v, pattern=P.FlexPrefill(0.9, 0.1, block_size=8))
+        js.attention(q, k, v, pattern=P.FlexPrefill(0.9, 0.1, block_size=8, min_budget=8))
+
+
+@pytest.mark.parametrize("t, s", [(1, 50), (7, 50), (1, 129)])
+def test_flex_prefill_decoding_is_dense_causal_at_any_offset(t, s):
+    # Decoding and short chunks fall back to dense causal before any block alignment.
+    q, k, v, cot = R.random_qkv(1, t, 2, 2, 8, s=s, seed=t + s)
+    mask = jnp.asarray(R.causal_np(t, s, s - t))[None, None]
+
+    def fn(q, k, v):
+        return js.attention(
+            q, k, v, pattern=P.FlexPrefill(0.9, 0.1, block_size=32), return_lse=True
+        )
+
+    R.assert_close_to_ref(fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot)

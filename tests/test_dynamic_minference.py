@@ -216,6 +216,15 @@ def test_bad_parameters(make, match):
         make()
 
 
+def test_vertical_slash_attention_input_errors():
+    q, k, v, _ = R.random_qkv(1, 32, 3, 2, 8)
+    with pytest.raises(ValueError, match="multiple of the number of key/value heads"):
+        js.vertical_slash_attention(q, k, v)
+    q, k, v, _ = R.random_qkv(1, 32, 4, 2, 8)
+    with pytest.raises(ValueError, match="need a batch axis"):
+        js.vertical_slash_attention(q[0], k[0], v[0])
+
+
 def test_causal_only():
     q, k, v, _ = R.random_qkv(1, 9, 2, 2, 8, s=4)
     for pattern in (P.VerticalSlash(), P.BlockTopK()):

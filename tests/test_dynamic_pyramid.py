@@ -158,11 +158,32 @@ def test_pyramid_one_block_is_dense():
         (dict(thresholds=(0.6, 0.5)), ValueError, "non-decreasing"),
         (dict(block_size=12, thresholds=(0.1, 0.2, 0.3, 0.4)), ValueError, "divisible by"),
         (dict(thresholds=()), TypeError, "non-empty"),
+        (dict(thresholds="0.5"), TypeError, "non-empty tuple of fractions"),
+        (dict(causal="yes"), TypeError, "causal must be a bool"),
     ],
 )
 def test_pyramid_bad_parameters(kwargs, err, match):
     with pytest.raises(err, match=match):
         P.Pyramid(**kwargs)
+
+
+def test_pyramid_takes_thresholds_as_an_array():
+    assert P.Pyramid(thresholds=np.array([0.5, 0.6])).thresholds == (0.5, 0.6)
+
+
+def test_pyramid_attention_input_errors():
+    pattern = P.Pyramid(block_size=16, thresholds=(0.5, 0.9))
+    q, k, v, _ = R.random_qkv(1, 32, 3, 2, 8)
+    with pytest.raises(ValueError, match="multiple of the number of key/value heads"):
+        js.pyramid_attention(q, k, v, pattern=pattern)
+    q, k, v, _ = R.random_qkv(1, 32, 4, 2, 8)
+    with pytest.raises(ValueError, match="need a batch axis"):
+        js.pyramid_attention(q[0], k[0], v[0], pattern=pattern)
+    levels = pattern.levels(q, k, q_offset=0)
+    with pytest.raises(TypeError, match="levels must be an integer array"):
+        js.pyramid_attention(q, k, v, pattern=pattern, levels=levels.astype(jnp.float32))
+    with pytest.raises(ValueError, match=r"levels has shape \(1, 2, 2, 2\)"):
+        js.pyramid_attention(q, k, v, pattern=pattern, levels=levels[:, :2])
 
 
 def test_pyramid_is_used_through_pyramid_attention():

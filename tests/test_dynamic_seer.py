@@ -133,6 +133,42 @@ def test_gate_errors():
         jsnn.AttnGate(4, 3, 8, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="k_pool"):
         jsnn.AttnGate(4, 2, 8, k_pool=("median",), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("threshold", [1.5, -0.1, 0.0, float("nan")])
+def test_gate_threshold_must_be_a_fraction(threshold):
+    with pytest.raises(ValueError, match=r"threshold=.* must lie in \(0, 1\]"):
+        ag.gate_block_mask(
+            jnp.zeros((1, 1, 2, 2)), q_len=4, kv_len=4, block_size=2, threshold=threshold
+        )
+
+
+def test_gate_rejects_shapes_blocks_and_queries_past_the_keys():
+    probs = jnp.zeros((1, 2, 5, 5))
+    kw = dict(q_len=40, kv_len=40, threshold=0.1)
+    with pytest.raises(ValueError, match=r"gate_probs has shape \(1, 2, 5, 5\).*\[B, H, 3, 3\]"):
+        ag.gate_block_mask(probs, block_size=16, **kw)  # the gate used blocks of 8
+    with pytest.raises(ValueError, match="block_size=0 must be >= 1"):
+        ag.gate_block_mask(probs, block_size=0, **kw)
+    with pytest.raises(ValueError, match="last_block_dense=-1 must be >= 0"):
+        ag.gate_block_mask(probs, block_size=8, last_block_dense=-1, **kw)
+    with pytest.raises(ValueError, match="causal-only"):
+        ag.gate_block_mask(probs, q_len=40, kv_len=32, block_size=8, threshold=0.1)
+    with pytest.raises(ValueError, match="block_size=0 must be >= 1"):
+        ag.attn_gate_target(jnp.zeros((1, 8, 2, 4)), jnp.zeros((1, 8, 1, 4)), block_size=0)
+    with pytest.raises(ValueError, match="must have one shape"):
+        ag.attn_gate_loss(jnp.zeros((1, 2, 5, 5)), jnp.zeros((1, 2, 5, 4)))
+
+    q, k, v, _ = R.random_qkv(1, 64, 2, 1, 16, s=32)  # T > S: queries past the keys
+    gate = jsnn.AttnGate(2, 1, 16, block_size=16, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="AttnGate is causal-only"):
+        gate(q, k)
+    mask = jnp.ones((1, 2, 4, 2), bool)
+    with pytest.raises(ValueError, match="gated_attention is causal-only"):
+        ag.gated_attention(q, k, v, mask, block_size=16)
+    q, k, v, _ = R.random_qkv(1, 32, 2, 1, 16)
+    with pytest.raises(ValueError, match=r"block_mask \(1, 3, 2, 2\) must be \[B or 1, H or 1"):
+        ag.gated_attention(q, k, v, jnp.ones((1, 3, 2, 2), bool), block_size=16)
     assert js.nsa is not None
 
 

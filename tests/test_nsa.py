@@ -248,6 +248,13 @@ def test_nsa_input_errors():
         js.nsa(q, k, v, gates, k_cmp=k_cmp[:, 1:], v_cmp=v_cmp, config=CFG)
     with pytest.raises(ValueError, match="causal-only"):
         js.nsa(q, k[:, :10], v[:, :10], gates, k_cmp=k_cmp[:, :1], v_cmp=v_cmp[:, :1], config=CFG)
+    with pytest.raises(TypeError, match="config must be an NSAConfig, got dict"):
+        js.nsa(q, k, v, gates, k_cmp=k_cmp, v_cmp=v_cmp, config=dict(top_n=2))
+    with pytest.raises(ValueError, match="need a batch axis"):
+        js.nsa(q[0], k[0], v[0], gates[0], k_cmp=k_cmp[0], v_cmp=v_cmp[0], config=CFG)
+    bf = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    with pytest.raises(TypeError, match="k_cmp has dtype float32, q/k/v have bfloat16"):
+        js.nsa(*bf, gates, k_cmp=k_cmp, v_cmp=v_cmp, config=CFG)
 
 
 def _module(dtype=jnp.float32, **kw):
@@ -310,6 +317,10 @@ def test_module_bf16_and_errors():
         jsnn.NativeSparseAttention(32, 4, num_kv_heads=3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"takes \[B, T, C\]"):
         m(jnp.zeros((20, 32)))
+    with pytest.raises(ValueError, match="C = in_features = 32"):
+        m(jnp.zeros((1, 20, 16)))
+    with pytest.raises(TypeError, match="nsa must be a jaxsparse.methods.NSAConfig"):
+        jsnn.NativeSparseAttention(32, 4, nsa=dict(top_n=4), rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("q_offset", [0, 19])

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse.methods import merge, nsa_compress, nsa_selection
-from jaxsparse.ops import api
+from jaxsparse.ops import api, validate
 from jaxsparse.patterns import base
 from jaxsparse.patterns.causal import Causal
 from jaxsparse.patterns.compressed_causal import CompressedCausal
@@ -92,6 +92,18 @@ class NSABranches:
 
 
 def _check(q, k, v, gates, k_cmp, v_cmp, cfg: NSAConfig):
+    if not isinstance(cfg, NSAConfig):
+        raise TypeError(
+            f"nsa: config must be an NSAConfig, got {type(cfg).__name__}; e.g. "
+            "config=NSAConfig(top_n=8)."
+        )
+    validate.check_batched_qkv("nsa", q, k, v)
+    for name, x in (("k_cmp", k_cmp), ("v_cmp", v_cmp)):
+        if not hasattr(x, "dtype") or x.dtype != q.dtype:
+            raise TypeError(
+                f"nsa: {name} has dtype {getattr(x, 'dtype', type(x).__name__)}, q/k/v have "
+                f"{q.dtype}; cast it, e.g. {name}.astype(q.dtype)."
+            )
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
     nc = nsa_compress.num_compressed(s, cfg.kernel_size, cfg.stride)
@@ -147,7 +159,7 @@ def nsa(
       causal attention. Queries whose window is still empty cannot happen
       (a query always sees itself).
     """
-    cfg = config or NSAConfig()
+    cfg = NSAConfig() if config is None else config
     _check(q, k, v, gates, k_cmp, v_cmp, cfg)
     b, t, h, d = q.shape
     s = k.shape[1]

@@ -25,7 +25,7 @@ import math
 import jax.numpy as jnp
 
 from jaxsparse.methods import merge
-from jaxsparse.ops import api
+from jaxsparse.ops import api, validate
 from jaxsparse.patterns.dynamic import pyramid, pyramid_level
 from jaxsparse.reference import dense
 from jaxsparse.selection import pooling
@@ -71,7 +71,9 @@ def pyramid_attention(
       return_lse: also return lse `[B, H, T]`.
       return_levels: also return the level map `[B, H, Tb, Sb]`.
       levels: a precomputed level map (`pattern.levels(q, k, q_offset=...)`),
-        e.g. to time the selection apart from the attention.
+        e.g. to time the selection apart from the attention: integers
+        `[B, H, Tb, Sb]`, 0 to skip a block, else its level 1..L; any other
+        value also skips it (values are not checked under jit).
 
     Returns:
       `out [B, T, H, Dv]` (and lse, levels).
@@ -79,16 +81,14 @@ def pyramid_attention(
     pattern = pyramid.Pyramid() if pattern is None else pattern
     if not isinstance(pattern, pyramid.Pyramid):
         raise TypeError(f"pyramid_attention: pattern must be a Pyramid, got {pattern!r}.")
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(
-            "pyramid_attention: q, k, v must be [B, T, H, D], [B, S, K, D], "
-            f"[B, S, K, Dv]; got {q.shape}, {k.shape}, {v.shape}."
-        )
+    validate.check_batched_qkv("pyramid_attention", q, k, v)
     t, s, d = q.shape[1], k.shape[1], q.shape[-1]
     q_offset = s - t if q_offset is None else q_offset
     scale = d**-0.5 if scale is None else scale
     if levels is None:
         levels = pattern.levels(q, k, q_offset=q_offset)
+    else:
+        _check_levels(levels, q, k, pattern)
     kw = dict(scale=scale, q_offset=q_offset, implementation=implementation, config=config)
     outs, lses = _per_level(q, k, v, levels, pattern=pattern, **kw)
     tail_outs, tail_lses = _ragged_tails(
@@ -131,6 +131,22 @@ def _per_level(q, k, v, levels, *, pattern, scale, q_offset, implementation, con
         outs.append(out)
         lses.append(lse + math.log(f))
     return outs, lses
+
+
+def _check_levels(levels, q, k, pattern) -> None:
+    bs = pattern.block_size
+    want = (q.shape[0], q.shape[2], -(-q.shape[1] // bs), -(-k.shape[1] // bs))
+    if not hasattr(levels, "dtype") or not jnp.issubdtype(levels.dtype, jnp.integer):
+        raise TypeError(
+            f"pyramid_attention: levels must be an integer array (0 skip, 1..{pattern.num_levels}"
+            f" a level), got {getattr(levels, 'dtype', type(levels).__name__)}; build it with "
+            "pattern.levels(q, k, q_offset=...)."
+        )
+    if tuple(levels.shape) != want:
+        raise ValueError(
+            f"pyramid_attention: levels has shape {tuple(levels.shape)}; with block_size={bs} "
+            f"it must be [B, H, Tb, Sb] = {list(want)}."
+        )
 
 
 def _dividing(tile, n: int):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse.ops import api
+from jaxsparse.patterns import base
 from jaxsparse.patterns.dynamic import block_topk, common, token_block_mask
 from jaxsparse.selection import estimate, topk
 
@@ -33,10 +34,12 @@ def attn_gate_target(
     Computed one query block at a time (memory `B * H * block_size * S`), with
     no gradient: the base model is frozen while the gate distils.
     """
+    base.check_int("block_size", block_size, minimum=1, owner="attn_gate_target")
     q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
     b, t, h, d = q.shape
     s = k.shape[1]
     q_offset = s - t if q_offset is None else q_offset
+    common.check_causal_geometry("attn_gate_target", q_len=t, kv_len=s, q_offset=q_offset)
     scale = d**-0.5 if scale is None else scale
     tb, sb = -(-t // block_size), -(-s // block_size)
     qp = jnp.pad(q, ((0, 0), (0, tb * block_size - t), (0, 0), (0, 0)))
@@ -64,6 +67,12 @@ def attn_gate_loss(gate_logits, target, *, skip_fraction: float = 0.25):
     gate_logits `[B, H, Tb, Sb]` (-inf where masked), target as from
     `attn_gate_target`. Entries with zero target contribute 0.
     """
+    if jnp.shape(gate_logits) != jnp.shape(target):
+        raise ValueError(
+            f"attn_gate_loss: gate_logits {jnp.shape(gate_logits)} and target "
+            f"{jnp.shape(target)} must have one shape [B, H, Tb, Sb]; build the target with "
+            "attn_gate_target from the same q, k and the gate's block_size."
+        )
     tb = gate_logits.shape[-2]
     start = int(math.floor(skip_fraction * tb))
     if start >= tb:
@@ -104,12 +113,17 @@ def gate_block_mask(
     """
     if (threshold is None) == (nz_ratio is None):
         raise ValueError("gate_block_mask: give exactly one of threshold= or nz_ratio=.")
+    base.check_int("block_size", block_size, minimum=1, owner="gate_block_mask")
+    base.check_int("last_block_dense", last_block_dense, minimum=0, owner="gate_block_mask")
     q_offset = kv_len - q_len if q_offset is None else q_offset
+    common.check_causal_geometry("gate_block_mask", q_len=q_len, kv_len=kv_len, q_offset=q_offset)
+    check_blocks("gate_block_mask", "gate_probs", gate_probs, q_len, kv_len, block_size)
     tb, sb = gate_probs.shape[-2:]
     visible = block_topk.block_causal(
         q_len=q_len, kv_len=kv_len, q_offset=q_offset, block_q=block_size, block_kv=block_size
     )[None, None]
     if threshold is not None:
+        common.check_fraction("gate_block_mask", "threshold", threshold)
         keep = gate_probs > threshold
     else:
         common.check_fraction("gate_block_mask", "nz_ratio", nz_ratio)
@@ -156,7 +170,21 @@ def gated_attention(
     return_lse: bool = False,
 ):
     """Block-sparse causal attention over `block_mask [B, H|1, Tb, Sb]` (`block_size` blocks)."""
-    t, h, s = q.shape[1], q.shape[2], k.shape[1]
+    base.check_int("block_size", block_size, minimum=1, owner="gated_attention")
+    if jnp.ndim(q) != 4 or jnp.ndim(k) != 4:
+        raise ValueError(
+            f"gated_attention: q {jnp.shape(q)} and k {jnp.shape(k)} must be [B, T, H, D] and "
+            "[B, S, K, D]."
+        )
+    b, t, h = q.shape[:3]
+    s = k.shape[1]
+    common.check_causal_geometry("gated_attention", q_len=t, kv_len=s, q_offset=s - t)
+    check_blocks("gated_attention", "block_mask", block_mask, t, s, block_size)
+    if jnp.shape(block_mask)[0] not in (1, b) or jnp.shape(block_mask)[1] not in (1, h):
+        raise ValueError(
+            f"gated_attention: block_mask {jnp.shape(block_mask)} must be [B or 1, H or 1, Tb, "
+            f"Sb] for q with B={b}, H={h}."
+        )
     pattern, sp = gated_sparsity(
         block_mask, q_len=t, kv_len=s, num_heads=h, block_size=block_size, config=config
     )
@@ -172,3 +200,15 @@ def gated_attention(
         config=config,
         return_lse=return_lse,
     )
+
+
+def check_blocks(owner: str, name: str, x, q_len: int, kv_len: int, block_size: int) -> None:
+    """`x` must be a `[B, H, Tb, Sb]` array of `block_size` blocks over q_len x kv_len."""
+    want = (-(-q_len // block_size), -(-kv_len // block_size))
+    if jnp.ndim(x) != 4 or tuple(jnp.shape(x)[-2:]) != want:
+        raise ValueError(
+            f"{owner}: {name} has shape {tuple(jnp.shape(x))}; with q_len={q_len}, "
+            f"kv_len={kv_len} and block_size={block_size} it must be [B, H, {want[0]}, "
+            f"{want[1]}] (Tb = ceil(q_len / block_size), Sb = ceil(kv_len / block_size)). "
+            "Pass the block_size the gate was built with."
+        )

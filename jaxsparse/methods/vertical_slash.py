@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse.methods import merge
-from jaxsparse.ops import api
+from jaxsparse.ops import api, validate
 from jaxsparse.patterns.dynamic import common, position_causal, vertical_slash, vertical_slash_mask
 
 
@@ -114,6 +114,7 @@ def vertical_slash_attention(
         raise TypeError(
             f"vertical_slash_attention: pattern must be VerticalSlash, got {pattern!r}."
         )
+    validate.check_batched_qkv("vertical_slash_attention", q, k, v)
     if plan is None:
         plan = vertical_slash_plan(q, k, pattern=pattern, config=config)
     kw = dict(

@@ -34,7 +34,7 @@ from jaxsparse.methods.seer import (
     gated_attention,
 )
 from jaxsparse.nn import rope as rope_lib
-from jaxsparse.patterns.dynamic import block_topk
+from jaxsparse.patterns.dynamic import block_topk, common
 from jaxsparse.selection import estimate, pooling
 
 DEFAULT_ROPE = rope_lib.RoPE()  # theta 10000, whole head
@@ -118,6 +118,11 @@ class AttnGate(nnx.Module):
 
     def __call__(self, q, k, *, q_offset: int | None = None):
         """Gate logits for q `[B, T, H, D]` and k `[B, S, K, D]` (projected, before RoPE)."""
+        if q.ndim != 4 or k.ndim != 4 or q.shape[0] != k.shape[0]:
+            raise ValueError(
+                f"AttnGate: q {q.shape} and k {k.shape} must be [B, T, H, D] and [B, S, K, D] "
+                "with one batch size."
+            )
         t, s = q.shape[1], k.shape[1]
         if q.shape[2:] != (self.num_heads, self.head_dim) or k.shape[2:] != (
             self.num_kv_heads,
@@ -128,6 +133,7 @@ class AttnGate(nnx.Module):
                 f"({self.num_heads}, {self.num_kv_heads}) and head_dim {self.head_dim}."
             )
         q_offset = s - t if q_offset is None else q_offset
+        common.check_causal_geometry("AttnGate", q_len=t, kv_len=s, q_offset=q_offset)
         bs = self.block_size
         tb, sb = -(-t // bs), -(-s // bs)
         q_pos = q_offset + bs * jnp.arange(tb, dtype=jnp.int32)

@@ -127,7 +127,13 @@ class NativeSparseAttention(nnx.Module):
                 )
             head_dim = in_features // num_heads
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.nsa = nsa or nsa_lib.NSAConfig()
+        if nsa is not None and not isinstance(nsa, nsa_lib.NSAConfig):
+            raise TypeError(
+                f"NativeSparseAttention: nsa must be a jaxsparse.methods.NSAConfig, got "
+                f"{type(nsa).__name__}; e.g. nsa=NSAConfig(top_n=8)."
+            )
+        self.nsa = nsa_lib.NSAConfig() if nsa is None else nsa
+        self.in_features = in_features
         self.rope, self.scale = rope, scale
         self.implementation, self.config = implementation, config
         self.gate_per_head = gate_per_head
@@ -159,8 +165,11 @@ class NativeSparseAttention(nnx.Module):
 
     def __call__(self, x, *, positions=None, return_branches: bool = False):
         """`x [B, T, C] -> [B, T, out_features]`; positions `[T]` or `[B, T]` for RoPE."""
-        if x.ndim != 3:
-            raise ValueError(f"NativeSparseAttention takes [B, T, C], got shape {x.shape}.")
+        if x.ndim != 3 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"NativeSparseAttention takes [B, T, C] with C = in_features = "
+                f"{self.in_features}, got shape {x.shape}."
+            )
         x = x.astype(self.dtype)
         b, t, _ = x.shape
         h, kh, d = self.num_heads, self.num_kv_heads, self.head_dim

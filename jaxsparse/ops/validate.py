@@ -69,6 +69,15 @@ def check_qkv(q: Any, k: Any, v: Any) -> bool:
     return batched
 
 
+def check_batched_qkv(owner: str, q: Any, k: Any, v: Any) -> None:
+    """`check_qkv`, for entry points that need the batch axis."""
+    if not check_qkv(q, k, v):
+        raise ValueError(
+            f"{owner}: q, k, v need a batch axis: [B, T, H, D], [B, S, K, D], [B, S, K, Dv]; "
+            f"got {_shape(q)}, {_shape(k)}, {_shape(v)} (add one with x[None])."
+        )
+
+
 def check_segment_ids(segment_ids: Any, batch: int, t: int, s: int, batched: bool):
     """Normalise `segment_ids` to int32 `([B, T], [B, S])` or `(None, None)`."""
     if segment_ids is None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
+
+import numpy as np
 
 from jaxsparse.patterns import base
 
@@ -45,7 +48,7 @@ def check_causal_geometry(owner: str, *, q_len: int, kv_len: int, q_offset: int)
 
 def check_fraction(owner: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
     """Thresholds are fractions: (0, 1] (or [0, 1] when 0 is meaningful)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a number, got {value!r}.")
     lo_ok = value >= 0 if allow_zero else value > 0
     if not (lo_ok and value <= 1):

@@ -120,8 +120,8 @@ class FlexPrefill(common.DynamicPattern):
     Details:
       Causal prefill: queries tile the key grid, so `q_offset` (S - T)
       must be a multiple of `block_size`. As in FlexPrefill, sequences of
-      at most `max(2 * block_size, min_budget)` tokens use dense causal
-      attention (also decoding).
+      at most `max(2 * block_size, min_budget)` query tokens use dense
+      causal attention (also decoding), at any `q_offset`.
     """
 
     gamma: float = 0.9
@@ -151,7 +151,7 @@ class FlexPrefill(common.DynamicPattern):
 
     def bind(self, *, q_len, kv_len, q_offset, num_heads):
         common.check_causal_geometry("FlexPrefill", q_len=q_len, kv_len=kv_len, q_offset=q_offset)
-        if q_offset % self.block_size:
+        if q_offset % self.block_size and not self.dense_fallback(q_len):
             raise ValueError(
                 f"FlexPrefill: q_offset={q_offset} (= kv_len - q_len by default) must be a "
                 f"multiple of block_size={self.block_size} so query blocks align with key blocks; "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxsparse.patterns import base
 from jaxsparse.patterns.dynamic import block_topk, common
@@ -83,11 +84,18 @@ class Pyramid(common.DynamicPattern):
     def __post_init__(self):
         base.check_int("block_size", self.block_size, minimum=1, owner="Pyramid")
         th = self.thresholds
-        if isinstance(th, (int, float)) or not th:
-            raise TypeError(f"Pyramid: thresholds must be a non-empty sequence, got {th!r}.")
-        object.__setattr__(self, "thresholds", tuple(float(x) for x in th))
-        for i, x in enumerate(self.thresholds):
+        if isinstance(th, np.ndarray) and th.ndim == 1:
+            th = th.tolist()
+        if not isinstance(th, (tuple, list)) or not th:
+            raise TypeError(
+                f"Pyramid: thresholds must be a non-empty tuple of fractions, one per level, "
+                f"got {th!r}; e.g. thresholds=(0.5, 0.6, 0.7, 0.8)."
+            )
+        for i, x in enumerate(th):
             common.check_fraction("Pyramid", f"thresholds[{i}]", x)
+        object.__setattr__(self, "thresholds", tuple(float(x) for x in th))
+        if not isinstance(self.causal, (bool, np.bool_)):
+            raise TypeError(f"Pyramid: causal must be a bool, got {self.causal!r}.")
         if any(b < a for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)):
             raise ValueError(f"Pyramid: thresholds={self.thresholds} must be non-decreasing.")
         factor = 2 ** (self.num_levels - 1)
