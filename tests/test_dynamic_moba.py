@@ -89,7 +89,8 @@ def test_moba_reference_implementation_matches_too():
 
 
 def test_moba_short_sequence_is_dense_causal():
-    # Fewer chunks than top_k (and T shorter than one chunk): every visible key is kept.
+    # At most top_k chunks in all, so at most top_k - 1 before the own one (and T shorter
+    # than one chunk): every visible key is kept.
     q, k, v, cot = R.random_qkv(1, 30, 2, 1, 8, seed=3)
     mask = jnp.asarray(R.causal_np(30, 30, 0))[None, None]
     for pattern in (P.MoBA(block_size=64, top_k=2), P.MoBA(block_size=8, top_k=4)):

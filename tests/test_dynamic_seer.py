@@ -135,6 +135,20 @@ def test_gate_errors():
         jsnn.AttnGate(4, 2, 8, k_pool=("median",), rngs=nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("t, s", [(192, 224), (40, 40), (37, 61)])
+def test_gate_block_mask_keeps_every_querys_own_key(t, s):
+    # An empty gate keeps only the blocks holding the queries' own positions: each query
+    # still sees itself, also where q_offset = S - T is not a multiple of the block.
+    bs = 16 if t < 64 else 64
+    probs = jnp.zeros((1, 1, -(-t // bs), -(-s // bs)))
+    mask = ag.gate_block_mask(probs, q_len=t, kv_len=s, block_size=bs, threshold=0.5,
+                              last_block_dense=0)  # fmt: skip
+    token = R.block_to_token(np.asarray(mask), bs, bs, t, s) & R.causal_np(t, s, s - t)
+    rows = np.arange(t)
+    assert token[..., rows, rows + s - t].all()
+    assert token.sum(-1).max() <= 2 * bs  # and no more than those blocks
+
+
 @pytest.mark.parametrize("threshold", [1.5, -0.1, 0.0, float("nan")])
 def test_gate_threshold_must_be_a_fraction(threshold):
     with pytest.raises(ValueError, match=r"threshold=.* must lie in \(0, 1\]"):

@@ -155,9 +155,9 @@ def nsa(
 
     Details:
       Sequences shorter than `kernel_size` have no compressed token: branch 1
-      outputs 0. With at most `top_n` blocks in the past, branch 2 is dense
-      causal attention. Queries whose window is still empty cannot happen
-      (a query always sees itself).
+      outputs 0. With at most `top_n` visible blocks (the query's own
+      included), branch 2 is dense causal attention. Queries whose window
+      is still empty cannot happen (a query always sees itself).
     """
     cfg = NSAConfig() if config is None else config
     _check(q, k, v, gates, k_cmp, v_cmp, cfg)

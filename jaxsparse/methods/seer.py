@@ -102,8 +102,10 @@ def gate_block_mask(
     Exactly one of `threshold` (keep blocks with probability above it;
     SeerAttention's README range 5e-4 .. 5e-3) or `nz_ratio` (keep the top
     `(1 - sqrt(1 - nz_ratio)) * Sb` blocks per row). The last
-    `last_block_dense` block rows are dense, every row keeps its diagonal
-    block (a query always sees itself), and the mask is block-causal.
+    `last_block_dense` block rows are dense, every row keeps the key blocks
+    holding its own positions (a query always sees itself; two blocks where
+    `q_offset` is not a multiple of `block_size`), and the mask is
+    block-causal.
 
     With `nz_ratio` only each row's order counts, so `gate_probs` may be the
     gate's logits: the softmax is increasing along a row, and skipping it
@@ -131,8 +133,12 @@ def gate_block_mask(
         keep = topk.topk_mask(jnp.where(visible, gate_probs, -jnp.inf), n)
     rows = jnp.arange(tb, dtype=jnp.int32)[None, None, :, None]
     keep = keep | (rows >= tb - last_block_dense)
-    diag = (q_offset + rows * block_size) // block_size == jnp.arange(sb)[None, None, None, :]
-    return (keep | diag) & visible
+    # The key blocks holding the block row's own positions: two where q_offset is not a
+    # multiple of block_size.
+    first = (q_offset + rows * block_size) // block_size
+    last = (q_offset + jnp.minimum(rows * block_size + block_size, q_len) - 1) // block_size
+    cols = jnp.arange(sb, dtype=jnp.int32)[None, None, None, :]
+    return (keep | ((cols >= first) & (cols <= last))) & visible
 
 
 def gated_sparsity(

@@ -120,8 +120,9 @@ class FlexPrefill(common.DynamicPattern):
     Details:
       Causal prefill: queries tile the key grid, so `q_offset` (S - T)
       must be a multiple of `block_size`. As in FlexPrefill, sequences of
-      at most `max(2 * block_size, min_budget)` query tokens use dense
-      causal attention (also decoding), at any `q_offset`.
+      at most `max(2 * block_size, min_budget)` query tokens (`min_budget`
+      rounded up to whole blocks) use dense causal attention (also
+      decoding), at any `q_offset`.
     """
 
     gamma: float = 0.9

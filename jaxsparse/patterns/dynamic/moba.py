@@ -78,12 +78,12 @@ class MoBA(common.DynamicPattern):
     """Mixture of Block Attention: own chunk + top `top_k - 1` past chunks by `q . mean(K)`.
 
     ```
-    MoBA(block_size=2, top_k=2), one query row per line (chunk 0 chosen by row 4..5)
+    MoBA(block_size=2, top_k=2), one query row per line (chunks of 2 keys)
     ■ · · · · ·
     ■ ■ · · · ·
-    ■ · ■ · · ·     <- chunk 0 won over nothing else (top_k=2: own + 1 past)
-    ■ · ■ ■ · ·
-    ■ ■ · · ■ ·
+    ■ ■ ■ · · ·     <- own chunk 1 + the only past chunk (top_k=2: own + 1 past)
+    ■ ■ ■ ■ · ·
+    ■ ■ · · ■ ·     <- this query picked chunk 0 over chunk 1
     · · ■ ■ ■ ■     <- this query picked chunk 1
     ```
 
@@ -96,9 +96,9 @@ class MoBA(common.DynamicPattern):
     Details:
       Causal only; per query token and query head, so a query tile visits
       the union of its rows' chunks and `mask_fn` (a `TokenBlockMask`) keeps
-      each row exact. With no more than `top_k` chunks in the past (short
-      sequences, shorter than `top_k * block_size`), every chunk is chosen:
-      dense causal attention. Kernel tiles default to the largest power of
+      each row exact. With no more than `top_k - 1` chunks in the past
+      (short sequences, at most `top_k * block_size` keys), every chunk is
+      chosen: dense causal attention. Kernel tiles default to the largest power of
       two <= 128 dividing `block_size`.
     """
 
