@@ -11,8 +11,9 @@ sort); `by_top_k`, its form before session 14, ranks every bit with `top_k`
 (a sort of C entries per row). Its second step lists the (block, token)
 pairs by block, then token; three ways (`LISTINGS`):
 
-- `sort`, the library's: one sort of `block * T + token` keys (0.7 ms of
-  NSA's 64k step on the H200 in session 16's profile);
+- `sort`, the library's: one sort of `block * T + token` keys (0.55 ms of
+  NSA's 64k step on the H200 in session 16's profile, then a stable sort
+  with an iota payload; unstable since session 17, not timed yet);
 - `words` and `word ranks`, candidates written in session 17 (which had no
   GPU): no sort, a pair's place from population counts of its block's column
   packed into 32-token words; one scatter over every (token, block) entry, or
@@ -65,7 +66,8 @@ def by_sort(bits, pairs: int):
 
 def column_words(bits):
     """Each block's column of bits `[F, T, C]` in words of 32 tokens, `[F, W, C]` uint32, with
-    per block its pair count and start `[F, C]`, and per word the column's pairs before it."""
+    per block its pair count and start `[F, C]`, per word the column's pairs before it, and
+    the bits padded to whole words `[F, W, 32, C]`."""
     f, t, c = bits.shape
     nw = -(-t // 32)
     bits = jnp.pad(bits, ((0, 0), (0, nw * 32 - t), (0, 0))).reshape(f, nw, 32, c)
@@ -75,7 +77,7 @@ def column_words(bits):
     counts = pop.sum(1, dtype=jnp.int32)
     starts = jnp.cumsum(counts, axis=1, dtype=jnp.int32) - counts
     before = jnp.cumsum(pop, axis=1, dtype=jnp.int32) - pop
-    return words, counts, starts, before
+    return words, counts, starts, before, bits
 
 
 def below(words, lane):
@@ -88,12 +90,11 @@ def by_words(bits, pairs: int):
     """`by_sort`'s listing with no sort (a candidate, not measured yet): a pair's place is
     its block's start plus the population counts of the column's earlier words and of the
     lower bits of its word; one scatter over every (token, block) entry writes the tokens."""
-    f, t, c = bits.shape
-    words, counts, starts, before = column_words(bits)
+    f = bits.shape[0]
+    words, counts, starts, before, bits = column_words(bits)
     nw = words.shape[1]
     lane = jnp.arange(32, dtype=jnp.int32)[None, None, :, None]
     place = (starts[:, None] + before)[:, :, None] + below(words[:, :, None], lane)
-    bits = jnp.pad(bits, ((0, 0), (0, nw * 32 - t), (0, 0))).reshape(place.shape)
     owner = pairs * jnp.arange(f, dtype=jnp.int32)[:, None, None, None]
     at = jnp.where(bits & (place < pairs), place + owner, f * pairs)  # f * pairs: dropped
     token = jnp.broadcast_to(jnp.arange(nw * 32, dtype=jnp.int32).reshape(1, nw, 32, 1), at.shape)
@@ -108,7 +109,7 @@ def by_word_ranks(bits, pairs: int):
     blocks by `first_selected`, each pair's place gathered from its column's words, one
     scatter of `pairs` tokens."""
     f, t, c = bits.shape
-    words, counts, starts, before = column_words(bits)
+    words, counts, starts, before, _ = column_words(bits)
     cell = routed.first_selected(bits, pairs // t).reshape(f, pairs)  # c: no block
     tok = jnp.broadcast_to(jnp.arange(pairs, dtype=jnp.int32) // (pairs // t), (f, pairs))
     live, j, w = cell < c, jnp.minimum(cell, c - 1), tok // 32

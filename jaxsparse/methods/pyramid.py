@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxsparse.methods import merge
 from jaxsparse.ops import api, validate
-from jaxsparse.patterns.dynamic import pyramid, pyramid_level
+from jaxsparse.patterns.dynamic import common, pyramid, pyramid_level
 from jaxsparse.reference import dense
 from jaxsparse.selection import pooling
 
@@ -134,18 +134,20 @@ def _per_level(q, k, v, levels, *, pattern, scale, q_offset, implementation, con
 
 
 def _check_levels(levels, q, k, pattern) -> None:
-    bs = pattern.block_size
-    want = (q.shape[0], q.shape[2], -(-q.shape[1] // bs), -(-k.shape[1] // bs))
     if not hasattr(levels, "dtype") or not jnp.issubdtype(levels.dtype, jnp.integer):
         raise TypeError(
             f"pyramid_attention: levels must be an integer array (0 skip, 1..{pattern.num_levels}"
             f" a level), got {getattr(levels, 'dtype', type(levels).__name__)}; build it with "
             "pattern.levels(q, k, q_offset=...)."
         )
-    if tuple(levels.shape) != want:
+    common.check_block_map(
+        "pyramid_attention", "levels", levels, q_len=q.shape[1], kv_len=k.shape[1],
+        block_size=pattern.block_size,
+    )  # fmt: skip
+    if tuple(levels.shape[:2]) != (q.shape[0], q.shape[2]):
         raise ValueError(
-            f"pyramid_attention: levels has shape {tuple(levels.shape)}; with block_size={bs} "
-            f"it must be [B, H, Tb, Sb] = {list(want)}."
+            f"pyramid_attention: levels has shape {tuple(levels.shape)}; it must be [B, H, Tb, "
+            f"Sb] with B={q.shape[0]}, H={q.shape[2]}."
         )
 
 

@@ -20,7 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxsparse.ops import api
+from jaxsparse.ops import api, validate
 from jaxsparse.patterns import base
 from jaxsparse.patterns.dynamic import block_topk, common, token_block_mask
 from jaxsparse.selection import estimate, topk
@@ -119,7 +119,10 @@ def gate_block_mask(
     base.check_int("last_block_dense", last_block_dense, minimum=0, owner="gate_block_mask")
     q_offset = kv_len - q_len if q_offset is None else q_offset
     common.check_causal_geometry("gate_block_mask", q_len=q_len, kv_len=kv_len, q_offset=q_offset)
-    check_blocks("gate_block_mask", "gate_probs", gate_probs, q_len, kv_len, block_size)
+    common.check_block_map(
+        "gate_block_mask", "gate_probs", gate_probs, q_len=q_len, kv_len=kv_len,
+        block_size=block_size, fix="Pass the block_size the gate was built with.",
+    )  # fmt: skip
     tb, sb = gate_probs.shape[-2:]
     visible = block_topk.block_causal(
         q_len=q_len, kv_len=kv_len, q_offset=q_offset, block_q=block_size, block_kv=block_size
@@ -177,15 +180,14 @@ def gated_attention(
 ):
     """Block-sparse causal attention over `block_mask [B, H|1, Tb, Sb]` (`block_size` blocks)."""
     base.check_int("block_size", block_size, minimum=1, owner="gated_attention")
-    if jnp.ndim(q) != 4 or jnp.ndim(k) != 4:
-        raise ValueError(
-            f"gated_attention: q {jnp.shape(q)} and k {jnp.shape(k)} must be [B, T, H, D] and "
-            "[B, S, K, D]."
-        )
+    validate.check_batched_qkv("gated_attention", q, k, v)
     b, t, h = q.shape[:3]
     s = k.shape[1]
     common.check_causal_geometry("gated_attention", q_len=t, kv_len=s, q_offset=s - t)
-    check_blocks("gated_attention", "block_mask", block_mask, t, s, block_size)
+    common.check_block_map(
+        "gated_attention", "block_mask", block_mask, q_len=t, kv_len=s, block_size=block_size,
+        fix="Pass the block_size the mask was built with.",
+    )  # fmt: skip
     if jnp.shape(block_mask)[0] not in (1, b) or jnp.shape(block_mask)[1] not in (1, h):
         raise ValueError(
             f"gated_attention: block_mask {jnp.shape(block_mask)} must be [B or 1, H or 1, Tb, "
@@ -206,15 +208,3 @@ def gated_attention(
         config=config,
         return_lse=return_lse,
     )
-
-
-def check_blocks(owner: str, name: str, x, q_len: int, kv_len: int, block_size: int) -> None:
-    """`x` must be a `[B, H, Tb, Sb]` array of `block_size` blocks over q_len x kv_len."""
-    want = (-(-q_len // block_size), -(-kv_len // block_size))
-    if jnp.ndim(x) != 4 or tuple(jnp.shape(x)[-2:]) != want:
-        raise ValueError(
-            f"{owner}: {name} has shape {tuple(jnp.shape(x))}; with q_len={q_len}, "
-            f"kv_len={kv_len} and block_size={block_size} it must be [B, H, {want[0]}, "
-            f"{want[1]}] (Tb = ceil(q_len / block_size), Sb = ceil(kv_len / block_size)). "
-            "Pass the block_size the gate was built with."
-        )

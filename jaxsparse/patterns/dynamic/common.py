@@ -46,6 +46,20 @@ def check_causal_geometry(owner: str, *, q_len: int, kv_len: int, q_offset: int)
         )
 
 
+def check_block_map(
+    owner: str, name: str, x, *, q_len: int, kv_len: int, block_size: int, fix: str = ""
+):
+    """`x` must be a `[B, H, Tb, Sb]` array of `block_size` blocks over q_len x kv_len."""
+    want = (-(-q_len // block_size), -(-kv_len // block_size))
+    if np.ndim(x) != 4 or tuple(np.shape(x)[-2:]) != want:
+        raise ValueError(
+            f"{owner}: {name} has shape {tuple(np.shape(x))}; with q_len={q_len}, "
+            f"kv_len={kv_len} and block_size={block_size} it must be [B, H, {want[0]}, "
+            f"{want[1]}] (Tb = ceil(q_len / block_size), Sb = ceil(kv_len / block_size))."
+            + (f" {fix}" if fix else "")
+        )
+
+
 def check_fraction(owner: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
     """Thresholds are fractions: (0, 1] (or [0, 1] when 0 is meaningful)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):

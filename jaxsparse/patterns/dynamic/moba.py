@@ -98,8 +98,8 @@ class MoBA(common.DynamicPattern):
       the union of its rows' chunks and `mask_fn` (a `TokenBlockMask`) keeps
       each row exact. With no more than `top_k - 1` chunks in the past
       (short sequences, at most `top_k * block_size` keys), every chunk is
-      chosen: dense causal attention. Kernel tiles default to the largest power of
-      two <= 128 dividing `block_size`.
+      chosen: dense causal attention. Kernel tiles default to the largest
+      power of two <= 128 dividing `block_size`.
     """
 
     block_size: int
