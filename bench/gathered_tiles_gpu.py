@@ -54,14 +54,8 @@ def by_top_k(bits, slots: int):
 
 
 def by_sort(bits, pairs: int):
-    """The library's listing (`Gathering.tiles`): `(tokens [F, pairs], counts [F, C],
-    starts [F, C])`, block j's tokens ascending at `tokens[f, starts[f, j]:][:counts[f, j]]`;
-    each row's blocks by `first_selected`, then one sort of `block * T + token` keys."""
-    f, t, c = bits.shape
-    cell = routed.first_selected(bits, pairs // t).reshape(f, pairs)  # c: no block
-    cell, tok = gathered._sort_pairs(cell, t, c)
-    starts = gathered._block_starts(cell, c)
-    return tok, starts[:, 1:] - starts[:, :-1], starts[:, :c]
+    """The library's listing, `gathered.list_pairs`, given the pair count `T * slots`."""
+    return gathered.list_pairs(bits, pairs // bits.shape[1])
 
 
 def column_words(bits):

@@ -43,6 +43,11 @@ such a substring (`--methods 'NSA train'`: the dense rows and NSA's
 forward+backward rows only); `--skip` drops the methods whose name contains
 one of its substrings (e.g. `--skip 'routed,bq64,XLA gate'`: the variants).
 `--dense ours` leaves out cuDNN's dense rows (and the speed-ups against them).
+`--nsa-glue` runs each nsa_train row once per glue (`nsa_glue.py`: the
+library's selection glue or session 17's sort-free candidates, e.g.
+`--nsa-glue 'library,value sorts+pair words'`); a row with other glue than
+the library's is named `<method> [<glue>]` and counts its parts' traces in
+`glue_traced`. The targets are judged on the library's rows.
 The meta row names the device kind and, from `JAXSPARSE_COMMIT`, the commit.
 """
 
@@ -66,6 +71,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import llm_methods  # noqa: E402
 import llm_synthetic  # noqa: E402
+import nsa_glue  # noqa: E402
 import numpy as np  # noqa: E402
 import timing  # noqa: E402
 from timing import time_fn  # noqa: E402
@@ -331,7 +337,19 @@ def main(argv=None):
         help="calls per sample at least (1: a call longer than 40 ms runs blocking, as "
         "before session 15)",
     )
+    ap.add_argument(
+        "--nsa-glue",
+        default="library",
+        help="comma-separated glues for the nsa_train rows: 'library' or parts of "
+        f"{list(nsa_glue.PARTS)} joined by '+' (see bench/nsa_glue.py)",
+    )
     args = ap.parse_args(argv)
+    glues = args.nsa_glue.split(",")
+    for glue in glues:
+        try:
+            nsa_glue.parse(glue)
+        except ValueError as e:
+            ap.error(str(e))
     if args.min_iters < 1:
         ap.error(f"--min-iters {args.min_iters}: must be at least 1")
     MIN_ITERS[0] = args.min_iters
@@ -385,22 +403,26 @@ def main(argv=None):
         # NSA's forward+backward (the issue's first target) before the per-method rows, so
         # that a run cut by a time limit still has it.
         cfg = NSAConfig(window=min(512, t // 2)) if args.tiny else NSAConfig()
-        for method in args.nsa_variants.split(","):
-            attention_config = NSA_TRAIN_VARIANTS[method]
-            label = method.replace("NSA", "NSA train", 1)
-            if keep and not any(s in label for s in keep):
-                continue  # --methods without it: skip this forward+backward row
-            try:
-                row = nsa_train(
-                    q, k, v, cot, dense, reps=reps, cfg=cfg, method=method,
-                    attention_config=attention_config,
-                )  # fmt: skip
-            except Exception as e:  # noqa: BLE001
-                row = dict(
-                    kind="error", method=method, seq_len=t, error=f"{type(e).__name__}: {e}"[:800]
-                )
-            emit(**row)
-            rows.append(row)
+        for glue in glues:
+            for method in args.nsa_variants.split(","):
+                attention_config = NSA_TRAIN_VARIANTS[method]
+                label = method.replace("NSA", "NSA train", 1)
+                if keep and not any(s in label for s in keep):
+                    continue  # --methods without it: skip this forward+backward row
+                name = method if glue == "library" else f"{method} [{glue}]"
+                try:
+                    with nsa_glue.patched(glue) as traced:
+                        row = nsa_train(
+                            q, k, v, cot, dense, reps=reps, cfg=cfg, method=name,
+                            attention_config=attention_config,
+                        )  # fmt: skip
+                    row.update(glue=glue, glue_traced=dict(traced))
+                except Exception as e:  # noqa: BLE001
+                    row = dict(
+                        kind="error", method=name, seq_len=t, error=f"{type(e).__name__}: {e}"[:800]
+                    )
+                emit(**row)
+                rows.append(row)
         for m in methods:
             try:
                 row = run_method(m, q, k, v, dense, b=b, h=h, t=t, reps=reps)

@@ -2,12 +2,13 @@
 
 Usage (repo root, on the GPU machine):
   python bench/profile_llm.py OUT_DIR [--what nsa|moba|select:NAME] [--seq 65536]
-      [--nsa-variant NAME]
+      [--nsa-variant NAME] [--nsa-glue GLUE]
 
 `nsa`: NSA forward+backward, exactly the `nsa_train` row of
 `bench/llm_sparse_gpu.py` (three branches, mean compressor, gradients to q, k,
 v and the gates), with the attention config of `--nsa-variant` (a key of
-`llm_sparse_gpu.NSA_TRAIN_VARIANTS`, default "NSA"). `moba`: MoBA(512, 3)
+`llm_sparse_gpu.NSA_TRAIN_VARIANTS`, default "NSA") and the selection glue
+of `--nsa-glue` (`bench/nsa_glue.py`, default "library"). `moba`: MoBA(512, 3)
 forward, selection and attention in one jitted call (the bench's `total`).
 `select:NAME`: the selection alone, as a forward call needs it (the bench's
 `select_fwd`: no backward-only lists) of the `llm_methods.default_methods()`
@@ -36,6 +37,7 @@ import jax.numpy as jnp  # noqa: E402
 import llm_methods  # noqa: E402
 import llm_sparse_gpu  # noqa: E402
 import llm_synthetic  # noqa: E402
+import nsa_glue  # noqa: E402
 from trace_ops import top_ops  # noqa: E402
 
 from jaxsparse.methods import NSAConfig  # noqa: E402
@@ -73,11 +75,28 @@ def main(argv=None):
         choices=list(llm_sparse_gpu.NSA_TRAIN_VARIANTS),
         help="--what nsa: the attention config of this llm_sparse_gpu NSA row",
     )
+    ap.add_argument(
+        "--nsa-glue",
+        default="library",
+        help="--what nsa: 'library' or session 17's candidates (bench/nsa_glue.py)",
+    )
     ap.add_argument("--tiny", action="store_true", help="CPU check (H=2, K=1, D=64, f32)")
     ap.add_argument(
         "--hlo", action="store_true", help="also write the compiled HLO (OUT/compiled_hlo.txt.gz)"
     )
     args = ap.parse_args(argv)
+    try:
+        nsa_glue.parse(args.nsa_glue)
+    except ValueError as e:
+        ap.error(str(e))
+    with nsa_glue.patched(args.nsa_glue if args.what == "nsa" else "library") as traced:
+        profile(args)
+    if args.what == "nsa":
+        print(json.dumps({"glue": args.nsa_glue, "glue_traced": dict(traced)}), flush=True)
+
+
+def profile(args):
+    """Time, trace and (with `--hlo`) compile `args.what`; print and write the top ops."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (b, h, kh, d), dtype = (

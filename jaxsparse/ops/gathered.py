@@ -7,7 +7,8 @@ tokens that selected it (`pallas_kernels.gpu.backward_dkv_gathered`). This
 module builds those tiles on device, under jit, from the pattern's bits:
 
   1. each row's selected blocks (`routed.first_selected`) become (block,
-     token) pairs, sorted by block and then token (one sort of int32 keys);
+     token) pairs, sorted by block and then token (`list_pairs`: one sort of
+     int32 keys);
   2. a block's pairs fill `ceil(pairs / n)` tiles of n tokens, the last one
      padded with rows that see no key (limit -1);
   3. work items: each (bit head, 64-key tile) takes its block's tiles in runs
@@ -66,11 +67,9 @@ class Gathering:
         f, n, per = b * hx, self.tokens, self.col_block // KEY_TILE
         slots = min(self.slots, c)
         pairs = t * slots
-        cell = routed.first_selected(bits, slots).reshape(f, pairs)  # c: no block
-        cell, tok = _sort_pairs(cell, t, c)
-        pair_start = _block_starts(cell, c)  # [f, c + 1]
-        counts = (pair_start[:, 1:] - pair_start[:, :-1]).reshape(-1)  # pairs per (f, block)
-        pair_start = pair_start[:, :c] + pairs * jnp.arange(f, dtype=jnp.int32)[:, None]
+        tok, counts, pair_start = list_pairs(bits.reshape(f, t, c), slots)
+        counts = counts.reshape(-1)  # pairs per (f, block)
+        pair_start = pair_start + pairs * jnp.arange(f, dtype=jnp.int32)[:, None]
         pair_start = pair_start.reshape(-1)  # into the flattened pairs
 
         # Tiles: block (f, j) owns tiles tile_start .. tile_start + per_block.
@@ -109,6 +108,22 @@ class Gathering:
             heads=(owner // c).astype(jnp.int32),
             items=items.astype(jnp.int32),
         )
+
+
+def list_pairs(bits, slots: int):
+    """Step 1: the (block, token) pairs of bits `[F, T, C]`, by block, then token.
+
+    Returns `(tokens [F, T * slots], counts [F, C], starts [F, C])`: block j's
+    tokens, ascending, are `tokens[f, starts[f, j]:][:counts[f, j]]`; the tail
+    past a head's last pair is unused. Each row's first `slots` blocks
+    (`routed.first_selected`), then one sort of `block * T + token` keys.
+    """
+    f, t, c = bits.shape
+    pairs = t * slots
+    cell = routed.first_selected(bits, slots).reshape(f, pairs)  # c: no block
+    cell, tok = _sort_pairs(cell, t, c)
+    starts = _block_starts(cell, c)  # [f, c + 1]
+    return tok, starts[:, 1:] - starts[:, :-1], starts[:, :c]
 
 
 def _sort_pairs(cell, t: int, c: int):

@@ -1,0 +1,115 @@
+"""NSA's XLA glue with session 17's sort-free candidates in place of the library's forms.
+
+`bench/topk_gpu.py` and `bench/gathered_tiles_gpu.py` time the candidates
+alone; this module swaps them into the library for the length of a `with`
+block, so that `bench/llm_sparse_gpu.py --nsa-glue` and `bench/profile_llm.py
+--nsa-glue` time NSA's whole step with them, side by side with the library's
+in one run. A glue is `library` or parts joined by `+`:
+
+- `value sorts`: `topk.topk_mask` by `topk_gpu.grouped_mask` (two value
+  sorts, no `top_k`, no one-hot) where the library takes two levels and the
+  one-hot (8 < k <= 16 on rows of at least 256);
+- `mask scatter`: the same masks as a scatter of the two levels' indices
+  (`topk_gpu.scattered_mask`) instead of the one-hot;
+- `pair words`, `pair ranks`: `gathered.list_pairs` by
+  `gathered_tiles_gpu.by_words` or `by_word_ranks` (no sort of the pairs).
+
+Every candidate gives the library's result element for element
+(`tests/test_selection_bench.py`, `tests/test_nsa_glue.py`), so only the
+time changes. `patched` yields how many times each part was traced: a part
+that is never traced (a cached trace, or a path the run does not take, as the
+gathered tiles on CPU) times nothing, and the rows say so.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gathered_tiles_gpu  # noqa: E402
+import jax  # noqa: E402
+import topk_gpu  # noqa: E402
+
+from jaxsparse.ops import gathered  # noqa: E402
+from jaxsparse.selection import topk  # noqa: E402
+
+
+def _value_sorts(scores, k):
+    return topk_gpu.grouped_mask(scores, k)
+
+
+def _mask_scatter(scores, k):
+    return topk_gpu.scattered_mask(
+        topk._grouped_topk(scores, k, topk.GROUP_WIDTH), scores.shape[-1]
+    )
+
+
+TOPK_PARTS = {"value sorts": _value_sorts, "mask scatter": _mask_scatter}
+PAIR_PARTS = {
+    "pair words": gathered_tiles_gpu.by_words,
+    "pair ranks": gathered_tiles_gpu.by_word_ranks,
+}
+PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS)
+
+
+def parse(glue: str) -> tuple[str, ...]:
+    """The parts of a glue name (`()` for `library`); ValueError naming an unknown or
+    doubled part."""
+    if glue == "library":
+        return ()
+    parts = tuple(p.strip() for p in glue.split("+"))
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"NSA glue {glue!r}: unknown part(s) {unknown}; use 'library' or "
+                         f"parts of {list(PARTS)} joined by '+'")  # fmt: skip
+    if sum(p in TOPK_PARTS for p in parts) > 1 or sum(p in PAIR_PARTS for p in parts) > 1:
+        raise ValueError(f"NSA glue {glue!r}: at most one of {list(TOPK_PARTS)} and one of "
+                         f"{list(PAIR_PARTS)}")  # fmt: skip
+    return parts
+
+
+@contextlib.contextmanager
+def patched(glue: str):
+    """Run the library with `glue`'s parts; yields a Counter of the parts' traces.
+
+    jax's caches are cleared on entry and exit, so no trace made with other
+    glue is reused inside the block, or outside it with this one.
+    """
+    parts = parse(glue)
+    traced = collections.Counter()
+    library_mask, library_pairs = topk.topk_mask, gathered.list_pairs
+
+    def candidate_mask(make, name):
+        def topk_mask(scores, k):
+            n = scores.shape[-1]
+            k = max(1, min(int(k), n))
+            if topk.ITERATIVE_MAX_K < k <= topk.ONEHOT_MAX_K and topk.grouped_applies(n, k):
+                traced[name] += 1
+                return make(scores, k)
+            return library_mask(scores, k)
+
+        return topk_mask
+
+    def candidate_pairs(listing, name):
+        def list_pairs(bits, slots):
+            traced[name] += 1
+            return listing(bits, bits.shape[1] * slots)
+
+        return list_pairs
+
+    try:
+        for p in parts:
+            if p in TOPK_PARTS:
+                topk.topk_mask = candidate_mask(TOPK_PARTS[p], p)
+            else:
+                gathered.list_pairs = candidate_pairs(PAIR_PARTS[p], p)
+        jax.clear_caches()
+        yield traced
+    finally:
+        topk.topk_mask, gathered.list_pairs = library_mask, library_pairs
+        jax.clear_caches()
