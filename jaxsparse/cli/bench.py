@@ -14,6 +14,7 @@ import numpy as np
 import jaxsparse as js
 from jaxsparse import patterns as P
 from jaxsparse.cli import presets
+from jaxsparse.cli.argtypes import positive_int
 
 # Above this many logits the dense oracle is skipped (memory).
 ORACLE_LIMIT = 1 << 28
@@ -21,11 +22,11 @@ ORACLE_LIMIT = 1 << 28
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="time each pattern against dense attention")
-    p.add_argument("--seq", type=int, default=2048, help="sequence length (default 2048)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=None, help="default: --heads")
-    p.add_argument("--dim", type=int, default=64, help="head dim (default 64)")
+    p.add_argument("--seq", type=positive_int, default=2048, help="sequence length (default 2048)")
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--kv-heads", type=positive_int, default=None, help="default: --heads")
+    p.add_argument("--dim", type=positive_int, default=64, help="head dim (default 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument(
         "--pattern",
@@ -39,7 +40,7 @@ def add_parser(sub) -> None:
         help="xla, pallas_gpu, pallas_tpu, reference (default: best for device)",
     )
     p.add_argument("--backward", action="store_true", help="time forward+backward")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.set_defaults(run=run)
 
@@ -98,7 +99,12 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=args.json)
     dtype = jnp.dtype(args.dtype)
-    kh = args.kv_heads or args.heads
+    kh = args.heads if args.kv_heads is None else args.kv_heads
+    if args.heads % kh:
+        raise ValueError(
+            f"--kv-heads {kh} does not divide --heads {args.heads}; "
+            f"use a divisor of {args.heads} (GQA/MQA)"
+        )
     keys = jax.random.split(jax.random.key(0), 3)
     q = jax.random.normal(keys[0], (args.batch, args.seq, args.heads, args.dim), dtype)
     k = jax.random.normal(keys[1], (args.batch, args.seq, kh, args.dim), dtype)
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         r.update(
             speedup=dense_ms / r["ms"],
+            batch=args.batch,
             seq=args.seq,
             heads=args.heads,
             kv_heads=kh,

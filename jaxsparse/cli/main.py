@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from jaxsparse.cli import bench, show
+from jaxsparse.cli.argtypes import positive_int
 
 
 def _list_patterns(args: argparse.Namespace) -> int:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     show.add_parser(sub)
     p = sub.add_parser("patterns", help="list presets and pattern classes")
-    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--seq", type=positive_int, default=1024)
     p.set_defaults(run=_list_patterns)
     return parser
 

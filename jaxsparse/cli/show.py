@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 
 from jaxsparse import patterns as P
 from jaxsparse import sparsity as S
 from jaxsparse.cli import presets
+from jaxsparse.cli.argtypes import nonnegative_int, positive_int
 
 GLYPH = {P.EMPTY: "·", P.PARTIAL: "▒", P.FULL: "█"}
 
@@ -20,13 +22,13 @@ def add_parser(sub) -> None:
         help="a preset (causal, sliding_window, a_shape, ...) or an "
         "expression like 'Causal() & SlidingWindow(left=256)'",
     )
-    p.add_argument("--seq", type=int, default=1024, help="query length T (default 1024)")
-    p.add_argument("--kv-seq", type=int, default=None, help="key length S (default T)")
+    p.add_argument("--seq", type=positive_int, default=1024, help="query length T (default 1024)")
+    p.add_argument("--kv-seq", type=positive_int, default=None, help="key length S (default T)")
     p.add_argument(
-        "--block", type=int, default=None, help="tile size (default: seq/32, at least 16)"
+        "--block", type=positive_int, default=None, help="tile size (default: seq/32, at least 16)"
     )
-    p.add_argument("--heads", type=int, default=1, help="query heads (per-head patterns)")
-    p.add_argument("--head", type=int, default=0, help="which head to draw")
+    p.add_argument("--heads", type=positive_int, default=1, help="query heads (per-head patterns)")
+    p.add_argument("--head", type=nonnegative_int, default=0, help="which head to draw")
     p.add_argument("--q-offset", type=int, default=None, help="position of query 0")
     p.add_argument("--png", metavar="PATH", help="also write a picture of the element mask")
     p.set_defaults(run=run)
@@ -41,10 +43,21 @@ def block_map(codes: np.ndarray) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.head >= args.heads:
+        raise ValueError(
+            f"--head {args.head} is out of range for --heads {args.heads}; "
+            f"use 0 to {args.heads - 1} (or raise --heads)"
+        )
+    if args.png:
+        folder = os.path.dirname(os.path.abspath(args.png))
+        if not os.path.isdir(folder):
+            raise ValueError(
+                f"--png {args.png}: directory {folder} does not exist; create it first"
+            )
     t = args.seq
-    s = args.kv_seq or t
+    s = t if args.kv_seq is None else args.kv_seq
     name, pattern = presets.resolve(args.pattern, t)
-    block = args.block or max(16, max(t, s) // 32)
+    block = args.block if args.block is not None else max(16, max(t, s) // 32)
     sp = S.from_pattern(
         pattern,
         q_len=t,
@@ -54,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         num_heads=args.heads,
         q_offset=args.q_offset,
     )
-    head = min(args.head, sp.num_heads - 1)
-    codes = sp.to_dense()[0, head]
+    head = args.head
+    codes = sp.to_dense()[0, min(head, sp.num_heads - 1)]  # 1 row when heads are alike
     print(_title(name, pattern))
     print(
         f"T={t} S={s} q_offset={sp.q_offset} tiles {block}x{block}, head {head}: "
