@@ -121,6 +121,22 @@ def test_unbatched_and_lse_shapes():
     assert out.shape == (B, T, H, 5) and lse.shape == (B, H, T)
 
 
+def test_empty_batch_gives_empty_outputs():
+    q, k, v = qkv(jnp.bfloat16, b=0, dv=5)
+    out, lse = js.attention(q, k, v, pattern=P.Causal(), return_lse=True)
+    assert out.shape == (0, T, H, 5) and out.dtype == jnp.bfloat16
+    assert lse.shape == (0, H, T) and lse.dtype == jnp.float32
+    q, k, v = qkv(b=0)
+    out = jax.jit(lambda q, k, v: js.attention(q, k, v, pattern=P.Causal()))(q, k, v)
+    assert out.shape == (0, T, H, D)
+    grads = jax.grad(lambda *a: js.attention(*a).sum(), argnums=(0, 1, 2))(q, k, v)
+    assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
+    out = jax.vmap(lambda q, k, v: js.attention(q, k, v))(*(x[None].repeat(3, 0) for x in qkv(b=0)))
+    assert out.shape == (3, 0, T, H, D)
+    with pytest.raises(ValueError, match="must be \\[..., 9, 11\\]"):  # still validated
+        js.attention(q, k, v, pattern=P.Mask(np.ones((T, T), bool)))
+
+
 def test_given_sparsity_restricts_tiles():
     q, k, v = (jax.random.normal(jax.random.key(i), (1, 16, 2, 8)) for i in range(3))
     keep = np.array([[True, False], [True, True]])

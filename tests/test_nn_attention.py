@@ -216,3 +216,77 @@ def test_default_pattern_is_full_attention():
         m(x), _dense_reference(m, x, np.ones((1, 1, 6, 6), bool)), rtol=2e-5, atol=2e-5
     )
     assert isinstance(m.pattern, P.Full)
+
+
+def test_decode_past_max_length_is_refused_and_leaves_the_cache_alone():
+    m = jnn.SparseAttention(C, H, pattern=P.Causal(), rope=jnn.RoPE(), rngs=nnx.Rngs(0))
+    x = _x((1, 6, C))
+    m.init_cache(batch_size=1, max_length=4)
+    for i in range(4):
+        m(x[:, i : i + 1], decode=True)
+    with pytest.raises(ValueError, match="cache index 4 needs max_length >= 5, but the cache has"):
+        m(x[:, 4:5], decode=True)
+    assert int(m.cache_index[...]) == 4
+    m.init_cache(batch_size=1, max_length=4)
+    m(x[:, :3], decode=True)  # prefill 3, then a chunk of 3 does not fit
+    with pytest.raises(ValueError, match="T=3 tokens at cache index 3 needs max_length >= 6"):
+        m(x[:, 3:6], decode=True)
+
+
+def test_more_bad_input():
+    m = jnn.SparseAttention(C, H, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="12 channels; expected in_features=24"):
+        m(_x((2, 5, 12)))
+    with pytest.raises(ValueError, match="SparseAttention: out_features=0 must be >= 1"):
+        jnn.SparseAttention(C, H, out_features=0, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="SparseAttention: num_heads must be an int"):
+        jnn.SparseAttention(C, 4.0, rngs=nnx.Rngs(0))
+
+
+def test_explicit_mask_patterns_work_in_the_full_pass():
+    x = _x((2, 6, C))
+    causal = jnn.SparseAttention(C, H, pattern=P.Causal(), rngs=nnx.Rngs(0))
+    tril = np.tril(np.ones((6, 6), bool))
+    block = np.tril(np.ones((3, 3), bool))
+    block_pattern = P.BlockMask(block, block_q=2, block_kv=2)
+    block_dense = np.asarray(P.dense_mask(block_pattern, q_len=6, kv_len=6, xp=np))
+    for pattern, want in [
+        (P.Mask(tril), causal(x)),
+        (P.Mask(jnp.asarray(tril)), causal(x)),
+        (block_pattern, None),
+    ]:
+        m = jnn.SparseAttention(C, H, pattern=pattern, rngs=nnx.Rngs(0))
+        if want is None:
+            want = _dense_reference(m, x, block_dense.reshape(1, 1, 6, 6))
+        np.testing.assert_allclose(m(x), want, rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(m, x), want, rtol=2e-5, atol=2e-5)
+        grads = nnx.grad(lambda m, x: m(x).sum())(m, x)
+        assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    m.init_cache(batch_size=2, max_length=8)
+    with pytest.raises(ValueError, match="(?s)cannot decode with BlockMask.*explicit mask"):
+        m(x[:, :1], decode=True)
+
+
+@pytest.mark.parametrize(
+    "x, positions, kwargs, exc, match",
+    [
+        ((2, 5, 3, 8), (3, 5), {}, ValueError, r"positions have shape \(3, 5\); expected \[5\] or"),
+        ((5, 3, 8), (2, 5), {}, ValueError, r"positions have shape \(2, 5\); expected \[5\] for"),
+        ((5, 8), (5,), {}, ValueError, r"x has shape \(5, 8\); expected \[B, T, H, D\]"),
+        ((2, 5, 3, 8), (5,), dict(rotary_dim=-2), ValueError, "rotary_dim=-2 must be a positive"),
+        ((2, 5, 3, 8), (5,), dict(rotary_dim=0), ValueError, "rotary_dim=0 must be a positive"),
+        ((2, 5, 3, 8), (5,), dict(rotary_dim=10), ValueError, "larger than the head dim 8"),
+        ((2, 5, 3, 8), (5,), dict(base=0.0), ValueError, "apply_rope: base=0.0 must be a positive"),
+        ((2, 5, 3, 8), (5,), dict(dtype=jnp.int32), TypeError, "x must be a floating-point array"),
+    ],
+)
+def test_apply_rope_bad_input(x, positions, kwargs, exc, match):
+    dtype = kwargs.pop("dtype", jnp.float32)
+    with pytest.raises(exc, match=match):
+        jnn.apply_rope(jnp.ones(x, dtype), jnp.zeros(positions, jnp.int32), **kwargs)
+
+
+def test_empty_batch():
+    m = jnn.SparseAttention(C, H, num_kv_heads=K, rope=jnn.RoPE(), rngs=nnx.Rngs(0))
+    y = m(_x((0, 5, C)))
+    assert y.shape == (0, 5, C) and y.dtype == jnp.float32

@@ -298,6 +298,59 @@ def test_bad_construction(make, match):
         make()
 
 
+HILO, BRA, NA = jnn.HiLoAttention, jnn.BiLevelRoutingAttention, jnn.NeighborhoodAttention
+
+
+@pytest.mark.parametrize(
+    "cls, args, kwargs, exc, match",
+    [
+        (HILO, (16, 0), {}, ValueError, "HiLoAttention: num_heads=0 must be >= 1"),
+        (HILO, (16, -4), {}, ValueError, "HiLoAttention: num_heads=-4 must be >= 1"),
+        (HILO, (0, 4), {}, ValueError, "HiLoAttention: dim=0 must be >= 1"),
+        (BRA, (16, 0), {}, ValueError, "BiLevelRoutingAttention: num_heads=0 must be >= 1"),
+        (BRA, (16, 2), dict(qk_dim=0), ValueError, "qk_dim=0 must be >= 1"),
+        (BRA, (0, 2), {}, ValueError, "BiLevelRoutingAttention: dim=0 must be >= 1"),
+        (BRA, (16, 2), dict(side_dwconv=3.0), TypeError, "side_dwconv must be an int, got 3.0"),
+        (BRA, (16, 2), dict(side_dwconv=-1), ValueError, "side_dwconv=-1 must be >= 0. Use an odd"),
+        (NA, (16, 0, 3), {}, ValueError, "NeighborhoodAttention: num_heads=0 must be >= 1"),
+        (NA, (0, 2, 3), {}, ValueError, "NeighborhoodAttention: in_features=0 must be >= 1"),
+        (NA, (16, 2, 3), dict(head_dim=0), ValueError, "head_dim=0 must be >= 1"),
+        (NA, (16, 2, 3), dict(out_features=0), ValueError, "out_features=0 must be >= 1"),
+    ],
+)
+def test_bad_sizes(cls, args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        cls(*args, **kwargs, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda r: HILO(16, 4, rngs=r), (1, 4, 4, 12)),
+        (lambda r: BRA(16, 2, n_win=2, topk=1, rngs=r), (1, 2, 4, 4, 12)),
+        (lambda r: NA(16, 2, 3, rngs=r), (1, 5, 5, 12)),
+    ],
+)
+def test_wrong_channel_count(make, x):
+    m = make(nnx.Rngs(0))
+    name = "dim" if isinstance(m, (HILO, BRA)) else "in_features"
+    with pytest.raises(ValueError, match=f"12 channels; expected {name}=16 channels last"):
+        m(_x(x))
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda r: HILO(16, 4, rngs=r), (0, 4, 4, 16)),
+        (lambda r: HILO(16, 4, window_size=1, rngs=r), (0, 2, 4, 4, 16)),
+        (lambda r: BRA(16, 2, n_win=2, topk=1, rngs=r), (0, 4, 4, 16)),
+        (lambda r: NA(16, 2, 3, rngs=r), (0, 4, 4, 16)),
+    ],
+)
+def test_empty_batch(make, x):
+    assert make(nnx.Rngs(0))(_x(x)).shape == x
+
+
 def test_bad_layouts():
     hilo = jnn.HiLoAttention(16, 4, window_size=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"\(5, 6\) is not a multiple of window_size=2"):

@@ -11,7 +11,10 @@ from jaxtyping import Array, Float, Int
 
 import jaxsparse as js
 from jaxsparse import patterns as P
+from jaxsparse.nn import layout
 from jaxsparse.nn import rope as rope_lib
+from jaxsparse.patterns import base as pbase
+from jaxsparse.patterns import explicit
 
 
 class SparseAttention(nnx.Module):
@@ -37,8 +40,10 @@ class SparseAttention(nnx.Module):
     `patterns.Mask [Hx, t, max_length]`, restricted to filled slots, so one
     compiled step serves every position. For causal patterns (every key a
     query may see is at or before it) prefill + decode equals the full pass.
-    Writing past `max_length` is not detected under jit (positions are traced):
-    size the cache for the whole sequence.
+    Writing past `max_length` raises a ValueError in eager mode; under jit the
+    index is traced and cannot be checked, so the caller must bound the length
+    (size the cache for the whole sequence; a generate loop can check
+    `prompt + new tokens <= max_length` statically before it starts).
 
     Args:
       in_features: model width C of the input `[B, T, C]`.
@@ -47,7 +52,9 @@ class SparseAttention(nnx.Module):
       head_dim: D (default C // H).
       out_features: output width (default C).
       pattern: a `jaxsparse.patterns.Pattern` (default `Full()`; decoders use
-        `Causal()` or e.g. `Causal() & SlidingWindow(left=4096)`).
+        `Causal()` or e.g. `Causal() & SlidingWindow(left=4096)`). A pattern
+        holding arrays (`Mask`, `BlockMask`) is stored as pytree data (traced
+        under `nnx.jit`); it fixes the sequence length and cannot decode.
       rope: `RoPE` settings for q and k, or None.
       qkv_bias: bias on the q/k/v projections (default False).
       out_bias: bias on the output projection (default False).
@@ -93,18 +100,20 @@ class SparseAttention(nnx.Module):
                     f"num_heads={num_heads}; pass head_dim explicitly."
                 )
             head_dim = in_features // num_heads
-        _check_positive(head_dim=head_dim)
+        out_features = in_features if out_features is None else out_features
+        _check_positive(head_dim=head_dim, out_features=out_features)
         if pattern is not None and not isinstance(pattern, P.Pattern):
             raise TypeError(
                 f"SparseAttention: pattern must be a jaxsparse pattern, got {pattern!r}."
             )
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.pattern = P.Full() if pattern is None else pattern
+        pattern = P.Full() if pattern is None else pattern
+        # A pattern holding arrays (Mask, BlockMask) is pytree data, not a static attribute.
+        self.pattern = nnx.data(pattern) if jax.tree.leaves(pattern) else pattern
         self.rope = rope
         self.scale, self.logits_soft_cap = scale, logits_soft_cap
         self.implementation, self.config = implementation, config
         self.dtype = param_dtype if dtype is None else dtype
-        out_features = in_features if out_features is None else out_features
         linear = dict(dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = nnx.Linear(in_features, num_heads * head_dim, use_bias=qkv_bias, **linear)
         self.k_proj = nnx.Linear(in_features, num_kv_heads * head_dim, use_bias=qkv_bias, **linear)
@@ -147,6 +156,7 @@ class SparseAttention(nnx.Module):
                 f"SparseAttention takes tokens [B, T, C], got shape {x.shape}; flatten "
                 "spatial axes first (or use NeighborhoodAttention for [B, H, W, C])."
             )
+        layout.check_channels("SparseAttention", x, self.q_proj.in_features, "in_features")
         x = x.astype(self.dtype)
         if decode:
             if segment_ids is not None or positions is not None:
@@ -162,7 +172,7 @@ class SparseAttention(nnx.Module):
         out = js.attention(
             q, k, v, pattern=self.pattern, segment_ids=segment_ids, **self._attention_kwargs()
         )
-        return self.o_proj(out.reshape(*out.shape[:2], -1))
+        return self.o_proj(out.reshape(*out.shape[:2], self.num_heads * self.head_dim))
 
     def _project(self, x):
         b, t, _ = x.shape
@@ -193,6 +203,13 @@ class SparseAttention(nnx.Module):
                 f"[B={cache_b}, max_length={max_length}]; call init_cache again."
             )
         index = self.cache_index[...]
+        filled = explicit.concrete(index)  # None under jit: the caller bounds the length
+        if filled is not None and int(filled) + t > max_length:
+            raise ValueError(
+                f"SparseAttention: decoding T={t} tokens at cache index {int(filled)} needs "
+                f"max_length >= {int(filled) + t}, but the cache has max_length={max_length}; "
+                "call init_cache with a larger max_length (one for the whole sequence)."
+            )
         positions = index + jnp.arange(t, dtype=jnp.int32)
         q, k, v = self._project(x)
         if self.rope is not None:
@@ -212,7 +229,7 @@ class SparseAttention(nnx.Module):
         out = js.attention(
             q, keys, values, pattern=P.Mask(mask), q_offset=0, **self._attention_kwargs()
         )
-        return self.o_proj(out.reshape(b, t, -1))
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
     def _step_mask(self, positions, max_length, filled):
         """`[Hx, t, max_length]`: the pattern at the step's positions, filled slots only."""
@@ -220,11 +237,12 @@ class SparseAttention(nnx.Module):
         if (
             self.pattern.is_dynamic
             or self.pattern.token_permutation(q_len=max_length, kv_len=max_length) is not None
+            or jax.tree.leaves(self.pattern)
         ):
             raise ValueError(
                 f"SparseAttention: cannot decode with {self.pattern!r}: it selects tiles from "
-                "whole blocks or reorders tokens. Decode with a positional pattern (Causal, "
-                "SlidingWindow, Sink, ...)."
+                "whole blocks, reorders tokens or is an explicit mask of fixed shape. Decode "
+                "with a positional pattern (Causal, SlidingWindow, Sink, ...)."
             )
         try:
             pattern = self.pattern.bind(
@@ -242,5 +260,4 @@ class SparseAttention(nnx.Module):
 
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive int.")
+        pbase.check_int(name, value, minimum=1, owner="SparseAttention")

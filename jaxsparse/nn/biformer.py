@@ -11,6 +11,7 @@ from jaxtyping import Array, Float, Int
 
 import jaxsparse as js
 from jaxsparse.nn import layout
+from jaxsparse.patterns import base as pbase
 
 
 class BiLevelRoutingAttention(nnx.Module):
@@ -70,20 +71,28 @@ class BiLevelRoutingAttention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         qk_dim = dim if qk_dim is None else qk_dim
+        sizes = dict(dim=dim, num_heads=num_heads, qk_dim=qk_dim, n_win=n_win)
+        for name, value in sizes.items():
+            pbase.check_int(name, value, minimum=1, owner="BiLevelRoutingAttention")
+        pbase.check_int(
+            "side_dwconv",
+            side_dwconv,
+            minimum=0,
+            owner="BiLevelRoutingAttention",
+            fix="Use an odd kernel size, or 0 for no local context enhancement.",
+        )
         if qk_dim % num_heads or dim % num_heads:
             raise ValueError(
                 f"BiLevelRoutingAttention: qk_dim={qk_dim} and dim={dim} must both be divisible "
                 f"by num_heads={num_heads}."
             )
-        if isinstance(n_win, bool) or not isinstance(n_win, int) or n_win < 1:
-            raise ValueError(f"BiLevelRoutingAttention: n_win={n_win!r} must be an int >= 1.")
         regions = n_win * n_win
         if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= regions:
             raise ValueError(
                 f"BiLevelRoutingAttention: topk={topk!r} must be between 1 and the number of "
                 f"regions n_win**2 = {regions}; use topk={regions} for full attention."
             )
-        if side_dwconv < 0 or (side_dwconv and side_dwconv % 2 == 0):
+        if side_dwconv and side_dwconv % 2 == 0:
             raise ValueError(
                 f"BiLevelRoutingAttention: side_dwconv={side_dwconv} must be an odd kernel size "
                 "or 0 (no local context enhancement)."
@@ -140,6 +149,7 @@ class BiLevelRoutingAttention(nnx.Module):
     def __call__(self, x: Float[Array, "B *T H W C"]) -> Float[Array, "B *T H W C"]:
         """`[B, H, W, C]` (or `[B, T, H, W, C]`) -> same shape, in `dtype`."""
         frames, restore = layout.image_frames("BiLevelRoutingAttention", x)
+        layout.check_channels("BiLevelRoutingAttention", x, self.dim, "dim")
         h_in, w_in = frames.shape[1:3]
         frames = self._pad(frames.astype(self.dtype))
         b, hh, ww, _ = frames.shape
@@ -171,4 +181,4 @@ class BiLevelRoutingAttention(nnx.Module):
             implementation=self.implementation,
             config=self.config,
         )
-        return out.reshape(b, regions, size, -1)
+        return out.reshape(b, regions, size, self.dim)

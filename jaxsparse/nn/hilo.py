@@ -12,6 +12,7 @@ from jaxtyping import Array, Float
 import jaxsparse as js
 from jaxsparse import patterns as P
 from jaxsparse.nn import layout
+from jaxsparse.patterns import base as pbase
 
 
 class HiLoAttention(nnx.Module):
@@ -67,8 +68,8 @@ class HiLoAttention(nnx.Module):
                 f"HiLoAttention: alpha={alpha!r} is the fraction of Lo-Fi heads and must be in "
                 "[0, 1] (0: all heads local windows, 1: all heads pooled global attention)."
             )
-        if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
-            raise ValueError(f"HiLoAttention: window_size={window_size!r} must be an int >= 1.")
+        for name, value in (("dim", dim), ("num_heads", num_heads), ("window_size", window_size)):
+            pbase.check_int(name, value, minimum=1, owner="HiLoAttention")
         if dim % num_heads:
             raise ValueError(
                 f"HiLoAttention: dim={dim} must be divisible by num_heads={num_heads}."
@@ -76,7 +77,7 @@ class HiLoAttention(nnx.Module):
         head_dim = dim // num_heads
         self.l_heads = num_heads if window_size == 1 else int(num_heads * alpha)
         self.h_heads = num_heads - self.l_heads
-        self.head_dim, self.window_size = head_dim, window_size
+        self.dim, self.head_dim, self.window_size = dim, head_dim, window_size
         self.scale = head_dim**-0.5 if qk_scale is None else qk_scale
         self.implementation, self.config = implementation, config
         self.dtype = param_dtype if dtype is None else dtype
@@ -92,6 +93,7 @@ class HiLoAttention(nnx.Module):
     def __call__(self, x: Float[Array, "B *T H W C"]) -> Float[Array, "B *T H W C"]:
         """`[B, H, W, C]` (or `[B, T, H, W, C]`) -> same shape, in `dtype`."""
         frames, restore = layout.image_frames("HiLoAttention", x)
+        layout.check_channels("HiLoAttention", x, self.dim, "dim")
         s = self.window_size
         layout.check_divisible(
             "HiLoAttention",
@@ -126,7 +128,7 @@ class HiLoAttention(nnx.Module):
         qkv = self.h_qkv(x).reshape(b, n, 3, self.h_heads, d)
         window = _window((hh, ww), s)
         out = self._attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], window)
-        return self.h_proj(out.reshape(b, hh, ww, -1))
+        return self.h_proj(out.reshape(b, hh, ww, self.h_heads * d))
 
     def _lofi(self, x):
         """All tokens attend the average-pooled map (Lo-Fi heads)."""
@@ -137,9 +139,9 @@ class HiLoAttention(nnx.Module):
         if s > 1:  # AvgPool2d(s, s), accumulated in f32
             pooled = x.astype(jnp.float32).reshape(b, hh // s, s, ww // s, s, c).mean((2, 4))
             pooled = pooled.astype(x.dtype)
-        kv = self.l_kv(pooled).reshape(b, -1, 2, self.l_heads, d)
+        kv = self.l_kv(pooled).reshape(b, (hh // s) * (ww // s), 2, self.l_heads, d)
         out = self._attend(q, kv[:, :, 0], kv[:, :, 1])
-        return self.l_proj(out.reshape(b, hh, ww, -1))
+        return self.l_proj(out.reshape(b, hh, ww, self.l_heads * d))
 
 
 @functools.lru_cache(maxsize=64)

@@ -32,3 +32,13 @@ def check_divisible(owner: str, what: str, spatial: tuple[int, ...], by: int, fi
         raise ValueError(
             f"{owner}: the spatial size {spatial} is not a multiple of {what}={by}; {fix}"
         )
+
+
+def check_channels(owner: str, x: Any, channels: int, name: str) -> None:
+    """Raise unless the last axis of `x` has the module's `channels` (its `name` argument)."""
+    if x.shape[-1] != channels:
+        raise ValueError(
+            f"{owner}: x has shape {tuple(x.shape)}, {x.shape[-1]} channels; expected "
+            f"{name}={channels} channels last; project x to {channels} channels or build the "
+            f"module with {name}={x.shape[-1]}."
+        )

@@ -12,6 +12,8 @@ from jaxtyping import Array, Float
 
 import jaxsparse as js
 from jaxsparse import patterns as P
+from jaxsparse.nn import layout
+from jaxsparse.patterns import base as pbase
 from jaxsparse.patterns import tiling
 
 
@@ -62,6 +64,8 @@ class NeighborhoodAttention(nnx.Module):
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        for name, value in (("in_features", in_features), ("num_heads", num_heads)):
+            pbase.check_int(name, value, minimum=1, owner="NeighborhoodAttention")
         if head_dim is None:
             if in_features % num_heads:
                 raise ValueError(
@@ -69,13 +73,15 @@ class NeighborhoodAttention(nnx.Module):
                     f"num_heads={num_heads}; pass head_dim explicitly."
                 )
             head_dim = in_features // num_heads
+        out_features = in_features if out_features is None else out_features
+        for name, value in (("head_dim", head_dim), ("out_features", out_features)):
+            pbase.check_int(name, value, minimum=1, owner="NeighborhoodAttention")
         _check_early(window, stride, dilation, causal)
         self.num_heads, self.head_dim = num_heads, head_dim
         self.window, self.stride, self.dilation, self.causal = window, stride, dilation, causal
         self.tile = tile
         self.implementation, self.config = implementation, config
         self.dtype = param_dtype if dtype is None else dtype
-        out_features = in_features if out_features is None else out_features
         kw = dict(dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
         self.qkv = nnx.Linear(in_features, 3 * num_heads * head_dim, use_bias=qkv_bias, **kw)
         self.proj = nnx.Linear(num_heads * head_dim, out_features, **kw)
@@ -100,6 +106,7 @@ class NeighborhoodAttention(nnx.Module):
                 f"NeighborhoodAttention takes [B, *grid, C] with {want} (e.g. [B, H, W, C]), "
                 f"got shape {tuple(x.shape)}."
             )
+        layout.check_channels("NeighborhoodAttention", x, self.qkv.in_features, "in_features")
         b, grid = x.shape[0], tuple(x.shape[1:-1])
         pattern = self.pattern(grid)
         n = pattern.num_tokens
@@ -117,7 +124,9 @@ class NeighborhoodAttention(nnx.Module):
             implementation=self.implementation,
             config=self.config,
         )
-        return tiling.from_tiled(self.proj(out.reshape(b, n, -1)), grid, pattern.tile)
+        return tiling.from_tiled(
+            self.proj(out.reshape(b, n, self.num_heads * self.head_dim)), grid, pattern.tile
+        )
 
 
 def _check_early(window, stride, dilation, causal) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 
@@ -26,14 +29,7 @@ class RoPE:
     rotary_dim: int | None = None
 
     def __post_init__(self):
-        if not isinstance(self.base, (int, float)) or not self.base > 0:
-            raise ValueError(f"RoPE: base={self.base!r} must be a positive number (e.g. 10000).")
-        d = self.rotary_dim
-        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 2 or d % 2):
-            raise ValueError(
-                f"RoPE: rotary_dim={d!r} must be a positive even int (channels rotate in pairs), "
-                "or None to rotate the whole head."
-            )
+        _check_settings("RoPE", self.base, self.rotary_dim)
 
     def __call__(self, x: Float[Array, "*B T H D"], positions: Int[Array, "*B T"]) -> Any:
         return apply_rope(x, positions, base=self.base, rotary_dim=self.rotary_dim)
@@ -49,29 +45,47 @@ def apply_rope(
     """Rotate the first `rotary_dim` channels of each head of `x` by its position.
 
     Args:
-      x: `[B, T, H, D]` (or `[T, H, D]`).
+      x: floating-point `[B, T, H, D]` (or `[T, H, D]`).
       positions: integer positions `[B, T]` or `[T]` (shared by the batch).
-      base: wavelength base.
-      rotary_dim: channels that rotate (even, <= D); default D.
+      base: wavelength base, a positive number.
+      rotary_dim: channels that rotate (even, 2 <= rotary_dim <= D); default D.
 
     Returns:
       Same shape and dtype as `x`; the angles and the rotation are computed in
       float32 (large positions lose precision in bf16).
     """
+    _check_settings("apply_rope", base, rotary_dim)
+    if np.ndim(x) < 3:
+        raise ValueError(
+            f"apply_rope: x has shape {np.shape(x)}; expected [B, T, H, D] or [T, H, D] "
+            "(heads before the head dim); add the missing axes, e.g. x[:, :, None] for one head."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"apply_rope: x must be a floating-point array, got dtype {x.dtype}; cast it, "
+            "e.g. x.astype(jnp.float32)."
+        )
     d = x.shape[-1]
     rotary_dim = d if rotary_dim is None else rotary_dim
-    if rotary_dim > d or rotary_dim % 2:
+    if rotary_dim > d:
         raise ValueError(
-            f"apply_rope: rotary_dim={rotary_dim} must be even and at most the head dim {d}."
+            f"apply_rope: rotary_dim={rotary_dim} is larger than the head dim {d} of x "
+            f"{x.shape}; pass rotary_dim <= {d} or None (the whole head)."
         )
     positions = jnp.asarray(positions)
     if not jnp.issubdtype(positions.dtype, jnp.integer):
         raise TypeError(f"apply_rope: positions must be integers, got dtype {positions.dtype}.")
-    t = x.shape[-3]
-    if positions.shape[-1] != t or positions.ndim > x.ndim - 2:
+    t, lead = x.shape[-3], x.shape[:-2]  # lead: [*B, T]
+    try:
+        fits = positions.ndim >= 1 and np.broadcast_shapes(positions.shape, lead) == lead
+    except ValueError:
+        fits = False
+    if not fits or positions.shape[-1] != t:
+        want = f"[{t}]" + (f" or {list(lead)}" if len(lead) > 1 else "")
         raise ValueError(
-            f"apply_rope: positions of shape {positions.shape} do not fit x of shape {x.shape}; "
-            f"give [T] or [B, T] with T={t}."
+            f"apply_rope: positions have shape {positions.shape}; expected {want} for x of "
+            f"shape {x.shape}; give one position per token, shared by the batch or one row "
+            "per example."
         )
     half = rotary_dim // 2
     inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
@@ -84,3 +98,14 @@ def apply_rope(
     x1, x2, rest = xf[..., :half], xf[..., half:rotary_dim], xf[..., rotary_dim:]
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
     return rotated.astype(x.dtype)
+
+
+def _check_settings(owner: str, base: Any, rotary_dim: Any) -> None:
+    if not isinstance(base, numbers.Real) or not 0 < base < math.inf:
+        raise ValueError(f"{owner}: base={base!r} must be a positive number (e.g. 10000).")
+    d = rotary_dim
+    if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 2 or d % 2):
+        raise ValueError(
+            f"{owner}: rotary_dim={d!r} must be a positive even int (channels rotate in pairs), "
+            "or None to rotate the whole head."
+        )

@@ -85,6 +85,9 @@ def attention(
     scale = validate.check_scalar("scale", scale, positive=False)
     config = config or config_lib.Config()
     pattern = pattern.bind(q_len=t, kv_len=s, q_offset=q_offset, num_heads=h)
+    if b == 0:  # an empty batch: nothing to attend (the kernels' tile arithmetic needs B >= 1)
+        out = jnp.zeros((0, t, h, v.shape[-1]), q.dtype)
+        return (out, jnp.zeros((0, h, t), jnp.float32)) if return_lse else out
     perm = pattern.token_permutation(q_len=t, kv_len=s)
     if perm is not None:
         q, k, v, q_ids, kv_ids = _permute(perm, q, k, v, q_ids, kv_ids)
