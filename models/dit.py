@@ -19,10 +19,30 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from jaxsparse.patterns.base import check_int
 from models import vision_attention
-from models.layers import MLP, PatchEmbed, sincos_embedding, timestep_embedding, unpatchify
+from models.layers import (
+    MLP,
+    PatchEmbed,
+    check_ids,
+    check_shape,
+    sincos_embedding,
+    timestep_embedding,
+    unpatchify,
+)
 
 _FREQ_DIM = 256  # sinusoidal timestep features, as DiT
+
+_SIZES = (
+    "image_size",
+    "patch_size",
+    "channels",
+    "num_classes",
+    "dim",
+    "num_layers",
+    "num_heads",
+    "mlp_ratio",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,16 +78,20 @@ class DiTConfig:
     def __post_init__(self):
         if isinstance(self.options, dict):  # from JSON
             object.__setattr__(self, "options", vision_attention.VisionOptions(**self.options))
+        for name in _SIZES:
+            check_int(name, getattr(self, name), minimum=1, owner="DiTConfig")
+        check_int("frames", self.frames, minimum=0, owner="DiTConfig", fix="0 means images.")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"DiTConfig: image_size={self.image_size} must be a multiple of "
                 f"patch_size={self.patch_size}."
             )
         if self.dim % self.num_heads:
-            raise ValueError(f"DiTConfig: dim={self.dim} must be divisible by num_heads.")
-        if self.frames < 0:
-            raise ValueError(f"DiTConfig: frames={self.frames} must be >= 0 (0: images).")
-        vision_attention.layer_kinds(self.attention, self.num_layers)
+            raise ValueError(
+                f"DiTConfig: dim={self.dim} must be divisible by num_heads={self.num_heads}."
+            )
+        for kind in dict.fromkeys(vision_attention.layer_kinds(self.attention, self.num_layers)):
+            vision_attention.check_grid(kind, self.grid, self.options, self.patch_size)
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -167,6 +191,22 @@ class DiT(nnx.Module):
     def __call__(
         self, x: Float[Array, " B *shape"], t: Float[Array, " B"], labels: Int[Array, " B"]
     ) -> Float[Array, " B *shape"]:
+        """Velocity at `x`; labels are ids in `[0, num_classes]` (num_classes: no class).
+
+        Shapes are always checked, label values outside `jit` only (under `jit`
+        a label out of range gives NaN).
+        """
+        cfg = self.cfg
+        source = f"frames={cfg.frames}, image_size={cfg.image_size}, channels={cfg.channels}"
+        check_shape("x", x, cfg.input_shape, owner="DiT", source=source)
+        for name, v in (("t", t), ("labels", labels)):
+            if jnp.shape(v) != x.shape[:1]:
+                raise ValueError(
+                    f"DiT: {name} must be [B] = {x.shape[:1]}, one per example, "
+                    f"got shape {jnp.shape(v)}."
+                )
+        why = f"num_classes={cfg.num_classes}, and {cfg.num_classes} for no class"
+        check_ids("labels", labels, cfg.num_classes + 1, owner="DiT", why=why)
         h = self.patch(x) + self.pos.astype(self.dtype)[None]
         temb = timestep_embedding(t * 1000.0, _FREQ_DIM).astype(self.dtype)
         c = self.t_out(jax.nn.silu(self.t_in(temb))) + self.label(labels)

@@ -10,6 +10,8 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
+from jaxsparse.patterns.explicit import concrete
+
 
 class SwiGLU(nnx.Module):
     """`W_down(silu(W_gate x) * W_up x)` (Shazeer 2020), no biases: `3 C F` parameters."""
@@ -126,3 +128,39 @@ def timestep_embedding(t: Float[Array, " B"], dim: int, max_period: float = 10_0
 def count_params(module: nnx.Module) -> int:
     """Number of trainable parameters (`nnx.Param` leaves)."""
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def check_ids(name: str, ids: Any, size: int, *, owner: str, why: str) -> None:
+    """Raise unless `ids` is an integer array with every value in `[0, size)`.
+
+    `why` names where `size` comes from (`"vocab_size=32"`).
+
+    The dtype is always checked; the values only when they are concrete. Under
+    `jit` they are traced and an id out of range is not detected (an embedding
+    lookup gives zeros or NaN there, a loss NaN).
+    """
+    dtype = getattr(ids, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+        got = f"dtype {dtype}" if dtype is not None else type(ids).__name__
+        raise TypeError(
+            f"{owner}: {name} must be an integer array, got {got}; "
+            f"cast with {name}.astype(jnp.int32)."
+        )
+    values = concrete(ids)
+    if values is not None and values.size and (values.min() < 0 or values.max() >= size):
+        bad = values[(values < 0) | (values >= size)]
+        raise ValueError(
+            f"{owner}: {name} must be ids in [0, {size}) ({why}), got "
+            f"{', '.join(map(str, sorted(set(bad.tolist()))[:8]))}."
+        )
+
+
+def check_shape(name: str, x: Any, shape: tuple[int, ...], *, owner: str, source: str) -> None:
+    """Raise unless `x` is `[B, *shape]` (`source`: the config fields `shape` comes from)."""
+    if tuple(x.shape[1:]) == tuple(shape) and x.ndim == len(shape) + 1:
+        return
+    hint = f" Add a batch axis: {name}[None]." if tuple(x.shape) == tuple(shape) else ""
+    raise ValueError(
+        f"{owner}: {name} must be [B, {', '.join(map(str, shape))}] ({source}), "
+        f"got shape {tuple(x.shape)}.{hint}"
+    )

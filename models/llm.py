@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from jaxsparse.patterns.base import check_int
 from models import llm_attention
-from models.layers import SwiGLU
+from models.layers import SwiGLU, check_ids
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -29,8 +30,8 @@ class LLMConfig:
       dim: model width C.
       num_layers: L.
       num_heads, num_kv_heads: query heads H and key/value heads K (GQA; H % K == 0).
-      head_dim: D (default C // H).
-      mlp_hidden: SwiGLU width F (default: 8C/3 rounded up to a multiple of 32).
+      head_dim: D (None: C // H).
+      mlp_hidden: SwiGLU width F (None: 8C/3 rounded up to a multiple of 32).
       attention: attention spec (see `llm_attention`): a kind, a mix or a list.
       layer_options: hyper-parameters of the sparse kinds.
       rope_base: RoPE base.
@@ -68,6 +69,12 @@ class LLMConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"LLMConfig: {name}={value!r} must be a positive int.")
+        for name in ("head_dim", "mlp_hidden"):
+            value = getattr(self, name)
+            if value is not None:
+                check_int(
+                    name, value, minimum=1, owner="LLMConfig", fix="Use None for the default."
+                )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"LLMConfig: num_heads={self.num_heads} must be a multiple of "
@@ -90,11 +97,11 @@ class LLMConfig:
 
     @property
     def head_size(self) -> int:
-        return self.head_dim or self.dim // self.num_heads
+        return self.dim // self.num_heads if self.head_dim is None else self.head_dim
 
     @property
     def hidden(self) -> int:
-        return self.mlp_hidden or -(-8 * self.dim // 3 // 32) * 32
+        return -(-8 * self.dim // 3 // 32) * 32 if self.mlp_hidden is None else self.mlp_hidden
 
     def num_params(self) -> int:
         """Parameter count from the shapes (positional and MoBA/vertical-slash layers)."""
@@ -166,7 +173,13 @@ class LLM(nnx.Module):
         )
 
     def __call__(self, tokens: Int[Array, "B T"], *, decode: bool = False) -> Float[Array, "B T V"]:
-        """Full causal pass, or (`decode=True`) a step that extends the KV caches."""
+        """Full causal pass, or (`decode=True`) a step that extends the KV caches.
+
+        Token ids must be integers in `[0, vocab_size)`: the dtype and shape are
+        always checked, the values only outside `jit` (traced ids out of range
+        embed as zeros).
+        """
+        check_tokens("tokens", tokens, self.cfg.vocab_size, owner="LLM")
         x = embed_tokens(self.embed, tokens)
         for block in self.blocks:
             x = block(x, decode=decode)
@@ -183,6 +196,17 @@ class LLM(nnx.Module):
         """Allocate every layer's KV cache for `max_length` tokens (prompt + generation)."""
         for block in self.blocks:
             block.attn.init_cache(batch_size, max_length)
+
+
+def check_tokens(name: str, tokens, vocab_size: int, *, owner: str) -> None:
+    """Raise unless `tokens` are integer ids `[B, T]` in `[0, vocab_size)` (values if concrete)."""
+    shape = jnp.shape(tokens)
+    if len(shape) != 2 or 0 in shape:
+        hint = f"; add a batch axis ({name}[None]) for one sequence" if len(shape) == 1 else ""
+        raise ValueError(
+            f"{owner}: {name} must be token ids [B, T] with B, T >= 1, got shape {shape}{hint}."
+        )
+    check_ids(name, tokens, vocab_size, owner=owner, why=f"vocab_size={vocab_size}")
 
 
 # Up to this vocabulary size the embedding lookup is a one-hot matmul.
@@ -225,10 +249,11 @@ def generate(
     Returns `[B, max_new_tokens]` new tokens (and, with `return_logits`, the
     logits of every position `[B, T0 + max_new_tokens - 1, V]`, which equal the
     full pass over the generated sequence). A model with a layer that has no
-    cache (NSA) recomputes the full pass for every token instead.
+    cache (NSA) recomputes the full pass for every token instead. The cache is
+    allocated for `T0 + max_new_tokens` tokens, so it always fits.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1.")
+    check_tokens("prompt", prompt, model.cfg.vocab_size, owner="generate")
+    check_int("max_new_tokens", max_new_tokens, minimum=1, owner="generate")
     if not model.can_decode:
         return _generate_uncached(model, prompt, max_new_tokens, return_logits)
     b, t0 = prompt.shape
@@ -260,7 +285,20 @@ def _generate_uncached(model, prompt, max_new_tokens, return_logits):
 
 
 def token_loss(logits: Float[Array, "B T V"], targets, weights) -> tuple[jax.Array, jax.Array]:
-    """Weighted mean cross-entropy and accuracy over the scored positions."""
+    """Weighted mean cross-entropy and accuracy over the scored positions.
+
+    `targets` and `weights` are `[B, T]`; targets must be ids in `[0, V)`: checked
+    outside `jit`, while under `jit` an id out of range gives a NaN loss.
+    """
+    for name, x in (("targets", targets), ("weights", weights)):
+        if jnp.shape(x) != logits.shape[:-1]:
+            raise ValueError(
+                f"token_loss: {name} must have the logits' shape without the vocab axis, "
+                f"{logits.shape[:-1]}, got {jnp.shape(x)}."
+            )
+    check_ids(
+        "targets", targets, logits.shape[-1], owner="token_loss", why="V, the logits' last axis"
+    )
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     total = jnp.maximum(weights.sum(), 1.0)

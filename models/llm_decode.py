@@ -20,6 +20,7 @@ from flax import nnx
 import jaxsparse as js
 from jaxsparse import patterns as P
 from jaxsparse.patterns import dynamic
+from jaxsparse.patterns.explicit import concrete
 
 # (q [B, t, H, D], cached keys [B, S, K, D], positions [t]) -> allowed [B, H or 1, t, S]
 MaskFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -58,12 +59,30 @@ def cached_attention(attn: nnx.Module, x: jax.Array, mask_fn: MaskFn) -> jax.Arr
 
     Writes the step's keys and values into `attn`'s cache (allocated by its
     `init_cache`) and advances its position counter, as `attn(x, decode=True)` does.
+    Shapes are always checked; a step past the cache's `max_length` only when
+    the position is concrete: under `jit` it is traced, the write is clamped
+    and the result wrong, so size the cache for the whole sequence (`generate` does).
     """
     if attn.cache_index is None:
         raise ValueError("decode needs a cache; call init_cache(batch_size, max_length) first.")
+    cache_b, max_length = attn.cached_key.shape[:2]
+    dim = attn.q_proj.in_features
+    if x.ndim != 3 or x.shape[0] != cache_b or x.shape[2] != dim or x.shape[1] > max_length:
+        raise ValueError(
+            f"decode: x of shape {tuple(x.shape)} does not fit the cache [B={cache_b}, "
+            f"max_length={max_length}]; pass [B={cache_b}, t <= {max_length}, C={dim}] "
+            "or call init_cache(batch_size, max_length) again."
+        )
     x = x.astype(attn.dtype)
     b, t, _ = x.shape
     index = attn.cache_index[...]
+    filled = concrete(index)  # None under jit
+    if filled is not None and int(filled) + t > max_length:
+        raise ValueError(
+            f"decode: {t} more token(s) at cache position {int(filled)} need max_length >= "
+            f"{int(filled) + t}, but the cache has max_length={max_length}; call "
+            "init_cache(batch_size, max_length) with room for the whole sequence."
+        )
     positions = index + jnp.arange(t, dtype=jnp.int32)
     q = attn.q_proj(x).reshape(b, t, attn.num_heads, attn.head_dim)
     k = attn.k_proj(x).reshape(b, t, attn.num_kv_heads, attn.head_dim)

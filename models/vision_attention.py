@@ -24,6 +24,7 @@ from jaxtyping import Array, Float
 
 from jaxsparse import nn as jnn
 from jaxsparse import patterns as P
+from jaxsparse.patterns.base import check_int
 from models.registry import Registry
 
 KINDS = Registry("attention")
@@ -40,7 +41,11 @@ class VisionOptions:
       kernel: neighbourhood side in tokens (`neighborhood`, odd).
       kernel_frames: neighbourhood extent along time for videos (odd; clipped to F).
       hilo_window, hilo_alpha: HiLo's window / pooling size and Lo-Fi head fraction.
-      regions, topk, lce_kernel: BiFormer's regions per side, routed regions, LCE kernel.
+      regions, topk, lce_kernel: BiFormer's regions per side, routed regions, LCE kernel
+        (odd, or 0 for none).
+
+    HiLo needs token grids whose sides are multiples of `hilo_window`, BiFormer
+    multiples of `regions` (`check_grid`).
     """
 
     window: int = 4
@@ -54,11 +59,20 @@ class VisionOptions:
 
     def __post_init__(self):
         for name in ("window", "kernel", "kernel_frames", "hilo_window", "regions", "topk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"VisionOptions: {name}={value!r} must be a positive int.")
-        if not 0.0 <= self.hilo_alpha <= 1.0:
-            raise ValueError(f"VisionOptions: hilo_alpha={self.hilo_alpha} must be in [0, 1].")
+            check_int(name, getattr(self, name), minimum=1, owner="VisionOptions")
+        check_int("lce_kernel", self.lce_kernel, minimum=0, owner="VisionOptions")
+        if self.lce_kernel % 2 == 0 and self.lce_kernel:
+            raise ValueError(
+                f"VisionOptions: lce_kernel={self.lce_kernel} must be odd, or 0 for no LCE."
+            )
+        alpha = self.hilo_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise TypeError(
+                f"VisionOptions: hilo_alpha must be a number in [0, 1], got {alpha!r} "
+                f"({type(alpha).__name__})."
+            )
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"VisionOptions: hilo_alpha={alpha} must be in [0, 1].")
 
 
 def layer_kinds(spec: str, num_layers: int) -> tuple[str, ...]:
@@ -69,6 +83,30 @@ def layer_kinds(spec: str, num_layers: int) -> tuple[str, ...]:
     for kind in cycle:
         KINDS.get(kind)
     return tuple(cycle[i % len(cycle)] for i in range(num_layers))
+
+
+def check_grid(kind: str, grid: tuple[int, ...], options: VisionOptions, patch_size: int = 0):
+    """Raise unless `kind` tiles the spatial token grid (HiLo windows, BiFormer regions).
+
+    With `patch_size`, the message names the image sizes that would work.
+    """
+    name = {"hilo": "hilo_window", "biformer": "regions"}.get(kind)
+    if name is None:
+        return
+    size, (h, w) = getattr(options, name), grid[-2:]
+    if h % size == 0 and w % size == 0:
+        return
+    grid_text, fix = f"{h}x{w} token grid", ""
+    if patch_size:
+        step, image = size * patch_size, h * patch_size
+        sizes = " or ".join(str(n) for n in (image // step * step, (image // step + 1) * step) if n)
+        grid_text += f" (image_size={image} / patch_size={patch_size})"
+        fix = f"use an image_size that is a multiple of {step} (e.g. {sizes}), or "
+    divisors = ", ".join(str(d) for d in range(1, min(h, w) + 1) if h % d == 0 and w % d == 0)
+    raise ValueError(
+        f"attention {kind!r}: the {grid_text} is not a multiple of VisionOptions.{name}={size}; "
+        f"{fix}set {name} to a divisor of the grid ({divisors})."
+    )
 
 
 class GridAttention(nnx.Module):
@@ -99,6 +137,7 @@ class GridAttention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         KINDS.get(kind)
+        check_grid(kind, grid, options)
         self.kind, self.grid = kind, tuple(grid)
         kw = dict(implementation=implementation, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         video = len(self.grid) == 3

@@ -17,8 +17,20 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from jaxsparse.patterns.base import check_int
 from models import vision_attention
-from models.layers import MLP, PatchEmbed
+from models.layers import MLP, PatchEmbed, check_ids, check_shape
+
+_SIZES = (
+    "image_size",
+    "patch_size",
+    "channels",
+    "num_classes",
+    "dim",
+    "num_layers",
+    "num_heads",
+    "mlp_ratio",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,14 +63,19 @@ class ViTConfig:
     def __post_init__(self):
         if isinstance(self.options, dict):  # from JSON
             object.__setattr__(self, "options", vision_attention.VisionOptions(**self.options))
+        for name in _SIZES:
+            check_int(name, getattr(self, name), minimum=1, owner="ViTConfig")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"ViTConfig: image_size={self.image_size} must be a multiple of "
                 f"patch_size={self.patch_size}."
             )
         if self.dim % self.num_heads:
-            raise ValueError(f"ViTConfig: dim={self.dim} must be divisible by num_heads.")
-        vision_attention.layer_kinds(self.attention, self.num_layers)
+            raise ValueError(
+                f"ViTConfig: dim={self.dim} must be divisible by num_heads={self.num_heads}."
+            )
+        for kind in dict.fromkeys(vision_attention.layer_kinds(self.attention, self.num_layers)):
+            vision_attention.check_grid(kind, self.grid, self.options, self.patch_size)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -140,6 +157,10 @@ class ViT(nnx.Module):
         self.head = nnx.Linear(cfg.dim, cfg.num_classes, **kw)
 
     def __call__(self, images: Float[Array, "B S S C"]) -> Float[Array, "B classes"]:
+        s, c = self.cfg.image_size, self.cfg.channels
+        check_shape(
+            "images", images, (s, s, c), owner="ViT", source=f"image_size={s}, channels={c}"
+        )
         x = self.patch(images) + self.pos[...].astype(self.dtype)[None]
         for block in self.blocks:
             x = block(x)
@@ -148,7 +169,19 @@ class ViT(nnx.Module):
 
 
 def classification_loss(logits, labels: Int[Array, " B"]) -> tuple[jax.Array, jax.Array]:
-    """Mean cross-entropy and accuracy."""
+    """Mean cross-entropy and accuracy.
+
+    Labels are ids in `[0, classes)`: checked outside `jit`, while under `jit`
+    a label out of range gives a NaN loss.
+    """
+    if jnp.shape(labels) != logits.shape[:1] or logits.ndim != 2:
+        raise ValueError(
+            f"classification_loss: logits must be [B, classes] and labels [B], got shapes "
+            f"{logits.shape} and {jnp.shape(labels)}."
+        )
+    check_ids(
+        "labels", labels, logits.shape[-1], owner="classification_loss", why="the logits' classes"
+    )
     logp = jax.nn.log_softmax(logits, axis=-1)
     loss = -jnp.take_along_axis(logp, labels[:, None], axis=-1).mean()
     return loss, (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32).mean()

@@ -72,3 +72,33 @@ def test_sampler_shape():
         model, jnp.arange(3, dtype=jnp.int32), cfg.input_shape, jax.random.key(0), steps=2
     )
     assert x.shape == (3, *cfg.input_shape)
+
+
+def test_bad_inputs_are_errors():
+    model = DiT(_config(num_classes=3, num_layers=1), rngs=nnx.Rngs(0))
+    x, t = jnp.zeros((2, 8, 8, 1)), jnp.zeros(2)
+    with pytest.raises(ValueError, match=r"labels must be ids in \[0, 4\) .* got 7\."):
+        model(x, t, jnp.array([0, 7]))
+    with pytest.raises(TypeError, match="labels must be an integer array"):
+        model(x, t, jnp.array([0.0, 1.0]))
+    with pytest.raises(
+        ValueError, match=r"x must be \[B, 8, 8, 1\] .* got shape \(2, 3, 8, 8, 1\)"
+    ):
+        model(jnp.zeros((2, 3, 8, 8, 1)), t, jnp.array([0, 1]))
+    with pytest.raises(ValueError, match=r"t must be \[B\] = \(2,\), one per example, got shape"):
+        model(x, jnp.zeros(()), jnp.array([0, 1]))
+    assert model(x, t, jnp.array([0, 3])).shape == x.shape  # 3: no class
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "message"),
+    [
+        (dict(num_heads=0), ValueError, "num_heads=0 must be >= 1"),
+        (dict(frames=2.5), TypeError, "frames must be an int, got 2.5"),
+        (dict(frames=-1), ValueError, "frames=-1 must be >= 0. 0 means images"),
+        (dict(image_size=12, attention="biformer"), ValueError, "6x6 token grid"),
+    ],
+)
+def test_bad_config_values_are_errors(kw, error, message):
+    with pytest.raises(error, match=message):
+        _config(**kw)

@@ -141,3 +141,64 @@ def test_one_hot_embedding_equals_the_gather_with_gradients():
         got = loss(lambda e: embed_tokens(e, tokens)).embedding[...]
         want = loss(lambda e: e(tokens)).embedding[...]
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_decode_checks_the_cache_size():
+    """MoBA decodes through `llm_decode.cached_attention`; past the cache is an error."""
+    model = LLM(_config(attention="moba", num_layers=1), rngs=nnx.Rngs(0))
+    model.init_cache(1, 4)
+    token = jnp.zeros((1, 1), jnp.int32)
+    for _ in range(4):
+        model(token, decode=True)
+    with pytest.raises(ValueError, match="at cache position 4 need max_length >= 5, but the cache"):
+        model(token, decode=True)
+    model.init_cache(1, 4)
+    with pytest.raises(ValueError, match=r"shape \(2, 1, 32\) does not fit the cache \[B=1"):
+        model(jnp.zeros((2, 1), jnp.int32), decode=True)
+
+
+def test_bad_tokens_and_prompts_are_errors():
+    cfg = _config(attention="moba", num_layers=1, vocab_size=32)
+    model = LLM(cfg, rngs=nnx.Rngs(0))
+    for bad in (40, -1):
+        with pytest.raises(ValueError, match=rf"tokens must be ids in \[0, 32\).*got {bad}\."):
+            model(jnp.array([[bad, 0]]))
+    with pytest.raises(TypeError, match="tokens must be an integer array, got dtype float32"):
+        model(jnp.array([[1.5, 0.0]]))
+    with pytest.raises(ValueError, match=r"got shape \(4,\); add a batch axis \(prompt\[None\]\)"):
+        generate(model, jnp.arange(4), 2)
+    with pytest.raises(ValueError, match="prompt must be ids in"):
+        generate(model, jnp.array([[3, 32]]), 2)
+    with pytest.raises(ValueError, match="max_new_tokens=0 must be >= 1"):
+        generate(model, jnp.arange(4)[None], 0)
+
+
+def test_bad_targets_are_errors():
+    logits, weights = jnp.zeros((1, 10, 32)), jnp.ones((1, 10))
+    with pytest.raises(ValueError, match=r"targets must be ids in \[0, 32\).*got 40\."):
+        token_loss(logits, jnp.full((1, 10), 40), weights)
+    with pytest.raises(TypeError, match="targets must be an integer array"):
+        token_loss(logits, jnp.ones((1, 10)), weights)
+    with pytest.raises(ValueError, match=r"targets must have the logits' shape.*got \(1, 9\)"):
+        token_loss(logits, jnp.ones((1, 9), jnp.int32), weights)
+
+
+@pytest.mark.parametrize("field", ["head_dim", "mlp_hidden"])
+@pytest.mark.parametrize("value", [0, -5])
+def test_optional_widths_are_none_or_positive(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value} must be >= 1. Use None"):
+        _config(**{field: value})
+
+
+def test_smoke_preset_moba_is_sparse():
+    """The smoke preset's MoBA chunks are shorter than its sequence, so MoBA is not dense."""
+    from models.training.config import TrainConfig
+    from models.training.experiments import LLMExperiment
+
+    train = TrainConfig(model="llm", attention="hybrid_moba", preset="smoke").resolve()
+    cfg = LLMExperiment(train).model_config
+    assert cfg.layer_options.moba_block_size * cfg.layer_options.moba_top_k < train.seq_len
+    tokens = jax.random.randint(jax.random.key(0), (1, train.seq_len), 0, cfg.vocab_size)
+    moba = LLM(cfg, rngs=nnx.Rngs(0))(tokens)
+    dense = LLM(dataclasses.replace(cfg, attention="dense"), rngs=nnx.Rngs(0))(tokens)
+    assert not np.allclose(moba, dense, atol=1e-3)

@@ -66,3 +66,73 @@ def test_bad_names_list_the_valid_ones():
         _config(attention="swin")
     with pytest.raises(ValueError, match="multiple of patch_size"):
         _config(image_size=15)
+
+
+def test_wrongly_shaped_images_are_errors():
+    model = ViT(_config(image_size=8), rngs=nnx.Rngs(0))
+    want = r"images must be \[B, 8, 8, 1\] \(image_size=8, channels=1\), got shape "
+    with pytest.raises(ValueError, match=want + r"\(2, 3, 8, 8, 1\)\.$"):
+        model(jnp.zeros((2, 3, 8, 8, 1)))  # a video
+    with pytest.raises(ValueError, match=want + r"\(8, 8, 1\)\. Add a batch axis"):
+        model(jnp.zeros((8, 8, 1)))
+    for shape in [(2, 12, 12, 1), (2, 8, 8, 3)]:
+        with pytest.raises(ValueError, match=want):
+            model(jnp.zeros(shape))
+
+
+def test_bad_labels_are_errors():
+    with pytest.raises(ValueError, match=r"labels must be ids in \[0, 10\).*got 12\."):
+        classification_loss(jnp.zeros((2, 10)), jnp.array([3, 12]))
+    with pytest.raises(TypeError, match="labels must be an integer array, got dtype float32"):
+        classification_loss(jnp.zeros((2, 10)), jnp.array([3.0, 1.0]))
+    with pytest.raises(ValueError, match=r"labels \[B\], got shapes \(2, 10\) and \(3,\)"):
+        classification_loss(jnp.zeros((2, 10)), jnp.array([3, 1, 2]))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "message"),
+    [
+        ("patch_size", -2, ValueError, "patch_size=-2 must be >= 1"),
+        ("patch_size", 0, ValueError, "patch_size=0 must be >= 1"),
+        ("image_size", 0, ValueError, "image_size=0 must be >= 1"),
+        ("dim", 0, ValueError, "dim=0 must be >= 1"),
+        ("channels", 0, ValueError, "channels=0 must be >= 1"),
+        ("num_classes", 0, ValueError, "num_classes=0 must be >= 1"),
+        ("num_heads", 0, ValueError, "num_heads=0 must be >= 1"),
+        ("mlp_ratio", 2.5, TypeError, "mlp_ratio must be an int, got 2.5"),
+    ],
+)
+def test_bad_config_values_are_errors(field, value, error, message):
+    with pytest.raises(error, match=f"ViTConfig: {message}"):
+        _config(**{field: value})
+
+
+def test_bad_vision_options_are_errors():
+    with pytest.raises(ValueError, match="lce_kernel=-1 must be >= 0"):
+        vision_attention.VisionOptions(lce_kernel=-1)
+    with pytest.raises(ValueError, match="lce_kernel=2 must be odd, or 0"):
+        vision_attention.VisionOptions(lce_kernel=2)
+    with pytest.raises(TypeError, match="hilo_alpha must be a number in \\[0, 1\\], got '0.5'"):
+        vision_attention.VisionOptions(hilo_alpha="0.5")
+
+
+@pytest.mark.parametrize(
+    ("attention", "message"),
+    [
+        (
+            "biformer",
+            r"7x7 token grid \(image_size=14 / patch_size=2\) is not a multiple of "
+            r"VisionOptions.regions=2; use an image_size that is a multiple of 4 \(e.g. 12 or 16\)",
+        ),
+        (
+            "dense,hilo",
+            r"7x7 token grid .* VisionOptions.hilo_window=2; .* set hilo_window to "
+            r"a divisor of the grid \(1, 7\)",
+        ),
+    ],
+)
+def test_grids_the_attention_cannot_tile_are_refused_at_build_time(attention, message):
+    with pytest.raises(ValueError, match=message):
+        _config(image_size=14, attention=attention)
+    with pytest.raises(ValueError, match="7x7 token grid is not a multiple"):  # GridAttention
+        vision_attention.check_grid(attention.split(",")[-1], (7, 7), OPTIONS)

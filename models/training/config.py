@@ -106,6 +106,10 @@ class TrainConfig:
         }
         return dataclasses.replace(self, **filled)
 
+    def model_overrides(self) -> tuple[tuple[str, Any], ...]:
+        """The preset's model overrides (`PRESET_OVERRIDES`), then this run's `overrides`."""
+        return PRESET_OVERRIDES.get((self.model, self.preset), ()) + tuple(self.overrides)
+
     def run_fields(self) -> dict[str, Any]:
         """The fields that decide the numbers (compared when resuming)."""
         d = dataclasses.asdict(self)
@@ -161,3 +165,10 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 # fmt: on
+
+# Model-config overrides of a preset, applied before the run's own `overrides`.
+# The smoke LLM's 64 tokens would be one default MoBA chunk (256 tokens), which
+# is dense attention: 4 chunks of 16, the top 2 chosen, make MoBA sparse there.
+PRESET_OVERRIDES: dict[tuple[str, str], tuple[tuple[str, Any], ...]] = {
+    ("llm", "smoke"): (("layer_options.moba_block_size", 16), ("layer_options.moba_top_k", 2)),
+}

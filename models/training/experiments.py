@@ -73,7 +73,7 @@ class LLMExperiment:
                 cfg, dim="dim", layers="num_layers", heads="num_heads", kv_heads="num_kv_heads"
             ),
         )
-        self.model_config = apply_overrides(base, cfg.overrides)
+        self.model_config = apply_overrides(base, cfg.model_overrides())
 
     def build(self, *, dtype, rngs):
         return LLM(self.model_config, dtype=dtype, rngs=rngs)
@@ -113,7 +113,7 @@ class ViTExperiment:
             implementation=cfg.implementation,
             **_model_fields(cfg, dim="dim", layers="num_layers", heads="num_heads"),
         )
-        self.model_config = apply_overrides(base, cfg.overrides)
+        self.model_config = apply_overrides(base, cfg.model_overrides())
 
     def build(self, *, dtype, rngs):
         return ViT(self.model_config, dtype=dtype, rngs=rngs)
@@ -160,7 +160,7 @@ class DiTExperiment:
             implementation=cfg.implementation,
             **_model_fields(cfg, dim="dim", layers="num_layers", heads="num_heads"),
         )
-        self.model_config = apply_overrides(base, cfg.overrides)
+        self.model_config = apply_overrides(base, cfg.model_overrides())
 
     def build(self, *, dtype, rngs):
         return DiT(self.model_config, dtype=dtype, rngs=rngs)
