@@ -68,6 +68,16 @@ def qkv(dtype=jnp.float32, b=B, t=T, s=S, h=H, k=K, d=D, dv=D):
             r"expected \[2, 9\]",
         ),
         (qkv, dict(segment_ids=(jnp.zeros((B, T), jnp.int32),)), ValueError, "a pair"),
+        (
+            qkv,
+            dict(segment_ids=(np.zeros((B, T), np.int64), np.full((B, S), 2**32, np.int64))),
+            ValueError,
+            r"key segment ids hold values in \[4294967296, 4294967296\].*renumber",
+        ),
+        (qkv, dict(q_offset=2**31 - 5), ValueError, "outside int32"),
+        (qkv, dict(q_offset=-(2**31)), ValueError, "outside int32"),
+        (qkv, dict(scale=True), TypeError, "scale must be a Python number.*got bool"),
+        (qkv, dict(logits_soft_cap=np.bool_(True)), TypeError, "got bool"),
         (qkv, dict(pattern=P.PerHead([P.Causal()])), ValueError, "1 patterns but the call has 4"),
         (qkv, dict(pattern=P.Mask(np.ones((T, T), bool))), ValueError, "must be \\[..., 9, 11\\]"),
         (
@@ -135,6 +145,76 @@ def test_empty_batch_gives_empty_outputs():
     assert out.shape == (3, 0, T, H, D)
     with pytest.raises(ValueError, match="must be \\[..., 9, 11\\]"):  # still validated
         js.attention(q, k, v, pattern=P.Mask(np.ones((T, T), bool)))
+
+
+def test_sparsity_tables_must_fit_their_block_sizes():
+    sp = js.sparsity.from_pattern(P.Causal(), q_len=T, kv_len=S, block_q=4, block_kv=4)
+    for changed in (dict(block_kv=8), dict(block_q=8)):
+        with pytest.raises(ValueError, match="not by replacing block sizes"):
+            js.attention(*qkv(), pattern=P.Causal(), sparsity=sp.replace(**changed))
+    with pytest.raises(ValueError, match="block_q=0 must be >= 1"):
+        js.attention(*qkv(), pattern=P.Causal(), sparsity=sp.replace(block_q=0))
+
+
+def test_one_head_lists_cannot_serve_a_pattern_that_differs_per_head():
+    pattern = P.Causal() & P.Strided(3, block_size=4, local_blocks=0)
+    sp = js.sparsity.from_pattern(pattern, q_len=T, kv_len=S, block_q=4, block_kv=4)
+    with pytest.raises(ValueError, match="one head list.*num_heads=4"):
+        js.attention(*qkv(), pattern=pattern, sparsity=sp)
+    per_head = js.sparsity.from_pattern(
+        pattern, q_len=T, kv_len=S, block_q=4, block_kv=4, num_heads=H
+    )
+    js.attention(*qkv(), pattern=pattern, sparsity=per_head)
+
+
+@pytest.mark.parametrize(
+    "pattern, sparsity",
+    [
+        (
+            P.Causal(),
+            lambda: js.sparsity.from_block_mask(
+                np.tril(np.ones((4, 4), bool)), block_q=8, block_kv=8, q_len=32, kv_len=32
+            ),
+        ),
+        (
+            P.Causal(),
+            lambda: js.sparsity.from_topk(
+                jnp.array([[[[0, 1], [0, 1], [1, 2], [2, 3]]]]),
+                block_q=8,
+                block_kv=8,
+                q_len=32,
+                kv_len=32,
+            ),  # fmt: skip
+        ),
+        (
+            P.SlidingWindow(left=3) & P.Causal(),
+            lambda: js.sparsity.from_pattern(
+                P.Full(), q_len=32, kv_len=32, block_q=8, block_kv=8, num_heads=2
+            ),
+        ),
+    ],
+)
+def test_full_tiles_of_given_sparsity_keep_the_pattern_mask(pattern, sparsity):
+    # from_block_mask / from_topk mark every listed tile FULL; the pattern must still mask
+    # inside them (the XLA path skipped the mask there and ignored causality).
+    sp = sparsity()
+    q, k, v = (jax.random.normal(jax.random.key(i), (1, 32, 2, 8)) for i in range(3))
+
+    def run(impl, q, k, v):
+        out, lse = js.attention(
+            q, k, v, pattern=pattern, sparsity=sp, implementation=impl, return_lse=True
+        )
+        return out, lse
+
+    got, want = run("xla", q, k, v), run("reference", q, k, v)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    grads = [
+        jax.grad(lambda *a, i=i: run(i, *a)[0].sum(), argnums=(0, 1, 2))(q, k, v)
+        for i in ("xla", "reference")
+    ]
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_given_sparsity_restricts_tiles():

@@ -12,7 +12,7 @@ from jaxtyping import Array, Float, Int
 
 from jaxsparse.ops import call as call_lib
 from jaxsparse.ops import config as config_lib
-from jaxsparse.ops import dispatch, validate
+from jaxsparse.ops import dispatch, metadata, validate
 from jaxsparse.patterns import base as pbase
 from jaxsparse.patterns import full as full_lib
 from jaxsparse.sparsity import block_sparsity
@@ -47,7 +47,9 @@ def attention(
       pattern: what may attend (default `Full()`); see `jaxsparse.patterns`.
       sparsity: precomputed `BlockSparsity` (e.g. shared across layers, or
         from a dynamic selection). Only the listed tiles are visited, and the
-        pattern still masks inside them.
+        pattern still masks inside them: a tile marked FULL skips the mask only
+        where a static pattern is full there too (see
+        `jaxsparse.ops.metadata.within_pattern`).
       segment_ids: document masking: one int array `[B, T]` when T == S, or a
         pair `(q_ids [B, T], kv_ids [B, S])`; only equal ids attend.
       scale: logit scale (default `D ** -0.5`).
@@ -88,6 +90,8 @@ def attention(
     if b == 0:  # an empty batch: nothing to attend (the kernels' tile arithmetic needs B >= 1)
         out = jnp.zeros((0, t, h, v.shape[-1]), q.dtype)
         return (out, jnp.zeros((0, h, t), jnp.float32)) if return_lse else out
+    if sparsity is not None and not pattern.is_dynamic:
+        sparsity = metadata.within_pattern(sparsity, pattern, num_heads=h)
     perm = pattern.token_permutation(q_len=t, kv_len=s)
     if perm is not None:
         q, k, v, q_ids, kv_ids = _permute(perm, q, k, v, q_ids, kv_ids)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxsparse.ops import call as call_lib
 from jaxsparse.ops import config as config_lib
@@ -37,6 +39,47 @@ def preferred_blocks(pattern: pbase.Pattern):
         if child is not None and (found := preferred_blocks(child)):
             return found
     return None
+
+
+def within_pattern(
+    sp: block_sparsity.BlockSparsity, pattern: pbase.Pattern, *, num_heads: int
+) -> block_sparsity.BlockSparsity:
+    """A caller's metadata (`attention(sparsity=...)`) that cannot lift the pattern's mask.
+
+    The backends skip the element mask in FULL tiles, so a tile the caller marks
+    FULL (`from_topk` and `from_block_mask` mark every listed tile FULL) stays
+    FULL only where the bound static `pattern` is full there too; elsewhere it
+    becomes PARTIAL and the pattern masks inside it. Lists with one head cannot
+    serve a pattern whose tiles differ per head (ValueError). Patterns holding
+    arrays (explicit masks, token selections) come with metadata built from
+    them, which is trusted as it is.
+    """
+    if jax.tree.leaves(pattern):
+        return sp
+    if sp.num_heads == 1 and num_heads > 1 and pattern.head_dependent:
+        raise ValueError(
+            f"sparsity has one head list, but {pattern!r} differs per head; build it with "
+            f"num_heads={num_heads} (e.g. jaxsparse.sparsity.from_pattern(..., "
+            f"num_heads={num_heads}))."
+        )
+    own = host.from_pattern(
+        pattern,
+        q_len=sp.q_len,
+        kv_len=sp.kv_len,
+        block_q=sp.block_q,
+        block_kv=sp.block_kv,
+        q_offset=sp.q_offset,
+        num_heads=num_heads,
+    )
+    full = own.to_dense() == pbase.FULL  # [1, 1 or H, Tb, Sb]
+    if full.all():
+        return sp
+    xp = np if sp.is_host else jnp
+    kv_full = sp.kv_full & xp.take_along_axis(xp.asarray(full), sp.kv_indices, axis=-1)
+    q_full = sp.q_full & xp.take_along_axis(
+        xp.asarray(full.transpose(0, 1, 3, 2)), sp.q_indices, axis=-1
+    )
+    return sp.replace(kv_full=kv_full, q_full=q_full)
 
 
 def sparsity_for(

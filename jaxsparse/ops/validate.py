@@ -14,6 +14,7 @@ from jaxsparse.patterns import base as pbase
 from jaxsparse.sparsity import block_sparsity
 
 IMPLEMENTATIONS = ("pallas_gpu", "pallas_tpu", "xla", "reference")
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -108,6 +109,15 @@ def check_segment_ids(segment_ids: Any, batch: int, t: int, s: int, batched: boo
                 f"{name} segment ids have shape {_shape(ids)}; expected {list(want)} "
                 "(batch, length) matching q/k."
             )
+        wide = np.dtype(ids.dtype).itemsize > 4 or np.dtype(ids.dtype) == np.uint32
+        values = np.asarray(ids) if wide and not isinstance(ids, jax.core.Tracer) else None
+        if values is not None and values.size and (values.min() < INT32_MIN or
+                                                   values.max() > INT32_MAX):  # fmt: skip
+            raise ValueError(
+                f"{name} segment ids hold values in [{values.min()}, {values.max()}]; they "
+                "are compared as int32: renumber them, e.g. with np.unique(ids, "
+                "return_inverse=True)."
+            )
     q_ids, kv_ids = jnp.asarray(q_ids, jnp.int32), jnp.asarray(kv_ids, jnp.int32)
     if not batched:
         q_ids, kv_ids = q_ids[None], kv_ids[None]
@@ -117,7 +127,9 @@ def check_segment_ids(segment_ids: Any, batch: int, t: int, s: int, batched: boo
 def check_scalar(name: str, value: Any, *, positive: bool) -> float | None:
     if value is None:
         return None
-    if isinstance(value, jax.Array) or not isinstance(value, (int, float, np.floating, np.integer)):
+    if isinstance(value, (jax.Array, bool, np.bool_)) or not isinstance(
+        value, (int, float, np.floating, np.integer)
+    ):
         raise TypeError(
             f"{name} must be a Python number (it is static), got {type(value).__name__}."
         )
@@ -129,10 +141,15 @@ def check_scalar(name: str, value: Any, *, positive: bool) -> float | None:
 
 def check_q_offset(q_offset: Any, t: int, s: int) -> int:
     if q_offset is None:
-        return s - t
+        q_offset = s - t
     if isinstance(q_offset, bool) or not isinstance(q_offset, (int, np.integer)):
         raise TypeError(
             f"q_offset must be a Python int (it is static), got {type(q_offset).__name__}."
+        )
+    if abs(int(q_offset)) + max(t, s) > INT32_MAX:
+        raise ValueError(
+            f"q_offset={q_offset} with T={t}, S={s} puts positions outside int32, which the "
+            "masks compute in; keep |q_offset| + max(T, S) below 2**31."
         )
     return int(q_offset)
 
@@ -169,3 +186,21 @@ def check_sparsity(sp: Any, *, batch: int, t: int, s: int, h: int, q_offset: int
         raise ValueError(f"sparsity has {sp.num_heads} head lists; this call needs 1 or {h}.")
     if sp.batch_size not in (1, batch):
         raise ValueError(f"sparsity has batch {sp.batch_size}; this call needs 1 or {batch}.")
+    for name, value in (("block_q", sp.block_q), ("block_kv", sp.block_kv)):
+        pbase.check_int(name, value, minimum=1, owner="sparsity")
+    lead = (sp.batch_size, sp.num_heads)
+    for side, rows in (("kv", sp.num_q_blocks), ("q", sp.num_kv_blocks)):
+        indices, counts, full = (getattr(sp, f"{side}_{x}") for x in ("indices", "counts", "full"))
+        if side == "q" and indices is None:  # forward-only metadata: no key-major lists
+            continue
+        if (
+            _shape(counts) != lead + (rows,)
+            or _shape(indices)[:3] != lead + (rows,)
+            or _shape(full) != _shape(indices)
+        ):
+            raise ValueError(
+                f"sparsity's {side} tables have shapes {_shape(indices)}, {_shape(counts)}, "
+                f"{_shape(full)}; block_q={sp.block_q}, block_kv={sp.block_kv} with T={t}, "
+                f"S={s} need [{sp.batch_size}, {sp.num_heads}, {rows}, ...]: build it with the "
+                "jaxsparse.sparsity builders, not by replacing block sizes."
+            )
