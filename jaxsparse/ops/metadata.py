@@ -71,9 +71,14 @@ def within_pattern(
         q_offset=sp.q_offset,
         num_heads=num_heads,
     )
-    full = own.to_dense() == pbase.FULL  # [1, 1 or H, Tb, Sb]
-    if full.all():
-        return sp
+    if (own.kv_counts == own.num_kv_blocks).all() and own.kv_full.all():
+        return sp  # every tile of the pattern is full (e.g. Full())
+    if sp.is_host and all(
+        np.array_equal(getattr(sp, name), getattr(own, name))
+        for name in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
+    ):
+        return sp  # built from this pattern (metadata shared across layers): nothing to do
+    full = own.to_dense() == pbase.FULL  # [1, 1 or H, Tb, Sb]: the dense table only here
     xp = np if sp.is_host else jnp
     kv_full = sp.kv_full & xp.take_along_axis(xp.asarray(full), sp.kv_indices, axis=-1)
     q_full = sp.q_full & xp.take_along_axis(
