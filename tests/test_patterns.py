@@ -156,11 +156,56 @@ def test_combining_with_non_pattern_raises():
         (lambda: P.PowerOfTwo(block_size=0), "block_size=0"),
         (lambda: P.PerHead([]), "non-empty list"),
         (lambda: P.PerHead([P.Causal(), "causal"]), "not a jaxsparse pattern"),
+        (
+            lambda: P.SlidingWindow(2**40),
+            "left=1099511627776 must be <= 1073741823. Masks add sizes to int32 positions",
+        ),
+        (lambda: P.SlidingWindow(2, right=2**31), "right=2147483648 must be <= 1073741823"),
+        (lambda: P.Sink(2**35), "num_tokens=34359738368 must be <= .* int32"),
+        (lambda: P.ChunkedCausal(2**33), "chunk_size=8589934592 must be <= .* int32"),
+        (lambda: P.PrefixLM(2**31), "prefix_length=2147483648 must be <="),
+        (lambda: P.Dilated(left=4, dilation=2**32), "dilation=4294967296 must be <="),
+        (lambda: P.AShape(n_local=2**31), "n_local=2147483648 must be <="),
     ],
 )
 def test_bad_parameters(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_largest_window_does_not_wrap_around():
+    # q + right and q - left must stay within int32 for the largest sizes and positions.
+    big = P.base.MAX_SIZE
+    for p in (P.SlidingWindow(left=big, right=big), P.Dilated(left=big, dilation=1, right=big)):
+        for q_offset in (big - 4, -big + 4):
+            assert np.asarray(P.dense_mask(p, q_len=4, kv_len=4, q_offset=q_offset)).all()
+    upper = np.triu(np.ones((4, 4), bool))
+    mask = P.dense_mask(P.SlidingWindow(left=0, right=big), q_len=4, kv_len=4)
+    np.testing.assert_array_equal(np.asarray(mask)[0], upper)
+    with pytest.raises(ValueError, match="below 2\\*\\*30"):
+        P.SlidingWindow(left=big + 1)
+
+
+@pytest.mark.parametrize(
+    "kw, error, match",
+    [
+        (dict(q_len=-1), ValueError, "dense_mask: q_len=-1 must be >= 1"),
+        (dict(kv_len=2.0), TypeError, "dense_mask: kv_len must be an int"),
+        (dict(num_heads=0), ValueError, "dense_mask: num_heads=0 must be >= 1"),
+        (dict(q_offset=2**31 - 2), ValueError, "q_offset=2147483646 .* beyond the int32"),
+    ],
+)
+def test_dense_mask_validation(kw, error, match):
+    with pytest.raises(error, match=match):
+        P.dense_mask(P.Causal(), **{"q_len": 4, "kv_len": 4, **kw})
+
+
+def test_config_flags_must_be_bools():
+    from jaxsparse.ops.config import Config
+
+    with pytest.raises(TypeError, match="Config: interpret must be True or False, got 'yes'"):
+        Config(interpret="yes")
+    assert Config(interpret=True).interpret is True
 
 
 def test_bind_rejects_patterns_that_do_not_fit():
@@ -204,6 +249,15 @@ def test_patterns_are_pytrees_with_array_leaves():
             P.Causal() & (P.Sink(4) | P.SlidingWindow(128)),
         ),
         ("PerHead([Causal(), Full()])", P.PerHead([P.Causal(), P.Full()])),
+        # Bare names mean the class with its defaults anywhere, not only at the top.
+        (
+            "causal & (sink(4) | sliding_window(left=8))",
+            P.Causal() & (P.Sink(4) | P.SlidingWindow(left=8)),
+        ),
+        ("Full | causal", P.Full() | P.Causal()),
+        ("a_shape & (Causal | full)", P.AShape() & (P.Causal() | P.Full())),
+        ("PerHead([causal, Full])", P.PerHead([P.Causal(), P.Full()])),
+        ("per_head(patterns=[causal, full])", P.PerHead([P.Causal(), P.Full()])),
     ],
 )
 def test_parse(text, want):

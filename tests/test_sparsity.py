@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -230,3 +231,130 @@ def test_long_causal_metadata_is_closed_form():
     # Keys q-1024..q: the 8 tiles before the diagonal tile, and the diagonal one.
     assert sp.kv_indices.shape == (1, 1, 1024, 9)
     assert int(sp.kv_counts.max()) == 9
+
+
+_GEO = dict(block_q=8, block_kv=8, q_len=32, kv_len=32)  # Tb = Sb = 4
+_IDX = jnp.zeros((4, 2), jnp.int32)
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: S.from_topk(_IDX, **{**_GEO, "block_q": 0}), ValueError, "from_topk: block_q=0"),
+        (
+            lambda: S.from_topk(_IDX, **{**_GEO, "block_q": 8.0}),
+            TypeError,
+            "block_q must be an int",
+        ),
+        (
+            lambda: S.from_topk(_IDX, **{**_GEO, "block_q": -8}),
+            ValueError,
+            "block_q=-8 must be >= 1",
+        ),
+        (
+            lambda: S.from_block_mask(jnp.ones((0, 4), bool), **{**_GEO, "q_len": 0}),
+            ValueError,
+            "from_block_mask: q_len=0 must be >= 1",
+        ),
+        (
+            lambda: S.from_block_mask(jnp.ones((3, 4), bool), **_GEO),
+            ValueError,
+            r"block_mask has shape \(3, 4\); .* need \[\.\.\., 4, 4\]",
+        ),
+        (
+            lambda: S.from_topk(jnp.zeros((4, 0), jnp.int32), **_GEO),
+            ValueError,
+            r"indices has shape \(4, 0\); .* k >= 1",
+        ),
+        (
+            lambda: S.from_topk(_IDX, **_GEO, codes=jnp.ones((3, 4), jnp.int8)),
+            ValueError,
+            r"from_topk: codes has shape \(3, 4\); .* need \[\.\.\., 4, 4\]",
+        ),
+        (
+            lambda: S.from_topk(
+                jnp.zeros((2, 4, 2), jnp.int32), **_GEO, codes=jnp.ones((3, 4, 4), jnp.int8)
+            ),
+            ValueError,
+            "differ in batch or heads",
+        ),
+        (
+            lambda: S.from_topk(_IDX, **_GEO, codes=jnp.full((4, 4), 2.0)),
+            TypeError,
+            "codes must be integer block codes",
+        ),
+        (lambda: S.from_block_codes(jnp.full((4, 4), 5), **_GEO), ValueError, r"got \[5\]"),
+        (lambda: S.from_block_codes(jnp.full((4, 4), -1), **_GEO), ValueError, r"got \[-1\]"),
+        (
+            lambda: S.from_block_codes(jnp.full((4, 4), P.UNSURE, jnp.int8), **_GEO),
+            ValueError,
+            r"must hold 0 \(empty\), 1 \(partial\) or 2 \(full\), got \[3\]",
+        ),
+        (
+            lambda: S.from_block_codes(jnp.full((4, 4), 2.7), **_GEO),
+            TypeError,
+            "from_block_codes: codes must be integer block codes",
+        ),
+        (
+            lambda: S.from_block_codes(jnp.full((4, 4), 2), **_GEO, max_kv_blocks=0),
+            ValueError,
+            "max_kv_blocks=0 must be >= 1",
+        ),
+        (
+            lambda: S.from_block_codes(jnp.full((4, 4), 2), **_GEO, max_q_blocks=-1),
+            ValueError,
+            "max_q_blocks=-1 must be >= 1",
+        ),
+        (
+            lambda: S.from_block_codes(jnp.full((4, 4), 2), **_GEO, q_offset=2**31),
+            ValueError,
+            "beyond the int32 range",
+        ),
+        (
+            lambda: S.from_topk(jnp.full((4, 2), 4), **_GEO),
+            ValueError,
+            r"key blocks in \[0, 4\) or -1 for none, got \[4\]",
+        ),
+        (lambda: S.from_topk(jnp.full((4, 2), -2), **_GEO), ValueError, r"got \[-2\]"),
+    ],
+)
+def test_device_builder_validation(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_from_topk_under_jit_ignores_out_of_range_indices():
+    # Traced indices cannot be checked: as documented, out-of-range entries act like -1.
+    idx = jnp.array([[0, 7], [1, -1], [9, 2], [3, 3]], jnp.int32)
+    counts = jax.jit(lambda i: S.from_topk(i, **_GEO).kv_counts)(idx)
+    np.testing.assert_array_equal(np.asarray(counts)[0, 0], [1, 1, 1, 1])
+
+
+@pytest.mark.parametrize(
+    "pattern, kw, error, match",
+    [
+        (
+            "causal",
+            {},
+            TypeError,
+            r"got 'causal' \(str\).*jaxsparse\.patterns\.parse\(\"causal\"\)",
+        ),
+        (P.Causal(), {"q_offset": 2**31}, ValueError, r"q_offset=2147483648 .* beyond the int32"),
+        (P.Causal(), {"q_offset": 2**31 - 16}, ValueError, "must be below 2\\*\\*30"),
+        (P.Causal(), {"q_offset": -(2**40)}, ValueError, "q_offset=-1099511627776 must be >="),
+    ],
+)
+def test_from_pattern_validation(pattern, kw, error, match):
+    with pytest.raises(error, match=match):
+        S.from_pattern(pattern, q_len=32, kv_len=32, **kw)
+
+
+def test_traced_mask_error_names_builders_that_exist():
+    @jax.jit
+    def build(m):
+        return S.from_pattern(P.Mask(m), q_len=8, kv_len=8, block_q=4, block_kv=4).kv_counts
+
+    with pytest.raises(pbase.TracedPatternError, match="from_block_mask") as info:
+        build(jnp.ones((8, 8), bool))
+    names = re.findall(r"jaxsparse\.sparsity\.(\w+)", str(info.value))
+    assert names and all(hasattr(S, n) for n in names), names

@@ -106,6 +106,7 @@ class Config:
             ("gpu_importance_kernel", False),
             ("gpu_gathered_dkv", False),
             ("gpu_gathered_dq", True),
+            ("interpret", False),
         ):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (optional and value is None)):

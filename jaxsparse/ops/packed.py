@@ -200,7 +200,7 @@ def tile_tables(bits, pattern, *, tokens_per_tile, block_kv, q_len, kv_len, q_of
         q_len=tb * n,
         kv_len=nk * bk,
         q_offset=0,
-        max_kv_blocks=min(nk, per_tile),
+        max_kv_blocks=max(1, min(nk, per_tile)),
     )
     kv_words = jnp.take_along_axis(words, sparsity.kv_indices, axis=-1)
     q_words = jnp.take_along_axis(jnp.swapaxes(words, -1, -2), sparsity.q_indices, axis=-1)

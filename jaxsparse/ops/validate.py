@@ -146,11 +146,7 @@ def check_q_offset(q_offset: Any, t: int, s: int) -> int:
         raise TypeError(
             f"q_offset must be a Python int (it is static), got {type(q_offset).__name__}."
         )
-    if abs(int(q_offset)) + max(t, s) > INT32_MAX:
-        raise ValueError(
-            f"q_offset={q_offset} with T={t}, S={s} puts positions outside int32, which the "
-            "masks compute in; keep |q_offset| + max(T, S) below 2**31."
-        )
+    pbase.check_positions("attention", q_offset=int(q_offset), q_len=t, kv_len=s)
     return int(q_offset)
 
 

@@ -33,14 +33,14 @@ class AShape(base.Pattern):
     n_local: int = 3968
 
     def __post_init__(self):
-        base.check_int(
+        base.check_size(
             "n_init",
             self.n_init,
             minimum=0,
             owner="AShape",
             fix="It counts the initial (sink) keys every query sees.",
         )
-        base.check_int(
+        base.check_size(
             "n_local",
             self.n_local,
             minimum=1,

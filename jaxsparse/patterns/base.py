@@ -41,6 +41,9 @@ import numpy as np
 EMPTY, PARTIAL, FULL, UNSURE = 0, 1, 2, 3
 # Larger than any sequence length; used for "unbounded" key ranges on the host.
 UNBOUNDED = 2**40
+# Positions are int32 (on device and in kernels), and masks add a pattern size to a
+# position (`q + right`): both stay below 2**30, so no sum of the two wraps around.
+MAX_SIZE = 2**30 - 1
 
 REGISTRY: dict[str, type[Pattern]] = {}
 
@@ -85,7 +88,10 @@ class TracedPatternError(ValueError):
     def __init__(self, pattern: Any):
         super().__init__(
             f"{type(pattern).__name__} holds a traced array, so its block metadata can only be "
-            "built on device (jaxsparse.sparsity.from_pattern_device)."
+            "built on device: pass the pattern to jaxsparse.attention (it does that), or build "
+            "it with jaxsparse.sparsity.from_block_mask(block_mask, ...) for a block mask, or "
+            "jaxsparse.sparsity.from_block_codes(jaxsparse.sparsity.codes_from_element_mask("
+            "mask, ...), ...) for an element mask."
         )
 
 
@@ -377,13 +383,55 @@ class Or(Pattern):
         return f"({self.a!r} | {self.b!r})"
 
 
-def check_int(name: str, value: Any, *, minimum: int, owner: str, fix: str = "") -> None:
-    """Raise a ValueError/TypeError unless `value` is an int >= `minimum`."""
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    minimum: int,
+    owner: str,
+    fix: str = "",
+    maximum: int | None = None,
+    maximum_fix: str = "",
+) -> None:
+    """Raise a ValueError/TypeError unless `value` is an int >= `minimum` (and <= `maximum`).
+
+    `fix` is appended to the message of a too-small value, `maximum_fix` to that
+    of a too-large one.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{owner}: {name} must be an int, got {value!r} ({type(value).__name__}).")
     if value < minimum:
         raise ValueError(
             f"{owner}: {name}={value} must be >= {minimum}." + (f" {fix}" if fix else "")
+        )
+    if maximum is not None and value > maximum:
+        raise ValueError(
+            f"{owner}: {name}={value} must be <= {maximum}."
+            + (f" {maximum_fix}" if maximum_fix else "")
+        )
+
+
+def check_size(name: str, value: Any, *, minimum: int, owner: str, fix: str = "") -> None:
+    """`check_int` for a pattern size (a window side, chunk, sink...): at most `MAX_SIZE`."""
+    check_int(
+        name,
+        value,
+        minimum=minimum,
+        owner=owner,
+        fix=fix,
+        maximum=MAX_SIZE,
+        maximum_fix="Masks add sizes to int32 positions, so a pattern size must be below 2**30.",
+    )
+
+
+def check_positions(owner: str, *, q_offset: Any, q_len: int, kv_len: int) -> None:
+    """Raise unless `q_offset` is an int that keeps every position of the call in int32."""
+    check_int("q_offset", q_offset, minimum=-MAX_SIZE, owner=owner)
+    if abs(q_offset) + max(q_len, kv_len) > MAX_SIZE:
+        raise ValueError(
+            f"{owner}: q_offset={q_offset} with q_len={q_len}, kv_len={kv_len} gives positions "
+            "beyond the int32 range masks compute in; |q_offset| + max(q_len, kv_len) must be "
+            "below 2**30."
         )
 
 

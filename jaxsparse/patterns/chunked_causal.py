@@ -27,7 +27,7 @@ class ChunkedCausal(base.Pattern):
     chunk_size: int
 
     def __post_init__(self):
-        base.check_int("chunk_size", self.chunk_size, minimum=1, owner="ChunkedCausal")
+        base.check_size("chunk_size", self.chunk_size, minimum=1, owner="ChunkedCausal")
 
     def mask_fn(self, q_pos, kv_pos, head):
         c = self.chunk_size

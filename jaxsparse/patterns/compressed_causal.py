@@ -32,8 +32,8 @@ class CompressedCausal(base.Pattern):
     stride: int
 
     def __post_init__(self):
-        base.check_int("kernel_size", self.kernel_size, minimum=1, owner="CompressedCausal")
-        base.check_int("stride", self.stride, minimum=1, owner="CompressedCausal")
+        base.check_size("kernel_size", self.kernel_size, minimum=1, owner="CompressedCausal")
+        base.check_size("stride", self.stride, minimum=1, owner="CompressedCausal")
 
     def mask_fn(self, q_pos, kv_pos, head):
         return kv_pos * self.stride + (self.kernel_size - 1) <= q_pos

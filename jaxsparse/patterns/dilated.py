@@ -29,9 +29,9 @@ class Dilated(base.Pattern):
     right: int = 0
 
     def __post_init__(self):
-        base.check_int("left", self.left, minimum=0, owner="Dilated")
-        base.check_int("right", self.right, minimum=0, owner="Dilated")
-        base.check_int("dilation", self.dilation, minimum=1, owner="Dilated")
+        base.check_size("left", self.left, minimum=0, owner="Dilated")
+        base.check_size("right", self.right, minimum=0, owner="Dilated")
+        base.check_size("dilation", self.dilation, minimum=1, owner="Dilated")
 
     def mask_fn(self, q_pos, kv_pos, head):
         window = (q_pos - self.left <= kv_pos) & (kv_pos <= q_pos + self.right)

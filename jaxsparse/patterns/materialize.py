@@ -28,8 +28,11 @@ def dense_mask(
       num_heads: number of query heads (matters for head-dependent patterns).
       xp: `jax.numpy` (default, works with traced patterns) or `numpy`.
     """
+    for name, value in dict(q_len=q_len, kv_len=kv_len, num_heads=num_heads).items():
+        base.check_int(name, value, minimum=1, owner="dense_mask")
     if q_offset is None:
         q_offset = kv_len - q_len
+    base.check_positions("dense_mask", q_offset=q_offset, q_len=q_len, kv_len=kv_len)
     pattern = pattern.bind(q_len=q_len, kv_len=kv_len, q_offset=q_offset, num_heads=num_heads)
     hx = num_heads if pattern.head_dependent else 1
     q_pos = xp.arange(q_len, dtype=np.int32)[:, None] + q_offset

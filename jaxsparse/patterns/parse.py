@@ -27,11 +27,24 @@ def _snake(name: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
 
+class _CallBareNames(ast.NodeTransformer):
+    """`causal` -> `causal()` wherever a name is not already called."""
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        node.args = [self.visit(a) for a in node.args]
+        node.keywords = [self.visit(k) for k in node.keywords]
+        return node
+
+    def visit_Name(self, node: ast.Name) -> ast.Call:
+        return ast.Call(func=node, args=[], keywords=[])
+
+
 def parse(text: str) -> base.Pattern:
     """Parse `"Causal() & (Sink(4) | SlidingWindow(left=256))"` into a pattern.
 
     Names are pattern classes (CamelCase or snake_case); a bare name without
-    arguments means the class with its defaults, e.g. `causal`.
+    arguments means the class with its defaults, anywhere in the expression:
+    `"causal & (sink(4) | sliding_window(8))"`.
 
     Raises:
       ValueError: for anything that is not a pattern expression.
@@ -52,10 +65,9 @@ def parse(text: str) -> base.Pattern:
         if isinstance(node, ast.Name) and node.id not in names:
             known = ", ".join(sorted(base.REGISTRY))
             raise ValueError(f"Unknown pattern {node.id!r} in {text!r}. Known: {known}.")
+    tree = ast.fix_missing_locations(_CallBareNames().visit(tree))
     try:
         value = eval(compile(tree, "<pattern>", "eval"), {"__builtins__": {}}, names)  # noqa: S307
-        if isinstance(value, type) and issubclass(value, base.Pattern):
-            value = value()
     except TypeError as e:
         raise ValueError(f"Cannot build pattern {text!r}: {e}") from None
     if not isinstance(value, base.Pattern):

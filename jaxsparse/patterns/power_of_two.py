@@ -35,9 +35,9 @@ class PowerOfTwo(base.Pattern):
     sink_blocks: int = 1
 
     def __post_init__(self):
-        base.check_int("block_size", self.block_size, minimum=1, owner="PowerOfTwo")
-        base.check_int("window_blocks", self.window_blocks, minimum=0, owner="PowerOfTwo")
-        base.check_int("sink_blocks", self.sink_blocks, minimum=0, owner="PowerOfTwo")
+        base.check_size("block_size", self.block_size, minimum=1, owner="PowerOfTwo")
+        base.check_size("window_blocks", self.window_blocks, minimum=0, owner="PowerOfTwo")
+        base.check_size("sink_blocks", self.sink_blocks, minimum=0, owner="PowerOfTwo")
 
     def _keep_blocks(self, qb, kb):
         d = qb - kb

@@ -25,7 +25,7 @@ class PrefixLM(base.Pattern):
     prefix_length: int
 
     def __post_init__(self):
-        base.check_int("prefix_length", self.prefix_length, minimum=0, owner="PrefixLM")
+        base.check_size("prefix_length", self.prefix_length, minimum=0, owner="PrefixLM")
 
     def mask_fn(self, q_pos, kv_pos, head):
         return (kv_pos < self.prefix_length) | (kv_pos <= q_pos)

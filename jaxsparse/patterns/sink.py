@@ -25,7 +25,7 @@ class Sink(base.Pattern):
     num_tokens: int
 
     def __post_init__(self):
-        base.check_int("num_tokens", self.num_tokens, minimum=0, owner="Sink")
+        base.check_size("num_tokens", self.num_tokens, minimum=0, owner="Sink")
 
     def mask_fn(self, q_pos, kv_pos, head):
         return (kv_pos < self.num_tokens) & (q_pos == q_pos)

@@ -28,8 +28,8 @@ class SlidingWindow(base.Pattern):
 
     def __post_init__(self):
         fix = "A window side counts keys, so it must be 0 or more."
-        base.check_int("left", self.left, minimum=0, owner="SlidingWindow", fix=fix)
-        base.check_int("right", self.right, minimum=0, owner="SlidingWindow", fix=fix)
+        base.check_size("left", self.left, minimum=0, owner="SlidingWindow", fix=fix)
+        base.check_size("right", self.right, minimum=0, owner="SlidingWindow", fix=fix)
 
     def mask_fn(self, q_pos, kv_pos, head):
         return (q_pos - self.left <= kv_pos) & (kv_pos <= q_pos + self.right)

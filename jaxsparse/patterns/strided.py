@@ -35,11 +35,11 @@ class Strided(base.Pattern):
     phase: int = 0
 
     def __post_init__(self):
-        base.check_int("stride", self.stride, minimum=1, owner="Strided")
-        base.check_int("block_size", self.block_size, minimum=1, owner="Strided")
-        base.check_int("local_blocks", self.local_blocks, minimum=0, owner="Strided")
-        base.check_int("head_step", self.head_step, minimum=0, owner="Strided")
-        base.check_int("phase", self.phase, minimum=0, owner="Strided")
+        base.check_size("stride", self.stride, minimum=1, owner="Strided")
+        base.check_size("block_size", self.block_size, minimum=1, owner="Strided")
+        base.check_size("local_blocks", self.local_blocks, minimum=0, owner="Strided")
+        base.check_size("head_step", self.head_step, minimum=0, owner="Strided")
+        base.check_size("phase", self.phase, minimum=0, owner="Strided")
 
     @property
     def head_dependent(self) -> bool:  # type: ignore[override]

@@ -120,6 +120,22 @@ class BlockSparsity:
         )
 
 
+def check_geometry(
+    owner: str, *, q_len: Any, kv_len: Any, block_q: Any, block_kv: Any, q_offset: Any
+) -> int:
+    """Raise unless these static fields of a `BlockSparsity` are valid; return `q_offset`.
+
+    Lengths and tiles are ints >= 1; positions are int32, so `q_offset`
+    (default `kv_len - q_len`) and the lengths must keep them below 2**31.
+    """
+    for name, value in dict(q_len=q_len, kv_len=kv_len, block_q=block_q, block_kv=block_kv).items():
+        pbase.check_int(name, value, minimum=1, owner=owner)
+    if q_offset is None:
+        q_offset = kv_len - q_len
+    pbase.check_positions(owner, q_offset=q_offset, q_len=q_len, kv_len=kv_len)
+    return q_offset
+
+
 def _lists_to_dense(xp, indices, counts, full, num_cols):
     kmax = indices.shape[-1]
     valid = xp.arange(kmax).reshape((1,) * counts.ndim + (kmax,)) < counts[..., None]

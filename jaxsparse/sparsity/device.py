@@ -12,9 +12,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxsparse.patterns import base as pbase
+from jaxsparse.patterns.explicit import concrete
 from jaxsparse.sparsity import block_sparsity
+
+_CODES = (pbase.EMPTY, pbase.PARTIAL, pbase.FULL)
 
 
 def _as_4d(x: Any, name: str, rank_min: int = 2) -> jax.Array:
@@ -24,6 +28,40 @@ def _as_4d(x: Any, name: str, rank_min: int = 2) -> jax.Array:
             f"{name} must have shape [Tb, Sb], [H, Tb, Sb] or [B, H, Tb, Sb]; got {x.shape}."
         )
     return x.reshape((1,) * (4 - x.ndim) + x.shape)
+
+
+def _codes_4d(owner: str, name: str, codes: Any, tiles: tuple[int, int], geo: str) -> jax.Array:
+    """`codes` as `[B, H, Tb, Sb]`; raise unless they are integer tile codes for `tiles` = (Tb, Sb).
+
+    Values are checked when concrete; under jit only the shape and dtype are.
+    """
+    shape = jnp.shape(codes)
+    codes = _as_4d(codes, name)
+    if codes.shape[-2:] != tiles:
+        raise ValueError(
+            f"{owner}: {name} has shape {shape}; {geo} need [..., {tiles[0]}, {tiles[1]}]."
+        )
+    if not jnp.issubdtype(codes.dtype, jnp.integer):
+        raise TypeError(
+            f"{owner}: {name} must be integer block codes (0 empty, 1 partial, 2 full), got "
+            f"{codes.dtype}; pass codes.astype(jnp.int8)."
+        )
+    values = concrete(codes)
+    if values is not None and not np.isin(values, _CODES).all():
+        bad = np.unique(values[~np.isin(values, _CODES)])[:5].tolist()
+        raise ValueError(
+            f"{owner}: {name} must hold 0 (empty), 1 (partial) or 2 (full), got {bad}."
+        )
+    return codes
+
+
+def _geometry(owner: str, q_len, kv_len, block_q, block_kv, q_offset) -> tuple[int, int, int, str]:
+    """Checked `(q_offset, Tb, Sb, description)` of a device builder's call."""
+    q_offset = block_sparsity.check_geometry(
+        owner, q_len=q_len, kv_len=kv_len, block_q=block_q, block_kv=block_kv, q_offset=q_offset
+    )
+    geo = f"q_len={q_len}, kv_len={kv_len} with block_q={block_q}, block_kv={block_kv}"
+    return q_offset, math.ceil(q_len / block_q), math.ceil(kv_len / block_kv), geo
 
 
 def intersect_codes(a: Any, b: Any) -> jax.Array:
@@ -51,16 +89,18 @@ def from_block_codes(
 ) -> block_sparsity.BlockSparsity:
     """Lists from block codes `[Bx, Hx, Tb, Sb]` (0 empty, 1 partial, 2 full).
 
-    `max_kv_blocks` / `max_q_blocks` bound the list lengths (static); rows with
-    more tiles are truncated, so pass a true upper bound (or None for Sb / Tb).
+    `max_kv_blocks` / `max_q_blocks` bound the list lengths (static, >= 1); rows
+    with more tiles are truncated, so pass a true upper bound (or None for Sb / Tb).
+    Codes are checked to be 0, 1 or 2 when concrete (not under jit).
     """
-    codes = _as_4d(codes, "codes").astype(jnp.int8)
-    tb, sb = math.ceil(q_len / block_q), math.ceil(kv_len / block_kv)
-    if codes.shape[-2:] != (tb, sb):
-        raise ValueError(
-            f"Block codes have shape {codes.shape}; q_len={q_len}, kv_len={kv_len} with "
-            f"block_q={block_q}, block_kv={block_kv} need [..., {tb}, {sb}]."
-        )
+    owner = "from_block_codes"
+    q_offset, tb, sb, geo = _geometry(owner, q_len, kv_len, block_q, block_kv, q_offset)
+    for name, value in (("max_kv_blocks", max_kv_blocks), ("max_q_blocks", max_q_blocks)):
+        if value is not None:
+            pbase.check_int(
+                name, value, minimum=1, owner=owner, fix="Pass None for no bound on the lists."
+            )
+    codes = _codes_4d(owner, "codes", codes, (tb, sb), geo).astype(jnp.int8)
     if kv_len % block_kv:  # the last key block holds padding: never FULL
         last = codes[..., -1:]
         codes = codes.at[..., -1:].set(jnp.where(last == pbase.FULL, pbase.PARTIAL, last))
@@ -77,7 +117,7 @@ def from_block_codes(
         block_kv=block_kv,
         q_len=q_len,
         kv_len=kv_len,
-        q_offset=kv_len - q_len if q_offset is None else q_offset,
+        q_offset=q_offset,
     )
 
 
@@ -90,7 +130,7 @@ def _compact(codes, kmax):
     codes at 64k tokens (H200, 2026-12-03).
     """
     n = codes.shape[-1]
-    kmax = n if kmax is None else max(1, min(kmax, n))
+    kmax = n if kmax is None else min(kmax, n)
     lead = codes.shape[:-1]
     nonzero = (codes != pbase.EMPTY).reshape(-1, n)
     rank = jnp.cumsum(nonzero, axis=-1, dtype=jnp.int32) - 1
@@ -118,7 +158,13 @@ def from_block_mask(
     max_kv_blocks: int | None = None,
 ) -> block_sparsity.BlockSparsity:
     """Lists from a (possibly traced) boolean block mask `[..., Tb, Sb]`; kept tiles are FULL."""
+    owner = "from_block_mask"
+    q_offset, tb, sb, geo = _geometry(owner, q_len, kv_len, block_q, block_kv, q_offset)
     mask = _as_4d(block_mask, "block_mask")
+    if mask.shape[-2:] != (tb, sb):
+        raise ValueError(
+            f"{owner}: block_mask has shape {jnp.shape(block_mask)}; {geo} need [..., {tb}, {sb}]."
+        )
     if mask.dtype != jnp.bool_:
         raise TypeError(f"block_mask must be boolean, got {mask.dtype}; pass mask.astype(bool).")
     codes = jnp.where(mask, jnp.int8(pbase.FULL), jnp.int8(pbase.EMPTY))
@@ -134,10 +180,23 @@ def from_block_mask(
 
 
 def topk_codes(indices: Any, *, num_kv_blocks: int) -> jax.Array:
-    """FULL codes `[..., Tb, Sb]` for selected key blocks `indices [..., Tb, k]` (-1: none)."""
+    """FULL codes `[..., Tb, Sb]` for selected key blocks `indices [..., Tb, k]` (-1: none).
+
+    Indices must lie in [-1, num_kv_blocks); that is checked when they are
+    concrete. Under jit it cannot be: other out-of-range entries are then
+    ignored like -1.
+    """
+    pbase.check_int("num_kv_blocks", num_kv_blocks, minimum=1, owner="topk_codes")
     indices = jnp.asarray(indices)
     if not jnp.issubdtype(indices.dtype, jnp.integer):
         raise TypeError(f"top-k indices must be integers, got {indices.dtype}.")
+    values = concrete(indices)
+    if values is not None and ((values < -1) | (values >= num_kv_blocks)).any():
+        bad = np.unique(values[(values < -1) | (values >= num_kv_blocks)])[:5].tolist()
+        raise ValueError(
+            f"top-k indices must be key blocks in [0, {num_kv_blocks}) or -1 for none, got "
+            f"{bad}; num_kv_blocks is ceil(kv_len / block_kv)."
+        )
     onehot = jax.nn.one_hot(indices, num_kv_blocks, dtype=jnp.int8)  # -1 -> all zeros
     return onehot.max(axis=-2) * jnp.int8(pbase.FULL)
 
@@ -154,14 +213,30 @@ def from_topk(
 ) -> block_sparsity.BlockSparsity:
     """Lists from per-query-block top-k key blocks `indices [..., Tb, k]` (traceable).
 
-    Duplicates and -1 entries are ignored; lists come out ascending. `codes`
-    (optional, `[..., Tb, Sb]`) are the exact codes of a static pattern the
-    selection is combined with, e.g. causal, so the diagonal tiles stay PARTIAL.
+    Duplicates and -1 entries are ignored; lists come out ascending. Entries
+    must be -1 or key blocks in [0, Sb): checked when concrete; under jit other
+    out-of-range entries are ignored like -1. `codes` (optional, `[..., Tb, Sb]`)
+    are the exact codes of a static pattern the selection is combined with,
+    e.g. causal, so the diagonal tiles stay PARTIAL.
     """
-    sb = math.ceil(kv_len / block_kv)
-    sel = topk_codes(_as_4d(indices, "indices"), num_kv_blocks=sb)
+    owner = "from_topk"
+    q_offset, tb, sb, geo = _geometry(owner, q_len, kv_len, block_q, block_kv, q_offset)
+    shape = jnp.shape(indices)
+    indices = _as_4d(indices, "indices")
+    if indices.shape[-2] != tb or indices.shape[-1] < 1:
+        raise ValueError(
+            f"{owner}: indices has shape {shape}; {geo} need [..., {tb}, k] with k >= 1 key "
+            "blocks per query block (-1 for none)."
+        )
+    sel = topk_codes(indices, num_kv_blocks=sb)
     if codes is not None:
-        sel = intersect_codes(sel, _as_4d(codes, "codes"))
+        codes = _codes_4d(owner, "codes", codes, (tb, sb), geo)
+        if not _broadcasts(codes.shape, sel.shape):
+            raise ValueError(
+                f"{owner}: codes of shape {codes.shape} and indices of shape {indices.shape} "
+                "differ in batch or heads ([B, H, Tb, ...]: each size must match or be 1)."
+            )
+        sel = intersect_codes(sel, codes)
     return from_block_codes(
         sel,
         block_q=block_q,
@@ -169,8 +244,16 @@ def from_topk(
         q_len=q_len,
         kv_len=kv_len,
         q_offset=q_offset,
-        max_kv_blocks=jnp.shape(indices)[-1],
+        max_kv_blocks=indices.shape[-1],
     )
+
+
+def _broadcasts(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    try:
+        np.broadcast_shapes(a, b)
+    except ValueError:
+        return False
+    return True
 
 
 def codes_from_element_mask(mask: Any, *, block_q: int, block_kv: int) -> jax.Array:

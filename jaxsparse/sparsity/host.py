@@ -50,13 +50,21 @@ def from_pattern(
       A `BlockSparsity` of numpy arrays with batch size 1. Results are cached
       for hashable patterns.
     """
-    for name, value in dict(
-        q_len=q_len, kv_len=kv_len, block_q=block_q, block_kv=block_kv, num_heads=num_heads
-    ).items():
-        pbase.check_int(name, value, minimum=1, owner="from_pattern")
-    if q_offset is None:
-        q_offset = kv_len - q_len
-    pbase.check_int("q_offset", q_offset, minimum=-(2**30), owner="from_pattern")
+    if not isinstance(pattern, pbase.Pattern):
+        raise TypeError(
+            f"from_pattern: pattern must be a jaxsparse pattern, got {pattern!r} "
+            f"({type(pattern).__name__}); build one with e.g. jaxsparse.patterns.Causal(), or "
+            'from text with jaxsparse.patterns.parse("causal").'
+        )
+    pbase.check_int("num_heads", num_heads, minimum=1, owner="from_pattern")
+    q_offset = block_sparsity.check_geometry(
+        "from_pattern",
+        q_len=q_len,
+        kv_len=kv_len,
+        block_q=block_q,
+        block_kv=block_kv,
+        q_offset=q_offset,
+    )
     pattern = pattern.bind(q_len=q_len, kv_len=kv_len, q_offset=q_offset, num_heads=num_heads)
     hx = num_heads if pattern.head_dependent else 1
     key = (pattern, q_len, kv_len, int(q_offset), block_q, block_kv, hx)
