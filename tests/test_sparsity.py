@@ -283,10 +283,10 @@ _IDX = jnp.zeros((4, 2), jnp.int32)
             TypeError,
             "codes must be integer block codes",
         ),
-        (lambda: S.from_block_codes(jnp.full((4, 4), 5), **_GEO), ValueError, r"got \[5\]"),
-        (lambda: S.from_block_codes(jnp.full((4, 4), -1), **_GEO), ValueError, r"got \[-1\]"),
+        (lambda: S.from_block_codes(np.full((4, 4), 5), **_GEO), ValueError, r"got \[5\]"),
+        (lambda: S.from_block_codes(np.full((4, 4), -1), **_GEO), ValueError, r"got \[-1\]"),
         (
-            lambda: S.from_block_codes(jnp.full((4, 4), P.UNSURE, jnp.int8), **_GEO),
+            lambda: S.from_block_codes(np.full((4, 4), P.UNSURE, np.int8), **_GEO),
             ValueError,
             r"must hold 0 \(empty\), 1 \(partial\) or 2 \(full\), got \[3\]",
         ),
@@ -311,11 +311,11 @@ _IDX = jnp.zeros((4, 2), jnp.int32)
             "beyond the int32 range",
         ),
         (
-            lambda: S.from_topk(jnp.full((4, 2), 4), **_GEO),
+            lambda: S.from_topk(np.full((4, 2), 4), **_GEO),
             ValueError,
             r"key blocks in \[0, 4\) or -1 for none, got \[4\]",
         ),
-        (lambda: S.from_topk(jnp.full((4, 2), -2), **_GEO), ValueError, r"got \[-2\]"),
+        (lambda: S.from_topk(np.full((4, 2), -2), **_GEO), ValueError, r"got \[-2\]"),
     ],
 )
 def test_device_builder_validation(build, error, match):

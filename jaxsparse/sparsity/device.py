@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse.patterns import base as pbase
-from jaxsparse.patterns.explicit import concrete
 from jaxsparse.sparsity import block_sparsity
 
 _CODES = (pbase.EMPTY, pbase.PARTIAL, pbase.FULL)
@@ -30,12 +29,20 @@ def _as_4d(x: Any, name: str, rank_min: int = 2) -> jax.Array:
     return x.reshape((1,) * (4 - x.ndim) + x.shape)
 
 
+def _host_values(x: Any) -> np.ndarray | None:
+    """`x` as numpy when it is host data (numpy, lists, scalars), else None: device arrays
+    are not copied back to check them, and traced ones cannot be."""
+    return None if isinstance(x, jax.Array) else np.asarray(x)
+
+
 def _codes_4d(owner: str, name: str, codes: Any, tiles: tuple[int, int], geo: str) -> jax.Array:
     """`codes` as `[B, H, Tb, Sb]`; raise unless they are integer tile codes for `tiles` = (Tb, Sb).
 
-    Values are checked when concrete; under jit only the shape and dtype are.
+    Values are checked when they come from the host (`_host_values`); only the
+    shape and dtype of device arrays are.
     """
     shape = jnp.shape(codes)
+    values = _host_values(codes)
     codes = _as_4d(codes, name)
     if codes.shape[-2:] != tiles:
         raise ValueError(
@@ -46,7 +53,6 @@ def _codes_4d(owner: str, name: str, codes: Any, tiles: tuple[int, int], geo: st
             f"{owner}: {name} must be integer block codes (0 empty, 1 partial, 2 full), got "
             f"{codes.dtype}; pass codes.astype(jnp.int8)."
         )
-    values = concrete(codes)
     if values is not None and not np.isin(values, _CODES).all():
         bad = np.unique(values[~np.isin(values, _CODES)])[:5].tolist()
         raise ValueError(
@@ -91,7 +97,9 @@ def from_block_codes(
 
     `max_kv_blocks` / `max_q_blocks` bound the list lengths (static, >= 1); rows
     with more tiles are truncated, so pass a true upper bound (or None for Sb / Tb).
-    Codes are checked to be 0, 1 or 2 when concrete (not under jit).
+    Codes from the host (numpy, lists) are checked to be 0, 1 or 2; device
+    arrays are not (that would copy them back; the library's own builders pass
+    valid codes).
     """
     owner = "from_block_codes"
     q_offset, tb, sb, geo = _geometry(owner, q_len, kv_len, block_q, block_kv, q_offset)
@@ -182,15 +190,16 @@ def from_block_mask(
 def topk_codes(indices: Any, *, num_kv_blocks: int) -> jax.Array:
     """FULL codes `[..., Tb, Sb]` for selected key blocks `indices [..., Tb, k]` (-1: none).
 
-    Indices must lie in [-1, num_kv_blocks); that is checked when they are
-    concrete. Under jit it cannot be: other out-of-range entries are then
+    Indices must lie in [-1, num_kv_blocks); that is checked for host arrays
+    (numpy, lists). Device arrays are not checked (that would copy them back,
+    and under jit it cannot be done): other out-of-range entries are then
     ignored like -1.
     """
     pbase.check_int("num_kv_blocks", num_kv_blocks, minimum=1, owner="topk_codes")
+    values = _host_values(indices)
     indices = jnp.asarray(indices)
     if not jnp.issubdtype(indices.dtype, jnp.integer):
         raise TypeError(f"top-k indices must be integers, got {indices.dtype}.")
-    values = concrete(indices)
     if values is not None and ((values < -1) | (values >= num_kv_blocks)).any():
         bad = np.unique(values[(values < -1) | (values >= num_kv_blocks)])[:5].tolist()
         raise ValueError(
@@ -214,21 +223,21 @@ def from_topk(
     """Lists from per-query-block top-k key blocks `indices [..., Tb, k]` (traceable).
 
     Duplicates and -1 entries are ignored; lists come out ascending. Entries
-    must be -1 or key blocks in [0, Sb): checked when concrete; under jit other
-    out-of-range entries are ignored like -1. `codes` (optional, `[..., Tb, Sb]`)
+    must be -1 or key blocks in [0, Sb): checked for host arrays; in device
+    arrays other out-of-range entries are ignored like -1. `codes` (optional, `[..., Tb, Sb]`)
     are the exact codes of a static pattern the selection is combined with,
     e.g. causal, so the diagonal tiles stay PARTIAL.
     """
     owner = "from_topk"
     q_offset, tb, sb, geo = _geometry(owner, q_len, kv_len, block_q, block_kv, q_offset)
     shape = jnp.shape(indices)
-    indices = _as_4d(indices, "indices")
-    if indices.shape[-2] != tb or indices.shape[-1] < 1:
+    if len(shape) < 2 or shape[-2] != tb or shape[-1] < 1:
         raise ValueError(
             f"{owner}: indices has shape {shape}; {geo} need [..., {tb}, k] with k >= 1 key "
             "blocks per query block (-1 for none)."
         )
-    sel = topk_codes(indices, num_kv_blocks=sb)
+    sel = _as_4d(topk_codes(indices, num_kv_blocks=sb), "indices")  # host indices checked
+    indices = _as_4d(indices, "indices")
     if codes is not None:
         codes = _codes_4d(owner, "codes", codes, (tb, sb), geo)
         if not _broadcasts(codes.shape, sel.shape):
