@@ -87,3 +87,36 @@ def test_digits_eval_batches_cover_the_eval_set():
         [task.batch(batch_rng(0, "eval", i), 100, "eval", i)["images"] for i in range(3)]
     ).reshape(300, -1)
     assert len(np.unique(seen, axis=0)) >= 290  # 300 images (a few digits are duplicates)
+
+
+def test_bad_fields_and_batch_arguments():
+    """Task fields are ints (no silent rounding), splits are `train`/`eval`, batches hold >= 1."""
+    lm = dict(name="mqar", seq_len=64, vocab_size=64)
+    for bad, message in (
+        (dict(num_pairs=2.5), "num_pairs must be an int, got 2.5"),
+        (dict(num_pairs=0), "num_pairs=0 must be >= 1"),
+        (dict(num_pairs=-2), "num_pairs=-2 must be >= 1"),
+        (dict(min_pairs=0, num_pairs=2), "min_pairs=0 must be >= 1"),
+        (dict(seq_len=64.0), "seq_len must be an int"),
+        (dict(seq_len=None), "seq_len must be an int"),
+        (dict(vocab_size=None), "vocab_size must be an int"),
+        (dict(vocab_size=8), "vocab_size=8 must be >= 16. Raise --vocab-size"),
+    ):
+        with pytest.raises((TypeError, ValueError), match=message):
+            lm_tasks.LMTask(**{**lm, **bad})
+    with pytest.raises(TypeError, match="image_size must be an int, got 12.5"):
+        images.ImageTask(name="shapes", image_size=12.5)
+    with pytest.raises(TypeError, match="frames must be an int"):
+        videos.VideoTask(frames=4.0)
+    rng = batch_rng(0, "eval", 0)
+    tasks = (
+        lm_tasks.LMTask(**lm),
+        images.ImageTask(name="digits", image_size=8),
+        images.ImageTask(name="shapes", image_size=8),
+        videos.VideoTask(frames=2, image_size=8),
+    )
+    for task in tasks:
+        with pytest.raises(ValueError, match="unknown split 'evl'; valid splits: train, eval"):
+            task.batch(rng, 2, "evl")
+        with pytest.raises(ValueError, match="batch_size=0 must be >= 1"):
+            task.batch(rng, 0, "train")

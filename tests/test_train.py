@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -88,18 +89,21 @@ def test_interrupted_run_resumes_exactly(llm_run, tmp_path, monkeypatch):
     """Stop after 4 of 6 steps (checkpoints every 3): resume gives the same losses and params."""
     cfg, _ = llm_run
     resumed = dataclasses.replace(cfg, out=str(tmp_path / "resumed"))
-    batch = experiments.LLMExperiment.batch
+    floats, calls = loop._floats, []
 
-    def interrupting(self, split, step):
-        if split == "train" and step == 4:
-            raise KeyboardInterrupt  # as Ctrl-C during step 5
-        return batch(self, split, step)
+    def interrupting(d):
+        calls.append(1)
+        if len(calls) == 5:  # as SIGTERM while step 5's metrics are fetched (one per step)
+            raise KeyboardInterrupt
+        return floats(d)
 
-    monkeypatch.setattr(experiments.LLMExperiment, "batch", interrupting)
+    monkeypatch.setattr(loop, "_floats", interrupting)
     with pytest.raises(KeyboardInterrupt):
         train(resumed)
-    assert _final_params(resumed.out)[0] == 4  # saved on interrupt, between the checkpoints
-    monkeypatch.setattr(experiments.LLMExperiment, "batch", batch)
+    # Saved on interrupt, between the checkpoints, with every train record up to it.
+    assert _final_params(resumed.out)[0] == 4
+    assert [r["step"] for r in _records(resumed.out)] == [1, 2, 3, 4]
+    monkeypatch.setattr(loop, "_floats", floats)
     train(resumed)
     assert [r["loss"] for r in _records(resumed.out)] == [r["loss"] for r in _records(cfg.out)]
     step_a, params_a = _final_params(cfg.out)
@@ -121,6 +125,89 @@ def test_incompatible_checkpoint_is_refused(llm_run):
     cadence = dataclasses.replace(cfg, eval_every=1, log_every=2, checkpoint_every=5)
     assert cadence.resolve().run_fields() == cfg.resolve().run_fields()
     assert dataclasses.replace(cfg, lr=0.5).resolve().run_fields() != cfg.resolve().run_fields()
+
+
+def test_resume_ignores_init_from_and_keeps_the_final_loss(llm_run, tmp_path):
+    """A finished run, rerun with another --init-from: resumed (not refused, the source not
+    read), and result.json keeps the final loss."""
+    cfg, result = llm_run
+    run = loop._prepare(dataclasses.replace(cfg, init_from=str(tmp_path)).resolve())
+    run.ckpt.close()
+    assert int(run.state["step"]) == 6
+    again = train(cfg)
+    assert again.final_loss == result.final_loss == _records(cfg.out)[-1]["loss"]
+    stored = json.loads((pathlib.Path(cfg.out) / "result.json").read_text())
+    assert stored["final_loss"] == result.final_loss
+
+
+def test_config_json_is_replaced_until_the_first_checkpoint(tmp_path, capsys):
+    """A first attempt that failed before its first checkpoint does not block a retry."""
+    run_dir = tmp_path / "run"
+    checkpoint.check_or_write_config(run_dir, {"run": {"lr": 1.0}})
+    checkpoint.check_or_write_config(run_dir, {"run": {"lr": 0.5}})
+    assert json.loads((run_dir / "config.json").read_text()) == {"run": {"lr": 0.5}}
+    assert "holds no checkpoint yet: replacing its config.json" in capsys.readouterr().err
+    (run_dir / "checkpoints" / "3").mkdir(parents=True)
+    with pytest.raises(checkpoint.IncompatibleCheckpointError, match="run.lr: 0.5 -> 0.25"):
+        checkpoint.check_or_write_config(run_dir, {"run": {"lr": 0.25}})
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (dict(eval_batches=0), "eval_batches=0 must be a positive int; fix --eval-batches"),
+        (dict(eval_batches=-2), "eval_batches=-2 must be a positive int"),
+        (dict(num_pairs=0), "num_pairs=0 must be a positive int; fix --num-pairs"),
+        (dict(num_pairs=-2), "num_pairs=-2 must be a positive int"),
+        (dict(lr=float("nan")), "lr=nan must be a finite number > 0; fix --lr"),
+        (dict(lr=-1.0), "lr=-1.0 must be a finite number > 0"),
+        (dict(lr=float("inf")), "lr=inf must be a finite number > 0"),
+        (dict(grad_clip=0.0), "grad_clip=0.0 must be a finite number > 0; fix --grad-clip"),
+        (dict(grad_clip=-1.0), "grad_clip=-1.0 must be a finite number > 0"),
+        (dict(warmup_steps=-3), "warmup_steps=-3 must be an int >= 0; fix --warmup-steps"),
+        (dict(weight_decay=-5.0), "weight_decay=-5.0 must be a finite number >= 0"),
+        (dict(weight_decay=float("nan")), "weight_decay=nan must be a finite number >= 0"),
+        (dict(seed=-1), "seed=-1 must be an int >= 0; fix --seed"),
+        (dict(seed=2**64), "must be at most 4294967295; fix --seed"),
+        (dict(model="vit", seq_len=999), "--seq-len does not apply to --model vit"),
+        (dict(model="vit", kv_heads=7), "--kv-heads does not apply to --model vit"),
+        (dict(model="dit", vocab_size=5), "--vocab-size does not apply to --model dit"),
+        (dict(model="llm", image_size=16), "--image-size does not apply to --model llm"),
+        (dict(model="vit", frames=4), "--frames does not apply to --model vit (only to dit)"),
+    ],
+)
+def test_config_refuses_bad_values(fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(preset="smoke", **fields)
+    assert TrainConfig(preset="smoke", warmup_steps=0, weight_decay=0.0, seed=0).seed == 0
+
+
+def test_diverged_loss_stops_the_run_without_a_checkpoint(tmp_path, monkeypatch):
+    loss = experiments.LLMExperiment.loss
+
+    def nan_loss(self, model, batch, key):
+        value, metrics = loss(self, model, batch, key)
+        return value * np.float32(np.nan), metrics
+
+    monkeypatch.setattr(experiments.LLMExperiment, "loss", nan_loss)
+    cfg = TrainConfig(preset="smoke", steps=1, out=str(tmp_path / "run"), progress=False)
+    with pytest.raises(
+        loop.DivergedError, match=r"loss is nan at step 1.*lower --lr \(now 0.003\)"
+    ):
+        train(cfg)
+    assert not checkpoint.has_checkpoint(tmp_path / "run")
+
+
+def test_init_from_without_checkpoint_creates_nothing(llm_run, tmp_path):
+    """A source with config.json but no checkpoint: refused; neither directory gets checkpoints/."""
+    cfg, _ = llm_run
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "config.json").write_text((pathlib.Path(cfg.out) / "config.json").read_text())
+    out = tmp_path / "new"
+    with pytest.raises(ValueError, match="holds no checkpoint; train it first"):
+        train(dataclasses.replace(cfg, out=str(out), init_from=str(source)))
+    assert not (source / "checkpoints").exists() and not (out / "checkpoints").exists()
 
 
 def test_init_from_starts_from_the_source_parameters(llm_run, tmp_path):
@@ -196,9 +283,23 @@ def test_init_from_refuses_other_shapes_and_missing_runs(llm_run, tmp_path):
         (["--set", "layer_options.nope=1"], "unknown field 'nope' for LayerOptions; valid fields:"),
         (["--preset", "huge"], "invalid choice: 'huge' (choose from"),
         (["--batch-size", "6"], "must be a multiple of the"),
+        (["--eval-batches", "0"], "error: eval_batches=0 must be a positive int"),
+        (["--seed", "-1"], "error: seed=-1 must be an int >= 0; fix --seed"),
+        (["--lr", "nan"], "error: lr=nan must be a finite number > 0; fix --lr"),
+        (["--model", "vit", "--seq-len", "999"], "--seq-len does not apply to --model vit"),
+        (["--set", "dim.x=2"], "LLMConfig.dim is 32, which has no fields: 'dim.x' cannot be set"),
+        (["--set", "layer_options=3"], "set one of them (layer_options.FIELD=VALUE) instead"),
+        (["--set", "vocab_size=16"], "--set vocab_size=... would not match the data; use --vocab"),
+        (["--model", "vit", "--set", "num_classes=3"], "num_classes=... would not match the data"),
+        (["--model", "vit", "--set", "image_size=32"], "; use --image-size"),
+        (["--model", "dit", "--set", "frames=0"], "; use --frames (with --task moving_shapes)"),
+        (["--out", "FILE"], "is a file; pass a directory path"),
+        (["--out", "FILE/run"], "cannot write the run directory --out"),
     ],
 )
 def test_cli_bad_names_list_the_valid_ones(tmp_path, capsys, argv, message):
+    (tmp_path / "FILE").touch()
+    argv = [a.replace("FILE", str(tmp_path / "FILE")) for a in argv]
     args = ["--preset", "smoke", "--out", str(tmp_path / "x"), "--no-progress", *argv]
     try:
         code = cli.main(args)

@@ -16,6 +16,8 @@ import functools
 
 import numpy as np
 
+from jaxsparse.patterns.base import check_int
+from models.data.rng import check_batch
 from models.registry import Registry
 
 IMAGE_SETS = Registry("image task")
@@ -31,8 +33,7 @@ class ImageTask:
 
     def __post_init__(self):
         IMAGE_SETS.get(self.name)
-        if self.image_size < 8:
-            raise ValueError(f"image_size={self.image_size} must be at least 8.")
+        check_int("image_size", self.image_size, minimum=8, owner="ImageTask")
 
     @property
     def num_classes(self) -> int:
@@ -40,6 +41,7 @@ class ImageTask:
 
     def batch(self, rng: np.random.Generator, batch_size: int, split: str, index: int = 0) -> dict:
         """`{"images", "labels"}`; `index` is the batch number (eval batches use it)."""
+        check_batch("ImageTask", batch_size, split)
         make = IMAGE_SETS.get(self.name)
         images, labels = make(rng, batch_size, self.image_size, split, index)
         return {"images": images.astype(np.float32), "labels": labels.astype(np.int32)}

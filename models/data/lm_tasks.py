@@ -22,6 +22,8 @@ import dataclasses
 
 import numpy as np
 
+from jaxsparse.patterns.base import check_int
+from models.data.rng import check_batch
 from models.registry import Registry
 
 BLANK, SEP, NEEDLE, QUERY = 0, 1, 2, 3
@@ -51,8 +53,13 @@ class LMTask:
 
     def __post_init__(self):
         TASKS.get(self.name)  # unknown names list the valid ones
-        if self.vocab_size < 16:
-            raise ValueError(f"vocab_size={self.vocab_size} must be at least 16.")
+        check_int("seq_len", self.seq_len, minimum=1, owner="LMTask")
+        check_int(
+            "vocab_size", self.vocab_size, minimum=16, owner="LMTask", fix="Raise --vocab-size."
+        )
+        for name in ("num_pairs", "min_pairs"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum=1, owner="LMTask")
         pairs = self.pairs
         need = _min_len(self.name, pairs)
         if self.seq_len < need:
@@ -81,6 +88,7 @@ class LMTask:
         self, rng: np.random.Generator, batch_size: int, split: str = "train"
     ) -> dict[str, np.ndarray]:
         """One batch `{"inputs", "targets", "weights"}`; targets/weights are next-token aligned."""
+        check_batch("LMTask", batch_size, split)
         generate = TASKS.get(self.name)
         if split == "train" and self.min_pairs is not None:
             counts = rng.integers(self.min_pairs, self.pairs + 1, batch_size)

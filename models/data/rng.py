@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxsparse.patterns.base import check_int
+
 SPLITS = {"train": 0, "eval": 1}
 
 
@@ -16,3 +18,10 @@ def batch_rng(seed: int, split: str, step: int) -> np.random.Generator:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}.")
     return np.random.default_rng([seed, SPLITS[split], step])
+
+
+def check_batch(owner: str, batch_size: int, split: str) -> None:
+    """Refuse a batch size below 1 and a split other than `train` / `eval`."""
+    check_int("batch_size", batch_size, minimum=1, owner=owner)
+    if split not in SPLITS:
+        raise ValueError(f"{owner}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}.")

@@ -11,7 +11,9 @@ import dataclasses
 
 import numpy as np
 
+from jaxsparse.patterns.base import check_int
 from models.data import images
+from models.data.rng import check_batch
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -23,11 +25,8 @@ class VideoTask:
     name: str = "moving_shapes"
 
     def __post_init__(self):
-        if self.frames < 2 or self.image_size < 8:
-            raise ValueError(
-                f"moving_shapes needs frames >= 2 and image_size >= 8, got frames={self.frames}, "
-                f"image_size={self.image_size}."
-            )
+        check_int("frames", self.frames, minimum=2, owner="VideoTask")
+        check_int("image_size", self.image_size, minimum=8, owner="VideoTask")
 
     @property
     def num_classes(self) -> int:
@@ -35,6 +34,7 @@ class VideoTask:
 
     def batch(self, rng: np.random.Generator, batch_size: int, split: str, index: int = 0) -> dict:
         """`{"images": [B, F, S, S, 1], "labels": [B]}` (split, index: only the stream)."""
+        check_batch("VideoTask", batch_size, split)
         b, f, s = batch_size, self.frames, self.image_size
         kind = rng.integers(0, len(images.SHAPES), b)
         radius = rng.uniform(0.2, 0.3, b) * s

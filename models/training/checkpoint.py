@@ -1,19 +1,21 @@
 """Orbax checkpoints of a run, with the run's config stored beside them.
 
 Layout of a run directory:
-  config.json        the run's fields and the model config (written once)
+  config.json        the run's fields and the model config (written once; replaced
+                     while the directory holds no checkpoint)
   checkpoints/<step> orbax checkpoints of {"step", "params", "opt_state"}
   metrics.jsonl      see `metrics`
 
-A directory whose stored config differs from the current one in any field
-that changes the numbers is refused with the list of differing fields:
-loading it would silently continue a different run (or fail on shapes).
+A directory with a checkpoint whose stored config differs from the current one
+in any field that changes the numbers is refused with the list of differing
+fields: loading it would silently continue a different run (or fail on shapes).
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -34,45 +36,75 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def config_diff(stored: dict, current: dict) -> list[str]:
-    """`"field: stored -> current"` for every differing (flattened) field."""
+def config_diff(stored: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """`"field: stored -> current"` for every differing (flattened) field not in `ignore`."""
     a, b = _flatten(stored), _flatten(current)
     return [
         f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
         for k in sorted(set(a) | set(b))
-        if a.get(k, "<absent>") != b.get(k, "<absent>")
+        if k not in ignore and a.get(k, "<absent>") != b.get(k, "<absent>")
     ]
 
 
-def check_or_write_config(run_dir: pathlib.Path, config: dict) -> None:
-    """Store `config` in a new run directory, or refuse one that holds another run."""
+def has_checkpoint(run_dir: pathlib.Path) -> bool:
+    """Whether `run_dir/checkpoints` holds a finished checkpoint (a `<step>` directory)."""
+    folder = run_dir / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def check_or_write_config(
+    run_dir: pathlib.Path, config: dict, ignore: tuple[str, ...] = ()
+) -> None:
+    """Store `config` in a new run directory, or refuse one that holds another run.
+
+    A stored config that differs (in a field not in `ignore`) is refused if the
+    directory holds a checkpoint; without one (an attempt that failed before its
+    first checkpoint) it is replaced.
+    """
     path = run_dir / "config.json"
     config = json.loads(json.dumps(config))  # normalise tuples, numbers as JSON sees them
-    if path.exists():
+    if path.is_file():
         stored = json.loads(path.read_text())
-        diff = config_diff(stored, config)
-        if diff:
+        diff = config_diff(stored, config, ignore)
+        if not diff:
+            return
+        if has_checkpoint(run_dir):
             raise IncompatibleCheckpointError(
                 f"{run_dir} holds a run with a different configuration; refusing to resume it. "
                 "Differing fields (stored -> requested):\n  "
                 + "\n  ".join(diff)
                 + "\nUse another --out directory, or repeat the original flags to resume."
             )
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-    tmp.replace(path)  # atomic: a killed process never leaves half a config
+        print(
+            f"{run_dir} holds no checkpoint yet: replacing its config.json "
+            f"({len(diff)} fields differ).",
+            file=sys.stderr,
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {str(run_dir)!r} is a file; pass a directory path.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+        tmp.replace(path)  # atomic: a killed process never leaves half a config
+    except OSError as e:
+        raise ValueError(
+            f"cannot write the run directory --out {str(run_dir)!r}: {e.strerror or e} "
+            f"({e.filename}); pass a directory path that can be created and written."
+        ) from None
 
 
 class Checkpointer:
     """Save and restore the train state `{"step", "params", "opt_state"}` of a run."""
 
-    def __init__(self, run_dir: pathlib.Path, *, max_to_keep: int = 2):
+    def __init__(self, run_dir: pathlib.Path, *, max_to_keep: int = 2, read_only: bool = False):
+        """`read_only`: neither create `run_dir/checkpoints` nor clean it up (nor save)."""
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            create=True,
-            cleanup_tmp_directories=True,
+            create=not read_only,
+            # A background thread that `close` does not wait for (a process exiting
+            # right after opening logs an orbax traceback): `_prepare` opens it last.
+            cleanup_tmp_directories=not read_only,
             # Synchronous: a save has finished when `save` returns, so an interrupt
             # right after it cannot lose the step (the models here are small).
             enable_async_checkpointing=False,
@@ -117,11 +149,11 @@ def restore_params(source: pathlib.Path, params: Any, model_config: dict) -> tup
             f"init_from={str(source)!r} is not a run directory (no config.json); pass the "
             "--out directory of a finished run."
         )
-    ckpt = Checkpointer(source)
+    if not has_checkpoint(source):
+        raise ValueError(f"init_from={str(source)!r} holds no checkpoint; train it first.")
+    ckpt = Checkpointer(source, read_only=True)
     try:
         step = ckpt.latest_step()
-        if step is None:
-            raise ValueError(f"init_from={str(source)!r} holds no checkpoint; train it first.")
         stored = _by_path(ckpt.manager.restore(step, args=ocp.args.StandardRestore())["params"])
     finally:
         ckpt.close()

@@ -8,6 +8,7 @@ seconds on a CPU, `cpu` trains to a visible result in a few CPU minutes,
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from models.registry import check_choice
@@ -32,6 +33,42 @@ OPERATIONAL = (
     "eval_batches",
     "log_every",
 )
+# Stored in config.json but not compared on resume: a resumed run ignores them.
+NOT_COMPARED = ("init_from",)
+
+# Flags of some models only (the others are refused, not silently ignored).
+MODEL_FLAGS = {
+    "seq_len": ("llm",),
+    "vocab_size": ("llm",),
+    "num_pairs": ("llm",),
+    "min_pairs": ("llm",),
+    "kv_heads": ("llm",),
+    "image_size": ("vit", "dit"),
+    "frames": ("dit",),
+}
+POSITIVE_INTS = (
+    "steps",
+    "batch_size",
+    "seq_len",
+    "image_size",
+    "frames",
+    "vocab_size",
+    "num_pairs",
+    "min_pairs",
+    "dim",
+    "layers",
+    "heads",
+    "kv_heads",
+    "checkpoint_every",
+    "eval_every",
+    "eval_batches",
+    "log_every",
+)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field: `eval_batches` -> `--eval-batches`."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -91,12 +128,19 @@ class TrainConfig:
             check_choice("dtype", self.dtype, DTYPES)
         if self.task is not None:
             check_choice("task", self.task, TASKS[self.model], f" for --model {self.model}")
-        for name in ("steps", "batch_size", "checkpoint_every", "eval_every", "log_every"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(f"{name}={value!r} must be a positive int.")
+        for name, models in MODEL_FLAGS.items():
+            if getattr(self, name) is not None and self.model not in models:
+                raise ValueError(
+                    f"{flag(name)} does not apply to --model {self.model} (only to "
+                    f"{', '.join(models)}); drop it."
+                )
+        for name in POSITIVE_INTS:
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("warmup_steps", self.warmup_steps, minimum=0)
+        _check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
+        _check_float("lr", self.lr, positive=True)
+        _check_float("grad_clip", self.grad_clip, positive=True)
+        _check_float("weight_decay", self.weight_decay, positive=False)
 
     def resolve(self) -> TrainConfig:
         """This config with every None filled from the model's preset."""
@@ -111,10 +155,32 @@ class TrainConfig:
         return PRESET_OVERRIDES.get((self.model, self.preset), ()) + tuple(self.overrides)
 
     def run_fields(self) -> dict[str, Any]:
-        """The fields that decide the numbers (compared when resuming)."""
+        """The fields stored in config.json: all but `OPERATIONAL`; those in `NOT_COMPARED`
+        (`init_from`) are not compared when resuming."""
         d = dataclasses.asdict(self)
         d["overrides"] = [list(p) for p in self.overrides]
         return {k: v for k, v in d.items() if k not in OPERATIONAL}
+
+
+def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
+    """None (the preset's value) or an int in [minimum, maximum]."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name}={value!r} must be {what}; fix {flag(name)}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value!r} must be at most {maximum}; fix {flag(name)}.")
+
+
+def _check_float(name: str, value: Any, *, positive: bool) -> None:
+    """None (the preset's value) or a finite number, > 0 (`positive`) or >= 0."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        what = "a finite number > 0" if positive else "a finite number >= 0"
+        raise ValueError(f"{name}={value!r} must be {what}; fix {flag(name)}.")
 
 
 # fmt: off

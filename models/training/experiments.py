@@ -40,10 +40,31 @@ def apply_overrides(config: Any, overrides: tuple[tuple[str, Any], ...]) -> Any:
                 f"unknown field {name!r} for {type(config).__name__}; valid fields: "
                 f"{', '.join(sorted(fields))}."
             )
+        current = getattr(config, head)
         if rest:
-            value = apply_overrides(getattr(config, head), ((rest, value),))
+            if not dataclasses.is_dataclass(current):
+                raise ValueError(
+                    f"{type(config).__name__}.{head} is {current!r}, which has no fields: "
+                    f"{name!r} cannot be set; use {head}=VALUE."
+                )
+            value = apply_overrides(current, ((rest, value),))
+        elif dataclasses.is_dataclass(current) and type(value) is not type(current):
+            inner = ", ".join(f.name for f in dataclasses.fields(current))
+            raise ValueError(
+                f"{type(config).__name__}.{head} holds options ({inner}); set one of them "
+                f"({head}.FIELD=VALUE) instead of replacing it by {value!r}."
+            )
         config = dataclasses.replace(config, **{head: value})
     return config
+
+
+def _with_overrides(base: Any, cfg: TrainConfig, task_fields: dict[str, str]) -> Any:
+    """`base` with the preset's and the run's overrides; `task_fields` (name -> how to set it)
+    must match the data, so a `--set` of them is refused."""
+    for name, _ in cfg.overrides:
+        if name in task_fields:
+            raise ValueError(f"--set {name}=... would not match the data; {task_fields[name]}.")
+    return apply_overrides(base, cfg.model_overrides())
 
 
 def _model_fields(cfg: TrainConfig, **names: str) -> dict[str, Any]:
@@ -73,7 +94,9 @@ class LLMExperiment:
                 cfg, dim="dim", layers="num_layers", heads="num_heads", kv_heads="num_kv_heads"
             ),
         )
-        self.model_config = apply_overrides(base, cfg.model_overrides())
+        self.model_config = _with_overrides(
+            base, cfg, {"vocab_size": "use --vocab-size (it sizes the task's tokens too)"}
+        )
 
     def build(self, *, dtype, rngs):
         return LLM(self.model_config, dtype=dtype, rngs=rngs)
@@ -96,6 +119,14 @@ class LLMExperiment:
         return {}
 
 
+# Model fields the image data decides.
+_IMAGE_FIELDS = {
+    "image_size": "use --image-size",
+    "channels": "the images have 1 channel",
+    "num_classes": "--task decides it (digits: 10, shapes and moving_shapes: 6)",
+}
+
+
 class ViTExperiment:
     """Image classification; accuracy on the held-out split."""
 
@@ -113,7 +144,7 @@ class ViTExperiment:
             implementation=cfg.implementation,
             **_model_fields(cfg, dim="dim", layers="num_layers", heads="num_heads"),
         )
-        self.model_config = apply_overrides(base, cfg.model_overrides())
+        self.model_config = _with_overrides(base, cfg, _IMAGE_FIELDS)
 
     def build(self, *, dtype, rngs):
         return ViT(self.model_config, dtype=dtype, rngs=rngs)
@@ -160,7 +191,9 @@ class DiTExperiment:
             implementation=cfg.implementation,
             **_model_fields(cfg, dim="dim", layers="num_layers", heads="num_heads"),
         )
-        self.model_config = apply_overrides(base, cfg.model_overrides())
+        self.model_config = _with_overrides(
+            base, cfg, {**_IMAGE_FIELDS, "frames": "use --frames (with --task moving_shapes)"}
+        )
 
     def build(self, *, dtype, rngs):
         return DiT(self.model_config, dtype=dtype, rngs=rngs)

@@ -23,7 +23,11 @@ import numpy as np
 from flax import nnx
 
 from models.training import checkpoint, experiments, metrics, plots, progress, schedule, sharding
-from models.training.config import TrainConfig
+from models.training.config import NOT_COMPARED, TrainConfig
+
+
+class DivergedError(ValueError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -63,7 +67,7 @@ def train(cfg: TrainConfig) -> Result:
     """Train (or resume) the run described by `cfg`; see the module docstring."""
     run = _prepare(cfg.resolve())
     log = metrics.MetricsWriter(run.run_dir / "metrics.jsonl", resume_step=run.start)
-    interrupted = False
+    interrupted = diverged = False
     try:
         with _sigterm_as_interrupt():
             _train_steps(run, log)
@@ -73,13 +77,19 @@ def train(cfg: TrainConfig) -> Result:
             f"\ninterrupted: saving the last finished step to {run.run_dir / 'checkpoints'}",
             file=sys.stderr,
         )
+    except DivergedError:
+        diverged = True  # its parameters are not worth a checkpoint
+        raise
     finally:
         step = int(jax.device_get(run.state["step"]))
         with _sigterm_ignored():
-            if step > 0:
+            if step > 0 and not diverged:
                 run.ckpt.save(step, run.state)
             run.ckpt.close()
             log.close()
+    if run.last_loss is None:  # no step logged now (a finished run, rerun): the stored one
+        train_records = [r for r in metrics.read(log.path) if r.get("kind") == "train"]
+        run.last_loss = train_records[-1]["loss"] if train_records else None
     files = {"metrics": str(run.run_dir / "metrics.jsonl")}
     if not interrupted:
         if not run.last_eval:  # a finished run, resumed: evaluate it again
@@ -117,8 +127,7 @@ def _prepare(cfg: TrainConfig) -> _Run:
         "model": dataclasses.asdict(exp.model_config),
         "dtype": dtype.name,
     }
-    checkpoint.check_or_write_config(run_dir, stored)
-    ckpt = checkpoint.Checkpointer(run_dir)
+    checkpoint.check_or_write_config(run_dir, stored, tuple(f"run.{k}" for k in NOT_COMPARED))
     with jax.default_device(devices[0]):
         model = exp.build(dtype=dtype, rngs=nnx.Rngs(cfg.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -126,10 +135,7 @@ def _prepare(cfg: TrainConfig) -> _Run:
     params = nnx.to_pure_dict(params)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
     state = sharding.replicate(state, mesh)
-    start = ckpt.latest_step()
-    if start is not None:
-        state = ckpt.restore(start, state)
-    elif cfg.init_from is not None:
+    if cfg.init_from is not None and not checkpoint.has_checkpoint(run_dir):
         state["params"], fresh = checkpoint.restore_params(
             pathlib.Path(cfg.init_from), state["params"], stored["model"]
         )
@@ -139,6 +145,14 @@ def _prepare(cfg: TrainConfig) -> _Run:
                 f"their initialization: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}",
                 file=sys.stderr,
             )
+    ckpt = checkpoint.Checkpointer(run_dir)  # opened last: nothing above can leave it open
+    try:
+        start = ckpt.latest_step()
+        if start is not None:
+            state = ckpt.restore(start, state)
+    except BaseException:
+        ckpt.close()
+        raise
     return _Run(
         cfg=cfg,
         exp=exp,
@@ -170,7 +184,9 @@ def _train_steps(run: _Run, log: metrics.MetricsWriter) -> None:
     with bar:
         for step in range(run.start, cfg.steps):
             batch = exp.batch("train", step)
-            run.state, out = run.step_fn(run.state, sharding.shard_batch(batch, run.mesh))
+            # `run.state` (what an interrupt saves) advances only once the step's train
+            # record is written: a checkpoint never lies past the logged records.
+            state, out = run.step_fn(run.state, sharding.shard_batch(batch, run.mesh))
             units += exp.units(batch)
             done = step + 1
             if step == run.start:  # the first step compiles: keep it out of throughput
@@ -180,6 +196,12 @@ def _train_steps(run: _Run, log: metrics.MetricsWriter) -> None:
             if done % cfg.log_every == 0 or done == cfg.steps:
                 out = _floats(jax.device_get(out))  # waits for the step: the rate is real
                 rate = units / (time.perf_counter() - since) if units else None
+                if not np.isfinite(out["loss"]):  # checked only here: no extra device sync
+                    raise DivergedError(
+                        f"the training loss is {out['loss']} at step {done}: training diverged. "
+                        f"Rerun with a lower --lr (now {cfg.lr:g}) or more --warmup-steps, "
+                        "in a new --out directory."
+                    )
                 run.last_loss = out["loss"]
                 log.write(
                     {
@@ -194,6 +216,7 @@ def _train_steps(run: _Run, log: metrics.MetricsWriter) -> None:
                 units, since = 0, time.perf_counter()
             else:
                 bar.update(done)
+            run.state = state
             if done % cfg.checkpoint_every == 0 and done != cfg.steps:
                 run.ckpt.save(done, run.state)
             if done % cfg.eval_every == 0 or done == cfg.steps:
