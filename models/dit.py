@@ -33,17 +33,6 @@ from models.layers import (
 
 _FREQ_DIM = 256  # sinusoidal timestep features, as DiT
 
-_SIZES = (
-    "image_size",
-    "patch_size",
-    "channels",
-    "num_classes",
-    "dim",
-    "num_layers",
-    "num_heads",
-    "mlp_ratio",
-)
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DiTConfig:
@@ -78,20 +67,8 @@ class DiTConfig:
     def __post_init__(self):
         if isinstance(self.options, dict):  # from JSON
             object.__setattr__(self, "options", vision_attention.VisionOptions(**self.options))
-        for name in _SIZES:
-            check_int(name, getattr(self, name), minimum=1, owner="DiTConfig")
         check_int("frames", self.frames, minimum=0, owner="DiTConfig", fix="0 means images.")
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"DiTConfig: image_size={self.image_size} must be a multiple of "
-                f"patch_size={self.patch_size}."
-            )
-        if self.dim % self.num_heads:
-            raise ValueError(
-                f"DiTConfig: dim={self.dim} must be divisible by num_heads={self.num_heads}."
-            )
-        for kind in dict.fromkeys(vision_attention.layer_kinds(self.attention, self.num_layers)):
-            vision_attention.check_grid(kind, self.grid, self.options, self.patch_size)
+        vision_attention.check_config("DiTConfig", self)
 
     @property
     def grid(self) -> tuple[int, ...]:

@@ -109,6 +109,35 @@ def check_grid(kind: str, grid: tuple[int, ...], options: VisionOptions, patch_s
     )
 
 
+# The size fields of `ViTConfig` and `DiTConfig` (ints >= 1).
+CONFIG_SIZES = (
+    "image_size",
+    "patch_size",
+    "channels",
+    "num_classes",
+    "dim",
+    "num_layers",
+    "num_heads",
+    "mlp_ratio",
+)
+
+
+def check_config(owner: str, cfg: Any) -> None:
+    """The checks `ViTConfig` and `DiTConfig` share: sizes, patches, heads and every
+    layer's grid (`cfg.grid`, `cfg.attention`, `cfg.options`)."""
+    for name in CONFIG_SIZES:
+        check_int(name, getattr(cfg, name), minimum=1, owner=owner)
+    if cfg.image_size % cfg.patch_size:
+        raise ValueError(
+            f"{owner}: image_size={cfg.image_size} must be a multiple of "
+            f"patch_size={cfg.patch_size}."
+        )
+    if cfg.dim % cfg.num_heads:
+        raise ValueError(f"{owner}: dim={cfg.dim} must be divisible by num_heads={cfg.num_heads}.")
+    for kind in dict.fromkeys(layer_kinds(cfg.attention, cfg.num_layers)):
+        check_grid(kind, cfg.grid, cfg.options, cfg.patch_size)
+
+
 class GridAttention(nnx.Module):
     """Attention of one kind over a fixed token grid: `[B, *grid, C] -> [B, *grid, C]`.
 

@@ -17,20 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from jaxsparse.patterns.base import check_int
 from models import vision_attention
 from models.layers import MLP, PatchEmbed, check_ids, check_shape
-
-_SIZES = (
-    "image_size",
-    "patch_size",
-    "channels",
-    "num_classes",
-    "dim",
-    "num_layers",
-    "num_heads",
-    "mlp_ratio",
-)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,19 +51,7 @@ class ViTConfig:
     def __post_init__(self):
         if isinstance(self.options, dict):  # from JSON
             object.__setattr__(self, "options", vision_attention.VisionOptions(**self.options))
-        for name in _SIZES:
-            check_int(name, getattr(self, name), minimum=1, owner="ViTConfig")
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"ViTConfig: image_size={self.image_size} must be a multiple of "
-                f"patch_size={self.patch_size}."
-            )
-        if self.dim % self.num_heads:
-            raise ValueError(
-                f"ViTConfig: dim={self.dim} must be divisible by num_heads={self.num_heads}."
-            )
-        for kind in dict.fromkeys(vision_attention.layer_kinds(self.attention, self.num_layers)):
-            vision_attention.check_grid(kind, self.grid, self.options, self.patch_size)
+        vision_attention.check_config("ViTConfig", self)
 
     @property
     def grid(self) -> tuple[int, int]:
