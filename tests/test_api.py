@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hypothesis
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 import jaxsparse as js
 from jaxsparse import patterns as P
 from jaxsparse.ops import dispatch
+from tests import strategies
 
 B, T, S, H, K, D = 2, 9, 11, 4, 2, 8
 
@@ -215,6 +218,45 @@ def test_full_tiles_of_given_sparsity_keep_the_pattern_mask(pattern, sparsity):
     ]
     for a, b in zip(*grads, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@hypothesis.settings(max_examples=8, deadline=None)
+@hypothesis.given(
+    pattern=strategies.patterns,
+    geo=strategies.geometry(),
+    seed=st.integers(0, 2**16),
+    builder=st.sampled_from(["block_mask", "topk"]),
+)
+def test_given_sparsity_never_lifts_the_pattern_mask(pattern, geo, seed, builder):
+    # Any tiles, marked FULL by the builder, with any static pattern: the XLA path equals
+    # the oracle (the pattern masks inside every listed tile), forward, lse and gradients.
+    t, s, q_offset, bq, bk, h = geo
+    q_offset = s - t if q_offset is None else q_offset
+    tb, sb = -(-t // bq), -(-s // bk)
+    rng = np.random.default_rng(seed)
+    geometry = dict(block_q=bq, block_kv=bk, q_len=t, kv_len=s, q_offset=q_offset)
+    if builder == "block_mask":
+        sp = js.sparsity.from_block_mask(rng.random((h, tb, sb)) < 0.6, **geometry)
+    else:
+        idx = rng.integers(-1, sb, (h, tb, min(3, sb)))
+        sp = js.sparsity.from_topk(idx, **geometry)
+    keys = jax.random.split(jax.random.key(seed), 3)
+    q = jax.random.normal(keys[0], (1, t, h, 8))
+    k, v = (jax.random.normal(x, (1, s, 1, 8)) for x in keys[1:])
+
+    def run(impl):
+        def f(q, k, v):
+            return js.attention(
+                q, k, v, pattern=pattern, sparsity=sp, q_offset=q_offset,
+                implementation=impl, return_lse=True,
+            )  # fmt: skip
+
+        (out, lse), vjp = jax.vjp(f, q, k, v)
+        cot = (jnp.ones_like(out), jnp.zeros_like(lse))
+        return (out, lse, *vjp(cot))
+
+    for got, want in zip(run("xla"), run("reference"), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_given_sparsity_restricts_tiles():
