@@ -109,7 +109,7 @@ class SparseAttention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         pattern = P.Full() if pattern is None else pattern
         # A pattern holding arrays (Mask, BlockMask) is pytree data, not a static attribute.
-        self.pattern = nnx.data(pattern) if jax.tree.leaves(pattern) else pattern
+        self.pattern = nnx.data(pattern) if pattern.holds_arrays else pattern
         self.rope = rope
         self.scale, self.logits_soft_cap = scale, logits_soft_cap
         self.implementation, self.config = implementation, config
@@ -237,7 +237,7 @@ class SparseAttention(nnx.Module):
         if (
             self.pattern.is_dynamic
             or self.pattern.token_permutation(q_len=max_length, kv_len=max_length) is not None
-            or jax.tree.leaves(self.pattern)
+            or self.pattern.holds_arrays
         ):
             raise ValueError(
                 f"SparseAttention: cannot decode with {self.pattern!r}: it selects tiles from "

@@ -30,7 +30,7 @@ def tile_mask_fn(call: call_lib.Call, block_q: int, block_kv: int, kernels: str)
     pattern = call.pattern
     if not pattern.needs_tile_mask(block_q, block_kv):
         return None
-    if jax.tree_util.tree_leaves(pattern):
+    if pattern.holds_arrays:
         rb, cb = getattr(pattern, "row_block", None), getattr(pattern, "col_block", None)
         blocks = f" of {rb}x{cb} blocks" if rb and cb else ""
         hint = (  # per-token selections (rb == 1) have their own layouts instead

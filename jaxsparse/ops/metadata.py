@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -54,7 +53,7 @@ def within_pattern(
     arrays (explicit masks, token selections) come with metadata built from
     them, which is trusted as it is.
     """
-    if jax.tree.leaves(pattern):
+    if pattern.holds_arrays:
         return sp
     if sp.num_heads == 1 and num_heads > 1 and pattern.head_dependent:
         raise ValueError(

@@ -193,6 +193,12 @@ class Pattern:
         return True
 
     @property
+    def holds_arrays(self) -> bool:
+        """Whether the pattern holds arrays (explicit masks, per-token selections): its
+        mask is data, not arithmetic, and may be traced."""
+        return bool(jax.tree_util.tree_leaves(self))
+
+    @property
     def is_dynamic(self) -> bool:
         """Dynamic patterns build their metadata from q and k on device (`select`)."""
         return False
