@@ -20,7 +20,6 @@ from flax import nnx
 import jaxsparse as js
 from jaxsparse import patterns as P
 from jaxsparse.patterns import dynamic
-from jaxsparse.patterns.explicit import concrete
 
 # (q [B, t, H, D], cached keys [B, S, K, D], positions [t]) -> allowed [B, H or 1, t, S]
 MaskFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -75,14 +74,7 @@ def cached_attention(attn: nnx.Module, x: jax.Array, mask_fn: MaskFn) -> jax.Arr
         )
     x = x.astype(attn.dtype)
     b, t, _ = x.shape
-    index = attn.cache_index[...]
-    filled = concrete(index)  # None under jit
-    if filled is not None and int(filled) + t > max_length:
-        raise ValueError(
-            f"decode: {t} more token(s) at cache position {int(filled)} need max_length >= "
-            f"{int(filled) + t}, but the cache has max_length={max_length}; call "
-            "init_cache(batch_size, max_length) with room for the whole sequence."
-        )
+    index = attn.decode_index(t)
     positions = index + jnp.arange(t, dtype=jnp.int32)
     q = attn.q_proj(x).reshape(b, t, attn.num_heads, attn.head_dim)
     k = attn.k_proj(x).reshape(b, t, attn.num_kv_heads, attn.head_dim)

@@ -150,7 +150,7 @@ def test_decode_checks_the_cache_size():
     token = jnp.zeros((1, 1), jnp.int32)
     for _ in range(4):
         model(token, decode=True)
-    with pytest.raises(ValueError, match="at cache position 4 need max_length >= 5, but the cache"):
+    with pytest.raises(ValueError, match="at cache index 4 needs max_length >= 5, but the cache"):
         model(token, decode=True)
     model.init_cache(1, 4)
     with pytest.raises(ValueError, match=r"shape \(2, 1, 32\) does not fit the cache \[B=1"):

@@ -189,6 +189,23 @@ class SparseAttention(nnx.Module):
             config=self.config,
         )
 
+    def decode_index(self, t: int):
+        """The cache index a decode step of `t` tokens writes at (the cache exists).
+
+        Raises when `t` more tokens do not fit `max_length`; only when the index
+        is concrete: under jit it is traced, and the caller bounds the length.
+        """
+        max_length = self.cached_key.shape[1]
+        index = self.cache_index[...]
+        filled = explicit.concrete(index)
+        if filled is not None and int(filled) + t > max_length:
+            raise ValueError(
+                f"SparseAttention: decoding T={t} tokens at cache index {int(filled)} needs "
+                f"max_length >= {int(filled) + t}, but the cache has max_length={max_length}; "
+                "call init_cache with a larger max_length (one for the whole sequence)."
+            )
+        return index
+
     def _decode(self, x):
         if self.cache_index is None:
             raise ValueError(
@@ -202,14 +219,7 @@ class SparseAttention(nnx.Module):
                 f"SparseAttention: decode input [B={b}, T={t}] does not fit the cache "
                 f"[B={cache_b}, max_length={max_length}]; call init_cache again."
             )
-        index = self.cache_index[...]
-        filled = explicit.concrete(index)  # None under jit: the caller bounds the length
-        if filled is not None and int(filled) + t > max_length:
-            raise ValueError(
-                f"SparseAttention: decoding T={t} tokens at cache index {int(filled)} needs "
-                f"max_length >= {int(filled) + t}, but the cache has max_length={max_length}; "
-                "call init_cache with a larger max_length (one for the whole sequence)."
-            )
+        index = self.decode_index(t)
         positions = index + jnp.arange(t, dtype=jnp.int32)
         q, k, v = self._project(x)
         if self.rope is not None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxsparse.ops import config as config_lib
 from jaxsparse.patterns import base as pbase
+from jaxsparse.patterns import explicit
 from jaxsparse.sparsity import block_sparsity
 
 IMPLEMENTATIONS = ("pallas_gpu", "pallas_tpu", "xla", "reference")
@@ -110,7 +111,7 @@ def check_segment_ids(segment_ids: Any, batch: int, t: int, s: int, batched: boo
                 "(batch, length) matching q/k."
             )
         wide = np.dtype(ids.dtype).itemsize > 4 or np.dtype(ids.dtype) == np.uint32
-        values = np.asarray(ids) if wide and not isinstance(ids, jax.core.Tracer) else None
+        values = explicit.concrete(ids) if wide else None
         if values is not None and values.size and (values.min() < INT32_MIN or
                                                    values.max() > INT32_MAX):  # fmt: skip
             raise ValueError(
