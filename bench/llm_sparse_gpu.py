@@ -246,6 +246,10 @@ NSA_TRAIN_VARIANTS = {
     "NSA (packed dK/dV)": js.Config(gpu_gathered_dkv=False),
     "NSA (dQ kernel)": js.Config(gpu_gathered_dq=False),
     "NSA (gathered dQ)": js.Config(gpu_gathered_dq=True),
+    "NSA (items by blocks)": js.Config(gpu_gathered_chunk=0),
+    "NSA (items by 2k tokens)": js.Config(gpu_gathered_chunk=2048),
+    "NSA (items by 4k tokens)": js.Config(gpu_gathered_chunk=4096),
+    "NSA (items by 8k tokens)": js.Config(gpu_gathered_chunk=8192),
 }
 
 

@@ -52,10 +52,11 @@ def decode(tiles, g: gathered.Gathering, hx: int, c: int):
     col_block=st.sampled_from([64, 128]),
     causal=st.booleans(),
     item_tiles=st.sampled_from([1, 2, 256]),
+    chunk=st.sampled_from([0, 0, 1, 8, 32]),
     seed=st.integers(0, 2**16),
 )
 def test_tiles_hold_each_selected_pair_once_per_key_tile(
-    t, extra, hx, group, col_block, causal, item_tiles, seed
+    t, extra, hx, group, col_block, causal, item_tiles, chunk, seed
 ):
     s = t + extra
     cap = 2
@@ -63,7 +64,7 @@ def test_tiles_hold_each_selected_pair_once_per_key_tile(
     c = bits.shape[-1]
     g = gathered.Gathering(
         batch=2, group=group, col_block=col_block, q_len=t, kv_len=s, q_offset=s - t,
-        causal=causal, slots=cap + causal, item_tiles=item_tiles,
+        causal=causal, slots=cap + causal, item_tiles=item_tiles, chunk=chunk,
     )  # fmt: skip
     tiles = jax.jit(g.tiles)(jnp.asarray(bits))
     assert np.asarray(tiles.tokens).shape[1] == 64 // group
@@ -84,6 +85,21 @@ def test_tiles_hold_each_selected_pair_once_per_key_tile(
     for _, _, lo, hi in items[live]:  # a block's tokens come in ascending order
         order = tokens[lo:hi][limits[lo:hi] >= 0]
         assert (np.diff(order) > 0).all(), order
+    if chunk:
+        check_chunk_order(items[live], tokens, g)
+
+
+def check_chunk_order(items, tokens, g: gathered.Gathering):
+    """Live items in (bit head, chunk, key tile) order, each within one chunk (a tile's
+    chunk: its first token's, or the first its block can hold)."""
+    per = g.col_block // 64
+    first = np.asarray(g._first_chunks(-(-g.kv_len // g.col_block)))
+    keys = []
+    for f, kj, lo, hi in items:
+        chunks = {max(int(tokens[i, 0]) // g.chunk, int(first[kj // per])) for i in range(lo, hi)}
+        assert len(chunks) == 1, f"item {(f, kj, lo, hi)} spans chunks {sorted(chunks)}"
+        keys.append((int(f), chunks.pop(), int(kj)))
+    assert keys == sorted(keys), keys
 
 
 @pytest.fixture
@@ -105,18 +121,25 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    "case, dq", [(CASES[0], True), (CASES[0], False), (CASES[1], True)], ids=str
+    "case, dq, chunk",
+    [(CASES[0], True, 0), (CASES[0], False, 0), (CASES[1], True, 0), (CASES[0], True, 24)],
+    ids=str,
 )
-def test_gathered_dkv_matches_dense_mask_in_interpret_mode(case, dq, monkeypatch, spy_gathered):
+def test_gathered_dkv_matches_dense_mask_in_interpret_mode(
+    case, dq, chunk, monkeypatch, spy_gathered
+):
     """dq: the gathered kernel gives dQ too (its interpret-mode read-add-write in place
-    of the TMA reduce-add), or the dQ kernel walks the packed tiles."""
+    of the TMA reduce-add), or the dQ kernel walks the packed tiles; chunk: the items
+    in chunks of that many tokens (`Config.gpu_gathered_chunk`)."""
     b, t, s, h, kh, cb, cap, causal, item_tiles = case
     # Short runs of tiles per work item: a block's tiles shared by several CTAs.
     monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
     bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, causal)
     check_against_mask(
         bits, s=s, h=h, kh=kh, d=64, col_block=cb, cap=cap, causal=causal, seed=7,
-        config=js.Config(interpret=True, gpu_gathered_dkv=True, gpu_gathered_dq=dq),
+        config=js.Config(
+            interpret=True, gpu_gathered_dkv=True, gpu_gathered_dq=dq, gpu_gathered_chunk=chunk
+        ),
     )  # fmt: skip
     calls = spy_gathered  # with_dq of each call of the gathered kernel
     assert calls == [dq] * len(calls) and calls, "the backward did not take the gathered kernel"
@@ -232,15 +255,16 @@ def test_gathered_kernel_rejects_groups_it_cannot_tile():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dq", [True, False])
-def test_gathered_dkv_on_the_gpu(dq):
+@pytest.mark.parametrize("dq, chunk", [(True, 0), (False, 0), (True, 512)])
+def test_gathered_dkv_on_the_gpu(dq, chunk):
     """NSA's layout on the H100: group 8, 15 blocks a token, against the dense f32 mask;
-    dQ from the gathered kernel's TMA reduce-adds, or from the dQ kernel."""
+    dQ from the gathered kernel's TMA reduce-adds, or from the dQ kernel; work items
+    in block order or in chunks of 512 tokens."""
     b, t, h, kh, cb, cap = 1, 4096, 16, 2, 64, 15
     bits = random_bits(np.random.default_rng(5), b, kh, t, t, cb, cap, 0, True)
     check_against_mask(
         bits, s=t, h=h, kh=kh, d=128, col_block=cb, cap=cap, causal=True, seed=6,
-        config=js.Config(gpu_gathered_dkv=True, gpu_gathered_dq=dq),
+        config=js.Config(gpu_gathered_dkv=True, gpu_gathered_dq=dq, gpu_gathered_chunk=chunk),
     )  # fmt: skip
 
 

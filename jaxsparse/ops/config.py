@@ -71,6 +71,13 @@ class Config:
         tokens (`packed.gathered_dq`; NSA's step on an H200: 29.77 against
         30.46 ms at 64k, 5.54 against 5.41 ms at 16k); False always keeps
         the dQ kernel (deterministic).
+      gpu_gathered_chunk: with the gathered dK/dV, the work items run in
+        chunks of this many query tokens (each chunk's items, all key blocks,
+        before the next chunk's), so that a token's reduce-adds into dQ and
+        its Q and dO reads, which come from every block it selected, fall
+        close together in time and hit L2; 0 runs the items block by block
+        (each block's tokens from the whole sequence). None: the default,
+        `jaxsparse.ops.gathered.CHUNK_TOKENS`.
       interpret: run Pallas kernels in interpret mode (CPU tests of
         `implementation="pallas_gpu"`; slow, tiny shapes only).
     """
@@ -89,6 +96,7 @@ class Config:
     gpu_token_selection: str | None = None
     gpu_gathered_dkv: bool = True
     gpu_gathered_dq: bool | None = None
+    gpu_gathered_chunk: int | None = None
     interpret: bool = False
 
     def __post_init__(self):
@@ -96,6 +104,10 @@ class Config:
             value = getattr(self, name)
             if value is not None:
                 pbase.check_int(name, value, minimum=1, owner="Config")
+        if self.gpu_gathered_chunk is not None:
+            pbase.check_int(
+                "gpu_gathered_chunk", self.gpu_gathered_chunk, minimum=0, owner="Config"
+            )
         pbase.check_int("xla_chunk_elements", self.xla_chunk_elements, minimum=1, owner="Config")
         for name, optional in (
             ("gpu_persistent", True),

@@ -15,8 +15,16 @@ module builds those tiles on device, under jit, from the pattern's bits:
      of at most `ITEM_TILES`, so a block every token selects (NSA's initial
      block) is shared by several CTAs whose partial dK/dV are summed.
 
-Shapes are static bounds (pairs / n + blocks tiles, tiles / ITEM_TILES +
-blocks items); the unused tail does nothing.
+With `chunk` tokens > 0 a run also ends where its tiles' tokens pass into
+the next chunk of `chunk` query tokens, and the items are ordered by (bit
+head, chunk, key tile) instead of (bit head, key tile): the CTAs that run
+together then hold tokens of one chunk, whose dQ rows (the reduce-adds of
+`Config.gpu_gathered_dq`) and Q/dO rows are reused from L2 by the chunk's
+other blocks, instead of each block sweeping the whole sequence.
+
+Shapes are static bounds (pairs / n + blocks tiles; items: tiles / ITEM_TILES
+plus one per block, or per block and chunk it can hold); the unused tail does
+nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from jaxsparse.ops import routed
 
 ITEM_TILES = 256  # gathered tiles per work item (CTA), at most
 KEY_TILE = 64  # keys per dK/dV work item
+CHUNK_TOKENS = 0  # Config.gpu_gathered_chunk's default: 0, block order (not yet measured)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,6 +49,8 @@ class Gathering:
     slots: selected blocks per row, at most (row_capacity plus the own block of
       causal selections).
     dq: the gathered kernel gives dQ too (`Config.gpu_gathered_dq`).
+    chunk: query tokens per chunk of the items' order (`Config.gpu_gathered_chunk`);
+      0: block order.
     """
 
     batch: int
@@ -52,6 +63,7 @@ class Gathering:
     slots: int
     dq: bool = False
     item_tiles: int = ITEM_TILES
+    chunk: int = CHUNK_TOKENS
 
     @property
     def tokens(self) -> int:
@@ -64,7 +76,7 @@ class Gathering:
         bits = jnp.asarray(bits)
         bits = jnp.broadcast_to(bits, (self.batch,) + bits.shape[1:])
         b, hx, t, c = bits.shape
-        f, n, per = b * hx, self.tokens, self.col_block // KEY_TILE
+        f, n = b * hx, self.tokens
         slots = min(self.slots, c)
         pairs = t * slots
         tok, counts, pair_start = list_pairs(bits.reshape(f, t, c), slots)
@@ -86,7 +98,21 @@ class Gathering:
         limit = tokens + self.q_offset if self.causal else jnp.full_like(tokens, self.kv_len - 1)
         limits = jnp.where(valid, jnp.minimum(limit, self.kv_len - 1), -1)
 
-        # Items: block (f, j)'s key tiles, each over its tiles in runs of item_tiles.
+        if self.chunk:
+            items = self._chunked_items(tokens[:, 0], tile_start, per_block, owner, f, c)
+        else:
+            items = self._block_items(tile_start, per_block, num_tiles, f, c)
+        return GatheredTiles(
+            tokens=tokens.astype(jnp.int32),
+            limits=limits.astype(jnp.int32),
+            heads=(owner // c).astype(jnp.int32),
+            items=items.astype(jnp.int32),
+        )
+
+    def _block_items(self, tile_start, per_block, num_tiles: int, f: int, c: int):
+        """Items in (bit head, key tile) order: block (f, j)'s key tiles, each over its
+        tiles in runs of item_tiles."""
+        per = self.col_block // KEY_TILE
         runs = -(-per_block // self.item_tiles)
         item_start = _exclusive_cumsum(runs * per)
         num_items = per * (-(-num_tiles // self.item_tiles) + f * c)
@@ -98,16 +124,62 @@ class Gathering:
         end = jnp.minimum(first + self.item_tiles, tile_start[io] + per_block[io])
         kj = (io % c) * per + sub
         live = (r < runs[io] * per) & (kj * KEY_TILE < self.kv_len) & (end > first)
-        items = jnp.stack(
-            [io // c, jnp.where(live, kj, 0), jnp.where(live, first, 0), jnp.where(live, end, 0)],
-            axis=1,
+        return _stack_items(io // c, kj, first, end, live)
+
+    def _first_chunks(self, c: int):
+        """`[c]` int32: the first chunk whose tokens may select block j (causal: the
+        token at the block's start, less q_offset)."""
+        j = jnp.arange(c, dtype=jnp.int32)
+        if not self.causal:
+            return jnp.zeros_like(j)
+        return jnp.clip(j * self.col_block - self.q_offset, 0, self.q_len - 1) // self.chunk
+
+    def max_chunked_items(self, num_tiles: int, f: int, c: int) -> int:
+        """Static bound on `_chunked_items`' runs: one per (block, chunk it can hold),
+        plus one per item_tiles tiles, and at most one per tile."""
+        chunks = -(-self.q_len // self.chunk)
+        held = sum(chunks - min(max(j * self.col_block - self.q_offset, 0), self.q_len - 1)
+                   // self.chunk if self.causal else chunks for j in range(c))  # fmt: skip
+        return max(1, min(num_tiles, f * held + num_tiles // self.item_tiles))
+
+    def _chunked_items(self, first_tokens, tile_start, per_block, owner, f: int, c: int):
+        """Items in (bit head, chunk, key tile) order.
+
+        A run of a block's tiles ends at the block's end, where the tile's first
+        token passes into the next chunk, or after item_tiles tiles. A tile's
+        chunk is clamped to the first its block can hold (causal), so the bound
+        holds whatever the bits.
+        """
+        per = self.col_block // KEY_TILE
+        num_tiles = first_tokens.shape[0]
+        i = jnp.arange(num_tiles, dtype=jnp.int32)
+        total = tile_start[-1] + per_block[-1]
+        chunk = jnp.maximum(first_tokens // self.chunk, self._first_chunks(c)[owner % c])
+        new_block = i == tile_start[owner]
+        seg = new_block | (chunk != jnp.roll(chunk, 1))
+        seg_start = lax.cummax(jnp.where(seg, i, 0))
+        start = (i < total) & (seg | ((i - seg_start) % self.item_tiles == 0))
+        m = self.max_chunked_items(num_tiles, f, c)
+        slot = jnp.where(start, jnp.cumsum(start, dtype=jnp.int32) - 1, m)
+        first = jnp.full((m + 1,), total, jnp.int32).at[slot].set(i, mode="drop")
+        count = start.sum(dtype=jnp.int32)
+        k = jnp.arange(m, dtype=jnp.int32)
+        end = jnp.where(k + 1 < count, first[1:], total)
+        first = first[:m]
+        live = k < count
+        at = jnp.minimum(first, num_tiles - 1)
+        io, ch = owner[at], chunk[at]
+        # (bit head, chunk) order; stable, so blocks stay ascending within a chunk.
+        key = jnp.where(
+            live, (io // c) * (-(-self.q_len // self.chunk)) + ch, jnp.iinfo(jnp.int32).max
         )
-        return GatheredTiles(
-            tokens=tokens.astype(jnp.int32),
-            limits=limits.astype(jnp.int32),
-            heads=(owner // c).astype(jnp.int32),
-            items=items.astype(jnp.int32),
-        )
+        _, order = lax.sort((key, k), num_keys=1, is_stable=True)
+        io, first, end, live = io[order], first[order], end[order], live[order]
+        # Each run once per key tile of its block.
+        io, first, end, live = (jnp.repeat(x, per) for x in (io, first, end, live))
+        kj = (io % c) * per + jnp.tile(jnp.arange(per, dtype=jnp.int32), m)
+        live = live & (kj * KEY_TILE < self.kv_len) & (end > first)
+        return _stack_items(io // c, kj, first, end, live)
 
 
 def list_pairs(bits, slots: int):
@@ -168,3 +240,9 @@ def _owners(starts, size: int):
     """`[size]`: for each i, the last s with starts[s] <= i (starts ascending, starts[0] = 0)."""
     marks = jnp.zeros((size,), jnp.int32).at[starts].add(1, mode="drop")
     return jnp.cumsum(marks, dtype=jnp.int32) - 1
+
+
+def _stack_items(f, kj, first, end, live):
+    """`[I, 4]` int32 (f, kj, first, end); dead items (0, 0, 0, 0)."""
+    cols = [jnp.where(live, x, 0) for x in (f, kj, first, end)]
+    return jnp.stack(cols, axis=1).astype(jnp.int32)

@@ -100,6 +100,7 @@ def run(call: call_lib.Call):
             batch=b, group=g, col_block=p.col_block, q_len=t, kv_len=s,
             q_offset=call.q_offset, causal=p.causal,
             slots=p.row_capacity + (1 if p.causal else 0), dq=gathered_dq(call.config, t),
+            chunk=gathered_chunk(call.config),
         )  # fmt: skip
     out, lse = pallas_gpu.run_tables(
         call,
@@ -143,6 +144,14 @@ def gathered_dq(config, q_len: int) -> bool:
     if config.gpu_gathered_dq is not None:
         return config.gpu_gathered_dq
     return q_len >= GATHERED_DQ_FROM_TOKENS
+
+
+def gathered_chunk(config) -> int:
+    """Query tokens per chunk of the gathered dK/dV's work items (`Config.gpu_gathered_chunk`;
+    None: `gathered.CHUNK_TOKENS`; 0: block order)."""
+    if config.gpu_gathered_chunk is not None:
+        return config.gpu_gathered_chunk
+    return gathered.CHUNK_TOKENS
 
 
 def dkv_list_splits(num_tiles: int) -> int:
