@@ -13,6 +13,11 @@ in one run. A glue is `library` or parts joined by `+`:
   (`topk_gpu.scattered_mask`) instead of the one-hot;
 - `pair words`, `pair ranks`: `gathered.list_pairs` by
   `gathered_tiles_gpu.by_words` or `by_word_ranks` (no sort of the pairs).
+- `items N`: at most N gathered tiles per work item when the items run in
+  token chunks (`gathered.CHUNK_ITEM_TILES`; `Config.gpu_gathered_chunk`).
+- `dkv partials`: the gathered kernel with dQ writes per-item partial dK/dV
+  that XLA sums (`backward_dkv_gathered.ADD_DKV = False`, session 18's form)
+  instead of adding them into float32 sums.
 
 Every candidate gives the library's result element for element
 (`tests/test_selection_bench.py`, `tests/test_nsa_glue.py`), so only the
@@ -37,6 +42,7 @@ import topk_gpu  # noqa: E402
 
 from jaxsparse.ops import gathered  # noqa: E402
 from jaxsparse.selection import topk  # noqa: E402
+from pallas_kernels.gpu import backward_dkv_gathered  # noqa: E402
 
 
 def _value_sorts(scores, k):
@@ -54,7 +60,8 @@ PAIR_PARTS = {
     "pair words": gathered_tiles_gpu.by_words,
     "pair ranks": gathered_tiles_gpu.by_word_ranks,
 }
-PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS)
+SWITCHES = ("dkv partials",)
+PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + SWITCHES
 
 
 def parse(glue: str) -> tuple[str, ...]:
@@ -63,14 +70,24 @@ def parse(glue: str) -> tuple[str, ...]:
     if glue == "library":
         return ()
     parts = tuple(p.strip() for p in glue.split("+"))
-    unknown = [p for p in parts if p not in PARTS]
+    unknown = [p for p in parts if p not in PARTS and _item_tiles(p) is None]
     if unknown:
         raise ValueError(f"NSA glue {glue!r}: unknown part(s) {unknown}; use 'library' or "
                          f"parts of {list(PARTS)} joined by '+'")  # fmt: skip
-    if sum(p in TOPK_PARTS for p in parts) > 1 or sum(p in PAIR_PARTS for p in parts) > 1:
-        raise ValueError(f"NSA glue {glue!r}: at most one of {list(TOPK_PARTS)} and one of "
-                         f"{list(PAIR_PARTS)}")  # fmt: skip
+    if (
+        sum(p in TOPK_PARTS for p in parts) > 1
+        or sum(p in PAIR_PARTS for p in parts) > 1
+        or sum(_item_tiles(p) is not None for p in parts) > 1
+    ):
+        raise ValueError(f"NSA glue {glue!r}: at most one of {list(TOPK_PARTS)}, one of "
+                         f"{list(PAIR_PARTS)} and one 'items N'")  # fmt: skip
     return parts
+
+
+def _item_tiles(part: str) -> int | None:
+    """N of an `items N` part (N >= 1), else None."""
+    name, _, n = part.partition(" ")
+    return int(n) if name == "items" and n.isdigit() and int(n) > 0 else None
 
 
 @contextlib.contextmanager
@@ -83,6 +100,8 @@ def patched(glue: str):
     parts = parse(glue)
     traced = collections.Counter()
     library_mask, library_pairs = topk.topk_mask, gathered.list_pairs
+    library_item_tiles = gathered.CHUNK_ITEM_TILES
+    library_add_dkv = backward_dkv_gathered.ADD_DKV
 
     def candidate_mask(make, name):
         def topk_mask(scores, k):
@@ -104,7 +123,11 @@ def patched(glue: str):
 
     try:
         for p in parts:
-            if p in TOPK_PARTS:
+            if _item_tiles(p) is not None:
+                gathered.CHUNK_ITEM_TILES = _item_tiles(p)
+            elif p == "dkv partials":
+                backward_dkv_gathered.ADD_DKV = False
+            elif p in TOPK_PARTS:
                 topk.topk_mask = candidate_mask(TOPK_PARTS[p], p)
             else:
                 gathered.list_pairs = candidate_pairs(PAIR_PARTS[p], p)
@@ -112,4 +135,6 @@ def patched(glue: str):
         yield traced
     finally:
         topk.topk_mask, gathered.list_pairs = library_mask, library_pairs
+        gathered.CHUNK_ITEM_TILES = library_item_tiles
+        backward_dkv_gathered.ADD_DKV = library_add_dkv
         jax.clear_caches()

@@ -54,6 +54,11 @@ from pallas_kernels.gpu import backward_dkv
 from pallas_kernels.gpu import common as cm
 
 NWG = 2  # consumer warpgroups, alternating tiles of one key tile
+# With dQ (itself added by TMA reduce-adds, so not bitwise deterministic), dK/dV are added
+# the same way into float32 sums instead of written as per-item partials that XLA sums:
+# a segment sum over every item slot, live or not, which chunked items make large.
+ADD_DKV = True
+RMW_ROWS = 8  # rows per read-add-write of the interpret-mode twin of the dK/dV adds
 # dQ staging tiles: 8 rows x 128 bytes, swizzled (a token's G rows are whole tiles).
 F32_TRANSFORMS = (plgpu.TilingTransform((8, 32)), plgpu.SwizzleTransform(128))
 
@@ -90,6 +95,7 @@ class GatheredShapes:
     num_stages: int
     dtype: jnp.dtype
     with_dq: bool = False
+    add_dkv: bool = False  # dK/dV by TMA reduce-adds into float32 GMEM, no per-item partials
 
     @property
     def tokens(self) -> int:
@@ -139,7 +145,8 @@ def _kernel(
     **scratch,
 ):
     R, stages, g = cm.WG_ROWS, sh.num_stages, sh.group
-    dq_ref, dk_ref, dv_ref = refs if sh.with_dq else (None, *refs)
+    dq_ref, refs = (refs[0], refs[1:]) if sh.with_dq else (None, refs)
+    dk_ref, dv_ref = refs  # the f32 sums (add_dkv, inputs) or this item's partials (outputs)
     if sh.with_dq:  # the dQ staging tiles share their bytes with the end's sums
         dq_smem, (dk_acc, dv_acc) = scratch["union"]
         scratch = {**scratch, "dk_acc": dk_acc, "dv_acc": dv_acc}
@@ -227,7 +234,32 @@ def _kernel(
                 st, sh.dtype, dk, dv, k_smem.at[0], v_smem.at[0], dk_ref.at[c], dv_ref.at[c]
             )
 
-        backward_dkv.sum_pair(wg, dk, dv, scratch, store)
+        def add_sums(dk, dv):
+            """dK (times the scale) and dV += the sums, by TMA reduce-adds of the f32 tiles
+            the second warpgroup handed them over in (each thread rewrites its own elements)."""
+            pairs = ((scratch["dk_acc"], dk * st.scale, dk_ref), (scratch["dv_acc"], dv, dv_ref))
+            for tile, value, _ in pairs:
+                tile[...] = value
+            plgpu.commit_smem()
+            for i, (tile, _, ref) in enumerate(pairs):
+                if st.interpret is None:
+                    plgpu.copy_smem_to_gmem(
+                        tile, ref.at[b, keys, kvh], reduction_op="add", commit_group=False
+                    )
+                else:  # read, add, write back, 8 rows at a time (see the module docstring)
+                    box, bar = scratch[("rmw_k", "rmw_v")[i]], scratch["rmw_kv_bar"]
+                    for r in range(0, R, RMW_ROWS):
+                        rows = pl.ds(kj * R + r, RMW_ROWS)
+                        plgpu.copy_gmem_to_smem(ref.at[b, rows, kvh], box, bar)
+                        plgpu.barrier_wait(bar)
+                        box[...] = box[...] + tile[pl.ds(r, RMW_ROWS)]
+                        plgpu.commit_smem()
+                        plgpu.copy_smem_to_gmem(box, ref.at[b, rows, kvh])
+                        plgpu.wait_smem_to_gmem(0)
+            plgpu.commit_smem_to_gmem_group()
+            plgpu.wait_smem_to_gmem(0)
+
+        backward_dkv.sum_pair(wg, dk, dv, scratch, add_sums if sh.add_dkv else store)
 
     @pl.when((wg == NWG) & (n > 0))
     def _producer():
@@ -256,8 +288,10 @@ def _kernel(
             plgpu.barrier_wait(free.at[lax.rem(s, stages)])
 
 
-def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc=None):
-    """Partial dK `[I, 64, D]` and dV `[I, 64, Dv]` of each work item, in q.dtype.
+def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc=None, dkv_acc=()):
+    """Partial dK `[I, 64, D]` and dV `[I, 64, Dv]` of each work item, in q.dtype; with
+    `sh.add_dkv`, nothing: the items add dK and dV into `dkv_acc`, two float32 refs
+    `[B, Sp, K, D or Dv]`.
 
     stats `[N, 2, 64]` f32: lse (log2 units, +inf for dead rows) and delta of
     each tile row; limits `[N, 64]` int32: the last key each tile row may see.
@@ -290,15 +324,20 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
             scratch["rmw_bar"] = plgpu.Barrier(num_arrivals=1, num_barriers=NWG)
     else:
         scratch["dk_acc"], scratch["dv_acc"] = sums
+    if sh.add_dkv and st.interpret is not None:
+        scratch["rmw_k"] = plgpu.SMEM((RMW_ROWS, sh.D), jnp.float32)
+        scratch["rmw_v"] = plgpu.SMEM((RMW_ROWS, sh.Dv), jnp.float32)
+        scratch["rmw_kv_bar"] = plgpu.Barrier(num_arrivals=1)
     if not st.regs_lhs:
         scratch["st_smem"] = cm.tiled_smem((NWG, R, R), dt)
     items = tiles.items.shape[0]
+    partials = (
+        jax.ShapeDtypeStruct((items, R, sh.D), dt),
+        jax.ShapeDtypeStruct((items, R, sh.Dv), dt),
+    )
     kernel = plgpu.kernel(
         functools.partial(_kernel, sh=sh, st=st),
-        out_type=(
-            jax.ShapeDtypeStruct((items, R, sh.D), dt),
-            jax.ShapeDtypeStruct((items, R, sh.Dv), dt),
-        ),
+        out_type=() if sh.add_dkv else partials,
         scratch_types=scratch,
         grid=(items,),
         grid_names=("c",),
@@ -309,7 +348,7 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
         interpret=st.interpret,
     )
     operands = (tiles.items, tiles.tokens, q, k, v, do, stats, limits)
-    return kernel(*operands, *((dq_acc,) if sh.with_dq else ()))
+    return kernel(*operands, *((dq_acc,) if sh.with_dq else ()), *dkv_acc)
 
 
 def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st, with_dq=False):
@@ -324,7 +363,7 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
     check_support(group, D, Dv, num_stages)
     sh = GatheredShapes(
         B=B, Tp=Tp, Sp=Sp, Hx=Hx, K=K, D=D, Dv=Dv, group=group, num_stages=num_stages,
-        dtype=jnp.dtype(q.dtype), with_dq=with_dq,
+        dtype=jnp.dtype(q.dtype), with_dq=with_dq, add_dkv=with_dq and ADD_DKV,
     )  # fmt: skip
     n = sh.tokens
     if tiles.tokens.shape[1:] != (n,) or tiles.limits.shape != tiles.tokens.shape:
@@ -348,6 +387,11 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
     )  # [N, 2, 64]
     limits = jnp.repeat(tiles.limits.astype(jnp.int32), group, axis=1)
     dq_acc = jax.new_ref(jnp.zeros((B, Tp, Hx, D), jnp.float32)) if with_dq else None
+    if sh.add_dkv:
+        dkv_acc = tuple(jax.new_ref(jnp.zeros((B, Sp, K, e), jnp.float32)) for e in (D, Dv))
+        dkv_call(q, k, v, do, stats, limits, tiles, sh=sh, st=st, dq_acc=dq_acc, dkv_acc=dkv_acc)
+        dq = (dq_acc[...] * st.scale).astype(q.dtype)
+        return (dq, *(r[...].astype(q.dtype) for r in dkv_acc))
     dk_p, dv_p = dkv_call(q, k, v, do, stats, limits, tiles, sh=sh, st=st, dq_acc=dq_acc)
     # Sum each (b, kv head, key tile)'s items in f32; empty items fall outside.
     nk = Sp // cm.WG_ROWS
