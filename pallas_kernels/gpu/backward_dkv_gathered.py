@@ -25,6 +25,10 @@ position for causal selections, kv_len - 1 otherwise, -1 for the rows past a
 block's last token); lse (log2 units) and delta come gathered per tile row.
 A work item writes its own partial dK/dV; the caller sums the items of one
 key tile and kv head in float32, so dK/dV are deterministic (no atomics).
+With `with_dq` (and `ADD_DKV`), each item instead adds its dK/dV into
+float32 sums by two TMA reduce-adds: the dQ is not deterministic either way,
+and the partials' segment sum reads every item slot of the static bound,
+which items in token chunks (`jaxsparse.ops.gathered`) make large.
 
 With `with_dq` the kernel also gives dQ, in place of the dQ kernel's walk of
 the packed tiles (the union of 8 tokens' blocks, about 3x the selected pairs
@@ -73,7 +77,8 @@ class GatheredTiles(NamedTuple):
     heads `[N]`: the bit head f = b * Hx + x of each tile.
     items `[I, 4]`: (bit head f = b * Hx + x, key tile kj of 64 keys, first
       tile, end tile) of each CTA, tiles of one (f, kj) contiguous; an item
-      with end <= first does nothing and its output slot is not read.
+      with end <= first does nothing and its output slot is not read. The
+      items run in their order here: block order, or token chunks.
     """
 
     tokens: jax.Array
