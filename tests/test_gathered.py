@@ -178,6 +178,20 @@ def test_gathered_kernel_lowers_for_a_gpu(with_dq):
         jax.jit(fn).trace(q, k, k, q, lse, lse, tiles).lower(lowering_platforms=("cuda",))
 
 
+def test_gathered_items_in_chunks_by_default_from_64k_tokens():
+    from jaxsparse.ops import packed
+
+    at = packed.GATHERED_DQ_FROM_TOKENS
+    assert packed.gathered_chunk(js.Config(), at - 1) == 0
+    assert packed.gathered_chunk(js.Config(), at) == gathered.CHUNK_TOKENS > 0
+    assert packed.gathered_chunk(js.Config(gpu_gathered_chunk=0), 1 << 20) == 0
+    assert packed.gathered_chunk(js.Config(gpu_gathered_chunk=512), 64) == 512
+    with pytest.raises(ValueError, match="gpu_gathered_chunk=-1 must be >= 0"):
+        js.Config(gpu_gathered_chunk=-1)
+    with pytest.raises(TypeError, match="gpu_gathered_chunk must be an int"):
+        js.Config(gpu_gathered_chunk=True)
+
+
 def test_gathered_dq_by_default_from_64k_tokens():
     from jaxsparse.ops import packed
 

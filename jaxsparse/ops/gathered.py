@@ -38,9 +38,10 @@ from jaxsparse.ops import routed
 
 ITEM_TILES = 256  # gathered tiles per work item (CTA), at most
 KEY_TILE = 64  # keys per dK/dV work item
-# Config.gpu_gathered_chunk's default. NSA's step at 64k on an H200 (session 19, one
-# run): 28.47 ms in chunks of 4,096 tokens, 28.75 (2,048), 29.00 (8,192), 29.76 in block
-# order. A chunk's dQ and Q/dO rows are 4 KB each per token and bit head: 32 MB at 4,096.
+# Config.gpu_gathered_chunk's chunk from 64k query tokens (`packed.gathered_chunk`). NSA's
+# step at 64k on an H200 (session 19, one run): 28.47 ms in chunks of 4,096 tokens, 28.75
+# (2,048), 29.00 (8,192), 29.76 in block order. A chunk's dQ and Q/dO rows are 4 KB each
+# per token and bit head: 32 MB at 4,096.
 CHUNK_TOKENS = 4096
 # Gathered tiles per work item, at most, in chunk order: a chunk's heavy items (NSA's
 # initial block holds every token) run beside the chunk's light ones, so a long item
@@ -70,7 +71,7 @@ class Gathering:
     slots: int
     dq: bool = False
     item_tiles: int = ITEM_TILES
-    chunk: int = CHUNK_TOKENS
+    chunk: int = 0
 
     @property
     def tokens(self) -> int:

@@ -100,7 +100,7 @@ def run(call: call_lib.Call):
             batch=b, group=g, col_block=p.col_block, q_len=t, kv_len=s,
             q_offset=call.q_offset, causal=p.causal,
             slots=p.row_capacity + (1 if p.causal else 0), dq=gathered_dq(call.config, t),
-            chunk=(chunk := gathered_chunk(call.config)),
+            chunk=(chunk := gathered_chunk(call.config, t)),
             item_tiles=gathered.CHUNK_ITEM_TILES if chunk else gathered.ITEM_TILES,
         )  # fmt: skip
     out, lse = pallas_gpu.run_tables(
@@ -147,12 +147,19 @@ def gathered_dq(config, q_len: int) -> bool:
     return q_len >= GATHERED_DQ_FROM_TOKENS
 
 
-def gathered_chunk(config) -> int:
+def gathered_chunk(config, q_len: int) -> int:
     """Query tokens per chunk of the gathered dK/dV's work items (`Config.gpu_gathered_chunk`;
-    None: `gathered.CHUNK_TOKENS`; 0: block order)."""
+    0: block order).
+
+    None: `gathered.CHUNK_TOKENS` from `GATHERED_DQ_FROM_TOKENS` query tokens,
+    block order below. On an H200 (session 19, NSA's step, same runs): 28.48
+    against 29.66 ms at 64k, 79.70 against 79.72 ms at 128k, and slower at 16k
+    (5.51 against 5.38 ms), where the dQ kernel runs and the items' partial
+    dK/dV, one slot per block and chunk it can hold, cost their segment sum.
+    """
     if config.gpu_gathered_chunk is not None:
         return config.gpu_gathered_chunk
-    return gathered.CHUNK_TOKENS
+    return gathered.CHUNK_TOKENS if q_len >= GATHERED_DQ_FROM_TOKENS else 0
 
 
 def dkv_list_splits(num_tiles: int) -> int:
