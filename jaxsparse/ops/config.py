@@ -66,8 +66,9 @@ class Config:
       gpu_gathered_dq: with the gathered dK/dV, the same kernel also gives
         dQ, adding each tile's dS K into a float32 dQ by TMA reduce-adds,
         and the dQ kernel's walk of the packed tiles (the union of 8 tokens'
-        blocks) does not run. That dQ is not bitwise deterministic (the adds
-        of one row come in no fixed order). None (default): from 64k query
+        blocks) does not run; the kernel then adds dK/dV into float32 sums the
+        same way. Those gradients are not bitwise deterministic (the adds of
+        one row come in no fixed order). None (default): from 64k query
         tokens (`packed.gathered_dq`; NSA's step on an H200: 29.77 against
         30.46 ms at 64k, 5.54 against 5.41 ms at 16k); False always keeps
         the dQ kernel (deterministic).

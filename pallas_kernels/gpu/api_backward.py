@@ -188,8 +188,8 @@ def block_sparse_attention_bwd(
         that selected each key tile (their own masks: the tiles' limits)
         instead of the kv-major lists, which only dQ's checks then read.
       dq_from_tiles: with dkv_tiles, the same kernel also gives dQ (TMA
-        reduce-adds into float32; not bitwise deterministic) and the dQ kernel
-        does not run.
+        reduce-adds into float32; not bitwise deterministic, and dK/dV then
+        come by such adds too) and the dQ kernel does not run.
 
     Returns:
       dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
