@@ -93,7 +93,7 @@ def check_chunk_order(items, tokens, g: gathered.Gathering):
     """Live items in (bit head, chunk, key tile) order, each within one chunk (a tile's
     chunk: its first token's, or the first its block can hold)."""
     per = g.col_block // 64
-    first = np.asarray(g._first_chunks(-(-g.kv_len // g.col_block)))
+    first = g.first_chunks(-(-g.kv_len // g.col_block))
     keys = []
     for f, kj, lo, hi in items:
         chunks = {max(int(tokens[i, 0]) // g.chunk, int(first[kj // per])) for i in range(lo, hi)}

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxsparse.ops import routed
@@ -134,20 +135,19 @@ class Gathering:
         live = (r < runs[io] * per) & (kj * KEY_TILE < self.kv_len) & (end > first)
         return _stack_items(io // c, kj, first, end, live)
 
-    def _first_chunks(self, c: int):
-        """`[c]` int32: the first chunk whose tokens may select block j (causal: the
-        token at the block's start, less q_offset)."""
-        j = jnp.arange(c, dtype=jnp.int32)
+    def first_chunks(self, c: int) -> np.ndarray:
+        """`[c]` int32 (static): the first chunk whose tokens may select block j (causal:
+        the token at the block's start, less q_offset; else chunk 0)."""
+        j = np.arange(c, dtype=np.int64)
         if not self.causal:
-            return jnp.zeros_like(j)
-        return jnp.clip(j * self.col_block - self.q_offset, 0, self.q_len - 1) // self.chunk
+            return np.zeros(c, np.int32)
+        first = np.clip(j * self.col_block - self.q_offset, 0, self.q_len - 1) // self.chunk
+        return first.astype(np.int32)
 
     def max_chunked_items(self, num_tiles: int, f: int, c: int) -> int:
         """Static bound on `_chunked_items`' runs: one per (block, chunk it can hold),
         plus one per item_tiles tiles, and at most one per tile."""
-        chunks = -(-self.q_len // self.chunk)
-        held = sum(chunks - min(max(j * self.col_block - self.q_offset, 0), self.q_len - 1)
-                   // self.chunk if self.causal else chunks for j in range(c))  # fmt: skip
+        held = int((-(-self.q_len // self.chunk) - self.first_chunks(c)).sum())
         return max(1, min(num_tiles, f * held + num_tiles // self.item_tiles))
 
     def _chunked_items(self, first_tokens, tile_start, per_block, owner, f: int, c: int):
@@ -162,7 +162,9 @@ class Gathering:
         num_tiles = first_tokens.shape[0]
         i = jnp.arange(num_tiles, dtype=jnp.int32)
         total = tile_start[-1] + per_block[-1]
-        chunk = jnp.maximum(first_tokens // self.chunk, self._first_chunks(c)[owner % c])
+        chunk = jnp.maximum(
+            first_tokens // self.chunk, jnp.asarray(self.first_chunks(c))[owner % c]
+        )
         new_block = i == tile_start[owner]
         seg = new_block | (chunk != jnp.roll(chunk, 1))
         seg_start = lax.cummax(jnp.where(seg, i, 0))
