@@ -24,6 +24,20 @@ def test_parse_names_the_parts_and_rejects_bad_glue():
         GLUE.parse("value sorts+mask scatter")
     with pytest.raises(ValueError, match="at most one"):
         GLUE.parse("pair words+pair ranks")
+    assert GLUE.parse("items 64+dkv partials") == ("items 64", "dkv partials")
+    with pytest.raises(ValueError, match="unknown part.*'items 0'"):
+        GLUE.parse("items 0")
+    with pytest.raises(ValueError, match="at most one"):
+        GLUE.parse("items 64+items 32")
+
+
+def test_switches_set_and_restore_the_library_constants():
+    from pallas_kernels.gpu import backward_dkv_gathered as bdg
+
+    before = gathered.CHUNK_ITEM_TILES, bdg.ADD_DKV
+    with GLUE.patched("items 64+dkv partials"):
+        assert (gathered.CHUNK_ITEM_TILES, bdg.ADD_DKV) == (64, False)
+    assert before == (gathered.CHUNK_ITEM_TILES, bdg.ADD_DKV)
 
 
 def nsa_and_grads(q, k, v, gates):
