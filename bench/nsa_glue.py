@@ -13,8 +13,9 @@ in one run. A glue is `library` or parts joined by `+`:
   (`topk_gpu.scattered_mask`) instead of the one-hot;
 - `pair words`, `pair ranks`: `gathered.list_pairs` by
   `gathered_tiles_gpu.by_words` or `by_word_ranks` (no sort of the pairs).
-- `items N`: at most N gathered tiles per work item when the items run in
-  token chunks (`gathered.CHUNK_ITEM_TILES`; `Config.gpu_gathered_chunk`).
+- `items N`: at most N gathered tiles per work item (`gathered.ITEM_TILES`,
+  256); with token chunks (`Config.gpu_gathered_chunk`) a long item of a
+  heavy block may outlast its chunk and, in the last chunk, leave a tail.
 - `dkv partials`: the gathered kernel with dQ writes per-item partial dK/dV
   that XLA sums (`backward_dkv_gathered.ADD_DKV = False`, session 18's form)
   instead of adding them into float32 sums.
@@ -100,7 +101,7 @@ def patched(glue: str):
     parts = parse(glue)
     traced = collections.Counter()
     library_mask, library_pairs = topk.topk_mask, gathered.list_pairs
-    library_item_tiles = gathered.CHUNK_ITEM_TILES
+    library_item_tiles = gathered.ITEM_TILES
     library_add_dkv = backward_dkv_gathered.ADD_DKV
 
     def candidate_mask(make, name):
@@ -124,7 +125,7 @@ def patched(glue: str):
     try:
         for p in parts:
             if _item_tiles(p) is not None:
-                gathered.CHUNK_ITEM_TILES = _item_tiles(p)
+                gathered.ITEM_TILES = _item_tiles(p)
             elif p == "dkv partials":
                 backward_dkv_gathered.ADD_DKV = False
             elif p in TOPK_PARTS:
@@ -135,6 +136,6 @@ def patched(glue: str):
         yield traced
     finally:
         topk.topk_mask, gathered.list_pairs = library_mask, library_pairs
-        gathered.CHUNK_ITEM_TILES = library_item_tiles
+        gathered.ITEM_TILES = library_item_tiles
         backward_dkv_gathered.ADD_DKV = library_add_dkv
         jax.clear_caches()

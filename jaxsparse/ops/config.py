@@ -104,14 +104,16 @@ class Config:
     interpret: bool = False
 
     def __post_init__(self):
-        for name in ("block_q", "block_kv", "gpu_num_stages", "gpu_dkv_list_splits"):
+        for name, minimum in (
+            ("block_q", 1),
+            ("block_kv", 1),
+            ("gpu_num_stages", 1),
+            ("gpu_dkv_list_splits", 1),
+            ("gpu_gathered_chunk", 0),
+        ):
             value = getattr(self, name)
             if value is not None:
-                pbase.check_int(name, value, minimum=1, owner="Config")
-        if self.gpu_gathered_chunk is not None:
-            pbase.check_int(
-                "gpu_gathered_chunk", self.gpu_gathered_chunk, minimum=0, owner="Config"
-            )
+                pbase.check_int(name, value, minimum=minimum, owner="Config")
         pbase.check_int("xla_chunk_elements", self.xla_chunk_elements, minimum=1, owner="Config")
         for name, optional in (
             ("gpu_persistent", True),

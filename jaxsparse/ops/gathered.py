@@ -44,10 +44,6 @@ KEY_TILE = 64  # keys per dK/dV work item
 # (2,048), 29.00 (8,192), 29.76 in block order. A chunk's dQ and Q/dO rows are 4 KB each
 # per token and bit head: 32 MB at 4,096.
 CHUNK_TOKENS = 4096
-# Gathered tiles per work item, at most, in chunk order: a chunk's heavy items (NSA's
-# initial block holds every token) run beside the chunk's light ones, so a long item
-# outlasts its chunk, and the last chunk's leaves a tail.
-CHUNK_ITEM_TILES = 256
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,6 +73,10 @@ class Gathering:
     @property
     def tokens(self) -> int:
         return KEY_TILE // self.group
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.q_len // self.chunk)
 
     def tiles(self, bits):
         """`GatheredTiles` of `bits` `[B or 1, Hx, T, C]`."""
@@ -147,7 +147,7 @@ class Gathering:
     def max_chunked_items(self, num_tiles: int, f: int, c: int) -> int:
         """Static bound on `_chunked_items`' runs: one per (block, chunk it can hold),
         plus one per item_tiles tiles, and at most one per tile."""
-        held = int((-(-self.q_len // self.chunk) - self.first_chunks(c)).sum())
+        held = int((self.num_chunks - self.first_chunks(c)).sum())
         return max(1, min(num_tiles, f * held + num_tiles // self.item_tiles))
 
     def _chunked_items(self, first_tokens, tile_start, per_block, owner, f: int, c: int):
@@ -180,9 +180,7 @@ class Gathering:
         at = jnp.minimum(first, num_tiles - 1)
         io, ch = owner[at], chunk[at]
         # (bit head, chunk) order; stable, so blocks stay ascending within a chunk.
-        key = jnp.where(
-            live, (io // c) * (-(-self.q_len // self.chunk)) + ch, jnp.iinfo(jnp.int32).max
-        )
+        key = jnp.where(live, (io // c) * self.num_chunks + ch, jnp.iinfo(jnp.int32).max)
         _, order = lax.sort((key, k), num_keys=1, is_stable=True)
         io, first, end, live = io[order], first[order], end[order], live[order]
         # Each run once per key tile of its block.

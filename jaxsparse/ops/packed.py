@@ -100,8 +100,8 @@ def run(call: call_lib.Call):
             batch=b, group=g, col_block=p.col_block, q_len=t, kv_len=s,
             q_offset=call.q_offset, causal=p.causal,
             slots=p.row_capacity + (1 if p.causal else 0), dq=gathered_dq(call.config, t),
-            chunk=(chunk := gathered_chunk(call.config, t)),
-            item_tiles=gathered.CHUNK_ITEM_TILES if chunk else gathered.ITEM_TILES,
+            chunk=gathered_chunk(call.config, t),
+            item_tiles=gathered.ITEM_TILES,  # read here, so that bench/nsa_glue.py can vary it
         )  # fmt: skip
     out, lse = pallas_gpu.run_tables(
         call,
