@@ -15,13 +15,18 @@ def batch_rng(seed: int, split: str, step: int) -> np.random.Generator:
     Seeding from the step (not from a running generator) is what makes resume
     exact: batch 1000 is the same whether or not the run stopped at 999.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}.")
+    check_split(split)
     return np.random.default_rng([seed, SPLITS[split], step])
+
+
+def check_split(split: str, owner: str = "") -> None:
+    """Refuse a split other than `train` / `eval` (the message starts with `owner: `)."""
+    if split not in SPLITS:
+        prefix = f"{owner}: " if owner else ""
+        raise ValueError(f"{prefix}unknown split {split!r}; valid splits: {', '.join(SPLITS)}.")
 
 
 def check_batch(owner: str, batch_size: int, split: str) -> None:
     """Refuse a batch size below 1 and a split other than `train` / `eval`."""
     check_int("batch_size", batch_size, minimum=1, owner=owner)
-    if split not in SPLITS:
-        raise ValueError(f"{owner}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}.")
+    check_split(split, owner)
