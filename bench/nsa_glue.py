@@ -19,6 +19,10 @@ in one run. A glue is `library` or parts joined by `+`:
 - `dkv partials`: the gathered kernel with dQ writes per-item partial dK/dV
   that XLA sums (`backward_dkv_gathered.ADD_DKV = False`, session 18's form)
   instead of adding them into float32 sums.
+- `token-major rows`: the gathered kernel, where it gives dQ, reads Q/dO and
+  adds dQ in the natural `[B, T, H, D]` layout (`gathered.TOKEN_MAJOR =
+  True`): no packed dO, delta from contiguous rows, and the dQ's scale and
+  cast free to fuse with the other branches' dQ sum.
 
 Every candidate gives the library's result element for element
 (`tests/test_selection_bench.py`, `tests/test_nsa_glue.py`), so only the
@@ -61,7 +65,7 @@ PAIR_PARTS = {
     "pair words": gathered_tiles_gpu.by_words,
     "pair ranks": gathered_tiles_gpu.by_word_ranks,
 }
-SWITCHES = ("dkv partials",)
+SWITCHES = ("dkv partials", "token-major rows")
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + SWITCHES
 
 
@@ -103,6 +107,7 @@ def patched(glue: str):
     library_mask, library_pairs = topk.topk_mask, gathered.list_pairs
     library_item_tiles = gathered.ITEM_TILES
     library_add_dkv = backward_dkv_gathered.ADD_DKV
+    library_token_major = gathered.TOKEN_MAJOR
 
     def candidate_mask(make, name):
         def topk_mask(scores, k):
@@ -128,6 +133,8 @@ def patched(glue: str):
                 gathered.ITEM_TILES = _item_tiles(p)
             elif p == "dkv partials":
                 backward_dkv_gathered.ADD_DKV = False
+            elif p == "token-major rows":
+                gathered.TOKEN_MAJOR = True
             elif p in TOPK_PARTS:
                 topk.topk_mask = candidate_mask(TOPK_PARTS[p], p)
             else:
@@ -138,4 +145,5 @@ def patched(glue: str):
         topk.topk_mask, gathered.list_pairs = library_mask, library_pairs
         gathered.ITEM_TILES = library_item_tiles
         backward_dkv_gathered.ADD_DKV = library_add_dkv
+        gathered.TOKEN_MAJOR = library_token_major
         jax.clear_caches()

@@ -34,10 +34,13 @@ def test_parse_names_the_parts_and_rejects_bad_glue():
 def test_switches_set_and_restore_the_library_constants():
     from pallas_kernels.gpu import backward_dkv_gathered as bdg
 
-    before = gathered.ITEM_TILES, bdg.ADD_DKV
-    with GLUE.patched("items 64+dkv partials"):
-        assert (gathered.ITEM_TILES, bdg.ADD_DKV) == (64, False)
-    assert before == (gathered.ITEM_TILES, bdg.ADD_DKV)
+    def constants():
+        return gathered.ITEM_TILES, bdg.ADD_DKV, gathered.TOKEN_MAJOR
+
+    before = constants()
+    with GLUE.patched("items 64+dkv partials+token-major rows"):
+        assert constants() == (64, False, True)
+    assert before == constants()
 
 
 def nsa_and_grads(q, k, v, gates):

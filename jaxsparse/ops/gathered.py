@@ -44,6 +44,12 @@ KEY_TILE = 64  # keys per dK/dV work item
 # (2,048), 29.00 (8,192), 29.76 in block order. A chunk's dQ and Q/dO rows are 4 KB each
 # per token and bit head: 32 MB at 4,096.
 CHUNK_TOKENS = 4096
+# When the gathered kernel gives dQ (`Gathering.dq`), hand it q, O and dO in the natural
+# token-major layout (`pallas_gpu._gathered_backward`) instead of packed rows: no packed dO
+# is made, and the dQ's scale and cast may fuse with the other branches' dQ sum. Checked
+# in interpret mode and lowered for CUDA, not timed on a GPU yet (`bench/nsa_glue.py`'s
+# `token-major rows`), so off.
+TOKEN_MAJOR = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -70,10 +70,11 @@ def applies(call: call_lib.Call) -> bool:
 def run(call: call_lib.Call):
     """`(out [B, T, H, Dv], lse [B, H, T])` of a call `applies` accepts."""
     from jaxsparse.ops import pallas_gpu
+    from pallas_kernels.gpu.backward_dkv_gathered import by_row
 
     p = call.pattern
     b, t, h, d = call.q.shape
-    s, dv = call.kv_len, call.head_dim_v
+    s = call.kv_len
     bits = jnp.asarray(p.bits)
     hx = bits.shape[1]
     bits = jnp.broadcast_to(bits, (b,) + bits.shape[1:])
@@ -90,7 +91,7 @@ def run(call: call_lib.Call):
 
     # Rows (token, head in group) of bit head x: q_p[b, tok * g + j, x] = q[b, tok, x * g + j].
     q = jnp.pad(call.q, ((0, 0), (0, tt - t), (0, 0), (0, 0)))
-    q_p = q.reshape(b, tt, hx, g, d).transpose(0, 1, 3, 2, 4).reshape(b, tt * g, hx, d)
+    q_p = by_row(q.reshape(b, tt, hx, g, d))
     k, v = (jnp.pad(x, ((0, 0), (0, sp - s), (0, 0), (0, 0))) for x in (call.k, call.v))
     rows = _PackedRows(group=g, q_offset=call.q_offset)
     tables = tuple(getattr(sparsity, name) for name in _TABLES)
@@ -118,10 +119,11 @@ def run(call: call_lib.Call):
         word_rows=g,
         arrays={"kv_words": kv_words, "q_words": q_words},
         gathering=gathering,
+        token_group=g,
         heavy_first=False,  # block order: neighbouring tiles share key blocks (L2)
         dkv_list_splits=dkv_list_splits(tb),
     )
-    out = out.reshape(b, tt, g, hx, dv).transpose(0, 1, 3, 2, 4).reshape(b, tt, h, dv)[:, :t]
+    out = out[:, :t]  # token-major already (`token_group`)
     lse = lse.reshape(b, hx, tt, g)[:, :, :t].transpose(0, 1, 3, 2).reshape(b, h, t)
     return out, lse
 

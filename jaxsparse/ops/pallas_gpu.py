@@ -65,6 +65,7 @@ class _Static:
     xla: xla_tiles.Static | None  # set when the backward runs on the XLA path
     bwd: tuple = ()  # (name, value) pairs only the backward kernels take
     gathering: Any = None  # gathered.Gathering: dK/dV over tiles built from the bits
+    token_group: int = 0  # q is packed rows, G per token; out comes back token-major
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.kernel)
@@ -134,6 +135,7 @@ def run_tables(
     arrays=None,
     statics=(),
     gathering=None,
+    token_group: int = 0,
 ):
     """The kernels (forward, and their backward under `jax.grad`) on padded inputs and tables.
 
@@ -147,7 +149,9 @@ def run_tables(
     splits unless `Config.gpu_heavy_first` / `gpu_dkv_list_splits` say.
     `gathering`: a `gathered.Gathering` (per-token selections packed as rows):
     the backward builds its tiles from the pattern's bits and runs dK/dV over
-    them.
+    them. `token_group`: q holds packed rows (`jaxsparse.ops.packed`), G per
+    token; out is then returned in the natural token-major layout
+    `[B, Tp // G, H * G, Dv]`, so that the backward receives dO in it too.
     Scale, soft cap and tuning come from `call`.
     """
     kw = dict(
@@ -187,7 +191,7 @@ def run_tables(
     )
     xla_st, work = xla_work or (None, None)
     kernel = tuple(sorted(kw.items(), key=lambda x: x[0]))
-    st = _Static(kernel=kernel, xla=xla_st, bwd=bwd, gathering=gathering)
+    st = _Static(kernel=kernel, xla=xla_st, bwd=bwd, gathering=gathering, token_group=token_group)
     with interpret_context(interpret):
         return _attention(st, q, k, v, tables, arrays or {}, segs, work, call.pattern)
 
@@ -239,7 +243,8 @@ def interpret_context(interpret: bool):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(st, q, k, v, tables, arrays, segs, work, pattern):
-    return _forward(st, q, k, v, tables, arrays, segs)
+    out, lse = _forward(st, q, k, v, tables, arrays, segs)
+    return _by_token(st, out), lse
 
 
 def _forward(st, q, k, v, tables, arrays, segs):
@@ -257,14 +262,39 @@ def _forward(st, q, k, v, tables, arrays, segs):
     )
 
 
+def _by_token(st, x):
+    """Packed rows `[B, Tp, Hx, D]` in the natural layout `[B, Tp // G, Hx * G, D]`."""
+    if not st.token_group:
+        return x
+    from pallas_kernels.gpu.backward_dkv_gathered import by_token
+
+    b, tp, hx, d = x.shape
+    return by_token(x, st.token_group).reshape(b, tp // st.token_group, hx * st.token_group, d)
+
+
+def _by_row(st, x):
+    """`_by_token`'s inverse."""
+    if not st.token_group:
+        return x
+    from pallas_kernels.gpu.backward_dkv_gathered import by_row
+
+    b, t, h, d = x.shape
+    return by_row(x.reshape(b, t, h // st.token_group, st.token_group, d))
+
+
 def _attention_fwd(st, q, k, v, tables, arrays, segs, work, pattern):
     out, lse = _forward(st, q, k, v, tables, arrays, segs)
-    return (out, lse), (q, k, v, out, lse, tables, arrays, segs, work, pattern)
+    out_t = _by_token(st, out)
+    return (out_t, lse), (q, k, v, out, out_t, lse, tables, arrays, segs, work, pattern)
 
 
 def _attention_bwd(st, residuals, cotangents):
-    q, k, v, out, lse, tables, arrays, segs, work, pattern = residuals
-    dout, dlse = cotangents
+    q, k, v, out, out_t, lse, tables, arrays, segs, work, pattern = residuals
+    dout_t, dlse = cotangents
+    if st.gathering is not None and st.gathering.dq:
+        dq, dk, dv = _gathered_backward(st, q, k, v, out, out_t, lse, dout_t, dlse, pattern)
+        return dq, dk, dv, None, None, None, None, None
+    dout = _by_row(st, dout_t)
     if st.xla is not None:
         dq, dk, dv = xla_impl._backward(st.xla, q, k, v, out, lse, dout, dlse, work, segs, pattern)
     else:
@@ -272,7 +302,6 @@ def _attention_bwd(st, residuals, cotangents):
 
         if st.gathering is not None:  # built here: a forward-only call never needs them
             arrays = {**arrays, "dkv_tiles": st.gathering.tiles(pattern.bits)}
-            arrays["dq_from_tiles"] = st.gathering.dq
         dq, dk, dv = kernels.block_sparse_attention_bwd(
             q,
             k,
@@ -288,6 +317,33 @@ def _attention_bwd(st, residuals, cotangents):
             **st.bwd_kwargs(),
         )
     return dq, dk, dv, None, None, None, None, None
+
+
+def _gathered_backward(st, q, k, v, out, out_t, lse, dout_t, dlse, pattern):
+    """dQ, dK, dV all from the gathered kernel (`Gathering.dq`).
+
+    With `gathered.TOKEN_MAJOR` its rows are the natural layout's: dO as it
+    arrives, O as the forward returned it and q unpacked (a transpose XLA
+    cancels against the packing's), so that no packed dO is made, delta's row
+    dots read contiguous rows and the dQ's scale and cast may fuse with a sum.
+    """
+    from jaxsparse.ops import gathered
+    from pallas_kernels.gpu import api as kernels
+    from pallas_kernels.gpu.backward_dkv_gathered import by_row, by_token
+
+    g, kw = st.token_group, st.bwd_kwargs()
+    if gathered.TOKEN_MAJOR:
+        b, t, h, dv = out_t.shape
+        q = by_token(q, g)
+        out, dout = (x.reshape(b, t, h // g, g, dv) for x in (out_t, dout_t))
+    else:
+        dout = _by_row(st, dout_t)
+    dq, dk, dv = kernels.gathered_attention_bwd(
+        q, k, v, out, lse, dout, dlse, st.gathering.tiles(pattern.bits), group=g,
+        scale=kw["scale"], logits_soft_cap=kw["logits_soft_cap"], kv_len=kw["kv_len"],
+        interpret=kw.get("interpret"),
+    )  # fmt: skip
+    return (by_row(dq) if gathered.TOKEN_MAJOR else dq), dk, dv
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

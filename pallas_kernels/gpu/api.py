@@ -40,7 +40,16 @@ sub-tile (block_kv_compute) is 64 or 128; positive scale and soft cap; the
 SMEM footprint of the chosen tiles must fit in 227 KiB.
 """
 
-from pallas_kernels.gpu.api_backward import block_sparse_attention_bwd, check_backward_support
+from pallas_kernels.gpu.api_backward import (
+    block_sparse_attention_bwd,
+    check_backward_support,
+    gathered_attention_bwd,
+)
 from pallas_kernels.gpu.api_forward import block_sparse_attention_fwd
 
-__all__ = ["block_sparse_attention_bwd", "block_sparse_attention_fwd", "check_backward_support"]
+__all__ = [
+    "block_sparse_attention_bwd",
+    "block_sparse_attention_fwd",
+    "check_backward_support",
+    "gathered_attention_bwd",
+]

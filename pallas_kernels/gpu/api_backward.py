@@ -102,6 +102,94 @@ def _list_splits(splits) -> int:
     return splits
 
 
+def _row_dots(out, dout):
+    """rowsum(dO * O) `[B, H, Tp]` in float32, of packed rows `[B, Tp, H, Dv]` or
+    token-major rows `[B, Tp // G, H, G, Dv]` (by packed row `tok * G + j`).
+
+    A row reduction, then a separate transpose of the small result: fused into
+    one, XLA:GPU ran it as a transposing reduction at a fraction of the
+    bandwidth (15 ms for the 983k x 8 rows of NSA's routed pairs at 64k on the
+    H100, 2026-11-22).
+    """
+    dots = (out.astype(jnp.float32) * dout.astype(jnp.float32)).sum(-1)
+    dots = lax.optimization_barrier(dots)
+    if dots.ndim == 3:
+        return jnp.swapaxes(dots, 1, 2)
+    b, t, h, g = dots.shape
+    return dots.transpose(0, 2, 1, 3).reshape(b, h, t * g)
+
+
+def _delta(out, dout, dlse):
+    """delta = rowsum(dO * O) - dlse `[B, H, Tp]`, so that dS = P * (dP - delta)."""
+    delta = _row_dots(out, dout)
+    return delta if dlse is None else delta - dlse.astype(jnp.float32)
+
+
+def _lse2(lse):
+    """lse in log2 units; dead rows (lse = -inf) get +inf so that P = 0."""
+    return jnp.where(jnp.isneginf(lse), jnp.inf, lse * cm.LOG2E).astype(jnp.float32)
+
+
+def gathered_attention_bwd(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    out: jax.Array,
+    lse: jax.Array,
+    dout: jax.Array,
+    dlse: jax.Array | None,
+    tiles: backward_dkv_gathered.GatheredTiles,
+    *,
+    group: int,
+    scale: float | None = None,
+    logits_soft_cap: float | None = None,
+    kv_len: int | None = None,
+    bwd_num_stages: int = 2,
+    interpret: Any = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """dQ, dK and dV of per-token selections, all from the gathered kernel.
+
+    For the packed layout of `block_sparse_attention_bwd(..., dkv_tiles=...)`
+    (`group` query rows per token) when no dQ kernel runs: each work item adds
+    its tiles' dQ, dK and dV into float32 sums by TMA reduce-adds
+    (`backward_dkv_gathered`), so none of the three is bitwise deterministic.
+    Rows see the keys up to the tiles' limits (no mask_fn, no segments).
+
+    Args:
+      q, out, dout: packed rows `[B, Tp, Hx, D|Dv]`, or token-major rows
+        `[B, Tp // group, Hx, group, D|Dv]` (`backward_dkv_gathered.by_token`,
+        the natural `[B, T, H, .]` layout): then the kernel reads q and dO, and
+        adds dQ, a token's rows at a time, and delta's row dots read
+        contiguous rows.
+      lse, dlse: `[B, Hx, Tp]` f32 by packed row (dlse may be None).
+      tiles: the gathered tiles (`jaxsparse.ops.gathered.Gathering.tiles`).
+      scale, logits_soft_cap, kv_len, bwd_num_stages, interpret: as in
+        `block_sparse_attention_bwd`.
+
+    Returns:
+      dq in q's layout, dk `[B, Sp, K, D]`, dv `[B, Sp, K, Dv]`, in q.dtype.
+    """
+    rows = q
+    if q.ndim == 5:  # the packed rows' shape, for the checks
+        b, t, hx, g, d = q.shape
+        rows = jax.ShapeDtypeStruct((b, t * g, hx, d), q.dtype)
+    cm.check_dtypes_and_dims(rows, k, v, what="gathered_attention_bwd")
+    if out.shape[:-1] != q.shape[:-1] or dout.shape != out.shape:
+        raise ValueError(f"{out.shape=} and {dout.shape=} must be laid out as {q.shape=}")
+    B, Tp, Hx = rows.shape[:3]
+    if lse.shape != (B, Hx, Tp) or (dlse is not None and dlse.shape != lse.shape):
+        raise ValueError(f"lse/dlse must be {(B, Hx, Tp)} (by packed row)")
+    st = args.statics(
+        rows, k, mask_fn=None, mask_factors=None, q_offset=0, kv_len=kv_len, scale=scale,
+        logits_soft_cap=logits_soft_cap, has_segments=False, segments_on_full_tiles=False,
+        interpret=interpret,
+    )  # fmt: skip
+    return backward_dkv_gathered.dkv(
+        q, k, v, dout.astype(q.dtype), _lse2(lse), _delta(out, dout, dlse), tiles, group=group,
+        num_stages=bwd_num_stages, st=st, with_dq=True,
+    )  # fmt: skip
+
+
 def block_sparse_attention_bwd(
     q: jax.Array,
     k: jax.Array,
@@ -148,7 +236,6 @@ def block_sparse_attention_bwd(
     key_columns_mode: str = "or",
     segments_le: bool = False,
     dkv_tiles: backward_dkv_gathered.GatheredTiles | None = None,
-    dq_from_tiles: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Gradients of block_sparse_attention_fwd (dQ kernel + dK/dV kernel).
 
@@ -187,14 +274,11 @@ def block_sparse_attention_bwd(
         group reading one kv head): dK/dV then run over tiles of the tokens
         that selected each key tile (their own masks: the tiles' limits)
         instead of the kv-major lists, which only dQ's checks then read.
-      dq_from_tiles: with dkv_tiles, the same kernel also gives dQ (TMA
-        reduce-adds into float32; not bitwise deterministic, and dK/dV then
-        come by such adds too) and the dQ kernel does not run.
+        (`gathered_attention_bwd`: the gathered kernel gives dQ too.)
 
     Returns:
       dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
-      are summed over the query heads of each GQA group. Deterministic, except
-      dq with dq_from_tiles.
+      are summed over the query heads of each GQA group. Deterministic.
     """
     del block_kv_compute, num_stages, persistent, num_ctas
     cm.check_dtypes_and_dims(q, k, v, what="block_sparse_attention_bwd")
@@ -209,8 +293,6 @@ def block_sparse_attention_bwd(
         raise ValueError("give both kv_words and q_words, or neither")
     if dkv_tiles is not None and not word_rows:
         raise ValueError("dkv_tiles needs word_rows (query rows per token) and the row words")
-    if dq_from_tiles and dkv_tiles is None:
-        raise ValueError("dq_from_tiles needs dkv_tiles (the gathered tiles that give dQ)")
     kv_words = args.row_words(kv_words, kv_indices, word_rows, block_q, "kv")
     q_words = args.row_words(q_words, q_indices, word_rows, block_q, "q")
     if out.shape != (B, Tp, H, Dv) or dout.shape != out.shape:
@@ -241,24 +323,9 @@ def block_sparse_attention_bwd(
     )
     dt = jnp.dtype(q.dtype)
 
-    # delta = rowsum(dO * O) - dlse, so that dS = P * (dP - delta).
-    # A row reduction, then a separate transpose of the small result: fused into one,
-    # XLA:GPU ran it as a transposing reduction at a fraction of the bandwidth (15 ms
-    # for the 983k x 8 rows of NSA's routed pairs at 64k on the H100, 2026-11-22).
-    rows = (out.astype(jnp.float32) * dout.astype(jnp.float32)).sum(-1)  # [B, Tp, H]
-    delta = jnp.swapaxes(lax.optimization_barrier(rows), 1, 2)
-    if dlse is not None:
-        delta = delta - dlse.astype(jnp.float32)
-    # lse in log2 units; dead rows (lse = -inf) get +inf so that P = 0.
-    lse2 = jnp.where(jnp.isneginf(lse), jnp.inf, lse * cm.LOG2E)
-    lse2 = lse2.astype(jnp.float32)
+    delta = _delta(out, dout, dlse)
+    lse2 = _lse2(lse)
     dout = dout.astype(dt)
-
-    if dq_from_tiles:  # the gathered kernel gives all three; the dQ kernel does not run
-        return backward_dkv_gathered.dkv(
-            q, k, v, dout, lse2, delta, dkv_tiles, group=word_rows, num_stages=bwd_num_stages,
-            st=st, with_dq=True,
-        )  # fmt: skip
 
     dq_sh = backward_dq.DqShapes(
         B=B,

@@ -2,8 +2,10 @@
 
 For per-token key-block selections that a GQA group shares (NSA), laid out as
 in `jaxsparse.ops.packed`: q, dO `[B, T*G, Hx, D]`, row `tok * G + j` of bit
-head x holding query head `x * G + j` of token tok. The packed dK/dV kernel
-(`backward_dkv`) walks, for a key tile, the packed tiles of consecutive tokens
+head x holding query head `x * G + j` of token tok, or the same rows
+token-major, `[B, T, Hx, G, D]` (`by_token`: the natural `[B, T, H, D]`
+layout, which spares the caller the packing's transposes). The packed dK/dV
+kernel (`backward_dkv`) walks, for a key tile, the packed tiles of consecutive tokens
 whose union holds it: on NSA's needle inputs at 64k, 4.3x the tokens that
 selected it. Here a query tile holds `64 // G` tokens that *did* select the
 key tile's block, taken in order from the (block, token) pairs sorted by
@@ -101,6 +103,7 @@ class GatheredShapes:
     dtype: jnp.dtype
     with_dq: bool = False
     add_dkv: bool = False  # dK/dV by TMA reduce-adds into float32 GMEM, no per-item partials
+    token_major: bool = False  # q, dO, dQ `[B, Tp // G, Hx, G, D]` instead of packed rows
 
     @property
     def tokens(self) -> int:
@@ -169,6 +172,12 @@ def _kernel(
     kvh = lax.div(x, sh.Hx // sh.K)
     keys = pl.ds(kj * R, R)
 
+    def token_box(ref, tok):
+        """Token tok's `[G, D]` rows of bit head x in q, dO or dQ."""
+        if sh.token_major:
+            return ref.at[b, tok, x]
+        return ref.at[b, pl.ds(tok * g, g), x]
+
     @pl.when((wg < NWG) & (n > 0))
     def _consumer():
         plgpu.set_max_registers(232, action="increase")
@@ -214,7 +223,7 @@ def _kernel(
             plgpu.commit_smem()
             for j in range(sh.tokens):
                 src = stage.at[pl.ds(j * g, g)]
-                dst = dq_ref.at[b, pl.ds(tok_ref[tile, j] * g, g), x]
+                dst = token_box(dq_ref, tok_ref[tile, j])
                 if st.interpret is None:
                     plgpu.copy_smem_to_gmem(src, dst, reduction_op="add", commit_group=False)
                 else:  # read, add, write back (see the module docstring)
@@ -281,10 +290,9 @@ def _kernel(
 
             bar = in_bar.at[slot]
             for j in range(sh.tokens):  # one [G, D] box per token and operand
-                rows = pl.ds(tok_ref[tile, j] * g, g)
-                dst = pl.ds(j * g, g)
-                plgpu.copy_gmem_to_smem(q_ref.at[b, rows, x], q_smem.at[slot, dst], bar)
-                plgpu.copy_gmem_to_smem(do_ref.at[b, rows, x], do_smem.at[slot, dst], bar)
+                tok, dst = tok_ref[tile, j], pl.ds(j * g, g)
+                plgpu.copy_gmem_to_smem(token_box(q_ref, tok), q_smem.at[slot, dst], bar)
+                plgpu.copy_gmem_to_smem(token_box(do_ref, tok), do_smem.at[slot, dst], bar)
             plgpu.copy_gmem_to_smem(stats_ref.at[tile], stats_smem.at[slot], bar)
             plgpu.copy_gmem_to_smem(limit_ref.at[tile], limit_smem.at[slot], bar)
 
@@ -300,8 +308,9 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
 
     stats `[N, 2, 64]` f32: lse (log2 units, +inf for dead rows) and delta of
     each tile row; limits `[N, 64]` int32: the last key each tile row may see.
-    dq_acc (with `sh.with_dq`): a float32 `[B, Tp, Hx, D]` ref the kernel adds
-    dS K into (unscaled).
+    q, do: packed rows `[B, Tp, Hx, .]`, or `[B, Tp // G, Hx, G, .]` with
+    `sh.token_major`. dq_acc (with `sh.with_dq`): a float32 ref of q's shape the
+    kernel adds dS K into (unscaled).
     """
     R, stages, dt = cm.WG_ROWS, sh.num_stages, sh.dtype
     scratch = dict(
@@ -356,19 +365,40 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
     return kernel(*operands, *((dq_acc,) if sh.with_dq else ()), *dkv_acc)
 
 
+def by_token(x, group: int):
+    """Packed rows `[B, T*G, Hx, D]` as `[B, T, Hx, G, D]`: the natural `[B, T, H, D]` layout."""
+    b, tp, hx, d = x.shape
+    return x.reshape(b, tp // group, group, hx, d).transpose(0, 1, 3, 2, 4)
+
+
+def by_row(x):
+    """`by_token`'s inverse: `[B, T, Hx, G, D]` as packed rows `[B, T*G, Hx, D]`."""
+    b, t, hx, g, d = x.shape
+    return x.transpose(0, 1, 3, 2, 4).reshape(b, t * g, hx, d)
+
+
 def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st, with_dq=False):
     """dK `[B, Sp, K, D]`, dV `[B, Sp, K, Dv]` (q.dtype) over gathered tiles; with
-    `with_dq`, `(dq, dk, dv)`, dq `[B, Tp, Hx, D]` in q.dtype.
+    `with_dq`, `(dq, dk, dv)`, dq in q's layout and dtype.
 
-    q, do: `[B, Tp, Hx, .]` packed rows; lse2, delta: `[B, Hx, Tp]` f32 (lse in
-    log2 units with dead rows at +inf; delta = rowsum(dO * O) - dlse).
+    q, do: packed rows `[B, Tp, Hx, .]`, or token-major `[B, Tp // G, Hx, G, .]`
+    (`by_token`: the natural `[B, T, H, .]` layout, a token's G rows one
+    contiguous box); lse2, delta: `[B, Hx, Tp]` f32 by packed row (lse in log2
+    units with dead rows at +inf; delta = rowsum(dO * O) - dlse).
     """
-    B, Tp, Hx, D = q.shape
+    if q.ndim == 5:  # token-major
+        B, T, Hx, G, D = q.shape
+        if group != G:
+            raise ValueError(f"token-major q {q.shape} holds {G} rows per token, not {group=}")
+        Tp = T * G
+    else:
+        B, Tp, Hx, D = q.shape
     Sp, K, Dv = k.shape[1], k.shape[2], v.shape[-1]
     check_support(group, D, Dv, num_stages)
     sh = GatheredShapes(
         B=B, Tp=Tp, Sp=Sp, Hx=Hx, K=K, D=D, Dv=Dv, group=group, num_stages=num_stages,
         dtype=jnp.dtype(q.dtype), with_dq=with_dq, add_dkv=with_dq and ADD_DKV,
+        token_major=q.ndim == 5,
     )  # fmt: skip
     n = sh.tokens
     if tiles.tokens.shape[1:] != (n,) or tiles.limits.shape != tiles.tokens.shape:
@@ -391,7 +421,7 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
         [lse2.reshape(-1)[flat], delta.astype(jnp.float32).reshape(-1)[flat]], axis=1
     )  # [N, 2, 64]
     limits = jnp.repeat(tiles.limits.astype(jnp.int32), group, axis=1)
-    dq_acc = jax.new_ref(jnp.zeros((B, Tp, Hx, D), jnp.float32)) if with_dq else None
+    dq_acc = jax.new_ref(jnp.zeros(q.shape, jnp.float32)) if with_dq else None
     if sh.add_dkv:
         dkv_acc = tuple(jax.new_ref(jnp.zeros((B, Sp, K, e), jnp.float32)) for e in (D, Dv))
         dkv_call(q, k, v, do, stats, limits, tiles, sh=sh, st=st, dq_acc=dq_acc, dkv_acc=dkv_acc)
