@@ -135,17 +135,25 @@ def causal_area(b, h, t):
     return b * h * t * (t + 1) / 2
 
 
+DENSE = ("ours", "ours-dq", "cudnn")
+
+
 def dense_baselines(q, k, v, cot, reps, names=("ours", "cudnn")):
-    """Dense causal forward and forward+backward: ours and cuDNN (GPU only), those in `names`."""
+    """Dense causal forward and forward+backward, those of `DENSE` in `names`: ours, ours
+    with the dK/dV kernel giving dQ (`Config(gpu_dq_in_dkv=True)`) and cuDNN (GPU only)."""
     out = {}
 
-    def ours(q, k, v):
-        return js.attention(q, k, v, pattern=js.patterns.Causal())
+    def ours(q, k, v, config=None):
+        return js.attention(q, k, v, pattern=js.patterns.Causal(), config=config)
+
+    def ours_dq(q, k, v):
+        return ours(q, k, v, js.Config(gpu_dq_in_dkv=True))
 
     def cudnn(q, k, v):
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
-    impls = [("ours", ours)] + ([("cudnn", cudnn)] if jax.default_backend() == "gpu" else [])
+    impls = [("ours", ours), ("ours-dq", ours_dq)]
+    impls += [("cudnn", cudnn)] if jax.default_backend() == "gpu" else []
     impls = [(name, fn) for name, fn in impls if name in names]
     for name, fn in impls:
         try:
@@ -250,6 +258,7 @@ NSA_TRAIN_VARIANTS = {
     "NSA (items by 2k tokens)": js.Config(gpu_gathered_chunk=2048),
     "NSA (items by 4k tokens)": js.Config(gpu_gathered_chunk=4096),
     "NSA (items by 8k tokens)": js.Config(gpu_gathered_chunk=8192),
+    "NSA (dQ in dK/dV)": js.Config(gpu_dq_in_dkv=True),
 }
 
 
@@ -331,8 +340,9 @@ def main(argv=None):
     ap.add_argument(
         "--dense",
         default="ours,cudnn",
-        help="dense baselines to run (comma-separated: ours, cudnn); 'ours' alone saves "
-        "cuDNN's compiles where only the selection overhead is wanted",
+        help=f"dense baselines to run (comma-separated of {', '.join(DENSE)}; ours-dq: "
+        "the dK/dV kernel gives dQ); 'ours' alone saves cuDNN's compiles where only the "
+        "selection overhead is wanted",
     )
     ap.add_argument(
         "--min-iters",
@@ -357,9 +367,11 @@ def main(argv=None):
     if args.min_iters < 1:
         ap.error(f"--min-iters {args.min_iters}: must be at least 1")
     MIN_ITERS[0] = args.min_iters
-    unknown = set(args.dense.split(",")) - {"ours", "cudnn"}
+    unknown = set(args.dense.split(",")) - set(DENSE)
     if unknown:
-        ap.error(f"--dense {args.dense!r}: unknown baseline(s) {sorted(unknown)}; use ours, cudnn")
+        ap.error(
+            f"--dense {args.dense!r}: unknown baseline(s) {sorted(unknown)}; use {', '.join(DENSE)}"
+        )
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OUT.append(out_dir / "llm_sparse_gpu.jsonl")

@@ -149,3 +149,84 @@ def test_without_a_gpu_the_default_is_the_xla_path():
     with pytest.raises(NotImplementedError, match="Hopper"):
         js.attention(q, q, q, implementation="pallas_gpu")
     assert js.attention(q, q, q).shape == (1, 8, 2, 64)  # falls back, no error
+
+
+def test_dq_in_dkv_option_skips_the_dq_kernel(monkeypatch):
+    """`Config(gpu_dq_in_dkv=True)`: the dK/dV kernel gives dQ (no dQ kernel runs); every
+    gradient matches the oracle."""
+    from pallas_kernels.gpu import backward_dkv, backward_dq
+
+    seen, real = [], backward_dkv.dkv_call
+
+    def spy(*args, sh, **kw):
+        seen.append(sh.with_dq)
+        return real(*args, sh=sh, **kw)
+
+    monkeypatch.setattr(backward_dkv, "dkv_call", spy)
+    monkeypatch.setattr(backward_dq, "dq_call", None)  # calling it would fail
+    case = C(P.Causal() & P.SlidingWindow(left=70), t=130, h=4, k=2)
+    q, k, v, kwargs, cot = oracle.inputs(case)
+    kwargs["config"] = js.Config(block_q=64, block_kv=128, interpret=True, gpu_dq_in_dkv=True)
+    got = oracle.outputs_and_grads("pallas_gpu", q, k, v, kwargs, cot)
+    q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
+    want = oracle.outputs_and_grads("reference", q32, k32, v32, kwargs, cot)
+    for name, a, b in zip(oracle.NAMES, got, want, strict=True):
+        limit = oracle.TOLERANCE[bf16] * (1 if name in ("out", "lse") else 2)
+        assert oracle.rel_err(a, b) <= limit, name
+    assert seen == [True]
+    with pytest.raises(TypeError, match="gpu_dq_in_dkv must be True or False"):
+        js.Config(gpu_dq_in_dkv=None)
+
+
+@pytest.mark.parametrize("block_kv", [128, 64])
+def test_dq_in_dkv_lowers_for_a_gpu(block_kv, monkeypatch):
+    # Interpret mode runs the logic, not the Mosaic GPU lowering of the dK/dV kernel's
+    # dS^T tiles, transposed dQ wgmma, staging and TMA reduce-adds (128-key blocks: two
+    # warpgroups on one step; 64-key blocks: alternate steps, staging shared with the
+    # sums): lower the whole backward for CUDA, head dim 128.
+    import jax
+
+    from jaxsparse.ops import pallas_gpu
+
+    monkeypatch.setattr(pallas_gpu, "check_device", lambda interpret: None)
+    q = jnp.zeros((1, 256, 4, 128), bf16)
+    k = jnp.zeros((1, 256, 2, 128), bf16)
+    config = js.Config(block_q=128, block_kv=block_kv, gpu_dq_in_dkv=True)
+
+    def loss(q, k, v):
+        out = js.attention(q, k, v, pattern=P.Causal(), implementation="pallas_gpu", config=config)
+        return out.astype(jnp.float32).sum()
+
+    with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
+        lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, k)
+        text = lowered.lower(lowering_platforms=("cuda",)).as_text()
+    assert "jaxsparse_attention_dkv" in text and "jaxsparse_attention_dq" not in text
+
+
+def test_dq_in_dkv_under_vmap_matches_each_call():
+    """The dK/dV kernel's float32 dQ is a `jax.new_ref` it adds into in place: under vmap
+    each batch element must add into its own (interpret mode)."""
+    import jax
+
+    config = js.Config(block_q=64, block_kv=64, interpret=True, gpu_dq_in_dkv=True)
+    keys = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(keys[0], (2, 1, 64, 2, 64), bf16)
+    k, v = (jax.random.normal(x, (1, 64, 1, 64), bf16) for x in keys[1:3])
+    cot = jax.random.normal(keys[3], (1, 64, 2, 64), jnp.float32)
+
+    def grad_q(q):
+        def loss(q):
+            out = js.attention(
+                q, k, v, pattern=P.Causal(), implementation="pallas_gpu", config=config
+            )
+            return (out.astype(jnp.float32) * cot).sum()
+
+        return jax.grad(loss)(q)
+
+    batched = jax.jit(jax.vmap(grad_q))(q)
+    for i in range(2):
+        each = jax.jit(grad_q)(q[i])
+        np.testing.assert_allclose(
+            np.asarray(batched[i], np.float32), np.asarray(each, np.float32), atol=1e-2
+        )
+        assert float(jnp.abs(each.astype(jnp.float32)).max()) > 0

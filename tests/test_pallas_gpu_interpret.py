@@ -81,6 +81,7 @@ class Case:
     dkv_q_split: bool | None = None  # None: two dK/dV warpgroups share 64-key blocks
     dkv_list_splits: int = 1  # CTAs sharing one kv block's q list
     word_rows: int = 0  # > 0: random row words (per-token selections), this many rows per bit
+    dq_in_dkv: bool = False  # dQ from the dK/dV kernel's adds, no dQ kernel
 
 
 CASES = [
@@ -108,6 +109,13 @@ CASES = [
     Case("dkv-list-splits-gqa", dkv_list_splits=3, dkv_split_heads=False, K=1, H=2),
     Case("dkv-list-splits-one-wg", dkv_list_splits=2, dkv_q_split=False, word_rows=16),
     Case("row-words-1wg-offset", word_rows=8, block_q=64, q_offset=64, S=320, persistent=False),
+    # dQ by the dK/dV kernel: two warpgroups on alternate steps (q_split); two on one
+    # step (128-key blocks: they hand over before adding); one, its list split in two.
+    Case("dq-in-dkv-gqa", dq_in_dkv=True, bwd=True),
+    Case("dq-in-dkv-window", mask_fn=window(96), block_kv=128, K=2, dq_in_dkv=True),
+    Case(
+        "dq-in-dkv-list-splits", dkv_list_splits=2, dkv_q_split=False, word_rows=16, dq_in_dkv=True
+    ),
 ]
 
 
@@ -242,8 +250,16 @@ def _reference_grads(q, k, v, mask, scale, cap, dout, dlse):
 # ---------------------------------------------------------------- tests
 
 
+def _races_outside_modelled_adds(printed: str) -> list[str]:
+    """The race reports (printed by the detector) that involve anything but the interpret
+    twin of a TMA reduce-add (`backward_dkv.read_add_write`: a read, an add and a write
+    back, which the detector rightly calls a race and the GPU does atomically)."""
+    reports = printed.split("RACE DETECTED")[1:]
+    return [r for r in reports if r.count("(read_add_write)") < 2]
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_forward_and_backward(case: Case):
+def test_forward_and_backward(case: Case, capsys):
     d = _setup(case)
     q, k, v = d["q"], d["k"], d["v"]
     kw = _kw(case, d)
@@ -296,12 +312,17 @@ def test_forward_and_backward(case: Case):
             dkv_split_heads=case.dkv_split_heads,
             dkv_q_split=case.dkv_q_split,
             dkv_list_splits=case.dkv_list_splits,
+            dq_in_dkv=case.dq_in_dkv,
         )
 
+    capsys.readouterr()
     with _abstract_gpu():
         dq, dk, dv = jax.jit(bwd)(q, k, v, jnp.asarray(out), jnp.asarray(lse), dout, dlse)
         dq, dk, dv = map(np.asarray, (dq, dk, dv))
-    assert not _races_found()
+    if case.dq_in_dkv:
+        assert not _races_outside_modelled_adds(capsys.readouterr().out)
+    else:
+        assert not _races_found()
 
     q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
     rq, rk, rv = _reference_grads(q32, k32, v32, d["mask"], case.D**-0.5, case.cap, dout, dlse)

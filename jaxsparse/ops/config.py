@@ -82,6 +82,13 @@ class Config:
         block order below (`packed.gathered_chunk`; NSA's step on an H200:
         28.48 against 29.66 ms at 64k, even at 128k, 5.51 against 5.38 ms at
         16k).
+      gpu_dq_in_dkv: Mosaic GPU backward: the dK/dV kernel also gives dQ, as
+        FA3's backward does (each step's dS K added into a float32 dQ by a TMA
+        reduce-add), and the dQ kernel, which recomputes S and dP for every
+        tile pair a second time, does not run. Not where the gathered kernel
+        gives dQ (`gpu_gathered_dq`). dQ is then not bitwise deterministic.
+        Off: written in session 20 without a GPU, checked in interpret mode
+        and lowered for CUDA, not timed yet (pallas_kernels/gpu/NOTES.md).
       interpret: run Pallas kernels in interpret mode (CPU tests of
         `implementation="pallas_gpu"`; slow, tiny shapes only).
     """
@@ -101,6 +108,7 @@ class Config:
     gpu_gathered_dkv: bool = True
     gpu_gathered_dq: bool | None = None
     gpu_gathered_chunk: int | None = None
+    gpu_dq_in_dkv: bool = False
     interpret: bool = False
 
     def __post_init__(self):
@@ -124,6 +132,7 @@ class Config:
             ("gpu_importance_kernel", False),
             ("gpu_gathered_dkv", False),
             ("gpu_gathered_dq", True),
+            ("gpu_dq_in_dkv", False),
             ("interpret", False),
         ):
             value = getattr(self, name)

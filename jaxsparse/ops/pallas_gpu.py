@@ -186,6 +186,8 @@ def run_tables(
             ("dkv_split_heads", call.config.gpu_dkv_split_heads),
             ("dkv_q_split", call.config.gpu_dkv_q_split),
             ("dkv_list_splits", call.config.gpu_dkv_list_splits or dkv_list_splits),
+            # Not with gathered tiles: their kernel gives dQ itself, or the dQ kernel does.
+            ("dq_in_dkv", True if call.config.gpu_dq_in_dkv and gathering is None else None),
         )
         if value is not None and (name, value) != ("dkv_list_splits", 1)
     )

@@ -236,6 +236,7 @@ def block_sparse_attention_bwd(
     key_columns_mode: str = "or",
     segments_le: bool = False,
     dkv_tiles: backward_dkv_gathered.GatheredTiles | None = None,
+    dq_in_dkv: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Gradients of block_sparse_attention_fwd (dQ kernel + dK/dV kernel).
 
@@ -275,10 +276,15 @@ def block_sparse_attention_bwd(
         that selected each key tile (their own masks: the tiles' limits)
         instead of the kv-major lists, which only dQ's checks then read.
         (`gathered_attention_bwd`: the gathered kernel gives dQ too.)
+      dq_in_dkv: the dK/dV kernel also gives dQ (FA3's way: each step's dS K
+        added into a float32 dQ by a TMA reduce-add) and the dQ kernel does not
+        run; needs dkv_block_q_compute=64 and no dkv_tiles. That dQ is not
+        bitwise deterministic.
 
     Returns:
       dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
-      are summed over the query heads of each GQA group. Deterministic.
+      are summed over the query heads of each GQA group. Deterministic, except
+      dq with dq_in_dkv.
     """
     del block_kv_compute, num_stages, persistent, num_ctas
     cm.check_dtypes_and_dims(q, k, v, what="block_sparse_attention_bwd")
@@ -293,6 +299,11 @@ def block_sparse_attention_bwd(
         raise ValueError("give both kv_words and q_words, or neither")
     if dkv_tiles is not None and not word_rows:
         raise ValueError("dkv_tiles needs word_rows (query rows per token) and the row words")
+    if dq_in_dkv and (dkv_tiles is not None or dkv_block_q_compute != cm.WG_ROWS):
+        raise ValueError(
+            f"dq_in_dkv needs dkv_block_q_compute={cm.WG_ROWS} (got {dkv_block_q_compute}) "
+            "and no dkv_tiles (gathered_attention_bwd gives dQ from gathered tiles)"
+        )
     kv_words = args.row_words(kv_words, kv_indices, word_rows, block_q, "kv")
     q_words = args.row_words(q_words, q_indices, word_rows, block_q, "q")
     if out.shape != (B, Tp, H, Dv) or dout.shape != out.shape:
@@ -370,9 +381,11 @@ def block_sparse_attention_bwd(
         ),
         q_split=_q_split(dkv_q_split, block_kv, bwd_num_stages),
         list_splits=list_splits,
+        with_dq=dq_in_dkv,
     )
     dkv_bytes = backward_dkv.smem_bytes(dkv_sh, st) if dkv_tiles is None else 0
-    for name, nb in (("dQ", backward_dq.smem_bytes(dq_sh, st)), ("dK/dV", dkv_bytes)):
+    dq_bytes = 0 if dq_in_dkv else backward_dq.smem_bytes(dq_sh, st)
+    for name, nb in (("dQ", dq_bytes), ("dK/dV", dkv_bytes)):
         if nb > cm.MAX_SMEM_BYTES:
             raise NotImplementedError(
                 f"{name} tiles need {nb} bytes of SMEM (> {cm.MAX_SMEM_BYTES})"
@@ -384,24 +397,28 @@ def block_sparse_attention_bwd(
     else:
         q_order = jnp.arange(Tp // block_q, dtype=jnp.int32)
         kv_order = jnp.arange(Sp // block_kv, dtype=jnp.int32)
-    dq = backward_dq.dq_call(
-        q,
-        k,
-        v,
-        dout,
-        lse2,
-        delta,
-        cm.pack_codes(kv_indices, kv_full),
-        kv_counts.astype(jnp.int32),
-        q_order,
-        q_seg,
-        kv_seg,
-        kv_words,
-        diag_q,
-        keys,
-        sh=dq_sh,
-        st=st,
-    )
+    dq_acc = None
+    if dq_in_dkv:  # the dK/dV kernel adds dS K into it
+        dq_acc = jax.new_ref(jnp.zeros((B, Tp, H, D), jnp.float32))
+    else:
+        dq = backward_dq.dq_call(
+            q,
+            k,
+            v,
+            dout,
+            lse2,
+            delta,
+            cm.pack_codes(kv_indices, kv_full),
+            kv_counts.astype(jnp.int32),
+            q_order,
+            q_seg,
+            kv_seg,
+            kv_words,
+            diag_q,
+            keys,
+            sh=dq_sh,
+            st=st,
+        )
     if dkv_tiles is not None:
         dk, dv = backward_dkv_gathered.dkv(
             q, k, v, dout, lse2, delta, dkv_tiles, group=word_rows, num_stages=bwd_num_stages,
@@ -425,7 +442,10 @@ def block_sparse_attention_bwd(
         keys,
         sh=dkv_sh,
         st=st,
+        dq_acc=dq_acc,
     )
+    if dq_in_dkv:
+        dq = (dq_acc[...] * st.scale).astype(dt)
     per_kv = dkv_sh.out_heads // K  # shares per kv head in one split
     if dkv_sh.list_splits > 1 or per_kv > 1:  # sum the splits' and heads' shares in f32
         dk, dv = (

@@ -31,6 +31,17 @@ steps p, p + P, ...) and write their partial dK/dV separately; the caller
 sums them in float32. A key block that nearly every query tile attends (NSA's
 forced initial block) otherwise keeps one SM busy long after the others: its
 CTA streams every Q and dO tile through one SM.
+
+With `with_dq` the kernel also gives dQ, as FA3's backward does, so that the
+dQ kernel (`backward_dq`), which recomputes S and dP for every tile pair
+again, need not run: per step dS^T goes through SMEM, the dQ wgmma reads it
+transposed against the key tile (`tile_grads(ds_smem=...)`), and the `[64,
+D]` float32 result is added into a float32 `[B, Tp, H, D]` dQ in GMEM by one
+TMA reduce-add. Adds to one row come from different CTAs (and warpgroups) in
+no fixed order: this dQ is not bitwise deterministic. In interpret mode
+(where the GPU interpreter refuses TMA reductions) each add reads, adds and
+writes back instead; two warpgroups that share a step (block_kv 128) hand
+their sums over through SMEM first, as the interpreter gives no atomicity.
 """
 
 from __future__ import annotations
@@ -66,6 +77,7 @@ class DkvShapes:
     split_heads: bool = False  # one CTA per query head (outputs per query head)
     q_split: bool = False  # two warpgroups, one 64-key block, alternate q steps
     list_splits: int = 1  # CTAs sharing one kv block's q list (partial outputs)
+    with_dq: bool = False  # also dQ, by TMA reduce-adds into float32 (block_q_compute 64)
 
     @property
     def nwg(self) -> int:
@@ -96,9 +108,12 @@ def smem_bytes(sh: DkvShapes, st: cm.AttentionStatics) -> int:
     total += cm.nbytes((sh.num_stages, 2 + st.has_segments, bqc), jnp.float32)
     if not st.regs_lhs:
         total += cm.nbytes((sh.nwg, r, bqc), dt)
-    if sh.q_split:
-        total += cm.nbytes((r, sh.D + sh.Dv), jnp.float32)
-    return total + 1024
+    sums = cm.nbytes((r, sh.D + sh.Dv), jnp.float32) if sh.q_split else 0
+    if sh.with_dq:  # dS^T tiles; dQ staging (with q_split, sharing its bytes with the sums)
+        total += cm.nbytes((sh.nwg, r, bqc), dt)
+        staging = cm.nbytes((sh.nwg, bqc, sh.D), jnp.float32)
+        sums = max(sums, staging) if sh.q_split else staging
+    return total + sums + 1024
 
 
 def _kernel(
@@ -116,6 +131,7 @@ def _kernel(
     word_ref,
     diag_ref,
     keys_ref,
+    dq_ref,
     dk_ref,
     dv_ref,
     *,
@@ -124,6 +140,9 @@ def _kernel(
     **scratch,
 ):
     nwg, R, bqc, stages, subs = (sh.nwg, cm.WG_ROWS, sh.block_q_compute, sh.num_stages, sh.subs)
+    if sh.with_dq and sh.q_split:  # the dQ staging tiles share their bytes with the end's sums
+        dq_smem, (dk_acc, dv_acc) = scratch["union"]
+        scratch = {**scratch, "dq_smem": dq_smem, "dk_acc": dk_acc, "dv_acc": dv_acc}
     k_smem, v_smem = scratch["k_smem"], scratch["v_smem"]
     q_smem, do_smem = scratch["q_smem"], scratch["do_smem"]
     lse_smem, delta_smem = scratch["lse_smem"], scratch["delta_smem"]
@@ -226,15 +245,18 @@ def _kernel(
                         return lax.cond(partial, masked(True), masked(False))
                     return lax.cond(partial, masked(True), lambda: t)
 
-                dk, dv, _ = tile_grads(
+                dk, dv, dq = tile_grads(
                     st, sh.dtype, dk, dv, k=k_smem.at[wg], v=v_smem.at[wg],
                     q=q_smem.at[slot], do=do_smem.at[slot], rows=rows, mask=mask,
                     stage=None if st_smem is None else st_smem.at[wg],
+                    ds_smem=scratch["ds_smem"].at[wg] if sh.with_dq else None,
                 )  # fmt: skip
                 # Generic-proxy reads of this slot (lse, delta, segment ids) must be
                 # ordered before the producer's next TMA into it.
                 plgpu.commit_smem()
                 plgpu.barrier_arrive(free.at[slot])
+                if sh.with_dq:
+                    add_dq(dq_ref.at[b, pl.ds(q_start, bqc), hq], dq)
                 return dk, dv
 
             if sh.q_split:  # this warpgroup's steps: global step t0 + s of parity wg
@@ -245,7 +267,23 @@ def _kernel(
                 dk, dv = lax.fori_loop(0, n, step, (dk, dv))
             return dk, dv, t0 + n
 
+        def add_dq(dst, dq):
+            """dst (a step's `[bqc, D]` rows of the float32 dQ) += dq, by a TMA reduce-add."""
+            stage = scratch["dq_smem"].at[wg]
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last step's add is out
+            stage[...] = dq
+            plgpu.commit_smem()
+            if st.interpret is None:
+                plgpu.copy_smem_to_gmem(stage, dst, reduction_op="add")
+            else:
+                _interpret_add(wg, stage, dst, scratch, shared_step=nwg == 2 and not sh.q_split)
+
         dk, dv, _ = lax.fori_loop(0, sh.heads_per_cta, head_loop, (dk, dv, jnp.int32(0)))
+        if sh.with_dq:  # every add is done (with q_split: before the sums reuse the staging)
+            plgpu.wait_smem_to_gmem(0)
+            if sh.q_split:
+                plgpu.barrier_arrive(scratch["dq_done"].at[wg])
+                plgpu.barrier_wait(scratch["dq_done"].at[1 - wg])
 
         def store(dk, dv):  # through this warpgroup's K/V tiles, no longer read
             stage_store(
@@ -291,6 +329,41 @@ def _kernel(
         @pl.loop(jnp.maximum(total - stages, 0), total)
         def _(t):
             plgpu.barrier_wait(free.at[lax.rem(t, stages)])
+
+
+def _interpret_add(wg, stage, dst, scratch, *, shared_step: bool):
+    """Interpret-mode twin of a step's dQ reduce-add (the GPU interpreter refuses TMA
+    reductions): read dst, add the staging tile, write back. Exact because the
+    interpreter runs CTAs one after another; two warpgroups that share a step (and so
+    its rows) hand over first: the second's tile is added to the first's, which writes."""
+    box, bar = scratch["rmw_smem"].at[wg], scratch["rmw_bar"].at[wg]
+    if not shared_step:
+        read_add_write(dst, stage, box, bar)
+        return
+    ready, taken = scratch["hand_ready"], scratch["hand_taken"]
+
+    @pl.when(wg == 1)
+    def _():
+        plgpu.barrier_arrive(ready)
+        plgpu.barrier_wait(taken)  # its tile read: the next step may overwrite it
+
+    @pl.when(wg == 0)
+    def _():
+        plgpu.barrier_wait(ready)
+        stage[...] = stage[...] + scratch["dq_smem"].at[1][...]
+        plgpu.barrier_arrive(taken)
+        read_add_write(dst, stage, box, bar)
+
+
+def read_add_write(dst, src, box, bar):
+    """dst (GMEM) += src (SMEM) through the SMEM tile box: the interpret-mode twin of a
+    TMA reduce-add, exact only where nothing else adds to dst meanwhile."""
+    plgpu.copy_gmem_to_smem(dst, box, bar)
+    plgpu.barrier_wait(bar)
+    box[...] = box[...] + src[...]
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(box, dst)
+    plgpu.wait_smem_to_gmem(0)
 
 
 def tile_grads(
@@ -367,6 +440,11 @@ def sum_pair(wg, dk, dv, scratch, store):
         store(dk + other_dk, dv + other_dv)
 
 
+# dQ staging tiles (float32): 8 rows x 128 bytes, swizzled, so that stores from the WGMMA
+# layout are free of bank conflicts.
+DQ_STAGING_TRANSFORMS = (plgpu.TilingTransform((8, 32)), plgpu.SwizzleTransform(128))
+
+
 def stage_store(st: cm.AttentionStatics, dtype, dk, dv, k_stage, v_stage, dk_dst, dv_dst):
     """dK (times the scale) and dV to GMEM through two SMEM tiles (the K/V tiles, free by
     now), one TMA group."""
@@ -397,10 +475,12 @@ def dkv_call(
     *,
     sh: DkvShapes,
     st: cm.AttentionStatics,
+    dq_acc=None,
 ):
     """Returns dk [B, Sp, K, D], dv [B, Sp, K, Dv] in k.dtype ([B, Sp, H, .], one share
     per query head, with `sh.split_heads`; [B, Sp, P * heads, .] with P list splits, slot
-    p * heads + h holding split p's share)."""
+    p * heads + h holding split p's share). With `sh.with_dq`, dq_acc is a float32
+    `[B, Tp, H, D]` ref the kernel adds dS K into (unscaled)."""
     nwg, R, bqc, stages = sh.nwg, cm.WG_ROWS, sh.block_q_compute, sh.num_stages
     dt = sh.dtype
     n_in = 4 + st.has_segments
@@ -420,6 +500,21 @@ def dkv_call(
         scratch["dk_acc"] = plgpu.SMEM((R, sh.D), jnp.float32)
         scratch["dv_acc"] = plgpu.SMEM((R, sh.Dv), jnp.float32)
         scratch["sum_bar"] = plgpu.Barrier(num_arrivals=1)
+    if sh.with_dq:
+        scratch["ds_smem"] = cm.tiled_smem((nwg, R, bqc), dt)
+        staging = plgpu.SMEM((nwg, bqc, sh.D), jnp.float32, transforms=DQ_STAGING_TRANSFORMS)
+        if sh.q_split:  # the end's sums take the staging tiles' bytes
+            sums = (scratch.pop("dk_acc"), scratch.pop("dv_acc"))
+            scratch["union"] = plgpu.RefUnion(staging, sums)
+            scratch["dq_done"] = plgpu.Barrier(num_arrivals=1, num_barriers=nwg)
+        else:
+            scratch["dq_smem"] = staging
+        if st.interpret is not None:
+            scratch["rmw_smem"] = plgpu.SMEM((nwg, bqc, sh.D), jnp.float32)
+            scratch["rmw_bar"] = plgpu.Barrier(num_arrivals=1, num_barriers=nwg)
+            if nwg == 2 and not sh.q_split:
+                scratch["hand_ready"] = plgpu.Barrier(num_arrivals=1)
+                scratch["hand_taken"] = plgpu.Barrier(num_arrivals=1)
     if st.has_segments:
         scratch["qseg_smem"] = plgpu.SMEM((stages, bqc), jnp.int32)
     if not st.regs_lhs:
@@ -440,4 +535,5 @@ def dkv_call(
         compiler_params=cm.compiler_params(),
         interpret=st.interpret,
     )
-    return kernel(order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg, words, diag, keys)
+    operands = (order, codes, counts, q, k, v, do, lse2, delta, q_seg, kv_seg, words, diag, keys)
+    return kernel(*operands, dq_acc if sh.with_dq else None)

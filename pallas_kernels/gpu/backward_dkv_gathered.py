@@ -65,8 +65,6 @@ NWG = 2  # consumer warpgroups, alternating tiles of one key tile
 # a segment sum over every item slot, live or not, which chunked items make large.
 ADD_DKV = True
 RMW_ROWS = 8  # rows per read-add-write of the interpret-mode twin of the dK/dV adds
-# dQ staging tiles: 8 rows x 128 bytes, swizzled (a token's G rows are whole tiles).
-F32_TRANSFORMS = (plgpu.TilingTransform((8, 32)), plgpu.SwizzleTransform(128))
 
 
 class GatheredTiles(NamedTuple):
@@ -228,12 +226,7 @@ def _kernel(
                     plgpu.copy_smem_to_gmem(src, dst, reduction_op="add", commit_group=False)
                 else:  # read, add, write back (see the module docstring)
                     box, bar = scratch["rmw_smem"].at[wg], scratch["rmw_bar"].at[wg]
-                    plgpu.copy_gmem_to_smem(dst, box, bar)
-                    plgpu.barrier_wait(bar)
-                    box[...] = box[...] + src[...]
-                    plgpu.commit_smem()
-                    plgpu.copy_smem_to_gmem(box, dst)
-                    plgpu.wait_smem_to_gmem(0)
+                    backward_dkv.read_add_write(dst, src, box, bar)
             plgpu.commit_smem_to_gmem_group()
 
         mine = lax.div(jnp.maximum(n - wg + 1, 0), 2)  # tiles wg, wg + 2, ...
@@ -263,13 +256,8 @@ def _kernel(
                 else:  # read, add, write back, 8 rows at a time (see the module docstring)
                     box, bar = scratch[("rmw_k", "rmw_v")[i]], scratch["rmw_kv_bar"]
                     for r in range(0, R, RMW_ROWS):
-                        rows = pl.ds(kj * R + r, RMW_ROWS)
-                        plgpu.copy_gmem_to_smem(ref.at[b, rows, kvh], box, bar)
-                        plgpu.barrier_wait(bar)
-                        box[...] = box[...] + tile[pl.ds(r, RMW_ROWS)]
-                        plgpu.commit_smem()
-                        plgpu.copy_smem_to_gmem(box, ref.at[b, rows, kvh])
-                        plgpu.wait_smem_to_gmem(0)
+                        dst = ref.at[b, pl.ds(kj * R + r, RMW_ROWS), kvh]
+                        backward_dkv.read_add_write(dst, tile.at[pl.ds(r, RMW_ROWS)], box, bar)
             plgpu.commit_smem_to_gmem_group()
             plgpu.wait_smem_to_gmem(0)
 
@@ -329,7 +317,10 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
     if sh.with_dq:
         # Tiled and swizzled: stores from the WGMMA layout without bank conflicts, and
         # one TMA per token's box all the same.
-        staging = plgpu.SMEM((NWG, R, sh.D), jnp.float32, transforms=F32_TRANSFORMS)
+        # A token's G rows are whole 8-row tiles of the staging layout.
+        staging = plgpu.SMEM(
+            (NWG, R, sh.D), jnp.float32, transforms=backward_dkv.DQ_STAGING_TRANSFORMS
+        )
         scratch["union"] = plgpu.RefUnion(staging, sums)
         scratch["ds_smem"] = cm.tiled_smem((NWG, R, R), dt)
         scratch["dq_done"] = plgpu.Barrier(num_arrivals=1, num_barriers=NWG)
