@@ -178,19 +178,24 @@ def test_dq_in_dkv_option_skips_the_dq_kernel(monkeypatch):
         js.Config(gpu_dq_in_dkv=None)
 
 
-@pytest.mark.parametrize("block_kv", [128, 64])
-def test_dq_in_dkv_lowers_for_a_gpu(block_kv, monkeypatch):
+@pytest.mark.parametrize(
+    "block_kv, d, dv, dq_kernel",
+    [(128, 128, 128, False), (64, 128, 128, False), (128, 192, 64, True)],
+)
+def test_dq_in_dkv_lowers_for_a_gpu(block_kv, d, dv, dq_kernel, monkeypatch):
     # Interpret mode runs the logic, not the Mosaic GPU lowering of the dK/dV kernel's
     # dS^T tiles, transposed dQ wgmma, staging and TMA reduce-adds (128-key blocks: two
     # warpgroups on one step; 64-key blocks: alternate steps, staging shared with the
-    # sums): lower the whole backward for CUDA, head dim 128.
+    # sums): lower the whole backward for CUDA. At head dim 192 the staging does not fit
+    # in SMEM beside the rest, and the dQ kernel runs instead.
     import jax
 
     from jaxsparse.ops import pallas_gpu
 
     monkeypatch.setattr(pallas_gpu, "check_device", lambda interpret: None)
-    q = jnp.zeros((1, 256, 4, 128), bf16)
-    k = jnp.zeros((1, 256, 2, 128), bf16)
+    q = jnp.zeros((1, 256, 4, d), bf16)
+    k = jnp.zeros((1, 256, 2, d), bf16)
+    v = jnp.zeros((1, 256, 2, dv), bf16)
     config = js.Config(block_q=128, block_kv=block_kv, gpu_dq_in_dkv=True)
 
     def loss(q, k, v):
@@ -198,9 +203,10 @@ def test_dq_in_dkv_lowers_for_a_gpu(block_kv, monkeypatch):
         return out.astype(jnp.float32).sum()
 
     with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
-        lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, k)
+        lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, v)
         text = lowered.lower(lowering_platforms=("cuda",)).as_text()
-    assert "jaxsparse_attention_dkv" in text and "jaxsparse_attention_dq" not in text
+    assert "jaxsparse_attention_dkv" in text
+    assert ("jaxsparse_attention_dq" in text) == dq_kernel
 
 
 def test_dq_in_dkv_under_vmap_matches_each_call():

@@ -223,16 +223,19 @@ def test_backward_is_deterministic():
         assert bool((a == b).all())
 
 
-@pytest.mark.parametrize("block_kv, dkv_q_split", [(128, None), (64, None), (64, False)])
-def test_dq_in_dkv_vs_dense(block_kv, dkv_q_split):
+@pytest.mark.parametrize(
+    "block_kv, dkv_q_split, split_heads", [(128, None, None), (128, None, False),
+                                           (64, None, None), (64, False, None)]
+)  # fmt: skip
+def test_dq_in_dkv_vs_dense(block_kv, dkv_q_split, split_heads):
     """dQ from the dK/dV kernel's TMA reduce-adds (no dQ kernel): two warpgroups on one
-    128-key step, alternate steps of a 64-key block, one warpgroup alone; GQA with the
-    heads' shares split, and a soft cap."""
+    128-key step, alternate steps of a 64-key block, one warpgroup alone; GQA with a CTA
+    per query head or per kv head, and a soft cap."""
     B, T, H, K, D = 1, 2048, 8, 2, 128
     q, k, v = _qkv(B, T, T, H, K, D, D, jnp.bfloat16, seed=7)
     mask = reference.dense_mask(window_256, B, H, T, T)
     kind = tables.kind_from_dense(reference.dense_mask(window_256, 1, 1, T, T), 128, block_kv)
     _run(
         q, k, v, window_256, mask, kind, bwd=True, cap=30.0, block_kv=block_kv,
-        bwd_kw=dict(dq_in_dkv=True, dkv_q_split=dkv_q_split),
+        bwd_kw=dict(dq_in_dkv=True, dkv_q_split=dkv_q_split, dkv_split_heads=split_heads),
     )  # fmt: skip

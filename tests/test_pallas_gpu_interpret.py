@@ -110,9 +110,18 @@ CASES = [
     Case("dkv-list-splits-one-wg", dkv_list_splits=2, dkv_q_split=False, word_rows=16),
     Case("row-words-1wg-offset", word_rows=8, block_q=64, q_offset=64, S=320, persistent=False),
     # dQ by the dK/dV kernel: two warpgroups on alternate steps (q_split); two on one
-    # step (128-key blocks: they hand over before adding); one, its list split in two.
+    # step (128-key blocks: they hand over before adding), a CTA per kv head; one
+    # warpgroup, its list split in two.
     Case("dq-in-dkv-gqa", dq_in_dkv=True, bwd=True),
-    Case("dq-in-dkv-window", mask_fn=window(96), block_kv=128, K=2, dq_in_dkv=True),
+    Case(
+        "dq-in-dkv-window-heads",  # two query heads per CTA: each head's rows added in turn
+        mask_fn=window(96),
+        block_kv=128,
+        H=4,
+        K=2,
+        dkv_split_heads=False,
+        dq_in_dkv=True,
+    ),  # fmt: skip
     Case(
         "dq-in-dkv-list-splits", dkv_list_splits=2, dkv_q_split=False, word_rows=16, dq_in_dkv=True
     ),

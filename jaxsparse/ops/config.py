@@ -85,8 +85,11 @@ class Config:
       gpu_dq_in_dkv: Mosaic GPU backward: the dK/dV kernel also gives dQ, as
         FA3's backward does (each step's dS K added into a float32 dQ by a TMA
         reduce-add), and the dQ kernel, which recomputes S and dP for every
-        tile pair a second time, does not run. Not where the gathered kernel
-        gives dQ (`gpu_gathered_dq`). dQ is then not bitwise deterministic.
+        tile pair a second time, does not run; where its SMEM would not hold
+        the dQ staging (head dim 192), the dQ kernel runs all the same. Not
+        where dK/dV run over gathered tiles (`gpu_gathered_dkv`), which give
+        dQ themselves or leave it to the dQ kernel. dQ is then not bitwise
+        deterministic.
         Off: written in session 20 without a GPU, checked in interpret mode
         and lowered for CUDA, not timed yet (pallas_kernels/gpu/NOTES.md).
       interpret: run Pallas kernels in interpret mode (CPU tests of

@@ -103,6 +103,7 @@ def run(call: call_lib.Call):
             slots=p.row_capacity + (1 if p.causal else 0), dq=gathered_dq(call.config, t),
             chunk=gathered_chunk(call.config, t),
             item_tiles=gathered.ITEM_TILES,  # read here, so that bench/nsa_glue.py can vary it
+            token_major=gathered.TOKEN_MAJOR,  # likewise
         )  # fmt: skip
     out, lse = pallas_gpu.run_tables(
         call,

@@ -284,17 +284,24 @@ def _by_row(st, x):
     return by_row(x.reshape(b, t, h // st.token_group, st.token_group, d))
 
 
+def _token_major_backward(st) -> bool:
+    """Whether the backward reads O in the natural layout (the gathered kernel's dQ with
+    `Gathering.token_major`) rather than the packed rows the kernels wrote."""
+    return st.gathering is not None and st.gathering.dq and st.gathering.token_major
+
+
 def _attention_fwd(st, q, k, v, tables, arrays, segs, work, pattern):
     out, lse = _forward(st, q, k, v, tables, arrays, segs)
     out_t = _by_token(st, out)
-    return (out_t, lse), (q, k, v, out, out_t, lse, tables, arrays, segs, work, pattern)
+    saved = out_t if _token_major_backward(st) else out  # one O kept for the backward
+    return (out_t, lse), (q, k, v, saved, lse, tables, arrays, segs, work, pattern)
 
 
 def _attention_bwd(st, residuals, cotangents):
-    q, k, v, out, out_t, lse, tables, arrays, segs, work, pattern = residuals
+    q, k, v, out, lse, tables, arrays, segs, work, pattern = residuals
     dout_t, dlse = cotangents
     if st.gathering is not None and st.gathering.dq:
-        dq, dk, dv = _gathered_backward(st, q, k, v, out, out_t, lse, dout_t, dlse, pattern)
+        dq, dk, dv = _gathered_backward(st, q, k, v, out, lse, dout_t, dlse, pattern)
         return dq, dk, dv, None, None, None, None, None
     dout = _by_row(st, dout_t)
     if st.xla is not None:
@@ -321,23 +328,22 @@ def _attention_bwd(st, residuals, cotangents):
     return dq, dk, dv, None, None, None, None, None
 
 
-def _gathered_backward(st, q, k, v, out, out_t, lse, dout_t, dlse, pattern):
-    """dQ, dK, dV all from the gathered kernel (`Gathering.dq`).
+def _gathered_backward(st, q, k, v, out, lse, dout_t, dlse, pattern):
+    """dQ, dK, dV all from the gathered kernel (`Gathering.dq`); out as saved.
 
-    With `gathered.TOKEN_MAJOR` its rows are the natural layout's: dO as it
+    With `Gathering.token_major` its rows are the natural layout's: dO as it
     arrives, O as the forward returned it and q unpacked (a transpose XLA
     cancels against the packing's), so that no packed dO is made, delta's row
     dots read contiguous rows and the dQ's scale and cast may fuse with a sum.
     """
-    from jaxsparse.ops import gathered
     from pallas_kernels.gpu import api as kernels
     from pallas_kernels.gpu.backward_dkv_gathered import by_row, by_token
 
     g, kw = st.token_group, st.bwd_kwargs()
-    if gathered.TOKEN_MAJOR:
-        b, t, h, dv = out_t.shape
+    token_major = _token_major_backward(st)
+    if token_major:  # [B, T, H, .] as [B, T, Hx, G, .]
         q = by_token(q, g)
-        out, dout = (x.reshape(b, t, h // g, g, dv) for x in (out_t, dout_t))
+        out, dout = (x.reshape(x.shape[:2] + (-1, g, x.shape[-1])) for x in (out, dout_t))
     else:
         dout = _by_row(st, dout_t)
     dq, dk, dv = kernels.gathered_attention_bwd(
@@ -345,7 +351,7 @@ def _gathered_backward(st, q, k, v, out, out_t, lse, dout_t, dlse, pattern):
         scale=kw["scale"], logits_soft_cap=kw["logits_soft_cap"], kv_len=kw["kv_len"],
         interpret=kw.get("interpret"),
     )  # fmt: skip
-    return (by_row(dq) if gathered.TOKEN_MAJOR else dq), dk, dv
+    return (by_row(dq) if token_major else dq), dk, dv
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -5,6 +5,7 @@ Conventions, tables and what is supported: `pallas_kernels.gpu.api`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -279,7 +280,8 @@ def block_sparse_attention_bwd(
       dq_in_dkv: the dK/dV kernel also gives dQ (FA3's way: each step's dS K
         added into a float32 dQ by a TMA reduce-add) and the dQ kernel does not
         run; needs dkv_block_q_compute=64 and no dkv_tiles. That dQ is not
-        bitwise deterministic.
+        bitwise deterministic. Where the kernel's SMEM would not hold the dQ
+        staging tiles (e.g. D = 192), the dQ kernel runs instead.
 
     Returns:
       dq [B, Tp, H, D], dk [B, Sp, K, D], dv [B, Sp, K, Dv] in q.dtype; dk/dv
@@ -383,6 +385,9 @@ def block_sparse_attention_bwd(
         list_splits=list_splits,
         with_dq=dq_in_dkv,
     )
+    if dq_in_dkv and backward_dkv.smem_bytes(dkv_sh, st) > cm.MAX_SMEM_BYTES:
+        dq_in_dkv = False  # the staging tiles do not fit beside the rest: the dQ kernel runs
+        dkv_sh = dataclasses.replace(dkv_sh, with_dq=False)
     dkv_bytes = backward_dkv.smem_bytes(dkv_sh, st) if dkv_tiles is None else 0
     dq_bytes = 0 if dq_in_dkv else backward_dq.smem_bytes(dq_sh, st)
     for name, nb in (("dQ", dq_bytes), ("dK/dV", dkv_bytes)):

@@ -57,6 +57,10 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.gpu import common as cm
 
+# dQ staging tiles (float32): 8 rows x 128 bytes, swizzled, so that stores from the WGMMA
+# layout are free of bank conflicts.
+DQ_STAGING_TRANSFORMS = (plgpu.TilingTransform((8, 32)), plgpu.SwizzleTransform(128))
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DkvShapes:
@@ -79,9 +83,21 @@ class DkvShapes:
     list_splits: int = 1  # CTAs sharing one kv block's q list (partial outputs)
     with_dq: bool = False  # also dQ, by TMA reduce-adds into float32 (block_q_compute 64)
 
+    def __post_init__(self):
+        if self.with_dq and self.block_q_compute != cm.WG_ROWS:
+            raise ValueError(
+                f"with_dq needs block_q_compute={cm.WG_ROWS} (a warpgroup's [64, D] dQ "
+                f"accumulator), got {self.block_q_compute}"
+            )
+
     @property
     def nwg(self) -> int:
         return 2 if self.q_split else self.block_kv // cm.WG_ROWS
+
+    @property
+    def shared_steps(self) -> bool:
+        """Two warpgroups take every step together (64 keys each of a 128-key block)."""
+        return self.nwg == 2 and not self.q_split
 
     @property
     def heads_per_cta(self) -> int:
@@ -201,6 +217,17 @@ def _kernel(
         plgpu.barrier_wait(kv_bar.at[wg])
         shape = (R, bqc)
 
+        def add_dq(dst, dq):
+            """dst (a step's `[bqc, D]` rows of the float32 dQ) += dq, by a TMA reduce-add."""
+            stage = scratch["dq_smem"].at[wg]
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last step's add is out
+            stage[...] = dq
+            plgpu.commit_smem()
+            if st.interpret is None:
+                plgpu.copy_smem_to_gmem(stage, dst, reduction_op="add")
+            else:
+                _interpret_add(wg, stage, dst, scratch, shared=sh.shared_steps)
+
         def head_loop(g, carry):
             dk, dv, t0 = carry
             hq, hx, n = head_of(g)
@@ -267,17 +294,6 @@ def _kernel(
                 dk, dv = lax.fori_loop(0, n, step, (dk, dv))
             return dk, dv, t0 + n
 
-        def add_dq(dst, dq):
-            """dst (a step's `[bqc, D]` rows of the float32 dQ) += dq, by a TMA reduce-add."""
-            stage = scratch["dq_smem"].at[wg]
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last step's add is out
-            stage[...] = dq
-            plgpu.commit_smem()
-            if st.interpret is None:
-                plgpu.copy_smem_to_gmem(stage, dst, reduction_op="add")
-            else:
-                _interpret_add(wg, stage, dst, scratch, shared_step=nwg == 2 and not sh.q_split)
-
         dk, dv, _ = lax.fori_loop(0, sh.heads_per_cta, head_loop, (dk, dv, jnp.int32(0)))
         if sh.with_dq:  # every add is done (with q_split: before the sums reuse the staging)
             plgpu.wait_smem_to_gmem(0)
@@ -331,13 +347,14 @@ def _kernel(
             plgpu.barrier_wait(free.at[lax.rem(t, stages)])
 
 
-def _interpret_add(wg, stage, dst, scratch, *, shared_step: bool):
+def _interpret_add(wg, stage, dst, scratch, *, shared: bool):
     """Interpret-mode twin of a step's dQ reduce-add (the GPU interpreter refuses TMA
     reductions): read dst, add the staging tile, write back. Exact because the
-    interpreter runs CTAs one after another; two warpgroups that share a step (and so
-    its rows) hand over first: the second's tile is added to the first's, which writes."""
+    interpreter runs CTAs one after another; two warpgroups that share every step (and
+    so its rows) hand over first: the second's tile (staging tile 1) is added to the
+    first's, which writes."""
     box, bar = scratch["rmw_smem"].at[wg], scratch["rmw_bar"].at[wg]
-    if not shared_step:
+    if not shared:
         read_add_write(dst, stage, box, bar)
         return
     ready, taken = scratch["hand_ready"], scratch["hand_taken"]
@@ -440,11 +457,6 @@ def sum_pair(wg, dk, dv, scratch, store):
         store(dk + other_dk, dv + other_dv)
 
 
-# dQ staging tiles (float32): 8 rows x 128 bytes, swizzled, so that stores from the WGMMA
-# layout are free of bank conflicts.
-DQ_STAGING_TRANSFORMS = (plgpu.TilingTransform((8, 32)), plgpu.SwizzleTransform(128))
-
-
 def stage_store(st: cm.AttentionStatics, dtype, dk, dv, k_stage, v_stage, dk_dst, dv_dst):
     """dK (times the scale) and dV to GMEM through two SMEM tiles (the K/V tiles, free by
     now), one TMA group."""
@@ -512,7 +524,7 @@ def dkv_call(
         if st.interpret is not None:
             scratch["rmw_smem"] = plgpu.SMEM((nwg, bqc, sh.D), jnp.float32)
             scratch["rmw_bar"] = plgpu.Barrier(num_arrivals=1, num_barriers=nwg)
-            if nwg == 2 and not sh.q_split:
+            if sh.shared_steps:
                 scratch["hand_ready"] = plgpu.Barrier(num_arrivals=1)
                 scratch["hand_taken"] = plgpu.Barrier(num_arrivals=1)
     if st.has_segments:

@@ -315,9 +315,7 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
     )
     sums = (plgpu.SMEM((R, sh.D), jnp.float32), plgpu.SMEM((R, sh.Dv), jnp.float32))
     if sh.with_dq:
-        # Tiled and swizzled: stores from the WGMMA layout without bank conflicts, and
-        # one TMA per token's box all the same.
-        # A token's G rows are whole 8-row tiles of the staging layout.
+        # A token's G rows are whole 8-row tiles of the staging layout: one TMA box each.
         staging = plgpu.SMEM(
             (NWG, R, sh.D), jnp.float32, transforms=backward_dkv.DQ_STAGING_TRANSFORMS
         )
