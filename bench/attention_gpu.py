@@ -12,7 +12,10 @@ MODE:
   torch  time PyTorch FlexAttention on the same masks (separate process).
   table  merge OUT_DIR/*.jsonl into a markdown table with target ratios.
 
-B=1, H=16, D=128, bf16; SEQS (env, default 4096,16384,32768). Cases: full,
+B=1, H=16, D=128, bf16; SEQS (env, default 4096,16384,32768); VARIANTS=1 (env)
+also times the forward kernel in both launch modes (ours[p], ours[np]) and the
+causal fwd+bwd with the dK/dV kernel giving dQ (jaxsparse[dq],
+`Config(gpu_dq_in_dkv=True)`). Cases: full,
 causal, window (causal window of 1024: q-1023 <= k <= q), blocksparse (a
 random 128x128 block mask at ~10% density with the diagonal kept, the same
 numpy array for every library), causal_fwd_bwd. Each JSON line has the
@@ -110,6 +113,14 @@ def jax_bench():
         ]
         if tokamax is not None:
             train.append(("tokamax", functools.partial(tk, is_causal=True)))
+        if os.environ.get("VARIANTS"):  # the dK/dV kernel giving dQ (no dQ kernel)
+            dq_cfg = js.Config(gpu_dq_in_dkv=True)
+            train.append(
+                (
+                    "jaxsparse[dq]",
+                    functools.partial(js.attention, pattern=js.patterns.Causal(), config=dq_cfg),
+                )
+            )
         for impl, fn in train:
             g = jax.jit(
                 jax.grad(

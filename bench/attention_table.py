@@ -30,7 +30,10 @@ def table(out_dir):
             res[(r["impl"], r["kind"], r["S"])] = r
     seqs = sorted({k[2] for k in res})
     kinds = ["full", "causal", "window", "blocksparse", "causal_fwd_bwd"]
-    impls = ["jaxsparse", "ours", "ours[p]", "ours[np]", "cudnn", "tokamax", "flex"]
+    impls = [
+        *("jaxsparse", "jaxsparse[dq]", "ours", "ours[p]", "ours[np]"),
+        *("cudnn", "tokamax", "flex"),
+    ]
     lines = []
     for e in env:
         lines.append("- " + ", ".join(f"{k}={v}" for k, v in e.items()))
