@@ -88,16 +88,22 @@ def test_gqa_dkv_split_option(option, attr, value, monkeypatch):
         return real(*args, sh=sh, **kw)
 
     monkeypatch.setattr(backward_dkv, "dkv_call", spy)
-    case = C(P.Causal(), t=128, h=4, k=2)
+    config = js.Config(block_q=64, block_kv=64, interpret=True, **{option: value})
+    assert_matches_oracle_with(C(P.Causal(), t=128, h=4, k=2), config)
+    assert seen == [value]
+
+
+def assert_matches_oracle_with(case, config):
+    """Output, lse and every gradient of `case` on the kernels with `config` against the
+    f32 oracle."""
     q, k, v, kwargs, cot = oracle.inputs(case)
-    kwargs["config"] = js.Config(block_q=64, block_kv=64, interpret=True, **{option: value})
+    kwargs["config"] = config
     got = oracle.outputs_and_grads("pallas_gpu", q, k, v, kwargs, cot)
     q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
     want = oracle.outputs_and_grads("reference", q32, k32, v32, kwargs, cot)
     for name, a, b in zip(oracle.NAMES, got, want, strict=True):
         limit = oracle.TOLERANCE[bf16] * (1 if name in ("out", "lse") else 2)
         assert oracle.rel_err(a, b) <= limit, name
-    assert seen == [value]
 
 
 @pytest.mark.parametrize(
@@ -164,15 +170,8 @@ def test_dq_in_dkv_option_skips_the_dq_kernel(monkeypatch):
 
     monkeypatch.setattr(backward_dkv, "dkv_call", spy)
     monkeypatch.setattr(backward_dq, "dq_call", None)  # calling it would fail
-    case = C(P.Causal() & P.SlidingWindow(left=70), t=130, h=4, k=2)
-    q, k, v, kwargs, cot = oracle.inputs(case)
-    kwargs["config"] = js.Config(block_q=64, block_kv=128, interpret=True, gpu_dq_in_dkv=True)
-    got = oracle.outputs_and_grads("pallas_gpu", q, k, v, kwargs, cot)
-    q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
-    want = oracle.outputs_and_grads("reference", q32, k32, v32, kwargs, cot)
-    for name, a, b in zip(oracle.NAMES, got, want, strict=True):
-        limit = oracle.TOLERANCE[bf16] * (1 if name in ("out", "lse") else 2)
-        assert oracle.rel_err(a, b) <= limit, name
+    config = js.Config(block_q=64, block_kv=128, interpret=True, gpu_dq_in_dkv=True)
+    assert_matches_oracle_with(C(P.Causal() & P.SlidingWindow(left=70), t=130, h=4, k=2), config)
     assert seen == [True]
     with pytest.raises(TypeError, match="gpu_dq_in_dkv must be True or False"):
         js.Config(gpu_dq_in_dkv=None)
