@@ -19,6 +19,9 @@ in one run. A glue is `library` or parts joined by `+`:
 - `dkv partials`: the gathered kernel with dQ writes per-item partial dK/dV
   that XLA sums (`backward_dkv_gathered.ADD_DKV = False`, session 18's form)
   instead of adding them into float32 sums.
+- `dq adds apart`: with `Config(gpu_dq_in_dkv=True)` and 128-key blocks, each of
+  the two warpgroups adds its own dQ tile (`backward_dkv.HAND_OVER_DQ = False`)
+  instead of handing it to the other for one add of the sum.
 - `token-major rows`: the gathered kernel, where it gives dQ, reads Q/dO and
   adds dQ in the natural `[B, T, H, D]` layout (`gathered.TOKEN_MAJOR =
   True`): no packed dO, delta from contiguous rows, and the dQ's scale and
@@ -47,7 +50,7 @@ import topk_gpu  # noqa: E402
 
 from jaxsparse.ops import gathered  # noqa: E402
 from jaxsparse.selection import topk  # noqa: E402
-from pallas_kernels.gpu import backward_dkv_gathered  # noqa: E402
+from pallas_kernels.gpu import backward_dkv, backward_dkv_gathered  # noqa: E402
 
 
 def _value_sorts(scores, k):
@@ -65,7 +68,7 @@ PAIR_PARTS = {
     "pair words": gathered_tiles_gpu.by_words,
     "pair ranks": gathered_tiles_gpu.by_word_ranks,
 }
-SWITCHES = ("dkv partials", "token-major rows")
+SWITCHES = ("dkv partials", "token-major rows", "dq adds apart")
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + SWITCHES
 
 
@@ -108,6 +111,7 @@ def patched(glue: str):
     library_item_tiles = gathered.ITEM_TILES
     library_add_dkv = backward_dkv_gathered.ADD_DKV
     library_token_major = gathered.TOKEN_MAJOR
+    library_hand_over = backward_dkv.HAND_OVER_DQ
 
     def candidate_mask(make, name):
         def topk_mask(scores, k):
@@ -135,6 +139,8 @@ def patched(glue: str):
                 backward_dkv_gathered.ADD_DKV = False
             elif p == "token-major rows":
                 gathered.TOKEN_MAJOR = True
+            elif p == "dq adds apart":
+                backward_dkv.HAND_OVER_DQ = False
             elif p in TOPK_PARTS:
                 topk.topk_mask = candidate_mask(TOPK_PARTS[p], p)
             else:
@@ -146,4 +152,5 @@ def patched(glue: str):
         gathered.ITEM_TILES = library_item_tiles
         backward_dkv_gathered.ADD_DKV = library_add_dkv
         gathered.TOKEN_MAJOR = library_token_major
+        backward_dkv.HAND_OVER_DQ = library_hand_over
         jax.clear_caches()

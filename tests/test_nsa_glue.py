@@ -32,14 +32,18 @@ def test_parse_names_the_parts_and_rejects_bad_glue():
 
 
 def test_switches_set_and_restore_the_library_constants():
+    from pallas_kernels.gpu import backward_dkv
     from pallas_kernels.gpu import backward_dkv_gathered as bdg
 
     def constants():
-        return gathered.ITEM_TILES, bdg.ADD_DKV, gathered.TOKEN_MAJOR
+        return (
+            gathered.ITEM_TILES, bdg.ADD_DKV, gathered.TOKEN_MAJOR, backward_dkv.HAND_OVER_DQ
+        )  # fmt: skip
 
     before = constants()
-    with GLUE.patched("items 64+dkv partials+token-major rows"):
-        assert constants() == (64, False, True)
+    assert before == (256, True, False, True)
+    with GLUE.patched("items 64+dkv partials+token-major rows+dq adds apart"):
+        assert constants() == (64, False, True, False)
     assert before == constants()
 
 

@@ -37,11 +37,12 @@ dQ kernel (`backward_dq`), which recomputes S and dP for every tile pair
 again, need not run: per step dS^T goes through SMEM, the dQ wgmma reads it
 transposed against the key tile (`tile_grads(ds_smem=...)`), and the `[64,
 D]` float32 result is added into a float32 `[B, Tp, H, D]` dQ in GMEM by one
-TMA reduce-add. Adds to one row come from different CTAs (and warpgroups) in
-no fixed order: this dQ is not bitwise deterministic. In interpret mode
-(where the GPU interpreter refuses TMA reductions) each add reads, adds and
-writes back instead; two warpgroups that share a step (block_kv 128) hand
-their sums over through SMEM first, as the interpreter gives no atomicity.
+TMA reduce-add. Two warpgroups that share every step (block_kv 128) hold the
+same rows: the second hands its tile to the first through SMEM, which adds
+the sum (`HAND_OVER_DQ`). Adds to one row come from different CTAs in no
+fixed order: this dQ is not bitwise deterministic. In interpret mode (where
+the GPU interpreter refuses TMA reductions) each add reads, adds and writes
+back instead.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ from pallas_kernels.gpu import common as cm
 # dQ staging tiles (float32): 8 rows x 128 bytes, swizzled, so that stores from the WGMMA
 # layout are free of bank conflicts.
 DQ_STAGING_TRANSFORMS = (plgpu.TilingTransform((8, 32)), plgpu.SwizzleTransform(128))
+# With dQ and two warpgroups on every step (128-key blocks), the second hands its [64, D]
+# dQ tile to the first, which adds the sum: one TMA reduce-add a step, as FA3's traffic.
+# False: each adds its own (twice the adds, no wait). Neither is timed yet; interpret mode
+# always hands over (its read-add-write is not atomic).
+HAND_OVER_DQ = True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -218,15 +224,37 @@ def _kernel(
         shape = (R, bqc)
 
         def add_dq(dst, dq):
-            """dst (a step's `[bqc, D]` rows of the float32 dQ) += dq, by a TMA reduce-add."""
+            """dst (a step's `[bqc, D]` rows of the float32 dQ) += dq, by a TMA reduce-add.
+
+            Two warpgroups that take every step together (`shared_steps`) hold the same
+            rows: with `HAND_OVER_DQ` (always in interpret mode) the second hands its
+            tile to the first through SMEM, and the first adds the sum (one add a step,
+            FA3's traffic); else each adds its own (twice the traffic, no wait).
+            """
             stage = scratch["dq_smem"].at[wg]
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last step's add is out
-            stage[...] = dq
-            plgpu.commit_smem()
-            if st.interpret is None:
-                plgpu.copy_smem_to_gmem(stage, dst, reduction_op="add")
-            else:
-                _interpret_add(wg, stage, dst, scratch, shared=sh.shared_steps)
+            if not _hands_over(sh, st):
+                stage[...] = dq
+                plgpu.commit_smem()
+                _reduce_add(stage, dst, scratch, wg, st)
+                return
+            ready, taken = scratch["hand_ready"], scratch["hand_taken"]
+
+            @pl.when(wg == 1)
+            def _():
+                stage[...] = dq
+                plgpu.commit_smem()
+                plgpu.barrier_arrive(ready)
+                plgpu.barrier_wait(taken)  # read: the next step may overwrite it
+
+            @pl.when(wg == 0)
+            def _():
+                plgpu.barrier_wait(ready)
+                other = plgpu.load(scratch["dq_smem"].at[1], layout=cm.WGMMA, optimized=False)
+                plgpu.barrier_arrive(taken)
+                stage[...] = dq + other
+                plgpu.commit_smem()
+                _reduce_add(stage, dst, scratch, wg, st)
 
         def head_loop(g, carry):
             dk, dv, t0 = carry
@@ -347,29 +375,21 @@ def _kernel(
             plgpu.barrier_wait(free.at[lax.rem(t, stages)])
 
 
-def _interpret_add(wg, stage, dst, scratch, *, shared: bool):
-    """Interpret-mode twin of a step's dQ reduce-add (the GPU interpreter refuses TMA
-    reductions): read dst, add the staging tile, write back. Exact because the
-    interpreter runs CTAs one after another; two warpgroups that share every step (and
-    so its rows) hand over first: the second's tile (staging tile 1) is added to the
-    first's, which writes."""
-    box, bar = scratch["rmw_smem"].at[wg], scratch["rmw_bar"].at[wg]
-    if not shared:
-        read_add_write(dst, stage, box, bar)
-        return
-    ready, taken = scratch["hand_ready"], scratch["hand_taken"]
+def _hands_over(sh: DkvShapes, st: cm.AttentionStatics) -> bool:
+    """Whether the second warpgroup hands its dQ tile to the first each step (see
+    `HAND_OVER_DQ`; in interpret mode always, as its adds are not atomic)."""
+    return sh.with_dq and sh.shared_steps and (HAND_OVER_DQ or st.interpret is not None)
 
-    @pl.when(wg == 1)
-    def _():
-        plgpu.barrier_arrive(ready)
-        plgpu.barrier_wait(taken)  # its tile read: the next step may overwrite it
 
-    @pl.when(wg == 0)
-    def _():
-        plgpu.barrier_wait(ready)
-        stage[...] = stage[...] + scratch["dq_smem"].at[1][...]
-        plgpu.barrier_arrive(taken)
-        read_add_write(dst, stage, box, bar)
+def _reduce_add(stage, dst, scratch, wg, st):
+    """dst (GMEM, float32) += the staging tile, by a TMA reduce-add; in interpret mode
+    (the GPU interpreter refuses TMA reductions) by a read, an add and a write back,
+    exact there because the interpreter runs CTAs one after another and the warpgroups
+    of one CTA never add the same rows there (`_hands_over`)."""
+    if st.interpret is None:
+        plgpu.copy_smem_to_gmem(stage, dst, reduction_op="add")
+    else:
+        read_add_write(dst, stage, scratch["rmw_smem"].at[wg], scratch["rmw_bar"].at[wg])
 
 
 def read_add_write(dst, src, box, bar):
@@ -521,12 +541,12 @@ def dkv_call(
             scratch["dq_done"] = plgpu.Barrier(num_arrivals=1, num_barriers=nwg)
         else:
             scratch["dq_smem"] = staging
+        if _hands_over(sh, st):
+            scratch["hand_ready"] = plgpu.Barrier(num_arrivals=1)
+            scratch["hand_taken"] = plgpu.Barrier(num_arrivals=1)
         if st.interpret is not None:
             scratch["rmw_smem"] = plgpu.SMEM((nwg, bqc, sh.D), jnp.float32)
             scratch["rmw_bar"] = plgpu.Barrier(num_arrivals=1, num_barriers=nwg)
-            if sh.shared_steps:
-                scratch["hand_ready"] = plgpu.Barrier(num_arrivals=1)
-                scratch["hand_taken"] = plgpu.Barrier(num_arrivals=1)
     if st.has_segments:
         scratch["qseg_smem"] = plgpu.SMEM((stages, bqc), jnp.int32)
     if not st.regs_lhs:
