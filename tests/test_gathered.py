@@ -198,10 +198,12 @@ def test_token_major_views_invert_and_cancel_under_xla():
     # Token t, bit head x, head j of the group: packed row t * G + j.
     np.testing.assert_array_equal(tok[1, 2, 1, 5], x[1, 2 * 8 + 5, 1])
     np.testing.assert_array_equal(bdg.by_row(tok), x)
+    natural = tok.reshape(2, 3, 16, 4)  # [B, T, H, D]: head x * G + j
+    np.testing.assert_array_equal(bdg.token_view(natural, 8), tok)
 
     def unpack_pack(y):  # natural [B, T, H, D] -> packed rows -> natural, doubled
-        b, t, h, d = y.shape
-        return bdg.by_token(bdg.by_row(y.reshape(b, t, 2, h // 2, d)), h // 2) * 2
+        g = y.shape[2] // 2
+        return bdg.by_token(bdg.by_row(bdg.token_view(y, g)), g) * 2
 
     hlo = jax.jit(unpack_pack).lower(jnp.zeros((1, 32, 16, 8))).compile().as_text()
     assert "transpose(" not in hlo and "copy(" not in hlo, hlo

@@ -46,10 +46,9 @@ KEY_TILE = 64  # keys per dK/dV work item
 CHUNK_TOKENS = 4096
 # When the gathered kernel gives dQ (`Gathering.dq`), hand it q, O and dO in the natural
 # token-major layout (`Gathering.token_major`, `pallas_gpu._gathered_backward`) instead of
-# packed rows: no packed dO
-# is made, and the dQ's scale and cast may fuse with the other branches' dQ sum. Checked
-# in interpret mode and lowered for CUDA, not timed on a GPU yet (`bench/nsa_glue.py`'s
-# `token-major rows`), so off.
+# packed rows: no packed dO is made, and the dQ's scale and cast may fuse with the other
+# branches' dQ sum. Checked in interpret mode and lowered for CUDA, not timed on a GPU
+# yet (`bench/nsa_glue.py`'s `token-major rows`), so off.
 TOKEN_MAJOR = False
 
 

@@ -70,7 +70,7 @@ def applies(call: call_lib.Call) -> bool:
 def run(call: call_lib.Call):
     """`(out [B, T, H, Dv], lse [B, H, T])` of a call `applies` accepts."""
     from jaxsparse.ops import pallas_gpu
-    from pallas_kernels.gpu.backward_dkv_gathered import by_row
+    from pallas_kernels.gpu.backward_dkv_gathered import by_row, token_view
 
     p = call.pattern
     b, t, h, d = call.q.shape
@@ -91,7 +91,7 @@ def run(call: call_lib.Call):
 
     # Rows (token, head in group) of bit head x: q_p[b, tok * g + j, x] = q[b, tok, x * g + j].
     q = jnp.pad(call.q, ((0, 0), (0, tt - t), (0, 0), (0, 0)))
-    q_p = by_row(q.reshape(b, tt, hx, g, d))
+    q_p = by_row(token_view(q, g))
     k, v = (jnp.pad(x, ((0, 0), (0, sp - s), (0, 0), (0, 0))) for x in (call.k, call.v))
     rows = _PackedRows(group=g, q_offset=call.q_offset)
     tables = tuple(getattr(sparsity, name) for name in _TABLES)

@@ -278,10 +278,9 @@ def _by_row(st, x):
     """`_by_token`'s inverse."""
     if not st.token_group:
         return x
-    from pallas_kernels.gpu.backward_dkv_gathered import by_row
+    from pallas_kernels.gpu.backward_dkv_gathered import by_row, token_view
 
-    b, t, h, d = x.shape
-    return by_row(x.reshape(b, t, h // st.token_group, st.token_group, d))
+    return by_row(token_view(x, st.token_group))
 
 
 def _token_major_backward(st) -> bool:
@@ -337,13 +336,13 @@ def _gathered_backward(st, q, k, v, out, lse, dout_t, dlse, pattern):
     dots read contiguous rows and the dQ's scale and cast may fuse with a sum.
     """
     from pallas_kernels.gpu import api as kernels
-    from pallas_kernels.gpu.backward_dkv_gathered import by_row, by_token
+    from pallas_kernels.gpu.backward_dkv_gathered import by_row, by_token, token_view
 
     g, kw = st.token_group, st.bwd_kwargs()
     token_major = _token_major_backward(st)
     if token_major:  # [B, T, H, .] as [B, T, Hx, G, .]
         q = by_token(q, g)
-        out, dout = (x.reshape(x.shape[:2] + (-1, g, x.shape[-1])) for x in (out, dout_t))
+        out, dout = token_view(out, g), token_view(dout_t, g)
     else:
         dout = _by_row(st, dout_t)
     dq, dk, dv = kernels.gathered_attention_bwd(

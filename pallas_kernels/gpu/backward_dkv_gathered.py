@@ -5,9 +5,9 @@ in `jaxsparse.ops.packed`: q, dO `[B, T*G, Hx, D]`, row `tok * G + j` of bit
 head x holding query head `x * G + j` of token tok, or the same rows
 token-major, `[B, T, Hx, G, D]` (`by_token`: the natural `[B, T, H, D]`
 layout, which spares the caller the packing's transposes). The packed dK/dV
-kernel (`backward_dkv`) walks, for a key tile, the packed tiles of consecutive tokens
-whose union holds it: on NSA's needle inputs at 64k, 4.3x the tokens that
-selected it. Here a query tile holds `64 // G` tokens that *did* select the
+kernel (`backward_dkv`) walks, for a key tile, the packed tiles of
+consecutive tokens whose union holds it: on NSA's needle inputs at 64k, 4.3x
+the tokens that selected it. Here a query tile holds `64 // G` tokens that *did* select the
 key tile's block, taken in order from the (block, token) pairs sorted by
 block: the producer copies each token's G rows with one `[G, D]` TMA box per
 operand (measured on the H200 at 64k, session 14: 16 such copies cost 14 %
@@ -352,6 +352,13 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
     )
     operands = (tiles.items, tiles.tokens, q, k, v, do, stats, limits)
     return kernel(*operands, *((dq_acc,) if sh.with_dq else ()), *dkv_acc)
+
+
+def token_view(x, group: int):
+    """The natural layout `[B, T, H, D]` viewed token-major, `[B, T, H // G, G, D]` (a
+    reshape: what `by_token` gives of the packed rows)."""
+    b, t, h, d = x.shape
+    return x.reshape(b, t, h // group, group, d)
 
 
 def by_token(x, group: int):
