@@ -125,6 +125,9 @@ CASES = [
     Case(
         "dq-in-dkv-list-splits", dkv_list_splits=2, dkv_q_split=False, word_rows=16, dq_in_dkv=True
     ),
+    # Head dim 128 on 128-key blocks: each warpgroup gives half of dQ's columns from
+    # both warpgroups' dS^T tiles (FA3's split), double-buffered by step parity.
+    Case("dq-in-dkv-split-columns", D=128, Dv=128, block_kv=128, H=2, K=2, dq_in_dkv=True),
 ]
 
 

@@ -106,6 +106,14 @@ class DkvShapes:
         return self.nwg == 2 and not self.q_split
 
     @property
+    def splits_dq_columns(self) -> bool:
+        """With dQ and shared steps, each warpgroup gives half of dQ's columns over both
+        key tiles (FA3's split): both dS^T tiles go through SMEM, double-buffered by step
+        parity; a `[64, D/2]` accumulator and one add each a step. Halves of 64 bf16
+        columns (one 128-byte swizzle atom) need D a multiple of 128."""
+        return self.with_dq and self.shared_steps and self.D % 128 == 0
+
+    @property
     def heads_per_cta(self) -> int:
         return 1 if self.split_heads else self.H // self.K
 
@@ -132,8 +140,8 @@ def smem_bytes(sh: DkvShapes, st: cm.AttentionStatics) -> int:
         total += cm.nbytes((sh.nwg, r, bqc), dt)
     sums = cm.nbytes((r, sh.D + sh.Dv), jnp.float32) if sh.q_split else 0
     if sh.with_dq:  # dS^T tiles; dQ staging (with q_split, sharing its bytes with the sums)
-        total += cm.nbytes((sh.nwg, r, bqc), dt)
-        staging = cm.nbytes((sh.nwg, bqc, sh.D), jnp.float32)
+        total += cm.nbytes((_ds_buffers(sh), sh.nwg, r, bqc), dt)
+        staging = cm.nbytes((sh.nwg, bqc, _dq_cols(sh)), jnp.float32)
         sums = max(sums, staging) if sh.q_split else staging
     return total + sums + 1024
 
@@ -223,16 +231,37 @@ def _kernel(
         plgpu.barrier_wait(kv_bar.at[wg])
         shape = (R, bqc)
 
+        half = sh.D // 2
+        own_cols = pl.ds(pl.multiple_of(wg * half, half), half)  # with splits_dq_columns
+
+        def dq_terms(par):
+            """The `(lhs, rhs)` SMEM pairs whose products sum to this warpgroup's dQ tile,
+            once its dS^T tile is in SMEM. Split columns: both warpgroups' tiles of step
+            parity `par` (waiting for the other's) against the K tiles' `own_cols`."""
+            tiles = scratch["ds_smem"].at[par]
+            if not sh.splits_dq_columns:
+                return lambda: [(tiles.at[wg].T, k_smem.at[wg])]
+
+            def terms():
+                plgpu.barrier_arrive(scratch["ds_ready"].at[par])
+                plgpu.barrier_wait(scratch["ds_ready"].at[par])
+                return [(tiles.at[w].T, k_smem.at[w, :, own_cols]) for w in range(nwg)]
+
+            return terms
+
         def add_dq(dst, dq):
             """dst (a step's `[bqc, D]` rows of the float32 dQ) += dq, by a TMA reduce-add.
 
-            Two warpgroups that take every step together (`shared_steps`) hold the same
-            rows: with `HAND_OVER_DQ` (always in interpret mode) the second hands its
-            tile to the first through SMEM, and the first adds the sum (one add a step,
-            FA3's traffic); else each adds its own (twice the traffic, no wait).
+            Split columns: dq is this warpgroup's half of the columns, added alone.
+            Else two warpgroups that take every step together (`shared_steps`) hold
+            the same rows: with `HAND_OVER_DQ` (always in interpret mode) the second
+            hands its tile to the first through SMEM, and the first adds the sum (one
+            add a step, FA3's traffic); else each adds its own (twice the traffic).
             """
             stage = scratch["dq_smem"].at[wg]
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last step's add is out
+            if sh.splits_dq_columns:
+                dst = dst.at[:, own_cols]
             if not _hands_over(sh, st):
                 stage[...] = dq
                 plgpu.commit_smem()
@@ -300,11 +329,13 @@ def _kernel(
                         return lax.cond(partial, masked(True), masked(False))
                     return lax.cond(partial, masked(True), lambda: t)
 
+                par = lax.rem(t0 + s, _ds_buffers(sh))
                 dk, dv, dq = tile_grads(
                     st, sh.dtype, dk, dv, k=k_smem.at[wg], v=v_smem.at[wg],
                     q=q_smem.at[slot], do=do_smem.at[slot], rows=rows, mask=mask,
                     stage=None if st_smem is None else st_smem.at[wg],
-                    ds_smem=scratch["ds_smem"].at[wg] if sh.with_dq else None,
+                    ds_smem=scratch["ds_smem"].at[par, wg] if sh.with_dq else None,
+                    dq_terms=dq_terms(par) if sh.with_dq else None, dq_cols=_dq_cols(sh),
                 )  # fmt: skip
                 # Generic-proxy reads of this slot (lse, delta, segment ids) must be
                 # ordered before the producer's next TMA into it.
@@ -378,7 +409,23 @@ def _kernel(
 def _hands_over(sh: DkvShapes, st: cm.AttentionStatics) -> bool:
     """Whether the second warpgroup hands its dQ tile to the first each step (see
     `HAND_OVER_DQ`; in interpret mode always, as its adds are not atomic)."""
-    return sh.with_dq and sh.shared_steps and (HAND_OVER_DQ or st.interpret is not None)
+    return (
+        sh.with_dq
+        and sh.shared_steps
+        and not sh.splits_dq_columns
+        and (HAND_OVER_DQ or st.interpret is not None)
+    )
+
+
+def _ds_buffers(sh: DkvShapes) -> int:
+    """dS^T tiles per warpgroup: two (by step parity) where the other warpgroup reads
+    them (`splits_dq_columns`), so that a step's write waits for no reader."""
+    return 2 if sh.splits_dq_columns else 1
+
+
+def _dq_cols(sh: DkvShapes) -> int:
+    """Columns of a warpgroup's dQ tile."""
+    return sh.D // 2 if sh.splits_dq_columns else sh.D
 
 
 def _reduce_add(stage, dst, scratch, wg, st):
@@ -404,7 +451,21 @@ def read_add_write(dst, src, box, bar):
 
 
 def tile_grads(
-    st: cm.AttentionStatics, dtype, dk, dv, *, k, v, q, do, rows, mask, stage, ds_smem=None
+    st: cm.AttentionStatics,
+    dtype,
+    dk,
+    dv,
+    *,
+    k,
+    v,
+    q,
+    do,
+    rows,
+    mask,
+    stage,
+    ds_smem=None,
+    dq_terms=None,
+    dq_cols=None,
 ):
     """One step of dK/dV in the transposed orientation (rows = keys, columns = query rows).
 
@@ -417,9 +478,11 @@ def tile_grads(
     LHS staging tile (`cm.mma_regs_lhs`).
 
     With `ds_smem` (a `[keys, rows]` tile) dS^T goes through SMEM and the
-    step also gives this tile's dQ rows, dS K (float32, unscaled): the dK and
-    dQ wgmmas are issued back to back and waited for once. Returns
-    `(dk, dv, dq)`, dq None without `ds_smem`.
+    step also gives dQ rows (float32, unscaled, `dq_cols` columns): the sum of
+    `lhs @ rhs` over the SMEM pairs `dq_terms()` returns once the tile is
+    written (by default this tile's own dS K). The dK and dQ wgmmas are issued
+    back to back and waited for once. Returns `(dk, dv, dq)`, dq None without
+    `ds_smem`.
     """
     shape = (k.shape[0], q.shape[0])
 
@@ -442,15 +505,18 @@ def tile_grads(
         return cm.mma_regs_lhs(dk, ds.astype(dtype), q, stage), dv, None
     ds_smem[...] = ds.astype(dtype)
     plgpu.commit_smem()
-    dq_shape = (q.shape[0], k.shape[1])
+    if dq_terms is None:
+        dq_terms, dq_cols = (lambda: [(ds_smem.T, k)]), k.shape[1]
+    dq_shape = (q.shape[0], dq_cols)
     if stage is not None:  # interpret mode: no pl.run_state
         dk = dk + cm.mma_smem(ds_smem, q, dk.shape)
-        return dk, dv, cm.mma_smem(ds_smem.T, k, dq_shape)
+        return dk, dv, sum(cm.mma_smem(a, b, dq_shape) for a, b in dq_terms())
 
     def both(dq_ref):
         def dk_step(dk_ref):
             plgpu.wgmma(dk_ref, ds_smem, q)
-            plgpu.wgmma(dq_ref, ds_smem.T, k)
+            for lhs, rhs in dq_terms():  # may wait for another warpgroup's tile
+                plgpu.wgmma(dq_ref, lhs, rhs)
 
         return pl.run_state(dk_step)(plgpu.ACC.init(dk)), dq_ref[...]
 
@@ -533,8 +599,9 @@ def dkv_call(
         scratch["dv_acc"] = plgpu.SMEM((R, sh.Dv), jnp.float32)
         scratch["sum_bar"] = plgpu.Barrier(num_arrivals=1)
     if sh.with_dq:
-        scratch["ds_smem"] = cm.tiled_smem((nwg, R, bqc), dt)
-        staging = plgpu.SMEM((nwg, bqc, sh.D), jnp.float32, transforms=DQ_STAGING_TRANSFORMS)
+        scratch["ds_smem"] = cm.tiled_smem((_ds_buffers(sh), nwg, R, bqc), dt)
+        cols = _dq_cols(sh)
+        staging = plgpu.SMEM((nwg, bqc, cols), jnp.float32, transforms=DQ_STAGING_TRANSFORMS)
         if sh.q_split:  # the end's sums take the staging tiles' bytes
             sums = (scratch.pop("dk_acc"), scratch.pop("dv_acc"))
             scratch["union"] = plgpu.RefUnion(staging, sums)
@@ -544,8 +611,10 @@ def dkv_call(
         if _hands_over(sh, st):
             scratch["hand_ready"] = plgpu.Barrier(num_arrivals=1)
             scratch["hand_taken"] = plgpu.Barrier(num_arrivals=1)
+        if sh.splits_dq_columns:  # both warpgroups' dS^T tiles of a step are written
+            scratch["ds_ready"] = plgpu.Barrier(num_arrivals=nwg, num_barriers=2)
         if st.interpret is not None:
-            scratch["rmw_smem"] = plgpu.SMEM((nwg, bqc, sh.D), jnp.float32)
+            scratch["rmw_smem"] = plgpu.SMEM((nwg, bqc, cols), jnp.float32)
             scratch["rmw_bar"] = plgpu.Barrier(num_arrivals=1, num_barriers=nwg)
     if st.has_segments:
         scratch["qseg_smem"] = plgpu.SMEM((stages, bqc), jnp.int32)
