@@ -17,9 +17,11 @@ import os
 
 os.environ.setdefault("MOSAIC_GPU_DUMP_PTXAS", "1")
 
+# name: (Config fields, bench/nsa_glue.py switches, "+"-joined or "library")
 CONFIGS = {
-    "default": {},
-    "dq_in_dkv": {"gpu_dq_in_dkv": True},
+    "default": ({}, "library"),
+    "dq_in_dkv": ({"gpu_dq_in_dkv": True}, "library"),
+    "dq_in_dkv_hand_over": ({"gpu_dq_in_dkv": True}, "dq hand-over"),
 }
 
 
@@ -35,6 +37,7 @@ def main() -> None:
 
     import jax
     import jax.numpy as jnp
+    import nsa_glue
 
     import jaxsparse as js
 
@@ -42,15 +45,17 @@ def main() -> None:
     shape = (1, args.seq, 16, 128)
     q, k, v = (jax.random.normal(kk, shape, jnp.bfloat16) for kk in key)
     for name in names:
-        config = js.Config(**CONFIGS[name])
+        fields, glue = CONFIGS[name]
+        config = js.Config(**fields)
 
         def loss(q, k, v, config=config):
             out = js.attention(q, k, v, pattern=js.patterns.Causal(), config=config)
             return out.astype(jnp.float32).sum()
 
-        print(f"===== config {name}: {CONFIGS[name]}", flush=True)
-        grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
-        jax.block_until_ready(grads)
+        print(f"===== config {name}: {fields}, {glue}", flush=True)
+        with nsa_glue.patched(glue):
+            grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+            jax.block_until_ready(grads)
         print(f"===== end {name}", flush=True)
 
 

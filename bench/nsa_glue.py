@@ -19,9 +19,13 @@ in one run. A glue is `library` or parts joined by `+`:
 - `dkv partials`: the gathered kernel with dQ writes per-item partial dK/dV
   that XLA sums (`backward_dkv_gathered.ADD_DKV = False`, session 18's form)
   instead of adding them into float32 sums.
-- `dq adds apart`: with `Config(gpu_dq_in_dkv=True)` and 128-key blocks, each of
-  the two warpgroups adds its own dQ tile (`backward_dkv.HAND_OVER_DQ = False`)
-  instead of handing it to the other for one add of the sum.
+- `dq hand-over`: with `Config(gpu_dq_in_dkv=True)` and 128-key blocks, each of
+  the two warpgroups computes the whole `[64, D]` dQ of its own keys and the
+  second hands it to the first, which adds the sum (session 20's form,
+  `backward_dkv.SPLIT_DQ_COLUMNS = False`), instead of each giving half of the
+  columns over both key tiles.
+- `dq adds apart`: the same, but each warpgroup adds its own dQ tile
+  (`SPLIT_DQ_COLUMNS = HAND_OVER_DQ = False`).
 - `token-major rows`: the gathered kernel, where it gives dQ, reads Q/dO and
   adds dQ in the natural `[B, T, H, D]` layout (`gathered.TOKEN_MAJOR =
   True`): no packed dO, delta from contiguous rows, and the dQ's scale and
@@ -68,7 +72,7 @@ PAIR_PARTS = {
     "pair words": gathered_tiles_gpu.by_words,
     "pair ranks": gathered_tiles_gpu.by_word_ranks,
 }
-SWITCHES = ("dkv partials", "token-major rows", "dq adds apart")
+SWITCHES = ("dkv partials", "token-major rows", "dq hand-over", "dq adds apart")
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + SWITCHES
 
 
@@ -112,6 +116,7 @@ def patched(glue: str):
     library_add_dkv = backward_dkv_gathered.ADD_DKV
     library_token_major = gathered.TOKEN_MAJOR
     library_hand_over = backward_dkv.HAND_OVER_DQ
+    library_split_dq = backward_dkv.SPLIT_DQ_COLUMNS
 
     def candidate_mask(make, name):
         def topk_mask(scores, k):
@@ -139,8 +144,10 @@ def patched(glue: str):
                 backward_dkv_gathered.ADD_DKV = False
             elif p == "token-major rows":
                 gathered.TOKEN_MAJOR = True
+            elif p == "dq hand-over":
+                backward_dkv.SPLIT_DQ_COLUMNS = False
             elif p == "dq adds apart":
-                backward_dkv.HAND_OVER_DQ = False
+                backward_dkv.SPLIT_DQ_COLUMNS = backward_dkv.HAND_OVER_DQ = False
             elif p in TOPK_PARTS:
                 topk.topk_mask = candidate_mask(TOPK_PARTS[p], p)
             else:
@@ -153,4 +160,5 @@ def patched(glue: str):
         backward_dkv_gathered.ADD_DKV = library_add_dkv
         gathered.TOKEN_MAJOR = library_token_major
         backward_dkv.HAND_OVER_DQ = library_hand_over
+        backward_dkv.SPLIT_DQ_COLUMNS = library_split_dq
         jax.clear_caches()

@@ -66,6 +66,10 @@ DQ_STAGING_TRANSFORMS = (plgpu.TilingTransform((8, 32)), plgpu.SwizzleTransform(
 # False: each adds its own (twice the adds, no wait). Neither is timed yet; interpret mode
 # always hands over (its read-add-write is not atomic).
 HAND_OVER_DQ = True
+# With dQ on 128-key blocks and D a multiple of 128, each warpgroup gives half of dQ's
+# columns (`DkvShapes.splits_dq_columns`) instead of the hand-over above. A module switch
+# so that bench/nsa_glue.py's `dq hand-over` can time the hand-over beside it.
+SPLIT_DQ_COLUMNS = True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -111,7 +115,7 @@ class DkvShapes:
         key tiles (FA3's split): both dS^T tiles go through SMEM, double-buffered by step
         parity; a `[64, D/2]` accumulator and one add each a step. Halves of 64 bf16
         columns (one 128-byte swizzle atom) need D a multiple of 128."""
-        return self.with_dq and self.shared_steps and self.D % 128 == 0
+        return SPLIT_DQ_COLUMNS and self.with_dq and self.shared_steps and self.D % 128 == 0
 
     @property
     def heads_per_cta(self) -> int:
