@@ -222,7 +222,7 @@ def _kernel(
 
     @pl.when(wg < nwg)
     def _consumer():
-        plgpu.set_max_registers(_registers(sh)[0], action="increase")
+        plgpu.set_max_registers(232 if nwg == 2 else 240, action="increase")
         kv_base = kj * sh.block_kv + (0 if sh.q_split else wg * R)
         keys = pl.ds(kv_base, R)
         plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[wg], kv_bar.at[wg])
@@ -377,7 +377,7 @@ def _kernel(
 
     @pl.when(wg == nwg)
     def _producer():
-        plgpu.set_max_registers(_registers(sh)[1], action="decrease")
+        plgpu.set_max_registers(40, action="decrease")
 
         def head_loop(g, t0):
             hq, hx, n = head_of(g)
@@ -419,14 +419,6 @@ def _hands_over(sh: DkvShapes, st: cm.AttentionStatics) -> bool:
         and not sh.splits_dq_columns
         and (HAND_OVER_DQ or st.interpret is not None)
     )
-
-
-def _registers(sh: DkvShapes) -> tuple[int, int]:
-    """Registers a thread of a consumer and of the producer warpgroup. With dQ and two
-    consumers, FA3's 240 and 24: the dQ accumulator spills at 232 (ptxas, session 21)."""
-    if sh.nwg == 1:
-        return 240, 40
-    return (240, 24) if sh.with_dq else (232, 40)
 
 
 def _ds_buffers(sh: DkvShapes) -> int:
