@@ -26,10 +26,6 @@ in one run. A glue is `library` or parts joined by `+`:
   columns over both key tiles.
 - `dq adds apart`: the same, but each warpgroup adds its own dQ tile
   (`SPLIT_DQ_COLUMNS = HAND_OVER_DQ = False`).
-- `token-major rows`: the gathered kernel, where it gives dQ, reads Q/dO and
-  adds dQ in the natural `[B, T, H, D]` layout (`gathered.TOKEN_MAJOR =
-  True`): no packed dO, delta from contiguous rows, and the dQ's scale and
-  cast free to fuse with the other branches' dQ sum.
 
 Every candidate gives the library's result element for element
 (`tests/test_selection_bench.py`, `tests/test_nsa_glue.py`), so only the
@@ -72,7 +68,7 @@ PAIR_PARTS = {
     "pair words": gathered_tiles_gpu.by_words,
     "pair ranks": gathered_tiles_gpu.by_word_ranks,
 }
-SWITCHES = ("dkv partials", "token-major rows", "dq hand-over", "dq adds apart")
+SWITCHES = ("dkv partials", "dq hand-over", "dq adds apart")
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + SWITCHES
 
 
@@ -114,7 +110,6 @@ def patched(glue: str):
     library_mask, library_pairs = topk.topk_mask, gathered.list_pairs
     library_item_tiles = gathered.ITEM_TILES
     library_add_dkv = backward_dkv_gathered.ADD_DKV
-    library_token_major = gathered.TOKEN_MAJOR
     library_hand_over = backward_dkv.HAND_OVER_DQ
     library_split_dq = backward_dkv.SPLIT_DQ_COLUMNS
 
@@ -142,8 +137,6 @@ def patched(glue: str):
                 gathered.ITEM_TILES = _item_tiles(p)
             elif p == "dkv partials":
                 backward_dkv_gathered.ADD_DKV = False
-            elif p == "token-major rows":
-                gathered.TOKEN_MAJOR = True
             elif p == "dq hand-over":
                 backward_dkv.SPLIT_DQ_COLUMNS = False
             elif p == "dq adds apart":
@@ -158,7 +151,6 @@ def patched(glue: str):
         topk.topk_mask, gathered.list_pairs = library_mask, library_pairs
         gathered.ITEM_TILES = library_item_tiles
         backward_dkv_gathered.ADD_DKV = library_add_dkv
-        gathered.TOKEN_MAJOR = library_token_major
         backward_dkv.HAND_OVER_DQ = library_hand_over
         backward_dkv.SPLIT_DQ_COLUMNS = library_split_dq
         jax.clear_caches()

@@ -121,28 +121,20 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    "case, dq, chunk, token_major",
+    "case, dq, chunk",
     # Block order with dQ runs on CASES[1]; chunks of 24 tokens split CASES[0]'s 100 in 5.
-    [
-        (CASES[0], False, 0, False),
-        (CASES[1], True, 0, False),
-        (CASES[0], True, 24, False),
-        # Off by default until timed on a GPU (bench/nsa_glue.py's `token-major rows`).
-        pytest.param(CASES[0], True, 24, True, marks=pytest.mark.slow),
-    ],
+    [(CASES[0], False, 0), (CASES[1], True, 0), (CASES[0], True, 24)],
     ids=str,
 )
 def test_gathered_dkv_matches_dense_mask_in_interpret_mode(
-    case, dq, chunk, token_major, monkeypatch, spy_gathered
+    case, dq, chunk, monkeypatch, spy_gathered
 ):
     """dq: the gathered kernel gives dQ too (its interpret-mode read-add-write in place
     of the TMA reduce-add), or the dQ kernel walks the packed tiles; chunk: the items
-    in chunks of that many tokens (`Config.gpu_gathered_chunk`); token_major: Q, dO and
-    dQ in the `[B, T, Hx, G, D]` layout (`TOKEN_MAJOR`)."""
+    in chunks of that many tokens (`Config.gpu_gathered_chunk`)."""
     b, t, s, h, kh, cb, cap, causal, item_tiles = case
     # Short runs of tiles per work item: a block's tiles shared by several CTAs.
     monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
-    monkeypatch.setattr(gathered, "TOKEN_MAJOR", token_major)
     bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, causal)
     check_against_mask(
         bits, s=s, h=h, kh=kh, d=64, col_block=cb, cap=cap, causal=causal, seed=7,
@@ -163,12 +155,11 @@ def _with_item_tiles(item_tiles):
     return patched
 
 
-@pytest.mark.parametrize("with_dq, token_major", [(False, False), (True, False), (True, True)])
-def test_gathered_kernel_lowers_for_a_gpu(with_dq, token_major):
+@pytest.mark.parametrize("with_dq", [False, True])
+def test_gathered_kernel_lowers_for_a_gpu(with_dq):
     # Interpret mode runs the logic, not the Mosaic GPU lowering (TMA boxes of one
-    # token's [8, D] rows into 8-row slices of the swizzled tiles, from packed rows or
-    # the token-major layout; with dQ, the transposed dS^T operand and the TMA
-    # reduce-adds): lower it for CUDA.
+    # token's [8, D] rows into 8-row slices of the swizzled tiles; with dQ, the
+    # transposed dS^T operand and the TMA reduce-adds): lower it for CUDA.
     q = jnp.zeros((1, 256 * 8, 2, 128), jnp.bfloat16)
     k = jnp.zeros((1, 256, 2, 128), jnp.bfloat16)
     tiles = bdg.GatheredTiles(
@@ -182,16 +173,15 @@ def test_gathered_kernel_lowers_for_a_gpu(with_dq, token_major):
         mask_fn=None, mask_factors=None, q_offset=0, kv_len=256, kv_padded=False, scale=0.1,
         logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False, interpret=None,
     )  # fmt: skip
-    if token_major:
-        q = bdg.by_token(q, 8)
     fn = functools.partial(bdg.dkv, group=8, num_stages=2, st=st_, with_dq=with_dq)
     with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
         jax.jit(fn).trace(q, k, k, q, lse, lse, tiles).lower(lowering_platforms=("cuda",))
 
 
-def test_token_major_views_invert_and_cancel_under_xla():
-    """`by_token` / `by_row` are inverse layouts, and XLA removes a packing followed by its
-    inverse (what lets `TOKEN_MAJOR` drop the packed path's transposes of dO and dQ)."""
+def test_packed_row_views_invert():
+    """`by_token` / `by_row` are inverse layouts, and `token_view` of the natural
+    `[B, T, H, D]` layout is `by_token` of its packed rows (the packed path packs q and
+    dO, and unpacks O, with them)."""
     x = jnp.arange(2 * 3 * 8 * 2 * 4, dtype=jnp.float32).reshape(2, 3 * 8, 2, 4)  # G = 8
     tok = bdg.by_token(x, 8)
     assert tok.shape == (2, 3, 2, 8, 4)
@@ -200,24 +190,6 @@ def test_token_major_views_invert_and_cancel_under_xla():
     np.testing.assert_array_equal(bdg.by_row(tok), x)
     natural = tok.reshape(2, 3, 16, 4)  # [B, T, H, D]: head x * G + j
     np.testing.assert_array_equal(bdg.token_view(natural, 8), tok)
-
-    def unpack_pack(y):  # natural [B, T, H, D] -> packed rows -> natural, doubled
-        g = y.shape[2] // 2
-        return bdg.by_token(bdg.by_row(bdg.token_view(y, g)), g) * 2
-
-    hlo = jax.jit(unpack_pack).lower(jnp.zeros((1, 32, 16, 8))).compile().as_text()
-    assert "transpose(" not in hlo and "copy(" not in hlo, hlo
-
-
-def test_row_dots_of_token_major_views_equal_the_packed_rows():
-    from pallas_kernels.gpu import api_backward
-
-    keys = jax.random.split(jax.random.key(0), 2)
-    out, dout = (jax.random.normal(k, (2, 5 * 8, 3, 16), jnp.bfloat16) for k in keys)
-    want = api_backward._row_dots(out, dout)
-    assert want.shape == (2, 3, 40)
-    got = api_backward._row_dots(bdg.by_token(out, 8), bdg.by_token(dout, 8))
-    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_gathered_items_in_chunks_by_default_from_64k_tokens():
@@ -312,15 +284,11 @@ def test_gathered_kernel_rejects_groups_it_cannot_tile():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(
-    "dq, chunk, token_major", [(True, 0, False), (False, 0, False), (True, 512, False),
-                               (True, 512, True), (True, 0, True)]
-)  # fmt: skip
-def test_gathered_dkv_on_the_gpu(dq, chunk, token_major, monkeypatch):
+@pytest.mark.parametrize("dq, chunk", [(True, 0), (False, 0), (True, 512)])
+def test_gathered_dkv_on_the_gpu(dq, chunk):
     """NSA's layout on the H100: group 8, 15 blocks a token, against the dense f32 mask;
     dQ from the gathered kernel's TMA reduce-adds, or from the dQ kernel; work items
-    in block order or in chunks of 512 tokens; Q, dO, dQ as packed rows or token-major."""
-    monkeypatch.setattr(gathered, "TOKEN_MAJOR", token_major)
+    in block order or in chunks of 512 tokens."""
     b, t, h, kh, cb, cap = 1, 4096, 16, 2, 64, 15
     bits = random_bits(np.random.default_rng(5), b, kh, t, t, cb, cap, 0, True)
     check_against_mask(
@@ -347,17 +315,13 @@ def test_first_selected_lists_each_rows_lowest_set_bits(rows, c, slots, density,
         assert list(got[i, j]) == list(want) + [c] * (slots - len(want))
 
 
-@pytest.mark.parametrize(
-    "gather, dq, token_major",
-    [(True, False, False), (False, False, False), (True, True, False), (True, True, True)],
-)
-def test_packed_forward_and_backward_lower_for_a_gpu(gather, dq, token_major, monkeypatch):
+@pytest.mark.parametrize("gather, dq", [(True, False), (False, False), (True, True)])
+def test_packed_forward_and_backward_lower_for_a_gpu(gather, dq, monkeypatch):
     # The whole packed path of a per-token selection (forward, dQ with its warpgroups'
     # skipped entries, gathered or packed dK/dV; or dQ, dK, dV all from the gathered
-    # kernel, from packed or token-major rows) lowered for CUDA on the CPU.
+    # kernel) lowered for CUDA on the CPU.
 
     monkeypatch.setattr(pallas_gpu, "check_device", lambda interpret: None)
-    monkeypatch.setattr(gathered, "TOKEN_MAJOR", token_major)
     b, t, h, kh, cb = 1, 256, 16, 2, 64
     bits = random_bits(np.random.default_rng(0), b, kh, t, t, cb, 2, 0, True)
     pattern = token_block_mask(bits, h=h, col_block=cb, cap=2, causal=True)

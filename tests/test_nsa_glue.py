@@ -37,16 +37,16 @@ def test_switches_set_and_restore_the_library_constants():
 
     def constants():
         return (
-            gathered.ITEM_TILES, bdg.ADD_DKV, gathered.TOKEN_MAJOR, backward_dkv.HAND_OVER_DQ,
+            gathered.ITEM_TILES, bdg.ADD_DKV, backward_dkv.HAND_OVER_DQ,
             backward_dkv.SPLIT_DQ_COLUMNS,
         )  # fmt: skip
 
     before = constants()
-    assert before == (256, True, False, True, True)
-    with GLUE.patched("items 64+dkv partials+token-major rows+dq adds apart"):
-        assert constants() == (64, False, True, False, False)
+    assert before == (256, True, True, True)
+    with GLUE.patched("items 64+dkv partials+dq adds apart"):
+        assert constants() == (64, False, False, False)
     with GLUE.patched("dq hand-over"):
-        assert constants() == (256, True, False, True, False)
+        assert constants() == (256, True, True, False)
     assert before == constants()
 
 

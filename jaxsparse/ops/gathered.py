@@ -44,12 +44,6 @@ KEY_TILE = 64  # keys per dK/dV work item
 # (2,048), 29.00 (8,192), 29.76 in block order. A chunk's dQ and Q/dO rows are 4 KB each
 # per token and bit head: 32 MB at 4,096.
 CHUNK_TOKENS = 4096
-# When the gathered kernel gives dQ (`Gathering.dq`), hand it q, O and dO in the natural
-# token-major layout (`Gathering.token_major`, `pallas_gpu._gathered_backward`) instead of
-# packed rows: no packed dO is made, and the dQ's scale and cast may fuse with the other
-# branches' dQ sum. Checked in interpret mode and lowered for CUDA, not timed on a GPU
-# yet (`bench/nsa_glue.py`'s `token-major rows`), so off.
-TOKEN_MAJOR = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -62,8 +56,6 @@ class Gathering:
     dq: the gathered kernel gives dQ too (`Config.gpu_gathered_dq`).
     chunk: query tokens per chunk of the items' order (`Config.gpu_gathered_chunk`);
       0: block order.
-    token_major: with dq, the kernel reads q, O, dO and gives dQ in the natural
-      layout (`TOKEN_MAJOR`, read when the call is traced).
     """
 
     batch: int
@@ -77,7 +69,6 @@ class Gathering:
     dq: bool = False
     item_tiles: int = ITEM_TILES
     chunk: int = 0
-    token_major: bool = False
 
     @property
     def tokens(self) -> int:

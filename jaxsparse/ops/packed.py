@@ -103,7 +103,6 @@ def run(call: call_lib.Call):
             slots=p.row_capacity + (1 if p.causal else 0), dq=gathered_dq(call.config, t),
             chunk=gathered_chunk(call.config, t),
             item_tiles=gathered.ITEM_TILES,  # read here, so that bench/nsa_glue.py can vary it
-            token_major=gathered.TOKEN_MAJOR,  # likewise
         )  # fmt: skip
     out, lse = pallas_gpu.run_tables(
         call,
@@ -124,7 +123,7 @@ def run(call: call_lib.Call):
         heavy_first=False,  # block order: neighbouring tiles share key blocks (L2)
         dkv_list_splits=dkv_list_splits(tb),
     )
-    out = out[:, :t]  # token-major already (`token_group`)
+    out = out[:, :t]  # in the natural layout already (`token_group`)
     lse = lse.reshape(b, hx, tt, g)[:, :, :t].transpose(0, 1, 3, 2).reshape(b, h, t)
     return out, lse
 

@@ -65,7 +65,7 @@ class _Static:
     xla: xla_tiles.Static | None  # set when the backward runs on the XLA path
     bwd: tuple = ()  # (name, value) pairs only the backward kernels take
     gathering: Any = None  # gathered.Gathering: dK/dV over tiles built from the bits
-    token_group: int = 0  # q is packed rows, G per token; out comes back token-major
+    token_group: int = 0  # q is packed rows, G per token; out comes back [B, T, H, Dv]
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.kernel)
@@ -150,8 +150,8 @@ def run_tables(
     `gathering`: a `gathered.Gathering` (per-token selections packed as rows):
     the backward builds its tiles from the pattern's bits and runs dK/dV over
     them. `token_group`: q holds packed rows (`jaxsparse.ops.packed`), G per
-    token; out is then returned in the natural token-major layout
-    `[B, Tp // G, H * G, Dv]`, so that the backward receives dO in it too.
+    token; out is then returned in the natural layout `[B, Tp // G, H * G, Dv]`,
+    so that the backward receives dO in it too.
     Scale, soft cap and tuning come from `call`.
     """
     kw = dict(
@@ -283,17 +283,10 @@ def _by_row(st, x):
     return by_row(token_view(x, st.token_group))
 
 
-def _token_major_backward(st) -> bool:
-    """Whether the backward reads O in the natural layout (the gathered kernel's dQ with
-    `Gathering.token_major`) rather than the packed rows the kernels wrote."""
-    return st.gathering is not None and st.gathering.dq and st.gathering.token_major
-
-
 def _attention_fwd(st, q, k, v, tables, arrays, segs, work, pattern):
     out, lse = _forward(st, q, k, v, tables, arrays, segs)
-    out_t = _by_token(st, out)
-    saved = out_t if _token_major_backward(st) else out  # one O kept for the backward
-    return (out_t, lse), (q, k, v, saved, lse, tables, arrays, segs, work, pattern)
+    # The backward reads O as the kernels wrote it (packed rows with token_group).
+    return (_by_token(st, out), lse), (q, k, v, out, lse, tables, arrays, segs, work, pattern)
 
 
 def _attention_bwd(st, residuals, cotangents):
@@ -328,29 +321,18 @@ def _attention_bwd(st, residuals, cotangents):
 
 
 def _gathered_backward(st, q, k, v, out, lse, dout_t, dlse, pattern):
-    """dQ, dK, dV all from the gathered kernel (`Gathering.dq`); out as saved.
-
-    With `Gathering.token_major` its rows are the natural layout's: dO as it
-    arrives, O as the forward returned it and q unpacked (a transpose XLA
-    cancels against the packing's), so that no packed dO is made, delta's row
-    dots read contiguous rows and the dQ's scale and cast may fuse with a sum.
-    """
+    """dQ, dK, dV all from the gathered kernel (`Gathering.dq`), on packed rows: q and
+    out as saved, dO packed from the natural layout it arrives in."""
     from pallas_kernels.gpu import api as kernels
-    from pallas_kernels.gpu.backward_dkv_gathered import by_row, by_token, token_view
 
     g, kw = st.token_group, st.bwd_kwargs()
-    token_major = _token_major_backward(st)
-    if token_major:  # [B, T, H, .] as [B, T, Hx, G, .]
-        q = by_token(q, g)
-        out, dout = token_view(out, g), token_view(dout_t, g)
-    else:
-        dout = _by_row(st, dout_t)
+    dout = _by_row(st, dout_t)
     dq, dk, dv = kernels.gathered_attention_bwd(
         q, k, v, out, lse, dout, dlse, st.gathering.tiles(pattern.bits), group=g,
         scale=kw["scale"], logits_soft_cap=kw["logits_soft_cap"], kv_len=kw["kv_len"],
         interpret=kw.get("interpret"),
     )  # fmt: skip
-    return (by_row(dq) if token_major else dq), dk, dv
+    return dq, dk, dv
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

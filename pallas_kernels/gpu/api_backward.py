@@ -104,8 +104,7 @@ def _list_splits(splits) -> int:
 
 
 def _row_dots(out, dout):
-    """rowsum(dO * O) `[B, H, Tp]` in float32, of packed rows `[B, Tp, H, Dv]` or
-    token-major rows `[B, Tp // G, H, G, Dv]` (by packed row `tok * G + j`).
+    """rowsum(dO * O) `[B, H, Tp]` in float32, of rows `[B, Tp, H, Dv]`.
 
     A row reduction, then a separate transpose of the small result: fused into
     one, XLA:GPU ran it as a transposing reduction at a fraction of the
@@ -114,10 +113,7 @@ def _row_dots(out, dout):
     """
     dots = (out.astype(jnp.float32) * dout.astype(jnp.float32)).sum(-1)
     dots = lax.optimization_barrier(dots)
-    if dots.ndim == 3:
-        return jnp.swapaxes(dots, 1, 2)
-    b, t, h, g = dots.shape
-    return dots.transpose(0, 2, 1, 3).reshape(b, h, t * g)
+    return jnp.swapaxes(dots, 1, 2)
 
 
 def _delta(out, dout, dlse):
@@ -157,31 +153,24 @@ def gathered_attention_bwd(
     Rows see the keys up to the tiles' limits (no mask_fn, no segments).
 
     Args:
-      q, out, dout: packed rows `[B, Tp, Hx, D|Dv]`, or token-major rows
-        `[B, Tp // group, Hx, group, D|Dv]` (`backward_dkv_gathered.by_token`,
-        the natural `[B, T, H, .]` layout): then the kernel reads q and dO, and
-        adds dQ, a token's rows at a time, and delta's row dots read
-        contiguous rows.
+      q, out, dout: packed rows `[B, Tp, Hx, D|Dv]` (row `tok * group + j` of
+        bit head x: query head `x * group + j` of token tok).
       lse, dlse: `[B, Hx, Tp]` f32 by packed row (dlse may be None).
       tiles: the gathered tiles (`jaxsparse.ops.gathered.Gathering.tiles`).
       scale, logits_soft_cap, kv_len, bwd_num_stages, interpret: as in
         `block_sparse_attention_bwd`.
 
     Returns:
-      dq in q's layout, dk `[B, Sp, K, D]`, dv `[B, Sp, K, Dv]`, in q.dtype.
+      dq `[B, Tp, Hx, D]`, dk `[B, Sp, K, D]`, dv `[B, Sp, K, Dv]`, in q.dtype.
     """
-    rows = q
-    if q.ndim == 5:  # the packed rows' shape, for the checks
-        b, t, hx, g, d = q.shape
-        rows = jax.ShapeDtypeStruct((b, t * g, hx, d), q.dtype)
-    cm.check_dtypes_and_dims(rows, k, v, what="gathered_attention_bwd")
+    cm.check_dtypes_and_dims(q, k, v, what="gathered_attention_bwd")
     if out.shape[:-1] != q.shape[:-1] or dout.shape != out.shape:
         raise ValueError(f"{out.shape=} and {dout.shape=} must be laid out as {q.shape=}")
-    B, Tp, Hx = rows.shape[:3]
+    B, Tp, Hx = q.shape[:3]
     if lse.shape != (B, Hx, Tp) or (dlse is not None and dlse.shape != lse.shape):
         raise ValueError(f"lse/dlse must be {(B, Hx, Tp)} (by packed row)")
     st = args.statics(
-        rows, k, mask_fn=None, mask_factors=None, q_offset=0, kv_len=kv_len, scale=scale,
+        q, k, mask_fn=None, mask_factors=None, q_offset=0, kv_len=kv_len, scale=scale,
         logits_soft_cap=logits_soft_cap, has_segments=False, segments_on_full_tiles=False,
         interpret=interpret,
     )  # fmt: skip

@@ -2,12 +2,10 @@
 
 For per-token key-block selections that a GQA group shares (NSA), laid out as
 in `jaxsparse.ops.packed`: q, dO `[B, T*G, Hx, D]`, row `tok * G + j` of bit
-head x holding query head `x * G + j` of token tok, or the same rows
-token-major, `[B, T, Hx, G, D]` (`by_token`: the natural `[B, T, H, D]`
-layout, which spares the caller the packing's transposes). The packed dK/dV
-kernel (`backward_dkv`) walks, for a key tile, the packed tiles of
-consecutive tokens whose union holds it: on NSA's needle inputs at 64k, 4.3x
-the tokens that selected it. Here a query tile holds `64 // G` tokens that *did* select the
+head x holding query head `x * G + j` of token tok. The packed dK/dV kernel
+(`backward_dkv`) walks, for a key tile, the packed tiles of consecutive tokens
+whose union holds it: on NSA's needle inputs at 64k, 4.3x the tokens that
+selected it. Here a query tile holds `64 // G` tokens that *did* select the
 key tile's block, taken in order from the (block, token) pairs sorted by
 block: the producer copies each token's G rows with one `[G, D]` TMA box per
 operand (measured on the H200 at 64k, session 14: 16 such copies cost 14 %
@@ -101,7 +99,6 @@ class GatheredShapes:
     dtype: jnp.dtype
     with_dq: bool = False
     add_dkv: bool = False  # dK/dV by TMA reduce-adds into float32 GMEM, no per-item partials
-    token_major: bool = False  # q, dO, dQ `[B, Tp // G, Hx, G, D]` instead of packed rows
 
     @property
     def tokens(self) -> int:
@@ -170,10 +167,8 @@ def _kernel(
     kvh = lax.div(x, sh.Hx // sh.K)
     keys = pl.ds(kj * R, R)
 
-    def token_box(ref, tok):
-        """Token tok's `[G, D]` rows of bit head x in q, dO or dQ."""
-        if sh.token_major:
-            return ref.at[b, tok, x]
+    def token_rows(ref, tok):
+        """Token tok's `[G, D]` rows of bit head x in q, dO or dQ (packed rows)."""
         return ref.at[b, pl.ds(tok * g, g), x]
 
     @pl.when((wg < NWG) & (n > 0))
@@ -221,7 +216,7 @@ def _kernel(
             plgpu.commit_smem()
             for j in range(sh.tokens):
                 src = stage.at[pl.ds(j * g, g)]
-                dst = token_box(dq_ref, tok_ref[tile, j])
+                dst = token_rows(dq_ref, tok_ref[tile, j])
                 if st.interpret is None:
                     plgpu.copy_smem_to_gmem(src, dst, reduction_op="add", commit_group=False)
                 else:  # read, add, write back (see the module docstring)
@@ -279,8 +274,8 @@ def _kernel(
             bar = in_bar.at[slot]
             for j in range(sh.tokens):  # one [G, D] box per token and operand
                 tok, dst = tok_ref[tile, j], pl.ds(j * g, g)
-                plgpu.copy_gmem_to_smem(token_box(q_ref, tok), q_smem.at[slot, dst], bar)
-                plgpu.copy_gmem_to_smem(token_box(do_ref, tok), do_smem.at[slot, dst], bar)
+                plgpu.copy_gmem_to_smem(token_rows(q_ref, tok), q_smem.at[slot, dst], bar)
+                plgpu.copy_gmem_to_smem(token_rows(do_ref, tok), do_smem.at[slot, dst], bar)
             plgpu.copy_gmem_to_smem(stats_ref.at[tile], stats_smem.at[slot], bar)
             plgpu.copy_gmem_to_smem(limit_ref.at[tile], limit_smem.at[slot], bar)
 
@@ -296,9 +291,8 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
 
     stats `[N, 2, 64]` f32: lse (log2 units, +inf for dead rows) and delta of
     each tile row; limits `[N, 64]` int32: the last key each tile row may see.
-    q, do: packed rows `[B, Tp, Hx, .]`, or `[B, Tp // G, Hx, G, .]` with
-    `sh.token_major`. dq_acc (with `sh.with_dq`): a float32 ref of q's shape the
-    kernel adds dS K into (unscaled).
+    q, do: packed rows `[B, Tp, Hx, .]`. dq_acc (with `sh.with_dq`): a float32
+    ref of q's shape the kernel adds dS K into (unscaled).
     """
     R, stages, dt = cm.WG_ROWS, sh.num_stages, sh.dtype
     scratch = dict(
@@ -355,8 +349,8 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
 
 
 def token_view(x, group: int):
-    """The natural layout `[B, T, H, D]` viewed token-major, `[B, T, H // G, G, D]` (a
-    reshape: what `by_token` gives of the packed rows)."""
+    """The natural layout `[B, T, H, D]` viewed as `[B, T, H // G, G, D]` (a reshape:
+    what `by_token` gives of the packed rows)."""
     b, t, h, d = x.shape
     return x.reshape(b, t, h // group, group, d)
 
@@ -377,24 +371,16 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
     """dK `[B, Sp, K, D]`, dV `[B, Sp, K, Dv]` (q.dtype) over gathered tiles; with
     `with_dq`, `(dq, dk, dv)`, dq in q's layout and dtype.
 
-    q, do: packed rows `[B, Tp, Hx, .]`, or token-major `[B, Tp // G, Hx, G, .]`
-    (`by_token`: the natural `[B, T, H, .]` layout, a token's G rows one
-    contiguous box); lse2, delta: `[B, Hx, Tp]` f32 by packed row (lse in log2
-    units with dead rows at +inf; delta = rowsum(dO * O) - dlse).
+    q, do: packed rows `[B, Tp, Hx, .]`; lse2, delta: `[B, Hx, Tp]` f32 by
+    packed row (lse in log2 units with dead rows at +inf; delta =
+    rowsum(dO * O) - dlse).
     """
-    if q.ndim == 5:  # token-major
-        B, T, Hx, G, D = q.shape
-        if group != G:
-            raise ValueError(f"token-major q {q.shape} holds {G} rows per token, not {group=}")
-        Tp = T * G
-    else:
-        B, Tp, Hx, D = q.shape
+    B, Tp, Hx, D = q.shape
     Sp, K, Dv = k.shape[1], k.shape[2], v.shape[-1]
     check_support(group, D, Dv, num_stages)
     sh = GatheredShapes(
         B=B, Tp=Tp, Sp=Sp, Hx=Hx, K=K, D=D, Dv=Dv, group=group, num_stages=num_stages,
         dtype=jnp.dtype(q.dtype), with_dq=with_dq, add_dkv=with_dq and ADD_DKV,
-        token_major=q.ndim == 5,
     )  # fmt: skip
     n = sh.tokens
     if tiles.tokens.shape[1:] != (n,) or tiles.limits.shape != tiles.tokens.shape:
