@@ -22,6 +22,7 @@ CONFIGS = {
     "default": ({}, "library"),
     "dq_in_dkv": ({"gpu_dq_in_dkv": True}, "library"),
     "dq_in_dkv_hand_over": ({"gpu_dq_in_dkv": True}, "dq hand-over"),
+    "dq_in_dkv_regs_240": ({"gpu_dq_in_dkv": True}, "dq regs 240"),
 }
 
 

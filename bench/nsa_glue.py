@@ -26,6 +26,9 @@ in one run. A glue is `library` or parts joined by `+`:
   columns over both key tiles.
 - `dq adds apart`: the same, but each warpgroup adds its own dQ tile
   (`SPLIT_DQ_COLUMNS = HAND_OVER_DQ = False`).
+- `dq regs 240`: with `Config(gpu_dq_in_dkv=True)` the dK/dV kernel's two
+  consumer warpgroups get 240 registers a thread and the producer 24
+  (`backward_dkv.DQ_REGISTERS`, FA3's split) instead of 232 and 40.
 
 Every candidate gives the library's result element for element
 (`tests/test_selection_bench.py`, `tests/test_nsa_glue.py`), so only the
@@ -68,7 +71,7 @@ PAIR_PARTS = {
     "pair words": gathered_tiles_gpu.by_words,
     "pair ranks": gathered_tiles_gpu.by_word_ranks,
 }
-SWITCHES = ("dkv partials", "dq hand-over", "dq adds apart")
+SWITCHES = ("dkv partials", "dq hand-over", "dq adds apart", "dq regs 240")
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + SWITCHES
 
 
@@ -112,6 +115,7 @@ def patched(glue: str):
     library_add_dkv = backward_dkv_gathered.ADD_DKV
     library_hand_over = backward_dkv.HAND_OVER_DQ
     library_split_dq = backward_dkv.SPLIT_DQ_COLUMNS
+    library_dq_registers = backward_dkv.DQ_REGISTERS
 
     def candidate_mask(make, name):
         def topk_mask(scores, k):
@@ -141,6 +145,8 @@ def patched(glue: str):
                 backward_dkv.SPLIT_DQ_COLUMNS = False
             elif p == "dq adds apart":
                 backward_dkv.SPLIT_DQ_COLUMNS = backward_dkv.HAND_OVER_DQ = False
+            elif p == "dq regs 240":
+                backward_dkv.DQ_REGISTERS = (240, 24)
             elif p in TOPK_PARTS:
                 topk.topk_mask = candidate_mask(TOPK_PARTS[p], p)
             else:
@@ -153,4 +159,5 @@ def patched(glue: str):
         backward_dkv_gathered.ADD_DKV = library_add_dkv
         backward_dkv.HAND_OVER_DQ = library_hand_over
         backward_dkv.SPLIT_DQ_COLUMNS = library_split_dq
+        backward_dkv.DQ_REGISTERS = library_dq_registers
         jax.clear_caches()

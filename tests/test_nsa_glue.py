@@ -38,15 +38,15 @@ def test_switches_set_and_restore_the_library_constants():
     def constants():
         return (
             gathered.ITEM_TILES, bdg.ADD_DKV, backward_dkv.HAND_OVER_DQ,
-            backward_dkv.SPLIT_DQ_COLUMNS,
+            backward_dkv.SPLIT_DQ_COLUMNS, backward_dkv.DQ_REGISTERS,
         )  # fmt: skip
 
     before = constants()
-    assert before == (256, True, True, True)
+    assert before == (256, True, True, True, None)
     with GLUE.patched("items 64+dkv partials+dq adds apart"):
-        assert constants() == (64, False, False, False)
-    with GLUE.patched("dq hand-over"):
-        assert constants() == (256, True, True, False)
+        assert constants() == (64, False, False, False, None)
+    with GLUE.patched("dq hand-over+dq regs 240"):
+        assert constants() == (256, True, True, False, (240, 24))
     assert before == constants()
 
 

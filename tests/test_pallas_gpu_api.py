@@ -178,10 +178,11 @@ def test_dq_in_dkv_option_skips_the_dq_kernel(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "block_kv, d, dv, dq_kernel",
-    [(128, 128, 128, False), (64, 128, 128, False), (128, 192, 64, True)],
-)
-def test_dq_in_dkv_lowers_for_a_gpu(block_kv, d, dv, dq_kernel, monkeypatch):
+    "block_kv, d, dv, dq_kernel, registers",
+    [(128, 128, 128, False, None), (128, 128, 128, False, (240, 24)),
+     (64, 128, 128, False, None), (128, 192, 64, True, None)],
+)  # fmt: skip
+def test_dq_in_dkv_lowers_for_a_gpu(block_kv, d, dv, dq_kernel, registers, monkeypatch):
     # Interpret mode runs the logic, not the Mosaic GPU lowering of the dK/dV kernel's
     # dS^T tiles, transposed dQ wgmma, staging and TMA reduce-adds (128-key blocks: two
     # warpgroups on one step; 64-key blocks: alternate steps, staging shared with the
@@ -190,8 +191,10 @@ def test_dq_in_dkv_lowers_for_a_gpu(block_kv, d, dv, dq_kernel, monkeypatch):
     import jax
 
     from jaxsparse.ops import pallas_gpu
+    from pallas_kernels.gpu import backward_dkv
 
     monkeypatch.setattr(pallas_gpu, "check_device", lambda interpret: None)
+    monkeypatch.setattr(backward_dkv, "DQ_REGISTERS", registers)  # (240, 24): not yet run
     q = jnp.zeros((1, 256, 4, d), bf16)
     k = jnp.zeros((1, 256, 2, d), bf16)
     v = jnp.zeros((1, 256, 2, dv), bf16)
