@@ -264,7 +264,7 @@ def _reference_grads(q, k, v, mask, scale, cap, dout, dlse):
 
 def _races_outside_modelled_adds(printed: str) -> list[str]:
     """The race reports (printed by the detector) that involve anything but the interpret
-    twin of a TMA reduce-add (`backward_dkv.read_add_write`: a read, an add and a write
+    twin of a TMA reduce-add (`backward_dkv_step.read_add_write`: a read, an add and a write
     back, which the detector rightly calls a race and the GPU does atomically)."""
     reports = printed.split("RACE DETECTED")[1:]
     return [r for r in reports if r.count("(read_add_write)") < 2]

@@ -38,8 +38,12 @@ again, need not run: per step dS^T goes through SMEM, the dQ wgmma reads it
 transposed against the key tile (`tile_grads(ds_smem=...)`), and the `[64,
 D]` float32 result is added into a float32 `[B, Tp, H, D]` dQ in GMEM by one
 TMA reduce-add. Two warpgroups that share every step (block_kv 128) hold the
-same rows: the second hands its tile to the first through SMEM, which adds
-the sum (`HAND_OVER_DQ`). Adds to one row come from different CTAs in no
+same rows: with D a multiple of 128 each gives half of dQ's columns over both
+key tiles (`DkvShapes.splits_dq_columns`, FA3's split); else the second hands
+its tile to the first through SMEM, which adds the sum (`HAND_OVER_DQ`). Slower
+than the dQ kernel on Hopper so far (session 21: the dQ accumulator makes the
+kernel spill registers), so off by default. The step's math, shared with the
+gathered kernel, is in `backward_dkv_step`. Adds to one row come from different CTAs in no
 fixed order: this dQ is not bitwise deterministic. In interpret mode (where
 the GPU interpreter refuses TMA reductions) each add reads, adds and writes
 back instead.
@@ -57,14 +61,19 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.gpu import common as cm
+from pallas_kernels.gpu.backward_dkv_step import (
+    DQ_STAGING_TRANSFORMS,
+    read_add_write,
+    stage_store,
+    sum_pair,
+    tile_grads,
+)
 
-# dQ staging tiles (float32): 8 rows x 128 bytes, swizzled, so that stores from the WGMMA
-# layout are free of bank conflicts.
-DQ_STAGING_TRANSFORMS = (plgpu.TilingTransform((8, 32)), plgpu.SwizzleTransform(128))
 # With dQ and two warpgroups on every step (128-key blocks), the second hands its [64, D]
 # dQ tile to the first, which adds the sum: one TMA reduce-add a step, as FA3's traffic.
-# False: each adds its own (twice the adds, no wait). Neither is timed yet; interpret mode
-# always hands over (its read-add-write is not atomic).
+# False: each adds its own (twice the adds, no wait). Used where the columns are not split
+# (`SPLIT_DQ_COLUMNS`, below); interpret mode always hands over (its read-add-write is not
+# atomic). Session 21 timed the hand-over on an H100: slower than the dQ kernel.
 HAND_OVER_DQ = True
 # With dQ on 128-key blocks and D a multiple of 128, each warpgroup gives half of dQ's
 # columns (`DkvShapes.splits_dq_columns`) instead of the hand-over above. A module switch
@@ -242,13 +251,11 @@ def _kernel(
         half = sh.D // 2
         own_cols = pl.ds(pl.multiple_of(wg * half, half), half)  # with splits_dq_columns
 
-        def dq_terms(par):
-            """The `(lhs, rhs)` SMEM pairs whose products sum to this warpgroup's dQ tile,
-            once its dS^T tile is in SMEM. Split columns: both warpgroups' tiles of step
-            parity `par` (waiting for the other's) against the K tiles' `own_cols`."""
+        def split_dq_terms(par):
+            """With split columns, the `(lhs, rhs)` SMEM pairs whose products sum to this
+            warpgroup's dQ half, once its dS^T tile is in SMEM: both warpgroups' tiles of
+            step parity `par` (waiting for the other's) against the K tiles' `own_cols`."""
             tiles = scratch["ds_smem"].at[par]
-            if not sh.splits_dq_columns:
-                return lambda: [(tiles.at[wg].T, k_smem.at[wg])]
 
             def terms():
                 plgpu.barrier_arrive(scratch["ds_ready"].at[par])
@@ -343,7 +350,8 @@ def _kernel(
                     q=q_smem.at[slot], do=do_smem.at[slot], rows=rows, mask=mask,
                     stage=None if st_smem is None else st_smem.at[wg],
                     ds_smem=scratch["ds_smem"].at[par, wg] if sh.with_dq else None,
-                    dq_terms=dq_terms(par) if sh.with_dq else None, dq_cols=_dq_cols(sh),
+                    dq_terms=split_dq_terms(par) if sh.splits_dq_columns else None,
+                    dq_cols=_dq_cols(sh),
                 )  # fmt: skip
                 # Generic-proxy reads of this slot (lse, delta, segment ids) must be
                 # ordered before the producer's next TMA into it.
@@ -452,122 +460,6 @@ def _reduce_add(stage, dst, scratch, wg, st):
         plgpu.copy_smem_to_gmem(stage, dst, reduction_op="add")
     else:
         read_add_write(dst, stage, scratch["rmw_smem"].at[wg], scratch["rmw_bar"].at[wg])
-
-
-def read_add_write(dst, src, box, bar):
-    """dst (GMEM) += src (SMEM) through the SMEM tile box: the interpret-mode twin of a
-    TMA reduce-add, exact only where nothing else adds to dst meanwhile."""
-    plgpu.copy_gmem_to_smem(dst, box, bar)
-    plgpu.barrier_wait(bar)
-    box[...] = box[...] + src[...]
-    plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(box, dst)
-    plgpu.wait_smem_to_gmem(0)
-
-
-def tile_grads(
-    st: cm.AttentionStatics,
-    dtype,
-    dk,
-    dv,
-    *,
-    k,
-    v,
-    q,
-    do,
-    rows,
-    mask,
-    stage,
-    ds_smem=None,
-    dq_terms=None,
-    dq_cols=None,
-):
-    """One step of dK/dV in the transposed orientation (rows = keys, columns = query rows).
-
-    S^T = K Q^T and dP^T = V dO^T (issued back to back), then `rows()` reads the
-    columns' `(lse, delta, extra)` (lse in log2 units, after the wgmmas, as the
-    kernels always have) and `mask(t, extra)` sets the entries no query may
-    see to -inf in the raw logits t; P^T = exp2(t * mult - lse), dV += P^T dO,
-    dS^T = P^T * (dP^T - delta) (times 1 - t^2 with a soft cap), dK += dS^T Q.
-    k, v, q, do: SMEM tiles; stage: None on the GPU, else the interpret-mode
-    LHS staging tile (`cm.mma_regs_lhs`).
-
-    With `ds_smem` (a `[keys, rows]` tile) dS^T goes through SMEM and the
-    step also gives dQ rows (float32, unscaled, `dq_cols` columns): the sum of
-    `lhs @ rhs` over the SMEM pairs `dq_terms()` returns once the tile is
-    written (by default this tile's own dS K). The dK and dQ wgmmas are issued
-    back to back and waited for once. Returns `(dk, dv, dq)`, dq None without
-    `ds_smem`.
-    """
-    shape = (k.shape[0], q.shape[0])
-
-    def s_dp(s_ref, dp_ref):
-        plgpu.wgmma(s_ref, k, q.T)
-        plgpu.wgmma(dp_ref, v, do.T)
-        return s_ref[...], dp_ref[...]
-
-    acc = plgpu.ACC(shape, jnp.float32)
-    s_tile, dp = pl.run_scoped(s_dp, acc, acc)
-    lse, delta, extra = rows()
-    t = cm.raw_logits(st, s_tile)
-    raw = mask(t, extra)
-    p = jnp.exp2(raw * st.logit_mult - cm.bcast_cols(lse, shape))
-    dv = cm.mma_regs_lhs(dv, p.astype(dtype), do, stage)
-    ds = p * (dp - cm.bcast_cols(delta, shape))
-    if st.logits_soft_cap is not None:
-        ds = ds * (1.0 - t * t)
-    if ds_smem is None:
-        return cm.mma_regs_lhs(dk, ds.astype(dtype), q, stage), dv, None
-    ds_smem[...] = ds.astype(dtype)
-    plgpu.commit_smem()
-    if dq_terms is None:
-        dq_terms, dq_cols = (lambda: [(ds_smem.T, k)]), k.shape[1]
-    dq_shape = (q.shape[0], dq_cols)
-    if stage is not None:  # interpret mode: no pl.run_state
-        dk = dk + cm.mma_smem(ds_smem, q, dk.shape)
-        return dk, dv, sum(cm.mma_smem(a, b, dq_shape) for a, b in dq_terms())
-
-    def both(dq_ref):
-        def dk_step(dk_ref):
-            plgpu.wgmma(dk_ref, ds_smem, q)
-            for lhs, rhs in dq_terms():  # may wait for another warpgroup's tile
-                plgpu.wgmma(dq_ref, lhs, rhs)
-
-        return pl.run_state(dk_step)(plgpu.ACC.init(dk)), dq_ref[...]
-
-    dk, dq = pl.run_scoped(both, plgpu.ACC(dq_shape, jnp.float32))
-    return dk, dv, dq
-
-
-def sum_pair(wg, dk, dv, scratch, store):
-    """Two warpgroups that shared one key tile: the second hands its dK/dV to the first
-    through SMEM (`scratch` "dk_acc", "dv_acc", "sum_bar"), which stores the sums."""
-    dk_acc, dv_acc, sum_bar = scratch["dk_acc"], scratch["dv_acc"], scratch["sum_bar"]
-
-    @pl.when(wg == 1)
-    def _():
-        dk_acc[...] = dk
-        dv_acc[...] = dv
-        plgpu.barrier_arrive(sum_bar)
-
-    @pl.when(wg == 0)
-    def _():
-        plgpu.barrier_wait(sum_bar)
-        other_dk = plgpu.load(dk_acc, layout=cm.WGMMA, optimized=False)
-        other_dv = plgpu.load(dv_acc, layout=cm.WGMMA, optimized=False)
-        store(dk + other_dk, dv + other_dv)
-
-
-def stage_store(st: cm.AttentionStatics, dtype, dk, dv, k_stage, v_stage, dk_dst, dv_dst):
-    """dK (times the scale) and dV to GMEM through two SMEM tiles (the K/V tiles, free by
-    now), one TMA group."""
-    k_stage[...] = (dk * st.scale).astype(dtype)
-    v_stage[...] = dv.astype(dtype)
-    plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(k_stage, dk_dst, commit_group=False)
-    plgpu.copy_smem_to_gmem(v_stage, dv_dst, commit_group=False)
-    plgpu.commit_smem_to_gmem_group()
-    plgpu.wait_smem_to_gmem(0)
 
 
 def dkv_call(

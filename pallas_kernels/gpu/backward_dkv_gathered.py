@@ -54,7 +54,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.gpu import backward_dkv
+from pallas_kernels.gpu import backward_dkv_step as step_lib
 from pallas_kernels.gpu import common as cm
 
 NWG = 2  # consumer warpgroups, alternating tiles of one key tile
@@ -194,7 +194,7 @@ def _kernel(
             def mask(t, limit):
                 return jnp.where(key_pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
 
-            dk, dv, dq = backward_dkv.tile_grads(
+            dk, dv, dq = step_lib.tile_grads(
                 st, sh.dtype, *carry, k=k_smem.at[wg], v=v_smem.at[wg], q=q_smem.at[slot],
                 do=do_smem.at[slot], rows=rows, mask=mask,
                 stage=None if st_smem is None else st_smem.at[wg],
@@ -221,7 +221,7 @@ def _kernel(
                     plgpu.copy_smem_to_gmem(src, dst, reduction_op="add", commit_group=False)
                 else:  # read, add, write back (see the module docstring)
                     box, bar = scratch["rmw_smem"].at[wg], scratch["rmw_bar"].at[wg]
-                    backward_dkv.read_add_write(dst, src, box, bar)
+                    step_lib.read_add_write(dst, src, box, bar)
             plgpu.commit_smem_to_gmem_group()
 
         mine = lax.div(jnp.maximum(n - wg + 1, 0), 2)  # tiles wg, wg + 2, ...
@@ -232,7 +232,7 @@ def _kernel(
             plgpu.barrier_wait(scratch["dq_done"].at[1 - wg])
 
         def store(dk, dv):  # through the first warpgroup's K/V tiles, no longer read
-            backward_dkv.stage_store(
+            step_lib.stage_store(
                 st, sh.dtype, dk, dv, k_smem.at[0], v_smem.at[0], dk_ref.at[c], dv_ref.at[c]
             )
 
@@ -252,11 +252,11 @@ def _kernel(
                     box, bar = scratch[("rmw_k", "rmw_v")[i]], scratch["rmw_kv_bar"]
                     for r in range(0, R, RMW_ROWS):
                         dst = ref.at[b, pl.ds(kj * R + r, RMW_ROWS), kvh]
-                        backward_dkv.read_add_write(dst, tile.at[pl.ds(r, RMW_ROWS)], box, bar)
+                        step_lib.read_add_write(dst, tile.at[pl.ds(r, RMW_ROWS)], box, bar)
             plgpu.commit_smem_to_gmem_group()
             plgpu.wait_smem_to_gmem(0)
 
-        backward_dkv.sum_pair(wg, dk, dv, scratch, add_sums if sh.add_dkv else store)
+        step_lib.sum_pair(wg, dk, dv, scratch, add_sums if sh.add_dkv else store)
 
     @pl.when((wg == NWG) & (n > 0))
     def _producer():
@@ -310,9 +310,7 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
     sums = (plgpu.SMEM((R, sh.D), jnp.float32), plgpu.SMEM((R, sh.Dv), jnp.float32))
     if sh.with_dq:
         # A token's G rows are whole 8-row tiles of the staging layout: one TMA box each.
-        staging = plgpu.SMEM(
-            (NWG, R, sh.D), jnp.float32, transforms=backward_dkv.DQ_STAGING_TRANSFORMS
-        )
+        staging = plgpu.SMEM((NWG, R, sh.D), jnp.float32, transforms=step_lib.DQ_STAGING_TRANSFORMS)
         scratch["union"] = plgpu.RefUnion(staging, sums)
         scratch["ds_smem"] = cm.tiled_smem((NWG, R, R), dt)
         scratch["dq_done"] = plgpu.Barrier(num_arrivals=1, num_barriers=NWG)
