@@ -292,10 +292,10 @@ def _attention_fwd(st, q, k, v, tables, arrays, segs, work, pattern):
 def _attention_bwd(st, residuals, cotangents):
     q, k, v, out, lse, tables, arrays, segs, work, pattern = residuals
     dout_t, dlse = cotangents
+    dout = _by_row(st, dout_t)  # as the kernels wrote O
     if st.gathering is not None and st.gathering.dq:
-        dq, dk, dv = _gathered_backward(st, q, k, v, out, lse, dout_t, dlse, pattern)
+        dq, dk, dv = _gathered_backward(st, q, k, v, out, lse, dout, dlse, pattern)
         return dq, dk, dv, None, None, None, None, None
-    dout = _by_row(st, dout_t)
     if st.xla is not None:
         dq, dk, dv = xla_impl._backward(st.xla, q, k, v, out, lse, dout, dlse, work, segs, pattern)
     else:
@@ -320,19 +320,16 @@ def _attention_bwd(st, residuals, cotangents):
     return dq, dk, dv, None, None, None, None, None
 
 
-def _gathered_backward(st, q, k, v, out, lse, dout_t, dlse, pattern):
-    """dQ, dK, dV all from the gathered kernel (`Gathering.dq`), on packed rows: q and
-    out as saved, dO packed from the natural layout it arrives in."""
+def _gathered_backward(st, q, k, v, out, lse, dout, dlse, pattern):
+    """dQ, dK, dV all from the gathered kernel (`Gathering.dq`), on packed rows."""
     from pallas_kernels.gpu import api as kernels
 
-    g, kw = st.token_group, st.bwd_kwargs()
-    dout = _by_row(st, dout_t)
-    dq, dk, dv = kernels.gathered_attention_bwd(
-        q, k, v, out, lse, dout, dlse, st.gathering.tiles(pattern.bits), group=g,
+    kw = st.bwd_kwargs()
+    return kernels.gathered_attention_bwd(
+        q, k, v, out, lse, dout, dlse, st.gathering.tiles(pattern.bits), group=st.token_group,
         scale=kw["scale"], logits_soft_cap=kw["logits_soft_cap"], kv_len=kw["kv_len"],
         interpret=kw.get("interpret"),
     )  # fmt: skip
-    return dq, dk, dv
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -103,8 +103,9 @@ def _list_splits(splits) -> int:
     return splits
 
 
-def _row_dots(out, dout):
-    """rowsum(dO * O) `[B, H, Tp]` in float32, of rows `[B, Tp, H, Dv]`.
+def _delta(out, dout, dlse):
+    """delta = rowsum(dO * O) - dlse `[B, H, Tp]` in float32, of rows `[B, Tp, H, Dv]`,
+    so that dS = P * (dP - delta).
 
     A row reduction, then a separate transpose of the small result: fused into
     one, XLA:GPU ran it as a transposing reduction at a fraction of the
@@ -112,13 +113,7 @@ def _row_dots(out, dout):
     H100, 2026-11-22).
     """
     dots = (out.astype(jnp.float32) * dout.astype(jnp.float32)).sum(-1)
-    dots = lax.optimization_barrier(dots)
-    return jnp.swapaxes(dots, 1, 2)
-
-
-def _delta(out, dout, dlse):
-    """delta = rowsum(dO * O) - dlse `[B, H, Tp]`, so that dS = P * (dP - delta)."""
-    delta = _row_dots(out, dout)
+    delta = jnp.swapaxes(lax.optimization_barrier(dots), 1, 2)
     return delta if dlse is None else delta - dlse.astype(jnp.float32)
 
 
