@@ -71,8 +71,17 @@ PAIR_PARTS = {
     "pair words": gathered_tiles_gpu.by_words,
     "pair ranks": gathered_tiles_gpu.by_word_ranks,
 }
-SWITCHES = ("dkv partials", "dq hand-over", "dq adds apart", "dq regs 240")
-PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + SWITCHES
+# A switch sets library constants, `(module, name, value)`, for the block's length.
+SWITCHES = {
+    "dkv partials": ((backward_dkv_gathered, "ADD_DKV", False),),
+    "dq hand-over": ((backward_dkv, "SPLIT_DQ_COLUMNS", False),),
+    "dq adds apart": (
+        (backward_dkv, "SPLIT_DQ_COLUMNS", False),
+        (backward_dkv, "HAND_OVER_DQ", False),
+    ),
+    "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
+}
+PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)
 
 
 def parse(glue: str) -> tuple[str, ...]:
@@ -112,10 +121,8 @@ def patched(glue: str):
     traced = collections.Counter()
     library_mask, library_pairs = topk.topk_mask, gathered.list_pairs
     library_item_tiles = gathered.ITEM_TILES
-    library_add_dkv = backward_dkv_gathered.ADD_DKV
-    library_hand_over = backward_dkv.HAND_OVER_DQ
-    library_split_dq = backward_dkv.SPLIT_DQ_COLUMNS
-    library_dq_registers = backward_dkv.DQ_REGISTERS
+    constants = {(m, name) for sets in SWITCHES.values() for m, name, _ in sets}
+    library_constants = {(m, name): getattr(m, name) for m, name in constants}
 
     def candidate_mask(make, name):
         def topk_mask(scores, k):
@@ -139,14 +146,9 @@ def patched(glue: str):
         for p in parts:
             if _item_tiles(p) is not None:
                 gathered.ITEM_TILES = _item_tiles(p)
-            elif p == "dkv partials":
-                backward_dkv_gathered.ADD_DKV = False
-            elif p == "dq hand-over":
-                backward_dkv.SPLIT_DQ_COLUMNS = False
-            elif p == "dq adds apart":
-                backward_dkv.SPLIT_DQ_COLUMNS = backward_dkv.HAND_OVER_DQ = False
-            elif p == "dq regs 240":
-                backward_dkv.DQ_REGISTERS = (240, 24)
+            elif p in SWITCHES:
+                for module, name, value in SWITCHES[p]:
+                    setattr(module, name, value)
             elif p in TOPK_PARTS:
                 topk.topk_mask = candidate_mask(TOPK_PARTS[p], p)
             else:
@@ -156,8 +158,6 @@ def patched(glue: str):
     finally:
         topk.topk_mask, gathered.list_pairs = library_mask, library_pairs
         gathered.ITEM_TILES = library_item_tiles
-        backward_dkv_gathered.ADD_DKV = library_add_dkv
-        backward_dkv.HAND_OVER_DQ = library_hand_over
-        backward_dkv.SPLIT_DQ_COLUMNS = library_split_dq
-        backward_dkv.DQ_REGISTERS = library_dq_registers
+        for (module, name), value in library_constants.items():
+            setattr(module, name, value)
         jax.clear_caches()
