@@ -2,7 +2,7 @@
 
 Usage (repo root, GPU machine):
   python bench/dkv_split_gpu.py OUT_DIR [--sizes 16384,65536] [--reps 5]
-      [--option heads|q]
+      [--option heads|q|lists]
 
 Times forward+backward of GQA attention (B=1, H=16, K=2, D=128, bf16, as the
 LLM benchmarks), in one run:
@@ -13,6 +13,9 @@ LLM benchmarks), in one run:
   * `--option q` (`Config(gpu_dkv_q_split=...)`: two warpgroups share each
     64-key block, or one works alone): causal attention on 128x64 tiles and a
     512-key sliding window on 128x64 tiles.
+  * `--option lists` (`Config(gpu_dkv_list_splits=P)`, P = 1, 2, 4, 8: CTAs
+    sharing each key block's list of query tiles): NSA's compressed keys and
+    its 512-key sliding window, as in `heads`.
 Writes OUT_DIR/dkv_split_gpu.jsonl (`split` says which setting ran).
 """
 
@@ -40,7 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="16384,65536")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tiny", action="store_true", help="CPU check (XLA path, tiny sizes)")
-    ap.add_argument("--option", default="heads", choices=("heads", "q"))
+    ap.add_argument("--option", default="heads", choices=("heads", "q", "lists"))
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,13 +55,16 @@ def main(argv=None) -> int:
     for t in sizes:
         keys = jax.random.split(jax.random.key(t), 4)
         q = jax.random.normal(keys[0], (1, t, h, d), dtype)
+        nsa_branches = {
+            "compressed keys (NSA branch 1)": (P.CompressedCausal(32, 16), (t - 32) // 16 + 1),
+            "sliding window 512 (NSA branch 3)": (P.Causal() & P.SlidingWindow(left=511), t),
+        }
+        settings = (False, True)
         if args.option == "heads":
             field, tiles = "gpu_dkv_split_heads", {}
-            cases = {
-                "causal": (P.Causal(), t),
-                "compressed keys (NSA branch 1)": (P.CompressedCausal(32, 16), (t - 32) // 16 + 1),
-                "sliding window 512 (NSA branch 3)": (P.Causal() & P.SlidingWindow(left=511), t),
-            }
+            cases = {"causal": (P.Causal(), t), **nsa_branches}
+        elif args.option == "lists":
+            field, tiles, cases, settings = "gpu_dkv_list_splits", {}, nsa_branches, (1, 2, 4, 8)
         else:
             field, tiles = "gpu_dkv_q_split", dict(block_q=128, block_kv=64)
             cases = {
@@ -69,7 +75,7 @@ def main(argv=None) -> int:
             k = jax.random.normal(keys[1], (1, s, kh, d), dtype)
             v = jax.random.normal(keys[2], (1, s, kh, d), dtype)
             cot = jax.random.normal(keys[3], q.shape, dtype)
-            for split in (False, True):
+            for split in settings:
                 config = js.Config(**{field: split}, **tiles)
 
                 def loss(q, k, v, pattern=pattern, config=config, cot=cot):

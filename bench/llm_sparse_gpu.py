@@ -255,10 +255,14 @@ NSA_TRAIN_VARIANTS = {
     "NSA (dQ kernel)": js.Config(gpu_gathered_dq=False),
     "NSA (gathered dQ)": js.Config(gpu_gathered_dq=True),
     "NSA (items by blocks)": js.Config(gpu_gathered_chunk=0),
+    "NSA (items by 1k tokens)": js.Config(gpu_gathered_chunk=1024),
     "NSA (items by 2k tokens)": js.Config(gpu_gathered_chunk=2048),
     "NSA (items by 4k tokens)": js.Config(gpu_gathered_chunk=4096),
     "NSA (items by 8k tokens)": js.Config(gpu_gathered_chunk=8192),
     "NSA (dQ in dK/dV)": js.Config(gpu_dq_in_dkv=True),
+    "NSA (items by 2k tokens, dK/dV lists in 4)": js.Config(
+        gpu_gathered_chunk=2048, gpu_dkv_list_splits=4
+    ),
 }
 
 
