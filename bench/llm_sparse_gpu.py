@@ -260,9 +260,6 @@ NSA_TRAIN_VARIANTS = {
     "NSA (items by 4k tokens)": js.Config(gpu_gathered_chunk=4096),
     "NSA (items by 8k tokens)": js.Config(gpu_gathered_chunk=8192),
     "NSA (dQ in dK/dV)": js.Config(gpu_dq_in_dkv=True),
-    "NSA (items by 2k tokens, dK/dV lists in 4)": js.Config(
-        gpu_gathered_chunk=2048, gpu_dkv_list_splits=4
-    ),
 }
 
 

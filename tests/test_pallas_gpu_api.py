@@ -130,6 +130,54 @@ def test_dkv_split_heads_default(requested, b, h, k, kv_blocks, list_splits, q_s
     assert got is want
 
 
+@pytest.mark.parametrize(
+    "requested, ctas, q_steps, want",
+    [
+        (None, 16 * 32, 512, 4),  # NSA's compressed keys at 64k: 512 CTAs, lists up to 512
+        (None, 2 * 512, 5, 1),  # a 64k sliding window: 1,024 CTAs of 5 q tiles
+        (None, 16 * 512, 512, 1),  # dense causal at 64k: 8,192 CTAs
+        (None, 16 * 8, 128, 1),  # NSA's compressed keys at 16k: lists of 128 at most
+        (None, 16 * 4, 4096, 8),  # at most MAX_LIST_SPLITS
+        (None, 1023, 129, 2),
+        (3, 16 * 512, 512, 3),  # asked for: kept
+        (1, 16 * 32, 512, 1),
+    ],
+)
+def test_dkv_list_splits_default(requested, ctas, q_steps, want):
+    from pallas_kernels.gpu import api_backward
+
+    assert api_backward._list_splits(requested, ctas=ctas, q_steps=q_steps) == want
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_dkv_list_splits_rejects_bad_values(bad):
+    from pallas_kernels.gpu import api_backward
+
+    with pytest.raises(ValueError, match="dkv_list_splits must be a positive int"):
+        api_backward._list_splits(bad, ctas=1, q_steps=1)
+
+
+@pytest.mark.parametrize("config_splits, want", [(None, 2), (1, 1)])
+def test_dkv_list_splits_by_default_match_the_oracle(config_splits, want, monkeypatch):
+    """With no `Config.gpu_dkv_list_splits`, long lists are split (LIST_STEPS lowered so
+    that a small case has them) and every gradient still matches the oracle; asking
+    for 1 keeps whole lists."""
+    from pallas_kernels.gpu import api_backward, backward_dkv
+
+    seen = []
+    real = backward_dkv.dkv_call
+
+    def spy(*args, sh, **kw):
+        seen.append(sh.list_splits)
+        return real(*args, sh=sh, **kw)
+
+    monkeypatch.setattr(backward_dkv, "dkv_call", spy)
+    monkeypatch.setattr(api_backward, "LIST_STEPS", 1)  # 2 q tiles a list: 2 splits
+    config = js.Config(block_q=64, block_kv=64, interpret=True, gpu_dkv_list_splits=config_splits)
+    assert_matches_oracle_with(C(P.Causal(), t=128, h=4, k=2), config)
+    assert seen == [want]
+
+
 def test_unsupported_inputs_raise_not_implemented():
     q = jnp.ones((1, 64, 2, 64), jnp.float32)
     cfg = js.Config(interpret=True)

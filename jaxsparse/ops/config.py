@@ -40,8 +40,10 @@ class Config:
         one works alone (False); None: share (see pallas_kernels/gpu/NOTES.md).
       gpu_dkv_list_splits: Mosaic GPU dK/dV kernel: CTAs that share each key
         block's list of query tiles (partial results summed in float32); None:
-        1, except for packed per-token selections, where a forced block (NSA's
-        initial block) is in every tile's list (see `jaxsparse.ops.packed`).
+        split long lists where few CTAs hold them (NSA's compressed keys;
+        `pallas_kernels.gpu.api_backward._list_splits`), and for packed
+        per-token selections, where a forced block (NSA's initial block) is
+        in every tile's list (see `jaxsparse.ops.packed`).
       gpu_heavy_first: Mosaic GPU kernels: launch the CTAs with the longest
         block lists first (True), or in block order (False); None: heavy first,
         except for packed per-token selections, whose neighbouring tiles share

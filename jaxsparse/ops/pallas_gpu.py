@@ -130,7 +130,7 @@ def run_tables(
     segments_on_full_tiles: bool = False,
     word_rows: int = 0,
     heavy_first: bool = True,
-    dkv_list_splits: int = 1,
+    dkv_list_splits: int | None = None,
     xla_work=None,
     arrays=None,
     statics=(),
@@ -146,7 +146,8 @@ def run_tables(
     `(Static, work)` to run the backward on the XLA path (shapes the backward
     kernels do not take).
     `heavy_first`, `dkv_list_splits`: the launch order and the dK/dV list
-    splits unless `Config.gpu_heavy_first` / `gpu_dkv_list_splits` say.
+    splits unless `Config.gpu_heavy_first` / `gpu_dkv_list_splits` say
+    (`dkv_list_splits` None: the kernels' own choice).
     `gathering`: a `gathered.Gathering` (per-token selections packed as rows):
     the backward builds its tiles from the pattern's bits and runs dK/dV over
     them. `token_group`: q holds packed rows (`jaxsparse.ops.packed`), G per
@@ -189,7 +190,7 @@ def run_tables(
             # Not with gathered tiles: their kernel gives dQ itself, or the dQ kernel does.
             ("dq_in_dkv", True if call.config.gpu_dq_in_dkv and gathering is None else None),
         )
-        if value is not None and (name, value) != ("dkv_list_splits", 1)
+        if value is not None
     )
     xla_st, work = xla_work or (None, None)
     kernel = tuple(sorted(kw.items(), key=lambda x: x[0]))

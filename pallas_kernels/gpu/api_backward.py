@@ -97,10 +97,31 @@ def _split_heads(
     return few or walk > SPLIT_HEADS_ABOVE_STEPS
 
 
-def _list_splits(splits) -> int:
-    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
-        raise ValueError(f"dkv_list_splits must be a positive int, got {splits!r}")
-    return splits
+# dkv_list_splits=None: a key block's q list is split in P CTAs where fewer than this many
+# CTAs hold long lists, P = ceil(longest list / LIST_STEPS), at most MAX_LIST_SPLITS. NSA's
+# compressed keys at 64k (512 CTAs, one per query head, lists of 16 to 512 query tiles) leave
+# SMs idle at the end of the dK/dV kernel. H100, BENCHMARKS.md session 22 (fwd+bwd at 64k,
+# H=16, K=2): the compressed branch 9.36 ms whole, 8.91 / 8.27 / 8.68 in 2 / 4 / 8; a 512-key
+# window (1,024 CTAs of 40 query steps) 2.97 whole and slower in every split.
+SPLIT_LISTS_BELOW_CTAS = 1024
+LIST_STEPS = 128
+MAX_LIST_SPLITS = 8
+
+
+def _list_splits(requested, *, ctas: int, q_steps: int) -> int:
+    """CTAs sharing each key block's q list (their partial dK/dV summed in f32 after).
+
+    `requested` None: 1 where `ctas` (one per kv block and output head) keep
+    the GPU busy (at least SPLIT_LISTS_BELOW_CTAS) or the lists are short,
+    else enough splits that no CTA walks more than about LIST_STEPS q tiles.
+    """
+    if requested is None:
+        if ctas >= SPLIT_LISTS_BELOW_CTAS:
+            return 1
+        return max(1, min(MAX_LIST_SPLITS, -(-q_steps // LIST_STEPS)))
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ValueError(f"dkv_list_splits must be a positive int, got {requested!r}")
+    return requested
 
 
 def _delta(out, dout, dlse):
@@ -209,7 +230,7 @@ def block_sparse_attention_bwd(
     bwd_num_stages: int = 2,
     dkv_split_heads: bool | None = None,
     dkv_q_split: bool | None = None,
-    dkv_list_splits: int = 1,
+    dkv_list_splits: int | None = None,
     segments_on_full_tiles: bool = True,
     heavy_first: bool = True,
     interpret: Any = None,
@@ -251,7 +272,8 @@ def block_sparse_attention_bwd(
         split whenever block_kv is 64 and bwd_num_stages is even.
       dkv_list_splits: P >= 1 CTAs share each kv block's q list, their
         partial dK/dV summed in float32 afterwards (for lists whose lengths
-        differ widely, e.g. a key block every query attends).
+        differ widely, e.g. a key block every query attends). None: split
+        long lists where few CTAs hold them (`_list_splits`).
       kv_words, q_words, word_rows: row words of the two lists (both or
         neither), as in the forward.
       diagonals, key_columns, key_columns_mode, segments_le: as in the forward.
@@ -340,7 +362,22 @@ def block_sparse_attention_bwd(
         num_stages=bwd_num_stages,
         dtype=dt,
     )
-    list_splits = _list_splits(dkv_list_splits)
+    kv_blocks, q_steps = Sp // block_kv, q_indices.shape[-1]
+    requested_splits = None if dkv_list_splits is None else _list_splits(
+        dkv_list_splits, ctas=0, q_steps=q_steps
+    )  # fmt: skip
+    split_heads = _split_heads(
+        dkv_split_heads,
+        B=B,
+        H=H,
+        K=K,
+        kv_blocks=kv_blocks,
+        list_splits=requested_splits or 1,
+        q_steps=q_steps,
+    )
+    list_splits = requested_splits or _list_splits(
+        None, ctas=B * (H if split_heads else K) * kv_blocks, q_steps=q_steps
+    )
     dkv_sh = backward_dkv.DkvShapes(
         B=B,
         Tp=Tp,
@@ -356,15 +393,7 @@ def block_sparse_attention_bwd(
         block_q_compute=dkv_block_q_compute,
         num_stages=bwd_num_stages,
         dtype=dt,
-        split_heads=_split_heads(
-            dkv_split_heads,
-            B=B,
-            H=H,
-            K=K,
-            kv_blocks=Sp // block_kv,
-            list_splits=list_splits,
-            q_steps=q_indices.shape[-1],
-        ),
+        split_heads=split_heads,
         q_split=_q_split(dkv_q_split, block_kv, bwd_num_stages),
         list_splits=list_splits,
         with_dq=dq_in_dkv,
