@@ -42,3 +42,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def dkv_shapes(monkeypatch):
+    """The `DkvShapes` of each Mosaic GPU dK/dV kernel call the test makes (the kernel
+    still runs): what the backward chose, e.g. its list splits or a CTA per query head."""
+    from pallas_kernels.gpu import backward_dkv
+
+    seen, real = [], backward_dkv.dkv_call
+
+    def spy(*args, sh, **kw):
+        seen.append(sh)
+        return real(*args, sh=sh, **kw)
+
+    monkeypatch.setattr(backward_dkv, "dkv_call", spy)
+    return seen

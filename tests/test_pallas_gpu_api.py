@@ -76,21 +76,11 @@ def test_caller_tables_with_segments():
         ("gpu_dkv_list_splits", "list_splits", 3),
     ],
 )
-def test_gqa_dkv_split_option(option, attr, value, monkeypatch):
+def test_gqa_dkv_split_option(option, attr, value, dkv_shapes):
     """`Config`'s dK/dV options reach the backward kernel; each way matches the oracle."""
-    from pallas_kernels.gpu import backward_dkv
-
-    seen = []
-    real = backward_dkv.dkv_call
-
-    def spy(*args, sh, **kw):
-        seen.append(getattr(sh, attr))
-        return real(*args, sh=sh, **kw)
-
-    monkeypatch.setattr(backward_dkv, "dkv_call", spy)
     config = js.Config(block_q=64, block_kv=64, interpret=True, **{option: value})
     assert_matches_oracle_with(C(P.Causal(), t=128, h=4, k=2), config)
-    assert seen == [value]
+    assert [getattr(sh, attr) for sh in dkv_shapes] == [value]
 
 
 def assert_matches_oracle_with(case, config):
@@ -158,24 +148,16 @@ def test_dkv_list_splits_rejects_bad_values(bad):
 
 
 @pytest.mark.parametrize("config_splits, want", [(None, 2), (1, 1)])
-def test_dkv_list_splits_by_default_match_the_oracle(config_splits, want, monkeypatch):
+def test_dkv_list_splits_by_default_match_the_oracle(config_splits, want, dkv_shapes, monkeypatch):
     """With no `Config.gpu_dkv_list_splits`, long lists are split (LIST_STEPS lowered so
     that a small case has them) and every gradient still matches the oracle; asking
     for 1 keeps whole lists."""
-    from pallas_kernels.gpu import api_backward, backward_dkv
+    from pallas_kernels.gpu import api_backward
 
-    seen = []
-    real = backward_dkv.dkv_call
-
-    def spy(*args, sh, **kw):
-        seen.append(sh.list_splits)
-        return real(*args, sh=sh, **kw)
-
-    monkeypatch.setattr(backward_dkv, "dkv_call", spy)
     monkeypatch.setattr(api_backward, "LIST_STEPS", 1)  # 2 q tiles a list: 2 splits
     config = js.Config(block_q=64, block_kv=64, interpret=True, gpu_dkv_list_splits=config_splits)
     assert_matches_oracle_with(C(P.Causal(), t=128, h=4, k=2), config)
-    assert seen == [want]
+    assert [sh.list_splits for sh in dkv_shapes] == [want]
 
 
 def test_unsupported_inputs_raise_not_implemented():
@@ -205,22 +187,15 @@ def test_without_a_gpu_the_default_is_the_xla_path():
     assert js.attention(q, q, q).shape == (1, 8, 2, 64)  # falls back, no error
 
 
-def test_dq_in_dkv_option_skips_the_dq_kernel(monkeypatch):
+def test_dq_in_dkv_option_skips_the_dq_kernel(dkv_shapes, monkeypatch):
     """`Config(gpu_dq_in_dkv=True)`: the dK/dV kernel gives dQ (no dQ kernel runs); every
     gradient matches the oracle."""
-    from pallas_kernels.gpu import backward_dkv, backward_dq
+    from pallas_kernels.gpu import backward_dq
 
-    seen, real = [], backward_dkv.dkv_call
-
-    def spy(*args, sh, **kw):
-        seen.append(sh.with_dq)
-        return real(*args, sh=sh, **kw)
-
-    monkeypatch.setattr(backward_dkv, "dkv_call", spy)
     monkeypatch.setattr(backward_dq, "dq_call", None)  # calling it would fail
     config = js.Config(block_q=64, block_kv=128, interpret=True, gpu_dq_in_dkv=True)
     assert_matches_oracle_with(C(P.Causal() & P.SlidingWindow(left=70), t=130, h=4, k=2), config)
-    assert seen == [True]
+    assert [sh.with_dq for sh in dkv_shapes] == [True]
     with pytest.raises(TypeError, match="gpu_dq_in_dkv must be True or False"):
         js.Config(gpu_dq_in_dkv=None)
 
