@@ -1,0 +1,175 @@
+"""The gathered dK/dV(/dQ) kernel alone, in each of its modes, on NSA's real tiles (GPU).
+
+Usage (repo root, GPU machine):
+  python bench/gathered_modes_gpu.py OUT_DIR [--seq 65536] [--reps 5] [--modes a,b,...]
+      [--tiny]
+
+Session 22 found this kernel, NSA's selected-branch backward, to be where
+the H100 loses against the H200: 8.25 against 5.90 ms a step at 64k, the
+ratio of the cards' HBM bandwidth, so bound by DRAM traffic. Which traffic:
+Q/dO reads, the float32 dQ reduce-adds or the dK/dV ones? This script times
+the kernel (with its stats gather, the float32 sums' zeroing and their final
+cast: what the step pays for it) on the tiles of NSA's selection of the
+needle inputs (`bench/llm_methods.nsa_bits`: B=1, H=16, K=2, D=128, bf16,
+NSA's defaults, mean compressor), the tiles built beforehand, in the modes
+
+  dq Nk chunks (1k, 2k, 4k: the library from 64k, 8k): dQ, dK, dV all
+      added into float32 sums by TMA reduce-adds, items in token chunks;
+  dq block order: the same, items block by block (chunk 0);
+  dq 4k chunks dK/dV partials: each item writes its partial dK/dV, summed
+      by XLA;
+  no dq 4k chunks / no dq block order: dK/dV only (per-item partials), the
+      library below 64k tokens, where the dQ kernel runs instead.
+
+Run it on both cards: the modes whose time grows by the bandwidth ratio are
+the traffic that misses L2. Writes OUT_DIR/gathered_modes_gpu.jsonl (one row
+per mode: ms, selected pairs, tiles, items). `--tiny` runs every mode in GPU
+interpret mode on CPU at 256 tokens and checks each against the first one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    name: str
+    chunk: int  # query tokens per chunk of the items' order; 0: block order
+    dq: bool = True
+    add_dkv: bool = True  # with dq: dK/dV by reduce-adds (else per-item partials)
+
+
+MODES = {
+    m.name: m
+    for m in (
+        Mode("dq 1k chunks", 1024),
+        Mode("dq 2k chunks", 2048),
+        Mode("dq 4k chunks (library)", 4096),
+        Mode("dq 8k chunks", 8192),
+        Mode("dq block order", 0),
+        Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
+        Mode("no dq 4k chunks", 4096, dq=False),
+        Mode("no dq block order", 0, dq=False),
+    )
+}
+
+
+def inputs(t: int, h: int, kh: int, d: int, dtype):
+    """q, k, v (natural layout), NSA's bits `[B, K, T, blocks]` on the needle inputs."""
+    import llm_methods
+    import llm_synthetic
+
+    from jaxsparse.methods import NSAConfig
+
+    task = llm_synthetic.make_task("needle", t=t, h=h, kh=kh, d=d, seed=0, batch=1)
+    q, k, v = (jnp.asarray(x, dtype) for x in (task.q, task.k, task.v))
+    return q, k, v, llm_methods.nsa_bits(q, k, NSAConfig())
+
+
+def kernel_fn(mode: Mode, *, group: int, kv_len: int, scale: float, interpret=None):
+    """`f(q_p, k, v, do_p, lse2, delta, tiles) -> (dq or None, dk, dv)` of `mode`."""
+    from pallas_kernels.gpu import backward_dkv_gathered as bdg
+    from pallas_kernels.gpu import common as cm
+
+    st = cm.AttentionStatics(
+        mask_fn=None, mask_factors=None, q_offset=0, kv_len=kv_len, kv_padded=False,
+        scale=scale, logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False,
+        interpret=interpret,
+    )  # fmt: skip
+
+    def f(q, k, v, do, lse2, delta, tiles):
+        saved = bdg.ADD_DKV
+        bdg.ADD_DKV = mode.add_dkv  # read while tracing
+        try:
+            out = bdg.dkv(
+                q, k, v, do, lse2, delta, tiles, group=group, num_stages=2, st=st,
+                with_dq=mode.dq,
+            )  # fmt: skip
+        finally:
+            bdg.ADD_DKV = saved
+        return out if mode.dq else (None, *out)
+
+    return jax.jit(f)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("--seq", type=int, default=65536)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated of {list(MODES)}")
+    ap.add_argument("--tiny", action="store_true", help="CPU check in GPU interpret mode")
+    args = ap.parse_args(argv)
+    names = [n for n in args.modes.split(",") if n]
+    unknown = sorted(set(names) - set(MODES))
+    if unknown:
+        ap.error(f"--modes: unknown {unknown}; choose from {list(MODES)}")
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    from jaxsparse.ops import gathered, pallas_gpu
+    from pallas_kernels.gpu import backward_dkv_gathered as bdg
+
+    if args.tiny:
+        t, (h, kh, d), dtype = 256, (16, 2, 64), jnp.bfloat16
+        interpret = plgpu.InterpretGPUParams(detect_races=False)
+    else:
+        t, (h, kh, d), dtype, interpret = args.seq, (16, 2, 128), jnp.bfloat16, None
+    g, scale = h // kh, d**-0.5
+    q, k, v, bits = inputs(t, h, kh, d, dtype)
+    keys = jax.random.split(jax.random.key(1), 2)
+    do = jax.random.normal(keys[0], q.shape, dtype)
+    q_p, do_p = (bdg.by_row(bdg.token_view(x, g)) for x in (q, do))
+    rows = q_p.shape[1]
+    lse2 = jax.random.uniform(keys[1], (1, kh, rows), jnp.float32, 4.0, 6.0)  # log2 units
+    delta = jnp.zeros((1, kh, rows), jnp.float32)
+    pairs = int(np.asarray(bits).sum())
+    rows_out, first = [], None
+    for name in names:
+        mode = MODES[name]
+        gathering = gathered.Gathering(
+            batch=1, group=g, col_block=64, q_len=t, kv_len=t, q_offset=0, causal=True,
+            slots=16, dq=mode.dq, chunk=mode.chunk,
+        )  # fmt: skip
+        tiles = jax.jit(gathering.tiles)(bits)
+        fn = kernel_fn(mode, group=g, kv_len=t, scale=scale, interpret=interpret)
+        operands = (q_p, k, v, do_p, lse2, delta, tiles)
+        row = dict(
+            mode=name, seq_len=t, pairs=pairs, tiles=int(tiles.tokens.shape[0]),
+            items=int(tiles.items.shape[0]), device=str(jax.devices()[0].device_kind),
+            jax=jax.__version__,
+        )  # fmt: skip
+        if args.tiny:
+            with pallas_gpu.interpret_context(True):
+                got = [None if x is None else np.asarray(x, np.float32) for x in fn(*operands)]
+            first = first or got
+            for label, a, b in zip(("dq", "dk", "dv"), got, first, strict=True):
+                if a is not None and b is not None:
+                    row[f"{label}_max_diff_vs_first"] = float(np.abs(a - b).max())
+        else:
+            from timing import time_fn
+
+            row["ms"] = time_fn(fn, operands, reps=args.reps)[1] * 1e3
+        print(json.dumps(row), flush=True)
+        rows_out.append(row)
+    with (out_dir / "gathered_modes_gpu.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows_out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
