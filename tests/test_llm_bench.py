@@ -38,3 +38,9 @@ def test_tiny_run_writes_forward_selection_rows_and_judges_on_them(tmp_path):
         row = next(r for r in methods if t["target"].startswith(r["method"]) and
                    r["seq_len"] == t["seq_len"])  # fmt: skip
         assert t["value"] == row["overhead_fwd"] and t["with_backward_lists"] == row["overhead"]
+
+
+def test_nsa_variant_names_survive_the_comma_separated_flag():
+    # --nsa-variants is split on commas: a name holding one cannot be asked for.
+    bench = load_bench_script("llm_sparse_gpu")
+    assert all("," not in name for name in bench.NSA_TRAIN_VARIANTS)
