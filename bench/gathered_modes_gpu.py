@@ -50,6 +50,11 @@ class Mode:
     dq: bool = True
     add_dkv: bool = True  # with dq: dK/dV by reduce-adds (else per-item partials)
 
+    @property
+    def glue(self) -> str:
+        """The `bench/nsa_glue.py` switches this mode runs the kernel with."""
+        return "library" if self.add_dkv else "dkv partials"
+
 
 MODES = {
     m.name: m
@@ -78,27 +83,21 @@ def inputs(t: int, h: int, kh: int, d: int, dtype):
     return q, k, v, llm_methods.nsa_bits(q, k, NSAConfig())
 
 
-def kernel_fn(mode: Mode, *, group: int, kv_len: int, scale: float, interpret=None):
-    """`f(q_p, k, v, do_p, lse2, delta, tiles) -> (dq or None, dk, dv)` of `mode`."""
+def kernel_fn(mode: Mode, *, group: int, kv_len: int, interpret=None):
+    """`f(q_p, k, v, do_p, lse2, delta, tiles) -> (dq or None, dk, dv)` of `mode` (trace it
+    under `nsa_glue.patched(mode.glue)`)."""
+    from pallas_kernels.gpu import api_args
     from pallas_kernels.gpu import backward_dkv_gathered as bdg
-    from pallas_kernels.gpu import common as cm
-
-    st = cm.AttentionStatics(
-        mask_fn=None, mask_factors=None, q_offset=0, kv_len=kv_len, kv_padded=False,
-        scale=scale, logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False,
-        interpret=interpret,
-    )  # fmt: skip
 
     def f(q, k, v, do, lse2, delta, tiles):
-        saved = bdg.ADD_DKV
-        bdg.ADD_DKV = mode.add_dkv  # read while tracing
-        try:
-            out = bdg.dkv(
-                q, k, v, do, lse2, delta, tiles, group=group, num_stages=2, st=st,
-                with_dq=mode.dq,
-            )  # fmt: skip
-        finally:
-            bdg.ADD_DKV = saved
+        st = api_args.statics(
+            q, k, mask_fn=None, mask_factors=None, q_offset=0, kv_len=kv_len, scale=None,
+            logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False,
+            interpret=interpret,
+        )  # fmt: skip
+        out = bdg.dkv(
+            q, k, v, do, lse2, delta, tiles, group=group, num_stages=2, st=st, with_dq=mode.dq
+        )
         return out if mode.dq else (None, *out)
 
     return jax.jit(f)
@@ -119,6 +118,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    import nsa_glue
     from jax.experimental.pallas import mosaic_gpu as plgpu
 
     from jaxsparse.ops import gathered, pallas_gpu
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         interpret = plgpu.InterpretGPUParams(detect_races=False)
     else:
         t, (h, kh, d), dtype, interpret = args.seq, (16, 2, 128), jnp.bfloat16, None
-    g, scale = h // kh, d**-0.5
+    g = h // kh
     q, k, v, bits = inputs(t, h, kh, d, dtype)
     keys = jax.random.split(jax.random.key(1), 2)
     do = jax.random.normal(keys[0], q.shape, dtype)
@@ -146,24 +146,25 @@ def main(argv=None) -> int:
             slots=16, dq=mode.dq, chunk=mode.chunk,
         )  # fmt: skip
         tiles = jax.jit(gathering.tiles)(bits)
-        fn = kernel_fn(mode, group=g, kv_len=t, scale=scale, interpret=interpret)
+        fn = kernel_fn(mode, group=g, kv_len=t, interpret=interpret)
         operands = (q_p, k, v, do_p, lse2, delta, tiles)
         row = dict(
             mode=name, seq_len=t, pairs=pairs, tiles=int(tiles.tokens.shape[0]),
             items=int(tiles.items.shape[0]), device=str(jax.devices()[0].device_kind),
             jax=jax.__version__,
         )  # fmt: skip
-        if args.tiny:
-            with pallas_gpu.interpret_context(True):
-                got = [None if x is None else np.asarray(x, np.float32) for x in fn(*operands)]
-            first = first or got
-            for label, a, b in zip(("dq", "dk", "dv"), got, first, strict=True):
-                if a is not None and b is not None:
-                    row[f"{label}_max_diff_vs_first"] = float(np.abs(a - b).max())
-        else:
-            from timing import time_fn
+        with nsa_glue.patched(mode.glue):  # dK/dV adds or partials
+            if args.tiny:
+                with pallas_gpu.interpret_context(True):
+                    got = [None if x is None else np.asarray(x, np.float32) for x in fn(*operands)]
+                first = first or got
+                for label, a, b in zip(("dq", "dk", "dv"), got, first, strict=True):
+                    if a is not None and b is not None:
+                        row[f"{label}_max_diff_vs_first"] = float(np.abs(a - b).max())
+            else:
+                from timing import time_fn
 
-            row["ms"] = time_fn(fn, operands, reps=args.reps)[1] * 1e3
+                row["ms"] = time_fn(fn, operands, reps=args.reps)[1] * 1e3
         print(json.dumps(row), flush=True)
         rows_out.append(row)
     with (out_dir / "gathered_modes_gpu.jsonl").open("w") as fh:

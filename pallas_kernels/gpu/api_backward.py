@@ -108,6 +108,12 @@ LIST_STEPS = 128
 MAX_LIST_SPLITS = 8
 
 
+def _check_list_splits(requested) -> int:
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ValueError(f"dkv_list_splits must be a positive int, got {requested!r}")
+    return requested
+
+
 def _list_splits(requested, *, ctas: int, q_steps: int) -> int:
     """CTAs sharing each key block's q list (their partial dK/dV summed in f32 after).
 
@@ -115,13 +121,11 @@ def _list_splits(requested, *, ctas: int, q_steps: int) -> int:
     the GPU busy (at least SPLIT_LISTS_BELOW_CTAS) or the lists are short,
     else enough splits that no CTA walks more than about LIST_STEPS q tiles.
     """
-    if requested is None:
-        if ctas >= SPLIT_LISTS_BELOW_CTAS:
-            return 1
-        return max(1, min(MAX_LIST_SPLITS, -(-q_steps // LIST_STEPS)))
-    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-        raise ValueError(f"dkv_list_splits must be a positive int, got {requested!r}")
-    return requested
+    if requested is not None:
+        return _check_list_splits(requested)
+    if ctas >= SPLIT_LISTS_BELOW_CTAS:
+        return 1
+    return max(1, min(MAX_LIST_SPLITS, -(-q_steps // LIST_STEPS)))
 
 
 def _delta(out, dout, dlse):
@@ -363,20 +367,19 @@ def block_sparse_attention_bwd(
         dtype=dt,
     )
     kv_blocks, q_steps = Sp // block_kv, q_indices.shape[-1]
-    requested_splits = None if dkv_list_splits is None else _list_splits(
-        dkv_list_splits, ctas=0, q_steps=q_steps
-    )  # fmt: skip
+    if dkv_list_splits is not None:  # before the heads' choice reads it
+        _check_list_splits(dkv_list_splits)
     split_heads = _split_heads(
         dkv_split_heads,
         B=B,
         H=H,
         K=K,
         kv_blocks=kv_blocks,
-        list_splits=requested_splits or 1,
+        list_splits=dkv_list_splits or 1,
         q_steps=q_steps,
     )
-    list_splits = requested_splits or _list_splits(
-        None, ctas=B * (H if split_heads else K) * kv_blocks, q_steps=q_steps
+    list_splits = _list_splits(
+        dkv_list_splits, ctas=B * (H if split_heads else K) * kv_blocks, q_steps=q_steps
     )
     dkv_sh = backward_dkv.DkvShapes(
         B=B,
