@@ -18,6 +18,9 @@ NSA's defaults, mean compressor), the tiles built beforehand, in the modes
   dq block order: the same, items block by block (chunk 0);
   dq 4k chunks dK/dV partials: each item writes its partial dK/dV, summed
       by XLA;
+  dq Nk chunks without dq adds: dQ computed and staged in SMEM as in the
+      library, its reduce-adds left out (timing only: the dQ is wrong), so
+      the adds' cost is the difference to `dq Nk chunks`;
   no dq 4k chunks / no dq block order: dK/dV only (per-item partials), the
       library below 64k tokens, where the dQ kernel runs instead.
 
@@ -30,9 +33,11 @@ interpret mode on CPU at 256 tokens and checks each against the first one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,6 +54,7 @@ class Mode:
     chunk: int  # query tokens per chunk of the items' order; 0: block order
     dq: bool = True
     add_dkv: bool = True  # with dq: dK/dV by reduce-adds (else per-item partials)
+    dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
 
     @property
     def glue(self) -> str:
@@ -65,6 +71,8 @@ MODES = {
         Mode("dq 8k chunks", 8192),
         Mode("dq block order", 0),
         Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
+        Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),
+        Mode("dq 4k chunks without dq adds", 4096, dq_adds=False),
         Mode("no dq 4k chunks", 4096, dq=False),
         Mode("no dq block order", 0, dq=False),
     )
@@ -83,6 +91,29 @@ def inputs(t: int, h: int, kh: int, d: int, dtype):
     return q, k, v, llm_methods.nsa_bits(q, k, NSAConfig())
 
 
+@contextlib.contextmanager
+def _without_dq_adds(bdg, group: int):
+    """Trace `bdg`'s kernel with its dQ reduce-adds (TMA reduce-adds of `[group, D]` boxes)
+    left out: `bdg.plgpu` is swapped for a namespace whose `copy_smem_to_gmem` drops them.
+    The dK/dV sums' adds (`[64, D]` boxes) and every other copy are kept."""
+    real = bdg.plgpu
+
+    def copy_smem_to_gmem(src, dst, *args, reduction_op=None, **kw):
+        if reduction_op == "add" and src.shape[0] == group:
+            return None
+        return real.copy_smem_to_gmem(src, dst, *args, reduction_op=reduction_op, **kw)
+
+    proxy = types.SimpleNamespace(
+        **{n: getattr(real, n) for n in dir(real) if not n.startswith("__")}
+    )
+    proxy.copy_smem_to_gmem = copy_smem_to_gmem
+    bdg.plgpu = proxy
+    try:
+        yield
+    finally:
+        bdg.plgpu = real
+
+
 def kernel_fn(mode: Mode, *, group: int, kv_len: int, interpret=None):
     """`f(q_p, k, v, do_p, lse2, delta, tiles) -> (dq or None, dk, dv)` of `mode` (trace it
     under `nsa_glue.patched(mode.glue)`)."""
@@ -90,6 +121,12 @@ def kernel_fn(mode: Mode, *, group: int, kv_len: int, interpret=None):
     from pallas_kernels.gpu import backward_dkv_gathered as bdg
 
     def f(q, k, v, do, lse2, delta, tiles):
+        with contextlib.ExitStack() as stack:
+            if not mode.dq_adds:
+                stack.enter_context(_without_dq_adds(bdg, group))
+            return traced(q, k, v, do, lse2, delta, tiles)
+
+    def traced(q, k, v, do, lse2, delta, tiles):
         st = api_args.statics(
             q, k, mask_fn=None, mask_factors=None, q_offset=0, kv_len=kv_len, scale=None,
             logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False,
@@ -158,6 +195,7 @@ def main(argv=None) -> int:
                 with pallas_gpu.interpret_context(True):
                     got = [None if x is None else np.asarray(x, np.float32) for x in fn(*operands)]
                 first = first or got
+                # (interpret mode adds dQ by read-add-writes: `dq_adds=False` keeps them there)
                 for label, a, b in zip(("dq", "dk", "dv"), got, first, strict=True):
                     if a is not None and b is not None:
                         row[f"{label}_max_diff_vs_first"] = float(np.abs(a - b).max())

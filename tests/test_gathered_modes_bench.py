@@ -30,3 +30,25 @@ def test_tiny_run_agrees_across_modes(tmp_path):
     assert [r["mode"] for r in rows] == modes.split(",")
     for key in ("dq_max_diff_vs_first", "dk_max_diff_vs_first", "dv_max_diff_vs_first"):
         assert rows[1][key] < 0.05  # bf16 outputs: the same sums in another order
+
+
+def test_without_dq_adds_drops_only_the_dq_boxes():
+    """The timing-only mode leaves out the `[G, D]` dQ reduce-adds, keeps the `[64, D]` dK/dV
+    ones and plain copies, and puts the kernel module's `plgpu` back."""
+    from types import SimpleNamespace
+
+    calls = []
+    real = SimpleNamespace(
+        copy_smem_to_gmem=lambda src, dst, **kw: calls.append((src.shape, kw)),
+        commit_smem=lambda: None,
+    )
+    module = SimpleNamespace(plgpu=real)
+    box = SimpleNamespace(shape=(8, 128))
+    sums = SimpleNamespace(shape=(64, 128))
+    with gm._without_dq_adds(module, 8):
+        module.plgpu.copy_smem_to_gmem(box, None, reduction_op="add")  # a dQ box: dropped
+        module.plgpu.copy_smem_to_gmem(sums, None, reduction_op="add")  # dK/dV sums: kept
+        module.plgpu.copy_smem_to_gmem(box, None)  # a plain store: kept
+        assert module.plgpu.commit_smem is real.commit_smem
+    assert module.plgpu is real
+    assert calls == [((64, 128), {"reduction_op": "add"}), ((8, 128), {"reduction_op": None})]
