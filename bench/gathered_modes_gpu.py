@@ -18,8 +18,8 @@ NSA's defaults, mean compressor), the tiles built beforehand, in the modes
   dq block order: the same, items block by block (chunk 0);
   dq 4k chunks dK/dV partials: each item writes its partial dK/dV, summed
       by XLA;
-  dq Nk chunks whole dq: dQ by one `[64, D]` wgmma a tile (session 22's form)
-      instead of two of D/2 columns;
+  dq Nk chunks regs 240: the consumer warpgroups get 240 registers a thread
+      and the producer 24 (the library: 232 and 40);
   dq Nk chunks without dq adds: dQ computed and staged in SMEM as in the
       library, its reduce-adds left out (timing only: the dQ is wrong), so
       the adds' cost is the difference to `dq Nk chunks`;
@@ -57,13 +57,13 @@ class Mode:
     dq: bool = True
     add_dkv: bool = True  # with dq: dK/dV by reduce-adds (else per-item partials)
     dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
-    dq_halves: bool = True  # dQ by two wgmmas of D/2 columns (else one of D, session 22's)
+    regs_240: bool = False  # consumers 240 registers a thread, producer 24 (else 232 and 40)
 
     @property
     def glue(self) -> str:
         """The `bench/nsa_glue.py` switches this mode runs the kernel with."""
         parts = ([] if self.add_dkv else ["dkv partials"]) + (
-            [] if self.dq_halves else ["gathered dq whole"]
+            ["gathered regs 240"] if self.regs_240 else []
         )
         return "+".join(parts) or "library"
 
@@ -77,8 +77,8 @@ MODES = {
         Mode("dq 8k chunks", 8192),
         Mode("dq block order", 0),
         Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
-        Mode("dq 1k chunks whole dq", 1024, dq_halves=False),
-        Mode("dq 4k chunks whole dq", 4096, dq_halves=False),
+        Mode("dq 1k chunks regs 240", 1024, regs_240=True),
+        Mode("dq 4k chunks regs 240", 4096, regs_240=True),
         Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),
         Mode("dq 4k chunks without dq adds", 4096, dq_adds=False),
         Mode("no dq 4k chunks", 4096, dq=False),

@@ -26,8 +26,8 @@ in one run. A glue is `library` or parts joined by `+`:
   columns over both key tiles.
 - `dq adds apart`: the same, but each warpgroup adds its own dQ tile
   (`SPLIT_DQ_COLUMNS = HAND_OVER_DQ = False`).
-- `gathered dq whole`: the gathered kernel's dQ by one `[64, D]` wgmma (session 22's
-  form, `backward_dkv_gathered.DQ_HALVES = False`) instead of two of D/2 columns.
+- `gathered regs 240`: the gathered kernel's consumer warpgroups get 240 registers a
+  thread and the producer 24 (`backward_dkv_gathered.REGISTERS`) instead of 232 and 40.
 - `dq regs 240`: with `Config(gpu_dq_in_dkv=True)` the dK/dV kernel's two
   consumer warpgroups get 240 registers a thread and the producer 24
   (`backward_dkv.DQ_REGISTERS`, FA3's split) instead of 232 and 40.
@@ -82,7 +82,7 @@ SWITCHES = {
         (backward_dkv, "HAND_OVER_DQ", False),
     ),
     "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
-    "gathered dq whole": ((backward_dkv_gathered, "DQ_HALVES", False),),
+    "gathered regs 240": ((backward_dkv_gathered, "REGISTERS", (240, 24)),),
 }
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)
 

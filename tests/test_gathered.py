@@ -121,15 +121,13 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    "case, dq, chunk, d",
+    "case, dq, chunk",
     # Block order with dQ runs on CASES[1]; chunks of 24 tokens split CASES[0]'s 100 in 5.
-    # Head dim 128 takes dQ in two halves of its columns (`DQ_HALVES`), 64 in one.
-    [(CASES[0], False, 0, 64), (CASES[1], True, 0, 64), (CASES[0], True, 24, 64),
-     (CASES[0], True, 24, 128)],
+    [(CASES[0], False, 0), (CASES[1], True, 0), (CASES[0], True, 24)],
     ids=str,
-)  # fmt: skip
+)
 def test_gathered_dkv_matches_dense_mask_in_interpret_mode(
-    case, dq, chunk, d, monkeypatch, spy_gathered
+    case, dq, chunk, monkeypatch, spy_gathered
 ):
     """dq: the gathered kernel gives dQ too (its interpret-mode read-add-write in place
     of the TMA reduce-add), or the dQ kernel walks the packed tiles; chunk: the items
@@ -139,7 +137,7 @@ def test_gathered_dkv_matches_dense_mask_in_interpret_mode(
     monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
     bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, causal)
     check_against_mask(
-        bits, s=s, h=h, kh=kh, d=d, col_block=cb, cap=cap, causal=causal, seed=7,
+        bits, s=s, h=h, kh=kh, d=64, col_block=cb, cap=cap, causal=causal, seed=7,
         config=js.Config(
             interpret=True, gpu_gathered_dkv=True, gpu_gathered_dq=dq, gpu_gathered_chunk=chunk
         ),

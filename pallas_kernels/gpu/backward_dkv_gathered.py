@@ -62,11 +62,9 @@ NWG = 2  # consumer warpgroups, alternating tiles of one key tile
 # the same way into float32 sums instead of written as per-item partials that XLA sums:
 # a segment sum over every item slot, live or not, which chunked items make large.
 ADD_DKV = True
-# With dQ and D a multiple of 128, dQ is computed in two halves of its columns, one
-# `[64, D/2]` wgmma after the other (the second overlapping the first half's staging),
-# instead of one `[64, D]` accumulator: 32 fewer registers live beside dK and dV. The
-# whole-width form spilled about 200 bytes a thread (ptxas, H100, session 23).
-DQ_HALVES = True
+# Registers a thread of the two consumer warpgroups and of the producer (`set_max_registers`).
+# With dQ, ptxas spilled about 200 bytes a thread at 232 (H100, session 23).
+REGISTERS = (232, 40)
 RMW_ROWS = 8  # rows per read-add-write of the interpret-mode twin of the dK/dV adds
 
 
@@ -104,16 +102,10 @@ class GatheredShapes:
     dtype: jnp.dtype
     with_dq: bool = False
     add_dkv: bool = False  # dK/dV by TMA reduce-adds into float32 GMEM, no per-item partials
-    dq_halves: bool = False  # dQ by two wgmmas of D/2 columns (`DQ_HALVES`; D % 128 == 0)
 
     @property
     def tokens(self) -> int:
         return cm.WG_ROWS // self.group
-
-    @property
-    def dq_cols(self) -> int:
-        """Columns of dQ one wgmma gives."""
-        return self.D // 2 if self.dq_halves else self.D
 
 
 def check_support(group: int, D: int, Dv: int, num_stages: int) -> None:
@@ -184,7 +176,7 @@ def _kernel(
 
     @pl.when((wg < NWG) & (n > 0))
     def _consumer():
-        plgpu.set_max_registers(232, action="increase")
+        plgpu.set_max_registers(REGISTERS[0], action="increase")
         plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[wg], kv_bar.at[wg])
         plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[wg], kv_bar.at[wg])
         dk = plgpu.layout_cast(jnp.zeros((R, sh.D), jnp.float32), cm.WGMMA)
@@ -210,7 +202,6 @@ def _kernel(
                 do=do_smem.at[slot], rows=rows, mask=mask,
                 stage=None if st_smem is None else st_smem.at[wg],
                 ds_smem=scratch["ds_smem"].at[wg] if sh.with_dq else None,
-                dq_terms=dq_half_terms(0) if sh.dq_halves else None, dq_cols=sh.dq_cols,
             )  # fmt: skip
             # Generic-proxy reads of this slot (lse, delta, limits) must be ordered
             # before the producer's next TMA into it.
@@ -220,32 +211,11 @@ def _kernel(
                 add_dq(lo + s, dq)
             return dk, dv
 
-        def half_cols(h):
-            return pl.ds(h * sh.dq_cols, sh.dq_cols)
-
-        def dq_half_terms(h):
-            """dS (this step's dS^T tile, read transposed) times the key tile's half h."""
-            return lambda: [(scratch["ds_smem"].at[wg].T, k_smem.at[wg, :, half_cols(h)])]
-
         def add_dq(tile, dq):
-            """dQ rows of the tile += dq, one reduce-add per token's [G, D] box. With
-            `dq_halves`, dq is the first half of the columns: the second half's wgmma runs
-            while the first is staged."""
+            """dQ rows of the tile += dq, one reduce-add per token's [G, D] box."""
             stage = dq_smem.at[wg]
-
-            def stage_first():
-                plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last tile's boxes are out
-                if sh.dq_halves:
-                    stage.at[:, half_cols(0)][...] = dq
-                else:
-                    stage[...] = dq
-
-            if sh.dq_halves:
-                ((lhs, rhs),) = dq_half_terms(1)()
-                second, _ = cm.mma_smem(lhs, rhs, (R, sh.dq_cols), during=stage_first)
-                stage.at[:, half_cols(1)][...] = second
-            else:
-                stage_first()
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last tile's boxes are out
+            stage[...] = dq
             plgpu.commit_smem()
             for j in range(sh.tokens):
                 src = stage.at[pl.ds(j * g, g)]
@@ -293,7 +263,7 @@ def _kernel(
 
     @pl.when((wg == NWG) & (n > 0))
     def _producer():
-        plgpu.set_max_registers(40, action="decrease")
+        plgpu.set_max_registers(REGISTERS[1], action="decrease")
 
         @pl.loop(0, n)
         def _(s):
@@ -412,7 +382,6 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
     sh = GatheredShapes(
         B=B, Tp=Tp, Sp=Sp, Hx=Hx, K=K, D=D, Dv=Dv, group=group, num_stages=num_stages,
         dtype=jnp.dtype(q.dtype), with_dq=with_dq, add_dkv=with_dq and ADD_DKV,
-        dq_halves=with_dq and DQ_HALVES and D % 128 == 0,
     )  # fmt: skip
     n = sh.tokens
     if tiles.tokens.shape[1:] != (n,) or tiles.limits.shape != tiles.tokens.shape:
