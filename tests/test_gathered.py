@@ -198,6 +198,16 @@ def test_gathered_items_in_chunks_by_default_from_64k_tokens():
     at = packed.GATHERED_DQ_FROM_TOKENS
     assert packed.gathered_chunk(js.Config(), at - 1) == 0
     assert packed.gathered_chunk(js.Config(), at) == gathered.CHUNK_TOKENS > 0
+    # On an H100 smaller chunks, up to CHUNK_SHORT_BELOW tokens; other cards keep 4k.
+    h100, h200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+    short = gathered.CHUNK_SHORT_BELOW
+    assert packed.gathered_chunk(js.Config(), at, h100) == gathered.H100_CHUNK_TOKENS
+    assert gathered.H100_CHUNK_TOKENS < gathered.CHUNK_TOKENS
+    assert packed.gathered_chunk(js.Config(), short - 1, h100) == gathered.H100_CHUNK_TOKENS
+    assert packed.gathered_chunk(js.Config(), short, h100) == gathered.CHUNK_TOKENS
+    assert packed.gathered_chunk(js.Config(), at, h200) == gathered.CHUNK_TOKENS
+    assert packed.gathered_chunk(js.Config(), at - 1, h100) == 0
+    assert packed.gathered_chunk(js.Config(gpu_gathered_chunk=4096), at, h100) == 4096
     assert packed.gathered_chunk(js.Config(gpu_gathered_chunk=0), 1 << 20) == 0
     assert packed.gathered_chunk(js.Config(gpu_gathered_chunk=512), 64) == 512
     with pytest.raises(ValueError, match="gpu_gathered_chunk=-1 must be >= 0"):

@@ -44,6 +44,14 @@ KEY_TILE = 64  # keys per dK/dV work item
 # (2,048), 29.00 (8,192), 29.76 in block order. A chunk's dQ and Q/dO rows are 4 KB each
 # per token and bit head: 32 MB at 4,096.
 CHUNK_TOKENS = 4096
+# On an H100 (HBM3, about 70 % of the H200's bandwidth) smaller chunks keep more of a
+# token's dQ adds in L2, below `CHUNK_SHORT_BELOW` query tokens. NSA's step at 64k, the
+# same runs: 30.20/29.50/29.73/29.23 ms in 1k chunks against 30.75/30.02/30.28/29.78 in 4k
+# (sessions 22-23); the kernel alone 8.42 (1k), 8.69 (2k), 9.01 (4k), 9.65 ms (8k). At 128k
+# 1k chunks were slower (85.23 against 84.58 ms, session 23, one run): the items' bound, one
+# per block and chunk, grows with both. On an H200 1k was never timed.
+H100_CHUNK_TOKENS = 1024
+CHUNK_SHORT_BELOW = 131072
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
