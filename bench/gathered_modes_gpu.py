@@ -18,6 +18,8 @@ NSA's defaults, mean compressor), the tiles built beforehand, in the modes
   dq block order: the same, items block by block (chunk 0);
   dq 4k chunks dK/dV partials: each item writes its partial dK/dV, summed
       by XLA;
+  dq Nk chunks persistent: one CTA a SM walks the items in order
+      (`backward_dkv_gathered.PERSISTENT`, not yet the library's);
   dq Nk chunks regs 240: the consumer warpgroups get 240 registers a thread
       and the producer 24 (the library: 232 and 40);
   dq Nk chunks without dq adds: dQ computed and staged in SMEM as in the
@@ -58,12 +60,15 @@ class Mode:
     add_dkv: bool = True  # with dq: dK/dV by reduce-adds (else per-item partials)
     dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
     regs_240: bool = False  # consumers 240 registers a thread, producer 24 (else 232 and 40)
+    persistent: bool = False  # one CTA a SM walking the items (else one CTA an item)
 
     @property
     def glue(self) -> str:
         """The `bench/nsa_glue.py` switches this mode runs the kernel with."""
-        parts = ([] if self.add_dkv else ["dkv partials"]) + (
-            ["gathered regs 240"] if self.regs_240 else []
+        parts = (
+            ([] if self.add_dkv else ["dkv partials"])
+            + (["gathered regs 240"] if self.regs_240 else [])
+            + (["gathered persistent"] if self.persistent else [])
         )
         return "+".join(parts) or "library"
 
@@ -77,6 +82,8 @@ MODES = {
         Mode("dq 8k chunks", 8192),
         Mode("dq block order", 0),
         Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
+        Mode("dq 1k chunks persistent", 1024, persistent=True),
+        Mode("dq 4k chunks persistent", 4096, persistent=True),
         Mode("dq 1k chunks regs 240", 1024, regs_240=True),
         Mode("dq 4k chunks regs 240", 4096, regs_240=True),
         Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),

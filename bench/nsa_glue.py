@@ -30,6 +30,8 @@ in one run. A glue is `library` or parts joined by `+`:
   (`SPLIT_DQ_COLUMNS = HAND_OVER_DQ = False`).
 - `gathered regs 240`: the gathered kernel's consumer warpgroups get 240 registers a
   thread and the producer 24 (`backward_dkv_gathered.REGISTERS`) instead of 232 and 40.
+- `gathered persistent`: the gathered kernel as one CTA a SM walking the work items
+  (`backward_dkv_gathered.PERSISTENT`) instead of one CTA an item.
 - `dq regs 240`: with `Config(gpu_dq_in_dkv=True)` the dK/dV kernel's two
   consumer warpgroups get 240 registers a thread and the producer 24
   (`backward_dkv.DQ_REGISTERS`, FA3's split) instead of 232 and 40.
@@ -93,6 +95,7 @@ SWITCHES = {
     ),
     "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
     "gathered regs 240": ((backward_dkv_gathered, "REGISTERS", (240, 24)),),
+    "gathered persistent": ((backward_dkv_gathered, "PERSISTENT", True),),
 }
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)
 

@@ -146,6 +146,34 @@ def test_gathered_dkv_matches_dense_mask_in_interpret_mode(
     assert calls == [dq] * len(calls) and calls, "the backward did not take the gathered kernel"
 
 
+@pytest.mark.parametrize("dq, chunk", [(True, 24), (False, 0)], ids=str)
+def test_persistent_ctas_match_dense_mask_in_interpret_mode(dq, chunk, monkeypatch, spy_gathered):
+    """`PERSISTENT`: 3 CTAs walk all the work items (several each, empty ones among them),
+    the producer running ahead into the next item's tiles; with dQ (dK/dV by adds) and
+    without (per-item partials)."""
+    b, t, s, h, kh, cb, cap, causal, item_tiles = CASES[0]
+    monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
+    monkeypatch.setattr(bdg, "PERSISTENT", True)
+    monkeypatch.setattr(bdg.api_args, "num_sms", lambda: 3)
+    grids = []
+    kernel = bdg.plgpu.kernel
+
+    def spy(*args, **kw):
+        if kw["kernel_name"] == "jaxsparse_attention_dkv_gathered":
+            grids.append(kw["grid"])
+        return kernel(*args, **kw)
+
+    monkeypatch.setattr(bdg.plgpu, "kernel", spy)
+    bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, causal)
+    check_against_mask(
+        bits, s=s, h=h, kh=kh, d=64, col_block=cb, cap=cap, causal=causal, seed=7,
+        config=js.Config(
+            interpret=True, gpu_gathered_dkv=True, gpu_gathered_dq=dq, gpu_gathered_chunk=chunk
+        ),
+    )  # fmt: skip
+    assert spy_gathered and grids and all(g == (3,) for g in grids), grids
+
+
 def _with_item_tiles(item_tiles):
     init = gathered.Gathering.__init__
 
@@ -155,8 +183,9 @@ def _with_item_tiles(item_tiles):
     return patched
 
 
+@pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize("with_dq", [False, True])
-def test_gathered_kernel_lowers_for_a_gpu(with_dq):
+def test_gathered_kernel_lowers_for_a_gpu(with_dq, persistent, monkeypatch):
     # Interpret mode runs the logic, not the Mosaic GPU lowering (TMA boxes of one
     # token's [8, D] rows into 8-row slices of the swizzled tiles; with dQ, the
     # transposed dS^T operand and the TMA reduce-adds): lower it for CUDA.
@@ -173,6 +202,8 @@ def test_gathered_kernel_lowers_for_a_gpu(with_dq):
         mask_fn=None, mask_factors=None, q_offset=0, kv_len=256, kv_padded=False, scale=0.1,
         logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False, interpret=None,
     )  # fmt: skip
+    monkeypatch.setattr(bdg, "PERSISTENT", persistent)
+    monkeypatch.setattr(bdg.api_args, "num_sms", lambda: 3)  # 3 CTAs for the 4 items
     fn = functools.partial(bdg.dkv, group=8, num_stages=2, st=st_, with_dq=with_dq)
     with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
         jax.jit(fn).trace(q, k, k, q, lse, lse, tiles).lower(lowering_platforms=("cuda",))

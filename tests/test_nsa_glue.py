@@ -38,15 +38,18 @@ def test_switches_set_and_restore_the_library_constants():
     def constants():
         return (
             gathered.ITEM_TILES, bdg.ADD_DKV, backward_dkv.HAND_OVER_DQ,
-            backward_dkv.SPLIT_DQ_COLUMNS, backward_dkv.DQ_REGISTERS,
+            backward_dkv.SPLIT_DQ_COLUMNS, backward_dkv.DQ_REGISTERS, bdg.REGISTERS,
+            bdg.PERSISTENT,
         )  # fmt: skip
 
     before = constants()
-    assert before == (256, True, True, True, None)
+    assert before == (256, True, True, True, None, (232, 40), False)
     with GLUE.patched("items 64+dkv partials+dq adds apart"):
-        assert constants() == (64, False, False, False, None)
+        assert constants() == (64, False, False, False, None, (232, 40), False)
     with GLUE.patched("dq hand-over+dq regs 240"):
-        assert constants() == (256, True, True, False, (240, 24))
+        assert constants() == (256, True, True, False, (240, 24), (232, 40), False)
+    with GLUE.patched("gathered regs 240+gathered persistent"):
+        assert constants() == (256, True, True, True, None, (240, 24), True)
     assert before == constants()
 
 

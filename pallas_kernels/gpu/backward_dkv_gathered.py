@@ -54,6 +54,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.gpu import api_args
 from pallas_kernels.gpu import backward_dkv_step as step_lib
 from pallas_kernels.gpu import common as cm
 
@@ -65,6 +66,12 @@ ADD_DKV = True
 # Registers a thread of the two consumer warpgroups and of the producer (`set_max_registers`).
 # With dQ, ptxas spilled about 200 bytes a thread at 232 (H100, session 23).
 REGISTERS = (232, 40)
+# Persistent CTAs: one a SM, each walking the work items c, c + ctas, ... in order, instead
+# of one CTA an item. Empty items (most of the static bound in small token chunks) cost a
+# scalar read instead of a CTA, and the producer fills the next item's first Q/dO tiles
+# while the consumers finish the current one. Written in session 23 after the device time
+# was spent: checked in interpret mode and lowered for CUDA, not run on a GPU. Off.
+PERSISTENT = False
 RMW_ROWS = 8  # rows per read-add-write of the interpret-mode twin of the dK/dV adds
 
 
@@ -102,6 +109,7 @@ class GatheredShapes:
     dtype: jnp.dtype
     with_dq: bool = False
     add_dkv: bool = False  # dK/dV by TMA reduce-adds into float32 GMEM, no per-item partials
+    ctas: int = 0  # persistent CTAs walking the items (`PERSISTENT`); 0: one CTA an item
 
     @property
     def tokens(self) -> int:
@@ -163,20 +171,27 @@ def _kernel(
     kv_bar, in_bar, free = scratch["kv_bar"], scratch["in_bar"], scratch["free"]
 
     wg = lax.axis_index("wg")
-    c = lax.axis_index("c")
-    f, kj, lo = item_ref[c, 0], item_ref[c, 1], item_ref[c, 2]
-    n = jnp.maximum(item_ref[c, 3] - lo, 0)  # tiles of this item
-    b, x = lax.div(f, sh.Hx), lax.rem(f, sh.Hx)
-    kvh = lax.div(x, sh.Hx // sh.K)
-    keys = pl.ds(kj * R, R)
+    persistent = sh.ctas > 0
 
-    def token_rows(ref, tok):
+    def item(c):
+        """Work item c's fields: (b, x, kj, first tile, tiles, kv head, its keys)."""
+        f, kj, lo = item_ref[c, 0], item_ref[c, 1], item_ref[c, 2]
+        n = jnp.maximum(item_ref[c, 3] - lo, 0)  # tiles of this item
+        b, x = lax.div(f, sh.Hx), lax.rem(f, sh.Hx)
+        return b, x, kj, lo, n, lax.div(x, sh.Hx // sh.K), pl.ds(kj * R, R)
+
+    def token_rows(ref, b, x, tok):
         """Token tok's `[G, D]` rows of bit head x in q, dO or dQ (packed rows)."""
         return ref.at[b, pl.ds(tok * g, g), x]
 
-    @pl.when((wg < NWG) & (n > 0))
-    def _consumer():
-        plgpu.set_max_registers(REGISTERS[0], action="increase")
+    def consume(c):
+        b, x, kj, lo, n, kvh, keys = item(c)
+
+        @pl.when(n > 0)
+        def _():
+            consume_item(c, b, x, kj, lo, n, kvh, keys)
+
+    def consume_item(c, b, x, kj, lo, n, kvh, keys):
         plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[wg], kv_bar.at[wg])
         plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[wg], kv_bar.at[wg])
         dk = plgpu.layout_cast(jnp.zeros((R, sh.D), jnp.float32), cm.WGMMA)
@@ -219,7 +234,7 @@ def _kernel(
             plgpu.commit_smem()
             for j in range(sh.tokens):
                 src = stage.at[pl.ds(j * g, g)]
-                dst = token_rows(dq_ref, tok_ref[tile, j])
+                dst = token_rows(dq_ref, b, x, tok_ref[tile, j])
                 if st.interpret is None:
                     plgpu.copy_smem_to_gmem(src, dst, reduction_op="add", commit_group=False)
                 else:  # read, add, write back (see the module docstring)
@@ -260,31 +275,76 @@ def _kernel(
             plgpu.wait_smem_to_gmem(0)
 
         step_lib.sum_pair(wg, dk, dv, scratch, add_sums if sh.add_dkv else store)
+        if persistent:  # the next item's first dQ staging (or sums) may overwrite these
+            hand_sums_out(wg)
 
-    @pl.when((wg == NWG) & (n > 0))
-    def _producer():
-        plgpu.set_max_registers(REGISTERS[1], action="decrease")
+    def hand_sums_out(wg):
+        """The first warpgroup has sent the sums out of SMEM; the second waits for it."""
+
+        @pl.when(wg == 0)
+        def _():
+            plgpu.barrier_arrive(scratch["sums_out"])
+
+        @pl.when(wg == 1)
+        def _():
+            plgpu.barrier_wait(scratch["sums_out"])
+
+    def produce(c):
+        b, x, kj, lo, n, kvh, keys = item(c)
 
         @pl.loop(0, n)
         def _(s):
             slot = lax.rem(s, stages)
             tile = lo + s
 
-            @pl.when(s >= stages)
-            def _():
+            if persistent:  # every fill waits, a slot's first on the producer's own arrival
                 plgpu.barrier_wait(free.at[slot])
+            else:  # refills within the item
+
+                @pl.when(s >= stages)
+                def _():
+                    plgpu.barrier_wait(free.at[slot])
 
             bar = in_bar.at[slot]
             for j in range(sh.tokens):  # one [G, D] box per token and operand
                 tok, dst = tok_ref[tile, j], pl.ds(j * g, g)
-                plgpu.copy_gmem_to_smem(token_rows(q_ref, tok), q_smem.at[slot, dst], bar)
-                plgpu.copy_gmem_to_smem(token_rows(do_ref, tok), do_smem.at[slot, dst], bar)
+                plgpu.copy_gmem_to_smem(token_rows(q_ref, b, x, tok), q_smem.at[slot, dst], bar)
+                plgpu.copy_gmem_to_smem(token_rows(do_ref, b, x, tok), do_smem.at[slot, dst], bar)
             plgpu.copy_gmem_to_smem(stats_ref.at[tile], stats_smem.at[slot], bar)
             plgpu.copy_gmem_to_smem(limit_ref.at[tile], limit_smem.at[slot], bar)
 
-        @pl.loop(jnp.maximum(n - stages, 0), n)
-        def _(s):
-            plgpu.barrier_wait(free.at[lax.rem(s, stages)])
+        if not persistent:
+
+            @pl.loop(jnp.maximum(n - stages, 0), n)
+            def _(s):
+                plgpu.barrier_wait(free.at[lax.rem(s, stages)])
+
+    @pl.when(wg < NWG)
+    def _consumers():
+        plgpu.set_max_registers(REGISTERS[0], action="increase")
+        if not persistent:
+            consume(lax.axis_index("c"))
+            return
+
+        @pl.loop(lax.axis_index("c"), item_ref.shape[0], step=sh.ctas)
+        def _(c):
+            consume(c)
+
+    @pl.when(wg == NWG)
+    def _producer():
+        plgpu.set_max_registers(REGISTERS[1], action="decrease")
+        if not persistent:
+            produce(lax.axis_index("c"))
+            return
+        for slot in range(stages):  # every slot starts free
+            plgpu.barrier_arrive(free.at[slot])
+
+        @pl.loop(lax.axis_index("c"), item_ref.shape[0], step=sh.ctas)
+        def _(c):
+            produce(c)
+
+        for slot in range(stages):  # the last take of each slot
+            plgpu.barrier_wait(free.at[slot])
 
 
 def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc=None, dkv_acc=()):
@@ -310,6 +370,8 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
         free=plgpu.Barrier(num_arrivals=1, num_barriers=stages),  # a tile's one taker
         sum_bar=plgpu.Barrier(num_arrivals=1),
     )
+    if sh.ctas:  # the first warpgroup's sums are out of SMEM (before the next item)
+        scratch["sums_out"] = plgpu.Barrier(num_arrivals=1)
     sums = (plgpu.SMEM((R, sh.D), jnp.float32), plgpu.SMEM((R, sh.Dv), jnp.float32))
     if sh.with_dq:
         # A token's G rows are whole 8-row tiles of the staging layout: one TMA box each.
@@ -337,7 +399,7 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
         functools.partial(_kernel, sh=sh, st=st),
         out_type=() if sh.add_dkv else partials,
         scratch_types=scratch,
-        grid=(items,),
+        grid=(sh.ctas or items,),
         grid_names=("c",),
         num_threads=NWG + 1,
         thread_name="wg",
@@ -382,6 +444,7 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
     sh = GatheredShapes(
         B=B, Tp=Tp, Sp=Sp, Hx=Hx, K=K, D=D, Dv=Dv, group=group, num_stages=num_stages,
         dtype=jnp.dtype(q.dtype), with_dq=with_dq, add_dkv=with_dq and ADD_DKV,
+        ctas=min(tiles.items.shape[0], api_args.num_sms()) if PERSISTENT else 0,
     )  # fmt: skip
     n = sh.tokens
     if tiles.tokens.shape[1:] != (n,) or tiles.limits.shape != tiles.tokens.shape:
