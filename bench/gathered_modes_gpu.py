@@ -20,6 +20,9 @@ NSA's defaults, mean compressor), the tiles built beforehand, in the modes
       by XLA;
   dq Nk chunks persistent: one CTA a SM walks the items in order
       (`backward_dkv_gathered.PERSISTENT`, not yet the library's);
+  dq 1k chunks key rows: the mask's key positions one value per tile row
+      (`backward_dkv_gathered.KEY_POS_BY_ROW`, not yet the library's), alone
+      and with the persistent form;
   dq Nk chunks regs 240: the consumer warpgroups get 240 registers a thread
       and the producer 24 (the library: 232 and 40);
   dq Nk chunks without dq adds: dQ computed and staged in SMEM as in the
@@ -61,6 +64,7 @@ class Mode:
     dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
     regs_240: bool = False  # consumers 240 registers a thread, producer 24 (else 232 and 40)
     persistent: bool = False  # one CTA a SM walking the items (else one CTA an item)
+    key_rows: bool = False  # the mask's key positions by tile row (else a whole-tile iota)
 
     @property
     def glue(self) -> str:
@@ -69,6 +73,7 @@ class Mode:
             ([] if self.add_dkv else ["dkv partials"])
             + (["gathered regs 240"] if self.regs_240 else [])
             + (["gathered persistent"] if self.persistent else [])
+            + (["gathered key rows"] if self.key_rows else [])
         )
         return "+".join(parts) or "library"
 
@@ -84,6 +89,8 @@ MODES = {
         Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
         Mode("dq 1k chunks persistent", 1024, persistent=True),
         Mode("dq 4k chunks persistent", 4096, persistent=True),
+        Mode("dq 1k chunks key rows", 1024, key_rows=True),
+        Mode("dq 1k chunks persistent key rows", 1024, persistent=True, key_rows=True),
         Mode("dq 1k chunks regs 240", 1024, regs_240=True),
         Mode("dq 4k chunks regs 240", 4096, regs_240=True),
         Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),

@@ -32,6 +32,9 @@ in one run. A glue is `library` or parts joined by `+`:
   thread and the producer 24 (`backward_dkv_gathered.REGISTERS`) instead of 232 and 40.
 - `gathered persistent`: the gathered kernel as one CTA a SM walking the work items
   (`backward_dkv_gathered.PERSISTENT`) instead of one CTA an item.
+- `gathered key rows`: the gathered kernel's mask reads its key positions as one
+  value per tile row (`backward_dkv_gathered.KEY_POS_BY_ROW`) instead of a whole-tile
+  iota live across the tile loop.
 - `dq regs 240`: with `Config(gpu_dq_in_dkv=True)` the dK/dV kernel's two
   consumer warpgroups get 240 registers a thread and the producer 24
   (`backward_dkv.DQ_REGISTERS`, FA3's split) instead of 232 and 40.
@@ -96,6 +99,7 @@ SWITCHES = {
     "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
     "gathered regs 240": ((backward_dkv_gathered, "REGISTERS", (240, 24)),),
     "gathered persistent": ((backward_dkv_gathered, "PERSISTENT", True),),
+    "gathered key rows": ((backward_dkv_gathered, "KEY_POS_BY_ROW", True),),
 }
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)
 

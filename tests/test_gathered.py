@@ -146,13 +146,17 @@ def test_gathered_dkv_matches_dense_mask_in_interpret_mode(
     assert calls == [dq] * len(calls) and calls, "the backward did not take the gathered kernel"
 
 
-@pytest.mark.parametrize("dq, chunk", [(True, 24), (False, 0)], ids=str)
-def test_persistent_ctas_match_dense_mask_in_interpret_mode(dq, chunk, monkeypatch, spy_gathered):
+@pytest.mark.parametrize("dq, chunk, key_rows", [(True, 24, True), (False, 0, False)], ids=str)
+def test_persistent_ctas_match_dense_mask_in_interpret_mode(
+    dq, chunk, key_rows, monkeypatch, spy_gathered
+):
     """`PERSISTENT`: 3 CTAs walk all the work items (several each, empty ones among them),
     the producer running ahead into the next item's tiles; with dQ (dK/dV by adds) and
-    without (per-item partials)."""
+    without (per-item partials). With dQ, also the mask's key positions by tile row
+    (`KEY_POS_BY_ROW`)."""
     b, t, s, h, kh, cb, cap, causal, item_tiles = CASES[0]
     monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
+    monkeypatch.setattr(bdg, "KEY_POS_BY_ROW", key_rows)
     monkeypatch.setattr(bdg, "PERSISTENT", True)
     monkeypatch.setattr(bdg.api_args, "num_sms", lambda: 3)
     grids = []
@@ -186,6 +190,7 @@ def _with_item_tiles(item_tiles):
 @pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize("with_dq", [False, True])
 def test_gathered_kernel_lowers_for_a_gpu(with_dq, persistent, monkeypatch):
+    # (The switches not yet run on a GPU, PERSISTENT and KEY_POS_BY_ROW, go together.)
     # Interpret mode runs the logic, not the Mosaic GPU lowering (TMA boxes of one
     # token's [8, D] rows into 8-row slices of the swizzled tiles; with dQ, the
     # transposed dS^T operand and the TMA reduce-adds): lower it for CUDA.
@@ -203,6 +208,7 @@ def test_gathered_kernel_lowers_for_a_gpu(with_dq, persistent, monkeypatch):
         logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False, interpret=None,
     )  # fmt: skip
     monkeypatch.setattr(bdg, "PERSISTENT", persistent)
+    monkeypatch.setattr(bdg, "KEY_POS_BY_ROW", persistent)
     monkeypatch.setattr(bdg.api_args, "num_sms", lambda: 3)  # 3 CTAs for the 4 items
     fn = functools.partial(bdg.dkv, group=8, num_stages=2, st=st_, with_dq=with_dq)
     with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries

@@ -39,17 +39,17 @@ def test_switches_set_and_restore_the_library_constants():
         return (
             gathered.ITEM_TILES, bdg.ADD_DKV, backward_dkv.HAND_OVER_DQ,
             backward_dkv.SPLIT_DQ_COLUMNS, backward_dkv.DQ_REGISTERS, bdg.REGISTERS,
-            bdg.PERSISTENT,
+            bdg.PERSISTENT, bdg.KEY_POS_BY_ROW,
         )  # fmt: skip
 
     before = constants()
-    assert before == (256, True, True, True, None, (232, 40), False)
+    assert before == (256, True, True, True, None, (232, 40), False, False)
     with GLUE.patched("items 64+dkv partials+dq adds apart"):
-        assert constants() == (64, False, False, False, None, (232, 40), False)
+        assert constants() == (64, False, False, False, None, (232, 40), False, False)
     with GLUE.patched("dq hand-over+dq regs 240"):
-        assert constants() == (256, True, True, False, (240, 24), (232, 40), False)
-    with GLUE.patched("gathered regs 240+gathered persistent"):
-        assert constants() == (256, True, True, True, None, (240, 24), True)
+        assert constants() == (256, True, True, False, (240, 24), (232, 40), False, False)
+    with GLUE.patched("gathered regs 240+gathered persistent+gathered key rows"):
+        assert constants() == (256, True, True, True, None, (240, 24), True, True)
     assert before == constants()
 
 

@@ -72,6 +72,12 @@ REGISTERS = (232, 40)
 # while the consumers finish the current one. Written in session 23 after the device time
 # was spent: checked in interpret mode and lowered for CUDA, not run on a GPU. Off.
 PERSISTENT = False
+# The mask's key positions as one value per tile row (2 registers a thread, broadcast where
+# compared) instead of a whole `[64, 64]` iota in the WGMMA layout, 32 registers a thread
+# live across the tile loop: with dQ, ptxas spilled about 200 bytes a thread (H100, session
+# 23). Written after the device time was spent: interpret-checked, lowered for CUDA, not run
+# on a GPU. Off.
+KEY_POS_BY_ROW = False
 RMW_ROWS = 8  # rows per read-add-write of the interpret-mode twin of the dK/dV adds
 
 
@@ -198,7 +204,10 @@ def _kernel(
         dv = plgpu.layout_cast(jnp.zeros((R, sh.Dv), jnp.float32), cm.WGMMA)
         plgpu.barrier_wait(kv_bar.at[wg])
         shape = (R, R)
-        key_pos = cm.iota(shape, 0) + kj * R
+        if KEY_POS_BY_ROW:
+            rows_pos = plgpu.broadcasted_iota(jnp.int32, (R,), 0, layout=cm.WGMMA_ROW) + kj * R
+        else:
+            key_pos = cm.iota(shape, 0) + kj * R
 
         def step(s, carry):
             slot = lax.rem(s, stages)
@@ -210,7 +219,8 @@ def _kernel(
                 return lse, delta, plgpu.load(limit_smem.at[slot], layout=cm.WGMMA_COL)
 
             def mask(t, limit):
-                return jnp.where(key_pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
+                keys = cm.bcast_rows(rows_pos, shape) if KEY_POS_BY_ROW else key_pos
+                return jnp.where(keys <= cm.bcast_cols(limit, shape), t, -jnp.inf)
 
             dk, dv, dq = step_lib.tile_grads(
                 st, sh.dtype, *carry, k=k_smem.at[wg], v=v_smem.at[wg], q=q_smem.at[slot],
