@@ -132,6 +132,13 @@ def test_gathered_dkv_matches_dense_mask_in_interpret_mode(
     """dq: the gathered kernel gives dQ too (its interpret-mode read-add-write in place
     of the TMA reduce-add), or the dQ kernel walks the packed tiles; chunk: the items
     in chunks of that many tokens (`Config.gpu_gathered_chunk`)."""
+    _check_interpret_case(case, dq, chunk, monkeypatch)
+    calls = spy_gathered  # with_dq of each call of the gathered kernel
+    assert calls == [dq] * len(calls) and calls, "the backward did not take the gathered kernel"
+
+
+def _check_interpret_case(case, dq, chunk, monkeypatch):
+    """The gathered backward of CASES' `case` in interpret mode against the dense f32 mask."""
     b, t, s, h, kh, cb, cap, causal, item_tiles = case
     # Short runs of tiles per work item: a block's tiles shared by several CTAs.
     monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
@@ -142,8 +149,6 @@ def test_gathered_dkv_matches_dense_mask_in_interpret_mode(
             interpret=True, gpu_gathered_dkv=True, gpu_gathered_dq=dq, gpu_gathered_chunk=chunk
         ),
     )  # fmt: skip
-    calls = spy_gathered  # with_dq of each call of the gathered kernel
-    assert calls == [dq] * len(calls) and calls, "the backward did not take the gathered kernel"
 
 
 @pytest.mark.parametrize("dq, chunk, key_rows", [(True, 24, True), (False, 0, False)], ids=str)
@@ -154,8 +159,6 @@ def test_persistent_ctas_match_dense_mask_in_interpret_mode(
     the producer running ahead into the next item's tiles; with dQ (dK/dV by adds) and
     without (per-item partials). With dQ, also the mask's key positions by tile row
     (`KEY_POS_BY_ROW`)."""
-    b, t, s, h, kh, cb, cap, causal, item_tiles = CASES[0]
-    monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
     monkeypatch.setattr(bdg, "KEY_POS_BY_ROW", key_rows)
     monkeypatch.setattr(bdg, "PERSISTENT", True)
     monkeypatch.setattr(bdg.api_args, "num_sms", lambda: 3)
@@ -168,13 +171,7 @@ def test_persistent_ctas_match_dense_mask_in_interpret_mode(
         return kernel(*args, **kw)
 
     monkeypatch.setattr(bdg.plgpu, "kernel", spy)
-    bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, causal)
-    check_against_mask(
-        bits, s=s, h=h, kh=kh, d=64, col_block=cb, cap=cap, causal=causal, seed=7,
-        config=js.Config(
-            interpret=True, gpu_gathered_dkv=True, gpu_gathered_dq=dq, gpu_gathered_chunk=chunk
-        ),
-    )  # fmt: skip
+    _check_interpret_case(CASES[0], dq, chunk, monkeypatch)
     assert spy_gathered and grids and all(g == (3,) for g in grids), grids
 
 
