@@ -68,8 +68,8 @@ ADD_DKV = True
 REGISTERS = (232, 40)
 # Persistent CTAs: one a SM, each walking the work items c, c + ctas, ... in order, instead
 # of one CTA an item. Empty items (most of the static bound in small token chunks) cost a
-# scalar read instead of a CTA, and the producer fills the next item's first Q/dO tiles
-# while the consumers finish the current one. Written in session 23 after the device time
+# scalar read instead of a CTA, and the producer loads the next item's K/V (two slots, both
+# warpgroups reading one) and first Q/dO tiles while the consumers finish the current one. Written in session 23 after the device time
 # was spent: checked in interpret mode and lowered for CUDA, not run on a GPU. Off.
 PERSISTENT = False
 # The mask's key positions as one value per tile row (2 registers a thread, broadcast where
@@ -190,19 +190,23 @@ def _kernel(
         """Token tok's `[G, D]` rows of bit head x in q, dO or dQ (packed rows)."""
         return ref.at[b, pl.ds(tok * g, g), x]
 
-    def consume(c):
+    def consume(c, kv=None):
+        """Work item c. kv: persistent, the K/V slot the producer loaded it into (else
+        each warpgroup loads its own copy into its slot)."""
         b, x, kj, lo, n, kvh, keys = item(c)
 
         @pl.when(n > 0)
         def _():
-            consume_item(c, b, x, kj, lo, n, kvh, keys)
+            consume_item(c, b, x, kj, lo, n, kvh, keys, kv)
 
-    def consume_item(c, b, x, kj, lo, n, kvh, keys):
-        plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[wg], kv_bar.at[wg])
-        plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[wg], kv_bar.at[wg])
+    def consume_item(c, b, x, kj, lo, n, kvh, keys, kv):
+        if kv is None:
+            kv = wg
+            plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[kv], kv_bar.at[kv])
+            plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[kv], kv_bar.at[kv])
         dk = plgpu.layout_cast(jnp.zeros((R, sh.D), jnp.float32), cm.WGMMA)
         dv = plgpu.layout_cast(jnp.zeros((R, sh.Dv), jnp.float32), cm.WGMMA)
-        plgpu.barrier_wait(kv_bar.at[wg])
+        plgpu.barrier_wait(kv_bar.at[kv])
         shape = (R, R)
         if KEY_POS_BY_ROW:
             rows_pos = plgpu.broadcasted_iota(jnp.int32, (R,), 0, layout=cm.WGMMA_ROW) + kj * R
@@ -223,7 +227,7 @@ def _kernel(
                 return jnp.where(keys <= cm.bcast_cols(limit, shape), t, -jnp.inf)
 
             dk, dv, dq = step_lib.tile_grads(
-                st, sh.dtype, *carry, k=k_smem.at[wg], v=v_smem.at[wg], q=q_smem.at[slot],
+                st, sh.dtype, *carry, k=k_smem.at[kv], v=v_smem.at[kv], q=q_smem.at[slot],
                 do=do_smem.at[slot], rows=rows, mask=mask,
                 stage=None if st_smem is None else st_smem.at[wg],
                 ds_smem=scratch["ds_smem"].at[wg] if sh.with_dq else None,
@@ -261,7 +265,7 @@ def _kernel(
 
         def store(dk, dv):  # through the first warpgroup's K/V tiles, no longer read
             step_lib.stage_store(
-                st, sh.dtype, dk, dv, k_smem.at[0], v_smem.at[0], dk_ref.at[c], dv_ref.at[c]
+                st, sh.dtype, dk, dv, k_smem.at[kv], v_smem.at[kv], dk_ref.at[c], dv_ref.at[c]
             )
 
         def add_sums(dk, dv):
@@ -285,7 +289,10 @@ def _kernel(
             plgpu.wait_smem_to_gmem(0)
 
         step_lib.sum_pair(wg, dk, dv, scratch, add_sums if sh.add_dkv else store)
-        if persistent:  # the next item's first dQ staging (or sums) may overwrite these
+        if persistent:
+            # The K/V slot is free once both are done (the first's store staged through it);
+            # the second waits for the sums to leave SMEM before the next item's dQ staging.
+            plgpu.barrier_arrive(scratch["kv_free"].at[kv])
             hand_sums_out(wg)
 
     def hand_sums_out(wg):
@@ -299,8 +306,16 @@ def _kernel(
         def _():
             plgpu.barrier_wait(scratch["sums_out"])
 
-    def produce(c):
+    def produce(c, kv=None):
+        """Work item c's tiles (and, persistent, its K/V into slot kv)."""
         b, x, kj, lo, n, kvh, keys = item(c)
+        if kv is not None:
+
+            @pl.when(n > 0)
+            def _():
+                plgpu.barrier_wait(scratch["kv_free"].at[kv])
+                plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[kv], kv_bar.at[kv])
+                plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[kv], kv_bar.at[kv])
 
         @pl.loop(0, n)
         def _(s):
@@ -336,9 +351,10 @@ def _kernel(
             consume(lax.axis_index("c"))
             return
 
-        @pl.loop(lax.axis_index("c"), item_ref.shape[0], step=sh.ctas)
-        def _(c):
-            consume(c)
+        @pl.loop(lax.axis_index("c"), item_ref.shape[0], step=sh.ctas, init_carry=0)
+        def _(c, live):  # live: items with tiles so far; the K/V slots alternate over them
+            consume(c, kv=lax.rem(live, 2))
+            return live + (item_ref[c, 3] > item_ref[c, 2]).astype(jnp.int32)
 
     @pl.when(wg == NWG)
     def _producer():
@@ -348,13 +364,19 @@ def _kernel(
             return
         for slot in range(stages):  # every slot starts free
             plgpu.barrier_arrive(free.at[slot])
+        for kv in range(2):  # both K/V slots too (two takers each)
+            for _ in range(NWG):
+                plgpu.barrier_arrive(scratch["kv_free"].at[kv])
 
-        @pl.loop(lax.axis_index("c"), item_ref.shape[0], step=sh.ctas)
-        def _(c):
-            produce(c)
+        @pl.loop(lax.axis_index("c"), item_ref.shape[0], step=sh.ctas, init_carry=0)
+        def _(c, live):
+            produce(c, kv=lax.rem(live, 2))
+            return live + (item_ref[c, 3] > item_ref[c, 2]).astype(jnp.int32)
 
         for slot in range(stages):  # the last take of each slot
             plgpu.barrier_wait(free.at[slot])
+        for kv in range(2):
+            plgpu.barrier_wait(scratch["kv_free"].at[kv])
 
 
 def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc=None, dkv_acc=()):
@@ -382,6 +404,10 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
     )
     if sh.ctas:  # the first warpgroup's sums are out of SMEM (before the next item)
         scratch["sums_out"] = plgpu.Barrier(num_arrivals=1)
+        # Persistent: the K/V tiles are two slots the producer fills item by item (the
+        # next item's while this one runs), both warpgroups reading one; a slot is free
+        # again when both are done with it.
+        scratch["kv_free"] = plgpu.Barrier(num_arrivals=NWG, num_barriers=2)
     sums = (plgpu.SMEM((R, sh.D), jnp.float32), plgpu.SMEM((R, sh.Dv), jnp.float32))
     if sh.with_dq:
         # A token's G rows are whole 8-row tiles of the staging layout: one TMA box each.
