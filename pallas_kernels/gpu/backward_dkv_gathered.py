@@ -69,8 +69,9 @@ REGISTERS = (232, 40)
 # Persistent CTAs: one a SM, each walking the work items c, c + ctas, ... in order, instead
 # of one CTA an item. Empty items (most of the static bound in small token chunks) cost a
 # scalar read instead of a CTA, and the producer loads the next item's K/V (two slots, both
-# warpgroups reading one) and first Q/dO tiles while the consumers finish the current one. Written in session 23 after the device time
-# was spent: checked in interpret mode and lowered for CUDA, not run on a GPU. Off.
+# warpgroups reading one) and first Q/dO tiles while the consumers finish the current one.
+# Written in session 23 after the device time was spent: checked in interpret mode and
+# lowered for CUDA, not run on a GPU. Off.
 PERSISTENT = False
 # The mask's key positions as one value per tile row (2 registers a thread, broadcast where
 # compared) instead of a whole `[64, 64]` iota in the WGMMA layout, 32 registers a thread
@@ -286,7 +287,9 @@ def _kernel(
                         dst = ref.at[b, pl.ds(kj * R + r, RMW_ROWS), kvh]
                         step_lib.read_add_write(dst, tile.at[pl.ds(r, RMW_ROWS)], box, bar)
             plgpu.commit_smem_to_gmem_group()
-            plgpu.wait_smem_to_gmem(0)
+            # Persistent: only the SMEM reads hold up the next item (the adds' landing is
+            # waited for once, at the end).
+            plgpu.wait_smem_to_gmem(0, wait_read_only=persistent)
 
         step_lib.sum_pair(wg, dk, dv, scratch, add_sums if sh.add_dkv else store)
         if persistent:
@@ -355,6 +358,8 @@ def _kernel(
         def _(c, live):  # live: items with tiles so far; the K/V slots alternate over them
             consume(c, kv=lax.rem(live, 2))
             return live + (item_ref[c, 3] > item_ref[c, 2]).astype(jnp.int32)
+
+        plgpu.wait_smem_to_gmem(0)  # every add has landed
 
     @pl.when(wg == NWG)
     def _producer():
