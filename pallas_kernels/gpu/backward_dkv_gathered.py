@@ -12,11 +12,12 @@ operand (measured on the H200 at 64k, session 14: 16 such copies cost 14 %
 more than one box of 16 consecutive tokens, and the gathered tiles' loads take
 2.1 ms against 8.1 ms for the packed ones).
 
-Work item (one CTA): bit head f = b * Hx + x, key tile kj (64 keys), gathered
-tiles lo..hi. Two consumer warpgroups share the key tile and take alternate
-tiles (the FA3 ping-pong on the q axis, as `backward_dkv`'s `q_split`), the
-second adding its dK/dV to the first's through SMEM at the end. Per tile, in
-the transposed orientation (rows = keys):
+Work item (one CTA; with `PERSISTENT`, one CTA a SM walks the items in turn): bit
+head f = b * Hx + x, key tile kj (64 keys), gathered tiles lo..hi. Two consumer
+warpgroups share the key tile and take alternate tiles (the FA3 ping-pong on the
+q axis, as `backward_dkv`'s `q_split`), the second adding its dK/dV to the
+first's through SMEM at the end. Per tile, in the transposed orientation (rows =
+keys):
   S^T = K Q^T, dP^T = V dO^T
   P^T = exp2(S^T log2e - lse log2e), keys past the row's limit masked
   dV += P^T dO,  dS^T = P^T * (dP^T - delta),  dK += dS^T Q
