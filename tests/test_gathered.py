@@ -328,11 +328,17 @@ def test_gathered_kernel_rejects_groups_it_cannot_tile():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dq, chunk", [(True, 0), (False, 0), (True, 512)])
-def test_gathered_dkv_on_the_gpu(dq, chunk):
+@pytest.mark.parametrize(
+    "dq, chunk, untimed",
+    [(True, 0, False), (False, 0, False), (True, 512, False), (True, 512, True)],
+)
+def test_gathered_dkv_on_the_gpu(dq, chunk, untimed, monkeypatch):
     """NSA's layout on the H100: group 8, 15 blocks a token, against the dense f32 mask;
     dQ from the gathered kernel's TMA reduce-adds, or from the dQ kernel; work items
-    in block order or in chunks of 512 tokens."""
+    in block order or in chunks of 512 tokens. untimed: with the switches not yet run
+    on a GPU (`PERSISTENT`, `KEY_POS_BY_ROW`) on."""
+    monkeypatch.setattr(bdg, "PERSISTENT", untimed)
+    monkeypatch.setattr(bdg, "KEY_POS_BY_ROW", untimed)
     b, t, h, kh, cb, cap = 1, 4096, 16, 2, 64, 15
     bits = random_bits(np.random.default_rng(5), b, kh, t, t, cb, cap, 0, True)
     check_against_mask(
