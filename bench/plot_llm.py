@@ -17,12 +17,14 @@ path are left out. Each bar names the run it comes from.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import matplotlib
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 matplotlib.use("Agg")
+import llm_results  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 TARGET_OVERHEAD = 0.15
@@ -31,14 +33,8 @@ TARGETS = {"MoBA(512,3)": 3.0, "NSA train": 4.0}
 
 def latest_rows(folders, seq_len: int) -> dict[str, dict]:
     """The last row per method at `seq_len` that ran on the kernels, with its source run."""
-    files = sorted(p for f in folders for p in Path(f).rglob("llm_sparse_gpu.jsonl"))
     rows: dict[str, dict] = {}
-    for path in files:
-        session, call = path.parts[-4:-2]  # e.g. 2026-12-03_h200_session9 / call1_measure
-        run = f"{session.rsplit('_', 1)[-1].replace('session', 's')} {call.split('_')[0]}"
-        lines = [json.loads(line) for line in path.read_text().splitlines()]
-        if any(r["kind"] == "meta" and r.get("min_iters") == 1 for r in lines):
-            continue  # timed blocking on purpose (session 15's comparison of the timings)
+    for _, run, lines in llm_results.runs(folders):
         for r in lines:
             if r.get("seq_len") != seq_len or r.get("fallbacks"):
                 continue

@@ -18,12 +18,14 @@ logarithmic (the first runs were 5x slower than the last).
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import matplotlib
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 matplotlib.use("Agg")
+import llm_results  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 TARGET = 4.0  # the issue's NSA fwd+bwd speed-up over dense causal attention
@@ -31,15 +33,11 @@ TARGET = 4.0  # the issue's NSA fwd+bwd speed-up over dense causal attention
 
 def runs(folders, seq_len: int, device: str) -> list[dict]:
     """`[{run, nsa_ms, cudnn_ms or None}]`, one per run on `device` with NSA's library row."""
-    files = sorted(p for f in folders for p in Path(f).rglob("llm_sparse_gpu.jsonl"))
     out = []
-    for path in files:
-        session, call = path.parts[-4:-2]  # e.g. 2026-12-05_h100_session23 / call1_auto_modes
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for session, label, rows in llm_results.runs(folders):
         kinds = {r.get("device_kind") for r in rows if r["kind"] == "meta"} - {None}
-        on = any(device in k for k in kinds) if kinds else device.lower() in session.lower()
-        if not on or any(r["kind"] == "meta" and r.get("min_iters") == 1 for r in rows):
-            continue  # another card, or timed blocking on purpose (session 15)
+        if not (any(device in k for k in kinds) if kinds else device.lower() in session.lower()):
+            continue  # another card
 
         def pick(kind, method, rows=rows):
             return next(
@@ -57,7 +55,6 @@ def runs(folders, seq_len: int, device: str) -> list[dict]:
 
         nsa = pick("nsa_train", "NSA")
         if nsa is not None:
-            label = f"{session.rsplit('_', 1)[-1].replace('session', 's')} {call.split('_')[0]}"
             out.append(dict(run=label, nsa_ms=nsa, cudnn_ms=pick("dense", "cudnn")))
     return out
 

@@ -1,8 +1,5 @@
 """`bench/plot_llm.py`: which rows it draws, and that it writes a picture."""
 
-import json
-from pathlib import Path
-
 import pytest
 
 from tests import bench_util
@@ -13,9 +10,7 @@ def plot_llm():
     return bench_util.load_bench_script("plot_llm")
 
 
-def _write(folder: Path, rows):
-    folder.mkdir(parents=True)
-    (folder / "llm_sparse_gpu.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+_write = bench_util.write_llm_rows
 
 
 def _method(name, speedup, overhead, fallbacks=(), seq_len=64):
