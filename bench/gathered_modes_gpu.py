@@ -143,20 +143,17 @@ def kernel_fn(mode: Mode, *, group: int, kv_len: int, interpret=None):
     from pallas_kernels.gpu import backward_dkv_gathered as bdg
 
     def f(q, k, v, do, lse2, delta, tiles):
-        with contextlib.ExitStack() as stack:
-            if not mode.dq_adds:
-                stack.enter_context(_without_dq_adds(bdg, group))
-            return traced(q, k, v, do, lse2, delta, tiles)
-
-    def traced(q, k, v, do, lse2, delta, tiles):
         st = api_args.statics(
             q, k, mask_fn=None, mask_factors=None, q_offset=0, kv_len=kv_len, scale=None,
             logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False,
             interpret=interpret,
         )  # fmt: skip
-        out = bdg.dkv(
-            q, k, v, do, lse2, delta, tiles, group=group, num_stages=2, st=st, with_dq=mode.dq
-        )
+        adds = contextlib.nullcontext() if mode.dq_adds else _without_dq_adds(bdg, group)
+        with adds:  # traced here: the kernel's body is built inside
+            out = bdg.dkv(
+                q, k, v, do, lse2, delta, tiles, group=group, num_stages=2, st=st,
+                with_dq=mode.dq,
+            )  # fmt: skip
         return out if mode.dq else (None, *out)
 
     return jax.jit(f)

@@ -195,13 +195,14 @@ def _kernel(
     def consume(c, kv=None):
         """Work item c. kv: persistent, the K/V slot the producer loaded it into (else
         each warpgroup loads its own copy into its slot)."""
-        b, x, kj, lo, n, kvh, keys = item(c)
+        fields = item(c)
 
-        @pl.when(n > 0)
+        @pl.when(fields[4] > 0)  # n: the item has tiles
         def _():
-            consume_item(c, b, x, kj, lo, n, kvh, keys, kv)
+            consume_item(c, fields, kv)
 
-    def consume_item(c, b, x, kj, lo, n, kvh, keys, kv):
+    def consume_item(c, fields, kv):
+        b, x, kj, lo, n, kvh, keys = fields
         if kv is None:
             kv = wg
             plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[kv], kv_bar.at[kv])
@@ -225,8 +226,8 @@ def _kernel(
                 return lse, delta, plgpu.load(limit_smem.at[slot], layout=cm.WGMMA_COL)
 
             def mask(t, limit):
-                keys = cm.bcast_rows(rows_pos, shape) if KEY_POS_BY_ROW else key_pos
-                return jnp.where(keys <= cm.bcast_cols(limit, shape), t, -jnp.inf)
+                pos = cm.bcast_rows(rows_pos, shape) if KEY_POS_BY_ROW else key_pos
+                return jnp.where(pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
 
             dk, dv, dq = step_lib.tile_grads(
                 st, sh.dtype, *carry, k=k_smem.at[kv], v=v_smem.at[kv], q=q_smem.at[slot],
@@ -297,9 +298,9 @@ def _kernel(
             # The K/V slot is free once both are done (the first's store staged through it);
             # the second waits for the sums to leave SMEM before the next item's dQ staging.
             plgpu.barrier_arrive(scratch["kv_free"].at[kv])
-            hand_sums_out(wg)
+            hand_sums_out()
 
-    def hand_sums_out(wg):
+    def hand_sums_out():
         """The first warpgroup has sent the sums out of SMEM; the second waits for it."""
 
         @pl.when(wg == 0)
