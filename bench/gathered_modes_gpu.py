@@ -18,11 +18,10 @@ NSA's defaults, mean compressor), the tiles built beforehand, in the modes
   dq block order: the same, items block by block (chunk 0);
   dq 4k chunks dK/dV partials: each item writes its partial dK/dV, summed
       by XLA;
-  dq Nk chunks persistent: one CTA a SM walks the items in order
-      (`backward_dkv_gathered.PERSISTENT`, not yet the library's);
-  dq 1k chunks key rows: the mask's key positions one value per tile row
-      (`backward_dkv_gathered.KEY_POS_BY_ROW`, not yet the library's), alone
-      and with the persistent form;
+  dq Nk chunks, N items a CTA: each CTA walks N consecutive work items
+      (`backward_dkv_gathered.ITEMS_PER_CTA`, the library: 1);
+  dq 1k chunks live items only: the items with tiles alone, the empty tail
+      of the static bound cut off (timing only: what the empty CTAs cost);
   dq Nk chunks regs 240: the consumer warpgroups get 240 registers a thread
       and the producer 24 (the library: 232 and 40);
   dq Nk chunks without dq adds: dQ computed and staged in SMEM as in the
@@ -63,8 +62,8 @@ class Mode:
     add_dkv: bool = True  # with dq: dK/dV by reduce-adds (else per-item partials)
     dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
     regs_240: bool = False  # consumers 240 registers a thread, producer 24 (else 232 and 40)
-    persistent: bool = False  # one CTA a SM walking the items (else one CTA an item)
-    key_rows: bool = False  # the mask's key positions by tile row (else a whole-tile iota)
+    per_cta: int = 1  # consecutive work items a CTA walks
+    live_only: bool = False  # items with tiles only (timing only: what empty CTAs cost)
 
     @property
     def glue(self) -> str:
@@ -72,8 +71,7 @@ class Mode:
         parts = (
             ([] if self.add_dkv else ["dkv partials"])
             + (["gathered regs 240"] if self.regs_240 else [])
-            + (["gathered persistent"] if self.persistent else [])
-            + (["gathered key rows"] if self.key_rows else [])
+            + ([f"gathered {self.per_cta} items a CTA"] if self.per_cta > 1 else [])
         )
         return "+".join(parts) or "library"
 
@@ -87,10 +85,11 @@ MODES = {
         Mode("dq 8k chunks", 8192),
         Mode("dq block order", 0),
         Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
-        Mode("dq 1k chunks persistent", 1024, persistent=True),
-        Mode("dq 4k chunks persistent", 4096, persistent=True),
-        Mode("dq 1k chunks key rows", 1024, key_rows=True),
-        Mode("dq 1k chunks persistent key rows", 1024, persistent=True, key_rows=True),
+        Mode("dq 1k chunks 2 items a CTA", 1024, per_cta=2),
+        Mode("dq 1k chunks 4 items a CTA", 1024, per_cta=4),
+        Mode("dq 1k chunks 8 items a CTA", 1024, per_cta=8),
+        Mode("dq 4k chunks 4 items a CTA", 4096, per_cta=4),
+        Mode("dq 1k chunks live items only", 1024, live_only=True),
         Mode("dq 1k chunks regs 240", 1024, regs_240=True),
         Mode("dq 4k chunks regs 240", 4096, regs_240=True),
         Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),
@@ -202,6 +201,9 @@ def main(argv=None) -> int:
             slots=16, dq=mode.dq, chunk=mode.chunk,
         )  # fmt: skip
         tiles = jax.jit(gathering.tiles)(bits)
+        if mode.live_only:  # (the kernel's output is the same: an empty item adds nothing)
+            live = np.asarray(tiles.items[:, 3] > tiles.items[:, 2])
+            tiles = tiles._replace(items=tiles.items[live])
         fn = kernel_fn(mode, group=g, kv_len=t, interpret=interpret)
         operands = (q_p, k, v, do_p, lse2, delta, tiles)
         row = dict(

@@ -151,28 +151,31 @@ def _check_interpret_case(case, dq, chunk, monkeypatch):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("dq, chunk, key_rows", [(True, 24, True), (False, 0, False)], ids=str)
-def test_persistent_ctas_match_dense_mask_in_interpret_mode(
-    dq, chunk, key_rows, monkeypatch, spy_gathered
+@pytest.mark.parametrize("dq, chunk, per_cta", [(True, 24, 4), (False, 0, 3)], ids=str)
+def test_ctas_walking_items_match_dense_mask_in_interpret_mode(
+    dq, chunk, per_cta, monkeypatch, spy_gathered
 ):
-    """`PERSISTENT`: 3 CTAs walk all the work items (several each, empty ones among them),
-    the producer running ahead into the next item's tiles; with dQ (dK/dV by adds) and
-    without (per-item partials). With dQ, also the mask's key positions by tile row
-    (`KEY_POS_BY_ROW`)."""
-    monkeypatch.setattr(bdg, "KEY_POS_BY_ROW", key_rows)
-    monkeypatch.setattr(bdg, "PERSISTENT", True)
-    monkeypatch.setattr(bdg.api_args, "num_sms", lambda: 3)
-    grids = []
-    kernel = bdg.plgpu.kernel
+    """`ITEMS_PER_CTA`: each CTA walks several work items (empty ones among them, the last
+    CTA fewer), the producer running ahead into the next item's tiles; with dQ (dK/dV by
+    adds) and without (per-item partials)."""
+    monkeypatch.setattr(bdg, "ITEMS_PER_CTA", per_cta)
+    grids, items = [], []
+    kernel, call = bdg.plgpu.kernel, bdg.dkv_call
 
-    def spy(*args, **kw):
+    def spy_kernel(*args, **kw):
         if kw["kernel_name"] == "jaxsparse_attention_dkv_gathered":
             grids.append(kw["grid"])
         return kernel(*args, **kw)
 
-    monkeypatch.setattr(bdg.plgpu, "kernel", spy)
+    def spy_call(*args, **kw):
+        items.append(args[6].items.shape[0])
+        return call(*args, **kw)
+
+    monkeypatch.setattr(bdg.plgpu, "kernel", spy_kernel)
+    monkeypatch.setattr(bdg, "dkv_call", spy_call)
     _check_interpret_case(CASES[0], dq, chunk, monkeypatch)
-    assert spy_gathered and grids and all(g == (3,) for g in grids), grids
+    assert spy_gathered and grids == [(-(-i // per_cta),) for i in items], (grids, items)
+    assert any(i % per_cta for i in items) or per_cta == 1, items  # a short last CTA
 
 
 def _with_item_tiles(item_tiles):
@@ -184,10 +187,9 @@ def _with_item_tiles(item_tiles):
     return patched
 
 
-@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("per_cta", [1, 3])
 @pytest.mark.parametrize("with_dq", [False, True])
-def test_gathered_kernel_lowers_for_a_gpu(with_dq, persistent, monkeypatch):
-    # (The switches not yet run on a GPU, PERSISTENT and KEY_POS_BY_ROW, go together.)
+def test_gathered_kernel_lowers_for_a_gpu(with_dq, per_cta, monkeypatch):
     # Interpret mode runs the logic, not the Mosaic GPU lowering (TMA boxes of one
     # token's [8, D] rows into 8-row slices of the swizzled tiles; with dQ, the
     # transposed dS^T operand and the TMA reduce-adds): lower it for CUDA.
@@ -204,9 +206,7 @@ def test_gathered_kernel_lowers_for_a_gpu(with_dq, persistent, monkeypatch):
         mask_fn=None, mask_factors=None, q_offset=0, kv_len=256, kv_padded=False, scale=0.1,
         logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False, interpret=None,
     )  # fmt: skip
-    monkeypatch.setattr(bdg, "PERSISTENT", persistent)
-    monkeypatch.setattr(bdg, "KEY_POS_BY_ROW", persistent)
-    monkeypatch.setattr(bdg.api_args, "num_sms", lambda: 3)  # 3 CTAs for the 4 items
+    monkeypatch.setattr(bdg, "ITEMS_PER_CTA", per_cta)  # 3: two CTAs for the 4 items
     fn = functools.partial(bdg.dkv, group=8, num_stages=2, st=st_, with_dq=with_dq)
     with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
         jax.jit(fn).trace(q, k, k, q, lse, lse, tiles).lower(lowering_platforms=("cuda",))
@@ -329,16 +329,14 @@ def test_gathered_kernel_rejects_groups_it_cannot_tile():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "dq, chunk, untimed",
-    [(True, 0, False), (False, 0, False), (True, 512, False), (True, 512, True)],
+    "dq, chunk, per_cta",
+    [(True, 0, 1), (False, 0, 1), (True, 512, 1), (True, 512, 3), (False, 512, 4)],
 )
-def test_gathered_dkv_on_the_gpu(dq, chunk, untimed, monkeypatch):
+def test_gathered_dkv_on_the_gpu(dq, chunk, per_cta, monkeypatch):
     """NSA's layout on the H100: group 8, 15 blocks a token, against the dense f32 mask;
     dQ from the gathered kernel's TMA reduce-adds, or from the dQ kernel; work items
-    in block order or in chunks of 512 tokens. untimed: with the switches not yet run
-    on a GPU (`PERSISTENT`, `KEY_POS_BY_ROW`) on."""
-    monkeypatch.setattr(bdg, "PERSISTENT", untimed)
-    monkeypatch.setattr(bdg, "KEY_POS_BY_ROW", untimed)
+    in block order or in chunks of 512 tokens, one a CTA or per_cta a CTA in turn."""
+    monkeypatch.setattr(bdg, "ITEMS_PER_CTA", per_cta)
     b, t, h, kh, cb, cap = 1, 4096, 16, 2, 64, 15
     bits = random_bits(np.random.default_rng(5), b, kh, t, t, cb, cap, 0, True)
     check_against_mask(

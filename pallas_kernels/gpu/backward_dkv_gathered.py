@@ -12,7 +12,7 @@ operand (measured on the H200 at 64k, session 14: 16 such copies cost 14 %
 more than one box of 16 consecutive tokens, and the gathered tiles' loads take
 2.1 ms against 8.1 ms for the packed ones).
 
-Work item (one CTA; with `PERSISTENT`, one CTA a SM walks the items in turn): bit
+Work item (one CTA; with `ITEMS_PER_CTA` > 1, a CTA walks that many in turn): bit
 head f = b * Hx + x, key tile kj (64 keys), gathered tiles lo..hi. Two consumer
 warpgroups share the key tile and take alternate tiles (the FA3 ping-pong on the
 q axis, as `backward_dkv`'s `q_split`), the second adding its dK/dV to the
@@ -55,7 +55,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.gpu import api_args
 from pallas_kernels.gpu import backward_dkv_step as step_lib
 from pallas_kernels.gpu import common as cm
 
@@ -67,19 +66,14 @@ ADD_DKV = True
 # Registers a thread of the two consumer warpgroups and of the producer (`set_max_registers`).
 # With dQ, ptxas spilled about 200 bytes a thread at 232 (H100, session 23).
 REGISTERS = (232, 40)
-# Persistent CTAs: one a SM, each walking the work items c, c + ctas, ... in order, instead
-# of one CTA an item. Empty items (most of the static bound in small token chunks) cost a
-# scalar read instead of a CTA, and the producer loads the next item's K/V (two slots, both
-# warpgroups reading one) and first Q/dO tiles while the consumers finish the current one.
-# Written in session 23 after the device time was spent: checked in interpret mode and
-# lowered for CUDA, not run on a GPU. Off.
-PERSISTENT = False
-# The mask's key positions as one value per tile row (2 registers a thread, broadcast where
-# compared) instead of a whole `[64, 64]` iota in the WGMMA layout, 32 registers a thread
-# live across the tile loop: with dQ, ptxas spilled about 200 bytes a thread (H100, session
-# 23). Written after the device time was spent: interpret-checked, lowered for CUDA, not run
-# on a GPU. Off.
-KEY_POS_BY_ROW = False
+# Work items a CTA walks in turn (consecutive ones: CTA c takes items c*m .. c*m + m - 1).
+# With m > 1 an empty item costs a scalar read instead of a CTA, and the producer loads the
+# next item's K/V (two slots, both warpgroups reading one) and first Q/dO tiles while the
+# consumers finish the current one. One CTA a SM walking items c, c + 132, ... (session 23's
+# persistent form) was correct on the H100 but slow: 14.0 against 8.4 ms at 64k in 1k chunks
+# (session 24), the static round robin leaving SMs unevenly loaded (items hold 1 to 128
+# tiles) and drifting apart in the chunk order that keeps dQ's rows in L2.
+ITEMS_PER_CTA = 1
 RMW_ROWS = 8  # rows per read-add-write of the interpret-mode twin of the dK/dV adds
 
 
@@ -117,7 +111,7 @@ class GatheredShapes:
     dtype: jnp.dtype
     with_dq: bool = False
     add_dkv: bool = False  # dK/dV by TMA reduce-adds into float32 GMEM, no per-item partials
-    ctas: int = 0  # persistent CTAs walking the items (`PERSISTENT`); 0: one CTA an item
+    items_per_cta: int = 1  # consecutive work items a CTA walks (`ITEMS_PER_CTA`)
 
     @property
     def tokens(self) -> int:
@@ -179,7 +173,7 @@ def _kernel(
     kv_bar, in_bar, free = scratch["kv_bar"], scratch["in_bar"], scratch["free"]
 
     wg = lax.axis_index("wg")
-    persistent = sh.ctas > 0
+    walk = sh.items_per_cta > 1
 
     def item(c):
         """Work item c's fields: (b, x, kj, first tile, tiles, kv head, its keys)."""
@@ -193,7 +187,7 @@ def _kernel(
         return ref.at[b, pl.ds(tok * g, g), x]
 
     def consume(c, kv=None):
-        """Work item c. kv: persistent, the K/V slot the producer loaded it into (else
+        """Work item c. kv: walking items, the K/V slot the producer loaded it into (else
         each warpgroup loads its own copy into its slot)."""
         fields = item(c)
 
@@ -211,10 +205,7 @@ def _kernel(
         dv = plgpu.layout_cast(jnp.zeros((R, sh.Dv), jnp.float32), cm.WGMMA)
         plgpu.barrier_wait(kv_bar.at[kv])
         shape = (R, R)
-        if KEY_POS_BY_ROW:
-            rows_pos = plgpu.broadcasted_iota(jnp.int32, (R,), 0, layout=cm.WGMMA_ROW) + kj * R
-        else:
-            key_pos = cm.iota(shape, 0) + kj * R
+        key_pos = cm.iota(shape, 0) + kj * R
 
         def step(s, carry):
             slot = lax.rem(s, stages)
@@ -226,8 +217,7 @@ def _kernel(
                 return lse, delta, plgpu.load(limit_smem.at[slot], layout=cm.WGMMA_COL)
 
             def mask(t, limit):
-                pos = cm.bcast_rows(rows_pos, shape) if KEY_POS_BY_ROW else key_pos
-                return jnp.where(pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
+                return jnp.where(key_pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
 
             dk, dv, dq = step_lib.tile_grads(
                 st, sh.dtype, *carry, k=k_smem.at[kv], v=v_smem.at[kv], q=q_smem.at[slot],
@@ -289,16 +279,21 @@ def _kernel(
                         dst = ref.at[b, pl.ds(kj * R + r, RMW_ROWS), kvh]
                         step_lib.read_add_write(dst, tile.at[pl.ds(r, RMW_ROWS)], box, bar)
             plgpu.commit_smem_to_gmem_group()
-            # Persistent: only the SMEM reads hold up the next item (the adds' landing is
+            # Walking items: only the SMEM reads hold up the next item (the adds' landing is
             # waited for once, at the end).
-            plgpu.wait_smem_to_gmem(0, wait_read_only=persistent)
+            plgpu.wait_smem_to_gmem(0, wait_read_only=walk)
 
         step_lib.sum_pair(wg, dk, dv, scratch, add_sums if sh.add_dkv else store)
-        if persistent:
+        if walk:
             # The K/V slot is free once both are done (the first's store staged through it);
             # the second waits for the sums to leave SMEM before the next item's dQ staging.
             plgpu.barrier_arrive(scratch["kv_free"].at[kv])
             hand_sums_out()
+
+    def my_items():
+        """This CTA's items: c*m .. c*m + m - 1 (of the I items; m = items_per_cta)."""
+        first = lax.axis_index("c") * sh.items_per_cta
+        return first, jnp.minimum(first + sh.items_per_cta, item_ref.shape[0])
 
     def hand_sums_out():
         """The first warpgroup has sent the sums out of SMEM; the second waits for it."""
@@ -312,7 +307,7 @@ def _kernel(
             plgpu.barrier_wait(scratch["sums_out"])
 
     def produce(c, kv=None):
-        """Work item c's tiles (and, persistent, its K/V into slot kv)."""
+        """Work item c's tiles (and, walking items, its K/V into slot kv)."""
         b, x, kj, lo, n, kvh, keys = item(c)
         if kv is not None:
 
@@ -327,7 +322,7 @@ def _kernel(
             slot = lax.rem(s, stages)
             tile = lo + s
 
-            if persistent:  # every fill waits, a slot's first on the producer's own arrival
+            if walk:  # every fill waits, a slot's first on the producer's own arrival
                 plgpu.barrier_wait(free.at[slot])
             else:  # refills within the item
 
@@ -343,7 +338,7 @@ def _kernel(
             plgpu.copy_gmem_to_smem(stats_ref.at[tile], stats_smem.at[slot], bar)
             plgpu.copy_gmem_to_smem(limit_ref.at[tile], limit_smem.at[slot], bar)
 
-        if not persistent:
+        if not walk:
 
             @pl.loop(jnp.maximum(n - stages, 0), n)
             def _(s):
@@ -352,11 +347,11 @@ def _kernel(
     @pl.when(wg < NWG)
     def _consumers():
         plgpu.set_max_registers(REGISTERS[0], action="increase")
-        if not persistent:
+        if not walk:
             consume(lax.axis_index("c"))
             return
 
-        @pl.loop(lax.axis_index("c"), item_ref.shape[0], step=sh.ctas, init_carry=0)
+        @pl.loop(*my_items(), init_carry=0)
         def _(c, live):  # live: items with tiles so far; the K/V slots alternate over them
             consume(c, kv=lax.rem(live, 2))
             return live + (item_ref[c, 3] > item_ref[c, 2]).astype(jnp.int32)
@@ -366,7 +361,7 @@ def _kernel(
     @pl.when(wg == NWG)
     def _producer():
         plgpu.set_max_registers(REGISTERS[1], action="decrease")
-        if not persistent:
+        if not walk:
             produce(lax.axis_index("c"))
             return
         for slot in range(stages):  # every slot starts free
@@ -375,7 +370,7 @@ def _kernel(
             for _ in range(NWG):
                 plgpu.barrier_arrive(scratch["kv_free"].at[kv])
 
-        @pl.loop(lax.axis_index("c"), item_ref.shape[0], step=sh.ctas, init_carry=0)
+        @pl.loop(*my_items(), init_carry=0)
         def _(c, live):
             produce(c, kv=lax.rem(live, 2))
             return live + (item_ref[c, 3] > item_ref[c, 2]).astype(jnp.int32)
@@ -409,9 +404,9 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
         free=plgpu.Barrier(num_arrivals=1, num_barriers=stages),  # a tile's one taker
         sum_bar=plgpu.Barrier(num_arrivals=1),
     )
-    if sh.ctas:  # the first warpgroup's sums are out of SMEM (before the next item)
+    if sh.items_per_cta > 1:  # the first warpgroup's sums are out of SMEM (before the next item)
         scratch["sums_out"] = plgpu.Barrier(num_arrivals=1)
-        # Persistent: the K/V tiles are two slots the producer fills item by item (the
+        # Walking items: the K/V tiles are two slots the producer fills item by item (the
         # next item's while this one runs), both warpgroups reading one; a slot is free
         # again when both are done with it.
         scratch["kv_free"] = plgpu.Barrier(num_arrivals=NWG, num_barriers=2)
@@ -442,7 +437,7 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
         functools.partial(_kernel, sh=sh, st=st),
         out_type=() if sh.add_dkv else partials,
         scratch_types=scratch,
-        grid=(sh.ctas or items,),
+        grid=(pl.cdiv(items, sh.items_per_cta),),
         grid_names=("c",),
         num_threads=NWG + 1,
         thread_name="wg",
@@ -487,7 +482,7 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
     sh = GatheredShapes(
         B=B, Tp=Tp, Sp=Sp, Hx=Hx, K=K, D=D, Dv=Dv, group=group, num_stages=num_stages,
         dtype=jnp.dtype(q.dtype), with_dq=with_dq, add_dkv=with_dq and ADD_DKV,
-        ctas=min(tiles.items.shape[0], api_args.num_sms()) if PERSISTENT else 0,
+        items_per_cta=ITEMS_PER_CTA,
     )  # fmt: skip
     n = sh.tokens
     if tiles.tokens.shape[1:] != (n,) or tiles.limits.shape != tiles.tokens.shape:
