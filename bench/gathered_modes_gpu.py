@@ -18,8 +18,6 @@ NSA's defaults, mean compressor), the tiles built beforehand, in the modes
   dq block order: the same, items block by block (chunk 0);
   dq 4k chunks dK/dV partials: each item writes its partial dK/dV, summed
       by XLA;
-  dq Nk chunks, N items a CTA: each CTA walks N consecutive work items
-      (`backward_dkv_gathered.ITEMS_PER_CTA`, the library: 1);
   dq 1k chunks live items only: the items with tiles alone, the empty tail
       of the static bound cut off (timing only: what the empty CTAs cost);
   dq Nk chunks regs 240: the consumer warpgroups get 240 registers a thread
@@ -62,16 +60,13 @@ class Mode:
     add_dkv: bool = True  # with dq: dK/dV by reduce-adds (else per-item partials)
     dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
     regs_240: bool = False  # consumers 240 registers a thread, producer 24 (else 232 and 40)
-    per_cta: int = 1  # consecutive work items a CTA walks
     live_only: bool = False  # items with tiles only (timing only: what empty CTAs cost)
 
     @property
     def glue(self) -> str:
         """The `bench/nsa_glue.py` switches this mode runs the kernel with."""
-        parts = (
-            ([] if self.add_dkv else ["dkv partials"])
-            + (["gathered regs 240"] if self.regs_240 else [])
-            + ([f"gathered {self.per_cta} items a CTA"] if self.per_cta > 1 else [])
+        parts = ([] if self.add_dkv else ["dkv partials"]) + (
+            ["gathered regs 240"] if self.regs_240 else []
         )
         return "+".join(parts) or "library"
 
@@ -85,10 +80,6 @@ MODES = {
         Mode("dq 8k chunks", 8192),
         Mode("dq block order", 0),
         Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
-        Mode("dq 1k chunks 2 items a CTA", 1024, per_cta=2),
-        Mode("dq 1k chunks 4 items a CTA", 1024, per_cta=4),
-        Mode("dq 1k chunks 8 items a CTA", 1024, per_cta=8),
-        Mode("dq 4k chunks 4 items a CTA", 4096, per_cta=4),
         Mode("dq 1k chunks live items only", 1024, live_only=True),
         Mode("dq 1k chunks regs 240", 1024, regs_240=True),
         Mode("dq 4k chunks regs 240", 4096, regs_240=True),

@@ -39,17 +39,16 @@ def test_switches_set_and_restore_the_library_constants():
         return (
             gathered.ITEM_TILES, bdg.ADD_DKV, backward_dkv.HAND_OVER_DQ,
             backward_dkv.SPLIT_DQ_COLUMNS, backward_dkv.DQ_REGISTERS, bdg.REGISTERS,
-            bdg.ITEMS_PER_CTA,
         )  # fmt: skip
 
     before = constants()
-    assert before == (256, True, True, True, None, (232, 40), 1)
+    assert before == (256, True, True, True, None, (232, 40))
     with GLUE.patched("items 64+dkv partials+dq adds apart"):
-        assert constants() == (64, False, False, False, None, (232, 40), 1)
+        assert constants() == (64, False, False, False, None, (232, 40))
     with GLUE.patched("dq hand-over+dq regs 240"):
-        assert constants() == (256, True, True, False, (240, 24), (232, 40), 1)
-    with GLUE.patched("gathered regs 240+gathered 4 items a CTA"):
-        assert constants() == (256, True, True, True, None, (240, 24), 4)
+        assert constants() == (256, True, True, False, (240, 24), (232, 40))
+    with GLUE.patched("gathered regs 240"):
+        assert constants() == (256, True, True, True, None, (240, 24))
     assert before == constants()
 
 
