@@ -250,7 +250,6 @@ NSA_TRAIN_VARIANTS = {
     "NSA (dK/dV lists whole)": js.Config(gpu_dkv_list_splits=1),
     "NSA (dK/dV lists in 4)": js.Config(gpu_dkv_list_splits=4),
     "NSA (importance by calls)": js.Config(gpu_importance_kernel=False),
-    "NSA (top-n kernel)": js.Config(gpu_topk_kernel=True),
     "NSA (dK/dV per query head)": js.Config(gpu_dkv_split_heads=True),
     "NSA (packed dK/dV)": js.Config(gpu_gathered_dkv=False),
     "NSA (dQ kernel)": js.Config(gpu_gathered_dq=False),

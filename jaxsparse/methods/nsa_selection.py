@@ -183,21 +183,13 @@ def select_blocks(
     init_blocks: int,
     local_blocks: int,
     token_axis: int = 2,
-    config: Any = None,
 ):
     """Bits of the top `top_n` blocks, shaped like `importance`; initial and local blocks forced.
 
     `importance` is `[B, K, n, num_blocks]` (`token_axis=2`) or `[B, n, K,
     num_blocks]` (`token_axis=1`). Ties go to the lower block; a row with
-    fewer visible blocks keeps them all. With `Config(gpu_topk_kernel=True)` on a
-    Hopper GPU, one kernel (`selection_kernels.nsa_topk`); else XLA.
+    fewer visible blocks keeps them all.
     """
-    kw = dict(block_size=block_size, top_n=top_n, init_blocks=init_blocks)
-    bits = selection_kernels.nsa_topk(
-        importance, q_pos, token_axis=token_axis, local_blocks=local_blocks, config=config, **kw
-    )
-    if bits is not None:
-        return bits
     nb = importance.shape[-1]
     j = jnp.arange(nb, dtype=jnp.int32)[None, None, None, :]
     own = jnp.expand_dims(q_pos // block_size, [a for a in range(4) if a != token_axis])
@@ -257,7 +249,6 @@ def nsa_select(
             init_blocks=init_blocks,
             local_blocks=local_blocks,
             token_axis=token_axis,
-            config=config,
         )
 
     q_pos = q_offset + jnp.arange(t, dtype=jnp.int32)

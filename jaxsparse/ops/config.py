@@ -57,10 +57,6 @@ class Config:
         blocks in registers) instead of eight attention calls against the
         overlap matrix (on by default: 2.06 against 3.85 ms at 64k on an H200,
         pallas_kernels/gpu/NOTES.md); False runs the attention calls.
-      gpu_topk_kernel: NSA's top-n block selection (initial and local blocks
-        forced) as one Pallas Triton kernel holding each row in registers
-        (`pallas_kernels/gpu/nsa_topk.py`) instead of XLA's group maxima and two
-        sorts. Off until timed.
       gpu_gathered_dkv: packed per-token selections (NSA): the dK/dV kernel
         walks, for each key block, tiles gathered from the tokens that
         selected it (`jaxsparse.ops.gathered`) instead of the packed tiles
@@ -115,7 +111,6 @@ class Config:
     gpu_heavy_first: bool | None = None
     gpu_gate_kernel: bool = True
     gpu_importance_kernel: bool = True
-    gpu_topk_kernel: bool = False
     gpu_token_selection: str | None = None
     gpu_gathered_dkv: bool = True
     gpu_gathered_dq: bool | None = None
@@ -142,7 +137,6 @@ class Config:
             ("gpu_heavy_first", True),
             ("gpu_gate_kernel", False),
             ("gpu_importance_kernel", False),
-            ("gpu_topk_kernel", False),
             ("gpu_gathered_dkv", False),
             ("gpu_gathered_dq", True),
             ("gpu_dq_in_dkv", False),

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import jax.numpy as jnp
-
 from jaxsparse.ops import config as config_lib
 from jaxsparse.ops import pallas_gpu
 
@@ -70,37 +68,6 @@ def nsa_importance(
             q_offset=q_offset,
             interpret=_params(config),
         )
-
-
-def nsa_topk(
-    importance,
-    q_pos,
-    *,
-    token_axis: int,
-    top_n: int,
-    block_size: int,
-    init_blocks: int,
-    local_blocks: int,
-    config=None,
-):
-    """NSA's selection bits (bool, shaped like `importance`: `[B, K, n, nb]` or, with
-    `token_axis=1`, `[B, n, K, nb]`) from one Pallas Triton kernel that keeps each row in
-    registers; None where it cannot run (`config.gpu_topk_kernel` off, no Hopper GPU and
-    not `config.interpret`, or sizes it does not take: `pallas_kernels.gpu.nsa_topk`)."""
-    from pallas_kernels.gpu import nsa_topk as kernel
-
-    config = config or config_lib.Config()
-    nb = importance.shape[-1]
-    if not _runs(config.gpu_topk_kernel, config, "the NSA top-n kernel", kernel.check, nb, top_n):
-        return None
-    shape = [1] * (importance.ndim - 1)
-    shape[token_axis] = -1
-    pos = jnp.broadcast_to(q_pos.reshape(shape), importance.shape[:-1]).reshape(-1)
-    bits = kernel.select(
-        importance.reshape(-1, nb), pos, top_n=top_n, block_size=block_size,
-        init_blocks=init_blocks, local_blocks=local_blocks, interpret=config.interpret,
-    )  # fmt: skip
-    return bits.reshape(importance.shape).astype(bool)
 
 
 def _runs(enabled: bool, config, what: str, check, *args, **kwargs) -> bool:
