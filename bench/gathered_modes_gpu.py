@@ -20,9 +20,6 @@ NSA's defaults, mean compressor), the tiles built beforehand, in the modes
       by XLA;
   dq 1k chunks live items only: the items with tiles alone, the empty tail
       of the static bound cut off (timing only: what the empty CTAs cost);
-  dq 1k chunks full exit wait: each CTA waits for its dK/dV adds to land
-      before it exits (the library until session 24), not only for their
-      SMEM reads;
   dq Nk chunks regs 240: the consumer warpgroups get 240 registers a thread
       and the producer 24 (the library: 232 and 40);
   dq Nk chunks without dq adds: dQ computed and staged in SMEM as in the
@@ -64,7 +61,6 @@ class Mode:
     dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
     regs_240: bool = False  # consumers 240 registers a thread, producer 24 (else 232 and 40)
     live_only: bool = False  # items with tiles only (timing only: what empty CTAs cost)
-    full_exit_wait: bool = False  # a CTA waits for its last adds to land (else their reads)
 
     @property
     def glue(self) -> str:
@@ -85,7 +81,6 @@ MODES = {
         Mode("dq block order", 0),
         Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
         Mode("dq 1k chunks live items only", 1024, live_only=True),
-        Mode("dq 1k chunks full exit wait", 1024, full_exit_wait=True),
         Mode("dq 1k chunks regs 240", 1024, regs_240=True),
         Mode("dq 4k chunks regs 240", 4096, regs_240=True),
         Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),

@@ -30,9 +30,6 @@ in one run. A glue is `library` or parts joined by `+`:
   (`SPLIT_DQ_COLUMNS = HAND_OVER_DQ = False`).
 - `gathered regs 240`: the gathered kernel's consumer warpgroups get 240 registers a
   thread and the producer 24 (`backward_dkv_gathered.REGISTERS`) instead of 232 and 40.
-- `full exit waits`: the gathered dK/dV kernel's and the dQ kernel's CTAs wait for
-  their last TMA writes to land before they exit (`common.EXIT_WAIT_READ_ONLY =
-  False`, the library until session 24), not only for their SMEM reads.
 - `dq regs 240`: with `Config(gpu_dq_in_dkv=True)` the dK/dV kernel's two
   consumer warpgroups get 240 registers a thread and the producer 24
   (`backward_dkv.DQ_REGISTERS`, FA3's split) instead of 232 and 40.
@@ -60,7 +57,7 @@ import topk_gpu  # noqa: E402
 
 from jaxsparse.ops import gathered  # noqa: E402
 from jaxsparse.selection import topk  # noqa: E402
-from pallas_kernels.gpu import backward_dkv, backward_dkv_gathered, common  # noqa: E402
+from pallas_kernels.gpu import backward_dkv, backward_dkv_gathered  # noqa: E402
 
 
 def _value_sorts(scores, k):
@@ -96,7 +93,6 @@ SWITCHES = {
     ),
     "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
     "gathered regs 240": ((backward_dkv_gathered, "REGISTERS", (240, 24)),),
-    "full exit waits": ((common, "EXIT_WAIT_READ_ONLY", False),),
 }
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)
 

@@ -32,24 +32,23 @@ def test_parse_names_the_parts_and_rejects_bad_glue():
 
 
 def test_switches_set_and_restore_the_library_constants():
-    from pallas_kernels.gpu import backward_dkv, common
+    from pallas_kernels.gpu import backward_dkv
     from pallas_kernels.gpu import backward_dkv_gathered as bdg
 
     def constants():
         return (
             gathered.ITEM_TILES, bdg.ADD_DKV, backward_dkv.HAND_OVER_DQ,
             backward_dkv.SPLIT_DQ_COLUMNS, backward_dkv.DQ_REGISTERS, bdg.REGISTERS,
-            common.EXIT_WAIT_READ_ONLY,
         )  # fmt: skip
 
     before = constants()
-    assert before == (256, True, True, True, None, (232, 40), True)
+    assert before == (256, True, True, True, None, (232, 40))
     with GLUE.patched("items 64+dkv partials+dq adds apart"):
-        assert constants() == (64, False, False, False, None, (232, 40), True)
+        assert constants() == (64, False, False, False, None, (232, 40))
     with GLUE.patched("dq hand-over+dq regs 240"):
-        assert constants() == (256, True, True, False, (240, 24), (232, 40), True)
-    with GLUE.patched("gathered regs 240+full exit waits"):
-        assert constants() == (256, True, True, True, None, (240, 24), False)
+        assert constants() == (256, True, True, False, (240, 24), (232, 40))
+    with GLUE.patched("gathered regs 240"):
+        assert constants() == (256, True, True, True, None, (240, 24))
     assert before == constants()
 
 

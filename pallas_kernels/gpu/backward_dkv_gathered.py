@@ -257,7 +257,7 @@ def _kernel(
                         dst = ref.at[b, pl.ds(kj * R + r, RMW_ROWS), kvh]
                         step_lib.read_add_write(dst, tile.at[pl.ds(r, RMW_ROWS)], box, bar)
             plgpu.commit_smem_to_gmem_group()
-            plgpu.wait_smem_to_gmem(0, wait_read_only=cm.EXIT_WAIT_READ_ONLY)  # the CTA ends
+            plgpu.wait_smem_to_gmem(0)
 
         step_lib.sum_pair(wg, dk, dv, scratch, add_sums if sh.add_dkv else store)
 

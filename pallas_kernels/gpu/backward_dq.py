@@ -201,7 +201,7 @@ def _kernel(
         out[...] = (dq * st.scale).astype(sh.dtype)
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(out, dq_ref.at[b, rows, h])
-        plgpu.wait_smem_to_gmem(0, wait_read_only=cm.EXIT_WAIT_READ_ONLY)  # the CTA ends
+        plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == nwg)
     def _producer():

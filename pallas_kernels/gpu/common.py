@@ -31,11 +31,6 @@ LN2 = math.log(2.0)
 
 WG_ROWS = 64  # rows of a wgmma tile owned by one consumer warpgroup
 MAX_SMEM_BYTES = 227 * 1024
-# A CTA's last TMA stores and reduce-adds need only have read their SMEM before it exits
-# (its writes land before the kernel ends), as the forward has always done. The gathered
-# dK/dV kernel (one CTA a work item: ~40k CTAs at 64k) and the dQ kernel waited for the
-# writes too until session 24; False restores that (bench glue `full exit waits`).
-EXIT_WAIT_READ_ONLY = True
 WGMMA = plgpu.Layout.WGMMA
 WGMMA_ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per tile row
 WGMMA_COL = plgpu.Layout.WGMMA.reduce(0)  # one value per tile column
