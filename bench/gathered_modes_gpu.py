@@ -61,8 +61,6 @@ class Mode:
     dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
     regs_240: bool = False  # consumers 240 registers a thread, producer 24 (else 232 and 40)
     live_only: bool = False  # items with tiles only (timing only: what empty CTAs cost)
-    per_cta: int = 1  # consecutive work items a CTA walks (session 24's diagnosis)
-    own_kv: bool = False  # walking: each warpgroup loads its own K/V copy per item
 
     @property
     def glue(self) -> str:
@@ -83,9 +81,6 @@ MODES = {
         Mode("dq block order", 0),
         Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
         Mode("dq 1k chunks live items only", 1024, live_only=True),
-        Mode("dq 1k chunks 2 items a CTA", 1024, per_cta=2),
-        Mode("dq 1k chunks 2 items a CTA own K/V", 1024, per_cta=2, own_kv=True),
-        Mode("dq 1k chunks 4 items a CTA own K/V", 1024, per_cta=4, own_kv=True),
         Mode("dq 1k chunks regs 240", 1024, regs_240=True),
         Mode("dq 4k chunks regs 240", 4096, regs_240=True),
         Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),

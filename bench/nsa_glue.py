@@ -30,8 +30,6 @@ in one run. A glue is `library` or parts joined by `+`:
   (`SPLIT_DQ_COLUMNS = HAND_OVER_DQ = False`).
 - `gathered regs 240`: the gathered kernel's consumer warpgroups get 240 registers a
   thread and the producer 24 (`backward_dkv_gathered.REGISTERS`) instead of 232 and 40.
-- `gathered N items a CTA` (N = 2, 4, 8): each CTA of the gathered kernel walks N
-  consecutive work items (`backward_dkv_gathered.ITEMS_PER_CTA`) instead of one.
 - `dq regs 240`: with `Config(gpu_dq_in_dkv=True)` the dK/dV kernel's two
   consumer warpgroups get 240 registers a thread and the producer 24
   (`backward_dkv.DQ_REGISTERS`, FA3's split) instead of 232 and 40.
@@ -95,10 +93,6 @@ SWITCHES = {
     ),
     "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
     "gathered regs 240": ((backward_dkv_gathered, "REGISTERS", (240, 24)),),
-    "gathered 2 items a CTA": ((backward_dkv_gathered, "ITEMS_PER_CTA", 2),),
-    "gathered 4 items a CTA": ((backward_dkv_gathered, "ITEMS_PER_CTA", 4),),
-    "gathered 8 items a CTA": ((backward_dkv_gathered, "ITEMS_PER_CTA", 8),),
-    "gathered own K/V": ((backward_dkv_gathered, "SHARED_KV", False),),
 }
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)
 

@@ -132,13 +132,6 @@ def test_gathered_dkv_matches_dense_mask_in_interpret_mode(
     """dq: the gathered kernel gives dQ too (its interpret-mode read-add-write in place
     of the TMA reduce-add), or the dQ kernel walks the packed tiles; chunk: the items
     in chunks of that many tokens (`Config.gpu_gathered_chunk`)."""
-    _check_interpret_case(case, dq, chunk, monkeypatch)
-    calls = spy_gathered  # with_dq of each call of the gathered kernel
-    assert calls == [dq] * len(calls) and calls, "the backward did not take the gathered kernel"
-
-
-def _check_interpret_case(case, dq, chunk, monkeypatch):
-    """The gathered backward of CASES' `case` in interpret mode against the dense f32 mask."""
     b, t, s, h, kh, cb, cap, causal, item_tiles = case
     # Short runs of tiles per work item: a block's tiles shared by several CTAs.
     monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
@@ -149,35 +142,8 @@ def _check_interpret_case(case, dq, chunk, monkeypatch):
             interpret=True, gpu_gathered_dkv=True, gpu_gathered_dq=dq, gpu_gathered_chunk=chunk
         ),
     )  # fmt: skip
-
-
-@pytest.mark.parametrize("shared_kv", [True, False])
-@pytest.mark.parametrize("dq, chunk, per_cta", [(True, 24, 4), (False, 0, 3)], ids=str)
-def test_ctas_walking_items_match_dense_mask_in_interpret_mode(
-    dq, chunk, per_cta, shared_kv, monkeypatch, spy_gathered
-):
-    """`ITEMS_PER_CTA`: each CTA walks several work items (empty ones among them, the last
-    CTA fewer), the producer running ahead into the next item's tiles; with dQ (dK/dV by
-    adds) and without (per-item partials)."""
-    monkeypatch.setattr(bdg, "ITEMS_PER_CTA", per_cta)
-    monkeypatch.setattr(bdg, "SHARED_KV", shared_kv)
-    grids, items = [], []
-    kernel, call = bdg.plgpu.kernel, bdg.dkv_call
-
-    def spy_kernel(*args, **kw):
-        if kw["kernel_name"] == "jaxsparse_attention_dkv_gathered":
-            grids.append(kw["grid"])
-        return kernel(*args, **kw)
-
-    def spy_call(*args, **kw):
-        items.append(args[6].items.shape[0])
-        return call(*args, **kw)
-
-    monkeypatch.setattr(bdg.plgpu, "kernel", spy_kernel)
-    monkeypatch.setattr(bdg, "dkv_call", spy_call)
-    _check_interpret_case(CASES[0], dq, chunk, monkeypatch)
-    assert spy_gathered and grids == [(-(-i // per_cta),) for i in items], (grids, items)
-    assert any(i % per_cta for i in items) or per_cta == 1, items  # a short last CTA
+    calls = spy_gathered  # with_dq of each call of the gathered kernel
+    assert calls == [dq] * len(calls) and calls, "the backward did not take the gathered kernel"
 
 
 def _with_item_tiles(item_tiles):
@@ -189,9 +155,8 @@ def _with_item_tiles(item_tiles):
     return patched
 
 
-@pytest.mark.parametrize("per_cta", [1, 3])
 @pytest.mark.parametrize("with_dq", [False, True])
-def test_gathered_kernel_lowers_for_a_gpu(with_dq, per_cta, monkeypatch):
+def test_gathered_kernel_lowers_for_a_gpu(with_dq):
     # Interpret mode runs the logic, not the Mosaic GPU lowering (TMA boxes of one
     # token's [8, D] rows into 8-row slices of the swizzled tiles; with dQ, the
     # transposed dS^T operand and the TMA reduce-adds): lower it for CUDA.
@@ -208,7 +173,6 @@ def test_gathered_kernel_lowers_for_a_gpu(with_dq, per_cta, monkeypatch):
         mask_fn=None, mask_factors=None, q_offset=0, kv_len=256, kv_padded=False, scale=0.1,
         logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False, interpret=None,
     )  # fmt: skip
-    monkeypatch.setattr(bdg, "ITEMS_PER_CTA", per_cta)  # 3: two CTAs for the 4 items
     fn = functools.partial(bdg.dkv, group=8, num_stages=2, st=st_, with_dq=with_dq)
     with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
         jax.jit(fn).trace(q, k, k, q, lse, lse, tiles).lower(lowering_platforms=("cuda",))
@@ -330,15 +294,11 @@ def test_gathered_kernel_rejects_groups_it_cannot_tile():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(
-    "dq, chunk, per_cta",
-    [(True, 0, 1), (False, 0, 1), (True, 512, 1), (True, 512, 3), (False, 512, 4)],
-)
-def test_gathered_dkv_on_the_gpu(dq, chunk, per_cta, monkeypatch):
+@pytest.mark.parametrize("dq, chunk", [(True, 0), (False, 0), (True, 512)])
+def test_gathered_dkv_on_the_gpu(dq, chunk):
     """NSA's layout on the H100: group 8, 15 blocks a token, against the dense f32 mask;
     dQ from the gathered kernel's TMA reduce-adds, or from the dQ kernel; work items
-    in block order or in chunks of 512 tokens, one a CTA or per_cta a CTA in turn."""
-    monkeypatch.setattr(bdg, "ITEMS_PER_CTA", per_cta)
+    in block order or in chunks of 512 tokens."""
     b, t, h, kh, cb, cap = 1, 4096, 16, 2, 64, 15
     bits = random_bits(np.random.default_rng(5), b, kh, t, t, cb, cap, 0, True)
     check_against_mask(

@@ -12,12 +12,11 @@ operand (measured on the H200 at 64k, session 14: 16 such copies cost 14 %
 more than one box of 16 consecutive tokens, and the gathered tiles' loads take
 2.1 ms against 8.1 ms for the packed ones).
 
-Work item (one CTA; with `ITEMS_PER_CTA` > 1, a CTA walks that many in turn): bit
-head f = b * Hx + x, key tile kj (64 keys), gathered tiles lo..hi. Two consumer
-warpgroups share the key tile and take alternate tiles (the FA3 ping-pong on the
-q axis, as `backward_dkv`'s `q_split`), the second adding its dK/dV to the
-first's through SMEM at the end. Per tile, in the transposed orientation (rows =
-keys):
+Work item (one CTA): bit head f = b * Hx + x, key tile kj (64 keys), gathered
+tiles lo..hi. Two consumer warpgroups share the key tile and take alternate
+tiles (the FA3 ping-pong on the q axis, as `backward_dkv`'s `q_split`), the
+second adding its dK/dV to the first's through SMEM at the end. Per tile, in
+the transposed orientation (rows = keys):
   S^T = K Q^T, dP^T = V dO^T
   P^T = exp2(S^T log2e - lse log2e), keys past the row's limit masked
   dV += P^T dO,  dS^T = P^T * (dP^T - delta),  dK += dS^T Q
@@ -66,18 +65,6 @@ ADD_DKV = True
 # Registers a thread of the two consumer warpgroups and of the producer (`set_max_registers`).
 # With dQ, ptxas spilled about 200 bytes a thread at 232 (H100, session 23).
 REGISTERS = (232, 40)
-# Work items a CTA walks in turn (consecutive ones: CTA c takes items c*m .. c*m + m - 1).
-# With m > 1 an empty item costs a scalar read instead of a CTA, and the producer loads the
-# next item's K/V (two slots, both warpgroups reading one) and first Q/dO tiles while the
-# consumers finish the current one. One CTA a SM walking items c, c + 132, ... (session 23's
-# persistent form) was correct on the H100 but slow: 14.0 against 8.4 ms at 64k in 1k chunks
-# (session 24), the static round robin leaving SMs unevenly loaded (items hold 1 to 128
-# tiles) and drifting apart in the chunk order that keeps dQ's rows in L2.
-ITEMS_PER_CTA = 1
-# Walking items: the producer loads each item's K/V into one of two slots both warpgroups
-# read (True), or each warpgroup loads its own copy per item as with one item a CTA (False;
-# session 24's diagnosis of the walking form's stall).
-SHARED_KV = True
 RMW_ROWS = 8  # rows per read-add-write of the interpret-mode twin of the dK/dV adds
 
 
@@ -115,7 +102,6 @@ class GatheredShapes:
     dtype: jnp.dtype
     with_dq: bool = False
     add_dkv: bool = False  # dK/dV by TMA reduce-adds into float32 GMEM, no per-item partials
-    items_per_cta: int = 1  # consecutive work items a CTA walks (`ITEMS_PER_CTA`)
 
     @property
     def tokens(self) -> int:
@@ -177,37 +163,25 @@ def _kernel(
     kv_bar, in_bar, free = scratch["kv_bar"], scratch["in_bar"], scratch["free"]
 
     wg = lax.axis_index("wg")
-    walk = sh.items_per_cta > 1
+    c = lax.axis_index("c")
+    f, kj, lo = item_ref[c, 0], item_ref[c, 1], item_ref[c, 2]
+    n = jnp.maximum(item_ref[c, 3] - lo, 0)  # tiles of this item
+    b, x = lax.div(f, sh.Hx), lax.rem(f, sh.Hx)
+    kvh = lax.div(x, sh.Hx // sh.K)
+    keys = pl.ds(kj * R, R)
 
-    def item(c):
-        """Work item c's fields: (b, x, kj, first tile, tiles, kv head, its keys)."""
-        f, kj, lo = item_ref[c, 0], item_ref[c, 1], item_ref[c, 2]
-        n = jnp.maximum(item_ref[c, 3] - lo, 0)  # tiles of this item
-        b, x = lax.div(f, sh.Hx), lax.rem(f, sh.Hx)
-        return b, x, kj, lo, n, lax.div(x, sh.Hx // sh.K), pl.ds(kj * R, R)
-
-    def token_rows(ref, b, x, tok):
+    def token_rows(ref, tok):
         """Token tok's `[G, D]` rows of bit head x in q, dO or dQ (packed rows)."""
         return ref.at[b, pl.ds(tok * g, g), x]
 
-    def consume(c, kv=None):
-        """Work item c. kv: walking items, the K/V slot the producer loaded it into (else
-        each warpgroup loads its own copy into its slot)."""
-        fields = item(c)
-
-        @pl.when(fields[4] > 0)  # n: the item has tiles
-        def _():
-            consume_item(c, fields, kv)
-
-    def consume_item(c, fields, kv):
-        b, x, kj, lo, n, kvh, keys = fields
-        if kv is None:
-            kv = wg
-            plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[kv], kv_bar.at[kv])
-            plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[kv], kv_bar.at[kv])
+    @pl.when((wg < NWG) & (n > 0))
+    def _consumer():
+        plgpu.set_max_registers(REGISTERS[0], action="increase")
+        plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[wg], kv_bar.at[wg])
+        plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[wg], kv_bar.at[wg])
         dk = plgpu.layout_cast(jnp.zeros((R, sh.D), jnp.float32), cm.WGMMA)
         dv = plgpu.layout_cast(jnp.zeros((R, sh.Dv), jnp.float32), cm.WGMMA)
-        plgpu.barrier_wait(kv_bar.at[kv])
+        plgpu.barrier_wait(kv_bar.at[wg])
         shape = (R, R)
         key_pos = cm.iota(shape, 0) + kj * R
 
@@ -224,7 +198,7 @@ def _kernel(
                 return jnp.where(key_pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
 
             dk, dv, dq = step_lib.tile_grads(
-                st, sh.dtype, *carry, k=k_smem.at[kv], v=v_smem.at[kv], q=q_smem.at[slot],
+                st, sh.dtype, *carry, k=k_smem.at[wg], v=v_smem.at[wg], q=q_smem.at[slot],
                 do=do_smem.at[slot], rows=rows, mask=mask,
                 stage=None if st_smem is None else st_smem.at[wg],
                 ds_smem=scratch["ds_smem"].at[wg] if sh.with_dq else None,
@@ -245,7 +219,7 @@ def _kernel(
             plgpu.commit_smem()
             for j in range(sh.tokens):
                 src = stage.at[pl.ds(j * g, g)]
-                dst = token_rows(dq_ref, b, x, tok_ref[tile, j])
+                dst = token_rows(dq_ref, tok_ref[tile, j])
                 if st.interpret is None:
                     plgpu.copy_smem_to_gmem(src, dst, reduction_op="add", commit_group=False)
                 else:  # read, add, write back (see the module docstring)
@@ -262,7 +236,7 @@ def _kernel(
 
         def store(dk, dv):  # through the first warpgroup's K/V tiles, no longer read
             step_lib.stage_store(
-                st, sh.dtype, dk, dv, k_smem.at[kv], v_smem.at[kv], dk_ref.at[c], dv_ref.at[c]
+                st, sh.dtype, dk, dv, k_smem.at[0], v_smem.at[0], dk_ref.at[c], dv_ref.at[c]
             )
 
         def add_sums(dk, dv):
@@ -283,107 +257,34 @@ def _kernel(
                         dst = ref.at[b, pl.ds(kj * R + r, RMW_ROWS), kvh]
                         step_lib.read_add_write(dst, tile.at[pl.ds(r, RMW_ROWS)], box, bar)
             plgpu.commit_smem_to_gmem_group()
-            # Walking items: only the SMEM reads hold up the next item (the adds' landing is
-            # waited for once, at the end).
-            plgpu.wait_smem_to_gmem(0, wait_read_only=walk)
+            plgpu.wait_smem_to_gmem(0)
 
         step_lib.sum_pair(wg, dk, dv, scratch, add_sums if sh.add_dkv else store)
-        if walk:
-            # The K/V slot is free once both are done (the first's store staged through it);
-            # the second waits for the sums to leave SMEM before the next item's dQ staging.
-            if SHARED_KV:
-                plgpu.barrier_arrive(scratch["kv_free"].at[kv])
-            hand_sums_out()
 
-    def my_items():
-        """This CTA's items: c*m .. c*m + m - 1 (of the I items; m = items_per_cta)."""
-        first = lax.axis_index("c") * sh.items_per_cta
-        return first, jnp.minimum(first + sh.items_per_cta, item_ref.shape[0])
-
-    def hand_sums_out():
-        """The first warpgroup has sent the sums out of SMEM; the second waits for it."""
-
-        @pl.when(wg == 0)
-        def _():
-            plgpu.barrier_arrive(scratch["sums_out"])
-
-        @pl.when(wg == 1)
-        def _():
-            plgpu.barrier_wait(scratch["sums_out"])
-
-    def produce(c, kv=None):
-        """Work item c's tiles (and, walking items, its K/V into slot kv)."""
-        b, x, kj, lo, n, kvh, keys = item(c)
-        if kv is not None:
-
-            @pl.when(n > 0)
-            def _():
-                plgpu.barrier_wait(scratch["kv_free"].at[kv])
-                plgpu.copy_gmem_to_smem(k_ref.at[b, keys, kvh], k_smem.at[kv], kv_bar.at[kv])
-                plgpu.copy_gmem_to_smem(v_ref.at[b, keys, kvh], v_smem.at[kv], kv_bar.at[kv])
+    @pl.when((wg == NWG) & (n > 0))
+    def _producer():
+        plgpu.set_max_registers(REGISTERS[1], action="decrease")
 
         @pl.loop(0, n)
         def _(s):
             slot = lax.rem(s, stages)
             tile = lo + s
 
-            if walk:  # every fill waits, a slot's first on the producer's own arrival
+            @pl.when(s >= stages)
+            def _():
                 plgpu.barrier_wait(free.at[slot])
-            else:  # refills within the item
-
-                @pl.when(s >= stages)
-                def _():
-                    plgpu.barrier_wait(free.at[slot])
 
             bar = in_bar.at[slot]
             for j in range(sh.tokens):  # one [G, D] box per token and operand
                 tok, dst = tok_ref[tile, j], pl.ds(j * g, g)
-                plgpu.copy_gmem_to_smem(token_rows(q_ref, b, x, tok), q_smem.at[slot, dst], bar)
-                plgpu.copy_gmem_to_smem(token_rows(do_ref, b, x, tok), do_smem.at[slot, dst], bar)
+                plgpu.copy_gmem_to_smem(token_rows(q_ref, tok), q_smem.at[slot, dst], bar)
+                plgpu.copy_gmem_to_smem(token_rows(do_ref, tok), do_smem.at[slot, dst], bar)
             plgpu.copy_gmem_to_smem(stats_ref.at[tile], stats_smem.at[slot], bar)
             plgpu.copy_gmem_to_smem(limit_ref.at[tile], limit_smem.at[slot], bar)
 
-        if not walk:
-
-            @pl.loop(jnp.maximum(n - stages, 0), n)
-            def _(s):
-                plgpu.barrier_wait(free.at[lax.rem(s, stages)])
-
-    @pl.when(wg < NWG)
-    def _consumers():
-        plgpu.set_max_registers(REGISTERS[0], action="increase")
-        if not walk:
-            consume(lax.axis_index("c"))
-            return
-
-        @pl.loop(*my_items(), init_carry=0)
-        def _(c, live):  # live: items with tiles so far; the K/V slots alternate over them
-            consume(c, kv=lax.rem(live, 2) if SHARED_KV else None)
-            return live + (item_ref[c, 3] > item_ref[c, 2]).astype(jnp.int32)
-
-        plgpu.wait_smem_to_gmem(0)  # every add has landed
-
-    @pl.when(wg == NWG)
-    def _producer():
-        plgpu.set_max_registers(REGISTERS[1], action="decrease")
-        if not walk:
-            produce(lax.axis_index("c"))
-            return
-        for slot in range(stages):  # every slot starts free
-            plgpu.barrier_arrive(free.at[slot])
-        for kv in range(2 if SHARED_KV else 0):  # both K/V slots too (two takers each)
-            for _ in range(NWG):
-                plgpu.barrier_arrive(scratch["kv_free"].at[kv])
-
-        @pl.loop(*my_items(), init_carry=0)
-        def _(c, live):
-            produce(c, kv=lax.rem(live, 2) if SHARED_KV else None)
-            return live + (item_ref[c, 3] > item_ref[c, 2]).astype(jnp.int32)
-
-        for slot in range(stages):  # the last take of each slot
-            plgpu.barrier_wait(free.at[slot])
-        for kv in range(2 if SHARED_KV else 0):
-            plgpu.barrier_wait(scratch["kv_free"].at[kv])
+        @pl.loop(jnp.maximum(n - stages, 0), n)
+        def _(s):
+            plgpu.barrier_wait(free.at[lax.rem(s, stages)])
 
 
 def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc=None, dkv_acc=()):
@@ -409,12 +310,6 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
         free=plgpu.Barrier(num_arrivals=1, num_barriers=stages),  # a tile's one taker
         sum_bar=plgpu.Barrier(num_arrivals=1),
     )
-    if sh.items_per_cta > 1:  # the first warpgroup's sums are out of SMEM (before the next item)
-        scratch["sums_out"] = plgpu.Barrier(num_arrivals=1)
-        # Walking items: the K/V tiles are two slots the producer fills item by item (the
-        # next item's while this one runs), both warpgroups reading one; a slot is free
-        # again when both are done with it.
-        scratch["kv_free"] = plgpu.Barrier(num_arrivals=NWG, num_barriers=2)
     sums = (plgpu.SMEM((R, sh.D), jnp.float32), plgpu.SMEM((R, sh.Dv), jnp.float32))
     if sh.with_dq:
         # A token's G rows are whole 8-row tiles of the staging layout: one TMA box each.
@@ -442,7 +337,7 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
         functools.partial(_kernel, sh=sh, st=st),
         out_type=() if sh.add_dkv else partials,
         scratch_types=scratch,
-        grid=(pl.cdiv(items, sh.items_per_cta),),
+        grid=(items,),
         grid_names=("c",),
         num_threads=NWG + 1,
         thread_name="wg",
@@ -487,7 +382,6 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
     sh = GatheredShapes(
         B=B, Tp=Tp, Sp=Sp, Hx=Hx, K=K, D=D, Dv=Dv, group=group, num_stages=num_stages,
         dtype=jnp.dtype(q.dtype), with_dq=with_dq, add_dkv=with_dq and ADD_DKV,
-        items_per_cta=ITEMS_PER_CTA,
     )  # fmt: skip
     n = sh.tokens
     if tiles.tokens.shape[1:] != (n,) or tiles.limits.shape != tiles.tokens.shape:
