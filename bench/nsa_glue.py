@@ -9,8 +9,6 @@ in one run. A glue is `library` or parts joined by `+`:
 - `value sorts`: `topk.topk_mask` by `topk_gpu.grouped_mask` (two value
   sorts, no `top_k`, no one-hot) where the library takes two levels and the
   one-hot (8 < k <= 16 on rows of at least 256);
-- `rank counts`: the same two levels, each level's first k by rank counting (an
-  `[n, n]` compare per row, `topk_gpu.rank_count_first`), with no sort at all;
 - `mask scatter`: the same masks as a scatter of the two levels' indices
   (`topk_gpu.scattered_mask`) instead of the one-hot;
 - `pair words`, `pair ranks`: `gathered.list_pairs` by
@@ -70,15 +68,7 @@ def _mask_scatter(scores, k):
     )
 
 
-def _rank_counts(scores, k):
-    return topk_gpu.grouped_mask(scores, k, first=topk_gpu.rank_count_first)
-
-
-TOPK_PARTS = {
-    "value sorts": _value_sorts,
-    "mask scatter": _mask_scatter,
-    "rank counts": _rank_counts,
-}
+TOPK_PARTS = {"value sorts": _value_sorts, "mask scatter": _mask_scatter}
 PAIR_PARTS = {
     "pair words": gathered_tiles_gpu.by_words,
     "pair ranks": gathered_tiles_gpu.by_word_ranks,

@@ -11,9 +11,10 @@ two-level indices, whose two `top_k` sorts took 0.40 and 0.44 ms of NSA's 64k
 step on the H200 in session 16's profile) against `grouped_mask`, a
 candidate written in session 17 (which had no GPU): two value sorts, no
 `top_k` and no one-hot; and the same indices' mask by a scatter
-(`scattered_mask`, also a session 17 candidate) instead of the one-hot; and
-`grouped_mask` with each level's first k by rank counts (`rank_count_first`,
-session 23: an `[n, n]` compare per row, no sort at all).
+(`scattered_mask`, also a session 17 candidate) instead of the one-hot.
+(Session 23's rank counts, an `[n, n]` compare per row in place of each
+level's sort, did not finish within 60 s on the H100 and were removed in
+session 24: BENCHMARKS.md.)
 Each is checked against the one-hot of `lax.top_k`'s indices. `--tiny`
 runs a CPU check. Prints JSON lines.
 """
@@ -42,20 +43,7 @@ def value_sort_first(scores, k: int):
     return topk.split_mask(scores, topk.descending(scores)[..., k - 1 : k], k)
 
 
-def rank_count_first(scores, k: int):
-    """`value_sort_first` with no sort (a candidate, session 23): each entry's rank is the
-    number of entries that beat it (larger, or equal at a lower index), an `[..., n, n]`
-    compare that XLA fuses into a row reduction; the entries ranked below k are kept."""
-    *lead, n = scores.shape
-    i = jnp.arange(n, dtype=jnp.int32)
-    lower = (i[None, :] < i[:, None]).reshape((1,) * len(lead) + (n, n))  # [.., mine, other]
-    mine, other = scores[..., :, None], scores[..., None, :]
-    beats = (other > mine) | ((other == mine) & lower)
-    rank = beats.sum(-1, dtype=jnp.int32)
-    return (rank < k) & (scores > -jnp.inf)
-
-
-def grouped_mask(scores, k: int, width: int = topk.GROUP_WIDTH, first=value_sort_first):
+def grouped_mask(scores, k: int, width: int = topk.GROUP_WIDTH):
     """`topk.topk_mask` in two levels (as `topk._grouped_topk`) from two value sorts.
 
     Level 1 keeps the k groups of `width` neighbours with the best maxima (the
@@ -63,22 +51,21 @@ def grouped_mask(scores, k: int, width: int = topk.GROUP_WIDTH, first=value_sort
     k-th value); their entries, in index order, are the candidates. Level 2
     keeps the first k candidates likewise and maps them back onto the row. Ties
     go to the lower index at both levels, so the mask is `_grouped_topk`'s,
-    with no `top_k` (a key-value sort) and no `[..., k, n]` one-hot. `first(v, k)`
-    keeps each level's first k (`value_sort_first` or `rank_count_first`).
+    with no `top_k` (a key-value sort) and no `[..., k, n]` one-hot.
     """
     *lead, n = scores.shape
     ng = -(-n // width)
     s = jnp.pad(scores, [(0, 0)] * len(lead) + [(0, ng * width - n)], constant_values=-jnp.inf)
     s = s.reshape(*lead, ng, width)
     best = s.max(axis=-1)
-    chosen = first(best, k)  # [..., ng]
+    chosen = value_sort_first(best, k)  # [..., ng]
     slot = jnp.cumsum(chosen, axis=-1, dtype=jnp.int32) - 1  # a chosen group's place, in order
     place = jnp.arange(k, dtype=jnp.int32).reshape((1,) * len(lead) + (k, 1))
     ids = jnp.argmax(chosen[..., None, :] & (slot[..., None, :] == place), axis=-1)  # [..., k]
     cand = jnp.take_along_axis(s, ids[..., None], axis=-2)  # [..., k, width]
     filled = place[..., 0] < chosen.sum(-1, keepdims=True, dtype=jnp.int32)
     cand = jnp.where(filled[..., None], cand, -jnp.inf).reshape(*lead, k * width)
-    keep = first(cand, k).reshape(*lead, k, width)
+    keep = value_sort_first(cand, k).reshape(*lead, k, width)
     back = jnp.take_along_axis(keep, jnp.maximum(slot, 0)[..., None], axis=-2)  # [..., ng, width]
     return (back & chosen[..., None]).reshape(*lead, ng * width)[..., :n]
 
@@ -130,7 +117,6 @@ def main(argv=None):
     masks = {
         "mask: topk_mask (one-hot of two levels)": lambda s: topk.topk_mask(s, k),
         "mask: two levels of value sorts": lambda s: grouped_mask(s, k),
-        "mask: two levels of rank counts": lambda s: grouped_mask(s, k, first=rank_count_first),
         "mask: scatter of two levels' indices": lambda s: scattered_mask(
             topk._grouped_topk(s, k, topk.GROUP_WIDTH), args.width
         ),
