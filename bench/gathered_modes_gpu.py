@@ -20,6 +20,9 @@ NSA's defaults, mean compressor), the tiles built beforehand, in the modes
       by XLA;
   dq 1k chunks live items only: the items with tiles alone, the empty tail
       of the static bound cut off (timing only: what the empty CTAs cost);
+  dq Nk chunks one slot a warpgroup: one Q/dO slot per consumer warpgroup
+      (the library before session 25; it now has two, so that a
+      warpgroup's next tile loads while it works on this one);
   dq Nk chunks regs 240: the consumer warpgroups get 240 registers a thread
       and the producer 24 (the library: 232 and 40);
   dq Nk chunks without dq adds: dQ computed and staged in SMEM as in the
@@ -61,12 +64,15 @@ class Mode:
     dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
     regs_240: bool = False  # consumers 240 registers a thread, producer 24 (else 232 and 40)
     live_only: bool = False  # items with tiles only (timing only: what empty CTAs cost)
+    one_slot: bool = False  # with dq: one Q/dO slot a warpgroup (else two)
 
     @property
     def glue(self) -> str:
         """The `bench/nsa_glue.py` switches this mode runs the kernel with."""
-        parts = ([] if self.add_dkv else ["dkv partials"]) + (
-            ["gathered regs 240"] if self.regs_240 else []
+        parts = (
+            ([] if self.add_dkv else ["dkv partials"])
+            + (["gathered regs 240"] if self.regs_240 else [])
+            + (["gathered dq 2 stages"] if self.one_slot else [])
         )
         return "+".join(parts) or "library"
 
@@ -81,6 +87,8 @@ MODES = {
         Mode("dq block order", 0),
         Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
         Mode("dq 1k chunks live items only", 1024, live_only=True),
+        Mode("dq 1k chunks one slot a warpgroup", 1024, one_slot=True),
+        Mode("dq 4k chunks one slot a warpgroup", 4096, one_slot=True),
         Mode("dq 1k chunks regs 240", 1024, regs_240=True),
         Mode("dq 4k chunks regs 240", 4096, regs_240=True),
         Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),

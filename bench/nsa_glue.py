@@ -28,6 +28,9 @@ in one run. A glue is `library` or parts joined by `+`:
   (`SPLIT_DQ_COLUMNS = HAND_OVER_DQ = False`).
 - `gathered regs 240`: the gathered kernel's consumer warpgroups get 240 registers a
   thread and the producer 24 (`backward_dkv_gathered.REGISTERS`) instead of 232 and 40.
+- `gathered dq 2 stages`: the gathered kernel with dQ keeps two Q/dO slots in all, one
+  per consumer warpgroup (`backward_dkv_gathered.DQ_STAGES`; the library: two each, so
+  that a warpgroup's next tile loads while it works on this one).
 - `dq regs 240`: with `Config(gpu_dq_in_dkv=True)` the dK/dV kernel's two
   consumer warpgroups get 240 registers a thread and the producer 24
   (`backward_dkv.DQ_REGISTERS`, FA3's split) instead of 232 and 40.
@@ -83,6 +86,7 @@ SWITCHES = {
     ),
     "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
     "gathered regs 240": ((backward_dkv_gathered, "REGISTERS", (240, 24)),),
+    "gathered dq 2 stages": ((backward_dkv_gathered, "DQ_STAGES", 2),),
 }
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)
 

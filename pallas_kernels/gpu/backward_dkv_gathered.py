@@ -66,6 +66,11 @@ ADD_DKV = True
 # With dQ, ptxas spilled about 200 bytes a thread at 232 (H100, session 23).
 REGISTERS = (232, 40)
 RMW_ROWS = 8  # rows per read-add-write of the interpret-mode twin of the dK/dV adds
+# With dQ, the Q/dO slots: two per warpgroup, so that a warpgroup's next tile loads while it
+# works on this one (the warpgroups take alternate tiles, so with two slots in all each had
+# one). A slot's dQ staging tile is its own Q/dO bytes, free once the tile's wgmmas are done;
+# the slot goes back to the producer when the tile's reduce-adds have read it.
+DQ_STAGES = 2 * NWG
 
 
 class GatheredTiles(NamedTuple):
@@ -108,7 +113,7 @@ class GatheredShapes:
         return cm.WG_ROWS // self.group
 
 
-def check_support(group: int, D: int, Dv: int, num_stages: int) -> None:
+def check_support(group: int, D: int, Dv: int, num_stages: int, with_dq: bool = False) -> None:
     """Raises NotImplementedError for shapes the gathered kernel cannot run."""
     if group % 8 or group > cm.WG_ROWS:
         raise NotImplementedError(
@@ -119,18 +124,24 @@ def check_support(group: int, D: int, Dv: int, num_stages: int) -> None:
         raise NotImplementedError(f"gathered dK/dV needs D + Dv <= 256 (got D={D}, Dv={Dv})")
     if num_stages < 2 or num_stages % 2:
         raise NotImplementedError(f"gathered dK/dV needs an even num_stages >= 2 ({num_stages=})")
+    if with_dq and Dv != D:
+        raise NotImplementedError(
+            f"gathered dQ needs D == Dv (got D={D}, Dv={Dv}): a Q/dO slot's bytes hold the "
+            "float32 dQ staging tile"
+        )
 
 
 def smem_bytes(sh: GatheredShapes, st: cm.AttentionStatics) -> int:
     dt, r = sh.dtype, cm.WG_ROWS
     total = cm.nbytes((NWG, r, sh.D + sh.Dv), dt)  # K, V per warpgroup
-    total += cm.nbytes((sh.num_stages, r, sh.D + sh.Dv), dt)  # Q, dO
+    qdo = cm.nbytes((sh.num_stages, r, sh.D + sh.Dv), dt)  # Q, dO
     total += cm.nbytes((sh.num_stages, 3, r), jnp.float32)  # lse, delta, limits
     sums = cm.nbytes((r, sh.D + sh.Dv), jnp.float32)  # the second warpgroup's sums
-    if sh.with_dq:  # dS^T tiles; dQ staging, sharing its bytes with the sums (a RefUnion)
+    if sh.with_dq:  # dS^T tiles; Q/dO slots, their dQ staging tiles and the sums (a RefUnion)
         total += cm.nbytes((NWG, r, r), dt)
-        sums = max(sums, cm.nbytes((NWG, r, sh.D), jnp.float32))
-    total += sums
+        total += max(qdo, sums, cm.nbytes((sh.num_stages, r, sh.D), jnp.float32))
+    else:
+        total += qdo + sums
     if not st.regs_lhs:
         total += cm.nbytes((NWG, r, r), dt)
     return total + 1024
@@ -153,11 +164,25 @@ def _kernel(
     R, stages, g = cm.WG_ROWS, sh.num_stages, sh.group
     dq_ref, refs = (refs[0], refs[1:]) if sh.with_dq else (None, refs)
     dk_ref, dv_ref = refs  # the f32 sums (add_dkv, inputs) or this item's partials (outputs)
-    if sh.with_dq:  # the dQ staging tiles share their bytes with the end's sums
-        dq_smem, (dk_acc, dv_acc) = scratch["union"]
+    if sh.with_dq:  # Q/dO slots, their dQ staging tiles and the end's sums share bytes
+        qdo_smem, *dq_smem, (dk_acc, dv_acc) = scratch["union"]
+        dq_smem = dq_smem[0] if dq_smem else scratch["dq_smem"]
         scratch = {**scratch, "dk_acc": dk_acc, "dv_acc": dv_acc}
+
+        def q_slot(slot, *rows):  # one dynamic index: the wgmma's operand takes no more
+            return qdo_smem.at[(2 * slot, *rows)]
+
+        def do_slot(slot, *rows):
+            return qdo_smem.at[(2 * slot + 1, *rows)]
+    else:
+
+        def q_slot(slot, *rows):
+            return scratch["q_smem"].at[(slot, *rows)]
+
+        def do_slot(slot, *rows):
+            return scratch["do_smem"].at[(slot, *rows)]
+
     k_smem, v_smem = scratch["k_smem"], scratch["v_smem"]
-    q_smem, do_smem = scratch["q_smem"], scratch["do_smem"]
     stats_smem, limit_smem = scratch["stats_smem"], scratch["limit_smem"]
     st_smem = scratch.get("st_smem")
     kv_bar, in_bar, free = scratch["kv_bar"], scratch["in_bar"], scratch["free"]
@@ -190,6 +215,8 @@ def _kernel(
             plgpu.barrier_wait(in_bar.at[slot])
 
             def rows():
+                if sh.with_dq and stages > NWG:  # this warpgroup's last tile's adds are out
+                    pl.when(s >= NWG)(lambda: release(lax.rem(s - NWG, stages)))
                 lse = plgpu.load(stats_smem.at[slot, 0], layout=cm.WGMMA_COL)
                 delta = plgpu.load(stats_smem.at[slot, 1], layout=cm.WGMMA_COL)
                 return lse, delta, plgpu.load(limit_smem.at[slot], layout=cm.WGMMA_COL)
@@ -198,25 +225,33 @@ def _kernel(
                 return jnp.where(key_pos <= cm.bcast_cols(limit, shape), t, -jnp.inf)
 
             dk, dv, dq = step_lib.tile_grads(
-                st, sh.dtype, *carry, k=k_smem.at[wg], v=v_smem.at[wg], q=q_smem.at[slot],
-                do=do_smem.at[slot], rows=rows, mask=mask,
+                st, sh.dtype, *carry, k=k_smem.at[wg], v=v_smem.at[wg], q=q_slot(slot),
+                do=do_slot(slot), rows=rows, mask=mask,
                 stage=None if st_smem is None else st_smem.at[wg],
                 ds_smem=scratch["ds_smem"].at[wg] if sh.with_dq else None,
             )  # fmt: skip
-            # Generic-proxy reads of this slot (lse, delta, limits) must be ordered
-            # before the producer's next TMA into it.
-            plgpu.commit_smem()
-            plgpu.barrier_arrive(free.at[slot])
-            if sh.with_dq:
-                add_dq(lo + s, dq)
+            if sh.with_dq:  # the slot goes back once the adds have read its staging tile
+                add_dq(slot, lo + s, dq)
+                if stages == NWG:  # a slot a warpgroup: its next tile waits for it
+                    release(slot)
+            else:
+                # Generic-proxy reads of this slot (lse, delta, limits) must be ordered
+                # before the producer's next TMA into it.
+                plgpu.commit_smem()
+                plgpu.barrier_arrive(free.at[slot])
             return dk, dv
 
-        def add_dq(tile, dq):
-            """dQ rows of the tile += dq, one reduce-add per token's [G, D] box."""
-            stage = dq_smem.at[wg]
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last tile's boxes are out
+        def release(slot):
+            """The slot back to the producer, once this warpgroup's adds have read it."""
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            plgpu.barrier_arrive(free.at[slot])
+
+        def add_dq(slot, tile, dq):
+            """dQ rows of the tile += dq, one reduce-add per token's [G, D] box, staged in
+            the slot's own bytes (its wgmmas are done with Q and dO)."""
+            stage = dq_smem.at[slot]
             stage[...] = dq
-            plgpu.commit_smem()
+            plgpu.commit_smem()  # orders the slot's generic reads and writes before the TMAs
             for j in range(sh.tokens):
                 src = stage.at[pl.ds(j * g, g)]
                 dst = token_rows(dq_ref, tok_ref[tile, j])
@@ -229,8 +264,10 @@ def _kernel(
 
         mine = lax.div(jnp.maximum(n - wg + 1, 0), 2)  # tiles wg, wg + 2, ...
         dk, dv = lax.fori_loop(0, mine, lambda i, carry: step(wg + 2 * i, carry), (dk, dv))
-        if sh.with_dq:  # the staging tiles become the sums' tiles: both warpgroups done
+        if sh.with_dq:  # the slots become the sums' tiles: both warpgroups done
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            if stages > NWG:
+                pl.when(mine > 0)(lambda: release(lax.rem(wg + 2 * (mine - 1), stages)))
             plgpu.barrier_arrive(scratch["dq_done"].at[wg])
             plgpu.barrier_wait(scratch["dq_done"].at[1 - wg])
 
@@ -277,8 +314,8 @@ def _kernel(
             bar = in_bar.at[slot]
             for j in range(sh.tokens):  # one [G, D] box per token and operand
                 tok, dst = tok_ref[tile, j], pl.ds(j * g, g)
-                plgpu.copy_gmem_to_smem(token_rows(q_ref, tok), q_smem.at[slot, dst], bar)
-                plgpu.copy_gmem_to_smem(token_rows(do_ref, tok), do_smem.at[slot, dst], bar)
+                plgpu.copy_gmem_to_smem(token_rows(q_ref, tok), q_slot(slot, dst), bar)
+                plgpu.copy_gmem_to_smem(token_rows(do_ref, tok), do_slot(slot, dst), bar)
             plgpu.copy_gmem_to_smem(stats_ref.at[tile], stats_smem.at[slot], bar)
             plgpu.copy_gmem_to_smem(limit_ref.at[tile], limit_smem.at[slot], bar)
 
@@ -301,8 +338,6 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
     scratch = dict(
         k_smem=cm.tiled_smem((NWG, R, sh.D), dt),
         v_smem=cm.tiled_smem((NWG, R, sh.Dv), dt),
-        q_smem=cm.tiled_smem((stages, R, sh.D), dt),
-        do_smem=cm.tiled_smem((stages, R, sh.Dv), dt),
         stats_smem=plgpu.SMEM((stages, 2, R), jnp.float32),
         limit_smem=plgpu.SMEM((stages, R), jnp.int32),
         kv_bar=plgpu.Barrier(num_arrivals=2, num_barriers=NWG),
@@ -312,15 +347,25 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
     )
     sums = (plgpu.SMEM((R, sh.D), jnp.float32), plgpu.SMEM((R, sh.Dv), jnp.float32))
     if sh.with_dq:
-        # A token's G rows are whole 8-row tiles of the staging layout: one TMA box each.
-        staging = plgpu.SMEM((NWG, R, sh.D), jnp.float32, transforms=step_lib.DQ_STAGING_TRANSFORMS)
-        scratch["union"] = plgpu.RefUnion(staging, sums)
+        # Slot i's Q and dO (bf16) and its float32 staging tile are the same 2 * R * D * 2
+        # bytes at the same offset: each is the union's whole first member. A token's G rows
+        # are whole 8-row tiles of the staging layout: one TMA box each.
+        qdo = cm.tiled_smem((2 * stages, R, sh.D), dt)  # Q, dO, Q, dO, ...
+        tf = step_lib.DQ_STAGING_TRANSFORMS
+        staging = plgpu.SMEM((stages, R, sh.D), jnp.float32, transforms=tf)
+        if st.interpret is None:
+            scratch["union"] = plgpu.RefUnion(qdo, staging, sums)
+        else:  # its race detector tracks a union's groups by buffer, not by byte: no aliases
+            scratch["union"] = plgpu.RefUnion(qdo, sums)
+            scratch["dq_smem"] = staging
         scratch["ds_smem"] = cm.tiled_smem((NWG, R, R), dt)
         scratch["dq_done"] = plgpu.Barrier(num_arrivals=1, num_barriers=NWG)
         if st.interpret is not None:
             scratch["rmw_smem"] = plgpu.SMEM((NWG, sh.group, sh.D), jnp.float32)
             scratch["rmw_bar"] = plgpu.Barrier(num_arrivals=1, num_barriers=NWG)
     else:
+        scratch["q_smem"] = cm.tiled_smem((stages, R, sh.D), dt)
+        scratch["do_smem"] = cm.tiled_smem((stages, R, sh.Dv), dt)
         scratch["dk_acc"], scratch["dv_acc"] = sums
     if sh.add_dkv and st.interpret is not None:
         scratch["rmw_k"] = plgpu.SMEM((RMW_ROWS, sh.D), jnp.float32)
@@ -378,7 +423,9 @@ def dkv(q, k, v, do, lse2, delta, tiles: GatheredTiles, *, group, num_stages, st
     """
     B, Tp, Hx, D = q.shape
     Sp, K, Dv = k.shape[1], k.shape[2], v.shape[-1]
-    check_support(group, D, Dv, num_stages)
+    if with_dq:
+        num_stages = max(num_stages, DQ_STAGES)
+    check_support(group, D, Dv, num_stages, with_dq)
     sh = GatheredShapes(
         B=B, Tp=Tp, Sp=Sp, Hx=Hx, K=K, D=D, Dv=Dv, group=group, num_stages=num_stages,
         dtype=jnp.dtype(q.dtype), with_dq=with_dq, add_dkv=with_dq and ADD_DKV,
