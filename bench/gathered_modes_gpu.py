@@ -13,7 +13,8 @@ cast: what the step pays for it) on the tiles of NSA's selection of the
 needle inputs (`bench/llm_methods.nsa_bits`: B=1, H=16, K=2, D=128, bf16,
 NSA's defaults, mean compressor), the tiles built beforehand, in the modes
 
-  dq Nk chunks (1k, 2k, 4k: the library from 64k, 8k): dQ, dK, dV all
+  dq N chunks (512, 1k, 2k, 4k, 8k; the library: 1k on an H100 below 128k
+      tokens, else 4k): dQ, dK, dV all
       added into float32 sums by TMA reduce-adds, items in token chunks;
   dq block order: the same, items block by block (chunk 0);
   dq 4k chunks dK/dV partials: each item writes its partial dK/dV, summed
@@ -80,6 +81,7 @@ class Mode:
 MODES = {
     m.name: m
     for m in (
+        Mode("dq 512 chunks", 512),
         Mode("dq 1k chunks", 1024),
         Mode("dq 2k chunks", 2048),
         Mode("dq 4k chunks (library)", 4096),

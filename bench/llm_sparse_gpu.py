@@ -255,6 +255,7 @@ NSA_TRAIN_VARIANTS = {
     "NSA (dQ kernel)": js.Config(gpu_gathered_dq=False),
     "NSA (gathered dQ)": js.Config(gpu_gathered_dq=True),
     "NSA (items by blocks)": js.Config(gpu_gathered_chunk=0),
+    "NSA (items by 512 tokens)": js.Config(gpu_gathered_chunk=512),
     "NSA (items by 1k tokens)": js.Config(gpu_gathered_chunk=1024),
     "NSA (items by 2k tokens)": js.Config(gpu_gathered_chunk=2048),
     "NSA (items by 4k tokens)": js.Config(gpu_gathered_chunk=4096),
