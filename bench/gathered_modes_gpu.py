@@ -24,8 +24,8 @@ NSA's defaults, mean compressor), the tiles built beforehand, in the modes
   dq Nk chunks one slot a warpgroup: one Q/dO slot per consumer warpgroup
       (the library before session 25; it now has two, so that a
       warpgroup's next tile loads while it works on this one);
-  dq Nk chunks regs 240: the consumer warpgroups get 240 registers a thread
-      and the producer 24 (the library: 232 and 40);
+  dq Nk chunks regs 232: the consumer warpgroups get 232 registers a thread
+      and the producer 40 (the library before session 25; now 240 and 24);
   dq Nk chunks without dq adds: dQ computed and staged in SMEM as in the
       library, its reduce-adds left out (timing only: the dQ is wrong), so
       the adds' cost is the difference to `dq Nk chunks`;
@@ -63,7 +63,7 @@ class Mode:
     dq: bool = True
     add_dkv: bool = True  # with dq: dK/dV by reduce-adds (else per-item partials)
     dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
-    regs_240: bool = False  # consumers 240 registers a thread, producer 24 (else 232 and 40)
+    regs_232: bool = False  # consumers 232 registers a thread, producer 40 (else 240 and 24)
     live_only: bool = False  # items with tiles only (timing only: what empty CTAs cost)
     one_slot: bool = False  # with dq: one Q/dO slot a warpgroup (else two)
 
@@ -72,7 +72,7 @@ class Mode:
         """The `bench/nsa_glue.py` switches this mode runs the kernel with."""
         parts = (
             ([] if self.add_dkv else ["dkv partials"])
-            + (["gathered regs 240"] if self.regs_240 else [])
+            + (["gathered regs 232"] if self.regs_232 else [])
             + (["gathered dq 2 stages"] if self.one_slot else [])
         )
         return "+".join(parts) or "library"
@@ -91,8 +91,8 @@ MODES = {
         Mode("dq 1k chunks live items only", 1024, live_only=True),
         Mode("dq 1k chunks one slot a warpgroup", 1024, one_slot=True),
         Mode("dq 4k chunks one slot a warpgroup", 4096, one_slot=True),
-        Mode("dq 1k chunks regs 240", 1024, regs_240=True),
-        Mode("dq 4k chunks regs 240", 4096, regs_240=True),
+        Mode("dq 1k chunks regs 232", 1024, regs_232=True),
+        Mode("dq 4k chunks regs 232", 4096, regs_232=True),
         Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),
         Mode("dq 4k chunks without dq adds", 4096, dq_adds=False),
         Mode("no dq 4k chunks", 4096, dq=False),

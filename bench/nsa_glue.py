@@ -26,8 +26,9 @@ in one run. A glue is `library` or parts joined by `+`:
   columns over both key tiles.
 - `dq adds apart`: the same, but each warpgroup adds its own dQ tile
   (`SPLIT_DQ_COLUMNS = HAND_OVER_DQ = False`).
-- `gathered regs 240`: the gathered kernel's consumer warpgroups get 240 registers a
-  thread and the producer 24 (`backward_dkv_gathered.REGISTERS`) instead of 232 and 40.
+- `gathered regs 232`: the gathered kernel's consumer warpgroups get 232 registers a
+  thread and the producer 40 (`backward_dkv_gathered.REGISTERS`; the library before
+  session 25) instead of 240 and 24.
 - `gathered dq 2 stages`: the gathered kernel with dQ keeps two Q/dO slots in all, one
   per consumer warpgroup (`backward_dkv_gathered.DQ_STAGES`; the library: two each, so
   that a warpgroup's next tile loads while it works on this one).
@@ -85,7 +86,7 @@ SWITCHES = {
         (backward_dkv, "HAND_OVER_DQ", False),
     ),
     "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
-    "gathered regs 240": ((backward_dkv_gathered, "REGISTERS", (240, 24)),),
+    "gathered regs 232": ((backward_dkv_gathered, "REGISTERS", (232, 40)),),
     "gathered dq 2 stages": ((backward_dkv_gathered, "DQ_STAGES", 2),),
 }
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)

@@ -63,8 +63,10 @@ NWG = 2  # consumer warpgroups, alternating tiles of one key tile
 # a segment sum over every item slot, live or not, which chunked items make large.
 ADD_DKV = True
 # Registers a thread of the two consumer warpgroups and of the producer (`set_max_registers`).
-# With dQ, ptxas spilled about 200 bytes a thread at 232 (H100, session 23).
-REGISTERS = (232, 40)
+# With dQ, ptxas spilled about 200 bytes a thread at 232/40 and 164 at 240/24 (H100, session
+# 23). Once each warpgroup had two Q/dO slots, 240/24 was faster on the H100 (session 25,
+# call 2: the kernel alone 7.75 against 7.94 ms, NSA's step at 64k 28.55 against 28.93 ms).
+REGISTERS = (240, 24)
 RMW_ROWS = 8  # rows per read-add-write of the interpret-mode twin of the dK/dV adds
 # With dQ, the Q/dO slots: two per warpgroup, so that a warpgroup's next tile loads while it
 # works on this one (the warpgroups take alternate tiles, so with two slots in all each had
