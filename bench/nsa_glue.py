@@ -32,6 +32,9 @@ in one run. A glue is `library` or parts joined by `+`:
 - `gathered dq 2 stages`: the gathered kernel with dQ keeps two Q/dO slots in all, one
   per consumer warpgroup (`backward_dkv_gathered.DQ_STAGES`; the library: two each, so
   that a warpgroup's next tile loads while it works on this one).
+- `gathered sums by one warpgroup`: at the end of a work item the second consumer
+  warpgroup hands its dK and dV to the first, which adds both sums
+  (`backward_dkv_gathered.SWAP_SUMS`; the library: they swap halves and each adds one).
 - `dq regs 240`: with `Config(gpu_dq_in_dkv=True)` the dK/dV kernel's two
   consumer warpgroups get 240 registers a thread and the producer 24
   (`backward_dkv.DQ_REGISTERS`, FA3's split) instead of 232 and 40.
@@ -88,6 +91,7 @@ SWITCHES = {
     "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
     "gathered regs 232": ((backward_dkv_gathered, "REGISTERS", (232, 40)),),
     "gathered dq 2 stages": ((backward_dkv_gathered, "DQ_STAGES", 2),),
+    "gathered sums by one warpgroup": ((backward_dkv_gathered, "SWAP_SUMS", False),),
 }
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)
 
