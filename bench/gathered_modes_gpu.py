@@ -24,9 +24,6 @@ NSA's defaults, mean compressor), the tiles built beforehand, in the modes
   dq Nk chunks one slot a warpgroup: one Q/dO slot per consumer warpgroup
       (the library before session 25; it now has two, so that a
       warpgroup's next tile loads while it works on this one);
-  dq 1k chunks sums by one warpgroup: at an item's end the second consumer
-      warpgroup hands its dK and dV to the first, which adds both (the
-      library before session 25; now each adds one);
   dq Nk chunks regs 232: the consumer warpgroups get 232 registers a thread
       and the producer 40 (the library before session 25; now 240 and 24);
   dq Nk chunks without dq adds: dQ computed and staged in SMEM as in the
@@ -69,7 +66,6 @@ class Mode:
     regs_232: bool = False  # consumers 232 registers a thread, producer 40 (else 240 and 24)
     live_only: bool = False  # items with tiles only (timing only: what empty CTAs cost)
     one_slot: bool = False  # with dq: one Q/dO slot a warpgroup (else two)
-    one_adder: bool = False  # with dq: one warpgroup adds both dK/dV sums (else one each)
 
     @property
     def glue(self) -> str:
@@ -78,7 +74,6 @@ class Mode:
             ([] if self.add_dkv else ["dkv partials"])
             + (["gathered regs 232"] if self.regs_232 else [])
             + (["gathered dq 2 stages"] if self.one_slot else [])
-            + (["gathered sums by one warpgroup"] if self.one_adder else [])
         )
         return "+".join(parts) or "library"
 
@@ -96,7 +91,6 @@ MODES = {
         Mode("dq 1k chunks live items only", 1024, live_only=True),
         Mode("dq 1k chunks one slot a warpgroup", 1024, one_slot=True),
         Mode("dq 4k chunks one slot a warpgroup", 4096, one_slot=True),
-        Mode("dq 1k chunks sums by one warpgroup", 1024, one_adder=True),
         Mode("dq 1k chunks regs 232", 1024, regs_232=True),
         Mode("dq 4k chunks regs 232", 4096, regs_232=True),
         Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),

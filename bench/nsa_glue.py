@@ -14,8 +14,9 @@ in one run. A glue is `library` or parts joined by `+`:
 - `pair words`, `pair ranks`: `gathered.list_pairs` by
   `gathered_tiles_gpu.by_words` or `by_word_ranks` (no sort of the pairs).
 - `items N`: at most N gathered tiles per work item (`gathered.ITEM_TILES`,
-  256); with token chunks (`Config.gpu_gathered_chunk`) a long item of a
-  heavy block may outlast its chunk and, in the last chunk, leave a tail.
+  256, and `gathered.DQ_ITEM_TILES`, 32, where the kernel gives dQ); with token
+  chunks (`Config.gpu_gathered_chunk`) a long item of a heavy block may outlast
+  its chunk and, in the last chunk, leave a tail.
 - `dkv partials`: the gathered kernel with dQ writes per-item partial dK/dV
   that XLA sums (`backward_dkv_gathered.ADD_DKV = False`, session 18's form)
   instead of adding them into float32 sums.
@@ -32,9 +33,6 @@ in one run. A glue is `library` or parts joined by `+`:
 - `gathered dq 2 stages`: the gathered kernel with dQ keeps two Q/dO slots in all, one
   per consumer warpgroup (`backward_dkv_gathered.DQ_STAGES`; the library: two each, so
   that a warpgroup's next tile loads while it works on this one).
-- `gathered sums by one warpgroup`: at the end of a work item the second consumer
-  warpgroup hands its dK and dV to the first, which adds both sums
-  (`backward_dkv_gathered.SWAP_SUMS`; the library: they swap halves and each adds one).
 - `dq regs 240`: with `Config(gpu_dq_in_dkv=True)` the dK/dV kernel's two
   consumer warpgroups get 240 registers a thread and the producer 24
   (`backward_dkv.DQ_REGISTERS`, FA3's split) instead of 232 and 40.
@@ -91,7 +89,6 @@ SWITCHES = {
     "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
     "gathered regs 232": ((backward_dkv_gathered, "REGISTERS", (232, 40)),),
     "gathered dq 2 stages": ((backward_dkv_gathered, "DQ_STAGES", 2),),
-    "gathered sums by one warpgroup": ((backward_dkv_gathered, "SWAP_SUMS", False),),
 }
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)
 
@@ -132,7 +129,7 @@ def patched(glue: str):
     parts = parse(glue)
     traced = collections.Counter()
     library_mask, library_pairs = topk.topk_mask, gathered.list_pairs
-    library_item_tiles = gathered.ITEM_TILES
+    library_item_tiles = gathered.ITEM_TILES, gathered.DQ_ITEM_TILES
     constants = {(m, name) for sets in SWITCHES.values() for m, name, _ in sets}
     library_constants = {(m, name): getattr(m, name) for m, name in constants}
 
@@ -157,7 +154,7 @@ def patched(glue: str):
     try:
         for p in parts:
             if _item_tiles(p) is not None:
-                gathered.ITEM_TILES = _item_tiles(p)
+                gathered.ITEM_TILES = gathered.DQ_ITEM_TILES = _item_tiles(p)
             elif p in SWITCHES:
                 for module, name, value in SWITCHES[p]:
                     setattr(module, name, value)
@@ -169,7 +166,7 @@ def patched(glue: str):
         yield traced
     finally:
         topk.topk_mask, gathered.list_pairs = library_mask, library_pairs
-        gathered.ITEM_TILES = library_item_tiles
+        gathered.ITEM_TILES, gathered.DQ_ITEM_TILES = library_item_tiles
         for (module, name), value in library_constants.items():
             setattr(module, name, value)
         jax.clear_caches()

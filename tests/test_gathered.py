@@ -230,14 +230,17 @@ def test_gathered_dq_by_default_from_64k_tokens():
 @pytest.mark.parametrize("threshold, want", [(101, False), (100, True)])
 def test_the_default_dq_form_follows_the_query_length(threshold, want, monkeypatch):
     """Config(gpu_gathered_dq=None) through the API: the packed call of 100 query tokens
-    builds its Gathering with the length rule's answer (traced only, not run)."""
+    builds its Gathering with the length rule's answer, and with dQ the shorter items
+    (`DQ_ITEM_TILES`; traced only, not run)."""
     from jaxsparse.ops import packed
 
     monkeypatch.setattr(packed, "GATHERED_DQ_FROM_TOKENS", threshold)
     seen = []
     init = gathered.Gathering.__init__
     monkeypatch.setattr(
-        gathered.Gathering, "__init__", lambda self, **kw: seen.append(kw["dq"]) or init(self, **kw)
+        gathered.Gathering,
+        "__init__",
+        lambda self, **kw: seen.append((kw["dq"], kw["item_tiles"])) or init(self, **kw),
     )
     b, t, s, h, kh, cb, cap = 1, 100, 128, 16, 2, 64, 1
     bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, True)
@@ -252,7 +255,9 @@ def test_the_default_dq_form_follows_the_query_length(threshold, want, monkeypat
 
     with pallas_gpu.interpret_context(True):
         jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, k)
-    assert seen and set(seen) == {want}
+    tiles = gathered.DQ_ITEM_TILES if want else gathered.ITEM_TILES
+    assert seen and set(seen) == {(want, tiles)}
+    assert gathered.DQ_ITEM_TILES < gathered.ITEM_TILES
 
 
 def test_gathered_dq_under_vmap_matches_each_call(spy_gathered):

@@ -37,18 +37,18 @@ def test_switches_set_and_restore_the_library_constants():
 
     def constants():
         return (
-            gathered.ITEM_TILES, bdg.ADD_DKV, backward_dkv.HAND_OVER_DQ,
+            (gathered.ITEM_TILES, gathered.DQ_ITEM_TILES), bdg.ADD_DKV, backward_dkv.HAND_OVER_DQ,
             backward_dkv.SPLIT_DQ_COLUMNS, backward_dkv.DQ_REGISTERS, bdg.REGISTERS,
         )  # fmt: skip
 
     before = constants()
-    assert before == (256, True, True, True, None, (240, 24))
+    assert before == ((256, 32), True, True, True, None, (240, 24))
     with GLUE.patched("items 64+dkv partials+dq adds apart"):
-        assert constants() == (64, False, False, False, None, (240, 24))
+        assert constants() == ((64, 64), False, False, False, None, (240, 24))
     with GLUE.patched("dq hand-over+dq regs 240"):
-        assert constants() == (256, True, True, False, (240, 24), (240, 24))
+        assert constants() == ((256, 32), True, True, False, (240, 24), (240, 24))
     with GLUE.patched("gathered regs 232"):
-        assert constants() == (256, True, True, True, None, (232, 40))
+        assert constants() == ((256, 32), True, True, True, None, (232, 40))
     assert before == constants()
 
 

@@ -38,6 +38,12 @@ from jax import lax
 from jaxsparse.ops import routed
 
 ITEM_TILES = 256  # gathered tiles per work item (CTA), at most
+# The same where the gathered kernel also gives dQ (`packed.gathered_dq`): its items add
+# dK/dV into float32 sums (no per-item partials to sum), and a long item (the initial block,
+# which every token selects: 128 tiles in a 1k chunk) otherwise runs on alone at the end.
+# NSA's step at 64k on the H100 (session 25, call 4, same run): 28.22 ms at 32 against 28.54
+# at 256.
+DQ_ITEM_TILES = 32
 KEY_TILE = 64  # keys per dK/dV work item
 # Config.gpu_gathered_chunk's chunk from 64k query tokens (`packed.gathered_chunk`). NSA's
 # step at 64k on an H200 (session 19, one run): 28.47 ms in chunks of 4,096 tokens, 28.75

@@ -98,12 +98,14 @@ def run(call: call_lib.Call):
     tables = tuple(getattr(sparsity, name) for name in _TABLES)
     gathering = None
     if gathers(call):  # the backward's dK/dV over the tokens that selected each block
+        dq = gathered_dq(call.config, t)
         gathering = gathered.Gathering(
             batch=b, group=g, col_block=p.col_block, q_len=t, kv_len=s,
             q_offset=call.q_offset, causal=p.causal,
-            slots=p.row_capacity + (1 if p.causal else 0), dq=gathered_dq(call.config, t),
+            slots=p.row_capacity + (1 if p.causal else 0), dq=dq,
             chunk=gathered_chunk(call.config, t, jax.devices()[0].device_kind),
-            item_tiles=gathered.ITEM_TILES,  # read here, so that bench/nsa_glue.py can vary it
+            # read here, so that bench/nsa_glue.py can vary them
+            item_tiles=gathered.DQ_ITEM_TILES if dq else gathered.ITEM_TILES,
         )  # fmt: skip
     out, lse = pallas_gpu.run_tables(
         call,

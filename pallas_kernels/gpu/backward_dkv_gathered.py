@@ -68,10 +68,6 @@ ADD_DKV = True
 # call 2: the kernel alone 7.75 against 7.94 ms, NSA's step at 64k 28.55 against 28.93 ms).
 REGISTERS = (240, 24)
 RMW_ROWS = 8  # rows per read-add-write of the interpret-mode twin of the dK/dV adds
-# With the dK/dV adds, the two warpgroups swap halves at the end: the second hands the first
-# its dK, the first hands the second its dV, and each adds one sum (both busy, half the
-# SMEM traffic each). False: the second hands both over and the first adds both.
-SWAP_SUMS = True
 # With dQ, the Q/dO slots: two per warpgroup, so that a warpgroup's next tile loads while it
 # works on this one (the warpgroups take alternate tiles, so with two slots in all each had
 # one). A slot's dQ staging tile is its own Q/dO bytes, free once the tile's wgmmas are done;
@@ -295,42 +291,14 @@ def _kernel(
                         tile, ref.at[b, keys, kvh], reduction_op="add", commit_group=False
                     )
                 else:  # read, add, write back, 8 rows at a time (see the module docstring)
-                    box, bar = scratch[("rmw_k", "rmw_v")[i]], scratch["rmw_kv_bar"].at[0]
+                    box, bar = scratch[("rmw_k", "rmw_v")[i]], scratch["rmw_kv_bar"]
                     for r in range(0, R, RMW_ROWS):
                         dst = ref.at[b, pl.ds(kj * R + r, RMW_ROWS), kvh]
                         step_lib.read_add_write(dst, tile.at[pl.ds(r, RMW_ROWS)], box, bar)
             plgpu.commit_smem_to_gmem_group()
             plgpu.wait_smem_to_gmem(0)
 
-        def add_sum(i, mine, other_tile, ref, scale=None):
-            """ref's key tile += (mine + other_tile) (times scale), by a TMA reduce-add of
-            the other warpgroup's tile rewritten in place (each thread its own elements)."""
-            total = mine + plgpu.load(other_tile, layout=cm.WGMMA, optimized=False)
-            other_tile[...] = total if scale is None else total * scale
-            plgpu.commit_smem()
-            if st.interpret is None:
-                plgpu.copy_smem_to_gmem(other_tile, ref.at[b, keys, kvh], reduction_op="add")
-            else:  # read, add, write back, 8 rows at a time (see the module docstring)
-                box, bar = scratch[("rmw_k", "rmw_v")[i]], scratch["rmw_kv_bar"].at[i]
-                for r in range(0, R, RMW_ROWS):
-                    dst = ref.at[b, pl.ds(kj * R + r, RMW_ROWS), kvh]
-                    step_lib.read_add_write(dst, other_tile.at[pl.ds(r, RMW_ROWS)], box, bar)
-            plgpu.wait_smem_to_gmem(0)
-
-        def swap_and_add(dk, dv):
-            """The warpgroups swap halves: warpgroup 0 adds dK's sum, warpgroup 1 dV's."""
-            dk_acc, dv_acc, swap_bar = scratch["dk_acc"], scratch["dv_acc"], scratch["swap_bar"]
-            pl.when(wg == 1)(lambda: dk_acc.__setitem__(..., dk))
-            pl.when(wg == 0)(lambda: dv_acc.__setitem__(..., dv))
-            plgpu.barrier_arrive(swap_bar.at[wg])
-            plgpu.barrier_wait(swap_bar.at[1 - wg])
-            pl.when(wg == 0)(lambda: add_sum(0, dk, dk_acc, dk_ref, st.scale))
-            pl.when(wg == 1)(lambda: add_sum(1, dv, dv_acc, dv_ref))
-
-        if sh.add_dkv and SWAP_SUMS:
-            swap_and_add(dk, dv)
-        else:
-            step_lib.sum_pair(wg, dk, dv, scratch, add_sums if sh.add_dkv else store)
+        step_lib.sum_pair(wg, dk, dv, scratch, add_sums if sh.add_dkv else store)
 
     @pl.when((wg == NWG) & (n > 0))
     def _producer():
@@ -378,7 +346,6 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
         in_bar=plgpu.Barrier(num_arrivals=2 * sh.tokens + 2, num_barriers=stages),
         free=plgpu.Barrier(num_arrivals=1, num_barriers=stages),  # a tile's one taker
         sum_bar=plgpu.Barrier(num_arrivals=1),
-        swap_bar=plgpu.Barrier(num_arrivals=1, num_barriers=NWG),
     )
     sums = (plgpu.SMEM((R, sh.D), jnp.float32), plgpu.SMEM((R, sh.Dv), jnp.float32))
     if sh.with_dq:
@@ -405,7 +372,7 @@ def dkv_call(q, k, v, do, stats, limits, tiles: GatheredTiles, *, sh, st, dq_acc
     if sh.add_dkv and st.interpret is not None:
         scratch["rmw_k"] = plgpu.SMEM((RMW_ROWS, sh.D), jnp.float32)
         scratch["rmw_v"] = plgpu.SMEM((RMW_ROWS, sh.Dv), jnp.float32)
-        scratch["rmw_kv_bar"] = plgpu.Barrier(num_arrivals=1, num_barriers=NWG)
+        scratch["rmw_kv_bar"] = plgpu.Barrier(num_arrivals=1)
     if not st.regs_lhs:
         scratch["st_smem"] = cm.tiled_smem((NWG, R, R), dt)
     items = tiles.items.shape[0]
