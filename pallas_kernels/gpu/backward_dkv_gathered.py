@@ -15,7 +15,9 @@ more than one box of 16 consecutive tokens, and the gathered tiles' loads take
 Work item (one CTA): bit head f = b * Hx + x, key tile kj (64 keys), gathered
 tiles lo..hi. Two consumer warpgroups share the key tile and take alternate
 tiles (the FA3 ping-pong on the q axis, as `backward_dkv`'s `q_split`), the
-second adding its dK/dV to the first's through SMEM at the end. Per tile, in
+second adding its dK/dV to the first's through SMEM at the end. With dQ each
+warpgroup has two Q/dO slots (`DQ_STAGES`), so that its next tile loads while
+it works on this one; a slot's float32 dQ staging tile is the slot's own bytes. Per tile, in
 the transposed orientation (rows = keys):
   S^T = K Q^T, dP^T = V dO^T
   P^T = exp2(S^T log2e - lse log2e), keys past the row's limit masked
