@@ -13,17 +13,17 @@ cast: what the step pays for it) on the tiles of NSA's selection of the
 needle inputs (`bench/llm_methods.nsa_bits`: B=1, H=16, K=2, D=128, bf16,
 NSA's defaults, mean compressor), the tiles built beforehand, in the modes
 
-  dq N chunks (512, 1k, 2k, 4k, 8k; the library: 1k on an H100 below 128k
-      tokens, else 4k): dQ, dK, dV all
+  dq N chunks (512, 1k, 2k, 4k, 8k; the library: 4k): dQ, dK, dV all
       added into float32 sums by TMA reduce-adds, items in token chunks;
   dq block order: the same, items block by block (chunk 0);
   dq 4k chunks dK/dV partials: each item writes its partial dK/dV, summed
       by XLA;
   dq 1k chunks live items only: the items with tiles alone, the empty tail
       of the static bound cut off (timing only: what the empty CTAs cost);
-  dq Nk chunks one slot a warpgroup: one Q/dO slot per consumer warpgroup
-      (the library before session 25; it now has two, so that a
-      warpgroup's next tile loads while it works on this one);
+  dq Nk chunks two slots a warpgroup: two Q/dO slots per consumer
+      warpgroup, so that a warpgroup's next tile loads while it works on this
+      one (the library: one; session 25's calls 1-6 had two by default and
+      named the other form `one slot a warpgroup`);
   dq Nk chunks regs 232: the consumer warpgroups get 232 registers a thread
       and the producer 40 (the library before session 25; now 240 and 24);
   dq Nk chunks without dq adds: dQ computed and staged in SMEM as in the
@@ -65,7 +65,7 @@ class Mode:
     dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
     regs_232: bool = False  # consumers 232 registers a thread, producer 40 (else 240 and 24)
     live_only: bool = False  # items with tiles only (timing only: what empty CTAs cost)
-    one_slot: bool = False  # with dq: one Q/dO slot a warpgroup (else two)
+    two_slots: bool = False  # with dq: two Q/dO slots a warpgroup (else one)
 
     @property
     def glue(self) -> str:
@@ -73,7 +73,7 @@ class Mode:
         parts = (
             ([] if self.add_dkv else ["dkv partials"])
             + (["gathered regs 232"] if self.regs_232 else [])
-            + (["gathered dq 2 stages"] if self.one_slot else [])
+            + (["gathered dq 4 stages"] if self.two_slots else [])
         )
         return "+".join(parts) or "library"
 
@@ -89,8 +89,8 @@ MODES = {
         Mode("dq block order", 0),
         Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
         Mode("dq 1k chunks live items only", 1024, live_only=True),
-        Mode("dq 1k chunks one slot a warpgroup", 1024, one_slot=True),
-        Mode("dq 4k chunks one slot a warpgroup", 4096, one_slot=True),
+        Mode("dq 1k chunks two slots a warpgroup", 1024, two_slots=True),
+        Mode("dq 4k chunks two slots a warpgroup", 4096, two_slots=True),
         Mode("dq 1k chunks regs 232", 1024, regs_232=True),
         Mode("dq 4k chunks regs 232", 4096, regs_232=True),
         Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),
@@ -200,6 +200,8 @@ def main(argv=None) -> int:
         gathering = gathered.Gathering(
             batch=1, group=g, col_block=64, q_len=t, kv_len=t, q_offset=0, causal=True,
             slots=16, dq=mode.dq, chunk=mode.chunk,
+            # the library's (until session 25's call 9 this script kept ITEM_TILES)
+            item_tiles=gathered.DQ_ITEM_TILES if mode.dq else gathered.ITEM_TILES,
         )  # fmt: skip
         tiles = jax.jit(gathering.tiles)(bits)
         if mode.live_only:  # (the kernel's output is the same: an empty item adds nothing)

@@ -121,18 +121,26 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    "case, dq, chunk",
+    "case, dq, chunk, dq_stages",
     # Block order with dQ runs on CASES[1]; chunks of 24 tokens split CASES[0]'s 100 in 5.
-    [(CASES[0], False, 0), (CASES[1], True, 0), (CASES[0], True, 24)],
+    [
+        (CASES[0], False, 0, None),
+        (CASES[1], True, 0, 2),
+        (CASES[0], True, 24, 2),
+        (CASES[0], True, 24, 4),
+    ],
     ids=str,
 )
 def test_gathered_dkv_matches_dense_mask_in_interpret_mode(
-    case, dq, chunk, monkeypatch, spy_gathered
+    case, dq, chunk, dq_stages, monkeypatch, spy_gathered
 ):
     """dq: the gathered kernel gives dQ too (its interpret-mode read-add-write in place
     of the TMA reduce-add), or the dQ kernel walks the packed tiles; chunk: the items
-    in chunks of that many tokens (`Config.gpu_gathered_chunk`)."""
+    in chunks of that many tokens (`Config.gpu_gathered_chunk`); dq_stages: its Q/dO
+    slots, one or two a warpgroup (`DQ_STAGES`)."""
     b, t, s, h, kh, cb, cap, causal, item_tiles = case
+    if dq_stages is not None:
+        monkeypatch.setattr(bdg, "DQ_STAGES", dq_stages)
     # Short runs of tiles per work item: a block's tiles shared by several CTAs.
     monkeypatch.setattr(gathered.Gathering, "__init__", _with_item_tiles(item_tiles))
     bits = random_bits(np.random.default_rng(3), b, kh, t, s, cb, cap, s - t, causal)
@@ -155,8 +163,8 @@ def _with_item_tiles(item_tiles):
     return patched
 
 
-@pytest.mark.parametrize("with_dq", [False, True])
-def test_gathered_kernel_lowers_for_a_gpu(with_dq):
+@pytest.mark.parametrize("with_dq, dq_stages", [(False, 2), (True, 2), (True, 4)])
+def test_gathered_kernel_lowers_for_a_gpu(with_dq, dq_stages, monkeypatch):
     # Interpret mode runs the logic, not the Mosaic GPU lowering (TMA boxes of one
     # token's [8, D] rows into 8-row slices of the swizzled tiles; with dQ, the
     # transposed dS^T operand and the TMA reduce-adds): lower it for CUDA.
@@ -173,6 +181,7 @@ def test_gathered_kernel_lowers_for_a_gpu(with_dq):
         mask_fn=None, mask_factors=None, q_offset=0, kv_len=256, kv_padded=False, scale=0.1,
         logits_soft_cap=None, has_segments=False, segments_on_full_tiles=False, interpret=None,
     )  # fmt: skip
+    monkeypatch.setattr(bdg, "DQ_STAGES", dq_stages)
     fn = functools.partial(bdg.dkv, group=8, num_stages=2, st=st_, with_dq=with_dq)
     with pallas_gpu.interpret_context(True):  # an abstract H100 for the architecture queries
         jax.jit(fn).trace(q, k, k, q, lse, lse, tiles).lower(lowering_platforms=("cuda",))
@@ -198,16 +207,8 @@ def test_gathered_items_in_chunks_by_default_from_64k_tokens():
     at = packed.GATHERED_DQ_FROM_TOKENS
     assert packed.gathered_chunk(js.Config(), at - 1) == 0
     assert packed.gathered_chunk(js.Config(), at) == gathered.CHUNK_TOKENS > 0
-    # On an H100 smaller chunks, up to CHUNK_SHORT_BELOW tokens; other cards keep 4k.
-    h100, h200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
-    short = gathered.CHUNK_SHORT_BELOW
-    assert packed.gathered_chunk(js.Config(), at, h100) == gathered.H100_CHUNK_TOKENS
-    assert gathered.H100_CHUNK_TOKENS < gathered.CHUNK_TOKENS
-    assert packed.gathered_chunk(js.Config(), short - 1, h100) == gathered.H100_CHUNK_TOKENS
-    assert packed.gathered_chunk(js.Config(), short, h100) == gathered.CHUNK_TOKENS
-    assert packed.gathered_chunk(js.Config(), at, h200) == gathered.CHUNK_TOKENS
-    assert packed.gathered_chunk(js.Config(), at - 1, h100) == 0
-    assert packed.gathered_chunk(js.Config(gpu_gathered_chunk=4096), at, h100) == 4096
+    assert packed.gathered_chunk(js.Config(), 1 << 20) == gathered.CHUNK_TOKENS
+    assert packed.gathered_chunk(js.Config(gpu_gathered_chunk=1024), at) == 1024
     assert packed.gathered_chunk(js.Config(gpu_gathered_chunk=0), 1 << 20) == 0
     assert packed.gathered_chunk(js.Config(gpu_gathered_chunk=512), 64) == 512
     with pytest.raises(ValueError, match="gpu_gathered_chunk=-1 must be >= 0"):

@@ -54,6 +54,23 @@ def test_runs_on_the_device_with_the_library_row(progress, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_run_may_name_the_row_to_take(progress, tmp_path):
+    kind = "NVIDIA H100 80GB HBM3"
+    _write(tmp_path / "d_h100_session5" / "call1_a" / "llm", [
+        dict(kind="meta", device_kind=kind),
+        _nsa(30.0),
+        _nsa(28.0, method="NSA (items by 4k tokens) [x]", glue="x"),
+        _cudnn(112.0),
+    ])  # fmt: skip
+    got = progress.runs([tmp_path], 64, "H100", {"s5 call1": "NSA (items by 4k tokens) [x]"})
+    assert got == [dict(run="s5 call1*", nsa_ms=28.0, cudnn_ms=112.0)]
+    out = str(tmp_path / "p.png")
+    with pytest.raises(SystemExit, match="no such run or method row"):
+        progress.main([out, str(tmp_path), "--seq", "64", "--row", "s5 call1=NSA [y]"])
+    with pytest.raises(SystemExit):
+        progress.main([out, str(tmp_path), "--seq", "64", "--row", "s5 call1"])
+
+
 def test_no_runs_is_an_error(progress, tmp_path):
     with pytest.raises(SystemExit, match="no NSA rows at seq_len=64 on H100"):
         progress.main([str(tmp_path / "p.png"), str(tmp_path), "--seq", "64"])

@@ -40,24 +40,20 @@ from jaxsparse.ops import routed
 ITEM_TILES = 256  # gathered tiles per work item (CTA), at most
 # The same where the gathered kernel also gives dQ (`packed.gathered_dq`): its items add
 # dK/dV into float32 sums (no per-item partials to sum), and a long item (the initial block,
-# which every token selects: 128 tiles in a 1k chunk) otherwise runs on alone at the end.
-# NSA's step at 64k on the H100 (session 25, call 4, same run): 28.22 ms at 32 against 28.54
-# at 256.
+# which every token selects: 512 tiles in a 4k chunk) otherwise runs on alone at the end.
+# NSA's step on the H100 (session 25, same runs): at 64k in 1k chunks 28.22 ms at 32 against
+# 28.54 at 256 (call 4); at 128k in 4k chunks 81.71 against 83.31 ms (call 6).
 DQ_ITEM_TILES = 32
 KEY_TILE = 64  # keys per dK/dV work item
 # Config.gpu_gathered_chunk's chunk from 64k query tokens (`packed.gathered_chunk`). NSA's
 # step at 64k on an H200 (session 19, one run): 28.47 ms in chunks of 4,096 tokens, 28.75
 # (2,048), 29.00 (8,192), 29.76 in block order. A chunk's dQ and Q/dO rows are 4 KB each
 # per token and bit head: 32 MB at 4,096.
+# On an H100 1k chunks were faster while items held up to 256 tiles (sessions 22-25: NSA's
+# step at 64k about 0.5 ms faster); with items of at most `DQ_ITEM_TILES` 4k chunks are
+# faster there too (session 25, call 9, same run: 27.91 against 28.69 ms with one Q/dO slot
+# a warpgroup, 27.97 against 28.53 with two).
 CHUNK_TOKENS = 4096
-# On an H100 (HBM3, about 70 % of the H200's bandwidth) smaller chunks keep more of a
-# token's dQ adds in L2, below `CHUNK_SHORT_BELOW` query tokens. NSA's step at 64k, the
-# same runs: 30.20/29.50/29.73/29.23 ms in 1k chunks against 30.75/30.02/30.28/29.78 in 4k
-# (sessions 22-23); the kernel alone 8.42 (1k), 8.69 (2k), 9.01 (4k), 9.65 ms (8k). At 128k
-# 1k chunks were slower (85.23 against 84.58 ms, session 23, one run): the items' bound, one
-# per block and chunk, grows with both. On an H200 1k was never timed.
-H100_CHUNK_TOKENS = 1024
-CHUNK_SHORT_BELOW = 131072
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from jaxsparse.ops import call as call_lib
@@ -103,7 +102,7 @@ def run(call: call_lib.Call):
             batch=b, group=g, col_block=p.col_block, q_len=t, kv_len=s,
             q_offset=call.q_offset, causal=p.causal,
             slots=p.row_capacity + (1 if p.causal else 0), dq=dq,
-            chunk=gathered_chunk(call.config, t, jax.devices()[0].device_kind),
+            chunk=gathered_chunk(call.config, t),
             # read here, so that bench/nsa_glue.py can vary them
             item_tiles=gathered.DQ_ITEM_TILES if dq else gathered.ITEM_TILES,
         )  # fmt: skip
@@ -152,13 +151,12 @@ def gathered_dq(config, q_len: int) -> bool:
     return q_len >= GATHERED_DQ_FROM_TOKENS
 
 
-def gathered_chunk(config, q_len: int, device_kind: str = "") -> int:
+def gathered_chunk(config, q_len: int) -> int:
     """Query tokens per chunk of the gathered dK/dV's work items (`Config.gpu_gathered_chunk`;
-    0: block order) on a GPU of `device_kind` (`jax.Device.device_kind`).
+    0: block order).
 
     None: `gathered.CHUNK_TOKENS` from `GATHERED_DQ_FROM_TOKENS` query tokens,
-    block order below; on an H100 `gathered.H100_CHUNK_TOKENS` up to
-    `gathered.CHUNK_SHORT_BELOW` tokens (measurements there). On an H200
+    block order below (measurements at `gathered.CHUNK_TOKENS`). On an H200
     (session 19, NSA's step, same runs): 28.48 against 29.66 ms at 64k, 79.70
     against 79.72 ms at 128k, and slower at 16k (5.51 against 5.38 ms), where
     the dQ kernel runs and the items' partial dK/dV, one slot per block and
@@ -168,8 +166,6 @@ def gathered_chunk(config, q_len: int, device_kind: str = "") -> int:
         return config.gpu_gathered_chunk
     if q_len < GATHERED_DQ_FROM_TOKENS:
         return 0
-    if "H100" in device_kind and q_len < gathered.CHUNK_SHORT_BELOW:
-        return gathered.H100_CHUNK_TOKENS
     return gathered.CHUNK_TOKENS
 
 

@@ -15,9 +15,9 @@ more than one box of 16 consecutive tokens, and the gathered tiles' loads take
 Work item (one CTA): bit head f = b * Hx + x, key tile kj (64 keys), gathered
 tiles lo..hi. Two consumer warpgroups share the key tile and take alternate
 tiles (the FA3 ping-pong on the q axis, as `backward_dkv`'s `q_split`), the
-second adding its dK/dV to the first's through SMEM at the end. With dQ each
-warpgroup has two Q/dO slots (`DQ_STAGES`), so that its next tile loads while
-it works on this one; a slot's float32 dQ staging tile is the slot's own bytes. Per tile, in
+second adding its dK/dV to the first's through SMEM at the end. With dQ a
+warpgroup has one or two Q/dO slots (`DQ_STAGES`), and a slot's float32 dQ
+staging tile is the slot's own bytes. Per tile, in
 the transposed orientation (rows = keys):
   S^T = K Q^T, dP^T = V dO^T
   P^T = exp2(S^T log2e - lse log2e), keys past the row's limit masked
@@ -70,11 +70,15 @@ ADD_DKV = True
 # call 2: the kernel alone 7.75 against 7.94 ms, NSA's step at 64k 28.55 against 28.93 ms).
 REGISTERS = (240, 24)
 RMW_ROWS = 8  # rows per read-add-write of the interpret-mode twin of the dK/dV adds
-# With dQ, the Q/dO slots: two per warpgroup, so that a warpgroup's next tile loads while it
-# works on this one (the warpgroups take alternate tiles, so with two slots in all each had
-# one). A slot's dQ staging tile is its own Q/dO bytes, free once the tile's wgmmas are done;
-# the slot goes back to the producer when the tile's reduce-adds have read it.
-DQ_STAGES = 2 * NWG
+# With dQ, the Q/dO slots (at least `num_stages`): `NWG` gives each warpgroup one (the
+# warpgroups take alternate tiles), and it gives its slot back as soon as the tile's
+# reduce-adds have read it; `2 * NWG` gives each two, so that a warpgroup's next tile loads
+# while it works on this one, and a slot goes back during the warpgroup's next tile. A slot's
+# dQ staging tile is its own Q/dO bytes, free once the tile's wgmmas are done. On the H100
+# (session 25) two slots were faster in 1k-token item chunks (the kernel alone at 64k 7.92
+# against 8.21 ms) and slower in 4k ones, the default (8.29 against 8.06 ms; NSA's step
+# 27.97/27.97 against 27.77/27.91 ms at 64k, 81.71 against 81.29 at 128k).
+DQ_STAGES = NWG
 
 
 class GatheredTiles(NamedTuple):
