@@ -20,10 +20,9 @@ NSA's defaults, mean compressor), the tiles built beforehand, in the modes
       by XLA;
   dq 1k chunks live items only: the items with tiles alone, the empty tail
       of the static bound cut off (timing only: what the empty CTAs cost);
-  dq Nk chunks two slots a warpgroup: two Q/dO slots per consumer
-      warpgroup, so that a warpgroup's next tile loads while it works on this
-      one (the library: one; session 25's calls 1-6 had two by default and
-      named the other form `one slot a warpgroup`);
+  dq Nk chunks one slot a warpgroup: one Q/dO slot per consumer warpgroup
+      (the library before session 25; it now has two, so that a
+      warpgroup's next tile loads while it works on this one);
   dq Nk chunks regs 232: the consumer warpgroups get 232 registers a thread
       and the producer 40 (the library before session 25; now 240 and 24);
   dq Nk chunks without dq adds: dQ computed and staged in SMEM as in the
@@ -65,7 +64,7 @@ class Mode:
     dq_adds: bool = True  # False: dQ computed and staged, never added (timing only: dQ wrong)
     regs_232: bool = False  # consumers 232 registers a thread, producer 40 (else 240 and 24)
     live_only: bool = False  # items with tiles only (timing only: what empty CTAs cost)
-    two_slots: bool = False  # with dq: two Q/dO slots a warpgroup (else one)
+    one_slot: bool = False  # with dq: one Q/dO slot a warpgroup (else two)
 
     @property
     def glue(self) -> str:
@@ -73,7 +72,7 @@ class Mode:
         parts = (
             ([] if self.add_dkv else ["dkv partials"])
             + (["gathered regs 232"] if self.regs_232 else [])
-            + (["gathered dq 4 stages"] if self.two_slots else [])
+            + (["gathered dq 2 stages"] if self.one_slot else [])
         )
         return "+".join(parts) or "library"
 
@@ -89,8 +88,8 @@ MODES = {
         Mode("dq block order", 0),
         Mode("dq 4k chunks dK/dV partials", 4096, add_dkv=False),
         Mode("dq 1k chunks live items only", 1024, live_only=True),
-        Mode("dq 1k chunks two slots a warpgroup", 1024, two_slots=True),
-        Mode("dq 4k chunks two slots a warpgroup", 4096, two_slots=True),
+        Mode("dq 1k chunks one slot a warpgroup", 1024, one_slot=True),
+        Mode("dq 4k chunks one slot a warpgroup", 4096, one_slot=True),
         Mode("dq 1k chunks regs 232", 1024, regs_232=True),
         Mode("dq 4k chunks regs 232", 4096, regs_232=True),
         Mode("dq 1k chunks without dq adds", 1024, dq_adds=False),

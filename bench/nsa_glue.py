@@ -30,11 +30,9 @@ in one run. A glue is `library` or parts joined by `+`:
 - `gathered regs 232`: the gathered kernel's consumer warpgroups get 232 registers a
   thread and the producer 40 (`backward_dkv_gathered.REGISTERS`; the library before
   session 25) instead of 240 and 24.
-- `gathered dq 4 stages`: the gathered kernel with dQ keeps four Q/dO slots, two per
-  consumer warpgroup, so that a warpgroup's next tile loads while it works on this one
-  (`backward_dkv_gathered.DQ_STAGES`; the library: one each, faster in 4k-token chunks;
-  session 25 named the library's form then, two each, the other way round: `gathered dq
-  2 stages`).
+- `gathered dq 2 stages`: the gathered kernel with dQ keeps two Q/dO slots in all, one
+  per consumer warpgroup (`backward_dkv_gathered.DQ_STAGES`; the library: two each, so
+  that a warpgroup's next tile loads while it works on this one).
 - `dq regs 240`: with `Config(gpu_dq_in_dkv=True)` the dK/dV kernel's two
   consumer warpgroups get 240 registers a thread and the producer 24
   (`backward_dkv.DQ_REGISTERS`, FA3's split) instead of 232 and 40.
@@ -90,7 +88,7 @@ SWITCHES = {
     ),
     "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
     "gathered regs 232": ((backward_dkv_gathered, "REGISTERS", (232, 40)),),
-    "gathered dq 4 stages": ((backward_dkv_gathered, "DQ_STAGES", 4),),
+    "gathered dq 2 stages": ((backward_dkv_gathered, "DQ_STAGES", 2),),
 }
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)
 

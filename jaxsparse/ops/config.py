@@ -83,7 +83,7 @@ class Config:
         `jaxsparse.ops.gathered.CHUNK_TOKENS` (4,096) from 64k query tokens,
         block order below (`packed.gathered_chunk`; NSA's step on an H200:
         28.48 against 29.66 ms at 64k, even at 128k, 5.51 against 5.38 ms at
-        16k; on an H100 at 64k 27.91 against 28.69 ms in chunks of 1,024).
+        16k; on an H100 at 64k 27.97 against 28.53 ms in chunks of 1,024).
       gpu_dq_in_dkv: Mosaic GPU backward: the dK/dV kernel also gives dQ, as
         FA3's backward does (each step's dS K added into a float32 dQ by a TMA
         reduce-add), and the dQ kernel, which recomputes S and dP for every
