@@ -300,11 +300,15 @@ def test_gathered_kernel_rejects_groups_it_cannot_tile():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dq, chunk", [(True, 0), (False, 0), (True, 512)])
-def test_gathered_dkv_on_the_gpu(dq, chunk):
+@pytest.mark.parametrize(
+    "dq, chunk, dq_stages", [(True, 0, 4), (False, 0, 4), (True, 512, 4), (True, 512, 2)]
+)
+def test_gathered_dkv_on_the_gpu(dq, chunk, dq_stages, monkeypatch):
     """NSA's layout on the H100: group 8, 15 blocks a token, against the dense f32 mask;
     dQ from the gathered kernel's TMA reduce-adds, or from the dQ kernel; work items
-    in block order or in chunks of 512 tokens."""
+    in block order or in chunks of 512 tokens; two Q/dO slots a warpgroup or one (the
+    dQ staging in the slot's own bytes either way)."""
+    monkeypatch.setattr(bdg, "DQ_STAGES", dq_stages)
     b, t, h, kh, cb, cap = 1, 4096, 16, 2, 64, 15
     bits = random_bits(np.random.default_rng(5), b, kh, t, t, cb, cap, 0, True)
     check_against_mask(
