@@ -200,7 +200,7 @@ def main(argv=None) -> int:
             batch=1, group=g, col_block=64, q_len=t, kv_len=t, q_offset=0, causal=True,
             slots=16, dq=mode.dq, chunk=mode.chunk,
             # the library's (until session 25's call 9 this script kept ITEM_TILES)
-            item_tiles=gathered.DQ_ITEM_TILES if mode.dq else gathered.ITEM_TILES,
+            item_tiles=gathered.item_tiles(mode.dq),
         )  # fmt: skip
         tiles = jax.jit(gathering.tiles)(bits)
         if mode.live_only:  # (the kernel's output is the same: an empty item adds nothing)

@@ -14,7 +14,7 @@ draws one point per run: NSA's time and, beside it, a quarter of that run's
 cuDNN time, the time NSA needs for the issue's 4x target. The y axis is
 logarithmic (the first runs were 5x slower than the last).
 
-`--row 's25 call9=NSA (items by 4k tokens) [gathered dq 2 stages]'` takes
+`--row 's25 call9=NSA (items by 4k tokens)'` takes
 that run's row of that method name (as the row file writes it, glue in
 brackets) instead: for a run whose library row is not the form the library
 later kept. The run's label then ends in `*`.

@@ -56,6 +56,12 @@ KEY_TILE = 64  # keys per dK/dV work item
 CHUNK_TOKENS = 4096
 
 
+def item_tiles(dq: bool) -> int:
+    """Gathered tiles per work item, at most: `DQ_ITEM_TILES` where the kernel gives dQ,
+    else `ITEM_TILES` (read at call time, so that `bench/nsa_glue.py` can vary them)."""
+    return DQ_ITEM_TILES if dq else ITEM_TILES
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Gathering:
     """How the bits of one call become gathered tiles (static under jit).

@@ -102,9 +102,7 @@ def run(call: call_lib.Call):
             batch=b, group=g, col_block=p.col_block, q_len=t, kv_len=s,
             q_offset=call.q_offset, causal=p.causal,
             slots=p.row_capacity + (1 if p.causal else 0), dq=dq,
-            chunk=gathered_chunk(call.config, t),
-            # read here, so that bench/nsa_glue.py can vary them
-            item_tiles=gathered.DQ_ITEM_TILES if dq else gathered.ITEM_TILES,
+            chunk=gathered_chunk(call.config, t), item_tiles=gathered.item_tiles(dq),
         )  # fmt: skip
     out, lse = pallas_gpu.run_tables(
         call,
