@@ -6,9 +6,10 @@ Usage (repo root, GPU machine):
 `jaxsparse.ops.gathered.Gathering.tiles` turns NSA's bits `[B, K, T, C]` into
 gathered tiles and work items inside the backward. Its first step lists each
 row's selected blocks: `routed.first_selected` packs a row's bits into C/32
-words and takes the lowest set bit `slots` times (population counts, no
-sort); `by_top_k`, its form before session 14, ranks every bit with `top_k`
-(a sort of C entries per row). Its second step lists the (block, token)
+words and finds each slot's bit from running population counts, all slots at
+once (session 26); `by_passes`, its form from session 14 to 25, takes the
+lowest set bit `slots` times; `by_top_k`, its form before session 14, ranks
+every bit with `top_k` (a sort of C entries per row). Its second step lists the (block, token)
 pairs by block, then token; three ways (`LISTINGS`):
 
 - `sort`, the library's: one sort of `block * T + token` keys (0.55 ms of
@@ -51,6 +52,27 @@ def by_top_k(bits, slots: int):
     score = jnp.where(bits, -jnp.arange(c, dtype=jnp.float32), -jnp.inf)
     idx = topk.topk_indices(score, slots)
     return jnp.where(idx >= 0, idx, c).astype(jnp.int32)
+
+
+def by_passes(bits, slots: int):
+    """The first `slots` set bits per row by taking a row's lowest set bit `slots` times
+    (c where fewer): what `routed.first_selected` did from session 14 to 25, in `slots`
+    dependent passes over the row's words."""
+    from jax import lax
+
+    c = bits.shape[-1]
+    words = routed._bit_words(bits)
+    nw = words.shape[-1]
+    col = jnp.arange(nw, dtype=jnp.int32).reshape((1,) * (words.ndim - 1) + (nw,))
+    out = []
+    for _ in range(slots):
+        w = jnp.argmax(words != 0, axis=-1)[..., None]  # the first word with a bit left
+        word = jnp.take_along_axis(words, w, axis=-1)
+        low = word & (~word + jnp.uint32(1))  # its lowest set bit
+        pos = lax.population_count(low - jnp.uint32(1)).astype(jnp.int32)
+        out.append(jnp.where(word != 0, w * 32 + pos, c)[..., 0])
+        words = words ^ jnp.where(col == w, low, jnp.uint32(0))
+    return jnp.stack(out, -1).astype(jnp.int32)
 
 
 def by_sort(bits, pairs: int):
@@ -150,10 +172,11 @@ def main(argv=None):
         bits = jnp.asarray(bits)[None]  # [1, K, T, C]
         ways = {
             "top_k": jax.jit(lambda b: by_top_k(b, slots)),
+            "passes": jax.jit(lambda b: by_passes(b, slots)),
             "words": jax.jit(lambda b: routed.first_selected(b, slots)),
         }
-        got = {name: np.asarray(fn(bits)) for name, fn in ways.items()}
-        row = dict(seq_len=t, slots=slots, agree=bool(np.array_equal(got["top_k"], got["words"])))
+        got = [np.asarray(fn(bits)) for fn in ways.values()]
+        row = dict(seq_len=t, slots=slots, agree=all(np.array_equal(got[0], x) for x in got))
         for name, fn in ways.items():
             row[f"{name}_ms"] = time_fn(fn, (bits,), reps=args.reps)[1] * 1e3
         flat = bits.reshape(-1, *bits.shape[2:])  # [F, T, C]

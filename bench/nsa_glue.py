@@ -33,6 +33,14 @@ in one run. A glue is `library` or parts joined by `+`:
 - `gathered dq 2 stages`: the gathered kernel with dQ keeps two Q/dO slots in all, one
   per consumer warpgroup (`backward_dkv_gathered.DQ_STAGES`; the library: two each, so
   that a warpgroup's next tile loads while it works on this one).
+- `first by passes`: each row's first selected blocks (`routed.first_selected`, in
+  the gathered tiles and the routed path) by taking the lowest set bit 16 times
+  (`gathered_tiles_gpu.by_passes`, the library before session 26) instead of all
+  slots at once from running population counts.
+- `row sorts`: the sorts of several rows of int keys (the gathered (block, token)
+  pairs, two rows of 1M at 64k; the routed and vertical-slash argsorts) each row
+  its own, as before session 26 (`sorting.FLATTEN_ROWS = False`), instead of one
+  flat sort that XLA:GPU can send to cub.
 - `dq regs 240`: with `Config(gpu_dq_in_dkv=True)` the dK/dV kernel's two
   consumer warpgroups get 240 registers a thread and the producer 24
   (`backward_dkv.DQ_REGISTERS`, FA3's split) instead of 232 and 40.
@@ -58,8 +66,8 @@ import gathered_tiles_gpu  # noqa: E402
 import jax  # noqa: E402
 import topk_gpu  # noqa: E402
 
-from jaxsparse.ops import gathered  # noqa: E402
-from jaxsparse.selection import topk  # noqa: E402
+from jaxsparse.ops import gathered, routed  # noqa: E402
+from jaxsparse.selection import sorting, topk  # noqa: E402
 from pallas_kernels.gpu import backward_dkv, backward_dkv_gathered  # noqa: E402
 
 
@@ -89,6 +97,8 @@ SWITCHES = {
     "dq regs 240": ((backward_dkv, "DQ_REGISTERS", (240, 24)),),
     "gathered regs 232": ((backward_dkv_gathered, "REGISTERS", (232, 40)),),
     "gathered dq 2 stages": ((backward_dkv_gathered, "DQ_STAGES", 2),),
+    "first by passes": ((routed, "first_selected", gathered_tiles_gpu.by_passes),),
+    "row sorts": ((sorting, "FLATTEN_ROWS", False),),
 }
 PARTS = tuple(TOPK_PARTS) + tuple(PAIR_PARTS) + tuple(SWITCHES)
 

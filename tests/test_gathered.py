@@ -320,8 +320,8 @@ def test_gathered_dkv_on_the_gpu(dq, chunk, dq_stages, monkeypatch):
 @settings(max_examples=25, deadline=None)
 @given(
     rows=st.integers(1, 6),
-    c=st.integers(1, 100),
-    slots=st.integers(1, 8),
+    c=st.integers(1, 300),
+    slots=st.integers(1, 20),
     density=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**16),
 )

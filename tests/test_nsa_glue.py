@@ -52,6 +52,20 @@ def test_switches_set_and_restore_the_library_constants():
     assert before == constants()
 
 
+def test_row_sorts_and_first_by_passes_restore_the_library_forms():
+    from jaxsparse.ops import routed
+    from jaxsparse.selection import sorting
+
+    library = routed.first_selected
+    assert sorting.FLATTEN_ROWS
+    with GLUE.patched("row sorts+first by passes"):
+        assert not sorting.FLATTEN_ROWS
+        assert routed.first_selected is GLUE.gathered_tiles_gpu.by_passes
+        bits = jnp.asarray(np.random.default_rng(0).random((2, 5, 70)) < 0.2)
+        np.testing.assert_array_equal(routed.first_selected(bits, 9), library(bits, 9))
+    assert sorting.FLATTEN_ROWS and routed.first_selected is library
+
+
 def nsa_and_grads(q, k, v, gates):
     cfg = NSAConfig(kernel_size=8, stride=4, block_size=8, top_n=12, window=64)
 

@@ -19,6 +19,7 @@ from jaxsparse.selection import (
     pooling,
     ranges,
     remap,
+    sorting,
     topk,
 )
 
@@ -168,6 +169,46 @@ def test_sort_values_equals_numpy_sort(seed, n):
     s = s.astype(np.float32)
     got = np.asarray(topk.sort_values(jnp.asarray(s)))
     np.testing.assert_array_equal(got, np.sort(s, axis=-1))
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    seed=st.integers(0, 2**16),
+    lead=st.sampled_from([(), (1,), (3,), (2, 3)]),
+    n=st.integers(0, 40),
+    bound=st.integers(1, 9),
+    flatten=st.booleans(),
+)
+def test_row_sorts_equal_numpy_stable_sorts(seed, lead, n, bound, flatten):
+    # Flat (rows offset into one sort) and per row (FLATTEN_ROWS off) give numpy's.
+    keys = np.random.default_rng(seed).integers(0, bound, lead + (n,))
+    saved, sorting.FLATTEN_ROWS = sorting.FLATTEN_ROWS, flatten
+    try:
+        got_sorted = np.asarray(sorting.sort_rows(jnp.asarray(keys), bound))
+        got_order = np.asarray(sorting.argsort_rows(jnp.asarray(keys), bound))
+    finally:
+        sorting.FLATTEN_ROWS = saved
+    np.testing.assert_array_equal(got_sorted, np.sort(keys, axis=-1))
+    np.testing.assert_array_equal(got_order, np.argsort(keys, axis=-1, kind="stable"))
+    assert got_order.dtype == np.int32
+
+
+def test_row_sorts_fall_back_where_offset_keys_overflow_int32():
+    # rows * bound (sort_rows) or bound * n (argsort_rows) past int32: per-row sorts.
+    keys = jnp.asarray([[5, 1, 5, 0], [2, 2, 1, 7]], jnp.int32)
+    bound = 2**30
+    np.testing.assert_array_equal(sorting.sort_rows(keys, bound), np.sort(keys, axis=-1))
+    np.testing.assert_array_equal(
+        sorting.argsort_rows(keys, bound), np.argsort(np.asarray(keys), axis=-1, kind="stable")
+    )
+    jaxpr = str(jax.make_jaxpr(lambda x: sorting.sort_rows(x, bound))(keys))
+    assert "dimension=1" in jaxpr  # each row its own sort, not one flat sort
+
+
+def test_sort_rows_sorts_the_rows_as_one_flat_row():
+    keys = jnp.zeros((4, 8), jnp.int32)
+    jaxpr = str(jax.make_jaxpr(lambda x: sorting.sort_rows(x, 3))(keys))
+    assert "i32[32]" in jaxpr and "sort" in jaxpr
 
 
 def test_rank_mask_per_row_counts_match_sorting():

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jaxsparse.methods import merge
 from jaxsparse.ops import api, validate
 from jaxsparse.patterns.dynamic import common, position_causal, vertical_slash, vertical_slash_mask
+from jaxsparse.selection import sorting
 
 
 def gather_columns(x, positions):
@@ -78,7 +79,7 @@ def vertical_slash_plan(q, k, *, pattern: vertical_slash.VerticalSlash, config=N
     )
     # Kept columns in ascending position order: exactly n per head.
     n = min(s, max(pattern.vertical_size, pattern.init_columns))
-    positions = jnp.argsort(~vert, axis=-1, stable=True)[..., :n].astype(jnp.int32)
+    positions = sorting.argsort_rows(~vert, 2)[..., :n]
     cols = position_causal.PositionCausal(positions, q_offset=q_offset)
     bq, bk = common.tiles(config, q_len=t, kv_len=n)
     cols_sp = position_causal.position_causal_sparsity(

@@ -36,6 +36,7 @@ import numpy as np
 from jax import lax
 
 from jaxsparse.ops import routed
+from jaxsparse.selection import sorting
 
 ITEM_TILES = 256  # gathered tiles per work item (CTA), at most
 # The same where the gathered kernel also gives dQ (`packed.gathered_dq`): its items add
@@ -227,11 +228,12 @@ def _sort_pairs(cell, t: int, c: int):
     sorted by block, then token; no-block pairs (block c) last."""
     f, pairs = cell.shape
     tok = jnp.broadcast_to(jnp.arange(pairs, dtype=jnp.int32) // (pairs // t), (f, pairs))
-    if (c + 1) * t <= 2**31 - 1:  # one int32 key: a plain sort, no payload
+    if (c + 1) * t <= sorting.INT32_MAX:  # one int32 key: a plain sort, no payload
         # Not stable: equal keys are equal pairs, and a stable sort costs XLA:GPU an iota
-        # payload. `jnp.sort` compiled to a sort of (key, iota) pairs (session 15's HLO),
-        # 0.55 ms of NSA's 64k step on the H200 (session 16); this form is not timed yet.
-        key = lax.sort(cell * t + tok, dimension=1, is_stable=False)
+        # payload (`jnp.sort` compiled to a sort of (key, iota) pairs, session 15's HLO).
+        # The F rows as one (`sorting.sort_rows`): XLA:GPU's own sort of two rows of 1M
+        # took 0.28 ms of NSA's 64k step on the H100 (session 25's profile).
+        key = sorting.sort_rows(cell * t + tok, (c + 1) * t)
         return key // t, key % t
     return lax.sort((cell, tok), dimension=1, num_keys=2)
 

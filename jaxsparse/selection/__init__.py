@@ -9,6 +9,7 @@
 * `remap`       — NSA compressed-token importance onto selection blocks.
 * `ranges`      — reduce a selection over a kernel's tiles.
 * `chunks`      — run a per-query selection in row chunks.
+* `sorting`     — row sorts of small int keys as one flat sort.
 """
 
 from jaxsparse.selection import (
@@ -19,6 +20,7 @@ from jaxsparse.selection import (
     pooling,
     ranges,
     remap,
+    sorting,
     topk,
 )
 
@@ -30,5 +32,6 @@ __all__ = [
     "pooling",
     "ranges",
     "remap",
+    "sorting",
     "topk",
 ]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxsparse.selection import sorting
+
 
 def topk_indices(scores, k: int):
     """Indices `[..., min(k, n)]` of the largest scores, best first; -1 where the score is -inf.
@@ -96,7 +98,7 @@ def _group_candidates(scores, k: int, width: int, *, index_order: bool):
     groups = topk_indices(s.max(axis=-1), k)  # best first; -1: no finite entry
     groups = jnp.where(groups >= 0, groups, ng)
     if index_order:
-        groups = sort_values(groups)  # empty (ng) last
+        groups = sorting.sort_rows(groups, ng + 1)  # empty (ng) last
     safe = jnp.minimum(groups, ng - 1)
     cand = jnp.take_along_axis(s, safe[..., None], axis=-2)  # [..., k, width]
     cand = jnp.where((groups < ng)[..., None], cand, -jnp.inf).reshape(*lead, -1)
