@@ -47,7 +47,8 @@ one of its substrings (e.g. `--skip 'routed,bq64,XLA gate'`: the variants).
 library's selection glue or session 17's sort-free candidates, e.g.
 `--nsa-glue 'library,value sorts+pair words'`); a row with other glue than
 the library's is named `<method> [<glue>]` and counts its parts' traces in
-`glue_traced`. The targets are judged on the library's rows.
+`glue_traced`; `--method-glue` does the same for the per-method rows. The
+targets are judged on the library's rows.
 The meta row names the device kind and, from `JAXSPARSE_COMMIT`, the commit.
 """
 
@@ -304,7 +305,7 @@ def judge_targets(rows, t_target):
             met=x is not None and x >= 4,
         )
     for (kind, method, t), r in by.items():
-        if kind != "method" or t != t_target:
+        if kind != "method" or t != t_target or r.get("glue", "library") != "library":
             continue
         if method.startswith("MoBA"):
             x = best(r, "speedup_fwd_vs_")
@@ -359,9 +360,17 @@ def main(argv=None):
         help="comma-separated glues for the nsa_train rows: 'library' or parts of "
         f"{list(nsa_glue.PARTS)} joined by '+' (see bench/nsa_glue.py)",
     )
+    ap.add_argument(
+        "--method-glue",
+        default="library",
+        help="comma-separated glues for the per-method rows, as --nsa-glue (e.g. "
+        "'library,row sorts+first by passes': MoBA's routed lists and vertical-slash's "
+        "columns sort rows too)",
+    )
     args = ap.parse_args(argv)
     glues = args.nsa_glue.split(",")
-    for glue in glues:
+    method_glues = args.method_glue.split(",")
+    for glue in glues + method_glues:
         try:
             nsa_glue.parse(glue)
         except ValueError as e:
@@ -441,19 +450,23 @@ def main(argv=None):
                     )
                 emit(**row)
                 rows.append(row)
-        for m in methods:
-            try:
-                row = run_method(m, q, k, v, dense, b=b, h=h, t=t, reps=reps)
-            except Exception as e:  # noqa: BLE001 - report and go on
-                row = dict(
-                    kind="error",
-                    method=m.name,
-                    seq_len=t,
-                    error=f"{type(e).__name__}: {e}"[:800],
-                    trace=traceback.format_exc()[-1500:],
-                )
-            emit(**row)
-            rows.append(row)
+        for glue in method_glues:
+            for m in methods:
+                name = m.name if glue == "library" else f"{m.name} [{glue}]"
+                try:
+                    with nsa_glue.patched(glue):
+                        row = run_method(m, q, k, v, dense, b=b, h=h, t=t, reps=reps)
+                    row.update(method=name, glue=glue)
+                except Exception as e:  # noqa: BLE001 - report and go on
+                    row = dict(
+                        kind="error",
+                        method=name,
+                        seq_len=t,
+                        error=f"{type(e).__name__}: {e}"[:800],
+                        trace=traceback.format_exc()[-1500:],
+                    )
+                emit(**row)
+                rows.append(row)
     judge_targets(rows, 65536 if not args.tiny else sizes[-1])
 
 
