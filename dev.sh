@@ -48,7 +48,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 case "$task" in
   demo)
     jaxsparse bench "$@"
-    jaxsparse show causal --seq 2048 --png causal.png
+    mkdir -p out  # git ignores it
+    jaxsparse show causal --seq 2048 --png out/causal.png
     ;;
   test)
     python -m pytest -q -m "not slow and not gpu" -n "${JAXSPARSE_TEST_WORKERS:-2}" "$@"

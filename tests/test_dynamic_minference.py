@@ -113,18 +113,25 @@ def block_topk_reference(q, k, block_size, top_k, q_offset):
         last = q_offset + min((i + 1) * block_size, t) - 1
         visible = [j for j in range(sb) if j * block_size <= last]
         score = {j: qm[bb, i, hh] @ km[bb, j, hh // (h // kh)] for j in visible}
-        for j in sorted(visible, key=lambda j: (-score[j], j))[:top_k]:
+        # Straddling blocks (q_offset not a multiple): the first row's key block first.
+        first = (q_offset + i * block_size) // block_size if q_offset % block_size else -1
+        for j in sorted(visible, key=lambda j: (j != first, -score[j], j))[:top_k]:
             bits[bb, hh, i, j] = True
     return bits
 
 
-@pytest.mark.parametrize("t, s, bs, top_k, tiles", [(50, 50, 8, 3, None), (21, 37, 6, 2, (8, 8))])
+@pytest.mark.parametrize(
+    "t, s, bs, top_k, tiles",
+    [(50, 50, 8, 3, None), (21, 37, 6, 2, (8, 8)), (40, 60, 8, 1, None)],
+)
 def test_block_topk_selection_and_attention(t, s, bs, top_k, tiles):
+    # The last two: q_offset not a multiple of block_size (16 of 6, 20 of 8).
     q, k, v, cot = R.random_qkv(2, t, 4, 2, 8, s=s, seed=6)
     bits = R.jitted(block_topk.block_topk_select, q, k, block_size=bs, top_k=top_k, q_offset=s - t)
     want = block_topk_reference(q, k, bs, top_k, s - t)
     np.testing.assert_array_equal(np.asarray(bits), want)
     mask = R.block_to_token(want, bs, bs, t, s) & R.causal_np(t, s, s - t)[None, None]
+    assert mask.any(-1).all()  # every row sees a key (its block's first row's block)
     mask = jnp.asarray(mask)
     cfg = None if tiles is None else js.Config(block_q=tiles[0], block_kv=tiles[1])
 

@@ -36,6 +36,8 @@ def levels_reference(q, k, *, block_size, thresholds, causal, q_offset):
             level = next((lev + 1 for lev, tau in enumerate(thresholds) if before <= tau), 0)
             out[bb, hh, i, vis[n]] = level
             before += p[n]
+        if causal and q_offset % block_size:  # straddling blocks: the first row's, full
+            out[bb, hh, i, (q_offset + i * block_size) // block_size] = 1
     return out
 
 
@@ -108,6 +110,18 @@ def test_pyramid_selection_and_attention(causal, t, s):
         return R.dense_ref(q, k_cat, v_cat, mask, bias=bias)
 
     R.assert_close_to_ref(fn, ref, q, k, v, cot)
+
+
+def test_causal_pyramid_with_unaligned_chunks_leaves_no_row_empty():
+    # q_offset 20 of 8-key blocks, a band so narrow that one block a row is kept: the
+    # key block of each query block's first row is read too, at full resolution.
+    q, k, v, _ = R.random_qkv(1, 40, 2, 1, 8, s=60, seed=1)
+    pattern = P.Pyramid(8, (0.01,), causal=True)
+    levels = np.asarray(pattern.levels(q, k, q_offset=20))
+    want = levels_reference(q, k, block_size=8, thresholds=(0.01,), causal=True, q_offset=20)
+    np.testing.assert_array_equal(levels, want)
+    out = js.pyramid_attention(q, k, v, pattern=pattern, implementation="xla")
+    assert (np.abs(np.asarray(out)).sum(-1) > 0).all()
 
 
 def test_pyramid_kv_is_the_oracles_concatenation():

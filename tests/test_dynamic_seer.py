@@ -172,6 +172,15 @@ def test_gate_rejects_shapes_blocks_and_queries_past_the_keys():
         ag.attn_gate_target(jnp.zeros((1, 8, 2, 4)), jnp.zeros((1, 8, 1, 4)), block_size=0)
     with pytest.raises(ValueError, match="must have one shape"):
         ag.attn_gate_loss(jnp.zeros((1, 2, 5, 5)), jnp.zeros((1, 2, 5, 4)))
+    for skip in (-0.5, 1.0, 1.5, float("nan"), "0.25"):
+        with pytest.raises(ValueError, match=r"skip_fraction=.* must be a number in \[0, 1\)"):
+            ag.attn_gate_loss(jnp.zeros((1, 2, 5, 5)), jnp.zeros((1, 2, 5, 5)), skip_fraction=skip)
+    with pytest.raises(ValueError, match="need a batch axis"):
+        ag.attn_gate_target(jnp.zeros((8, 2, 4)), jnp.zeros((8, 1, 4)), block_size=8)
+    with pytest.raises(ValueError, match="multiple"):
+        ag.attn_gate_target(jnp.zeros((1, 16, 3, 8)), jnp.zeros((1, 16, 2, 8)), block_size=8)
+    with pytest.raises(TypeError, match="floating-point"):
+        ag.attn_gate_target(jnp.zeros((1, 16, 2, 8), int), jnp.zeros((1, 16, 1, 8), int))
 
     q, k, v, _ = R.random_qkv(1, 64, 2, 1, 16, s=32)  # T > S: queries past the keys
     gate = jsnn.AttnGate(2, 1, 16, block_size=16, rngs=nnx.Rngs(0))
@@ -183,6 +192,8 @@ def test_gate_rejects_shapes_blocks_and_queries_past_the_keys():
     q, k, v, _ = R.random_qkv(1, 32, 2, 1, 16)
     with pytest.raises(ValueError, match=r"block_mask \(1, 3, 2, 2\) must be \[B or 1, H or 1"):
         ag.gated_attention(q, k, v, jnp.ones((1, 3, 2, 2), bool), block_size=16)
+    with pytest.raises(TypeError, match="block_mask must be a bool array, got dtype float32"):
+        ag.gated_attention(q, k, v, jnp.ones((1, 2, 2, 2)), block_size=16)
     assert js.nsa is not None
 
 

@@ -323,6 +323,25 @@ def test_module_bf16_and_errors():
         jsnn.NativeSparseAttention(32, 4, nsa=dict(top_n=4), rngs=nnx.Rngs(0))
 
 
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        (dict(head_dim=0), "head_dim=0"),
+        (dict(head_dim=-2), "head_dim=-2"),
+        (dict(compress_hidden=0), "compress_hidden=0"),
+        (dict(compress_hidden=-1), "compress_hidden=-1"),
+        (dict(compress_hidden=2.5), "compress_hidden=2.5"),
+        (dict(out_features=0), "out_features=0"),
+        (dict(num_heads=0), "num_heads=0"),
+    ],
+)
+def test_module_rejects_sizes_that_cannot_work(kw, name):
+    # Named at construction, not as a shape error inside a projection or a compressor.
+    kw = {"num_heads": 4, **kw}
+    with pytest.raises(ValueError, match=f"{name} must be a positive int"):
+        jsnn.NativeSparseAttention(32, rngs=nnx.Rngs(0), **kw)
+
+
 @pytest.mark.parametrize("q_offset", [0, 19])
 def test_long_inputs_score_rows_in_chunks_with_the_same_bits(monkeypatch, q_offset):
     """Above `IMPORTANCE_SLICE_ELEMENTS`, without the fused kernel (here: CPU), the selection

@@ -16,9 +16,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxsparse.ops import api, validate
 from jaxsparse.patterns import base
@@ -35,6 +37,7 @@ def attn_gate_target(
     no gradient: the base model is frozen while the gate distils.
     """
     base.check_int("block_size", block_size, minimum=1, owner="attn_gate_target")
+    validate.check_batched_qkv("attn_gate_target", q, k, k)  # k stands in for v
     q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
     b, t, h, d = q.shape
     s = k.shape[1]
@@ -72,6 +75,15 @@ def attn_gate_loss(gate_logits, target, *, skip_fraction: float = 0.25):
             f"attn_gate_loss: gate_logits {jnp.shape(gate_logits)} and target "
             f"{jnp.shape(target)} must have one shape [B, H, Tb, Sb]; build the target with "
             "attn_gate_target from the same q, k and the gate's block_size."
+        )
+    if (
+        isinstance(skip_fraction, (bool, np.bool_))
+        or not isinstance(skip_fraction, numbers.Real)
+        or not 0 <= skip_fraction < 1
+    ):
+        raise ValueError(
+            f"attn_gate_loss: skip_fraction={skip_fraction!r} must be a number in [0, 1): the "
+            "fraction of leading block rows left out (SeerAttention: 0.25; 0 keeps every row)."
         )
     tb = gate_logits.shape[-2]
     start = int(math.floor(skip_fraction * tb))
@@ -188,6 +200,12 @@ def gated_attention(
         "gated_attention", "block_mask", block_mask, q_len=t, kv_len=s, block_size=block_size,
         fix="Pass the block_size the mask was built with.",
     )  # fmt: skip
+    if getattr(block_mask, "dtype", None) != jnp.bool_:
+        raise TypeError(
+            f"gated_attention: block_mask must be a bool array, got dtype "
+            f"{getattr(block_mask, 'dtype', type(block_mask).__name__)}; build it with "
+            "gate_block_mask, or compare probabilities yourself (probs > threshold)."
+        )
     if jnp.shape(block_mask)[0] not in (1, b) or jnp.shape(block_mask)[1] not in (1, h):
         raise ValueError(
             f"gated_attention: block_mask {jnp.shape(block_mask)} must be [B or 1, H or 1, Tb, "

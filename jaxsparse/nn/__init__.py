@@ -1,7 +1,8 @@
 """Flax NNX attention modules built on `jaxsparse.attention`.
 
-Every module takes keyword-only `rngs`, explicit `dtype` / `param_dtype`, and
-calls only the public `jaxsparse.attention` / `jaxsparse.patterns` API.
+Every module takes keyword-only `rngs` and explicit `dtype` / `param_dtype`;
+attention goes through `jaxsparse.attention` (NSA's and SeerAttention's modules
+through the method functions of `jaxsparse.methods`, which call it).
 """
 
 from jaxsparse.nn.attention import SparseAttention

@@ -109,11 +109,17 @@ class NativeSparseAttention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        for name, value in dict(
-            in_features=in_features, num_heads=num_heads, num_kv_heads=num_kv_heads
-        ).items():
+        required = dict(in_features=in_features, num_heads=num_heads, num_kv_heads=num_kv_heads)
+        optional = dict(
+            head_dim=head_dim, compress_hidden=compress_hidden, out_features=out_features
+        )
+        given = {**required, **{n: x for n, x in optional.items() if x is not None}}
+        for name, value in given.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"NativeSparseAttention: {name}={value!r} must be a positive int.")
+                default = " (or None for its default)" if name in optional else ""
+                raise ValueError(
+                    f"NativeSparseAttention: {name}={value!r} must be a positive int{default}."
+                )
         if num_heads % num_kv_heads:
             raise ValueError(
                 f"NativeSparseAttention: num_heads={num_heads} must be a multiple of "
@@ -155,7 +161,7 @@ class NativeSparseAttention(nnx.Module):
         comp = dict(
             kernel_size=self.nsa.kernel_size,
             stride=self.nsa.stride,
-            hidden=compress_hidden or head_dim,
+            hidden=head_dim if compress_hidden is None else compress_hidden,
             dtype=self.dtype,
             param_dtype=param_dtype,
             rngs=rngs,

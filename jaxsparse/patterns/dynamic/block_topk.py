@@ -23,9 +23,27 @@ def block_causal(*, q_len: int, kv_len: int, q_offset: int, block_q: int, block_
     return (jnp.arange(sb) * block_kv)[None, :] <= q_last[:, None]
 
 
+def straddled_blocks(*, q_len: int, kv_len: int, q_offset: int, block_size: int):
+    """`[Tb, Sb]` bool: the key block holding each query block's first position, where
+    `q_offset` is not a multiple of `block_size` (else all False).
+
+    Query and key blocks then straddle each other: a visible key block may start
+    after some of a query block's rows, so a row could be left with no key it may
+    see if only such blocks were chosen. Forcing the block of the first row keeps
+    a key every row of the block sees. With aligned blocks every visible key block
+    starts at or before the query block's first row, and nothing is forced.
+    """
+    tb, sb = -(-q_len // block_size), -(-kv_len // block_size)
+    if q_offset % block_size == 0:
+        return jnp.zeros((tb, sb), bool)
+    first = (q_offset + jnp.arange(tb) * block_size) // block_size
+    return jnp.arange(sb)[None, :] == first[:, None]
+
+
 def block_topk_select(q, k, *, block_size: int, top_k: int, q_offset: int):
     """Selection bits `[B, H, Tb, Sb]` (bool) of BlockTopK (ragged last blocks are averaged
-    over their valid tokens)."""
+    over their valid tokens; with a `q_offset` not a multiple of `block_size`, the
+    `straddled_blocks` are forced)."""
     q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
     qm = pooling.pool(q, block_size, kind="mean", axis=1)  # [B, Tb, H, D]
     km = pooling.pool(k, block_size, kind="mean", axis=1)  # [B, Sb, K, D]
@@ -37,6 +55,10 @@ def block_topk_select(q, k, *, block_size: int, top_k: int, q_offset: int):
         block_q=block_size,
         block_kv=block_size,
     )
+    forced = straddled_blocks(
+        q_len=q.shape[1], kv_len=k.shape[1], q_offset=q_offset, block_size=block_size
+    )
+    scores = jnp.where(forced[None, None], jnp.inf, scores)
     scores = jnp.where(visible[None, None], scores, -jnp.inf)
     return topk.topk_mask(scores, top_k)
 
@@ -61,7 +83,11 @@ class BlockTopK(common.DynamicPattern):
 
     Details:
       Causal only. Rows with no more than `top_k` visible blocks (sequences
-      shorter than `top_k * block_size`) keep them all: dense causal. Kernel
+      shorter than `top_k * block_size`) keep them all: dense causal. Where
+      `q_offset` (chunked prefill) is not a multiple of `block_size`, query
+      and key blocks straddle, and each query block always keeps the key block
+      of its first position (one of its `top_k`), so that no row is left with
+      nothing to see. Kernel
       tiles default to `block_size` (capped at 128), so the tile lists are
       exactly the selection.
     """

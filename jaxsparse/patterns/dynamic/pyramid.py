@@ -46,6 +46,12 @@ def pyramid_select(
     for tau in thresholds[:-1]:
         level = level + (before > tau).astype(jnp.int8)
     keep = (before <= thresholds[-1]) & visible
+    if causal:  # unaligned chunks: the key block of each query block's first row, full
+        forced = block_topk.straddled_blocks(
+            q_len=t, kv_len=s, q_offset=q_offset, block_size=block_size
+        )[None, None]
+        level = jnp.where(forced, jnp.int8(1), level)
+        keep = keep | forced
     return jnp.where(keep, level, jnp.int8(0))
 
 
@@ -74,7 +80,10 @@ class Pyramid(common.DynamicPattern):
 
     Details:
       Sequences of one block are dense at full resolution (a row's best
-      block is always level 1).
+      block is always level 1). Causal with a `q_offset` not a multiple of
+      `block_size`, each query block also reads the key block of its first
+      position at full resolution (`block_topk.straddled_blocks`): a block
+      that starts after some of its rows could otherwise be all they get.
     """
 
     block_size: int = 128
