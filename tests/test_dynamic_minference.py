@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -147,6 +148,17 @@ def test_block_topk_selection_and_attention(t, s, bs, top_k, tiles):
         )
 
     R.assert_close_to_ref(fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot)
+
+
+@pytest.mark.parametrize("q_offset", [16, 19])
+def test_block_topk_select_takes_a_traced_offset(q_offset):
+    # The straddling rule holds for an offset traced under jit as for a static one.
+    q, k, _, _ = R.random_qkv(1, 21, 2, 1, 8, s=40, seed=3)
+    fn = jax.jit(
+        lambda q, k, off: block_topk.block_topk_select(q, k, block_size=8, top_k=1, q_offset=off)
+    )
+    got = fn(q, k, jnp.int32(q_offset))
+    np.testing.assert_array_equal(np.asarray(got), block_topk_reference(q, k, 8, 1, q_offset))
 
 
 def test_block_topk_selection_with_many_blocks_and_a_large_top_k():

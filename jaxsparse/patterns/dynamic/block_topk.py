@@ -34,10 +34,9 @@ def straddled_blocks(*, q_len: int, kv_len: int, q_offset: int, block_size: int)
     starts at or before the query block's first row, and nothing is forced.
     """
     tb, sb = -(-q_len // block_size), -(-kv_len // block_size)
-    if q_offset % block_size == 0:
-        return jnp.zeros((tb, sb), bool)
     first = (q_offset + jnp.arange(tb) * block_size) // block_size
-    return jnp.arange(sb)[None, :] == first[:, None]
+    straddle = q_offset % block_size != 0  # may be traced
+    return (jnp.arange(sb)[None, :] == first[:, None]) & straddle
 
 
 def block_topk_select(q, k, *, block_size: int, top_k: int, q_offset: int):
