@@ -195,6 +195,19 @@ def test_one_head_lists_cannot_serve_a_pattern_that_differs_per_head():
                 P.Full(), q_len=32, kv_len=32, block_q=8, block_kv=8, num_heads=2
             ),
         ),
+        # Explicit masks too: their arrays, not the caller's FULL marks, decide.
+        (
+            P.Causal() & P.Mask(np.ones((32, 32), bool)),
+            lambda: js.sparsity.from_block_mask(
+                np.ones((2, 2), bool), block_q=16, block_kv=16, q_len=32, kv_len=32
+            ),
+        ),
+        (
+            P.BlockMask(np.eye(4, dtype=bool), block_q=8, block_kv=8),
+            lambda: js.sparsity.from_block_mask(
+                np.ones((2, 2), bool), block_q=16, block_kv=16, q_len=32, kv_len=32
+            ),
+        ),
     ],
 )
 def test_full_tiles_of_given_sparsity_keep_the_pattern_mask(pattern, sparsity):
@@ -212,6 +225,14 @@ def test_full_tiles_of_given_sparsity_keep_the_pattern_mask(pattern, sparsity):
     got, want = run("xla", q, k, v), run("reference", q, k, v)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    if pattern.holds_arrays:  # and with the mask traced under jit
+        traced = jax.jit(
+            lambda p, q, k, v: js.attention(
+                q, k, v, pattern=p, sparsity=sp, implementation="xla", return_lse=True
+            )
+        )(pattern, q, k, v)
+        for a, b in zip(traced, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     grads = [
         jax.grad(lambda *a, i=i: run(i, *a)[0].sum(), argnums=(0, 1, 2))(q, k, v)
         for i in ("xla", "reference")

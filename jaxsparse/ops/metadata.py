@@ -47,13 +47,16 @@ def within_pattern(
 
     The backends skip the element mask in FULL tiles, so a tile the caller marks
     FULL (`from_topk` and `from_block_mask` mark every listed tile FULL) stays
-    FULL only where the bound static `pattern` is full there too; elsewhere it
-    becomes PARTIAL and the pattern masks inside it. Lists with one head cannot
-    serve a pattern whose tiles differ per head (ValueError). Patterns holding
-    arrays (explicit masks, token selections) come with metadata built from
-    them, which is trusted as it is.
+    FULL only where the bound `pattern` is full there too; elsewhere it becomes
+    PARTIAL and the pattern masks inside it. That holds for explicit masks
+    (`BlockMask`, `Mask`, and patterns combining them) as for static ones; their
+    own tiles come from their arrays, on device where those are traced (for a
+    traced element mask or a combination, from the `[T, S]` mask). Lists with
+    one head cannot serve a pattern whose tiles differ per head (ValueError).
+    The library's content-aware selections (`exact_given_lists`) come with
+    lists built from their own arrays, which are trusted as they are.
     """
-    if pattern.holds_arrays:
+    if pattern.holds_arrays and pattern.exact_given_lists:
         return sp
     if sp.num_heads == 1 and num_heads > 1 and pattern.head_dependent:
         raise ValueError(
@@ -61,28 +64,29 @@ def within_pattern(
             f"num_heads={num_heads} (e.g. jaxsparse.sparsity.from_pattern(..., "
             f"num_heads={num_heads}))."
         )
-    own = host.from_pattern(
-        pattern,
+    kw = dict(
         q_len=sp.q_len,
         kv_len=sp.kv_len,
         block_q=sp.block_q,
         block_kv=sp.block_kv,
         q_offset=sp.q_offset,
-        num_heads=num_heads,
     )
-    if (own.kv_counts == own.num_kv_blocks).all() and own.kv_full.all():
-        return sp  # every tile of the pattern is full (e.g. Full())
-    if sp.is_host and all(
-        np.array_equal(getattr(sp, name), getattr(own, name))
-        for name in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
-    ):
-        return sp  # built from this pattern (metadata shared across layers): nothing to do
-    full = own.to_dense() == pbase.FULL  # [1, 1 or H, Tb, Sb]: the dense table only here
-    xp = np if sp.is_host else jnp
-    kv_full = sp.kv_full & xp.take_along_axis(xp.asarray(full), sp.kv_indices, axis=-1)
-    q_full = sp.q_full & xp.take_along_axis(
-        xp.asarray(full.transpose(0, 1, 3, 2)), sp.q_indices, axis=-1
-    )
+    try:
+        own = host.from_pattern(pattern, num_heads=num_heads, **kw)
+    except pbase.TracedPatternError:
+        own = _from_traced_pattern(pattern, num_heads, **kw)
+    if own.is_host:
+        if (own.kv_counts == own.num_kv_blocks).all() and own.kv_full.all():
+            return sp  # every tile of the pattern is full (e.g. Full())
+        if sp.is_host and all(
+            np.array_equal(getattr(sp, name), getattr(own, name))
+            for name in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
+        ):
+            return sp  # built from this pattern (metadata shared across layers): nothing to do
+    xp = np if sp.is_host and own.is_host else jnp
+    full = xp.asarray(own.to_dense() == pbase.FULL)  # [1, 1 or H, Tb, Sb]: dense only here
+    kv_full = sp.kv_full & xp.take_along_axis(full, sp.kv_indices, axis=-1)
+    q_full = sp.q_full & xp.take_along_axis(xp.swapaxes(full, -1, -2), sp.q_indices, axis=-1)
     return sp.replace(kv_full=kv_full, q_full=q_full)
 
 

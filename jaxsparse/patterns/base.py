@@ -130,6 +130,11 @@ class Pattern:
     """Base class of every pattern. See the module docstring."""
 
     head_dependent: ClassVar[bool] = False
+    # A content-aware selection whose tile lists the library builds from the same arrays
+    # (`attention(sparsity=...)` from its own method): the lists' FULL marks are exact and
+    # `jaxsparse.ops.metadata.within_pattern` trusts them. Every other pattern, explicit
+    # masks included, is checked: a tile stays FULL only where the pattern is full there.
+    exact_given_lists: ClassVar[bool] = False
 
     def __init_subclass__(cls, register: bool = True, **kwargs: Any):
         super().__init_subclass__(**kwargs)

@@ -101,6 +101,8 @@ class PooledLevel(base.Pattern):
     Which blocks a query block reads is in the call's tile lists, not here.
     """
 
+    exact_given_lists = True  # its callers' lists are built from its arrays
+
     factor: int = 1
     block_size: int = 128
     kv_len: int = 0

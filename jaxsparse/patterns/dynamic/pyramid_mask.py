@@ -76,6 +76,8 @@ class PyramidMask(base.Pattern):
       q_offset: position of query row 0 (set by `bind`).
     """
 
+    exact_given_lists = True  # its callers' lists are built from its arrays
+
     _dataclass_kwargs = {"eq": False}
 
     levels: Any = base.data_field()

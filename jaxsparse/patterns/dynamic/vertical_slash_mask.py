@@ -50,6 +50,8 @@ class VerticalSlashMask(base.Pattern):
       q_offset: position of query row 0 (set by `bind`).
     """
 
+    exact_given_lists = True  # its callers' lists are built from its arrays
+
     _dataclass_kwargs = {"eq": False}
 
     vertical: Any = base.data_field()
