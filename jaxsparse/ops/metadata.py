@@ -48,10 +48,12 @@ def within_pattern(
     The backends skip the element mask in FULL tiles, so a tile the caller marks
     FULL (`from_topk` and `from_block_mask` mark every listed tile FULL) stays
     FULL only where the bound `pattern` is full there too; elsewhere it becomes
-    PARTIAL and the pattern masks inside it. That holds for explicit masks
-    (`BlockMask`, `Mask`, and patterns combining them) as for static ones; their
-    own tiles come from their arrays, on device where those are traced (for a
-    traced element mask or a combination, from the `[T, S]` mask). Lists with
+    PARTIAL and the pattern masks inside it. Explicit masks (`BlockMask`, `Mask`,
+    and patterns combining them) also drop the listed tiles they do not have (a
+    BlockMask is not evaluated inside its own tiles), so their lists are rebuilt
+    on device from the two tables' intersection; their own tiles come from their
+    arrays (for a traced element mask or a combination, from the `[T, S]`
+    mask). Lists with
     one head cannot serve a pattern whose tiles differ per head (ValueError).
     The library's content-aware selections (`exact_given_lists`) come with
     lists built from their own arrays, which are trusted as they are.
@@ -75,6 +77,16 @@ def within_pattern(
         own = host.from_pattern(pattern, num_heads=num_heads, **kw)
     except pbase.TracedPatternError:
         own = _from_traced_pattern(pattern, num_heads, **kw)
+    if pattern.holds_arrays:
+        # An explicit mask is not evaluated inside tiles it is constant on (a BlockMask on
+        # its own tiles): keep only the listed tiles it has, FULL only where it is full.
+        codes = device.intersect_codes(sp.to_dense(), own.to_dense())
+        return device.from_block_codes(
+            codes,
+            max_kv_blocks=sp.kv_indices.shape[-1],
+            max_q_blocks=sp.q_indices.shape[-1],
+            **kw,
+        )
     if own.is_host:
         if (own.kv_counts == own.num_kv_blocks).all() and own.kv_full.all():
             return sp  # every tile of the pattern is full (e.g. Full())
