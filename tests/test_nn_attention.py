@@ -205,8 +205,37 @@ def test_bad_input():
     grid.init_cache(batch_size=1, max_length=4)
     with pytest.raises(ValueError, match="cannot decode with Neighborhood"):
         grid(_x((1, 1, C)), decode=True)
+    line = jnn.SparseAttention(C, H, pattern=P.Neighborhood((4,), 3), rngs=nnx.Rngs(0))
+    line.init_cache(batch_size=1, max_length=4)  # a 1-D grid keeps the token order
+    with pytest.raises(ValueError, match="cannot decode with Neighborhood.*whole token grid"):
+        line(_x((1, 1, C)), decode=True)
     with pytest.raises(ValueError, match="rotary_dim=3"):
         jnn.RoPE(rotary_dim=3)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: jnn.SparseAttention(15, 3, rope=jnn.RoPE(), rngs=nnx.Rngs(0)),
+        lambda: jnn.NativeSparseAttention(30, 6, rngs=nnx.Rngs(0)),
+        lambda: jnn.AttnGate(2, 2, 8, block_size=4, hidden=5, rngs=nnx.Rngs(0)),
+        lambda: jnn.apply_rope(jnp.ones((4, 1, 5)), jnp.arange(4)),
+    ],
+)
+def test_rope_on_an_odd_head_dim_is_named(make):
+    # Channels rotate in pairs: an odd width is refused with the fixes, at construction.
+    with pytest.raises(ValueError, match=r"RoPE rotates channels in pairs.*\(odd\).*rope=None"):
+        make()
+
+
+def test_modules_take_numpy_integer_sizes():
+    m = jnn.NativeSparseAttention(np.int64(16), np.int64(2), rngs=nnx.Rngs(0))
+    assert m(jnp.ones((1, 8, 16))).shape == (1, 8, 16)
+    jnn.AttnGate(np.int64(2), head_dim=8, rngs=nnx.Rngs(0))
+    assert jnn.BiLevelRoutingAttention(12, 3, n_win=2, topk=np.int64(2), rngs=nnx.Rngs(0)).topk == 2
+    jnn.HiLoAttention(12, 4, alpha=np.float32(0.5), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="alpha=True"):
+        jnn.HiLoAttention(12, 4, alpha=True, rngs=nnx.Rngs(0))
 
 
 def test_default_pattern_is_full_attention():

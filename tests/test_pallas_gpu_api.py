@@ -234,6 +234,27 @@ def test_dq_in_dkv_lowers_for_a_gpu(block_kv, d, dv, dq_kernel, registers, monke
     assert ("jaxsparse_attention_dq" in text) == dq_kernel
 
 
+def test_block_mask_and_causal_lower_for_a_gpu(monkeypatch):
+    # `BlockMask & Causal()` on the Mosaic GPU kernels: the BlockMask drops out inside its
+    # tiles, and the kernels take Causal()'s mask and factors (forward and backward).
+    import jax
+
+    from jaxsparse.ops import pallas_gpu
+
+    monkeypatch.setattr(pallas_gpu, "check_device", lambda interpret: None)
+    q = jnp.zeros((1, 256, 2, 64), bf16)
+    pattern = P.BlockMask(np.array([[True, False], [True, True]]), 128, 128) & P.Causal()
+
+    def loss(q, k, v):
+        out = js.attention(q, k, v, pattern=pattern, implementation="pallas_gpu")
+        return out.astype(jnp.float32).sum()
+
+    with pallas_gpu.interpret_context(True):
+        lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, q, q)
+        text = lowered.lower(lowering_platforms=("cuda",)).as_text()
+    assert "jaxsparse_attention_fwd" in text and "jaxsparse_attention_dkv" in text
+
+
 def test_dq_in_dkv_under_vmap_matches_each_call():
     """The dK/dV kernel's float32 dQ is a `jax.new_ref` it adds into in place: under vmap
     each batch element must add into its own (interpret mode)."""

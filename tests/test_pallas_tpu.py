@@ -309,6 +309,32 @@ def test_check_support():
 # --- wiring ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("given_lists", [False, True])
+def test_block_mask_and_causal_run_on_the_kernels(given_lists):
+    # A BlockMask on the kernels' tiles is constant inside every listed tile, so
+    # `BlockMask & Causal()` runs as Causal() there instead of falling back to XLA; with
+    # caller lists marking every tile FULL, the excluded tiles are dropped and the
+    # diagonal ones masked.
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, 256, 2, 64)), f32) for _ in range(3))
+    pattern = P.BlockMask(np.array([[True, False], [False, True]]), 128, 128) & P.Causal()
+    sp = None
+    if given_lists:
+        sp = js.sparsity.from_block_mask(
+            np.ones((2, 2), bool), block_q=128, block_kv=128, q_len=256, kv_len=256
+        )
+
+    def run(impl, cfg=None):
+        return js.attention(
+            q, k, v, pattern=pattern, sparsity=sp, implementation=impl, config=cfg,
+            return_lse=True,
+        )  # fmt: skip
+
+    got, want = run("pallas_tpu", js.Config(interpret=True)), run("reference")
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
 def test_unsupported_inputs_raise_not_implemented():
     cfg = js.Config(interpret=True)
     q = jnp.ones((1, 64, 2, 48), f32)
@@ -332,6 +358,11 @@ def test_unsupported_inputs_raise_not_implemented():
             implementation="pallas_tpu",
             config=cfg,
         )
+    with pytest.raises(NotImplementedError, match="^Mask holds arrays"):  # names the part
+        js.attention(
+            q, q, q, pattern=P.Causal() & P.Mask(np.ones((64, 64), bool)),
+            implementation="pallas_tpu", config=cfg,
+        )  # fmt: skip
 
 
 def test_without_a_tpu_it_raises_and_the_dispatcher_falls_back(monkeypatch):

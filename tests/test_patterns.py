@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import jaxsparse as js
 from jaxsparse import patterns as P
 from tests import pattern_specs, strategies
 
@@ -171,6 +172,25 @@ def test_combining_with_non_pattern_raises():
 def test_bad_parameters(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_strided_reduces_head_step_modulo_the_stride_and_bounds_its_offsets():
+    # h * head_step wrapped int32 for a head_step near 2**30 (a wrong mask, no error).
+    p = P.Strided(stride=3, block_size=1, local_blocks=0, head_step=2**30 - 2)
+    got = np.asarray(P.dense_mask(p, q_len=16, kv_len=16, num_heads=4))
+    kb = np.arange(16)
+    for h in range(4):
+        np.testing.assert_array_equal(
+            got[h], np.broadcast_to((kb + h * (2**30 - 2)) % 3 == 0, (16, 16))
+        )
+    huge = P.Strided(stride=2**29, block_size=1, head_step=2**29 - 1)
+    with pytest.raises(ValueError, match="beyond the int32 range.*smaller stride"):
+        P.dense_mask(huge, q_len=16, kv_len=16, num_heads=8)
+
+
+def test_unsigned_numpy_sizes_work():
+    out = js.attention(*(jnp.ones((1, 64, 1, 8)),) * 3, pattern=P.PowerOfTwo(np.uint64(4)))
+    assert out.shape == (1, 64, 1, 8)
 
 
 def test_largest_window_does_not_wrap_around():

@@ -15,6 +15,7 @@ from jaxsparse.nn import layout
 from jaxsparse.nn import rope as rope_lib
 from jaxsparse.patterns import base as pbase
 from jaxsparse.patterns import explicit
+from jaxsparse.patterns.grid_pattern import GridPattern
 
 
 class SparseAttention(nnx.Module):
@@ -110,6 +111,8 @@ class SparseAttention(nnx.Module):
         pattern = P.Full() if pattern is None else pattern
         # A pattern holding arrays (Mask, BlockMask) is pytree data, not a static attribute.
         self.pattern = nnx.data(pattern) if pattern.holds_arrays else pattern
+        if rope is not None:
+            rope.check_head_dim("SparseAttention", head_dim)
         self.rope = rope
         self.scale, self.logits_soft_cap = scale, logits_soft_cap
         self.implementation, self.config = implementation, config
@@ -248,11 +251,13 @@ class SparseAttention(nnx.Module):
             self.pattern.is_dynamic
             or self.pattern.token_permutation(q_len=max_length, kv_len=max_length) is not None
             or self.pattern.holds_arrays
+            or isinstance(self.pattern, GridPattern)
         ):
             raise ValueError(
                 f"SparseAttention: cannot decode with {self.pattern!r}: it selects tiles from "
-                "whole blocks, reorders tokens or is an explicit mask of fixed shape. Decode "
-                "with a positional pattern (Causal, SlidingWindow, Sink, ...)."
+                "whole blocks, is defined on a whole token grid (Neighborhood, Window), "
+                "reorders tokens or is an explicit mask of fixed shape. Decode with a "
+                "positional pattern (Causal, SlidingWindow, Sink, ...)."
             )
         try:
             pattern = self.pattern.bind(

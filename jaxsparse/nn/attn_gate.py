@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxsparse.methods.seer import (
@@ -88,8 +89,10 @@ class AttnGate(nnx.Module):
             block_size=block_size,
             hidden=hidden,
         ).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"AttnGate: {name}={value!r} must be a positive int.")
+        num_heads, num_kv_heads, head_dim = int(num_heads), int(num_kv_heads), int(head_dim)
+        block_size, hidden = int(block_size), int(hidden)
         if num_heads % num_kv_heads:
             raise ValueError(
                 f"AttnGate: num_heads={num_heads} must be a multiple of "
@@ -101,6 +104,8 @@ class AttnGate(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.block_size, self.hidden = block_size, hidden
         self.q_pool, self.k_pool = tuple(q_pool), tuple(k_pool)
+        if rope is not None:
+            rope.check_head_dim("AttnGate", hidden, "hidden")
         self.rope = rope
         self.dtype = param_dtype if dtype is None else dtype
         init = _per_head_init()

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
@@ -87,7 +88,11 @@ class BiLevelRoutingAttention(nnx.Module):
                 f"by num_heads={num_heads}."
             )
         regions = n_win * n_win
-        if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= regions:
+        if (
+            isinstance(topk, bool)
+            or not isinstance(topk, (int, np.integer))
+            or not 1 <= topk <= regions
+        ):
             raise ValueError(
                 f"BiLevelRoutingAttention: topk={topk!r} must be between 1 and the number of "
                 f"regions n_win**2 = {regions}; use topk={regions} for full attention."
@@ -98,7 +103,7 @@ class BiLevelRoutingAttention(nnx.Module):
                 "or 0 (no local context enhancement)."
             )
         self.dim, self.qk_dim, self.num_heads = dim, qk_dim, num_heads
-        self.n_win, self.topk, self.auto_pad = n_win, topk, auto_pad
+        self.n_win, self.topk, self.auto_pad = n_win, int(topk), auto_pad
         self.scale = qk_dim**-0.5 if qk_scale is None else qk_scale
         self.implementation, self.config = implementation, config
         self.dtype = param_dtype if dtype is None else dtype

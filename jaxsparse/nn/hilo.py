@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
@@ -63,7 +65,11 @@ class HiLoAttention(nnx.Module):
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        if (
+            isinstance(alpha, (bool, np.bool_))
+            or not isinstance(alpha, numbers.Real)
+            or not 0.0 <= alpha <= 1.0
+        ):
             raise ValueError(
                 f"HiLoAttention: alpha={alpha!r} is the fraction of Lo-Fi heads and must be in "
                 "[0, 1] (0: all heads local windows, 1: all heads pooled global attention)."

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxsparse.methods import nsa_attention as nsa_lib
@@ -115,11 +116,15 @@ class NativeSparseAttention(nnx.Module):
         )
         given = {**required, **{n: x for n, x in optional.items() if x is not None}}
         for name, value in given.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 default = " (or None for its default)" if name in optional else ""
                 raise ValueError(
                     f"NativeSparseAttention: {name}={value!r} must be a positive int{default}."
                 )
+        in_features, num_heads, num_kv_heads = int(in_features), int(num_heads), int(num_kv_heads)
+        head_dim, compress_hidden, out_features = (
+            None if x is None else int(x) for x in (head_dim, compress_hidden, out_features)
+        )
         if num_heads % num_kv_heads:
             raise ValueError(
                 f"NativeSparseAttention: num_heads={num_heads} must be a multiple of "
@@ -140,6 +145,8 @@ class NativeSparseAttention(nnx.Module):
             )
         self.nsa = nsa_lib.NSAConfig() if nsa is None else nsa
         self.in_features = in_features
+        if rope is not None:
+            rope.check_head_dim("NativeSparseAttention", head_dim)
         self.rope, self.scale = rope, scale
         self.implementation, self.config = implementation, config
         self.gate_per_head = gate_per_head

@@ -34,6 +34,26 @@ class RoPE:
     def __call__(self, x: Float[Array, "*B T H D"], positions: Int[Array, "*B T"]) -> Any:
         return apply_rope(x, positions, base=self.base, rotary_dim=self.rotary_dim)
 
+    def check_head_dim(self, owner: str, head_dim: int, name: str = "head_dim") -> None:
+        """ValueError unless these settings can rotate heads of `head_dim` channels."""
+        check_rotary_dim(owner, self.rotary_dim, head_dim, name)
+
+
+def check_rotary_dim(owner: str, rotary_dim: int | None, head_dim: int, name: str = "head dim"):
+    """The channels that rotate (`rotary_dim`, or the whole head) must be even and fit."""
+    d = head_dim if rotary_dim is None else rotary_dim
+    if rotary_dim is not None and rotary_dim > head_dim:
+        raise ValueError(
+            f"{owner}: rotary_dim={rotary_dim} is larger than the {name} {head_dim}; pass "
+            f"rotary_dim <= {head_dim} or None (the whole head)."
+        )
+    if d % 2:
+        raise ValueError(
+            f"{owner}: RoPE rotates channels in pairs, but the {name} is {head_dim} (odd); use "
+            f"an even {name}, RoPE(rotary_dim={max(2, d - 1)}) to rotate only part of it, or "
+            "rope=None."
+        )
+
 
 def apply_rope(
     x: Float[Array, "*B T H D"],
@@ -66,12 +86,8 @@ def apply_rope(
             "e.g. x.astype(jnp.float32)."
         )
     d = x.shape[-1]
+    check_rotary_dim("apply_rope", rotary_dim, d)
     rotary_dim = d if rotary_dim is None else rotary_dim
-    if rotary_dim > d:
-        raise ValueError(
-            f"apply_rope: rotary_dim={rotary_dim} is larger than the head dim {d} of x "
-            f"{x.shape}; pass rotary_dim <= {d} or None (the whole head)."
-        )
     positions = jnp.asarray(positions)
     if not jnp.issubdtype(positions.dtype, jnp.integer):
         raise TypeError(f"apply_rope: positions must be integers, got dtype {positions.dtype}.")

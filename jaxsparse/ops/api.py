@@ -68,7 +68,9 @@ def attention(
     Details:
       Lengths need not be multiples of a tile (padding is internal). Works
       under jit, vmap, grad and jax.checkpoint; gradients flow to q, k, v (and
-      through lse when it is returned and used).
+      through lse when it is returned and used). Every backend accumulates in
+      float32: float64 inputs (with `jax_enable_x64`) come back as float64 with
+      float32 accuracy (about 1e-7 relative).
 
     Raises:
       ValueError / TypeError: for malformed input, with the fix in the message.

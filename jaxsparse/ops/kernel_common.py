@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse.ops import call as call_lib
+from jaxsparse.patterns import base as pbase
+from jaxsparse.patterns.full import Full
 from jaxsparse.sparsity import block_sparsity
 
 TABLES = ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
@@ -20,18 +22,25 @@ def check_head_dims(call: call_lib.Call, kernels: str) -> None:
             )
 
 
-def tile_mask_fn(call: call_lib.Call, block_q: int, block_kv: int, kernels: str):
-    """The pattern's mask_fn for partial tiles, or None when tiles never need it.
+def tile_mask(call: call_lib.Call, block_q: int, block_kv: int, kernels: str):
+    """The pattern the kernels evaluate in partial tiles, or None when tiles never need it.
 
-    Kernels evaluate arithmetic masks only: a pattern that would index its own
-    arrays inside a tile (`Mask`, per-token selections) is refused with
-    NotImplementedError, so the call falls back to the XLA path.
+    Kernels evaluate arithmetic masks only. A part holding arrays that is constant
+    on every tile at this tiling (a `BlockMask` on its own tiles) is true in every
+    tile the lists hold (its empty tiles are not listed) and drops out of a
+    conjunction: `BlockMask(...) & Causal()` runs as `Causal()` inside its tiles.
+    A pattern that would index its arrays inside a tile (`Mask`, a BlockMask cut
+    by the tiles, per-token selections) is refused with NotImplementedError, so
+    the call falls back to the XLA path. Returns the pattern (its `mask_fn` and
+    `mask_factors()` are what the kernels take).
     """
     pattern = call.pattern
     if not pattern.needs_tile_mask(block_q, block_kv):
         return None
-    if pattern.holds_arrays:
-        rb, cb = getattr(pattern, "row_block", None), getattr(pattern, "col_block", None)
+    arithmetic = _in_listed_tiles(pattern, block_q, block_kv)
+    if arithmetic is None:
+        part = _indexed_part(pattern, block_q, block_kv)
+        rb, cb = getattr(part, "row_block", None), getattr(part, "col_block", None)
         blocks = f" of {rb}x{cb} blocks" if rb and cb else ""
         hint = (  # per-token selections (rb == 1) have their own layouts instead
             f"tiles that lie inside one block (block_q dividing {rb}, block_kv dividing {cb}, "
@@ -40,11 +49,35 @@ def tile_mask_fn(call: call_lib.Call, block_q: int, block_kv: int, kernels: str)
             else ""
         )
         raise NotImplementedError(
-            f"{type(pattern).__name__}{blocks} holds arrays that partial {block_q}x{block_kv} "
+            f"{type(part).__name__}{blocks} holds arrays that partial {block_q}x{block_kv} "
             f"tiles would index; the {kernels} kernels evaluate only arithmetic masks (use "
             f"{hint}a BlockMask aligned with the tiles)"
         )
-    return pattern.mask_fn
+    return arithmetic
+
+
+def _in_listed_tiles(pattern, block_q: int, block_kv: int):
+    """`pattern` inside the tiles its lists hold, without arrays; None if it needs them."""
+    if not pattern.holds_arrays:
+        return pattern
+    if not pattern.needs_tile_mask(block_q, block_kv):
+        return Full()  # constant on each tile, and listed tiles are its full ones
+    if isinstance(pattern, pbase.And):
+        a = _in_listed_tiles(pattern.a, block_q, block_kv)
+        b = _in_listed_tiles(pattern.b, block_q, block_kv)
+        if a is None or b is None:
+            return None
+        return b if isinstance(a, Full) else a if isinstance(b, Full) else a & b
+    return None
+
+
+def _indexed_part(pattern, block_q: int, block_kv: int):
+    """The part of `pattern` whose arrays the tiles would index (for the error message)."""
+    if isinstance(pattern, pbase.And):
+        for child in (pattern.a, pattern.b):
+            if _in_listed_tiles(child, block_q, block_kv) is None:
+                return _indexed_part(child, block_q, block_kv)
+    return pattern
 
 
 def tables(sp: block_sparsity.BlockSparsity) -> tuple[jax.Array, ...]:

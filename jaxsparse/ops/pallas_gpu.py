@@ -89,7 +89,8 @@ def run(call: call_lib.Call):
     bq, bk = sp.block_q, sp.block_kv
     # Tables built here were refined with the segment ids (tiles mixing documents are
     # partial), so full tiles may skip the segment test; caller-given tables were not.
-    mask_fn = kernel_common.tile_mask_fn(call, bq, bk, "Mosaic GPU")
+    tile_mask = kernel_common.tile_mask(call, bq, bk, "Mosaic GPU")
+    mask_fn = None if tile_mask is None else tile_mask.mask_fn
     q, k, v, segs = layout.pad_inputs(call, bq, bk)
     xla_work = None
     if not _backward_supported(call, bq, bk):
@@ -102,7 +103,7 @@ def run(call: call_lib.Call):
         kernel_common.tables(sp),
         segs=segs,
         mask_fn=mask_fn,
-        mask_factors=mask_fn and call.pattern.mask_factors(),
+        mask_factors=None if tile_mask is None else tile_mask.mask_factors(),
         q_offset=call.q_offset,
         kv_len=call.kv_len,
         block_q=bq,

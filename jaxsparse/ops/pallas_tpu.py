@@ -69,8 +69,9 @@ def run(call: call_lib.Call):
         kernels.check_support(call.head_dim, call.head_dim_v, bq, bk, call.q.dtype)
     except NotImplementedError as e:
         raise NotImplementedError(f"the Pallas TPU kernels cannot run this call: {e}") from e
+    tile_mask = kernel_common.tile_mask(call, bq, bk, "Pallas TPU")
     kw: dict[str, Any] = dict(
-        mask_fn=kernel_common.tile_mask_fn(call, bq, bk, "Pallas TPU"),
+        mask_fn=None if tile_mask is None else tile_mask.mask_fn,
         q_offset=call.q_offset,
         kv_len=call.kv_len,
         scale=call.scale,

@@ -38,6 +38,8 @@ class PowerOfTwo(base.Pattern):
         base.check_size("block_size", self.block_size, minimum=1, owner="PowerOfTwo")
         base.check_size("window_blocks", self.window_blocks, minimum=0, owner="PowerOfTwo")
         base.check_size("sink_blocks", self.sink_blocks, minimum=0, owner="PowerOfTwo")
+        for name in ("block_size", "window_blocks", "sink_blocks"):  # numpy ints, unsigned too
+            object.__setattr__(self, name, int(getattr(self, name)))
 
     def _keep_blocks(self, qb, kb):
         d = qb - kb

@@ -45,10 +45,27 @@ class Strided(base.Pattern):
     def head_dependent(self) -> bool:  # type: ignore[override]
         return self.head_step % self.stride != 0
 
+    def bind(self, *, q_len, kv_len, q_offset, num_heads):
+        # The masks add `kb + h * (head_step % stride) + phase % stride` in int32.
+        kb = -(-max(q_len, kv_len, 1) // self.block_size)
+        top = kb + (num_heads - 1) * (self.head_step % self.stride) + self.phase % self.stride
+        if top > base.MAX_SIZE:
+            raise ValueError(
+                f"Strided: stride={self.stride} with head_step={self.head_step} over "
+                f"{num_heads} heads gives key-block offsets beyond the int32 range masks "
+                f"compute in ({top} >= 2**30); only head_step % stride matters, so use a "
+                "smaller stride (at most the number of key blocks is enough)."
+            )
+        return self
+
+    def _offset(self, head):
+        """Head h's stripe offset `h * head_step + phase`, reduced modulo the stride."""
+        return head * (self.head_step % self.stride) + self.phase % self.stride
+
     def mask_fn(self, q_pos, kv_pos, head):
         bs, n = self.block_size, self.local_blocks
         kb, qb = kv_pos // bs, q_pos // bs
-        vertical = (kb + head * self.head_step + self.phase) % self.stride == 0
+        vertical = (kb + self._offset(head)) % self.stride == 0
         local = (qb - kb < n) & (kb - qb < n)
         return vertical | local
 
@@ -56,7 +73,7 @@ class Strided(base.Pattern):
         bs, s, n = self.block_size, self.stride, self.local_blocks
         kb_lo, kb_hi = k_lo // bs, k_hi // bs
         qb_lo, qb_hi = q_lo // bs, q_hi // bs
-        c = (head * self.head_step + self.phase) % s
+        c = self._offset(head) % s
         first = kb_lo + (-(kb_lo + c)) % s  # first kept key block >= kb_lo
         vertical = base.codes_from(
             (kb_lo == kb_hi) & ((kb_lo + c) % s == 0), first > kb_hi, q_lo, head
