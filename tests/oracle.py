@@ -47,11 +47,7 @@ class Case:
     def id(self) -> str:
         s = self.t if self.s is None else self.s
         dv = "" if self.dv is None else f"-Dv{self.dv}"
-        pattern = repr(self.pattern)
-        if hasattr(self.pattern, "block_mask"):
-            pattern = f"BlockMask{list(np.shape(self.pattern.block_mask))}"
-        elif hasattr(self.pattern, "mask"):
-            pattern = f"Mask{list(np.shape(self.pattern.mask))}"
+        pattern = _short(self.pattern)
         parts = [
             f"B{self.b}-T{self.t}" + (f"-S{s}" if s != self.t else ""),
             f"H{self.h}K{self.k}-D{self.d}{dv}",
@@ -135,3 +131,15 @@ def assert_matches_oracle(case: Case, implementation: str, transform=None, seed:
         errors[name] = err
         assert err <= limit, f"{case.id}: {name} relative error {err:.3g} > {limit:.3g}"
     return errors
+
+
+def _short(pattern) -> str:
+    """A pattern's repr for test ids, explicit masks by their shape (also inside & and |)."""
+    if hasattr(pattern, "block_mask"):
+        return f"BlockMask{list(np.shape(pattern.block_mask))}"
+    if hasattr(pattern, "mask"):
+        return f"Mask{list(np.shape(pattern.mask))}"
+    if pattern.holds_arrays and hasattr(pattern, "a"):
+        op = "&" if type(pattern).__name__ == "And" else "|"
+        return f"({_short(pattern.a)}{op}{_short(pattern.b)})"
+    return repr(pattern)

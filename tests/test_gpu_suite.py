@@ -46,6 +46,8 @@ CASES = [
     C(P.Causal(), t=1000, s=5000),  # cross attention, bottom-right
     C(P.PerHead([P.Causal(), P.SlidingWindow(left=300), P.Full(), P.PrefixLM(700)]), t=2048),
     C(P.BlockMask(rng.random((32, 32)) < 0.1, block_q=128, block_kv=128), t=4096),
+    # On the kernels since session 26 (the BlockMask drops out inside its tiles): not run yet.
+    C(P.BlockMask(rng.random((32, 32)) < 0.3, block_q=128, block_kv=128) & P.Causal(), t=4096),
     C(P.Causal(), d=256, t=2048),  # forward kernel, XLA-path backward
     C(P.Causal(), d=64, dv=128),
 ]
