@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = TrainConfig(overrides=tuple(args.overrides), **fields)
         result = train(cfg)
-    except ValueError as e:
+    except (ValueError, NotImplementedError) as e:  # NotImplementedError: --implementation
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -139,4 +139,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 130:
+        # Interrupted mid-step (the state is checkpointed): XLA's threads may still hold
+        # the abandoned step, and tearing them down at exit aborted the process
+        # ("terminate called without an active exception", exit 134). Leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

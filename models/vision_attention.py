@@ -146,7 +146,8 @@ class GridAttention(nnx.Module):
       dim, num_heads: width C and heads.
       grid: token grid `(h, w)` or `(frames, h, w)`.
       options: `VisionOptions`.
-      shifted: shift the windows by half a window (`window` kind only).
+      shifted: shift the windows by half a window (`window` kind only; not along an
+        axis the window covers).
       implementation: passed to `jaxsparse.attention`.
       dtype, param_dtype, rngs: as in Flax NNX.
     """
@@ -176,8 +177,12 @@ class GridAttention(nnx.Module):
         elif kind == "window":
             w = tuple(min(options.window, n) for n in spatial)
             window = (self.grid[0],) + w if video else w
-            shift = tuple(x // 2 if shifted else 0 for x in window)
-            shift = (0,) + shift[1:] if video else shift
+            # No shift along an axis the window covers (Swin: no shift when the window
+            # spans the input): shifting there would only split the one window in two.
+            shift = tuple(
+                x // 2 if shifted and x < n else 0 for x, n in zip(w, spatial, strict=True)
+            )
+            shift = (0,) + shift if video else shift
             pattern = P.Window(self.grid, window, shift=shift)
             self.attn = jnn.SparseAttention(
                 dim, num_heads, pattern=pattern, qkv_bias=True, out_bias=True, **kw

@@ -136,3 +136,17 @@ def test_grids_the_attention_cannot_tile_are_refused_at_build_time(attention, me
         _config(image_size=14, attention=attention)
     with pytest.raises(ValueError, match="7x7 token grid is not a multiple"):  # GridAttention
         vision_attention.check_grid(attention.split(",")[-1], (7, 7), OPTIONS)
+
+
+@pytest.mark.parametrize(
+    "grid, window, shift",
+    [((5, 5), 8, (0, 0)), ((8, 8), 4, (2, 2)), ((8, 4), 4, (2, 0)), ((2, 8, 8), 8, (0, 0, 0))],
+)
+def test_shifted_windows_do_not_shift_along_an_axis_they_cover(grid, window, shift):
+    # Swin turns the shift off where the window spans the input: a shifted window that
+    # covers an axis would only split that axis in two (a 5x5 grid: 2x2-and-3x3 pieces).
+    options = vision_attention.VisionOptions(window=window)
+    layer = vision_attention.GridAttention(
+        "window", 16, 2, grid=grid, options=options, shifted=True, rngs=nnx.Rngs(0)
+    )
+    assert layer.attn.pattern.shift == shift

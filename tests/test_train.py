@@ -127,6 +127,41 @@ def test_incompatible_checkpoint_is_refused(llm_run):
     assert dataclasses.replace(cfg, lr=0.5).resolve().run_fields() != cfg.resolve().run_fields()
 
 
+def _damaged_copy(llm_run, tmp_path, damage):
+    import shutil
+
+    cfg, _ = llm_run
+    out = tmp_path / "copy"
+    shutil.copytree(cfg.out, out)
+    damage(out)
+    return dataclasses.replace(cfg, out=str(out))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "config.json").unlink(), "holds checkpoints but no config.json"),
+        (lambda d: (d / "config.json").write_text("{nope"), "config.json cannot be read"),
+        (
+            lambda d: [p.unlink() for p in (d / "checkpoints" / "6").rglob("*") if p.is_file()],
+            "checkpoint 6 in .* cannot be read .* delete that step's directory",
+        ),
+        (
+            lambda d: __import__("shutil").rmtree(d / "checkpoints"),
+            "holds a finished run \\(result.json\\) but no checkpoint",
+        ),
+        (
+            lambda d: (__import__("shutil").rmtree(d / "checkpoints"), (d / "checkpoints").touch()),
+            "checkpoints is a file",
+        ),
+    ],
+)
+def test_damaged_run_directories_are_refused_by_name(llm_run, tmp_path, damage, message):
+    # Not a deep orbax/json error, and never a silent fresh start or an unchecked resume.
+    with pytest.raises(ValueError, match=message):
+        train(_damaged_copy(llm_run, tmp_path, damage))
+
+
 def test_resume_ignores_init_from_and_keeps_the_final_loss(llm_run, tmp_path):
     """A finished run, rerun with another --init-from: resumed (not refused, the source not
     read), and result.json keeps the final loss."""
@@ -295,6 +330,7 @@ def test_init_from_refuses_other_shapes_and_missing_runs(llm_run, tmp_path):
         (["--model", "dit", "--set", "frames=0"], "; use --frames (with --task moving_shapes)"),
         (["--out", "FILE"], "is a file; pass a directory path"),
         (["--out", "FILE/run"], "cannot write the run directory --out"),
+        (["--implementation", "pallas_gpu"], "need a Hopper GPU"),
     ],
 )
 def test_cli_bad_names_list_the_valid_ones(tmp_path, capsys, argv, message):

@@ -63,8 +63,26 @@ def check_or_write_config(
     """
     path = run_dir / "config.json"
     config = json.loads(json.dumps(config))  # normalise tuples, numbers as JSON sees them
+    folder = run_dir / "checkpoints"
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not the run's checkpoint directory; move it away.")
+    if not path.is_file() and has_checkpoint(run_dir):
+        raise IncompatibleCheckpointError(
+            f"{run_dir} holds checkpoints but no config.json, so they cannot be checked against "
+            "this configuration; restore its config.json, or use another --out directory."
+        )
+    if not has_checkpoint(run_dir) and (run_dir / "result.json").is_file():
+        raise IncompatibleCheckpointError(
+            f"{run_dir} holds a finished run (result.json) but no checkpoint to resume; "
+            "use another --out directory (or delete this one to train from scratch)."
+        )
     if path.is_file():
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"{path} cannot be read ({e}); restore it, or use another --out directory."
+            ) from None
         diff = config_diff(stored, config, ignore)
         if not diff:
             return
@@ -121,9 +139,20 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def restore(self, step: int, template: Any) -> Any:
-        """Restore `step` with `template`'s structure, shapes, dtypes and shardings."""
+        """Restore `step` with `template`'s structure, shapes, dtypes and shardings.
+
+        ValueError naming the step and its directory where orbax cannot read it.
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds
+            detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            raise ValueError(
+                f"checkpoint {step} in {self.manager.directory} cannot be read "
+                f"({type(e).__name__}: {detail}); delete that step's directory to resume "
+                "from an earlier one, or use another --out directory."
+            ) from None
 
     def close(self) -> None:
         self.manager.close()

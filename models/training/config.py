@@ -198,7 +198,7 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
                     kv_heads=4, lr=3e-3, warmup_steps=100, checkpoint_every=500,
                     eval_every=250, log_every=25),
         # Head dim 64 (the GPU kernels' minimum) and four query heads, as the cpu
-        # preset (which forms the recall circuit more reliably than fewer heads).
+        # preset (four heads formed the recall circuit more reliably than fewer).
         # 2 layers, batch 32, 4000 steps (~70 s on the H100 once the embedding's
         # scatter-add gradient became a one-hot matmul). From scratch it does not
         # form the recall circuit at 4096 tokens (accuracy 0.06); started from a
