@@ -53,10 +53,10 @@ def within_pattern(
     BlockMask is not evaluated inside its own tiles), so their lists are rebuilt
     on device from the two tables' intersection; their own tiles come from their
     arrays (for a traced element mask or a combination, from the `[T, S]`
-    mask). Lists with
-    one head cannot serve a pattern whose tiles differ per head (ValueError).
-    The library's content-aware selections (`exact_given_lists`) come with
-    lists built from their own arrays, which are trusted as they are.
+    mask). Lists with one head cannot serve a pattern whose tiles differ per
+    head (ValueError). The library's content-aware selections
+    (`exact_given_lists`) come with lists built from their own arrays, which
+    are trusted as they are.
     """
     if pattern.holds_arrays and pattern.exact_given_lists:
         return sp
@@ -77,6 +77,14 @@ def within_pattern(
         own = host.from_pattern(pattern, num_heads=num_heads, **kw)
     except pbase.TracedPatternError:
         own = _from_traced_pattern(pattern, num_heads, **kw)
+    if own.is_host:
+        if (own.kv_counts == own.num_kv_blocks).all() and own.kv_full.all():
+            return sp  # every tile of the pattern is full (e.g. Full())
+        if sp.is_host and all(
+            np.array_equal(getattr(sp, name), getattr(own, name))
+            for name in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
+        ):
+            return sp  # built from this pattern (metadata shared across layers): nothing to do
     if pattern.holds_arrays:
         # An explicit mask is not evaluated inside tiles it is constant on (a BlockMask on
         # its own tiles): keep only the listed tiles it has, FULL only where it is full.
@@ -87,14 +95,6 @@ def within_pattern(
             max_q_blocks=sp.q_indices.shape[-1],
             **kw,
         )
-    if own.is_host:
-        if (own.kv_counts == own.num_kv_blocks).all() and own.kv_full.all():
-            return sp  # every tile of the pattern is full (e.g. Full())
-        if sp.is_host and all(
-            np.array_equal(getattr(sp, name), getattr(own, name))
-            for name in ("kv_indices", "kv_counts", "kv_full", "q_indices", "q_counts", "q_full")
-        ):
-            return sp  # built from this pattern (metadata shared across layers): nothing to do
     xp = np if sp.is_host and own.is_host else jnp
     full = xp.asarray(own.to_dense() == pbase.FULL)  # [1, 1 or H, Tb, Sb]: dense only here
     kv_full = sp.kv_full & xp.take_along_axis(full, sp.kv_indices, axis=-1)
