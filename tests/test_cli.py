@@ -103,3 +103,27 @@ def test_bench_json(capsys):
         assert r["speedup"] > 0 and r["max_error"] < 1e-3
         assert (r["batch"], r["seq"], r["heads"], r["kv_heads"], r["dim"]) == (1, 128, 2, 1, 64)
         assert r["dtype"] == "float32" and r["backward"] is False
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--seq", "1000000000"], "measured on the dense mask"),
+        (["bench", "--seq", "64", "--implementation", "pallas_gpu"], "Hopper GPU"),
+        (
+            ["bench", "--seq", "64", "--pattern", "BlockTopK(block_size=16, top_k=1)"],
+            "content-aware",
+        ),
+        (["show", "causal", "--seq", "64", "--png", "TMP"], "a file name ending in .png"),
+        (["show", "causal", "--seq", "64", "--png", "TMP/x.svg"], "a file name ending in .png"),
+        (["show", "causal", "--seq", "64", "--png", "/proc/x.png"], "cannot write it"),
+        (["show", "causal", "--seq", "200000", "--png", "TMP/big.png"], "at most 67,108,864"),
+    ],
+)
+def test_bad_requests_are_one_line_errors(tmp_path, capsys, argv, message):
+    # Checked before any work where possible: no traceback, no file written elsewhere.
+    argv = [a.replace("TMP", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())

@@ -119,6 +119,40 @@ def test_device_lists_are_the_ascending_non_empty_tiles(seed, shape, density, km
         )
 
 
+def test_host_codes_refuse_a_cap_that_would_cut_a_list():
+    # The query-major lists cut at max_kv_blocks while the key-major ones (the backward's)
+    # kept every tile: forward and backward over different tiles. Host codes are checked.
+    geo = dict(block_q=4, block_kv=8, q_len=13, kv_len=29)
+    with pytest.raises(
+        ValueError, match="max_kv_blocks=1 would cut a query block row that lists 4"
+    ):
+        S.from_block_mask(np.ones((4, 4), bool), max_kv_blocks=1, **geo)
+    with pytest.raises(ValueError, match="max_q_blocks=2 would cut a key block column"):
+        S.from_block_codes(np.full((4, 4), 2, np.int8), max_q_blocks=2, **geo)
+    sp = S.from_block_mask(np.eye(4, dtype=bool), max_kv_blocks=1, **geo)  # a true bound
+    np.testing.assert_array_equal(
+        np.asarray(sp.to_dense()), np.swapaxes(np.asarray(sp.to_dense_transposed()), -1, -2)
+    )
+
+
+def test_segment_codes_name_bad_ids():
+    with pytest.raises(ValueError, match="one batch size"):
+        S.segment_codes(np.zeros((2, 13), int), np.zeros((3, 29), int), block_q=4, block_kv=4)
+    with pytest.raises(ValueError, match=r"q_segment_ids must be integer ids \[B, length\]"):
+        S.segment_codes(np.zeros(13, int), np.zeros((1, 29), int), block_q=4, block_kv=4)
+    with pytest.raises(ValueError, match="kv_segment_ids must be integer ids"):
+        S.segment_codes(np.zeros((1, 13), int), np.zeros((1, 29)), block_q=4, block_kv=4)
+
+
+def test_element_mask_codes_take_bool_masks_and_int_blocks():
+    with pytest.raises(TypeError, match="mask must be bool"):
+        S.codes_from_element_mask(np.full((8, 8), 2), block_q=4, block_kv=4)  # 2 & True == 0
+    with pytest.raises(ValueError, match="block_q=0 must be >= 1"):
+        S.codes_from_element_mask(np.ones((8, 8), bool), block_q=0, block_kv=4)
+    with pytest.raises(TypeError, match="block_kv must be an int"):
+        S.codes_from_element_mask(np.ones((8, 8), bool), block_q=4, block_kv=4.0)
+
+
 def test_explicit_masks_host_and_traced_agree():
     rng = np.random.default_rng(0)
     bm = rng.random((2, 4, 5)) < 0.4

@@ -92,6 +92,9 @@ def _measure(name, pattern, q, k, v, args) -> dict:
     return row
 
 
+MASK_MAX_ELEMENTS = 2**31  # the dense bool mask `run` measures densities on
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
@@ -99,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=args.json)
     dtype = jnp.dtype(args.dtype)
+    entries = args.seq * args.seq * args.heads
+    if entries > MASK_MAX_ELEMENTS:  # each row's element density comes from the dense mask
+        raise ValueError(
+            f"--seq {args.seq} with --heads {args.heads}: the element density is measured on "
+            f"the dense mask, T x T x H = {entries:,} entries, at most {MASK_MAX_ELEMENTS:,} "
+            "(e.g. --seq 16384 with 8 heads); time longer sequences with bench/attention_gpu.py"
+        )
     kh = args.heads if args.kv_heads is None else args.kv_heads
     if args.heads % kh:
         raise ValueError(

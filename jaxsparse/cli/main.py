@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError) as e:
-        print(f"jaxsparse: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, NotImplementedError) as e:  # NotImplementedError: an
+        print(f"jaxsparse: error: {e}", file=sys.stderr)  # --implementation not here
         return 2
 
 

@@ -25,4 +25,11 @@ def resolve(text: str, seq: int) -> tuple[str, P.Pattern]:
     key = text.strip().lower().replace("-", "_")
     if key in table:
         return key, table[key]
-    return text, P.parse(text)
+    pattern = P.parse(text)
+    if pattern.is_dynamic:
+        raise ValueError(
+            f"{text!r} is content-aware (it selects tiles from q and k): the command line "
+            "builds and draws static patterns only; time it with bench/llm_sparse_gpu.py, "
+            "or call jaxsparse.attention(q, k, v, pattern=...) yourself"
+        )
+    return text, pattern

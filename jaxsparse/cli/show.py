@@ -38,6 +38,9 @@ def _title(name: str, pattern) -> str:
     return repr(pattern) if name == repr(pattern) else f"{name}: {pattern!r}"
 
 
+PNG_MAX_ELEMENTS = 8192 * 8192  # --png draws the dense element mask
+
+
 def block_map(codes: np.ndarray) -> str:
     return "\n".join("".join(GLYPH[int(c)] * 2 for c in row) for row in codes)
 
@@ -48,14 +51,21 @@ def run(args: argparse.Namespace) -> int:
             f"--head {args.head} is out of range for --heads {args.heads}; "
             f"use 0 to {args.heads - 1} (or raise --heads)"
         )
+    t = args.seq
+    s = t if args.kv_seq is None else args.kv_seq
     if args.png:
         folder = os.path.dirname(os.path.abspath(args.png))
+        if not args.png.lower().endswith(".png") or os.path.isdir(args.png):
+            raise ValueError(f"--png {args.png}: give a file name ending in .png")
         if not os.path.isdir(folder):
             raise ValueError(
                 f"--png {args.png}: directory {folder} does not exist; create it first"
             )
-    t = args.seq
-    s = t if args.kv_seq is None else args.kv_seq
+        if t * s > PNG_MAX_ELEMENTS:
+            raise ValueError(
+                f"--png draws the element mask, T x S = {t * s:,} entries here; at most "
+                f"{PNG_MAX_ELEMENTS:,} (e.g. --seq 8192): use a shorter --seq for the picture"
+            )
     name, pattern = presets.resolve(args.pattern, t)
     block = args.block if args.block is not None else max(16, max(t, s) // 32)
     sp = S.from_pattern(
@@ -81,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
         f"{GLYPH[P.EMPTY]} skipped"
     )
     if args.png:
-        write_png(args.png, pattern, name, t, s, sp.q_offset, args.heads, head, block, codes)
+        try:
+            write_png(args.png, pattern, name, t, s, sp.q_offset, args.heads, head, block, codes)
+        except OSError as e:
+            raise ValueError(f"--png {args.png}: cannot write it ({e.strerror or e})") from None
         print(f"wrote {args.png}")
     return 0
 

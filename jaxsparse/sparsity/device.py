@@ -95,8 +95,9 @@ def from_block_codes(
 ) -> block_sparsity.BlockSparsity:
     """Lists from block codes `[Bx, Hx, Tb, Sb]` (0 empty, 1 partial, 2 full).
 
-    `max_kv_blocks` / `max_q_blocks` bound the list lengths (static, >= 1); rows
-    with more tiles are truncated, so pass a true upper bound (or None for Sb / Tb).
+    `max_kv_blocks` / `max_q_blocks` bound the list lengths (static, >= 1); pass
+    a true upper bound (or None for Sb / Tb): host codes that a bound would cut
+    are refused (ValueError), device codes are not checked and would be cut.
     Codes from the host (numpy, lists) are checked to be 0, 1 or 2; device
     arrays are not (that would copy them back; the library's own builders pass
     valid codes).
@@ -108,7 +109,20 @@ def from_block_codes(
             pbase.check_int(
                 name, value, minimum=1, owner=owner, fix="Pass None for no bound on the lists."
             )
+    host = _host_values(codes)
     codes = _codes_4d(owner, "codes", codes, (tb, sb), geo).astype(jnp.int8)
+    if host is not None:  # a cap that cuts a list would leave the two directions unequal
+        listed = np.asarray(codes) != pbase.EMPTY
+        for name, cap, most, what in (
+            ("max_kv_blocks", max_kv_blocks, listed.sum(-1).max(initial=0), "query block row"),
+            ("max_q_blocks", max_q_blocks, listed.sum(-2).max(initial=0), "key block column"),
+        ):
+            if cap is not None and cap < most:
+                raise ValueError(
+                    f"{owner}: {name}={cap} would cut a {what} that lists {most} tiles (the "
+                    f"forward's and the backward's lists would then differ); pass at least "
+                    f"{most}, or None."
+                )
     if kv_len % block_kv:  # the last key block holds padding: never FULL
         last = codes[..., -1:]
         codes = codes.at[..., -1:].set(jnp.where(last == pbase.FULL, pbase.PARTIAL, last))
@@ -175,7 +189,10 @@ def from_block_mask(
         )
     if mask.dtype != jnp.bool_:
         raise TypeError(f"block_mask must be boolean, got {mask.dtype}; pass mask.astype(bool).")
+    host = _host_values(block_mask)
     codes = jnp.where(mask, jnp.int8(pbase.FULL), jnp.int8(pbase.EMPTY))
+    if host is not None:  # host codes: from_block_codes checks the bound against them
+        codes = np.where(host, np.int8(pbase.FULL), np.int8(pbase.EMPTY))
     return from_block_codes(
         codes,
         block_q=block_q,
@@ -266,7 +283,15 @@ def _broadcasts(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 
 
 def codes_from_element_mask(mask: Any, *, block_q: int, block_kv: int) -> jax.Array:
-    """Exact tile codes of an element mask `[..., T, S]` (traceable)."""
+    """Exact tile codes of a bool element mask `[..., T, S]` (traceable)."""
+    for name, value in (("block_q", block_q), ("block_kv", block_kv)):
+        pbase.check_int(name, value, minimum=1, owner="codes_from_element_mask")
+    dtype = mask.dtype if hasattr(mask, "dtype") else np.asarray(mask).dtype
+    if dtype != np.bool_:
+        raise TypeError(
+            f"codes_from_element_mask: mask must be bool (True: may attend), got dtype "
+            f"{dtype}; e.g. mask.astype(bool)."
+        )
     mask = _as_4d(mask, "mask")
     t, s = mask.shape[-2:]
     tb, sb = math.ceil(t / block_q), math.ceil(s / block_kv)
@@ -290,6 +315,19 @@ def segment_codes(
     keys do not overlap, FULL when both hold one and the same id. Exact when
     ids are sorted (packed documents).
     """
+    for name, value in (("block_q", block_q), ("block_kv", block_kv)):
+        pbase.check_int(name, value, minimum=1, owner="segment_codes")
+    for name, ids in (("q_segment_ids", q_segment_ids), ("kv_segment_ids", kv_segment_ids)):
+        if jnp.ndim(ids) != 2 or not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
+            raise ValueError(
+                f"segment_codes: {name} must be integer ids [B, length], got shape "
+                f"{jnp.shape(ids)} and dtype {jnp.result_type(ids)}."
+            )
+    if jnp.shape(q_segment_ids)[0] != jnp.shape(kv_segment_ids)[0]:
+        raise ValueError(
+            f"segment_codes: q_segment_ids {jnp.shape(q_segment_ids)} and kv_segment_ids "
+            f"{jnp.shape(kv_segment_ids)} must have one batch size."
+        )
 
     def block_min_max(ids, block):
         b, n = ids.shape
