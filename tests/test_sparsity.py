@@ -144,6 +144,18 @@ def test_segment_codes_name_bad_ids():
         S.segment_codes(np.zeros((1, 13), int), np.zeros((1, 29)), block_q=4, block_kv=4)
 
 
+def test_out_of_range_host_indices_and_unbroadcastable_codes_are_named():
+    import jaxsparse as js
+
+    sp = S.from_pattern(P.Causal(), q_len=16, kv_len=16, block_q=8, block_kv=8)
+    bad = sp.replace(kv_indices=sp.kv_indices + 5)
+    q = jnp.ones((1, 16, 1, 8))
+    with pytest.raises(ValueError, match=r"kv_indices hold 5..6, outside \[0, 2\) tiles"):
+        js.attention(q, q, q, pattern=P.Causal(), sparsity=bad)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        S.intersect_codes(np.zeros((2, 3), np.int8), np.zeros((4, 5), np.int8))
+
+
 def test_element_mask_codes_take_bool_masks_and_int_blocks():
     with pytest.raises(TypeError, match="mask must be bool"):
         S.codes_from_element_mask(np.full((8, 8), 2), block_q=4, block_kv=4)  # 2 & True == 0

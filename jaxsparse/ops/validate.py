@@ -201,3 +201,14 @@ def check_sparsity(sp: Any, *, batch: int, t: int, s: int, h: int, q_offset: int
                 f"S={s} need [{sp.batch_size}, {sp.num_heads}, {rows}, ...]: build it with the "
                 "jaxsparse.sparsity builders, not by replacing block sizes."
             )
+    for side, cols in (("kv", sp.num_kv_blocks), ("q", sp.num_q_blocks)):
+        indices = getattr(sp, f"{side}_indices")
+        if (
+            isinstance(indices, np.ndarray)
+            and indices.size
+            and (indices.min() < 0 or indices.max() >= cols)
+        ):  # host tables only: device ones are not copied back
+            raise ValueError(
+                f"sparsity's {side}_indices hold {int(indices.min())}..{int(indices.max())}, "
+                f"outside [0, {cols}) tiles; build it with the jaxsparse.sparsity builders."
+            )

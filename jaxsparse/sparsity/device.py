@@ -79,6 +79,11 @@ def intersect_codes(a: Any, b: Any) -> jax.Array:
     elementwise op instead of a table gather per tile (16M of them for
     BlockTopK's codes at 64k tokens).
     """
+    if not _broadcasts(jnp.shape(a), jnp.shape(b)):
+        raise ValueError(
+            f"intersect_codes: code tables {jnp.shape(a)} and {jnp.shape(b)} do not broadcast; "
+            "both must be [..., Tb, Sb] for the same tiles."
+        )
     return jnp.minimum(jnp.asarray(a, jnp.int8), jnp.asarray(b, jnp.int8))
 
 
