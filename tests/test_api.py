@@ -280,6 +280,18 @@ def test_given_sparsity_never_lifts_the_pattern_mask(pattern, geo, seed, builder
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_forward_only_lists_with_an_explicit_mask():
+    # Lists without their key-major half (forward only) are rebuilt for a BlockMask too.
+    q = jax.random.normal(jax.random.key(0), (1, 32, 1, 16))
+    sp = js.sparsity.from_block_mask(
+        np.ones((2, 2), bool), block_q=16, block_kv=16, q_len=32, kv_len=32
+    ).replace(q_indices=None, q_counts=None, q_full=None)
+    pattern = P.BlockMask(np.eye(4, dtype=bool), block_q=8, block_kv=8)
+    got = js.attention(q, q, q, pattern=pattern, sparsity=sp, implementation="xla")
+    want = js.attention(q, q, q, pattern=pattern, implementation="reference")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_given_sparsity_restricts_tiles():
     q, k, v = (jax.random.normal(jax.random.key(i), (1, 16, 2, 8)) for i in range(3))
     keep = np.array([[True, False], [True, True]])

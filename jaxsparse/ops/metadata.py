@@ -92,10 +92,10 @@ def within_pattern(
         return device.from_block_codes(
             codes,
             max_kv_blocks=sp.kv_indices.shape[-1],
-            max_q_blocks=sp.q_indices.shape[-1],
+            max_q_blocks=None if sp.q_indices is None else sp.q_indices.shape[-1],
             **kw,
         )
-    xp = np if sp.is_host and own.is_host else jnp
+    xp = np if sp.is_host else jnp  # `own` is host here: static patterns build on the host
     full = xp.asarray(own.to_dense() == pbase.FULL)  # [1, 1 or H, Tb, Sb]: dense only here
     kv_full = sp.kv_full & xp.take_along_axis(full, sp.kv_indices, axis=-1)
     q_full = sp.q_full & xp.take_along_axis(xp.swapaxes(full, -1, -2), sp.q_indices, axis=-1)

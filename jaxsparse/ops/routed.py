@@ -248,12 +248,13 @@ def first_selected(bits, slots):
     nw = words.shape[-1]
     counts = lax.population_count(words).astype(jnp.int32)
     upto = jnp.cumsum(counts, axis=-1, dtype=jnp.int32)  # set bits in words 0..w
+    before = upto - counts  # set bits in the words before w
     r = jnp.arange(slots, dtype=jnp.int32).reshape((1,) * (words.ndim - 1) + (slots,))
     # The word of the r-th set bit: how many words end with at most r set bits.
     w = (upto[..., None, :] <= r[..., None]).sum(-1, dtype=jnp.int32)  # [..., slots]; nw: none
     at = jnp.minimum(w, nw - 1)
     word = jnp.take_along_axis(words, at, axis=-1)
-    n = r - (jnp.take_along_axis(upto, at, axis=-1) - jnp.take_along_axis(counts, at, axis=-1))
+    n = r - jnp.take_along_axis(before, at, axis=-1)  # which set bit of its word
     pos = jnp.zeros_like(n)
     for width in (16, 8, 4, 2, 1):  # is the n-th set bit in the low half of the window?
         low = lax.population_count(word & jnp.uint32((1 << width) - 1)).astype(jnp.int32)

@@ -14,6 +14,8 @@ sorted on its own.
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 from jax import lax
 
@@ -30,9 +32,7 @@ def sort_rows(keys, bound: int):
     """
     keys = keys.astype(jnp.int32)
     *lead, n = keys.shape
-    rows = 1
-    for size in lead:
-        rows *= size
+    rows = math.prod(lead)
     if not FLATTEN_ROWS or rows <= 1 or rows * bound > INT32_MAX:
         return lax.sort(keys, dimension=keys.ndim - 1, is_stable=False)
     offset = (jnp.arange(rows, dtype=jnp.int32) * bound).reshape(*lead, 1)

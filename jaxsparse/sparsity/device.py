@@ -194,10 +194,10 @@ def from_block_mask(
         )
     if mask.dtype != jnp.bool_:
         raise TypeError(f"block_mask must be boolean, got {mask.dtype}; pass mask.astype(bool).")
+    # A host mask gives host codes, which from_block_codes checks the bounds against.
     host = _host_values(block_mask)
-    codes = jnp.where(mask, jnp.int8(pbase.FULL), jnp.int8(pbase.EMPTY))
-    if host is not None:  # host codes: from_block_codes checks the bound against them
-        codes = np.where(host, np.int8(pbase.FULL), np.int8(pbase.EMPTY))
+    xp, mask = (jnp, mask) if host is None else (np, host)
+    codes = xp.where(mask, xp.int8(pbase.FULL), xp.int8(pbase.EMPTY))
     return from_block_codes(
         codes,
         block_q=block_q,
