@@ -118,6 +118,18 @@ def test_mask_fn_matches_spec(pattern, t, s, q_offset, h):
         assert got[hh, i, j] == want, (pattern, hh, i, j)
 
 
+def test_power_of_two_keeps_distances_inside_its_window():
+    # Distance 3 is neither 0 nor a power of two: only window_blocks >= 4 keeps it.
+    got = P.dense_mask(
+        P.PowerOfTwo(block_size=1, window_blocks=4, sink_blocks=0), q_len=8, kv_len=8, xp=np
+    )[0]
+    d = np.arange(8)[:, None] - np.arange(8)[None, :]
+    want = (d >= 0) & ((d < 4) | np.isin(d, [4]))  # 0..3 by the window, 4 by the power
+    np.testing.assert_array_equal(got, want)
+    narrow = P.dense_mask(P.PowerOfTwo(1, window_blocks=3, sink_blocks=0), q_len=8, kv_len=8, xp=np)
+    np.testing.assert_array_equal(narrow[0], (d >= 0) & np.isin(d, [0, 1, 2, 4]))
+
+
 def test_per_head_spec():
     p = P.PerHead([P.Causal(), P.SlidingWindow(left=1), P.Sink(2)])
     got = P.dense_mask(p, q_len=6, kv_len=6, num_heads=3, xp=np)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -49,6 +50,40 @@ def check_list_invariants(indices, counts, full, num_cols):
     assert not (full & ~valid).any()
 
 
+def _classification_sweep():
+    """Each primitive with a tile rule of its own, over small parameter grids (mostly unaligned
+    tiles: a one-character slip in a tile rule shows only for some tile and parameter pairs)."""
+    out = []
+    for st_, bs, lb, hs in itertools.product((1, 2, 3, 4), (1, 2, 4), (0, 1, 2), (0, 1)):
+        out.append(P.Strided(stride=st_, block_size=bs, local_blocks=lb, head_step=hs))
+    for left, dil, right in itertools.product((0, 3, 7), (1, 2, 3), (0, 2)):
+        out.append(P.Dilated(left=left, dilation=dil, right=right))
+    for bs, w, n in itertools.product((1, 2, 3), (0, 1, 3, 4, 6), (0, 1)):
+        out.append(P.PowerOfTwo(block_size=bs, window_blocks=w, sink_blocks=n))
+    out += [P.ChunkedCausal(chunk_size=c) for c in (1, 3, 5)]
+    out += [P.PrefixLM(prefix_length=n) for n in (0, 3, 7)]
+    out += [P.SlidingWindow(left=a, right=b) for a, b in ((0, 0), (3, 1), (5, 4))]
+    return out
+
+
+@pytest.mark.parametrize("pattern", _classification_sweep(), ids=repr)
+def test_tile_rules_over_a_sweep_of_tiles(pattern):
+    # Deterministic: every tile shape up to 5x5 at two offsets, two heads (Strided's head_step).
+    t, s = 16, 17
+    for bq, bk, q_offset in itertools.product(range(1, 6), range(1, 6), (0, 3)):
+        sp = S.from_pattern(
+            pattern, q_len=t, kv_len=s, block_q=bq, block_kv=bk, num_heads=2, q_offset=q_offset
+        )
+        mask = P.dense_mask(pattern, q_len=t, kv_len=s, q_offset=q_offset, num_heads=2, xp=np)
+        mask = np.broadcast_to(mask, (2, t, s))
+        np.testing.assert_array_equal(
+            np.broadcast_to(sp.to_dense()[0], (2,) + sp.to_dense().shape[2:]),
+            expected_codes(mask, t, s, bq, bk),
+            err_msg=f"{pattern!r} bq={bq} bk={bk} q_offset={q_offset}",
+        )
+
+
+@settings(max_examples=400)  # numpy only, about 6 s: the random mixes the sweep above lacks
 @given(strategies.patterns, strategies.geometry())
 def test_from_pattern_is_block_or_of_mask(pattern, geo):
     t, s, q_offset, bq, bk, h = geo

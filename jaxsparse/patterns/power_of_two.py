@@ -66,7 +66,7 @@ class PowerOfTwo(base.Pattern):
     def examples(cls):
         return [
             PowerOfTwo(block_size=4, window_blocks=1, sink_blocks=1),
-            PowerOfTwo(block_size=3, window_blocks=2, sink_blocks=0),
+            PowerOfTwo(block_size=3, window_blocks=4, sink_blocks=0),
         ]
 
     def __repr__(self):

@@ -75,9 +75,9 @@ class Strided(base.Pattern):
         qb_lo, qb_hi = q_lo // bs, q_hi // bs
         c = self._offset(head) % s
         first = kb_lo + (-(kb_lo + c)) % s  # first kept key block >= kb_lo
-        vertical = base.codes_from(
-            (kb_lo == kb_hi) & ((kb_lo + c) % s == 0), first > kb_hi, q_lo, head
-        )
+        # FULL: every key block of the tile kept (one kept block, or stride 1: all of them).
+        every = ((kb_lo == kb_hi) | (s == 1)) & ((kb_lo + c) % s == 0)
+        vertical = base.codes_from(every, first > kb_hi, q_lo, head)
         if n == 0:
             return vertical
         r = n - 1
