@@ -61,9 +61,16 @@ def test_rope_matches_complex_rotation_and_keeps_norms():
     np.testing.assert_allclose(
         jnp.linalg.norm(got, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5
     )
-    # Partial rotation leaves the tail alone; per-example positions broadcast.
-    part = jnn.apply_rope(x, jnp.stack([pos, pos + 1]), rotary_dim=4)
+    # Partial rotation rotates the head as a 4-wide one and leaves the tail alone; each
+    # example takes its own positions.
+    rows = jnp.stack([pos, pos + 1])
+    part = jnn.apply_rope(x, rows, rotary_dim=4)
     np.testing.assert_array_equal(part[..., 4:], x[..., 4:])
+    for b in range(2):
+        want = _rope_reference(
+            np.asarray(x[b : b + 1, ..., :4], np.float64), np.asarray(rows[b], np.float64), 10000.0
+        )
+        np.testing.assert_allclose(part[b : b + 1, ..., :4], want, rtol=1e-5, atol=1e-5)
     # Relative property: <rope(q, i), rope(k, j)> depends on i - j only.
     q, k = _x((1, 1, 1, 8), 1), _x((1, 1, 1, 8), 2)
 

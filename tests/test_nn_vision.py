@@ -109,14 +109,16 @@ def test_neighborhood_attention_parameters_dtypes_and_jit():
 
 
 def hilo_reference(m, x):
-    """LITv2 `HiLo.forward` (hilo.py), ported to jnp."""
+    """LITv2 `HiLo.forward` (hilo.py), ported to jnp (its default scale: head_dim ** -0.5)."""
     b, hh, ww, c = x.shape
     ws, d, outs = m.window_size, m.head_dim, []
+    assert m.head_dim == c // (m.h_heads + m.l_heads)
+    assert m.scale == pytest.approx(d**-0.5)  # the references below use the paper's scale
     if m.h_heads:  # hifi
         h, hg, wg = m.h_heads, hh // ws, ww // ws
         xw = x.reshape(b, hg, ws, wg, ws, c).transpose(0, 1, 3, 2, 4, 5)
         qkv = _lin(m.h_qkv, xw).reshape(b, hg * wg, -1, 3, h, d).transpose(3, 0, 1, 4, 2, 5)
-        att = _softmax_attention(qkv[0], qkv[1], qkv[2], m.scale)  # [b, hw, h, ws*ws, d]
+        att = _softmax_attention(qkv[0], qkv[1], qkv[2], d**-0.5)  # [b, hw, h, ws*ws, d]
         att = att.transpose(0, 1, 3, 2, 4).reshape(b, hg, wg, ws, ws, h * d)
         outs.append(_lin(m.h_proj, att.transpose(0, 1, 3, 2, 4, 5).reshape(b, hh, ww, h * d)))
     if m.l_heads:  # lofi
@@ -125,7 +127,7 @@ def hilo_reference(m, x):
         pooled = x.reshape(b, hh // ws, ws, ww // ws, ws, c).mean((2, 4)) if ws > 1 else x
         kv = _lin(m.l_kv, pooled.reshape(b, -1, c)).reshape(b, -1, 2, l, d)
         kv = kv.transpose(2, 0, 3, 1, 4)
-        att = _softmax_attention(q, kv[0], kv[1], m.scale)  # [b, l, n, d]
+        att = _softmax_attention(q, kv[0], kv[1], d**-0.5)  # [b, l, n, d]
         outs.append(_lin(m.l_proj, att.transpose(0, 2, 1, 3).reshape(b, hh, ww, l * d)))
     return jnp.concatenate(outs, axis=-1)
 
@@ -180,7 +182,10 @@ def _depthwise_conv(v, kernel, bias):
 
 
 def bra_reference(m, x):
-    """BiFormer `BiLevelRoutingAttention.forward` (ops/bra_legacy.py), ported to jnp."""
+    """BiFormer `BiLevelRoutingAttention.forward` (ops/bra_legacy.py), ported to jnp.
+
+    Its default scale is the whole `qk_dim ** -0.5`, not a head's, in routing and attention.
+    """
     b, hh, ww, c = x.shape
     n, qk, heads = m.n_win, m.qk_dim, m.num_heads
     h, w = hh // n, ww // n
@@ -193,13 +198,13 @@ def bra_reference(m, x):
     k_win = jax.lax.stop_gradient(kv[..., :qk].mean((2, 3)))
     v_img = kv[..., qk:].reshape(b, n, n, h, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hh, ww, c)
     lepe = _depthwise_conv(v_img, m.lepe.kernel[...], m.lepe.bias[...])
-    logits = (q_win * m.scale) @ k_win.transpose(0, 2, 1)
+    logits = (q_win * qk**-0.5) @ k_win.transpose(0, 2, 1)
     r_idx = jnp.argsort(-logits, axis=-1, stable=True)[..., : m.topk]  # torch.topk order
     sel = kv_pix[jnp.arange(b)[:, None, None], r_idx]  # [b, p2, topk, w2, qk + c]
     k_sel = sel[..., :qk].reshape(b, n * n, -1, heads, qk // heads).transpose(0, 1, 3, 2, 4)
     v_sel = sel[..., qk:].reshape(b, n * n, -1, heads, c // heads).transpose(0, 1, 3, 2, 4)
     q_h = q_pix.reshape(b, n * n, h * w, heads, qk // heads).transpose(0, 1, 3, 2, 4)
-    out = _softmax_attention(q_h, k_sel, v_sel, m.scale)  # [b, p2, m, w2, c/m]
+    out = _softmax_attention(q_h, k_sel, v_sel, qk**-0.5)  # [b, p2, m, w2, c/m]
     # "(n j i) m (h w) c -> n (j h) (i w) (m c)"
     out = out.transpose(0, 1, 3, 2, 4).reshape(b, n, n, h, w, c)
     out = out.transpose(0, 1, 3, 2, 4, 5).reshape(b, hh, ww, c)
@@ -241,7 +246,7 @@ def test_biformer_routing_index_for_index(seed, constant):
     m = jnn.BiLevelRoutingAttention(8, 2, n_win=3, topk=4, rngs=nnx.Rngs(seed))
     x = jnp.ones((2, 6, 9, 8)) if constant else _x((2, 6, 9, 8), seed)  # constant: all ties
     qkv = np.asarray(m.qkv(x), np.float64)
-    want = _route_straightforward(qkv[..., :8], qkv[..., 8:16], 3, 4, m.scale)
+    want = _route_straightforward(qkv[..., :8], qkv[..., 8:16], 3, 4, m.qk_dim**-0.5)
     q, k = m.qkv(x)[..., :8], m.qkv(x)[..., 8:16]
     got = m.route(m._regions(q), m._regions(k))
     np.testing.assert_array_equal(got, want)
