@@ -28,6 +28,8 @@ CASES = [
     C(P.PowerOfTwo(block_size=4, window_blocks=1, sink_blocks=1)),
     C(P.PerHead([P.Causal(), P.SlidingWindow(left=3), P.Full(), P.ChunkedCausal(5)])),
     C(P.BlockMask(rng.random((3, 3)) < 0.5, block_q=16, block_kv=16)),
+    C(P.BlockMask(rng.random((3, 3)) < 0.7, block_q=16, block_kv=16) & P.Causal()),
+    C(P.Strided(stride=4, block_size=4, local_blocks=1, head_step=0)),  # non-causal, unaligned
     C(P.Mask(rng.random((37, 37)) < 0.3)),
     # CAB modes: causal / non-causal x self / cross (bottom-right aligned).
     C(P.Full(), t=13, s=45),
