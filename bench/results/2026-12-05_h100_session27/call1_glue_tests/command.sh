@@ -24,7 +24,8 @@ echo "rc=$?" >> $OUT/r/tiles.log
 date -u >> $OUT/r/start.txt
 timeout 220 python bench/llm_sparse_gpu.py $OUT/r/llm --sizes 65536 --methods 'NSA train' --nsa-variants NSA --nsa-glue 'library,row sorts+first by passes,gathered dq 2 stages' --dense cudnn --reps 5 > $OUT/r/llm.log 2>&1
 echo "llm rc=$?" >> $OUT/r/llm.log
-left() { echo $(( 565 - SECONDS < $1 ? 565 - SECONDS : $1 )); }
+DEADLINE=${DEADLINE:-565}  # seconds from the start, for the optional steps
+left() { echo $(( DEADLINE - SECONDS < $1 ? DEADLINE - SECONDS : $1 )); }
 date -u >> $OUT/r/start.txt
 [ $(left 150) -gt 60 ] && timeout $(left 150) python bench/llm_sparse_gpu.py $OUT/r/methods --sizes 65536 --methods 'MoBA,VerticalSlash' --skip 'XLA gate,4096,1 call' --method-glue 'library,row sorts+first by passes' --dense cudnn --reps 5 > $OUT/r/methods.log 2>&1
 echo "methods rc=$?" >> $OUT/r/methods.log
