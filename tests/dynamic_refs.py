@@ -116,3 +116,14 @@ def assert_lists_cover_mask(sp, mask, *, exact: bool):
     assert not ((codes == 2) & (want != 2)).any(), "a tile marked FULL is not full"
     if exact:
         np.testing.assert_array_equal(codes > 0, want > 0)
+
+
+def over_leading_axis(fn, n: int = 2):
+    """`fn(*args) -> pytree` run under `jax.vmap` over an extra leading axis: every
+    argument `[B, ...]` split to `[n, B // n, ...]`, the outputs merged back to `[B, ...]`."""
+
+    def run(*args):
+        split = [oracle.split_leading(x, n) for x in args]
+        return jax.tree.map(oracle.merge_leading, jax.vmap(fn)(*split))
+
+    return run

@@ -143,3 +143,50 @@ def _short(pattern) -> str:
         op = "&" if type(pattern).__name__ == "And" else "|"
         return f"({_short(pattern.a)}{op}{_short(pattern.b)})"
     return repr(pattern)
+
+
+def split_leading(x, n: int = 2):
+    """`[B, ...]` as `[n, B // n, ...]`: an extra leading axis for `jax.vmap`."""
+    return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
+
+def merge_leading(x):
+    """Inverse of `split_leading`."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def assert_matches_oracle_under_jit_vmap(case: Case, implementation: str, seed: int = 0):
+    """`jax.jit(jax.vmap(attention))` over an extra leading axis (the batch split in two)
+    against the oracle of the whole batch: output, lse, dq, dk, dv by name."""
+    q, k, v, kwargs, cot = inputs(case, seed)
+    assert case.b % 2 == 0, "the batch is split over a leading axis of 2"
+    segments = kwargs.pop("segment_ids", None)
+
+    def one(q, k, v, cot, segments):
+        out, lse = js.attention(
+            q, k, v, implementation=implementation, return_lse=True,
+            segment_ids=segments, **kwargs,
+        )  # fmt: skip
+        finite_lse = jnp.where(jnp.isfinite(lse), lse, 0.0)
+        return (out.astype(jnp.float32) * cot).sum() + 0.1 * finite_lse.sum(), (out, lse)
+
+    def f(q, k, v):
+        split = jax.tree.map(split_leading, (q, k, v, cot, segments))
+        loss, (out, lse) = jax.vmap(one)(*split)
+        return loss.sum(), (merge_leading(out), merge_leading(lse))
+
+    (_, (out, lse)), grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))(
+        q, k, v
+    )
+    got = (out, lse, *grads)
+    if segments is not None:
+        kwargs["segment_ids"] = segments
+    q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
+    ref = outputs_and_grads("reference", q32, k32, v32, kwargs, cot)
+    tol = TOLERANCE[case.dtype]
+    errors = {}
+    for name, a, b in zip(NAMES, got, ref, strict=True):
+        limit = tol if name in ("out", "lse") else 2 * tol
+        errors[name] = err = rel_err(a, b)
+        assert err <= limit, f"{case.id} (jit+vmap): {name} relative error {err:.3g} > {limit:.3g}"
+    return errors

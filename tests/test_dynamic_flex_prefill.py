@@ -207,3 +207,25 @@ def test_flex_prefill_decoding_is_dense_causal_at_any_offset(t, s):
         )
 
     R.assert_close_to_ref(fn, lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot)
+
+
+def test_flex_prefill_under_jit_and_vmap():
+    # jax.jit(jax.vmap(...)) over an extra leading axis, GQA, both kinds of head: output,
+    # lse and every gradient against the dense reference of the reference selection.
+    # (Odd lengths do not apply: FlexPrefill refuses queries that are not block-aligned.)
+    t, bs = 64, 16
+    q, k, v, cot = R.random_qkv(2, t, 4, 2, 16, seed=14)
+    q = q * 1.5
+    _, dist = flex_prefill_reference(q, k, gamma=0.6, tau=0.0, min_budget=16, block_size=bs)
+    tau = float(np.sort(dist.ravel())[3:5].mean())
+    want, dist = flex_prefill_reference(q, k, gamma=0.6, tau=tau, min_budget=16, block_size=bs)
+    assert 0 < (dist < tau).sum() < dist.size
+    mask = jnp.asarray(R.block_to_token(want, bs, bs, t, t) & R.causal_np(t, t, 0)[None, None])
+    pattern = P.FlexPrefill(0.6, tau, min_budget=16, block_size=bs)
+
+    def one(q, k, v):
+        return js.attention(q, k, v, pattern=pattern, implementation="xla", return_lse=True)
+
+    R.assert_close_to_ref(
+        R.over_leading_axis(one), lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot
+    )

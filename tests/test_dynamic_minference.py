@@ -249,3 +249,28 @@ def test_causal_only():
     for pattern in (P.VerticalSlash(), P.BlockTopK()):
         with pytest.raises(ValueError, match="causal-only"):
             js.attention(q, k, v, pattern=pattern)
+
+
+def test_vertical_slash_and_block_topk_under_jit_and_vmap():
+    # jax.jit(jax.vmap(...)) over an extra leading axis, odd lengths, GQA: output, lse
+    # and every gradient against the dense reference of the reference selection.
+    t = 45
+    q, k, v, cot = R.random_qkv(2, t, 4, 2, 16, seed=15)
+    cfg = js.Config(block_q=16, block_kv=16)
+    vert, slash = vertical_slash_reference(
+        q, k, v_size=6, s_size=5, last_q=8, init_cols=2, local_diags=3, q_offset=0
+    )
+    vs_mask = jnp.asarray(vertical_slash_mask_np(vert, slash, t, t, 0))
+    vs = P.VerticalSlash(vertical_size=6, slash_size=5, last_q=8, init_columns=2, local_diagonals=3)
+    bits = block_topk_reference(q, k, 6, 2, 0)
+    bt_mask = jnp.asarray(R.block_to_token(bits, 6, 6, t, t) & R.causal_np(t, t, 0)[None, None])
+    for pattern, mask in ((vs, vs_mask), (P.BlockTopK(block_size=6, top_k=2), bt_mask)):
+
+        def one(q, k, v, pattern=pattern):
+            return js.attention(
+                q, k, v, pattern=pattern, implementation="xla", config=cfg, return_lse=True
+            )
+
+        R.assert_close_to_ref(
+            R.over_leading_axis(one), lambda q, k, v, m=mask: R.dense_ref(q, k, v, m), q, k, v, cot
+        )

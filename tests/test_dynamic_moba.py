@@ -134,3 +134,22 @@ def test_moba_is_causal_only_and_dynamic():
     q, k, v, _ = R.random_qkv(1, 6, 2, 2, 8)
     with pytest.raises(TypeError, match="dynamic pattern"):
         js.attention(q, k, v, pattern=P.MoBA(block_size=4, top_k=2) & P.Causal())
+
+
+def test_moba_under_jit_and_vmap_matches_the_dense_reference():
+    # Odd length (37 of 16-token tiles, a ragged last chunk), GQA, under
+    # jax.jit(jax.vmap(...)) over an extra leading axis: output, lse, dq, dk, dv.
+    q, k, v, cot = R.random_qkv(2, 37, 4, 2, 16, seed=5)
+    bits = moba_bits_reference(q, k, 8, 3, 0)
+    mask = jnp.asarray(moba_mask(bits, 8, 37, 37, 0))
+    cfg = js.Config(block_q=16, block_kv=16)
+
+    def one(q, k, v):
+        return js.attention(
+            q, k, v, pattern=P.MoBA(block_size=8, top_k=3), implementation="xla", config=cfg,
+            return_lse=True,
+        )  # fmt: skip
+
+    R.assert_close_to_ref(
+        R.over_leading_axis(one), lambda q, k, v: R.dense_ref(q, k, v, mask), q, k, v, cot
+    )

@@ -263,3 +263,27 @@ def test_pyramid_on_the_gpu(causal, s):
         s, s, causal=causal, bs=128, thresholds=(0.5, 0.7, 0.8, 0.9),
         config=js.Config(), seed=25,
     )  # fmt: skip
+
+
+def test_pyramid_under_jit_and_vmap():
+    # jax.jit(jax.vmap(pyramid_attention)) over an extra leading axis, odd lengths (a
+    # pooled tail at level 3), GQA: output, lse and every gradient against the oracle.
+    bs, th, t, s = 8, (0.4, 0.6, 0.8), 20, 42
+    q, k, v, cot = R.random_qkv(2, t, 2, 1, 8, s=s, seed=21)
+    want = levels_reference(q, k, block_size=bs, thresholds=th, causal=True, q_offset=s - t)
+    assert {1, 2, 3} <= set(np.unique(want))  # every level in use
+    pattern = P.Pyramid(block_size=bs, thresholds=th, causal=True)
+
+    def one(q, k, v):
+        return js.pyramid_attention(
+            q, k, v, pattern=pattern, implementation="xla",
+            config=js.Config(block_q=8, block_kv=8), return_lse=True,
+        )  # fmt: skip
+
+    def ref(q, k, v):
+        k_cat, v_cat, mask, bias = pyramid_reference(
+            q, k, v, want, block_size=bs, num_levels=3, causal=True, q_offset=s - t
+        )
+        return R.dense_ref(q, k_cat, v_cat, mask, bias=bias)
+
+    R.assert_close_to_ref(R.over_leading_axis(one), ref, q, k, v, cot)

@@ -223,3 +223,26 @@ def test_kernel_refusal_names_the_blocks_and_tiles_that_would_work():
         ag.gated_attention(q, k, v, mask, block_size=64, implementation="pallas_gpu", config=config)
     msg = str(err.value)
     assert "64x64 blocks" in msg and "128x64 tiles" in msg and "block_q dividing 64" in msg
+
+
+def test_gated_attention_odd_lengths_under_jit_and_vmap():
+    # 37 queries of 8-token blocks (a ragged last block), GQA, under jax.jit(jax.vmap(...))
+    # over an extra leading axis (the block mask split with q, k, v): output, lse, dq, dk, dv.
+    t, bs = 37, 8
+    q, k, v, cot = R.random_qkv(2, t, 4, 2, 8, seed=45)
+    probs = jax.random.uniform(jax.random.key(1), (2, 4, 5, 5))
+    mask = ag.gate_block_mask(probs, q_len=t, kv_len=t, block_size=bs, threshold=0.5,
+                              last_block_dense=0)  # fmt: skip
+    m = np.asarray(mask)
+    assert 0 < m.sum() < np.tril(np.ones((5, 5))).sum() * m.shape[0] * m.shape[1]
+    token_mask = jnp.asarray(R.block_to_token(m, bs, bs, t, t) & R.causal_np(t, t, 0))
+
+    def fn(q, k, v):
+        def one(q, k, v, mask):
+            return ag.gated_attention(
+                q, k, v, mask, block_size=bs, implementation="xla", return_lse=True
+            )
+
+        return R.over_leading_axis(one)(q, k, v, mask)
+
+    R.assert_close_to_ref(fn, lambda q, k, v: R.dense_ref(q, k, v, token_mask), q, k, v, cot)

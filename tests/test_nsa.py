@@ -418,3 +418,26 @@ def test_overlap_matrix_is_the_remap_as_a_matrix(kernel, stride, block, nc, nb):
         p, kernel_size=kernel, stride=stride, block_size=block, num_blocks=nb
     )
     np.testing.assert_allclose(p[:, lo : lo + len(m)] @ m, want, rtol=1e-6)
+
+
+def test_nsa_under_jit_and_vmap():
+    # jax.jit(jax.vmap(nsa)) over an extra leading axis, odd lengths (45 tokens of
+    # 16-row tiles), GQA: output and the gradients of q, k, v, gates, k_cmp, v_cmp.
+    t = 45
+    q, k, v, gates, k_cmp, v_cmp, cot = _inputs(2, t, t, 4, 2, 8, seed=38)
+    want = selection_reference(q, k_cmp, CFG, t, 0)
+    assert want.sum(-1).max() == CFG.top_n and not want.all()
+    cfg = js.Config(block_q=16, block_kv=8)
+
+    def one(q, k, v, gates, k_cmp, v_cmp):
+        out = js.nsa(
+            q, k, v, gates, k_cmp=k_cmp, v_cmp=v_cmp, config=CFG, implementation="xla",
+            attention_config=cfg,
+        )  # fmt: skip
+        return out, jnp.zeros((q.shape[0], q.shape[2], q.shape[1]), jnp.float32)
+
+    def ref(q, k, v, gates, k_cmp, v_cmp):
+        out = nsa_reference(q, k, v, gates, k_cmp, v_cmp, want, CFG)
+        return out, jnp.zeros((q.shape[0], q.shape[2], q.shape[1]), jnp.float32)
+
+    R.assert_close_to_ref(R.over_leading_axis(one), ref, q, k, v, cot, extra=(gates, k_cmp, v_cmp))
