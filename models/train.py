@@ -1,6 +1,6 @@
 """Command line: train a reference model with sparse attention.
 
-    python -m models.train --model llm --attention hybrid_moba --task mqar --preset smoke \
+    python -m models.train --model llm --attention hybrid_moba --task mqar --preset smoke \\
         --out runs/llm-smoke --device cpu
 
 Every unset option takes the value of `--preset` (smoke: seconds on a CPU;

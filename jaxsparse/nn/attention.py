@@ -247,17 +247,11 @@ class SparseAttention(nnx.Module):
     def _step_mask(self, positions, max_length, filled):
         """`[Hx, t, max_length]`: the pattern at the step's positions, filled slots only."""
         t = positions.shape[0]
-        if (
-            self.pattern.is_dynamic
-            or self.pattern.token_permutation(q_len=max_length, kv_len=max_length) is not None
-            or self.pattern.holds_arrays
-            or isinstance(self.pattern, GridPattern)
-        ):
+        reason = _why_not_decodable(self.pattern, max_length)
+        if reason:
             raise ValueError(
-                f"SparseAttention: cannot decode with {self.pattern!r}: it selects tiles from "
-                "whole blocks, is defined on a whole token grid (Neighborhood, Window), "
-                "reorders tokens or is an explicit mask of fixed shape. Decode with a "
-                "positional pattern (Causal, SlidingWindow, Sink, ...)."
+                f"SparseAttention: cannot decode with {self.pattern!r}: it {reason}. Decode "
+                "with a positional pattern (Causal, SlidingWindow, Sink, ...)."
             )
         try:
             pattern = self.pattern.bind(
@@ -276,3 +270,16 @@ class SparseAttention(nnx.Module):
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         pbase.check_int(name, value, minimum=1, owner="SparseAttention")
+
+
+def _why_not_decodable(pattern, max_length: int) -> str:
+    """Why a step of a few tokens cannot evaluate `pattern` on its own ('' when it can)."""
+    if pattern.is_dynamic:
+        return "selects tiles from whole blocks of queries and keys"
+    if isinstance(pattern, GridPattern):
+        return "is defined on a whole token grid"
+    if pattern.token_permutation(q_len=max_length, kv_len=max_length) is not None:
+        return "reorders the tokens"
+    if pattern.holds_arrays:
+        return "holds an explicit mask of fixed shape"
+    return ""
