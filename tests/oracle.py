@@ -121,15 +121,20 @@ def assert_matches_oracle(case: Case, implementation: str, transform=None, seed:
     q, k, v, kwargs, cot = inputs(case, seed)
     got = outputs_and_grads(implementation, q, k, v, kwargs, cot, transform)
     # The oracle runs in f32 on the same (rounded) inputs.
+    return _against_the_oracle(case, got, q, k, v, kwargs, cot, case.id)
+
+
+def _against_the_oracle(case, got, q, k, v, kwargs, cot, label):
+    """Relative errors of `got` (out, lse, dq, dk, dv) against the f32 oracle on the same
+    (rounded) inputs; each must be within the case's tolerance (gradients: twice it)."""
     q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
     ref = outputs_and_grads("reference", q32, k32, v32, kwargs, cot)
     tol = TOLERANCE[case.dtype]
     errors = {}
     for name, a, b in zip(NAMES, got, ref, strict=True):
         limit = tol if name in ("out", "lse") else 2 * tol
-        err = rel_err(a, b)
-        errors[name] = err
-        assert err <= limit, f"{case.id}: {name} relative error {err:.3g} > {limit:.3g}"
+        errors[name] = err = rel_err(a, b)
+        assert err <= limit, f"{label}: {name} relative error {err:.3g} > {limit:.3g}"
     return errors
 
 
@@ -181,12 +186,4 @@ def assert_matches_oracle_under_jit_vmap(case: Case, implementation: str, seed: 
     got = (out, lse, *grads)
     if segments is not None:
         kwargs["segment_ids"] = segments
-    q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
-    ref = outputs_and_grads("reference", q32, k32, v32, kwargs, cot)
-    tol = TOLERANCE[case.dtype]
-    errors = {}
-    for name, a, b in zip(NAMES, got, ref, strict=True):
-        limit = tol if name in ("out", "lse") else 2 * tol
-        errors[name] = err = rel_err(a, b)
-        assert err <= limit, f"{case.id} (jit+vmap): {name} relative error {err:.3g} > {limit:.3g}"
-    return errors
+    return _against_the_oracle(case, got, q, k, v, kwargs, cot, f"{case.id} (jit+vmap)")
