@@ -305,7 +305,7 @@ def test_explicit_mask_patterns_work_in_the_full_pass():
     m = jnn.SparseAttention(C, H, pattern=P.Mask(tril), rngs=nnx.Rngs(0))
     m.init_cache(batch_size=2, max_length=8)
     with pytest.raises(
-        ValueError, match=r"decode with Mask\(bool\[6, 6\]\): it holds an explicit mask"
+        ValueError, match=r"decode with Mask\(mask\[6, 6\]\): it holds an explicit mask"
     ) as e:
         m(x[:, :1], decode=True)
     assert "\n" not in str(e.value) and "grid" not in str(e.value)

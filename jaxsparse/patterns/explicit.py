@@ -93,9 +93,9 @@ class BlockMask(base.Pattern):
     block_kv: int = 128
     q_offset: int | None = dataclasses.field(default=None, repr=False)
 
-    def __repr__(self):  # the array by its type and shape: a repr may end up in a message
+    def __repr__(self):  # the array by its shape (as the dynamic masks): it may reach a message
         return (
-            f"BlockMask({_array_str(self.block_mask)}, block_q={self.block_q}, "
+            f"BlockMask(block_mask{list(np.shape(self.block_mask))}, block_q={self.block_q}, "
             f"block_kv={self.block_kv})"
         )
 
@@ -176,7 +176,7 @@ class Mask(base.Pattern):
     q_offset: int | None = dataclasses.field(default=None, repr=False)
 
     def __repr__(self):
-        return f"Mask({_array_str(self.mask)})"
+        return f"Mask(mask{list(np.shape(self.mask))})"
 
     @property
     def head_dependent(self) -> bool:  # type: ignore[override]
@@ -220,10 +220,3 @@ class Mask(base.Pattern):
     def examples(cls):
         rng = np.random.default_rng(1)
         return [Mask(rng.random((13, 11)) < 0.3)]
-
-
-def _array_str(x) -> str:
-    """`bool[16, 16]`: an array (numpy, jax or traced) by its dtype and shape."""
-    dtype = getattr(x, "dtype", None)
-    name = np.dtype(dtype).name if dtype is not None else type(x).__name__
-    return f"{name}{list(np.shape(x))}"
