@@ -22,8 +22,8 @@ Static fields: `block_q`, `block_kv`, `q_len` (T), `kv_len` (S), `q_offset`, and
 `Tb = ceil(T / block_q)`, `Sb = ceil(S / block_kv)`; a key block that holds
 padding (positions >= S) is never FULL. Arrays are numpy when built on the host
 (`from_pattern`) and jax arrays when built on device (`from_block_mask`,
-`from_topk`, dynamic patterns). `attention` checks host tables' indices and
-counts against their tiles (a named ValueError); device tables are not checked,
+`from_topk`, dynamic patterns). `attention` checks host tables' indices
+against their tiles (a named ValueError); device tables are not checked,
 since that would copy them back and cannot be done under jit: build those with
 the library's builders, which drop out-of-range entries, not by hand.
 """
