@@ -187,6 +187,12 @@ def test_out_of_range_host_indices_and_unbroadcastable_codes_are_named():
     q = jnp.ones((1, 16, 1, 8))
     with pytest.raises(ValueError, match=r"kv_indices hold 5..6, outside \[0, 2\) tiles"):
         js.attention(q, q, q, pattern=P.Causal(), sparsity=bad)
+    for side, count in (("kv", 3), ("q", -1)):  # lists here are 2 wide
+        bad = sp.replace(**{f"{side}_counts": np.full_like(sp.kv_counts, count)})
+        with pytest.raises(
+            ValueError, match=rf"{side}_counts hold {count}..{count}, outside \[0, 2\]"
+        ):
+            js.attention(q, q, q, pattern=P.Causal(), sparsity=bad)
     with pytest.raises(ValueError, match="do not broadcast"):
         S.intersect_codes(np.zeros((2, 3), np.int8), np.zeros((4, 5), np.int8))
 

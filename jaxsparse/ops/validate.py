@@ -212,3 +212,14 @@ def check_sparsity(sp: Any, *, batch: int, t: int, s: int, h: int, q_offset: int
                 f"sparsity's {side}_indices hold {int(indices.min())}..{int(indices.max())}, "
                 f"outside [0, {cols}) tiles; build it with the jaxsparse.sparsity builders."
             )
+        counts = getattr(sp, f"{side}_counts")
+        if (
+            isinstance(counts, np.ndarray)
+            and counts.size
+            and (counts.min() < 0 or counts.max() > _shape(indices)[-1])
+        ):  # a count past the list's width would read slots that hold no tile
+            raise ValueError(
+                f"sparsity's {side}_counts hold {int(counts.min())}..{int(counts.max())}, "
+                f"outside [0, {_shape(indices)[-1]}] (the lists' width); build it with the "
+                "jaxsparse.sparsity builders."
+            )

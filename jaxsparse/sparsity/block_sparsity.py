@@ -23,7 +23,8 @@ Static fields: `block_q`, `block_kv`, `q_len` (T), `kv_len` (S), `q_offset`, and
 padding (positions >= S) is never FULL. Arrays are numpy when built on the host
 (`from_pattern`) and jax arrays when built on device (`from_block_mask`,
 `from_topk`, dynamic patterns). `attention` checks host tables' indices
-against their tiles (a named ValueError); device tables are not checked,
+against their tiles and their counts against the lists' width (a named
+ValueError); device tables are not checked,
 since that would copy them back and cannot be done under jit: build those with
 the library's builders, which drop out-of-range entries, not by hand.
 """
