@@ -221,6 +221,33 @@ def test_short_sequences_are_dense_causal():
 
 
 @pytest.mark.parametrize(
+    "pattern",
+    [
+        P.VerticalSlash(vertical_size=3, slash_size=4, last_q=4, init_columns=1, local_diagonals=2),
+        P.BlockTopK(block_size=8, top_k=2),
+        P.FlexPrefill(block_size=8, min_budget=8),
+    ],
+    ids=repr,
+)
+def test_decoding_is_dense_causal(pattern):
+    """One query over 77 keys: budgets this small would keep a few keys of a prefill."""
+    q, k, v, cot = R.random_qkv(2, 1, 4, 2, 16, s=77, seed=11)
+    mask = jnp.asarray(R.causal_np(1, 77, 76))[None, None]
+
+    def fn(q, k, v):
+        return js.attention(q, k, v, pattern=pattern, return_lse=True)
+
+    ref = lambda q, k, v: R.dense_ref(q, k, v, mask)  # noqa: E731
+    R.assert_close_to_ref(fn, ref, q, k, v, cot, jit=True)
+    if isinstance(pattern, P.VerticalSlash):  # the gathered columns' form too
+
+        def gathered(q, k, v):
+            return js.vertical_slash_attention(q, k, v, pattern=pattern, return_lse=True)
+
+        R.assert_close_to_ref(gathered, ref, q, k, v, cot, jit=True)
+
+
+@pytest.mark.parametrize(
     "make, match",
     [
         (lambda: P.VerticalSlash(vertical_size=0), "vertical_size=0 must be >= 1"),

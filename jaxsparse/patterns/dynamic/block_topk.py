@@ -23,6 +23,15 @@ def block_causal(*, q_len: int, kv_len: int, q_offset: int, block_q: int, block_
     return (jnp.arange(sb) * block_kv)[None, :] <= q_last[:, None]
 
 
+def dense_causal_bits(batch: int, *, q_len: int, kv_len: int, q_offset: int, block_size: int):
+    """Selection bits `[B, 1, Tb, Sb]` that keep every causally visible block (dense causal:
+    the decoding and short-input fallback of the block-selecting methods)."""
+    visible = block_causal(
+        q_len=q_len, kv_len=kv_len, q_offset=q_offset, block_q=block_size, block_kv=block_size
+    )
+    return jnp.broadcast_to(visible[None, None], (batch, 1) + visible.shape)
+
+
 def straddled_blocks(*, q_len: int, kv_len: int, q_offset: int, block_size: int):
     """`[Tb, Sb]` bool: the key block holding each query block's first position, where
     `q_offset` is not a multiple of `block_size` (else all False).
@@ -81,7 +90,8 @@ class BlockTopK(common.DynamicPattern):
       top_k: key blocks kept per query block (MInference: 100).
 
     Details:
-      Causal only. Rows with no more than `top_k` visible blocks (sequences
+      Causal only. Decoding (`q_len == 1`) is dense causal, as in MInference,
+      which selects for prefill only. Rows with no more than `top_k` visible blocks (sequences
       shorter than `top_k * block_size`) keep them all: dense causal. Where
       `q_offset` (chunked prefill) is not a multiple of `block_size`, query
       and key blocks straddle, and each query block always keeps the key block
@@ -109,10 +119,15 @@ class BlockTopK(common.DynamicPattern):
         return self
 
     def select(self, q, k, *, q_offset, config):
-        t, h, s = q.shape[1], q.shape[2], k.shape[1]
-        bits = block_topk_select(
-            q, k, block_size=self.block_size, top_k=self.top_k, q_offset=q_offset
-        )
+        b, t, h, s = q.shape[0], q.shape[1], q.shape[2], k.shape[1]
+        if t == 1:  # decoding is dense (MInference selects for prefill only)
+            bits = dense_causal_bits(
+                b, q_len=t, kv_len=s, q_offset=q_offset, block_size=self.block_size
+            )
+        else:
+            bits = block_topk_select(
+                q, k, block_size=self.block_size, top_k=self.top_k, q_offset=q_offset
+            )
         return token_block_mask.block_selection(
             bits,
             block_size=self.block_size,
@@ -121,7 +136,7 @@ class BlockTopK(common.DynamicPattern):
             q_offset=q_offset,
             num_heads=h,
             config=config,
-            max_selected=self.top_k,
+            max_selected=None if t == 1 else self.top_k,
         )
 
     def __repr__(self):

@@ -170,10 +170,9 @@ class FlexPrefill(common.DynamicPattern):
         s = k.shape[1]
         bs = self.block_size
         if self.dense_fallback(t):
-            visible = block_topk.block_causal(
-                q_len=t, kv_len=s, q_offset=q_offset, block_q=bs, block_kv=bs
+            bits = block_topk.dense_causal_bits(
+                b, q_len=t, kv_len=s, q_offset=q_offset, block_size=bs
             )
-            bits = jnp.broadcast_to(visible[None, None], (b, 1) + visible.shape)
         else:
             bits, _ = flex_prefill_select(
                 q,

@@ -31,16 +31,24 @@ def vertical_slash_select(
     local_diagonals: int,
     q_offset: int,
 ):
-    """`(vertical, slash)` bool `[B, H, S]`: kept key positions and kept offsets."""
+    """`(vertical, slash)` bool `[B, H, S]`: kept key positions and kept offsets.
+
+    A single query (decoding) keeps every offset, which is dense causal attention.
+    """
     q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
+    b, t, h, _ = q.shape
     s = k.shape[1]
+    idx = jnp.arange(s, dtype=jnp.int32)[None, None, :]
+    nv = min(s, max(vertical_size, init_columns))
+    if t == 1:
+        # Decoding is dense, as in MInference (which selects for prefill only): every
+        # diagonal, and the first `nv` columns so that there are `nv` as always.
+        return jnp.broadcast_to(idx < nv, (b, h, s)), jnp.ones((b, h, s), bool)
     probs, q_pos = estimate.last_query_probs(
         q, k, last_q=last_q, scale=q.shape[-1] ** -0.5, q_offset=q_offset
     )
-    idx = jnp.arange(s, dtype=jnp.int32)[None, None, :]
     vert = jnp.where(idx < init_columns, jnp.inf, estimate.vertical_scores(probs))
     slash = jnp.where(idx < local_diagonals, jnp.inf, estimate.slash_scores(probs, q_pos))
-    nv = min(s, max(vertical_size, init_columns))
     ns = min(s, max(slash_size, local_diagonals))
     return topk.topk_mask(vert, nv), topk.topk_mask(slash, ns)
 
@@ -72,7 +80,8 @@ class VerticalSlash(common.DynamicPattern):
       kept diagonal are visited whole; see `vertical_slash_mask` for what
       that costs with scattered columns. Budgets are at least the forced
       counts (MInference clamps them to 30 / 50); sequences with no more keys
-      than the budgets are dense causal. Causal only.
+      than the budgets are dense causal, and so is decoding (`q_len == 1`),
+      as in MInference, which selects for prefill only. Causal only.
     """
 
     vertical_size: int = 1000
