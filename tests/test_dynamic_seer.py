@@ -114,6 +114,13 @@ def test_block_mask_and_gated_attention():
         )
     )
     assert (topn.sum(-1) <= 1 + 1).all()  # (1 - sqrt(0.5)) * 5 -> 1 block, plus the diagonal
+    # nz_ratio=0.6: (1 - sqrt(0.4)) * 5 = 1.84, floored to one block (SeerAttention's int()).
+    topn = ag.gate_block_mask(
+        probs, q_len=40, kv_len=40, block_size=8, nz_ratio=0.6, last_block_dense=0
+    )
+    best = np.where(tril, p, -np.inf).argmax(-1)  # no ties among uniform draws
+    want = (np.arange(5) == best[..., None]) | np.eye(5, dtype=bool)
+    np.testing.assert_array_equal(np.asarray(topn), want)
     token_mask = jnp.asarray(R.block_to_token(m, 8, 8, 40, 40) & R.causal_np(40, 40, 0))
 
     def fn(q, k, v):

@@ -113,7 +113,7 @@ def gate_block_mask(
 
     Exactly one of `threshold` (keep blocks with probability above it;
     SeerAttention's README range 5e-4 .. 5e-3) or `nz_ratio` (keep the top
-    `(1 - sqrt(1 - nz_ratio)) * Sb` blocks per row). The last
+    `floor((1 - sqrt(1 - nz_ratio)) * Sb)` blocks per row, at least one). The last
     `last_block_dense` block rows are dense, every row keeps the key blocks
     holding its own positions (a query always sees itself; two blocks where
     `q_offset` is not a multiple of `block_size`), and the mask is
@@ -144,7 +144,7 @@ def gate_block_mask(
         keep = gate_probs > threshold
     else:
         common.check_fraction("gate_block_mask", "nz_ratio", nz_ratio)
-        n = max(1, int(round((1.0 - math.sqrt(1.0 - nz_ratio)) * sb)))
+        n = max(1, int((1.0 - math.sqrt(1.0 - nz_ratio)) * sb))  # floored, as SeerAttention's code
         keep = topk.topk_mask(jnp.where(visible, gate_probs, -jnp.inf), n)
     rows = jnp.arange(tb, dtype=jnp.int32)[None, None, :, None]
     keep = keep | (rows >= tb - last_block_dense)
