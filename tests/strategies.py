@@ -20,7 +20,7 @@ primitive = st.one_of(
         stride=st.integers(1, 4),
         block_size=st.integers(1, 6),
         local_blocks=st.integers(0, 2),
-        head_step=st.integers(0, 2),
+        head_step=st.one_of(st.none(), st.integers(0, 2)),  # None: max(1, stride // heads)
         phase=st.integers(0, 3),
     ),
     st.builds(

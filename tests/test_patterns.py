@@ -114,7 +114,7 @@ def test_mask_fn_matches_spec(pattern, t, s, q_offset, h):
     got = P.dense_mask(pattern, q_len=t, kv_len=s, q_offset=q_offset, num_heads=h, xp=np)
     got = np.broadcast_to(got, (h, t, s))
     for hh, i, j in itertools.product(range(h), range(t), range(s)):
-        want = pattern_specs.allowed(pattern, q_offset + i, j, hh)
+        want = pattern_specs.allowed(pattern, q_offset + i, j, hh, h)
         assert got[hh, i, j] == want, (pattern, hh, i, j)
 
 
@@ -128,6 +128,22 @@ def test_power_of_two_keeps_distances_inside_its_window():
     np.testing.assert_array_equal(got, want)
     narrow = P.dense_mask(P.PowerOfTwo(1, window_blocks=3, sink_blocks=0), q_len=8, kv_len=8, xp=np)
     np.testing.assert_array_equal(narrow[0], (d >= 0) & np.isin(d, [0, 1, 2, 4]))
+
+
+def test_strided_defaults_are_dkernels():
+    """dkernel's get_sparse_attn_mask defaults: local_blocks=4 and head_sliding_step
+    max(1, stride // heads), so 2 heads with stride 8 take the stripes 0 and 4."""
+    got = P.dense_mask(
+        P.Causal() & P.Strided(stride=8, block_size=2), q_len=40, kv_len=40, num_heads=2, xp=np
+    )
+    qb, kb = np.arange(40)[:, None] // 2, np.arange(40)[None, :] // 2
+    for h in range(2):
+        want = (kb <= qb) & (((kb + 4 * h) % 8 == 0) | (qb - kb < 4))
+        np.testing.assert_array_equal(
+            got[h], want & (np.arange(40)[None, :] <= np.arange(40)[:, None])
+        )
+    with pytest.raises(ValueError, match="bind it first"):
+        P.Strided(stride=8).mask_fn(np.arange(3), np.arange(3), 0)
 
 
 def test_per_head_spec():

@@ -14,7 +14,7 @@ def presets(seq: int) -> dict[str, P.Pattern]:
         "sliding_window": P.Causal() & P.SlidingWindow(left=w),
         "a_shape": P.Causal() & (P.Sink(64) | P.SlidingWindow(left=w)),
         "chunked_causal": P.ChunkedCausal(max(1, seq // 4)),
-        "strided": P.Causal() & P.Strided(stride=4, block_size=64, local_blocks=2),
+        "strided": P.Causal() & P.Strided(stride=4, block_size=64, local_blocks=2, head_step=1),
         "power_of_two": P.PowerOfTwo(block_size=128, window_blocks=1, sink_blocks=1),
     }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from jaxsparse.patterns import base
 
 
@@ -12,9 +14,17 @@ class Strided(base.Pattern):
     Keys are grouped in blocks of `block_size`. Head `h` keeps every key block
     `kb` with `(kb + h * head_step + phase) % stride == 0` (vertical stripes),
     plus the `local_blocks` key blocks nearest each query block
-    (`|q // block_size - kb| < local_blocks`). With `head_step >= 1` the heads
-    see different stripes and together cover the whole context. Compose with
-    `Causal()` for decoder models: `Causal() & Strided(stride=4)`.
+    (`|q // block_size - kb| < local_blocks`). `head_step=None` (the default)
+    is dkernel's `max(1, stride // num_heads)`, taken from the call's heads
+    when the pattern is bound: the heads' stripes then spread over the stride,
+    and together they cover every key block when `num_heads >= stride`.
+    Compose with `Causal()` for decoder models: `Causal() & Strided(stride=4)`.
+
+    Defaults follow dkernel's `get_sparse_attn_mask` (`block_size=64`,
+    `local_blocks=4`). Without `Causal()` the stripes stay at absolute key
+    blocks (dkernel's bidirectional variant counts them from the local band
+    instead), and the stripes follow query heads: for GQA sharing, give the
+    heads of one group the same offset with `PerHead`.
 
     ```
     Causal() & Strided(stride=3, block_size=1, local_blocks=1), head 0
@@ -30,22 +40,30 @@ class Strided(base.Pattern):
 
     stride: int
     block_size: int = 64
-    local_blocks: int = 1
-    head_step: int = 1
+    local_blocks: int = 4
+    head_step: int | None = None
     phase: int = 0
 
     def __post_init__(self):
         base.check_size("stride", self.stride, minimum=1, owner="Strided")
         base.check_size("block_size", self.block_size, minimum=1, owner="Strided")
         base.check_size("local_blocks", self.local_blocks, minimum=0, owner="Strided")
-        base.check_size("head_step", self.head_step, minimum=0, owner="Strided")
+        if self.head_step is not None:
+            base.check_size("head_step", self.head_step, minimum=0, owner="Strided")
         base.check_size("phase", self.phase, minimum=0, owner="Strided")
 
     @property
     def head_dependent(self) -> bool:  # type: ignore[override]
+        if self.head_step is None:  # resolved by bind; unbound, assume heads differ
+            return self.stride > 1
         return self.head_step % self.stride != 0
 
     def bind(self, *, q_len, kv_len, q_offset, num_heads):
+        if self.head_step is None:
+            step = max(1, self.stride // max(num_heads, 1))
+            return dataclasses.replace(self, head_step=step).bind(
+                q_len=q_len, kv_len=kv_len, q_offset=q_offset, num_heads=num_heads
+            )
         # The masks add `kb + h * (head_step % stride) + phase % stride` in int32.
         kb = -(-max(q_len, kv_len, 1) // self.block_size)
         top = kb + (num_heads - 1) * (self.head_step % self.stride) + self.phase % self.stride
@@ -60,6 +78,12 @@ class Strided(base.Pattern):
 
     def _offset(self, head):
         """Head h's stripe offset `h * head_step + phase`, reduced modulo the stride."""
+        if self.head_step is None:
+            raise ValueError(
+                f"{self!r} takes its head_step from the number of heads: bind it first "
+                "(jaxsparse.attention, dense_mask and the sparsity builders do), or pass "
+                "head_step explicitly."
+            )
         return head * (self.head_step % self.stride) + self.phase % self.stride
 
     def mask_fn(self, q_pos, kv_pos, head):
