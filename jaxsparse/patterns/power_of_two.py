@@ -16,6 +16,10 @@ class PowerOfTwo(base.Pattern):
     first `sink_blocks`; token-level causal inside. Every distance is reachable
     in `popcount(d)` layers with O(log T) blocks per query block.
 
+    The defaults keep only the powers and one sink block (`window_blocks=1`
+    adds nothing: distance 0 is kept anyway). The paper's 32k configuration
+    is `PowerOfTwo(block_size=256, window_blocks=5, sink_blocks=1)`.
+
     ```
     PowerOfTwo(block_size=1, window_blocks=1, sink_blocks=0)
     ■ · · · · · · · ·
