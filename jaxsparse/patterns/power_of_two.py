@@ -17,8 +17,9 @@ class PowerOfTwo(base.Pattern):
     in `popcount(d)` layers with O(log T) blocks per query block.
 
     The defaults keep only the powers and one sink block (`window_blocks=1`
-    adds nothing: distance 0 is kept anyway). The paper's 32k configuration
-    is `PowerOfTwo(block_size=256, window_blocks=5, sink_blocks=1)`.
+    adds nothing: distance 0 is kept anyway). An example configuration at 32k
+    (from a secondary summary of the paper) keeps 5 window blocks and 1 sink
+    block of 256 tokens: `PowerOfTwo(block_size=256, window_blocks=5)`.
 
     ```
     PowerOfTwo(block_size=1, window_blocks=1, sink_blocks=0)
