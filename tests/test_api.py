@@ -73,9 +73,9 @@ def qkv(dtype=jnp.float32, b=B, t=T, s=S, h=H, k=K, d=D, dv=D):
         (qkv, dict(segment_ids=(jnp.zeros((B, T), jnp.int32),)), ValueError, "a pair"),
         (
             qkv,
-            dict(segment_ids=(np.zeros((B, T), np.int64), np.full((B, S), 2**32, np.int64))),
-            ValueError,
-            r"key segment ids hold values in \[4294967296, 4294967296\].*renumber",
+            dict(segment_ids=(np.full((B, T), 2**63, np.uint64), np.zeros((B, S), np.int64))),
+            TypeError,
+            "no common integer type",
         ),
         (qkv, dict(q_offset=2**30 - 5), ValueError, "beyond the int32 range"),
         (qkv, dict(q_offset=-(2**31)), ValueError, "q_offset=-2147483648 must be >= -1073741823"),
@@ -94,6 +94,23 @@ def qkv(dtype=jnp.float32, b=B, t=T, s=S, h=H, k=K, d=D, dv=D):
 def test_bad_input(make, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         js.attention(*make(), **kwargs)
+
+
+def test_wide_segment_ids_are_renumbered_together():
+    """Ids beyond int32 keep their equalities (query against key ids), eager and, with x64,
+    traced under jit: 2**40 and 2**40 + 1 must not meet, nor 2**32 and 0."""
+    q, k, v = (jax.random.normal(jax.random.key(i), (1, 6, 2, 8)) for i in range(3))
+    big = 2**40
+    q_ids = np.array([[big, big, big + 1, big + 1, 2**32, 7]])
+    kv_ids = np.array([[big + 1, big + 1, big, 0, 7, 2**32]])
+    small = (np.array([[3, 3, 4, 4, 2, 1]]), np.array([[4, 4, 3, 0, 1, 2]]))
+    want = js.attention(q, k, v, segment_ids=small, implementation="reference")
+    got = js.attention(q, k, v, segment_ids=(q_ids, kv_ids), implementation="xla")
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    with jax.enable_x64(True), jax.numpy_dtype_promotion("standard"):  # int64 positions mix
+        fn = jax.jit(lambda a, b: js.attention(q, k, v, segment_ids=(a, b), implementation="xla"))
+        got = fn(jnp.asarray(q_ids, jnp.int64), jnp.asarray(kv_ids, jnp.int64))
+    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_bad_config():

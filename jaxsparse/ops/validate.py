@@ -110,19 +110,44 @@ def check_segment_ids(segment_ids: Any, batch: int, t: int, s: int, batched: boo
                 f"{name} segment ids have shape {_shape(ids)}; expected {list(want)} "
                 "(batch, length) matching q/k."
             )
-        wide = np.dtype(ids.dtype).itemsize > 4 or np.dtype(ids.dtype) == np.uint32
-        values = explicit.concrete(ids) if wide else None
-        if values is not None and values.size and (values.min() < INT32_MIN or
-                                                   values.max() > INT32_MAX):  # fmt: skip
-            raise ValueError(
-                f"{name} segment ids hold values in [{values.min()}, {values.max()}]; they "
-                "are compared as int32: renumber them, e.g. with np.unique(ids, "
-                "return_inverse=True)."
+    if any(_wide(ids) for ids in (q_ids, kv_ids)):
+        if not np.issubdtype(np.result_type(q_ids.dtype, kv_ids.dtype), np.integer):
+            raise TypeError(
+                f"query and key segment ids are {q_ids.dtype} and {kv_ids.dtype}, which have no "
+                "common integer type; give both the same dtype."
             )
+        q_ids, kv_ids = _joint_ranks(q_ids, kv_ids)
     q_ids, kv_ids = jnp.asarray(q_ids, jnp.int32), jnp.asarray(kv_ids, jnp.int32)
     if not batched:
         q_ids, kv_ids = q_ids[None], kv_ids[None]
     return q_ids, kv_ids
+
+
+def _wide(ids) -> bool:
+    """Ids that int32 may not hold: 64-bit or uint32 ids, unless known to fit."""
+    if np.dtype(ids.dtype).itemsize <= 4 and np.dtype(ids.dtype) != np.uint32:
+        return False
+    values = explicit.concrete(ids)
+    if values is None:  # traced: the values are unknown
+        return True
+    return bool(values.size) and (values.min() < INT32_MIN or values.max() > INT32_MAX)
+
+
+def _joint_ranks(q_ids, kv_ids):
+    """Query and key ids renumbered together, order and equality kept, as int32.
+
+    Each id becomes the position of its first occurrence among the row's query
+    and key ids sorted together, so ids the kernels compare as int32 keep every
+    equality and order the wide ids had. Concrete ids are renumbered in numpy
+    (jax without x64 would wrap them); traced ones (x64 on) in jnp.
+    """
+    q_np, kv_np = explicit.concrete(q_ids), explicit.concrete(kv_ids)
+    xp = np if q_np is not None and kv_np is not None else jnp
+    if xp is np:
+        q_ids, kv_ids = q_np, kv_np
+    both = xp.sort(xp.concatenate([q_ids, kv_ids], axis=-1), axis=-1)
+    rank = xp.vectorize(lambda row, x: xp.searchsorted(row, x), signature="(n),(m)->(m)")
+    return rank(both, q_ids).astype(np.int32), rank(both, kv_ids).astype(np.int32)
 
 
 def check_scalar(name: str, value: Any, *, positive: bool) -> float | None:
