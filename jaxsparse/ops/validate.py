@@ -162,6 +162,14 @@ def check_scalar(name: str, value: Any, *, positive: bool) -> float | None:
     value = float(value)
     if not math.isfinite(value) or (positive and value <= 0):
         raise ValueError(f"{name}={value} must be a finite number" + (" > 0." if positive else "."))
+    with np.errstate(over="ignore"):
+        as_f32 = np.float32(value)  # the kernels compute logits in float32
+    if not np.isfinite(as_f32) or (positive and as_f32 == 0):
+        raise ValueError(
+            f"{name}={value} is {as_f32} in float32, where the logits are computed; use a "
+            f"value whose magnitude lies in [{np.finfo(np.float32).tiny:.3g}, "
+            f"{np.finfo(np.float32).max:.3g}]."
+        )
     return value
 
 
