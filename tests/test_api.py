@@ -116,6 +116,16 @@ def test_wide_segment_ids_are_renumbered_together():
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+def test_bad_input_beside_attention():
+    x = jnp.ones((1, 8, 2, 4))
+    with pytest.raises(TypeError, match="dense_mask: pattern must be a jaxsparse pattern"):
+        P.dense_mask("causal", q_len=4, kv_len=4)
+    with pytest.raises(TypeError, match="q_offset must be a Python int"):
+        js.pyramid_attention(x, x, x, q_offset=0.0)
+    with pytest.raises(TypeError, match=r"Pass `np.asarray\(mask, bool\)`"):
+        js.attention(x, x, x, pattern=P.Mask([[True] * 8] * 8))
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="block_q=0 must be >= 1"):
         js.Config(block_q=0)

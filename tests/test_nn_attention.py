@@ -277,6 +277,10 @@ def test_more_bad_input():
         jnn.SparseAttention(C, H, out_features=0, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match="SparseAttention: num_heads must be an int"):
         jnn.SparseAttention(C, 4.0, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="SparseAttention: dtype=.*int32.* floating-point"):
+        jnn.SparseAttention(C, H, dtype=jnp.int32, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="SparseAttention: param_dtype=.*int32"):
+        jnn.SparseAttention(C, H, param_dtype=jnp.int32, rngs=nnx.Rngs(0))
 
 
 def test_explicit_mask_patterns_work_in_the_full_pass():

@@ -255,6 +255,10 @@ def test_nsa_input_errors():
     bf = [x.astype(jnp.bfloat16) for x in (q, k, v)]
     with pytest.raises(TypeError, match="k_cmp has dtype float32, q/k/v have bfloat16"):
         js.nsa(*bf, gates, k_cmp=k_cmp, v_cmp=v_cmp, config=CFG)
+    with pytest.raises(TypeError, match="gates must be a float array .*got list"):
+        js.nsa(q, k, v, gates.tolist(), k_cmp=k_cmp, v_cmp=v_cmp, config=CFG)
+    with pytest.raises(TypeError, match="gate_per_head must be True or False, got 'no'"):
+        _module(gate_per_head="no")
 
 
 def _module(dtype=jnp.float32, **kw):

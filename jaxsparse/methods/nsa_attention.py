@@ -104,6 +104,11 @@ def _check(q, k, v, gates, k_cmp, v_cmp, cfg: NSAConfig):
                 f"nsa: {name} has dtype {getattr(x, 'dtype', type(x).__name__)}, q/k/v have "
                 f"{q.dtype}; cast it, e.g. {name}.astype(q.dtype)."
             )
+    if not hasattr(gates, "dtype") or not jnp.issubdtype(gates.dtype, jnp.floating):
+        raise TypeError(
+            f"nsa: gates must be a float array [B, T, H, 3], got "
+            f"{getattr(gates, 'dtype', type(gates).__name__)}; e.g. jax.nn.sigmoid(logits)."
+        )
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
     nc = nsa_compress.num_compressed(s, cfg.kernel_size, cfg.stride)

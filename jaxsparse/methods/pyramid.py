@@ -83,7 +83,7 @@ def pyramid_attention(
         raise TypeError(f"pyramid_attention: pattern must be a Pyramid, got {pattern!r}.")
     validate.check_batched_qkv("pyramid_attention", q, k, v)
     t, s, d = q.shape[1], k.shape[1], q.shape[-1]
-    q_offset = s - t if q_offset is None else q_offset
+    q_offset = validate.check_q_offset(q_offset, t, s)
     scale = d**-0.5 if scale is None else scale
     if levels is None:
         levels = pattern.levels(q, k, q_offset=q_offset)

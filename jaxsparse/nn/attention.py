@@ -11,7 +11,7 @@ from jaxtyping import Array, Float, Int
 
 import jaxsparse as js
 from jaxsparse import patterns as P
-from jaxsparse.nn import layout
+from jaxsparse.nn import dtypes, layout
 from jaxsparse.nn import rope as rope_lib
 from jaxsparse.patterns import base as pbase
 from jaxsparse.patterns import explicit
@@ -116,7 +116,7 @@ class SparseAttention(nnx.Module):
         self.rope = rope
         self.scale, self.logits_soft_cap = scale, logits_soft_cap
         self.implementation, self.config = implementation, config
-        self.dtype = param_dtype if dtype is None else dtype
+        self.dtype = dtypes.module_dtype(type(self).__name__, dtype, param_dtype)
         linear = dict(dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = nnx.Linear(in_features, num_heads * head_dim, use_bias=qkv_bias, **linear)
         self.k_proj = nnx.Linear(in_features, num_kv_heads * head_dim, use_bias=qkv_bias, **linear)

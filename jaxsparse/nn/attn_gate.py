@@ -34,6 +34,7 @@ from jaxsparse.methods.seer import (
     gate_block_mask,
     gated_attention,
 )
+from jaxsparse.nn import dtypes
 from jaxsparse.nn import rope as rope_lib
 from jaxsparse.patterns.dynamic import block_topk, common
 from jaxsparse.selection import estimate, pooling
@@ -107,7 +108,7 @@ class AttnGate(nnx.Module):
         if rope is not None:
             rope.check_head_dim("AttnGate", hidden, "hidden")
         self.rope = rope
-        self.dtype = param_dtype if dtype is None else dtype
+        self.dtype = dtypes.module_dtype(type(self).__name__, dtype, param_dtype)
         init = _per_head_init()
         self.w_q = nnx.Param(
             init(rngs.params(), (num_heads, head_dim * len(q_pool), hidden), param_dtype)

@@ -11,7 +11,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 import jaxsparse as js
-from jaxsparse.nn import layout
+from jaxsparse.nn import dtypes, layout
 from jaxsparse.patterns import base as pbase
 
 
@@ -106,7 +106,7 @@ class BiLevelRoutingAttention(nnx.Module):
         self.n_win, self.topk, self.auto_pad = n_win, int(topk), auto_pad
         self.scale = qk_dim**-0.5 if qk_scale is None else qk_scale
         self.implementation, self.config = implementation, config
-        self.dtype = param_dtype if dtype is None else dtype
+        self.dtype = dtypes.module_dtype(type(self).__name__, dtype, param_dtype)
         kw = dict(dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
         self.qkv = nnx.Linear(dim, 2 * qk_dim + dim, **kw)
         self.wo = nnx.Linear(dim, dim, **kw)

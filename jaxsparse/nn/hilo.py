@@ -13,7 +13,7 @@ from jaxtyping import Array, Float
 
 import jaxsparse as js
 from jaxsparse import patterns as P
-from jaxsparse.nn import layout
+from jaxsparse.nn import dtypes, layout
 from jaxsparse.patterns import base as pbase
 
 
@@ -86,7 +86,7 @@ class HiLoAttention(nnx.Module):
         self.dim, self.head_dim, self.window_size = dim, head_dim, window_size
         self.scale = head_dim**-0.5 if qk_scale is None else qk_scale
         self.implementation, self.config = implementation, config
-        self.dtype = param_dtype if dtype is None else dtype
+        self.dtype = dtypes.module_dtype(type(self).__name__, dtype, param_dtype)
         kw = dict(dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
         l_dim, h_dim = self.l_heads * head_dim, self.h_heads * head_dim
         lo, hi = self.l_heads > 0, self.h_heads > 0  # a branch without heads has no weights

@@ -12,7 +12,7 @@ from jaxtyping import Array, Float
 
 import jaxsparse as js
 from jaxsparse import patterns as P
-from jaxsparse.nn import layout
+from jaxsparse.nn import dtypes, layout
 from jaxsparse.patterns import base as pbase
 from jaxsparse.patterns import tiling
 
@@ -81,7 +81,7 @@ class NeighborhoodAttention(nnx.Module):
         self.window, self.stride, self.dilation, self.causal = window, stride, dilation, causal
         self.tile = tile
         self.implementation, self.config = implementation, config
-        self.dtype = param_dtype if dtype is None else dtype
+        self.dtype = dtypes.module_dtype(type(self).__name__, dtype, param_dtype)
         kw = dict(dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
         self.qkv = nnx.Linear(in_features, 3 * num_heads * head_dim, use_bias=qkv_bias, **kw)
         self.proj = nnx.Linear(num_heads * head_dim, out_features, **kw)

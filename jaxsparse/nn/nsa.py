@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxsparse.methods import nsa_attention as nsa_lib
 from jaxsparse.methods import nsa_compress
+from jaxsparse.nn import dtypes
 from jaxsparse.nn import rope as rope_lib
 
 DEFAULT_ROPE = rope_lib.RoPE()  # theta 10000, whole head
@@ -149,8 +150,13 @@ class NativeSparseAttention(nnx.Module):
             rope.check_head_dim("NativeSparseAttention", head_dim)
         self.rope, self.scale = rope, scale
         self.implementation, self.config = implementation, config
-        self.gate_per_head = gate_per_head
-        self.dtype = param_dtype if dtype is None else dtype
+        if not isinstance(gate_per_head, (bool, np.bool_)):
+            raise TypeError(
+                "NativeSparseAttention: gate_per_head must be True or False, got "
+                f"{gate_per_head!r}."
+            )
+        self.gate_per_head = bool(gate_per_head)
+        self.dtype = dtypes.module_dtype(type(self).__name__, dtype, param_dtype)
         out_features = in_features if out_features is None else out_features
         linear = dict(use_bias=False, dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = nnx.Linear(in_features, num_heads * head_dim, **linear)

@@ -49,7 +49,8 @@ def _check_bool_array(owner: str, name: str, x: Any) -> None:
     if dtype is None or dtype != np.bool_:
         raise TypeError(
             f"{owner}: {name} must be a boolean array, got "
-            f"{type(x).__name__} with dtype {dtype}. Pass `{name}.astype(bool)`."
+            f"{type(x).__name__} with dtype {dtype}. Pass `np.asarray({name}, bool)` (or "
+            f"`jnp.asarray({name}, bool)` for a traced one)."
         )
     if np.ndim(x) not in (2, 3):
         raise ValueError(

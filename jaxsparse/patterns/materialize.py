@@ -28,6 +28,11 @@ def dense_mask(
       num_heads: number of query heads (matters for head-dependent patterns).
       xp: `jax.numpy` (default, works with traced patterns) or `numpy`.
     """
+    if not isinstance(pattern, base.Pattern):
+        raise TypeError(
+            "dense_mask: pattern must be a jaxsparse pattern (e.g. jaxsparse.patterns.Causal()), "
+            f"got {type(pattern).__name__}."
+        )
     for name, value in dict(q_len=q_len, kv_len=kv_len, num_heads=num_heads).items():
         base.check_int(name, value, minimum=1, owner="dense_mask")
     if q_offset is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from jaxsparse.ops import validate
+
 
 def attention_reference(
     q: Float[Array, "B T H D"],
@@ -26,6 +28,7 @@ def attention_reference(
       `(out, lse)`: out `[B, T, H, Dv]` float32, lse `[B, H, T]` float32
       (natural log).
     """
+    validate.check_batched_qkv("attention_reference", q, k, v)
     b, t, h, d = q.shape
     kh = k.shape[2]
     if scale is None:
