@@ -121,6 +121,18 @@ def test_block_mask_and_gated_attention():
     best = np.where(tril, p, -np.inf).argmax(-1)  # no ties among uniform draws
     want = (np.arange(5) == best[..., None]) | np.eye(5, dtype=bool)
     np.testing.assert_array_equal(np.asarray(topn), want)
+    # token_budget=9 with blocks of 8: ceil(9 / 8) = 2 blocks, the two best visible ones.
+    budget = ag.gate_block_mask(
+        probs, q_len=40, kv_len=40, block_size=8, token_budget=9, last_block_dense=0
+    )
+    two = np.argsort(-np.where(tril, p, -np.inf), axis=-1, kind="stable")[..., :2]
+    want = np.zeros_like(want)
+    np.put_along_axis(want, two, True, axis=-1)
+    np.testing.assert_array_equal(np.asarray(budget), (want | np.eye(5, dtype=bool)) & tril)
+    with pytest.raises(ValueError, match="exactly one of threshold=, nz_ratio= or token_budget="):
+        ag.gate_block_mask(probs, q_len=40, kv_len=40, block_size=8, nz_ratio=0.5, token_budget=8)
+    with pytest.raises(ValueError, match="token_budget=0 must be >= 1"):
+        ag.gate_block_mask(probs, q_len=40, kv_len=40, block_size=8, token_budget=0)
     token_mask = jnp.asarray(R.block_to_token(m, 8, 8, 40, 40) & R.causal_np(40, 40, 0))
 
     def fn(q, k, v):

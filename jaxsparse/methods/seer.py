@@ -106,6 +106,7 @@ def gate_block_mask(
     block_size: int,
     threshold: float | None = None,
     nz_ratio: float | None = None,
+    token_budget: int | None = None,
     last_block_dense: int = 2,
     q_offset: int | None = None,
 ):
@@ -113,20 +114,24 @@ def gate_block_mask(
 
     Exactly one of `threshold` (keep blocks with probability above it;
     SeerAttention's README range 5e-4 .. 5e-3) or `nz_ratio` (keep the top
-    `floor((1 - sqrt(1 - nz_ratio)) * Sb)` blocks per row, at least one). The last
+    `floor((1 - sqrt(1 - nz_ratio)) * Sb)` blocks per row, at least one) or
+    `token_budget` (keep the top `ceil(token_budget / block_size)` blocks per
+    row: about that many keys, SeerAttention-R's budget). The last
     `last_block_dense` block rows are dense, every row keeps the key blocks
     holding its own positions (a query always sees itself; two blocks where
     `q_offset` is not a multiple of `block_size`), and the mask is
     block-causal.
 
-    With `nz_ratio` only each row's order counts, so `gate_probs` may be the
+    With `nz_ratio` or `token_budget` only each row's order counts, so `gate_probs` may be the
     gate's logits: the softmax is increasing along a row, and skipping it
     keeps the same blocks (a row's ties go to the lower block either way; the
     logits can only separate values that the float32 softmax rounds to one
     probability). `threshold` needs the probabilities.
     """
-    if (threshold is None) == (nz_ratio is None):
-        raise ValueError("gate_block_mask: give exactly one of threshold= or nz_ratio=.")
+    if sum(x is not None for x in (threshold, nz_ratio, token_budget)) != 1:
+        raise ValueError(
+            "gate_block_mask: give exactly one of threshold=, nz_ratio= or token_budget=."
+        )
     base.check_int("block_size", block_size, minimum=1, owner="gate_block_mask")
     base.check_int("last_block_dense", last_block_dense, minimum=0, owner="gate_block_mask")
     q_offset = kv_len - q_len if q_offset is None else q_offset
@@ -143,8 +148,12 @@ def gate_block_mask(
         common.check_fraction("gate_block_mask", "threshold", threshold)
         keep = gate_probs > threshold
     else:
-        common.check_fraction("gate_block_mask", "nz_ratio", nz_ratio)
-        n = max(1, int((1.0 - math.sqrt(1.0 - nz_ratio)) * sb))  # floored, as SeerAttention's code
+        if nz_ratio is not None:
+            common.check_fraction("gate_block_mask", "nz_ratio", nz_ratio)
+            n = max(1, int((1.0 - math.sqrt(1.0 - nz_ratio)) * sb))  # floored, as SeerAttention
+        else:
+            base.check_int("token_budget", token_budget, minimum=1, owner="gate_block_mask")
+            n = min(sb, -(-token_budget // block_size))
         keep = topk.topk_mask(jnp.where(visible, gate_probs, -jnp.inf), n)
     rows = jnp.arange(tb, dtype=jnp.int32)[None, None, :, None]
     keep = keep | (rows >= tb - last_block_dense)
