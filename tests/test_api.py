@@ -114,6 +114,14 @@ def test_wide_segment_ids_are_renumbered_together():
         fn = jax.jit(lambda a, b: js.attention(q, k, v, segment_ids=(a, b), implementation="xla"))
         got = fn(jnp.asarray(q_ids, jnp.int64), jnp.asarray(kv_ids, jnp.int64))
     np.testing.assert_allclose(got, want, atol=1e-6)
+    # Without x64, jax has no common type for traced ids that need 64 bits: a named error,
+    # not ids wrapped to 32 bits (2**32 + 5 would meet 5).
+    wide = np.array([[2**32 + 5] * 6], np.int64)
+    with pytest.raises(ValueError, match="only be compared as int64.*jax_enable_x64"):
+        jax.jit(lambda a: js.attention(q, k, v, segment_ids=(a, wide)))(jnp.full((1, 6), 5))
+    mixed = jax.jit(lambda a, b: js.attention(q, k, v, segment_ids=(a, b)))
+    with pytest.raises(ValueError, match="uint32 and int32, some traced"):
+        mixed(jnp.full((1, 6), 2**31, jnp.uint32), jnp.full((1, 6), -(2**31), jnp.int32))
 
 
 def test_bad_input_beside_attention():

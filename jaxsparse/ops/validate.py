@@ -139,12 +139,22 @@ def _joint_ranks(q_ids, kv_ids):
     Each id becomes the position of its first occurrence among the row's query
     and key ids sorted together, so ids the kernels compare as int32 keep every
     equality and order the wide ids had. Concrete ids are renumbered in numpy
-    (jax without x64 would wrap them); traced ones (x64 on) in jnp.
+    (jax without x64 would wrap them), traced ones in jnp where their common
+    type exists there (else a ValueError).
     """
     q_np, kv_np = explicit.concrete(q_ids), explicit.concrete(kv_ids)
     xp = np if q_np is not None and kv_np is not None else jnp
+    common = np.result_type(q_ids.dtype, kv_ids.dtype)
     if xp is np:
         q_ids, kv_ids = q_np, kv_np
+    elif jax.dtypes.canonicalize_dtype(common) != common:  # jax would wrap them to 32 bits
+        raise ValueError(
+            f"query and key segment ids ({q_ids.dtype} and {kv_ids.dtype}, some traced) can "
+            f"only be compared as {common}, which jax has only with jax_enable_x64: pass both "
+            "as numpy arrays (they are then renumbered on the host), enable x64, or renumber "
+            "them together into int32 first (np.unique over both, return_inverse=True)."
+        )
+    q_ids, kv_ids = q_ids.astype(common), kv_ids.astype(common)
     both = xp.sort(xp.concatenate([q_ids, kv_ids], axis=-1), axis=-1)
     rank = xp.vectorize(lambda row, x: xp.searchsorted(row, x), signature="(n),(m)->(m)")
     return rank(both, q_ids).astype(np.int32), rank(both, kv_ids).astype(np.int32)
