@@ -71,7 +71,8 @@ def attention(
       through lse when it is returned and used). Every backend accumulates in
       float32: float64 inputs (with `jax_enable_x64`) come back as float64 with
       float32 accuracy (about 1e-7 relative). Segment ids wider than int32
-      are renumbered together (equality and order kept). Keys and values must
+      are renumbered together (equality and order kept; traced ones whose
+      common type needs 64 bits need `jax_enable_x64`). Keys and values must
       be finite at every position, masked ones included: a visited tile
       multiplies a masked value by a zero weight, and `0 * inf` is NaN (as in
       every flash-attention kernel); zero unused cache slots, don't leave
