@@ -330,6 +330,32 @@ def test_forward_only_lists_with_an_explicit_mask():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_forward_only_lists_with_a_static_pattern():
+    """Forward-only lists run on the XLA path (forward and gradients); the kernels, which walk
+    the key-major half in the backward, refuse them by name (dispatch then falls back)."""
+    q = jax.random.normal(jax.random.key(1), (1, 32, 2, 64))
+    sp = js.sparsity.from_pattern(P.Causal(), q_len=32, kv_len=32, block_q=16, block_kv=16).replace(
+        q_indices=None, q_counts=None, q_full=None
+    )
+
+    def loss(q, impl, sparsity):
+        out = js.attention(q, q, q, pattern=P.Causal(), sparsity=sparsity, implementation=impl)
+        return (out * jnp.cos(out)).sum()
+
+    got, want = (
+        jax.value_and_grad(loss)(q, "xla", sp),
+        jax.value_and_grad(loss)(q, "reference", None),
+    )
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    config, bf = js.Config(interpret=True), q.astype(jnp.bfloat16)
+    for impl in ("pallas_gpu", "pallas_tpu"):
+        with pytest.raises(NotImplementedError, match="need the sparsity's key-major lists"):
+            js.attention(
+                bf, bf, bf, pattern=P.Causal(), sparsity=sp, implementation=impl, config=config
+            )
+
+
 def test_given_sparsity_restricts_tiles():
     q, k, v = (jax.random.normal(jax.random.key(i), (1, 16, 2, 8)) for i in range(3))
     keep = np.array([[True, False], [True, True]])

@@ -22,6 +22,16 @@ def check_head_dims(call: call_lib.Call, kernels: str) -> None:
             )
 
 
+def check_both_directions(call: call_lib.Call, kernels: str) -> None:
+    """The kernels take given lists with both halves (the backward walks the key-major one)."""
+    if call.sparsity is not None and call.sparsity.q_indices is None:
+        raise NotImplementedError(
+            f"the {kernels} kernels need the sparsity's key-major lists (q_indices, q_counts, "
+            "q_full), which these forward-only lists lack; build it with the "
+            "jaxsparse.sparsity builders, which list both directions"
+        )
+
+
 def tile_mask(call: call_lib.Call, block_q: int, block_kv: int, kernels: str):
     """The pattern the kernels evaluate in partial tiles, or None when tiles never need it.
 

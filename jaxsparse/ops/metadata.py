@@ -98,6 +98,8 @@ def within_pattern(
     xp = np if sp.is_host else jnp  # `own` is host here: static patterns build on the host
     full = xp.asarray(own.to_dense() == pbase.FULL)  # [1, 1 or H, Tb, Sb]: dense only here
     kv_full = sp.kv_full & xp.take_along_axis(full, sp.kv_indices, axis=-1)
+    if sp.q_indices is None:  # forward-only lists: no key-major half to refine
+        return sp.replace(kv_full=kv_full)
     q_full = sp.q_full & xp.take_along_axis(xp.swapaxes(full, -1, -2), sp.q_indices, axis=-1)
     return sp.replace(kv_full=kv_full, q_full=q_full)
 

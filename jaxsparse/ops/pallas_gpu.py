@@ -45,6 +45,7 @@ def _check_call(call: call_lib.Call) -> None:
             "to bfloat16 for the fast path"
         )
     kernel_common.check_head_dims(call, "Mosaic GPU")
+    kernel_common.check_both_directions(call, "Mosaic GPU")
     if call.scale <= 0:
         raise NotImplementedError(f"scale={call.scale} must be positive for the GPU kernels")
 

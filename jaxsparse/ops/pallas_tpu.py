@@ -42,6 +42,7 @@ def _check_call(call: call_lib.Call) -> None:
             f"the Pallas TPU kernels take bfloat16, float16 or float32, got {call.q.dtype}"
         )
     kernel_common.check_head_dims(call, "Pallas TPU")
+    kernel_common.check_both_directions(call, "Pallas TPU")
 
 
 def _blocks(call: call_lib.Call) -> tuple[int, int]:
