@@ -111,11 +111,6 @@ def check_segment_ids(segment_ids: Any, batch: int, t: int, s: int, batched: boo
                 "(batch, length) matching q/k."
             )
     if any(_wide(ids) for ids in (q_ids, kv_ids)):
-        if not np.issubdtype(np.result_type(q_ids.dtype, kv_ids.dtype), np.integer):
-            raise TypeError(
-                f"query and key segment ids are {q_ids.dtype} and {kv_ids.dtype}, which have no "
-                "common integer type; give both the same dtype."
-            )
         q_ids, kv_ids = _joint_ranks(q_ids, kv_ids)
     q_ids, kv_ids = jnp.asarray(q_ids, jnp.int32), jnp.asarray(kv_ids, jnp.int32)
     if not batched:
@@ -145,6 +140,11 @@ def _joint_ranks(q_ids, kv_ids):
     q_np, kv_np = explicit.concrete(q_ids), explicit.concrete(kv_ids)
     xp = np if q_np is not None and kv_np is not None else jnp
     common = np.result_type(q_ids.dtype, kv_ids.dtype)
+    if not np.issubdtype(common, np.integer):
+        raise TypeError(
+            f"query and key segment ids are {q_ids.dtype} and {kv_ids.dtype}, which have no "
+            "common integer type; give both the same dtype."
+        )
     if xp is np:
         q_ids, kv_ids = q_np, kv_np
     elif jax.dtypes.canonicalize_dtype(common) != common:  # jax would wrap them to 32 bits
@@ -245,24 +245,18 @@ def check_sparsity(sp: Any, *, batch: int, t: int, s: int, h: int, q_offset: int
                 "jaxsparse.sparsity builders, not by replacing block sizes."
             )
     for side, cols in (("kv", sp.num_kv_blocks), ("q", sp.num_q_blocks)):
-        indices = getattr(sp, f"{side}_indices")
-        if (
-            isinstance(indices, np.ndarray)
-            and indices.size
-            and (indices.min() < 0 or indices.max() >= cols)
-        ):  # host tables only: device ones are not copied back
-            raise ValueError(
-                f"sparsity's {side}_indices hold {int(indices.min())}..{int(indices.max())}, "
-                f"outside [0, {cols}) tiles; build it with the jaxsparse.sparsity builders."
-            )
-        counts = getattr(sp, f"{side}_counts")
-        if (
-            isinstance(counts, np.ndarray)
-            and counts.size
-            and (counts.min() < 0 or counts.max() > _shape(indices)[-1])
-        ):  # a count past the list's width would read slots that hold no tile
-            raise ValueError(
-                f"sparsity's {side}_counts hold {int(counts.min())}..{int(counts.max())}, "
-                f"outside [0, {_shape(indices)[-1]}] (the lists' width); build it with the "
-                "jaxsparse.sparsity builders."
-            )
+        indices, counts = getattr(sp, f"{side}_indices"), getattr(sp, f"{side}_counts")
+        # Host tables only: device ones are not copied back.
+        _check_host_range(f"{side}_indices", indices, 0, cols - 1, f"[0, {cols}) tiles")
+        width = _shape(indices)[-1] if indices is not None else 0
+        # A count past the list's width would read slots that hold no tile.
+        _check_host_range(f"{side}_counts", counts, 0, width, f"[0, {width}] (the lists' width)")
+
+
+def _check_host_range(name: str, x: Any, lo: int, hi: int, where: str) -> None:
+    """A host table's values must lie in [lo, hi] (device tables are not checked)."""
+    if isinstance(x, np.ndarray) and x.size and (x.min() < lo or x.max() > hi):
+        raise ValueError(
+            f"sparsity's {name} hold {int(x.min())}..{int(x.max())}, outside {where}; build "
+            "it with the jaxsparse.sparsity builders."
+        )

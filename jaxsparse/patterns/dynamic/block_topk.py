@@ -120,11 +120,13 @@ class BlockTopK(common.DynamicPattern):
 
     def select(self, q, k, *, q_offset, config):
         b, t, h, s = q.shape[0], q.shape[1], q.shape[2], k.shape[1]
-        if t == 1:  # decoding is dense (MInference selects for prefill only)
+        if t == 1:  # decoding is dense (MInference selects for prefill only): no bound
+            bound = None
             bits = dense_causal_bits(
                 b, q_len=t, kv_len=s, q_offset=q_offset, block_size=self.block_size
             )
         else:
+            bound = self.top_k
             bits = block_topk_select(
                 q, k, block_size=self.block_size, top_k=self.top_k, q_offset=q_offset
             )
@@ -136,7 +138,7 @@ class BlockTopK(common.DynamicPattern):
             q_offset=q_offset,
             num_heads=h,
             config=config,
-            max_selected=None if t == 1 else self.top_k,
+            max_selected=bound,
         )
 
     def __repr__(self):

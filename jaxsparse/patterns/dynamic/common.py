@@ -37,8 +37,7 @@ class DynamicPattern(base.Pattern, register=False):
 
 def check_causal_geometry(owner: str, *, q_len: int, kv_len: int, q_offset: int) -> None:
     """Causal-only methods need every query to sit within the keys (self-attention, cache)."""
-    if isinstance(q_offset, (bool, np.bool_)) or not isinstance(q_offset, numbers.Integral):
-        raise TypeError(f"{owner}: q_offset must be a Python int, got {q_offset!r}.")
+    base.check_positions(owner, q_offset=q_offset, q_len=q_len, kv_len=kv_len)
     if q_offset < 0 or q_offset + q_len > kv_len:
         raise ValueError(
             f"{owner} is causal-only: queries must lie within the keys (0 <= q_offset and "
